@@ -1,0 +1,218 @@
+//! The four component kinds and what the daemon hands them.
+//!
+//! Decoders and transforms are synchronous: they are pure CPU work over bytes and profiles, and
+//! the daemon runs them on its blocking pool. Storage and exporters do I/O and are async.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+use crate::model::{Aggregation, Profile, ProfileType};
+use crate::selector::Selector;
+use crate::tree::Tree;
+
+/// The kind of a component, as plugins declare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentKind {
+    Decoder,
+    Transform,
+    Storage,
+    Sink,
+    Render,
+}
+
+impl std::fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Decoder => "decoder",
+            Self::Transform => "transform",
+            Self::Storage => "storage",
+            Self::Sink => "sink",
+            Self::Render => "render",
+        })
+    }
+}
+
+/// What an ingest request says about its body, besides the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestMeta {
+    /// The `format` parameter (`pprof`, `folded`, `lines`, `jfr`, …), if given.
+    pub format: Option<String>,
+    /// The request's `Content-Type`, if given (multipart bodies carry their boundary here).
+    pub content_type: Option<String>,
+    /// Application name with any profile-type suffix removed (`myapp` for `myapp.cpu`).
+    pub app: String,
+    /// The profile-type suffix of the name (`cpu` for `myapp.cpu`), if it had a known one.
+    pub type_suffix: Option<String>,
+    /// Labels from the `name` parameter plus `service_name`.
+    pub labels: Labels,
+    /// Window start and end, Unix nanoseconds.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// `sampleRate`, when given.
+    pub sample_rate: Option<u32>,
+    pub spy_name: String,
+    /// `units` (OG agents), when given and non-empty.
+    pub units: Option<String>,
+    /// `aggregationType`, when given and valid.
+    pub aggregation: Option<Aggregation>,
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body is not valid for the format: the message says what is wrong.
+    #[error("{0}")]
+    Malformed(String),
+    /// The body decoded but describes something this decoder does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The body inflates past the configured limit.
+    #[error("body exceeds {limit} bytes once decompressed")]
+    TooLarge { limit: u64 },
+}
+
+/// Turns request bodies of one or more formats into profiles.
+pub trait Decoder: Send + Sync {
+    /// Decodes `body`. Every returned profile passes [`Profile::validate`].
+    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError>;
+}
+
+/// Why a transform failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+/// Rewrites profiles between decoding and storage (relabel, drop frames, …).
+pub trait Transform: Send + Sync {
+    fn transform(&self, profiles: Vec<Profile>) -> Result<Vec<Profile>, TransformError>;
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A query over stored profiles: every series matching `selector`, in `[start_ns, end_ns)`.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub selector: Selector,
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+/// A stored series and what is known about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesInfo {
+    pub labels: Labels,
+    pub profile_type: ProfileType,
+    pub spy_name: String,
+    pub sample_rate: u32,
+}
+
+/// Values over time: `points[i]` covers `[start_ns + i·step_ns, start_ns + (i+1)·step_ns)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub start_ns: i64,
+    pub step_ns: i64,
+    pub points: Vec<i64>,
+}
+
+/// The result of a merge query: the tree and how many profiles went into it.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    pub tree: Tree,
+    /// Number of stored profiles (or pre-aggregated profile counts) merged; averages divide by it.
+    pub profiles: u64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub chunks_deleted: u64,
+}
+
+/// Where profiles are kept. One storage backs a pipeline; queries name the storage they read.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Accepts profiles. They are durable after the next [`Storage::flush`] at the latest.
+    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError>;
+
+    /// Merges every profile of the selected series in the range into one tree. Values of
+    /// average-aggregated types are returned summed, with the count in [`Merged::profiles`].
+    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError>;
+
+    /// Totals over time of the selected series, `step_ns` per point, optionally one timeline
+    /// per value of the label `group_by` (absent → `""`).
+    async fn select_timeline(
+        &self,
+        query: &Query,
+        step_ns: i64,
+        group_by: Option<&str>,
+    ) -> Result<Vec<(String, Timeline)>, StorageError>;
+
+    /// The series matching `selector` (all when `None`) with data in the range.
+    async fn series(
+        &self,
+        selector: Option<&Selector>,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<Vec<SeriesInfo>, StorageError>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<(), StorageError>;
+
+    /// Deletes data older than the retention of each level, as of `now_ns`.
+    async fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StorageError>;
+
+    /// Deletes every series of `service_name`.
+    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError>;
+}
+
+/// An exporter failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExportError(pub String);
+
+/// Receives every batch of profiles a pipeline stores.
+#[async_trait]
+pub trait SinkExporter: Send + Sync {
+    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError>;
+}
+
+/// What a renderer knows about the tree it renders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderContext {
+    /// A title (`myapp.cpu`).
+    pub title: String,
+    pub profile_type: ProfileType,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// Node budget for visual formats; 0 means no limit.
+    pub max_nodes: usize,
+    pub sample_rate: u32,
+    pub spy_name: String,
+}
+
+/// Bytes produced by a renderer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub content_type: String,
+    /// File name extension for downloads (`svg`, `pb.gz`).
+    pub extension: String,
+    pub body: Bytes,
+}
+
+/// Turns a merged tree into a file format (`/render?format=NAME`).
+#[async_trait]
+pub trait RenderExporter: Send + Sync {
+    async fn render(&self, tree: &Tree, ctx: &RenderContext) -> Result<Rendered, ExportError>;
+}
