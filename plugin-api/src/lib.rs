@@ -16,6 +16,7 @@
 pub mod component;
 pub mod labels;
 pub mod model;
+pub mod multipart;
 pub mod selector;
 pub mod tree;
 
