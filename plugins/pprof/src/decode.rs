@@ -1,0 +1,324 @@
+//! pprof → Kiln profiles.
+
+use kiln_plugin_api::{
+    Aggregation, DecodeError, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample,
+};
+use prost::Message;
+use rustc_hash::FxHashMap;
+
+use crate::config::SampleTypeConfig;
+use crate::proto;
+
+/// How one pprof sample type is stored.
+struct TypePlan {
+    column: usize,
+    profile_type: ProfileType,
+    sampled: bool,
+    cumulative: bool,
+}
+
+/// Decodes an uncompressed pprof. With `prev` (the previous cumulative profile), cumulative
+/// types are stored as `current − previous`, clamped at zero where a counter reset.
+pub fn decode_pprof(
+    data: &[u8],
+    meta: &IngestMeta,
+    config: Option<&SampleTypeConfig>,
+    prev: Option<&[u8]>,
+) -> Result<Vec<Profile>, DecodeError> {
+    let p = proto::Profile::decode(data)
+        .map_err(|e| DecodeError::Malformed(format!("not a valid pprof protobuf: {e}")))?;
+    let strings = Strings(&p.string_table);
+    let plans = plan_types(&p, &strings, config)?;
+    if plans.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut profiles = build_profiles(&p, &strings, &plans, meta)?;
+    if let Some(prev) = prev {
+        if plans.iter().any(|t| t.cumulative) {
+            let prev_p = proto::Profile::decode(prev).map_err(|e| {
+                DecodeError::Malformed(format!("prev_profile is not a valid pprof protobuf: {e}"))
+            })?;
+            let prev_strings = Strings(&prev_p.string_table);
+            let prev_plans = plan_types(&prev_p, &prev_strings, config)?;
+            let previous = build_profiles(&prev_p, &prev_strings, &prev_plans, meta)?;
+            subtract_previous(&mut profiles, &previous, &plans);
+        }
+    }
+    profiles.retain(|p| !p.samples.is_empty());
+    Ok(profiles)
+}
+
+struct Strings<'a>(&'a [String]);
+
+impl Strings<'_> {
+    fn get(&self, i: i64) -> Result<&str, DecodeError> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| {
+                DecodeError::Malformed(format!(
+                    "string index {i} out of range (string table has {} entries)",
+                    self.0.len()
+                ))
+            })
+    }
+}
+
+fn plan_types(
+    p: &proto::Profile,
+    strings: &Strings,
+    config: Option<&SampleTypeConfig>,
+) -> Result<Vec<TypePlan>, DecodeError> {
+    let (period_type, period_unit) = match p.period_type {
+        Some(vt) => (strings.get(vt.r#type)?, strings.get(vt.unit)?),
+        None => ("", ""),
+    };
+    let mut plans = Vec::new();
+    for (column, vt) in p.sample_type.iter().enumerate() {
+        let sample_type = strings.get(vt.r#type)?;
+        let sample_unit = strings.get(vt.unit)?;
+        let entry = match config {
+            Some(c) => match c.0.get(sample_type) {
+                Some(e) => Some(e),
+                None => continue,
+            },
+            None => None,
+        };
+        let default_name = default_name(sample_type, sample_unit);
+        let name = entry
+            .and_then(|e| e.display_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| default_name.to_string());
+        let known = ProfileType::well_known(&name);
+        let aggregation = entry
+            .and_then(|e| e.aggregation.as_deref())
+            .and_then(Aggregation::parse)
+            .or(known.as_ref().map(|k| k.aggregation))
+            .unwrap_or_default();
+        let metric = known
+            .as_ref()
+            .map(|k| k.metric.clone())
+            .unwrap_or_else(|| sample_type.to_string());
+        let sampled = entry.map(|e| e.sampled).unwrap_or(sample_type == "samples")
+            || (name == "cpu_nanoseconds");
+        let cumulative = match entry {
+            Some(e) => e.cumulative,
+            None => matches!(
+                name.as_str(),
+                "alloc_objects" | "alloc_space" | "mutex_count" | "mutex_duration"
+            ),
+        };
+        plans.push(TypePlan {
+            column,
+            profile_type: ProfileType {
+                name,
+                metric,
+                sample_type: sample_type.to_string(),
+                sample_unit: sample_unit.to_string(),
+                period_type: period_type.to_string(),
+                period_unit: period_unit.to_string(),
+                aggregation,
+            },
+            sampled,
+            cumulative,
+        });
+    }
+    Ok(plans)
+}
+
+/// Pyroscope's default names for Go's sample types; other types keep their own name.
+fn default_name<'a>(sample_type: &'a str, sample_unit: &str) -> &'a str {
+    match (sample_type, sample_unit) {
+        ("samples", _) => "cpu",
+        ("cpu", "nanoseconds") => "cpu_nanoseconds",
+        ("goroutine", _) => "goroutines",
+        ("contentions", _) => "mutex_count",
+        ("delay", _) => "mutex_duration",
+        (t, _) => t,
+    }
+}
+
+fn build_profiles(
+    p: &proto::Profile,
+    strings: &Strings,
+    plans: &[TypePlan],
+    meta: &IngestMeta,
+) -> Result<Vec<Profile>, DecodeError> {
+    // Functions become frames, one per function id.
+    let mut frames = Vec::with_capacity(p.function.len());
+    let mut frame_of_function: FxHashMap<u64, u32> = FxHashMap::default();
+    frame_of_function.reserve(p.function.len());
+    for f in &p.function {
+        let name = strings.get(f.name)?;
+        let name = if name.is_empty() {
+            strings.get(f.system_name)?
+        } else {
+            name
+        };
+        frame_of_function.insert(f.id, frames.len() as u32);
+        frames.push(Frame {
+            function: name.to_string(),
+            file: strings.get(f.filename)?.to_string(),
+            line: u32::try_from(f.start_line).unwrap_or(0),
+        });
+    }
+    // Each location expands to its frames, caller first (pprof lists inlined callees first).
+    let mut location_frames: Vec<u32> = Vec::new();
+    let mut location_span: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
+    location_span.reserve(p.location.len());
+    for loc in &p.location {
+        let start = location_frames.len() as u32;
+        for line in loc.line.iter().rev() {
+            let frame = *frame_of_function.get(&line.function_id).ok_or_else(|| {
+                DecodeError::Malformed(format!(
+                    "location {} references missing function {}",
+                    loc.id, line.function_id
+                ))
+            })?;
+            if !frames[frame as usize].function.is_empty() {
+                location_frames.push(frame);
+            }
+        }
+        if loc.line.is_empty() {
+            // No symbols: name the frame by address so the stack keeps its shape.
+            frame_of_function
+                .entry(u64::MAX - loc.id)
+                .or_insert_with(|| {
+                    frames.push(Frame::named(format!("0x{:x}", loc.address)));
+                    (frames.len() - 1) as u32
+                });
+            location_frames.push(frame_of_function[&(u64::MAX - loc.id)]);
+        }
+        location_span.insert(loc.id, (start, location_frames.len() as u32 - start));
+    }
+
+    let sample_rate = |plan: &TypePlan| -> u32 {
+        if plan.sampled && p.period > 0 {
+            let unit_ns: f64 = match plan.profile_type.period_unit.as_str() {
+                "microseconds" => 1e3,
+                "milliseconds" => 1e6,
+                "seconds" => 1e9,
+                _ => 1.0,
+            };
+            (1e9 / (p.period as f64 * unit_ns)).round() as u32
+        } else {
+            meta.sample_rate.unwrap_or(0)
+        }
+    };
+
+    // Samples grouped by their string labels: each group is a series.
+    let mut groups: FxHashMap<Vec<(i64, i64)>, usize> = FxHashMap::default();
+    let mut per_group: Vec<Vec<Vec<Sample>>> = Vec::new();
+    let mut group_labels: Vec<Vec<(i64, i64)>> = Vec::new();
+    let mut stack = Vec::with_capacity(64);
+    let mut key = Vec::new();
+    for s in &p.sample {
+        if s.value.len() != p.sample_type.len() {
+            return Err(DecodeError::Malformed(format!(
+                "a sample has {} values but the profile declares {} sample types",
+                s.value.len(),
+                p.sample_type.len()
+            )));
+        }
+        stack.clear();
+        for id in s.location_id.iter().rev() {
+            let &(start, len) = location_span.get(id).ok_or_else(|| {
+                DecodeError::Malformed(format!("a sample references missing location {id}"))
+            })?;
+            stack.extend_from_slice(&location_frames[start as usize..(start + len) as usize]);
+        }
+        key.clear();
+        key.extend(
+            s.label
+                .iter()
+                .filter(|l| l.str != 0)
+                .map(|l| (l.key, l.str)),
+        );
+        key.sort_unstable();
+        let group = match groups.get(&key) {
+            Some(&g) => g,
+            None => {
+                groups.insert(key.clone(), per_group.len());
+                group_labels.push(key.clone());
+                per_group.push(vec![Vec::new(); plans.len()]);
+                per_group.len() - 1
+            }
+        };
+        for (i, plan) in plans.iter().enumerate() {
+            let value = s.value[plan.column];
+            if value != 0 {
+                per_group[group][i].push(Sample {
+                    stack: stack.clone(),
+                    value,
+                });
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    for (group, samples_by_type) in per_group.into_iter().enumerate() {
+        let mut labels: Labels = meta.labels.clone();
+        for &(k, v) in &group_labels[group] {
+            let k = strings.get(k)?;
+            // Pyroscope keeps span/profile ids at sample level; they would explode series counts.
+            if matches!(k, "profile_id" | "span_id" | "trace_id") {
+                continue;
+            }
+            labels.insert(k, strings.get(v)?);
+        }
+        for (plan, samples) in plans.iter().zip(samples_by_type) {
+            out.push(Profile {
+                labels: labels.clone(),
+                profile_type: plan.profile_type.clone(),
+                start_ns: meta.start_ns,
+                end_ns: meta.end_ns,
+                frames: frames.clone(),
+                samples,
+                meta: ProfileMeta {
+                    spy_name: meta.spy_name.clone(),
+                    sample_rate: sample_rate(plan),
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Turns cumulative profiles into deltas against `previous`, matching series by labels and type
+/// and stacks by frame names.
+fn subtract_previous(profiles: &mut [Profile], previous: &[Profile], plans: &[TypePlan]) {
+    let cumulative: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.cumulative)
+        .map(|p| p.profile_type.name.as_str())
+        .collect();
+    for profile in profiles.iter_mut() {
+        if !cumulative.contains(&profile.profile_type.name.as_str()) {
+            continue;
+        }
+        let mut before: FxHashMap<Vec<&str>, i64> = FxHashMap::default();
+        for prev in previous
+            .iter()
+            .filter(|p| p.labels == profile.labels && p.profile_type == profile.profile_type)
+        {
+            for s in &prev.samples {
+                *before.entry(prev.stack_names(s).collect()).or_default() += s.value;
+            }
+        }
+        let frames = &profile.frames;
+        for s in &mut profile.samples {
+            let names: Vec<&str> = s
+                .stack
+                .iter()
+                .map(|&i| frames[i as usize].function.as_str())
+                .collect();
+            if let Some(b) = before.get_mut(&names) {
+                let take = (*b).min(s.value);
+                s.value -= take;
+                *b -= take;
+            }
+        }
+        profile.samples.retain(|s| s.value > 0);
+    }
+}
