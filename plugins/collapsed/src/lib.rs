@@ -1,1 +1,213 @@
-//! placeholder
+//! # kiln-collapsed
+//!
+//! Text stack formats:
+//! * `folded` (Pyroscope's default "groups"): `frame;frame;frame count` per line, root first. The
+//!   count follows the **last** space, so frames may contain spaces; lines without a space are
+//!   skipped; identical stacks add up.
+//! * `lines`: one sample per line, the line being the stack; identical lines are counted.
+//!
+//! The profile type comes from the name's suffix (`myapp.cpu`, `myapp.alloc_space`; `cpu` when
+//! absent); `sampleRate`, `spyName`, `units` and `aggregationType` come from the request.
+
+use kiln_plugin_api::{
+    DecodeError, Decoder, Frame, IngestMeta, Profile, ProfileMeta, ProfileType, Sample,
+};
+use rustc_hash::FxHashMap;
+
+/// Which text format a [`CollapsedDecoder`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFormat {
+    Folded,
+    Lines,
+}
+
+/// Decoder for folded and lines bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct CollapsedDecoder {
+    pub format: TextFormat,
+}
+
+impl CollapsedDecoder {
+    pub fn folded() -> Self {
+        Self {
+            format: TextFormat::Folded,
+        }
+    }
+
+    pub fn lines() -> Self {
+        Self {
+            format: TextFormat::Lines,
+        }
+    }
+}
+
+/// The profile type a text upload is stored as: the name's suffix, adjusted by `units` and
+/// `aggregationType` when the agent sends them.
+pub fn text_profile_type(meta: &IngestMeta) -> ProfileType {
+    let name = meta.type_suffix.as_deref().unwrap_or("cpu");
+    let mut ty = ProfileType::well_known(name).expect("type suffixes are well-known names");
+    if let Some(a) = meta.aggregation {
+        ty.aggregation = a;
+    }
+    if let Some(units) = meta.units.as_deref() {
+        match units {
+            "bytes" => ty.sample_unit = "bytes".into(),
+            "lock_nanoseconds" => ty.sample_unit = "nanoseconds".into(),
+            _ => {}
+        }
+    }
+    ty
+}
+
+impl Decoder for CollapsedDecoder {
+    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            DecodeError::Malformed(format!("body is not UTF-8 text (byte {})", e.valid_up_to()))
+        })?;
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut frame_ids: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut stacks: FxHashMap<Vec<u32>, i64> = FxHashMap::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            let (stack, value) = match self.format {
+                TextFormat::Folded => {
+                    let Some((stack, count)) = line.rsplit_once(' ') else {
+                        continue;
+                    };
+                    let value: i64 = count.trim().parse().map_err(|_| {
+                        DecodeError::Malformed(format!(
+                            "line {}: {count:?} is not an integer sample count",
+                            n + 1
+                        ))
+                    })?;
+                    (stack, value)
+                }
+                TextFormat::Lines => {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    (line, 1)
+                }
+            };
+            if value == 0 {
+                continue;
+            }
+            let ids: Vec<u32> = stack
+                .split(';')
+                .map(|f| {
+                    *frame_ids.entry(f).or_insert_with(|| {
+                        frames.push(Frame::named(f));
+                        frames.len() as u32 - 1
+                    })
+                })
+                .collect();
+            *stacks.entry(ids).or_default() += value;
+        }
+        if stacks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut samples: Vec<Sample> = stacks
+            .into_iter()
+            .map(|(stack, value)| Sample { stack, value })
+            .collect();
+        samples.sort_by(|a, b| a.stack.cmp(&b.stack));
+        Ok(vec![Profile {
+            labels: meta.labels.clone(),
+            profile_type: text_profile_type(meta),
+            start_ns: meta.start_ns,
+            end_ns: meta.end_ns,
+            frames,
+            samples,
+            meta: ProfileMeta {
+                spy_name: meta.spy_name.clone(),
+                sample_rate: meta.sample_rate.unwrap_or(100),
+            },
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_plugin_api::{Aggregation, Labels, Tree};
+
+    fn meta(suffix: Option<&str>) -> IngestMeta {
+        IngestMeta {
+            app: "app".into(),
+            type_suffix: suffix.map(String::from),
+            labels: Labels::from_pairs([("service_name", "app")]),
+            ..Default::default()
+        }
+    }
+
+    fn folded(p: &Profile) -> String {
+        Tree::from_stacks(p.samples.iter().map(|s| (p.stack_names(s), s.value))).to_folded()
+    }
+
+    #[test]
+    fn folded_sums_identical_stacks_and_keeps_spaces_in_frames() {
+        let body =
+            b"foo;bar 100\r\nfoo;baz 200\nfoo;bar 1\nno-count-line\nmain;file.py:42 - work 7\n";
+        let p = &CollapsedDecoder::folded()
+            .decode(body, &meta(None))
+            .unwrap()[0];
+        assert_eq!(p.profile_type.name, "cpu");
+        assert_eq!(p.meta.sample_rate, 100);
+        assert_eq!(
+            folded(p),
+            "foo;bar 101\nfoo;baz 200\nmain;file.py:42 - work 7\n"
+        );
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn fixture_decodes() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/collapsed.txt"
+        ))
+        .unwrap();
+        let p = &CollapsedDecoder::folded()
+            .decode(&body, &meta(Some("cpu")))
+            .unwrap()[0];
+        let expected: i64 = String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(_, c)| c.trim().parse::<i64>().unwrap())
+            .sum();
+        assert_eq!(p.total(), expected);
+    }
+
+    #[test]
+    fn lines_counts_each_line_once() {
+        let p = &CollapsedDecoder::lines()
+            .decode(b"a;b\na;b\n\na;c\n", &meta(Some("wall")))
+            .unwrap()[0];
+        assert_eq!(p.profile_type.name, "wall");
+        assert_eq!(folded(p), "a;b 2\na;c 1\n");
+    }
+
+    #[test]
+    fn bad_counts_and_binary_are_refused() {
+        let err = CollapsedDecoder::folded()
+            .decode(b"a;b 1\na;b x\n", &meta(None))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 2: \"x\" is not an integer sample count"
+        );
+        assert!(CollapsedDecoder::folded()
+            .decode(b"\xff\xfe", &meta(None))
+            .is_err());
+    }
+
+    #[test]
+    fn units_and_aggregation_shape_the_type() {
+        let mut m = meta(Some("inuse_space"));
+        m.aggregation = Some(Aggregation::Sum);
+        let p = &CollapsedDecoder::folded().decode(b"a 1\n", &m).unwrap()[0];
+        assert_eq!(p.profile_type.aggregation, Aggregation::Sum);
+        assert_eq!(p.profile_type.sample_unit, "bytes");
+    }
+}
