@@ -130,8 +130,22 @@ pub struct Timeline {
 #[derive(Debug, Clone, Default)]
 pub struct Merged {
     pub tree: Tree,
-    /// Number of stored profiles (or pre-aggregated profile counts) merged; averages divide by it.
+    /// Number of stored profiles merged (summed over series).
     pub profiles: u64,
+    /// Number of series that contributed.
+    pub series: u64,
+}
+
+impl Merged {
+    /// Applies the type's aggregation: for averages, divides by the mean number of profiles per
+    /// series, so N pods report the sum of their mean usage.
+    pub fn aggregated(mut self, aggregation: crate::Aggregation) -> Tree {
+        if aggregation == crate::Aggregation::Average && self.series > 0 {
+            let per_series = (self.profiles as f64 / self.series as f64).round() as i64;
+            self.tree.divide(per_series.max(1));
+        }
+        self.tree
+    }
 }
 
 /// What a retention pass removed.

@@ -1,0 +1,196 @@
+//! The on-disk chunk: one series, one time bucket, a column of `(stack id, value)` sorted by
+//! stack id, with the number of profiles merged into it and their total.
+//!
+//! ```text
+//! u8 version (1) | varint profiles | zigzag total | varint n | n × (varint Δstack, zigzag value)
+//! ```
+
+use crate::error::ChunkError;
+
+const VERSION: u8 = 1;
+
+/// A decoded chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Column {
+    pub profiles: u64,
+    /// `(stack id, value)`, sorted by stack id, ids unique.
+    pub entries: Vec<(u32, i64)>,
+}
+
+impl Column {
+    pub fn total(&self) -> i64 {
+        self.entries.iter().map(|e| e.1).sum()
+    }
+
+    /// Adds `other` into `self`, keeping ids sorted and unique.
+    pub fn merge(&mut self, other: &Column) {
+        self.profiles += other.profiles;
+        let mut out = Vec::with_capacity(self.entries.len() + other.entries.len());
+        let (mut a, mut b) = (
+            self.entries.iter().peekable(),
+            other.entries.iter().peekable(),
+        );
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(&&(ia, va)), Some(&&(ib, vb))) => {
+                    if ia == ib {
+                        out.push((ia, va + vb));
+                        a.next();
+                        b.next();
+                    } else if ia < ib {
+                        out.push((ia, va));
+                        a.next();
+                    } else {
+                        out.push((ib, vb));
+                        b.next();
+                    }
+                }
+                (Some(&&e), None) => {
+                    out.push(e);
+                    a.next();
+                }
+                (None, Some(&&e)) => {
+                    out.push(e);
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        self.entries = out;
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.entries.len() * 4);
+        out.push(VERSION);
+        put_varint(&mut out, self.profiles);
+        put_varint(&mut out, zigzag(self.total()));
+        put_varint(&mut out, self.entries.len() as u64);
+        let mut prev = 0u32;
+        for &(id, v) in &self.entries {
+            put_varint(&mut out, u64::from(id - prev));
+            put_varint(&mut out, zigzag(v));
+            prev = id;
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.byte()?;
+        if version != VERSION {
+            return Err(ChunkError::Version(version));
+        }
+        let profiles = r.varint()?;
+        let _total = r.varint()?;
+        let n = r.varint()? as usize;
+        // Each entry takes at least two bytes: never trust `n` for the allocation.
+        let mut entries = Vec::with_capacity(n.min(bytes.len() / 2));
+        let mut id = 0u64;
+        for _ in 0..n {
+            id += r.varint()?;
+            let v = unzigzag(r.varint()?);
+            entries.push((
+                u32::try_from(id).map_err(|_| ChunkError::Truncated(r.pos))?,
+                v,
+            ));
+        }
+        Ok(Self { profiles, entries })
+    }
+
+    /// Reads only the header: `(profiles, total)`.
+    pub fn decode_header(bytes: &[u8]) -> Result<(u64, i64), ChunkError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.byte()?;
+        if version != VERSION {
+            return Err(ChunkError::Version(version));
+        }
+        Ok((r.varint()?, unzigzag(r.varint()?)))
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, ChunkError> {
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or(ChunkError::Truncated(self.pos))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, ChunkError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(ChunkError::Truncated(self.pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_merges() {
+        let a = Column {
+            profiles: 1,
+            entries: vec![(1, 5), (7, -3), (300_000, 1 << 40)],
+        };
+        let b = Column {
+            profiles: 2,
+            entries: vec![(0, 1), (7, 3), (9, 9)],
+        };
+        assert_eq!(Column::decode(&a.encode()).unwrap(), a);
+        let mut m = a.clone();
+        m.merge(&b);
+        assert_eq!(m.profiles, 3);
+        assert_eq!(
+            m.entries,
+            vec![(0, 1), (1, 5), (7, 0), (9, 9), (300_000, 1 << 40)]
+        );
+        assert_eq!(
+            Column::decode_header(&m.encode()).unwrap(),
+            (3, 15 + (1 << 40))
+        );
+    }
+
+    #[test]
+    fn corrupt_chunks_are_errors_not_panics() {
+        let enc = Column {
+            profiles: 1,
+            entries: vec![(1, 5), (2, 6)],
+        }
+        .encode();
+        for cut in 0..enc.len() {
+            assert!(Column::decode(&enc[..cut]).is_err());
+        }
+        assert!(matches!(Column::decode(&[9]), Err(ChunkError::Version(9))));
+        assert!(Column::decode(&[1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+}

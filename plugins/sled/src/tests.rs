@@ -1,0 +1,312 @@
+use super::*;
+use kiln_plugin_api::{Frame, ProfileMeta, Sample};
+
+fn profile(service: &str, env: &str, ty: &str, start_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut samples = Vec::new();
+    for (stack, value) in stacks {
+        let ids = stack
+            .iter()
+            .map(|f| match frames.iter().position(|x| x.function == *f) {
+                Some(i) => i as u32,
+                None => {
+                    frames.push(Frame::named(*f));
+                    frames.len() as u32 - 1
+                }
+            })
+            .collect();
+        samples.push(Sample {
+            stack: ids,
+            value: *value,
+        });
+    }
+    Profile {
+        labels: Labels::from_pairs([("service_name", service), ("env", env)]),
+        profile_type: ProfileType::well_known(ty).unwrap(),
+        start_ns: start_s * NS,
+        end_ns: (start_s + 10) * NS,
+        frames,
+        samples,
+        meta: ProfileMeta {
+            spy_name: "gospy".into(),
+            sample_rate: 100,
+        },
+    }
+}
+
+fn query(sel: &str, start_s: i64, end_s: i64) -> Query {
+    Query {
+        selector: Selector::parse(sel).unwrap(),
+        start_ns: start_s * NS,
+        end_ns: end_s * NS,
+    }
+}
+
+fn open(dir: &std::path::Path) -> SledStorage {
+    SledStorage::open(&SledConfig::new(dir)).unwrap()
+}
+
+const DAY: i64 = 86_400;
+
+#[test]
+fn merges_profiles_across_series_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = now_s() - DAY;
+    s.inner
+        .write(vec![
+            profile(
+                "app",
+                "prod",
+                "cpu",
+                t0,
+                &[(&["main", "a"], 10), (&["main", "b"], 5)],
+            ),
+            profile("app", "dev", "cpu", t0 + 20, &[(&["main", "a"], 1)]),
+            profile("app", "prod", "cpu", t0 + 3600, &[(&["main", "a"], 100)]),
+            profile("other", "prod", "cpu", t0, &[(&["x"], 7)]),
+            profile(
+                "app",
+                "prod",
+                "alloc_space",
+                t0,
+                &[(&["main", "alloc"], 4096)],
+            ),
+        ])
+        .unwrap();
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 - 10, t0 + 7200), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "main;a 111\nmain;b 5\n");
+    assert_eq!(m.series, 2);
+    let m = s
+        .inner
+        .select_merge(&query(r#"app.cpu{env="prod"}"#, t0, t0 + 60), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "main;a 10\nmain;b 5\n");
+    let m = s.inner.select_merge(
+        &query(r#"{service_name=~"app|other"}"#, t0, t0 + 60),
+        now_s(),
+    );
+    // No type in the selector: cpu and alloc_space of both services merge (the daemon always
+    // pins a type; storage does what it is told).
+    assert_eq!(m.unwrap().tree.total(), 10 + 5 + 1 + 7 + 4096);
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 + 7200, t0 + 9000), now_s())
+        .unwrap();
+    assert_eq!(m.tree.total(), 0);
+}
+
+#[test]
+fn every_level_plan_reads_each_profile_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_s();
+    // One profile every 10 s over 6 hours, value 1 each.
+    let start = (now - 6 * 3600) / 10 * 10;
+    let profiles: Vec<Profile> = (0..2160)
+        .map(|i| {
+            profile(
+                "app",
+                "prod",
+                "cpu",
+                start + i * 10,
+                &[(&["main", "work"], 1)],
+            )
+        })
+        .collect();
+    s.inner.write(profiles).unwrap();
+    // Arbitrary, unaligned ranges must count exactly the profiles whose start lies inside.
+    for (from, to) in [
+        (start, start + 21600),
+        (start + 7, start + 12_345),
+        (start + 995, start + 20_001),
+        (start - 50, start + 30),
+    ] {
+        let expected = (start..start + 21600)
+            .step_by(10)
+            .filter(|t| *t >= from.div_euclid(10) * 10 && *t < to)
+            .count() as i64;
+        let m = s
+            .inner
+            .select_merge(&query("app.cpu", from, to), now)
+            .unwrap();
+        assert_eq!(m.tree.total(), expected, "range {from}..{to}");
+        assert_eq!(m.profiles as i64, expected);
+    }
+    let mut plan = Vec::new();
+    s.inner.plan(4, start, start + 21600, now, &mut plan);
+    assert!(
+        plan.iter().any(|p| p.0 >= 2),
+        "a 6 h range uses coarse levels: {plan:?}"
+    );
+}
+
+#[test]
+fn survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_s() - 100;
+    {
+        let s = open(dir.path());
+        s.inner
+            .write(vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0,
+                &[(&["main", "a"], 3)],
+            )])
+            .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let s = open(dir.path());
+    s.inner
+        .write(vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0 + 1,
+            &[(&["main", "a"], 2), (&["main", "c"], 1)],
+        )])
+        .unwrap();
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "main;a 5\nmain;c 1\n");
+    assert_eq!(s.inner.matching_series(None, 0, i64::MAX).len(), 1);
+}
+
+#[test]
+fn retention_deletes_old_chunks_per_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.levels = vec![
+        Level {
+            resolution: Duration::from_secs(10),
+            retention: Duration::from_secs(3600),
+        },
+        Level {
+            resolution: Duration::from_secs(100),
+            retention: Duration::from_secs(10 * 86_400),
+        },
+    ];
+    let s = SledStorage::open(&cfg).unwrap();
+    let now = now_s();
+    s.inner
+        .write(vec![
+            profile("app", "prod", "cpu", now - 2 * 86_400, &[(&["old"], 1)]),
+            profile("app", "prod", "cpu", now - 60, &[(&["new"], 1)]),
+        ])
+        .unwrap();
+    let report = s.inner.enforce_retention(now).unwrap();
+    assert_eq!(report.chunks_deleted, 1, "only the old 10 s chunk goes");
+    // The old profile is still there at 100 s resolution.
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", now - 3 * 86_400, now), now)
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "new 1\nold 1\n");
+    let report = s.inner.enforce_retention(now + 20 * 86_400).unwrap();
+    assert_eq!(report.chunks_deleted, 3);
+}
+
+#[test]
+fn timeline_buckets_by_step_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = (now_s() - 3600) / 60 * 60;
+    s.inner
+        .write(vec![
+            profile("app", "prod", "cpu", t0, &[(&["a"], 2)]),
+            profile("app", "prod", "cpu", t0 + 10, &[(&["a"], 3)]),
+            profile("app", "dev", "cpu", t0 + 70, &[(&["a"], 4)]),
+        ])
+        .unwrap();
+    let tl = s
+        .inner
+        .select_timeline(&query("app.cpu", t0, t0 + 180), 60 * NS, None, now_s())
+        .unwrap();
+    assert_eq!(tl.len(), 1);
+    assert_eq!(tl[0].1.points, vec![5, 4, 0]);
+    let tl = s
+        .inner
+        .select_timeline(
+            &query("app.cpu", t0, t0 + 180),
+            60 * NS,
+            Some("env"),
+            now_s(),
+        )
+        .unwrap();
+    assert_eq!(
+        tl.iter()
+            .map(|(g, t)| (g.as_str(), t.points.clone()))
+            .collect::<Vec<_>>(),
+        vec![("dev", vec![0, 4, 0]), ("prod", vec![5, 0, 0])]
+    );
+}
+
+#[test]
+fn average_types_divide_by_profiles_per_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = now_s() - 600;
+    s.inner
+        .write(vec![
+            profile("app", "a", "inuse_space", t0, &[(&["m"], 100)]),
+            profile("app", "a", "inuse_space", t0 + 10, &[(&["m"], 300)]),
+            profile("app", "b", "inuse_space", t0, &[(&["m"], 50)]),
+            profile("app", "b", "inuse_space", t0 + 10, &[(&["m"], 50)]),
+        ])
+        .unwrap();
+    let m = s
+        .inner
+        .select_merge(&query("app.inuse_space", t0, t0 + 60), now_s())
+        .unwrap();
+    assert_eq!((m.profiles, m.series), (4, 2));
+    assert_eq!(m.aggregated(Aggregation::Average).total(), 250);
+}
+
+#[test]
+fn delete_service_removes_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = now_s() - 60;
+    s.inner
+        .write(vec![
+            profile("app", "a", "cpu", t0, &[(&["m"], 1)]),
+            profile("keep", "a", "cpu", t0, &[(&["k"], 1)]),
+        ])
+        .unwrap();
+    assert!(s.inner.delete_service("app").unwrap() > 0);
+    assert_eq!(
+        s.inner
+            .select_merge(&query("app.cpu", t0 - 1, t0 + 1), now_s())
+            .unwrap()
+            .tree
+            .total(),
+        0
+    );
+    assert_eq!(
+        s.inner
+            .select_merge(&query("keep.cpu", t0 - 1, t0 + 1), now_s())
+            .unwrap()
+            .tree
+            .total(),
+        1
+    );
+}
+
+#[test]
+fn invalid_profiles_are_refused_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut bad = profile("app", "a", "cpu", now_s(), &[(&["m"], 1)]);
+    bad.samples[0].stack.push(99);
+    assert!(matches!(
+        s.inner.write(vec![bad]),
+        Err(StorageError::Invalid(_))
+    ));
+}
