@@ -1,1 +1,176 @@
-fn main() {}
+//! `kiln`: the continuous-profiling daemon and its command-line tools.
+
+mod api_error;
+mod client;
+mod config;
+mod flamebearer;
+mod ingest;
+mod metrics;
+mod pipeline;
+mod query;
+mod relabel;
+mod selfprof;
+mod server;
+mod time;
+mod ui;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: continuous profiling. Without a command, runs the server."
+)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Settings that override the configuration file and the environment.
+#[derive(Args, Clone, Default)]
+struct ServerArgs {
+    /// Configuration file [default: ./config.toml, if present].
+    #[arg(long, global = true, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.listen).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Storage directory (storage.path).
+    #[arg(long, global = true)]
+    storage_path: Option<String>,
+    /// Maximum age of data (storage.retention), e.g. 30d.
+    #[arg(long, global = true)]
+    retention: Option<String>,
+    /// How often data is made durable (server.flush_interval), e.g. 1s.
+    #[arg(long, global = true)]
+    flush_interval: Option<String>,
+    /// Log level or tracing filter (server.log_level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Profile the daemon itself (server.self_profiling).
+    #[arg(long, global = true)]
+    self_profiling: Option<bool>,
+    /// Public URL of the daemon (server.base_url).
+    #[arg(long, global = true)]
+    base_url: Option<String>,
+    /// Default node budget of rendered flamegraphs (server.max_nodes).
+    #[arg(long, global = true)]
+    max_nodes: Option<u64>,
+    /// Largest request body in bytes (server.max_body_bytes).
+    #[arg(long, global = true)]
+    max_body_bytes: Option<u64>,
+}
+
+impl ServerArgs {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        let mut push = |k: &'static str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push((k, val));
+            }
+        };
+        push("server.listen", self.listen.clone());
+        push("storage.path", self.storage_path.clone());
+        push("storage.retention", self.retention.clone());
+        push("server.flush_interval", self.flush_interval.clone());
+        push("server.log_level", self.log_level.clone());
+        push(
+            "server.self_profiling",
+            self.self_profiling.map(|b| b.to_string()),
+        );
+        push("server.base_url", self.base_url.clone());
+        push("server.max_nodes", self.max_nodes.map(|n| n.to_string()));
+        push(
+            "server.max_body_bytes",
+            self.max_body_bytes.map(|n| n.to_string()),
+        );
+        v
+    }
+
+    fn load(&self) -> anyhow::Result<config::Config> {
+        let (path, explicit) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("config.toml"), false),
+        };
+        config::load(&path, explicit, &self.overrides())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Server,
+    /// Check the configuration and exit.
+    Validate,
+    /// Push profile files to a running daemon.
+    Ingest {
+        /// Files to push (pprof, JFR, folded text…).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Application name, with an optional type suffix (myapp.cpu).
+        #[arg(long)]
+        app: String,
+        /// Format: pprof, jfr, folded, lines, speedscope [default: from the file name].
+        #[arg(long)]
+        format: Option<String>,
+        /// Daemon URL.
+        #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
+        server: String,
+        /// Labels, KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// API key sent as a Bearer token.
+        #[arg(long, env = "KILN_AUTH_TOKEN")]
+        auth_token: Option<String>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Server) {
+        Command::Server => {
+            let config = cli.server.load()?;
+            init_logging(&config.server.log_level);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(server::run(config))
+        }
+        Command::Validate => {
+            cli.server.load()?;
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Ingest {
+            files,
+            app,
+            format,
+            server,
+            labels,
+            auth_token,
+        } => client::run(client::IngestArgs {
+            files,
+            app,
+            format,
+            server,
+            labels,
+            auth_token,
+        }),
+    }
+}

@@ -1,0 +1,98 @@
+//! `kiln ingest FILE…`: pushes profile files to a running daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct IngestArgs {
+    pub files: Vec<PathBuf>,
+    pub app: String,
+    pub format: Option<String>,
+    pub server: String,
+    pub labels: Vec<String>,
+    pub auth_token: Option<String>,
+}
+
+/// The format of a file: the flag, else guessed from its name.
+fn format_of(path: &std::path::Path, flag: Option<&str>) -> &'static str {
+    if let Some(f) = flag {
+        return match f {
+            "pprof" => "pprof",
+            "jfr" => "jfr",
+            "lines" => "lines",
+            "speedscope" => "speedscope",
+            _ => "folded",
+        };
+    }
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".jfr") || name.ends_with(".jfr.gz") {
+        "jfr"
+    } else if name.ends_with(".pb.gz") || name.ends_with(".pprof") || name.ends_with(".pb") {
+        "pprof"
+    } else if name.ends_with(".speedscope.json") {
+        "speedscope"
+    } else {
+        "folded"
+    }
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<()> {
+    if args.files.is_empty() {
+        bail!("no files given");
+    }
+    let mut name = args.app.clone();
+    if !args.labels.is_empty() {
+        for l in &args.labels {
+            if !l.contains('=') {
+                bail!("--label {l:?}: expected KEY=VALUE");
+            }
+        }
+        name = format!("{}{{{}}}", name, args.labels.join(","));
+    }
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let bar = ProgressBar::new(args.files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("static template"),
+    );
+    let mut failures = 0;
+    for path in &args.files {
+        bar.set_message(path.display().to_string());
+        let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let format = format_of(path, args.format.as_deref());
+        let url = format!("{}/ingest", args.server.trim_end_matches('/'));
+        let mut req = agent
+            .post(&url)
+            .query("name", &name)
+            .query("format", format)
+            .query("spyName", "kiln-cli")
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &args.auth_token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        match req.send(&body[..]) {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(mut resp) => {
+                failures += 1;
+                let status = resp.status();
+                let msg = resp.body_mut().read_to_string().unwrap_or_default();
+                bar.println(format!("{}: {status}: {}", path.display(), msg.trim()));
+            }
+            Err(e) => {
+                failures += 1;
+                bar.println(format!("{}: {e}", path.display()));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_with_message("done");
+    if failures > 0 {
+        bail!("{failures} of {} files were not accepted", args.files.len());
+    }
+    Ok(())
+}

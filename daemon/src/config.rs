@@ -1,0 +1,342 @@
+//! Configuration: a TOML file, overridden by `KILN_…` environment variables, overridden by
+//! command-line flags. Unknown keys and bad values stop startup with the file, table and key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use kiln_storage_sled::Level;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub transforms: BTreeMap<String, TransformConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Public URL of this daemon (used in links); empty means relative links.
+    pub base_url: String,
+    /// Largest request body accepted on the wire.
+    pub max_body_bytes: u64,
+    /// Largest body once decompressed (guards against gzip bombs).
+    pub max_decompressed_bytes: u64,
+    /// Default node budget of rendered flamegraphs.
+    pub max_nodes: usize,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub log_level: String,
+    /// How often accepted profiles are made durable.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Profile the daemon's own CPU into the `kiln.server` application.
+    pub self_profiling: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4040".into(),
+            base_url: String::new(),
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_nodes: 8192,
+            log_level: "info".into(),
+            flush_interval: Duration::from_secs(1),
+            self_profiling: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Storage backend; `sled` is built in.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Directory of the data.
+    pub path: PathBuf,
+    /// Maximum age of any data; caps every level's retention.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Time levels, finest first.
+    pub levels: Vec<Level>,
+    /// sled page cache, bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: "sled".into(),
+            path: PathBuf::from("./data"),
+            retention: Duration::from_secs(30 * 86_400),
+            levels: kiln_storage_sled::default_levels(),
+            cache_capacity_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A named transform: `[transforms.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Adds, drops, renames or keeps only labels.
+    Relabel(crate::relabel::RelabelConfig),
+}
+
+/// A named sink exporter: `[sinks.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Logs one line per batch (for trying pipelines out).
+    Log {},
+}
+
+/// A pipeline: `[pipelines.NAME]`. Requests go to the first pipeline (in name order) whose
+/// conditions all hold; `default` catches the rest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Regex the application name must match (whole name).
+    pub match_app: Option<String>,
+    /// Labels that must have these exact values.
+    pub match_labels: BTreeMap<String, String>,
+    /// Accepted formats; empty means every built-in decoder.
+    pub decoders: Vec<String>,
+    /// Transforms applied in order.
+    pub transforms: Vec<String>,
+    /// Sinks receiving every stored batch.
+    pub sinks: Vec<String>,
+}
+
+/// Settings that have an environment variable and a flag, by TOML path.
+pub const OVERRIDABLE: &[(&str, &str)] = &[
+    ("server.listen", "KILN_LISTEN"),
+    ("server.base_url", "KILN_BASE_URL"),
+    ("server.max_body_bytes", "KILN_MAX_BODY_BYTES"),
+    (
+        "server.max_decompressed_bytes",
+        "KILN_MAX_DECOMPRESSED_BYTES",
+    ),
+    ("server.max_nodes", "KILN_MAX_NODES"),
+    ("server.log_level", "KILN_LOG_LEVEL"),
+    ("server.flush_interval", "KILN_FLUSH_INTERVAL"),
+    ("server.self_profiling", "KILN_SELF_PROFILING"),
+    ("storage.type", "KILN_STORAGE_TYPE"),
+    ("storage.path", "KILN_STORAGE_PATH"),
+    ("storage.retention", "KILN_RETENTION"),
+    ("storage.cache_capacity_bytes", "KILN_CACHE_CAPACITY_BYTES"),
+];
+
+/// Loads the configuration. `explicit` says whether the path was given by the user (then it
+/// must exist); `flags` holds `(toml path, value)` pairs from the command line.
+pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Result<Config> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading config file {}", path.display())),
+    };
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
+    })?;
+    for (key, var) in OVERRIDABLE {
+        if let Ok(v) = std::env::var(var) {
+            set(&mut table, key, &v);
+        }
+    }
+    for (key, v) in flags {
+        set(&mut table, key, v);
+    }
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let at = e.path().to_string();
+            let (table, key) = match at.rsplit_once('.') {
+                Some((t, k)) => (format!("[{t}]"), k.to_string()),
+                None => ("top level".to_string(), at.clone()),
+            };
+            anyhow::anyhow!(
+                "{}: in {table}, key `{key}`: {}",
+                path.display(),
+                e.inner().to_string().trim_end()
+            )
+        })?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(config)
+}
+
+/// Sets `a.b` in `table` from a string, typed like the value it replaces (or inferred).
+fn set(table: &mut toml::Table, key: &str, raw: &str) {
+    let (section, name) = key.split_once('.').expect("overridable keys are two-level");
+    let section = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section) = section.as_table_mut() else {
+        return;
+    };
+    let value = if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else {
+        toml::Value::String(raw.to_string())
+    };
+    // Paths, addresses and durations stay strings even when they look like numbers.
+    let value = match (name, value) {
+        (
+            "path" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval" | "type",
+            v,
+        ) => toml::Value::String(match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        }),
+        (_, v) => v,
+    };
+    section.insert(name.to_string(), value);
+}
+
+impl Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.storage.kind != "sled" {
+            bail!(
+                "in [storage], key `type`: unknown storage {:?}; built in: \"sled\" (storage plugins are named by their plugin name)",
+                self.storage.kind
+            );
+        }
+        self.sled_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("in [storage], key `{e}"))?;
+        if self.server.flush_interval.is_zero() {
+            bail!("in [server], key `flush_interval`: must be greater than zero");
+        }
+        for (name, p) in &self.pipelines {
+            if let Some(re) = &p.match_app {
+                regex::Regex::new(re).map_err(|e| {
+                    anyhow::anyhow!("in [pipelines.{name}], key `match_app`: invalid regex: {e}")
+                })?;
+            }
+            for t in &p.transforms {
+                if !self.transforms.contains_key(t) {
+                    bail!("in [pipelines.{name}], key `transforms`: no transform named {t:?} (define [transforms.{t}])");
+                }
+            }
+            for s in &p.sinks {
+                if !self.sinks.contains_key(s) {
+                    bail!("in [pipelines.{name}], key `sinks`: no sink named {s:?} (define [sinks.{s}])");
+                }
+            }
+            for d in &p.decoders {
+                if !crate::ingest::BUILTIN_FORMATS.contains(&d.as_str()) {
+                    bail!(
+                        "in [pipelines.{name}], key `decoders`: unknown decoder {d:?}; built in: {}",
+                        crate::ingest::BUILTIN_FORMATS.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sled configuration, with every level's retention capped by `storage.retention`.
+    pub fn sled_config(&self) -> kiln_storage_sled::SledConfig {
+        let mut levels = self.storage.levels.clone();
+        for l in &mut levels {
+            l.retention = l.retention.min(self.storage.retention).max(l.resolution);
+        }
+        kiln_storage_sled::SledConfig {
+            path: self.storage.path.clone(),
+            levels,
+            cache_capacity_bytes: self.storage.cache_capacity_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, flags: &[(&str, String)]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path, true, flags)
+    }
+
+    #[test]
+    fn shipped_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+        let c = load(&path, true, &[]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:4040");
+        assert!(c.pipelines.contains_key("default"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_table_and_key() {
+        let err = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kiln.toml"), "{err}");
+        assert!(err.contains("listen_typo"), "{err}");
+        let err = load_str("[server]\nmax_nodes = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[server]") && err.contains("max_nodes"),
+            "{err}"
+        );
+        let err = load_str("[storage]\nretention = \"forever\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention"), "{err}");
+        let err = load_str("[pipelines.p]\ntransforms = [\"nope\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[pipelines.p]") && err.contains("nope"),
+            "{err}"
+        );
+        let err = load_str("[transforms.t]\ntype = \"relabel\"\nadd = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transforms.t") && err.contains("add"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let c = load_str(
+            "[server]\nlisten = \"127.0.0.1:1\"\nself_profiling = true\n",
+            &[
+                ("server.listen", "127.0.0.1:2".into()),
+                ("server.self_profiling", "false".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert!(!c.server.self_profiling);
+    }
+
+    #[test]
+    fn retention_caps_levels() {
+        let c = load_str("[storage]\nretention = \"1d\"\n", &[]).unwrap();
+        assert!(c
+            .sled_config()
+            .levels
+            .iter()
+            .all(|l| l.retention <= Duration::from_secs(86_400) || l.retention == l.resolution));
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics about the daemon itself, served at `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Endpoint {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Sink {
+    sink: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The daemon's counters and histograms. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    profiles: Counter,
+    requests: Counter,
+    bytes: Counter,
+    errors: Family<Cause, Counter>,
+    query_latency: Family<Endpoint, Histogram, fn() -> Histogram>,
+    sink_errors: Family<Sink, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let profiles = Counter::default();
+        let requests = Counter::default();
+        let bytes = Counter::default();
+        let errors = Family::<Cause, Counter>::default();
+        let query_latency = Family::<Endpoint, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let sink_errors = Family::<Sink, Counter>::default();
+        registry.register(
+            "ingested_profiles",
+            "Profiles stored (one per series and type)",
+            profiles.clone(),
+        );
+        registry.register(
+            "ingest_requests",
+            "Ingest requests accepted",
+            requests.clone(),
+        );
+        registry.register(
+            "ingested_bytes",
+            "Request body bytes received by ingest",
+            bytes.clone(),
+        );
+        registry.register(
+            "ingest_errors",
+            "Ingest requests refused, by cause",
+            errors.clone(),
+        );
+        registry.register(
+            "query_duration_seconds",
+            "Query latency, by endpoint",
+            query_latency.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Sink exporter failures, by sink",
+            sink_errors.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            profiles,
+            requests,
+            bytes,
+            errors,
+            query_latency,
+            sink_errors,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn ingested(&self, profiles: usize, bytes: usize) {
+        self.requests.inc();
+        self.profiles.inc_by(profiles as u64);
+        self.bytes.inc_by(bytes as u64);
+    }
+
+    pub fn ingest_error(&self, cause: &str) {
+        self.errors
+            .get_or_create(&Cause {
+                cause: cause.into(),
+            })
+            .inc();
+    }
+
+    pub fn query(&self, endpoint: &str, took: Duration) {
+        self.query_latency
+            .get_or_create(&Endpoint {
+                endpoint: endpoint.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn sink_error(&self, sink: &str) {
+        self.sink_errors
+            .get_or_create(&Sink { sink: sink.into() })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

@@ -1,0 +1,433 @@
+//! The query API: `/render`, `/render-diff`, `/labels`, `/label-values`, `/api/apps`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Query as QueryString, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_plugin_api::{
+    labels::{NAME, SERVICE_NAME},
+    selector::TypeSelector,
+    Query, RenderContext, Selector, SeriesInfo, Timeline, Tree,
+};
+use serde_json::{json, Value};
+
+use crate::api_error::ApiError;
+use crate::server::AppState;
+use crate::time;
+
+type Params = HashMap<String, String>;
+
+fn param<'a>(p: &'a Params, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| p.get(*n))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// A time range from `from`/`until`-style parameters; defaults `now-1h`..`now`.
+fn range(p: &Params, from: &'static str, until: &'static str) -> Result<(i64, i64), ApiError> {
+    let now = time::now_ns();
+    let parse = |name: &'static str, default: &str| {
+        time::parse(name, param(p, &[name]).unwrap_or(default), now)
+            .map_err(|e| ApiError::bad_request("bad_time", e.to_string()))
+    };
+    let (start, end) = (parse(from, "now-1h")?, parse(until, "now")?);
+    if start > end {
+        return Err(ApiError::bad_request(
+            "bad_time",
+            format!("`{from}` is after `{until}`"),
+        ));
+    }
+    Ok((start, end))
+}
+
+/// Parses a selector and pins a profile type (`cpu` when none is given).
+fn selector(raw: Option<&str>, what: &str) -> Result<Selector, ApiError> {
+    let raw = raw.ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_query",
+            format!("the `{what}` parameter is required, e.g. {what}=myapp.cpu{{env=\"prod\"}}"),
+        )
+    })?;
+    let mut s =
+        Selector::parse(raw).map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    if s.profile_type.is_none() {
+        s.profile_type = Some(TypeSelector::Name("cpu".into()));
+    }
+    Ok(s)
+}
+
+fn max_nodes(p: &Params, default: usize) -> Result<usize, ApiError> {
+    match param(p, &["maxNodes", "max-nodes"]) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(0) => Ok(default),
+            Ok(n) => Ok(n.min(1 << 20)),
+            Err(_) => Err(ApiError::bad_request(
+                "bad_param",
+                format!("maxNodes={v:?} is not a positive integer"),
+            )),
+        },
+    }
+}
+
+/// Pyroscope's timeline step: the largest 10 s × 10ᵏ below range/1024, at least 10 s.
+fn timeline_step_s(start_ns: i64, end_ns: i64) -> i64 {
+    let range_s = ((end_ns - start_ns) / 1_000_000_000).max(1);
+    let mut step = 10;
+    while step * 10 < range_s / 1024 {
+        step *= 10;
+    }
+    step
+}
+
+fn timeline_json(t: &Timeline) -> Value {
+    json!({
+        "startTime": t.start_ns / 1_000_000_000,
+        "samples": t.points,
+        "durationDelta": t.step_ns / 1_000_000_000,
+        "watermarks": null,
+    })
+}
+
+/// The merged tree of a selection, aggregated as its type says, plus what is known of it.
+struct Selection {
+    tree: Tree,
+    series: Vec<SeriesInfo>,
+}
+
+async fn select(
+    state: &AppState,
+    selector: &Selector,
+    start_ns: i64,
+    end_ns: i64,
+) -> Result<Selection, ApiError> {
+    let series = state
+        .storage
+        .series(Some(selector), start_ns, end_ns)
+        .await?;
+    let q = Query {
+        selector: selector.clone(),
+        start_ns,
+        end_ns,
+    };
+    let merged = state.storage.select_merge(&q).await?;
+    let aggregation = series
+        .first()
+        .map(|s| s.profile_type.aggregation)
+        .unwrap_or_default();
+    Ok(Selection {
+        tree: merged.aggregated(aggregation),
+        series,
+    })
+}
+
+fn app_name(selector: &Selector, series: &[SeriesInfo]) -> String {
+    let app = selector.service_name().unwrap_or("");
+    let ty = series
+        .first()
+        .map(|s| s.profile_type.name.as_str())
+        .unwrap_or(match &selector.profile_type {
+            Some(TypeSelector::Name(n)) => n.as_str(),
+            _ => "cpu",
+        });
+    format!("{app}.{ty}")
+}
+
+fn metadata(
+    format: &str,
+    selector: &Selector,
+    series: &[SeriesInfo],
+    start_ns: i64,
+    end_ns: i64,
+) -> Value {
+    let first = series.first();
+    let units = first
+        .map(|s| s.profile_type.display_units())
+        .unwrap_or("samples");
+    let sample_rate = first
+        .map(|s| s.sample_rate)
+        .filter(|r| *r > 0)
+        .unwrap_or(100);
+    json!({
+        "format": format,
+        "spyName": first.map(|s| s.spy_name.as_str()).unwrap_or(""),
+        "sampleRate": sample_rate,
+        "units": units,
+        "name": app_name(selector, series),
+        "appName": selector.service_name().unwrap_or(""),
+        "startTime": start_ns / 1_000_000_000,
+        "endTime": end_ns / 1_000_000_000,
+        "profileType": first.map(|s| s.profile_type.id()),
+    })
+}
+
+pub async fn render(
+    State(state): State<Arc<AppState>>,
+    QueryString(p): QueryString<Params>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let selector = selector(param(&p, &["query", "name"]), "query")?;
+    let (start_ns, end_ns) = range(&p, "from", "until")?;
+    let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
+    let format = param(&p, &["format"]).unwrap_or("json");
+    let sel = select(&state, &selector, start_ns, end_ns).await?;
+    let response = if format == "json" {
+        let q = Query {
+            selector: selector.clone(),
+            start_ns,
+            end_ns,
+        };
+        let step_ns = timeline_step_s(start_ns, end_ns) * 1_000_000_000;
+        let timeline = state.storage.select_timeline(&q, step_ns, None).await?;
+        let timeline = timeline
+            .first()
+            .map(|(_, t)| timeline_json(t))
+            .unwrap_or_else(|| {
+                timeline_json(&Timeline {
+                    start_ns,
+                    step_ns,
+                    points: vec![],
+                })
+            });
+        let groups = match param(&p, &["groupBy"]) {
+            Some(label) => {
+                let lines = state
+                    .storage
+                    .select_timeline(&q, step_ns, Some(label))
+                    .await?;
+                let map: BTreeMap<String, Value> = lines
+                    .iter()
+                    .map(|(g, t)| {
+                        (
+                            if g.is_empty() {
+                                "*".to_string()
+                            } else {
+                                g.clone()
+                            },
+                            timeline_json(t),
+                        )
+                    })
+                    .collect();
+                json!(map)
+            }
+            None => Value::Null,
+        };
+        let body = json!({
+            "version": 1,
+            "flamebearer": crate::flamebearer::flamebearer(&sel.tree, max_nodes),
+            "metadata": metadata("single", &selector, &sel.series, start_ns, end_ns),
+            "timeline": timeline,
+            "groups": groups,
+            "heatmap": null,
+            "functions": sel.tree.function_totals(),
+        });
+        Json(body).into_response()
+    } else {
+        let renderer = state.renderers.get(format).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_format",
+                format!(
+                    "unknown format {format:?}; available: json, {}",
+                    state
+                        .renderers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        let first = sel.series.first();
+        let ctx = RenderContext {
+            title: app_name(&selector, &sel.series),
+            profile_type: first.map(|s| s.profile_type.clone()).unwrap_or_else(|| {
+                kiln_plugin_api::ProfileType::well_known("cpu").expect("cpu is known")
+            }),
+            start_ns,
+            end_ns,
+            max_nodes,
+            sample_rate: first.map(|s| s.sample_rate).unwrap_or(0),
+            spy_name: first.map(|s| s.spy_name.clone()).unwrap_or_default(),
+        };
+        let rendered = renderer
+            .render(&sel.tree, &ctx)
+            .await
+            .map_err(|e| ApiError::internal(format!("rendering {format}: {e}")))?;
+        let filename = format!("{}.{}", ctx.title, rendered.extension);
+        let mut resp = (StatusCode::OK, rendered.body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&rendered.content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        resp
+    };
+    state.metrics.query("render", started.elapsed());
+    Ok(response)
+}
+
+pub async fn render_diff(
+    State(state): State<Arc<AppState>>,
+    QueryString(p): QueryString<Params>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let left_sel = selector(param(&p, &["leftQuery"]), "leftQuery")?;
+    let right_sel = selector(param(&p, &["rightQuery"]), "rightQuery")?;
+    let (ls, le) = range(&p, "leftFrom", "leftUntil")?;
+    let (rs, re) = range(&p, "rightFrom", "rightUntil")?;
+    let _max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
+    let (left, right) = tokio::try_join!(
+        select(&state, &left_sel, ls, le),
+        select(&state, &right_sel, rs, re)
+    )?;
+    if let (Some(l), Some(r)) = (left.series.first(), right.series.first()) {
+        if l.profile_type.id() != r.profile_type.id() {
+            return Err(ApiError::bad_request(
+                "type_mismatch",
+                format!(
+                    "cannot diff {} against {}",
+                    l.profile_type.id(),
+                    r.profile_type.id()
+                ),
+            ));
+        }
+    }
+    let mut body = json!({
+        "version": 1,
+        "flamebearer": Value::Null,
+        "metadata": metadata("double", &left_sel, &left.series, ls.min(rs), le.max(re)),
+        "leftTicks": left.tree.total(),
+        "rightTicks": right.tree.total(),
+        "timeline": null,
+    });
+    if let Some(fb) = body["flamebearer"].as_object_mut() {
+        fb.remove("leftTicks");
+        fb.remove("rightTicks");
+    }
+    state.metrics.query("render-diff", started.elapsed());
+    Ok(Json(body).into_response())
+}
+
+/// An optional selector (no type pinned) for the label endpoints.
+fn optional_selector(p: &Params) -> Result<Option<Selector>, ApiError> {
+    param(p, &["query"])
+        .map(|q| Selector::parse(q).map_err(|e| ApiError::bad_request("bad_query", e.to_string())))
+        .transpose()
+}
+
+pub async fn labels(
+    State(state): State<Arc<AppState>>,
+    QueryString(p): QueryString<Params>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let (start, end) = range_or_all(&p)?;
+    let sel = optional_selector(&p)?;
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    names.insert(NAME.to_string());
+    for s in state.storage.series(sel.as_ref(), start, end).await? {
+        names.extend(s.labels.iter().map(|(k, _)| k.to_string()));
+    }
+    Ok(Json(names.into_iter().collect()))
+}
+
+pub async fn label_values(
+    State(state): State<Arc<AppState>>,
+    QueryString(p): QueryString<Params>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let label = param(&p, &["label"])
+        .ok_or_else(|| ApiError::bad_request("bad_param", "label parameter is required"))?;
+    let (start, end) = range_or_all(&p)?;
+    let sel = optional_selector(&p)?;
+    let mut values = BTreeSet::new();
+    for s in state.storage.series(sel.as_ref(), start, end).await? {
+        if label == NAME {
+            values.insert(format!(
+                "{}.{}",
+                s.labels.service_name().unwrap_or(""),
+                s.profile_type.name
+            ));
+        } else if let Some(v) = s.labels.get(label) {
+            values.insert(v.to_string());
+        }
+    }
+    Ok(Json(values.into_iter().collect()))
+}
+
+/// Label endpoints default to all time when no range is given.
+fn range_or_all(p: &Params) -> Result<(i64, i64), ApiError> {
+    if param(p, &["from"]).is_none() && param(p, &["until"]).is_none() {
+        return Ok((i64::MIN / 2, i64::MAX / 2));
+    }
+    range(p, "from", "until")
+}
+
+pub async fn apps(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+    let mut apps: BTreeMap<String, Value> = BTreeMap::new();
+    for s in state
+        .storage
+        .series(None, i64::MIN / 2, i64::MAX / 2)
+        .await?
+    {
+        let name = format!(
+            "{}.{}",
+            s.labels.get(SERVICE_NAME).unwrap_or(""),
+            s.profile_type.name
+        );
+        apps.entry(name.clone()).or_insert_with(|| {
+            json!({
+                "name": name,
+                "spyName": s.spy_name,
+                "sampleRate": s.sample_rate,
+                "units": s.profile_type.display_units(),
+                "profileType": s.profile_type.id(),
+            })
+        });
+    }
+    Ok(Json(apps.into_values().collect()))
+}
+
+#[derive(serde::Deserialize)]
+pub struct DeleteApp {
+    name: String,
+}
+
+/// `DELETE /api/apps {"name":"myapp.cpu"}`: deletes every series of the application.
+pub async fn delete_app(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let req: DeleteApp = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_body",
+            format!("expected {{\"name\":\"app.cpu\"}}: {e}"),
+        )
+    })?;
+    let name = kiln_plugin_api::PyroscopeName::parse(&req.name)
+        .map_err(|e| ApiError::bad_request("bad_name", e.to_string()))?;
+    let (app, _) = name.split_profile_type();
+    state.storage.delete_service(app).await?;
+    Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_step_follows_pyroscope() {
+        let s = 1_000_000_000;
+        assert_eq!(timeline_step_s(0, 3600 * s), 10);
+        assert_eq!(timeline_step_s(0, 86_400 * s), 10);
+        assert_eq!(timeline_step_s(0, 30 * 86_400 * s), 1000);
+        assert_eq!(timeline_step_s(0, 7 * 86_400 * s), 100);
+    }
+}
