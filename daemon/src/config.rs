@@ -17,9 +17,9 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
-    pub transforms: BTreeMap<String, TransformConfig>,
+    pub transforms: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -90,21 +90,38 @@ impl Default for StorageConfig {
     }
 }
 
-/// A named transform: `[transforms.NAME]`.
+/// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the options that
+/// type takes, checked by [`ComponentConfig::options`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum TransformConfig {
-    /// Adds, drops, renames or keeps only labels.
-    Relabel(crate::relabel::RelabelConfig),
+pub struct ComponentConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
-/// A named sink exporter: `[sinks.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// Logs one line per batch (for trying pipelines out).
-    Log {},
+impl ComponentConfig {
+    /// Deserializes the options as `T`, naming the table and key on error.
+    pub fn options<T: serde::de::DeserializeOwned>(&self, table: &str) -> anyhow::Result<T> {
+        serde_path_to_error::deserialize(toml::Value::Table(self.options.clone())).map_err(|e| {
+            anyhow::anyhow!(
+                "in [{table}], key `{}`: {}",
+                e.path(),
+                e.inner().to_string().trim_end()
+            )
+        })
+    }
 }
+
+/// Transform types built in.
+pub const BUILTIN_TRANSFORMS: &[&str] = &["relabel"];
+/// Sink types built in.
+pub const BUILTIN_SINKS: &[&str] = &["log"];
+
+/// Options of the built-in `log` sink (none).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkConfig {}
 
 /// A pipeline: `[pipelines.NAME]`. Requests go to the first pipeline (in name order) whose
 /// conditions all hold; `default` catches the rest.
@@ -223,6 +240,30 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("in [storage], key `{e}"))?;
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");
+        }
+        for (name, t) in &self.transforms {
+            let table = format!("transforms.{name}");
+            match t.kind.as_str() {
+                "relabel" => {
+                    t.options::<crate::relabel::RelabelConfig>(&table)?;
+                }
+                other => bail!(
+                    "in [{table}], key `type`: unknown transform {other:?}; built in: {}",
+                    BUILTIN_TRANSFORMS.join(", ")
+                ),
+            }
+        }
+        for (name, s) in &self.sinks {
+            let table = format!("sinks.{name}");
+            match s.kind.as_str() {
+                "log" => {
+                    s.options::<LogSinkConfig>(&table)?;
+                }
+                other => bail!(
+                    "in [{table}], key `type`: unknown sink {other:?}; built in: {}",
+                    BUILTIN_SINKS.join(", ")
+                ),
+            }
         }
         for (name, p) in &self.pipelines {
             if let Some(re) = &p.match_app {

@@ -66,12 +66,14 @@ fn choose_format(format: Option<&str>, content_type: Option<&str>) -> Result<Str
         Some("speedscope") => "speedscope".into(),
         _ if ct.starts_with("multipart/form-data") => "pprof".into(),
         None | Some("" | "folded" | "groups" | "collapsed") => "folded".into(),
-        Some(other) => return Err(ApiError::bad_request(
-            "unknown_format",
-            format!(
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "unknown_format",
+                format!(
                 "unknown format {other:?}; use pprof, jfr, folded, lines, trie, tree or speedscope"
             ),
-        )),
+            ))
+        }
     })
 }
 
@@ -107,13 +109,12 @@ fn ingest_meta(
             format!("`from` ({start_ns} ns) is after `until` ({end_ns} ns)"),
         ));
     }
-    let sample_rate = match non_empty("sampleRate") {
-        Some(v) => Some(v.parse::<u32>().unwrap_or_else(|_| {
+    let sample_rate = non_empty("sampleRate").map(|v| {
+        v.parse::<u32>().unwrap_or_else(|_| {
             tracing::debug!(value = v, "sampleRate is not an integer, using 100");
             100
-        })),
-        None => None,
-    };
+        })
+    });
     let aggregation = match non_empty("aggregationType") {
         Some(v) => Some(Aggregation::parse(v).ok_or_else(|| {
             ApiError::bad_request(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kiln_plugin_api::{Labels, Profile, SinkExporter, Storage, Transform};
 use regex::Regex;
 
-use crate::config::{Config, SinkConfig, TransformConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub struct Pipeline {
@@ -91,21 +91,13 @@ impl Pipelines {
             let transforms = p
                 .transforms
                 .iter()
-                .map(|t| -> Arc<dyn Transform> {
-                    match &config.transforms[t] {
-                        TransformConfig::Relabel(c) => Arc::new(crate::relabel::Relabel(c.clone())),
-                    }
-                })
-                .collect();
+                .map(|t| build_transform(t, config))
+                .collect::<anyhow::Result<_>>()?;
             let sinks = p
                 .sinks
                 .iter()
-                .map(|s| -> (String, Arc<dyn SinkExporter>) {
-                    match &config.sinks[s] {
-                        SinkConfig::Log {} => (s.clone(), Arc::new(LogSink(s.clone()))),
-                    }
-                })
-                .collect();
+                .map(|s| Ok((s.clone(), build_sink(s, config)?)))
+                .collect::<anyhow::Result<_>>()?;
             list.push(Arc::new(Pipeline {
                 name: name.to_string(),
                 match_app: match (&p.match_app, name) {
@@ -137,6 +129,27 @@ impl Pipelines {
             .find(|p| p.matches(app, labels))
             .unwrap_or_else(|| self.list.last().expect("default pipeline always exists"))
             .clone()
+    }
+}
+
+fn build_transform(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Transform>> {
+    let c = &config.transforms[name];
+    let table = format!("transforms.{name}");
+    match c.kind.as_str() {
+        "relabel" => Ok(Arc::new(crate::relabel::Relabel(c.options(&table)?))),
+        other => anyhow::bail!("in [{table}], key `type`: unknown transform {other:?}"),
+    }
+}
+
+fn build_sink(name: &str, config: &Config) -> anyhow::Result<Arc<dyn SinkExporter>> {
+    let c = &config.sinks[name];
+    let table = format!("sinks.{name}");
+    match c.kind.as_str() {
+        "log" => {
+            c.options::<crate::config::LogSinkConfig>(&table)?;
+            Ok(Arc::new(LogSink(name.to_string())))
+        }
+        other => anyhow::bail!("in [{table}], key `type`: unknown sink {other:?}"),
     }
 }
 

@@ -38,6 +38,9 @@ pub fn parse(param: &'static str, raw: &str, now_ns: i64) -> Result<i64, TimeErr
         Some(b'+') => (1, &rest[1..]),
         _ => return Err(err()),
     };
+    if rest.is_empty() {
+        return Err(err());
+    }
     let mut offset_s: i64 = 0;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();

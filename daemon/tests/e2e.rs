@@ -1,0 +1,481 @@
+//! End to end: the real daemon on a free loopback port, real Go profiles from `testdata/`,
+//! answers cross-checked against `go tool pprof` reading the same files.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{enc, go_pprof_top, multipart, testdata, Daemon};
+use serde_json::Value;
+
+fn functions(render: &Value) -> BTreeMap<String, (i64, i64)> {
+    render["functions"]
+        .as_array()
+        .expect("functions array")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                (f["self"].as_i64().unwrap(), f["total"].as_i64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn render(d: &Daemon, query: &str) -> Value {
+    d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m",
+        enc(query)
+    ))
+}
+
+#[test]
+fn go_profiles_render_what_go_tool_pprof_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let heap = std::fs::read(testdata("go-heap.pb.gz")).unwrap();
+    // The CPU profile as the Go agent sends it (multipart, no format), the heap raw.
+    let (body, ct) = multipart(&cpu, None);
+    let (status, msg) = d.ingest(
+        &format!("name={}&spyName=gospy", enc("goapp.cpu{env=e2e}")),
+        &ct,
+        &body,
+    );
+    assert_eq!(status, 200, "{msg}");
+    let (status, msg) = d.ingest(
+        &format!("name={}&format=pprof", enc("goapp{env=e2e}")),
+        "application/octet-stream",
+        &heap,
+    );
+    assert_eq!(status, 200, "{msg}");
+
+    let r = render(&d, r#"goapp.cpu{env="e2e"}"#);
+    assert_eq!(r["flamebearer"]["numTicks"], 1017);
+    assert_eq!(r["metadata"]["spyName"], "gospy");
+    assert_eq!(r["metadata"]["units"], "samples");
+    assert_eq!(r["flamebearer"]["names"][0], "total");
+    let ours = functions(&r);
+    let theirs = go_pprof_top(&testdata("go-cpu.pb.gz"), "samples");
+    assert_eq!(
+        ours, theirs,
+        "every function's self and total must match go tool pprof"
+    );
+    let timeline_total: i64 = r["timeline"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(timeline_total, 1017);
+
+    for index in ["inuse_objects", "alloc_objects"] {
+        let r = render(&d, &format!("goapp.{index}"));
+        assert_eq!(
+            functions(&r),
+            go_pprof_top(&testdata("go-heap.pb.gz"), index),
+            "{index}"
+        );
+    }
+    let r = render(&d, "goapp.inuse_space");
+    assert_eq!(r["metadata"]["units"], "bytes");
+    assert!(r["flamebearer"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "main.allocWork"));
+
+    let apps = d.get_json("/api/apps");
+    let names: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for n in ["goapp.cpu", "goapp.alloc_space", "goapp.inuse_objects"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert_eq!(
+        d.get_json(&format!(
+            "/label-values?label=env&query={}",
+            enc("goapp.cpu")
+        )),
+        serde_json::json!(["e2e"])
+    );
+    let labels = d.get_json(&format!("/labels?query={}", enc("goapp.cpu")));
+    assert!(labels.as_array().unwrap().iter().any(|l| l == "env"));
+    let values = d.get_json("/label-values?label=__name__");
+    assert!(values.as_array().unwrap().iter().any(|l| l == "goapp.cpu"));
+}
+
+#[test]
+fn selectors_filter_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    for (env, body) in [
+        ("prod", "main;work 10\n"),
+        ("dev", "main;play 3\n"),
+        ("test", "main;check 1\n"),
+    ] {
+        let (s, m) = d.ingest(
+            &format!(
+                "name={}&format=folded",
+                enc(&format!("sel.cpu{{env={env}}}"))
+            ),
+            "text/plain",
+            body.as_bytes(),
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+    let total = |q: &str| render(&d, q)["flamebearer"]["numTicks"].as_i64().unwrap();
+    assert_eq!(total("sel.cpu"), 14);
+    assert_eq!(total(r#"sel.cpu{env="prod"}"#), 10);
+    assert_eq!(total(r#"sel.cpu{env!="prod"}"#), 4);
+    assert_eq!(total(r#"sel.cpu{env=~"pr.*|te.*"}"#), 11);
+    assert_eq!(total(r#"sel.cpu{env!~"d.*"}"#), 11);
+    assert_eq!(
+        total(r#"process_cpu:samples:count:cpu:nanoseconds{service_name="sel",env="dev"}"#),
+        3
+    );
+    let r = d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m&groupBy=env",
+        enc("sel.cpu")
+    ));
+    let groups = r["groups"].as_object().unwrap();
+    assert_eq!(groups.len(), 3);
+}
+
+#[test]
+fn restart_returns_the_same_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let (s, m) = d.ingest(
+        &format!("name={}&format=pprof", enc("restart.cpu")),
+        "application/octet-stream",
+        &cpu,
+    );
+    assert_eq!(s, 200, "{m}");
+    let (s, m) = d.ingest(
+        &format!("name={}&format=folded", enc("restart.cpu{v=2}")),
+        "text/plain",
+        b"a;b 5\n",
+    );
+    assert_eq!(s, 200, "{m}");
+    let before = render(&d, "restart.cpu");
+    d.restart();
+    let after = render(&d, "restart.cpu");
+    assert_eq!(before["flamebearer"], after["flamebearer"]);
+    assert_eq!(before["functions"], after["functions"]);
+    assert_eq!(after["flamebearer"]["numTicks"], 1022);
+    // Ingest keeps working on top of the reloaded dictionaries.
+    let (s, m) = d.ingest(
+        &format!("name={}&format=folded", enc("restart.cpu{v=2}")),
+        "text/plain",
+        b"a;b 5\na;c 1\n",
+    );
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(render(&d, "restart.cpu")["flamebearer"]["numTicks"], 1028);
+}
+
+#[test]
+fn bad_input_is_refused_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--max-body-bytes", "200000"]);
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let (s, _) = d.ingest(
+        &format!("name={}&format=pprof", enc("safe.cpu")),
+        "application/octet-stream",
+        &cpu,
+    );
+    assert_eq!(s, 200);
+    let good = render(&d, "safe.cpu");
+
+    let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "format=pprof".into(),
+            "application/octet-stream",
+            cpu.clone(),
+            400,
+            "name",
+        ),
+        (
+            format!("name={}&format=pprof", enc("a b")),
+            "application/octet-stream",
+            cpu.clone(),
+            400,
+            "name",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe{k}")),
+            "application/octet-stream",
+            cpu.clone(),
+            400,
+            "=",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe.cpu")),
+            "application/octet-stream",
+            vec![],
+            400,
+            "empty",
+        ),
+        (
+            format!("name={}&format=nope", enc("safe.cpu")),
+            "text/plain",
+            b"a 1".to_vec(),
+            400,
+            "unknown format",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe.cpu")),
+            "application/octet-stream",
+            b"\x1f\x8b\x08\x00garbage".to_vec(),
+            400,
+            "gzip",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe.cpu")),
+            "application/octet-stream",
+            cpu[..cpu.len() / 2].to_vec(),
+            400,
+            "gzip",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe.cpu")),
+            "application/octet-stream",
+            b"\x0a\xff\xff\xff".to_vec(),
+            400,
+            "pprof",
+        ),
+        (
+            format!("name={}&format=folded", enc("safe.cpu")),
+            "text/plain",
+            b"a;b notanumber\n".to_vec(),
+            400,
+            "line 1",
+        ),
+        (
+            format!(
+                "name={}&format=pprof&from=2000000000&until=1000000000",
+                enc("safe.cpu")
+            ),
+            "application/octet-stream",
+            cpu.clone(),
+            400,
+            "after",
+        ),
+        (
+            format!("name={}&format=pprof&from=yesterday", enc("safe.cpu")),
+            "application/octet-stream",
+            cpu.clone(),
+            400,
+            "not a time",
+        ),
+        (
+            format!("name={}", enc("safe.cpu")),
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nz\r\n--x--\r\n".to_vec(),
+            400,
+            "profile",
+        ),
+        (
+            format!("name={}&format=pprof", enc("safe.cpu")),
+            "application/octet-stream",
+            vec![0u8; 300_000],
+            413,
+            "",
+        ),
+    ];
+    for (query, ct, body, status, needle) in cases {
+        let (s, m) = d.ingest(&query, ct, &body);
+        assert_eq!(s, status, "{query}: {m}");
+        assert!(
+            m.contains(needle),
+            "{query}: message {m:?} should mention {needle:?}"
+        );
+    }
+    // A gzip bomb: small on the wire, 100 MiB inflated (limit 64 MiB).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &vec![0u8; 100 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 200_000);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=pprof", enc("safe.cpu")),
+        "application/octet-stream",
+        &bomb,
+    );
+    assert_eq!(s, 413, "{m}");
+
+    for q in ["", "safe.cpu{", "safe.cpu{env=~\"(\"}", "a b"] {
+        let (s, m) = d.get(&format!("/render?query={}", enc(q)));
+        assert_eq!(s, 400, "query {q:?}: {m}");
+    }
+    let (s, _) = d.get("/render?query=safe.cpu&from=now&until=now-1h");
+    assert_eq!(s, 400);
+    let (s, _) = d.get("/render?query=safe.cpu&format=gif");
+    assert_eq!(s, 400);
+    let (s, _) = d.get("/label-values");
+    assert_eq!(s, 400);
+
+    assert_eq!(render(&d, "safe.cpu")["functions"], good["functions"]);
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics.contains("kiln_ingest_errors_total{cause=\"malformed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kiln_ingested_profiles_total 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn pipelines_route_and_relabel() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        r#"
+[transforms.ci_env]
+type = "relabel"
+add = { env = "ci" }
+drop = ["secret"]
+
+[pipelines.ci]
+match_app = "ci-.*"
+transforms = ["ci_env"]
+decoders = ["folded"]
+
+[pipelines.default]
+"#,
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=folded", enc("ci-build.cpu{secret=x}")),
+        "text/plain",
+        b"a 1\n",
+    );
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(
+        d.get_json(&format!(
+            "/label-values?label=env&query={}",
+            enc("ci-build.cpu")
+        )),
+        serde_json::json!(["ci"])
+    );
+    assert_eq!(
+        d.get_json("/label-values?label=secret"),
+        serde_json::json!([])
+    );
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let (s, m) = d.ingest(
+        &format!("name={}&format=pprof", enc("ci-build.cpu")),
+        "application/octet-stream",
+        &cpu,
+    );
+    assert_eq!(s, 400, "the ci pipeline only accepts folded: {m}");
+    let (s, m) = d.ingest(
+        &format!("name={}&format=folded", enc("other.cpu{secret=x}")),
+        "text/plain",
+        b"a 1\n",
+    );
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(
+        d.get_json("/label-values?label=secret"),
+        serde_json::json!(["x"])
+    );
+}
+
+#[test]
+fn bad_config_stops_startup_naming_file_table_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_nodse = 5\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.toml") && err.contains("[server]") && err.contains("max_nodse"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["validate", "--config", "/nonexistent/kiln.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn ingest_cli_pushes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "ingest", "--app", "cli.cpu", "--label", "via=cli", "--server", &d.url,
+        ])
+        .arg(testdata("go-cpu.pb.gz"))
+        .arg(testdata("collapsed.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = render(&d, r#"cli.cpu{via="cli"}"#);
+    assert!(r["flamebearer"]["numTicks"].as_i64().unwrap() > 1017);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "ingest", "--app", "cli.cpu", "--format", "pprof", "--server", &d.url,
+        ])
+        .arg(testdata("collapsed.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a rejected file makes the command fail"
+    );
+}
+
+#[test]
+fn self_profiling_shows_the_daemon_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--self-profiling", "true"]);
+    // Keep the daemon a little busy so the profiler has samples to take.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    let body = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    loop {
+        let (s, _) = d.ingest(
+            &format!("name={}&format=pprof", enc("load.cpu")),
+            "application/octet-stream",
+            &body,
+        );
+        assert_eq!(s, 200);
+        let apps = d.get_json("/api/apps");
+        if apps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "kiln.server.cpu")
+        {
+            let r = render(&d, "kiln.server.cpu");
+            assert!(r["flamebearer"]["numTicks"].as_i64().unwrap() > 0);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kiln.server.cpu never appeared: {apps}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
