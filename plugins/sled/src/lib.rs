@@ -198,6 +198,8 @@ impl SledStorage {
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(None)
+            .use_compression(true)
+            .compression_factor(3)
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
         let inner = Inner {
