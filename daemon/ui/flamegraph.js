@@ -378,7 +378,7 @@ export class Flamegraph {
   setData(data) {
     this.data = data;
     this.zoom = null;
-    this.colors = computeColors(data);
+    this.colorOf = colorCache(data);
     this.refreshMatches();
     this.draw();
   }
@@ -525,7 +525,6 @@ export class Flamegraph {
     for (let d = 0; d < data.levels.length; d++) {
       const lvl = data.levels[d];
       const y = this.options.inverted ? (data.levels.length - 1 - d) * ROW_HEIGHT : d * ROW_HEIGHT;
-      const colors = this.colors[d];
       for (let i = firstIndexEndingAfter(lvl, viewStart); i < lvl.length; i++) {
         const x = lvl.x[i];
         if (x >= viewEnd) break;
@@ -537,7 +536,7 @@ export class Flamegraph {
         const px = (left - viewStart) * scale;
         const matched = !matches || matches[lvl.name[i]] === 1;
         const isAncestor = d < zoomLevel;
-        ctx.fillStyle = !matched ? mutedFill : isAncestor ? ancestorFill : colors[i];
+        ctx.fillStyle = !matched ? mutedFill : isAncestor ? ancestorFill : this.colorOf(d, i);
         ctx.fillRect(px, y, w > 2 ? w - 1 : w, ROW_HEIGHT - 1);
         drawn++;
         const maxChars = Math.floor((w - 2 * LABEL_PADDING_PX) / this.charWidth);
@@ -619,27 +618,23 @@ export class Flamegraph {
   }
 }
 
-// Fill colour of every node, computed once per profile: by package for single profiles, by relative
-// change for diffs.
-function computeColors(data) {
+// Fill colours, computed the first time a node is drawn (most nodes of a big profile never are): by
+// package for single profiles (cached per name), by relative change for diffs (cached per node).
+function colorCache(data) {
   if (data.format === 'double') {
-    return data.levels.map((lvl) => {
-      const out = new Array(lvl.length);
-      for (let i = 0; i < lvl.length; i++) {
-        out[i] = colorForChange(relativeChange(lvl.totalL[i], data.leftTicks, lvl.totalR[i], data.rightTicks));
-      }
-      return out;
-    });
+    const perLevel = data.levels.map((lvl) => new Array(lvl.length));
+    return (d, i) => {
+      const cached = perLevel[d][i];
+      if (cached) return cached;
+      const lvl = data.levels[d];
+      return (perLevel[d][i] = colorForChange(relativeChange(lvl.totalL[i], data.leftTicks, lvl.totalR[i], data.rightTicks)));
+    };
   }
   const byName = new Array(data.names.length);
-  return data.levels.map((lvl) => {
-    const out = new Array(lvl.length);
-    for (let i = 0; i < lvl.length; i++) {
-      const n = lvl.name[i];
-      out[i] = byName[n] || (byName[n] = colorForName(data.names[n]));
-    }
-    return out;
-  });
+  return (d, i) => {
+    const n = data.levels[d].name[i];
+    return byName[n] || (byName[n] = colorForName(data.names[n]));
+  };
 }
 
 // Ticks covered by matching frames, counting a match inside another match once.

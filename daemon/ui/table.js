@@ -11,7 +11,7 @@ export class DataTable {
    * @param {object} options
    *   columns: [{ key, title, value(row) for sorting, render(row) → string|Node, numeric, className }]
    *   sort: { key, desc }, onSortChange(sort), onRowClick(row), onRowContextMenu(row, event),
-   *   rowClass(row), noun ('functions')
+   *   rowClass(row), noun (['function', 'functions'])
    */
   constructor(options) {
     this.options = options;
@@ -88,7 +88,8 @@ export class DataTable {
       th.classList.toggle('desc', th.dataset.key === column.key && this.sort.desc);
       th.setAttribute('aria-sort', th.dataset.key === column.key ? (this.sort.desc ? 'descending' : 'ascending') : 'none');
     }
-    const noun = this.options.noun || 'rows';
+    const [singular, plural] = this.options.noun || ['row', 'rows'];
+    const noun = this.rows.length === 1 ? singular : plural;
     this.caption.textContent =
       this.view.length === this.rows.length
         ? `${this.rows.length.toLocaleString()} ${noun}`

@@ -161,7 +161,7 @@ export class Timeline {
           const x1 = xOf(tl.startTime + (i + 1) * dt);
           const y = yOf(v);
           ctx.globalAlpha = 0.75;
-          ctx.fillRect(x0, y, Math.max(1, x1 - x0 - (x1 - x0 > 3 ? 1 : 0)), PADDING.top + plotH - y);
+          ctx.fillRect(x0, y, Math.max(2, x1 - x0 - (x1 - x0 > 3 ? 1 : 0)), PADDING.top + plotH - y);
           ctx.globalAlpha = 1;
         });
       } else {

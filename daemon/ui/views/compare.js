@@ -134,7 +134,7 @@ export class CompareView {
     this.table = new DataTable({
       columns: diffColumns(0, 0),
       sort: DEFAULT_DIFF_SORT,
-      noun: 'functions',
+      noun: ['function', 'functions'],
       onSortChange: (sort) => navigate({ sort: formatSort(sort) }, { replace: true }),
       onRowClick: (row) => navigate({ search: row.name }, { replace: true }),
     });

@@ -54,7 +54,7 @@ export class ProfilePanel {
     this.table = new DataTable({
       columns: functionColumns({}, 0),
       sort: DEFAULT_SORT,
-      noun: 'functions',
+      noun: ['function', 'functions'],
       onSortChange: (sort) => navigate({ sort: formatSort(sort) }, { replace: true }),
       onRowClick: (row) => navigate({ fn: row.name }, { replace: true }),
       onRowContextMenu: (row, e) => this.frameMenu(row, e),

@@ -37,7 +37,7 @@ export class TagsView {
     this.metadata = {};
     this.grandTotal = 0;
     this.table = new DataTable({
-      noun: 'values',
+      noun: ['value', 'values'],
       sort: { key: 'total', desc: true },
       rowKey: (row) => row.value,
       onRowClick: (row) => navigate({ groupValue: row.value, zoom: '', fn: '' }),
@@ -69,7 +69,10 @@ export class TagsView {
 
   async update(state, { isCurrent }) {
     const baseQuery = formatQuery({ ...parseQuery(state.query), matchers: [] });
-    const labels = (await fetchLabels(baseQuery)).filter((l) => !l.startsWith('__'));
+    // service_name only repeats the application: offer it last.
+    const labels = (await fetchLabels(baseQuery))
+      .filter((l) => !l.startsWith('__'))
+      .sort((a, b) => (a === 'service_name') - (b === 'service_name') || a.localeCompare(b));
     if (!isCurrent()) return;
     const groupBy = state.groupBy || labels[0] || '';
     this.groupSelect.replaceChildren(...labels.map((l) => h('option', { value: l, selected: l === groupBy }, l)));
