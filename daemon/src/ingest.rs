@@ -237,11 +237,6 @@ async fn ingest_inner(
                 ApiError::bad_request("malformed", format!("{format}: {m}"))
             }
         })?;
-        for p in &profiles {
-            p.validate().map_err(|e| {
-                ApiError::internal(format!("decoder {format} produced an invalid profile: {e}"))
-            })?;
-        }
         task_pipeline
             .transform(profiles)
             .map_err(|e| ApiError::internal(format!("transform failed: {e}")))

@@ -320,21 +320,40 @@ impl Inner {
         let st = &mut *guard;
         let mut stacks: FxHashMap<u32, i64> = FxHashMap::default();
         let mut frame_map: Vec<u32> = Vec::new();
+        // Stack node of each sample of the previous profile: a pprof with several sample types
+        // arrives as consecutive profiles with identical frames and stacks, resolved once.
+        let mut sample_nodes: Vec<u32> = Vec::new();
+        let mut previous: Option<Profile> = None;
         for p in profiles {
             let service = p.labels.service_name().expect("validated").to_string();
-            let next_service = st.services.len() as u32;
-            let dict = st
-                .services
-                .entry(service.clone())
-                .or_insert_with(|| ServiceDict::new(next_service));
-            frame_map.clear();
-            frame_map.extend(p.frames.iter().map(|f| dict.frame(&f.function)));
-            stacks.clear();
-            for s in &p.samples {
-                let mut node = 0;
-                for &f in &s.stack {
-                    node = dict.node(node, frame_map[f as usize]);
+            let same_stacks = previous.as_ref().is_some_and(|q| {
+                q.labels.service_name() == p.labels.service_name()
+                    && q.frames == p.frames
+                    && q.samples.len() == p.samples.len()
+                    && q.samples
+                        .iter()
+                        .zip(&p.samples)
+                        .all(|(a, b)| a.stack == b.stack)
+            });
+            if !same_stacks {
+                let next_service = st.services.len() as u32;
+                let dict = st
+                    .services
+                    .entry(service.clone())
+                    .or_insert_with(|| ServiceDict::new(next_service));
+                frame_map.clear();
+                frame_map.extend(p.frames.iter().map(|f| dict.frame(&f.function)));
+                sample_nodes.clear();
+                for s in &p.samples {
+                    let mut node = 0;
+                    for &f in &s.stack {
+                        node = dict.node(node, frame_map[f as usize]);
+                    }
+                    sample_nodes.push(node);
                 }
+            }
+            stacks.clear();
+            for (s, &node) in p.samples.iter().zip(&sample_nodes) {
                 *stacks.entry(node).or_default() += s.value;
             }
             let key = (p.labels.clone(), p.profile_type.clone());
@@ -375,6 +394,7 @@ impl Inner {
                     *pending.values.entry(node).or_default() += v;
                 }
             }
+            previous = Some(p);
         }
         Ok(())
     }
