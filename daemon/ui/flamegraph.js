@@ -319,6 +319,8 @@ export class Flamegraph {
    * @param {HTMLElement} container  receives a canvas and a tooltip; its width sets the graph's width
    * @param {object} [options]
    *   inverted: draw the root at the bottom (used for the callers half of the sandwich view)
+   *   percentOf: ticks the tooltip's percentages refer to (default: the profile's total)
+   *   showSelf: false leaves self out of the tooltip (where it means nothing, as for callers)
    *   onZoom(node|null), onContextMenu(node, mouseEvent), onSearch(result)
    */
   constructor(container, options = {}) {
@@ -611,8 +613,9 @@ export class Flamegraph {
       lines.push(line(side('Comparison', node.totalR, node.selfR, data.rightTicks)));
       lines.push(line(`Change: ${formatChange(node.change)}`, node.change > 0 ? 'kiln-fg-worse' : 'kiln-fg-better'));
     } else {
-      lines.push(line(`Total: ${formatValue(node.total, md)} (${formatPercent(node.total, data.numTicks)})`));
-      lines.push(line(`Self: ${formatValue(node.self, md)} (${formatPercent(node.self, data.numTicks)})`));
+      const whole = this.options.percentOf || data.numTicks;
+      lines.push(line(`Total: ${formatValue(node.total, md)} (${formatPercent(node.total, whole)})`));
+      if (this.options.showSelf !== false) lines.push(line(`Self: ${formatValue(node.self, md)} (${formatPercent(node.self, whole)})`));
     }
     return lines;
   }

@@ -73,9 +73,10 @@ async function show(profile, options = {}) {
   );
 }
 
-/** The canvas pixel (CSS coordinates) as [r, g, b, a]. */
+/** The canvas pixel (CSS coordinates) as [r, g, b, a], once pending redraws have run. */
 function pixel(x, y) {
-  return page.evaluate(({ x, y }) => {
+  return page.evaluate(async ({ x, y }) => {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
     const canvas = window.fg.canvas;
     const ratio = canvas.width / canvas.clientWidth;
     return [...canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data];
@@ -111,9 +112,10 @@ test('click zooms into a frame, its ancestors stay visible, reset shows everythi
   assert.deepEqual(await page.evaluate(() => window.zooms), ['baz']);
   assert.deepEqual(await page.evaluate(() => window.fg.viewRange()), [100, 200]);
   // bar (x < 100) is out of view now: the left edge of level 2 shows baz.
-  const zoomedLeft = await pixel(10, 2 * ROW + ROW / 2);
+  // x = 60 is past the labels' text, so these are fill colours.
+  const zoomedLeft = await pixel(60, 2 * ROW + ROW / 2);
   await page.evaluate(() => window.fg.reset());
-  const resetLeft = await pixel(10, 2 * ROW + ROW / 2);
+  const resetLeft = await pixel(60, 2 * ROW + ROW / 2);
   assert.notDeepEqual(zoomedLeft, resetLeft, 'after reset bar is back at the left');
   assert.deepEqual(await page.evaluate(() => window.fg.viewRange()), [0, 300]);
   // Clicking the root also resets.
@@ -129,7 +131,6 @@ test('search highlights matching frames and mutes the rest', async () => {
   assert.deepEqual(result, { matchedTicks: 300, matchedNames: 2, numTicks: 300 });
   const regex = await page.evaluate(() => window.fg.search('/^baz$/'));
   assert.equal(regex.matchedTicks, 200);
-  await page.evaluate(() => window.fg.draw());
   const barMuted = await pixel(50, 2 * ROW + ROW / 2);
   assert.notDeepEqual(barMuted, before, 'bar does not match /^baz$/ and is muted');
   assert.deepEqual(barMuted.slice(0, 3), [222, 222, 222]);

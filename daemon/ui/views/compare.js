@@ -109,7 +109,9 @@ export class CompareView {
     this.exportSlot = h('span', { class: 'export-slot' });
     this.resetButton = h('button', { type: 'button', class: 'reset-zoom', onclick: () => navigate({ zoom: '' }) }, 'Reset zoom');
     const toolbar = h('div', { class: 'toolbar' }, this.searchInput, this.summary, h('span', { class: 'spacer' }), mode === 'diff' ? [this.resetButton, this.exportSlot] : null);
-    this.el = h('section', { class: `view ${mode}-view` }, h('div', { class: 'sides' }, this.sides.map((s) => s.el)), toolbar);
+    const sides = h('div', { class: 'sides' }, this.sides.map((s) => s.el));
+    // Compare searches both flamegraphs below; Diff's toolbar belongs to the diff under it.
+    this.el = h('section', { class: `view ${mode}-view` }, ...(mode === 'compare' ? [toolbar, sides] : [sides, toolbar]));
     if (mode === 'diff') this.buildDiff();
   }
 
@@ -163,9 +165,13 @@ export class CompareView {
       this.table.setColumns(diffColumns(data.leftTicks, data.rightTicks));
       this.table.setRows(diffFunctionTotals(data));
       this.emptyNote?.remove();
-      this.emptyNote = !(data.leftTicks > 0 && data.rightTicks > 0)
-        ? messageBox(`The ${data.leftTicks > 0 ? 'comparison' : 'baseline'} has no samples: pick another range on its timeline.`, 'warning')
-        : null;
+      this.emptyNote = null;
+      if (!(data.leftTicks > 0 && data.rightTicks > 0)) {
+        const empty = data.leftTicks > 0 ? 'comparison' : data.rightTicks > 0 ? 'baseline' : 'baseline and the comparison';
+        this.emptyNote = messageBox(`The ${empty} has no samples: pick another range on its timeline.`, 'warning');
+      } else if (!data.levels.length) {
+        this.emptyNote = messageBox('Both sides have samples but the daemon sent no diff flamegraph (render-diff returned no levels).', 'warning');
+      }
       if (this.emptyNote) this.legend.after(this.emptyNote);
     }
     const matcher = nameMatcher(state.search);

@@ -63,7 +63,7 @@ export class ProfilePanel {
 
     this.callersBox = h('div', { class: 'flamegraph-box callers' });
     this.calleesBox = h('div', { class: 'flamegraph-box callees' });
-    this.callersFg = new Flamegraph(this.callersBox, { inverted: true });
+    this.callersFg = new Flamegraph(this.callersBox, { inverted: true, showSelf: false });
     this.calleesFg = new Flamegraph(this.calleesBox);
     this.sandwichTitle = h('div', { class: 'sandwich-title' });
     this.sandwichHint = messageBox('Pick a function in the table (or right-click a frame) to see its callers above and its callees below.');
@@ -144,6 +144,9 @@ export class ProfilePanel {
     this.sandwichKey = fn;
     const { callers, callees } = buildSandwich(this.data, fn);
     this.sandwichTitle.textContent = fn;
+    // Percentages in both halves are of the whole profile, as in the table.
+    this.callersFg.options.percentOf = this.data.numTicks;
+    this.calleesFg.options.percentOf = this.data.numTicks;
     this.callersFg.setProfile(callers);
     this.calleesFg.setProfile(callees);
   }
