@@ -145,7 +145,11 @@ fn ingest_meta(
 }
 
 /// Inflates a `Content-Encoding: gzip` body, refusing more than `limit` bytes.
-fn content_decode(headers: &HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
+pub(crate) fn content_decode(
+    headers: &HeaderMap,
+    body: Bytes,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

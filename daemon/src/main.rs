@@ -3,6 +3,7 @@
 mod api_error;
 mod client;
 mod config;
+mod connect;
 mod flamebearer;
 mod ingest;
 mod metrics;

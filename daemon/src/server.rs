@@ -53,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/pyroscope/ingest", post(ingest::ingest))
+        .route("/push.v1.PusherService/Push", post(crate::connect::push))
         .route("/render", get(query::render))
         .route("/render-diff", get(query::render_diff))
         .route("/labels", get(query::labels))

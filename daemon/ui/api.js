@@ -54,13 +54,9 @@ export function fetchLabelValues(label, query) {
   return getJSON('label-values', { label, query });
 }
 
-/** The render query of one selection: { query, from, until, maxNodes, groupBy }. */
-export function renderParams({ query, from, until, maxNodes, groupBy }) {
-  return { query, from, until, maxNodes, groupBy };
-}
-
-export function fetchRender(selection) {
-  return getJSON('render', { ...renderParams(selection), format: 'json' });
+/** GET /render as JSON for a selection: { query, from, until, maxNodes, groupBy }. */
+export function fetchRender({ query, from, until, maxNodes, groupBy }) {
+  return getJSON('render', { query, from, until, maxNodes, groupBy, format: 'json' });
 }
 
 export function diffParams(left, right, maxNodes) {

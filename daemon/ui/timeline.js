@@ -191,8 +191,8 @@ export class Timeline {
 }
 
 function stepLabel(series) {
-  const tl = series.find((s) => s.timeline) && series.find((s) => s.timeline).timeline;
-  const dt = (tl && tl.durationDelta) || 10;
+  const withTimeline = series.find((s) => s.timeline);
+  const dt = (withTimeline && withTimeline.timeline.durationDelta) || 10;
   if (dt % 86400 === 0) return `${dt / 86400} d`;
   if (dt % 3600 === 0) return `${dt / 3600} h`;
   if (dt % 60 === 0) return `${dt / 60} min`;

@@ -1,9 +1,10 @@
 // Pieces shared by the views: table columns, the context menu, export menus, messages.
 
-import { h, downloadBlob } from '../dom.js';
+import { h, debounce, downloadBlob } from '../dom.js';
 import { colorForName, colorForChange, formatValue, formatPercent } from '../flamegraph.js';
 import { EXPORT_FORMATS, exportUrl, apiUrl } from '../api.js';
 import { parseQuery } from '../query.js';
+import { navigate } from '../state.js';
 
 function functionCell(name) {
   return h('span', { class: 'fn-name', title: name }, h('i', { class: 'swatch', style: { background: colorForName(name) } }), name);
@@ -75,6 +76,67 @@ export function closeContextMenu() {
 
 export function copyText(text) {
   if (navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
+}
+
+/**
+ * The menu of a frame or a table row: zoom (frames only: they carry a level), sandwich view (where the
+ * view has one), highlight, copy.
+ */
+export function showFrameMenu(node, event, { sandwich = false } = {}) {
+  const items = [];
+  if (node.level !== undefined) items.push({ label: `Zoom to ${node.name}`, action: () => navigate({ zoom: zoomParam(node) }) });
+  if (sandwich) items.push({ label: 'Sandwich view of this function', action: () => navigate({ layout: 'sandwich', fn: node.name }) });
+  items.push(
+    { label: 'Highlight this function', action: () => navigate({ search: node.name }, { replace: true }) },
+    { label: 'Copy function name', action: () => copyText(node.name) },
+  );
+  showContextMenu(event, items);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Search and zoom, kept in the URL
+
+/** A search box whose typing updates the URL's `search` (debounced, replacing the history entry). */
+export function searchBox() {
+  const push = debounce((value) => navigate({ search: value }, { replace: true }), 150);
+  return h('input', {
+    type: 'search',
+    class: 'search',
+    placeholder: 'Search functions (text or /regex/)',
+    'aria-label': 'search functions',
+    oninput: (e) => push(e.target.value),
+  });
+}
+
+/** Shows the URL's search text, unless the user is typing in the box. */
+export function showSearch(input, text) {
+  if (document.activeElement !== input) input.value = text;
+}
+
+/** The URL's `zoom` value of a flamegraph node: its level and its left edge in ticks. */
+export function zoomParam(node) {
+  return node ? `${node.level}:${node.x}` : '';
+}
+
+/** Keeps a flamegraph's zoom in step with the URL's `zoom`, without echoing it back to the URL. */
+export class ZoomSync {
+  constructor(flamegraph) {
+    this.fg = flamegraph;
+    this.applied = '';
+  }
+
+  /** After new data (which shows everything): the next apply() zooms again. */
+  forget() {
+    this.applied = '';
+  }
+
+  apply(zoom) {
+    if (zoom === this.applied) return;
+    this.applied = zoom;
+    const [level, tick] = zoom.split(':').map(Number);
+    const quiet = { notify: false };
+    if (!zoom || !this.fg.zoomAtTick(level, tick, quiet)) this.fg.reset(quiet);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

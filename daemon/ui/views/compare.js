@@ -2,7 +2,7 @@
 // timeline. Compare draws the two flamegraphs side by side; Diff draws one flamegraph coloured by
 // change (from /render-diff) beside a table ranking the biggest changes.
 
-import { h, debounce } from '../dom.js';
+import { h } from '../dom.js';
 import { Timeline } from '../timeline.js';
 import { Flamegraph, decodeProfile, nameMatcher } from '../flamegraph.js';
 import { diffFunctionTotals } from '../calltree.js';
@@ -11,7 +11,7 @@ import { fetchRender, fetchDiff, diffParams } from '../api.js';
 import { parseQuery, formatQuery, parseTime, formatDateTime } from '../query.js';
 import { SelectorEditor } from '../selector.js';
 import { navigate } from '../state.js';
-import { diffColumns, exportMenu, diffExportMenu, showContextMenu, copyText, messageBox } from './common.js';
+import { diffColumns, exportMenu, diffExportMenu, showFrameMenu, messageBox, searchBox, showSearch, zoomParam, ZoomSync } from './common.js';
 
 export const SIDE_COLORS = { left: '#3b82f6', right: '#f59e0b' };
 const SIDE_TITLES = { left: 'Baseline', right: 'Comparison' };
@@ -97,14 +97,7 @@ export class CompareView {
   constructor(mode) {
     this.mode = mode;
     this.sides = ['left', 'right'].map((side) => new SidePanel(side, mode === 'compare'));
-    const pushSearch = debounce((value) => navigate({ search: value }, { replace: true }), 150);
-    this.searchInput = h('input', {
-      type: 'search',
-      class: 'search',
-      placeholder: 'Search functions (text or /regex/)',
-      'aria-label': 'search functions',
-      oninput: (e) => pushSearch(e.target.value),
-    });
+    this.searchInput = searchBox();
     this.summary = h('span', { class: 'match-info' });
     this.exportSlot = h('span', { class: 'export-slot' });
     this.resetButton = h('button', { type: 'button', class: 'reset-zoom', onclick: () => navigate({ zoom: '' }) }, 'Reset zoom');
@@ -125,14 +118,10 @@ export class CompareView {
     );
     this.fgBox = h('div', { class: 'flamegraph-box', dataset: { testid: 'diff-flamegraph' } });
     this.fg = new Flamegraph(this.fgBox, {
-      onZoom: (node) => navigate({ zoom: node ? `${node.level}:${node.x}` : '' }),
-      onContextMenu: (node, e) =>
-        showContextMenu(e, [
-          { label: `Zoom to ${node.name}`, action: () => navigate({ zoom: `${node.level}:${node.x}` }) },
-          { label: 'Highlight this function', action: () => navigate({ search: node.name }, { replace: true }) },
-          { label: 'Copy function name', action: () => copyText(node.name) },
-        ]),
+      onZoom: (node) => navigate({ zoom: zoomParam(node) }),
+      onContextMenu: (node, e) => showFrameMenu(node, e),
     });
+    this.zoom = new ZoomSync(this.fg);
     this.table = new DataTable({
       columns: diffColumns(0, 0),
       sort: DEFAULT_DIFF_SORT,
@@ -148,7 +137,7 @@ export class CompareView {
 
   async update(state, ctx) {
     const sides = sidesOf(state);
-    if (document.activeElement !== this.searchInput) this.searchInput.value = state.search;
+    showSearch(this.searchInput, state.search);
     const work = this.sides.map((s) => s.update(state, sides, ctx.isCurrent));
     if (this.mode === 'diff') work.push(this.updateDiff(state, sides, ctx));
     await Promise.all(work);
@@ -161,7 +150,7 @@ export class CompareView {
       this.diff = diff;
       const data = decodeProfile(diff);
       this.fg.setData(data);
-      this.zoomKey = '';
+      this.zoom.forget();
       this.table.setColumns(diffColumns(data.leftTicks, data.rightTicks));
       this.table.setRows(diffFunctionTotals(data));
       this.emptyNote?.remove();
@@ -178,12 +167,7 @@ export class CompareView {
     this.fg.highlight(matcher);
     this.table.setFilter(matcher ? (row) => matcher(row.name) : null);
     this.table.setSort(parseSort(state.sort, DEFAULT_DIFF_SORT));
-    if (state.zoom !== this.zoomKey) {
-      this.zoomKey = state.zoom;
-      const [level, tick] = state.zoom.split(':').map(Number);
-      const quiet = { notify: false };
-      if (!state.zoom || !this.fg.zoomAtTick(level, tick, quiet)) this.fg.reset(quiet);
-    }
+    this.zoom.apply(state.zoom);
     this.resetButton.disabled = !state.zoom;
     this.summary.textContent = `baseline ${sides.left.query} · comparison ${sides.right.query}`;
     this.exportSlot.replaceChildren(diffExportMenu(diffParams(sides.left, sides.right, state.maxNodes), () => this.fg.canvas));

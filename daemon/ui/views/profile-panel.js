@@ -1,12 +1,12 @@
 // One profile shown as a top table and a flamegraph side by side, or either alone, or as the
 // sandwich view of one function. Layout, search, zoom, selected function and sort come from the URL.
 
-import { h, debounce } from '../dom.js';
+import { h } from '../dom.js';
 import { Flamegraph, decodeProfile, nameMatcher, formatPercent } from '../flamegraph.js';
 import { functionTotals, buildSandwich } from '../calltree.js';
 import { DataTable, parseSort, formatSort } from '../table.js';
 import { navigate, LAYOUTS } from '../state.js';
-import { functionColumns, showContextMenu, copyText, exportMenu, messageBox } from './common.js';
+import { functionColumns, showFrameMenu, exportMenu, messageBox, searchBox, showSearch, zoomParam, ZoomSync } from './common.js';
 
 const LAYOUT_LABELS = {
   both: 'Table & flamegraph',
@@ -24,14 +24,7 @@ export class ProfilePanel {
     this.layoutButtons = LAYOUTS.map((layout) =>
       h('button', { type: 'button', class: 'seg', dataset: { layout }, onclick: () => navigate({ layout }) }, LAYOUT_LABELS[layout]),
     );
-    const pushSearch = debounce((value) => navigate({ search: value }, { replace: true }), 150);
-    this.searchInput = h('input', {
-      type: 'search',
-      class: 'search',
-      placeholder: 'Search functions (text or /regex/)',
-      'aria-label': 'search functions',
-      oninput: (e) => pushSearch(e.target.value),
-    });
+    this.searchInput = searchBox();
     this.resetButton = h('button', { type: 'button', class: 'reset-zoom', onclick: () => navigate({ zoom: '' }) }, 'Reset zoom');
     this.matchInfo = h('span', { class: 'match-info', 'aria-live': 'polite' });
     this.exportSlot = h('span', { class: 'export-slot' });
@@ -48,16 +41,17 @@ export class ProfilePanel {
 
     this.fgBox = h('div', { class: 'flamegraph-box', dataset: { testid: 'flamegraph' } });
     this.fg = new Flamegraph(this.fgBox, {
-      onZoom: (node) => navigate({ zoom: node ? `${node.level}:${node.x}` : '' }),
-      onContextMenu: (node, e) => this.frameMenu(node, e),
+      onZoom: (node) => navigate({ zoom: zoomParam(node) }),
+      onContextMenu: (node, e) => showFrameMenu(node, e, { sandwich: true }),
     });
+    this.zoom = new ZoomSync(this.fg);
     this.table = new DataTable({
       columns: functionColumns({}, 0),
       sort: DEFAULT_SORT,
       noun: ['function', 'functions'],
       onSortChange: (sort) => navigate({ sort: formatSort(sort) }, { replace: true }),
       onRowClick: (row) => navigate({ fn: row.name }, { replace: true }),
-      onRowContextMenu: (row, e) => this.frameMenu(row, e),
+      onRowContextMenu: (row, e) => showFrameMenu(row, e, { sandwich: true }),
     });
     this.table.el.classList.add('top-table');
 
@@ -87,17 +81,6 @@ export class ProfilePanel {
     this.el = h('section', { class: 'profile-panel' }, this.toolbar, this.panels);
   }
 
-  frameMenu(node, event) {
-    const items = [];
-    if (node.level !== undefined) items.push({ label: `Zoom to ${node.name}`, action: () => navigate({ zoom: `${node.level}:${node.x}` }) });
-    items.push(
-      { label: 'Sandwich view of this function', action: () => navigate({ layout: 'sandwich', fn: node.name }) },
-      { label: 'Highlight this function', action: () => navigate({ search: node.name }, { replace: true }) },
-      { label: 'Copy function name', action: () => copyText(node.name) },
-    );
-    showContextMenu(event, items);
-  }
-
   /**
    * Shows `profile` (a render response) for `selection` ({ query, from, until, maxNodes }) with the
    * URL's layout, search, zoom, fn and sort.
@@ -107,7 +90,7 @@ export class ProfilePanel {
       this.profile = profile;
       this.data = decodeProfile(profile);
       this.fg.setData(this.data);
-      this.zoomKey = '';
+      this.zoom.forget();
       this.sandwichKey = '';
       const rows = Array.isArray(profile.functions) ? profile.functions : functionTotals(this.data);
       this.table.setColumns(functionColumns(this.data.metadata, this.data.numTicks));
@@ -117,7 +100,7 @@ export class ProfilePanel {
     this.panels.className = `panels layout-${state.layout}`;
     this.exportSlot.replaceChildren(exportMenu(selection, () => this.fg.canvas));
 
-    if (document.activeElement !== this.searchInput) this.searchInput.value = state.search;
+    showSearch(this.searchInput, state.search);
     const searchMatcher = nameMatcher(state.search);
     const highlight = searchMatcher || (state.fn ? (name) => name === state.fn : null);
     const result = this.fg.highlight(highlight);
@@ -126,12 +109,7 @@ export class ProfilePanel {
     this.table.setSort(parseSort(state.sort, DEFAULT_SORT));
     this.table.setSelected(state.fn || null);
 
-    if (state.zoom !== this.zoomKey) {
-      this.zoomKey = state.zoom;
-      const [level, tick] = state.zoom.split(':').map(Number);
-      const quiet = { notify: false };
-      if (!state.zoom || !this.fg.zoomAtTick(level, tick, quiet)) this.fg.reset(quiet);
-    }
+    this.zoom.apply(state.zoom);
     this.resetButton.disabled = !state.zoom;
 
     if (state.layout === 'sandwich') this.showSandwich(state.fn);

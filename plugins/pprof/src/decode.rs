@@ -256,6 +256,20 @@ fn build_profiles(
         }
     }
 
+    // A request without a window (Connect push) takes the profile's own time.
+    let (start_ns, end_ns) = if meta.start_ns == 0 && meta.end_ns == 0 {
+        let start = if p.time_nanos > 0 {
+            p.time_nanos
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0)
+        };
+        (start, start + p.duration_nanos.max(0))
+    } else {
+        (meta.start_ns, meta.end_ns)
+    };
     let mut out = Vec::new();
     for (group, samples_by_type) in per_group.into_iter().enumerate() {
         let mut labels: Labels = meta.labels.clone();
@@ -271,8 +285,8 @@ fn build_profiles(
             out.push(Profile {
                 labels: labels.clone(),
                 profile_type: plan.profile_type.clone(),
-                start_ns: meta.start_ns,
-                end_ns: meta.end_ns,
+                start_ns,
+                end_ns,
                 frames: frames.clone(),
                 samples,
                 meta: ProfileMeta {

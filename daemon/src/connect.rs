@@ -1,0 +1,255 @@
+//! Grafana Pyroscope's Connect push API, `POST /push.v1.PusherService/Push`, as today's Rust and
+//! Python agents and Grafana Alloy speak it: binary protobuf (`application/proto`) or JSON,
+//! optionally gzip'd, with or without `Connect-Protocol-Version`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use kiln_plugin_api::{labels::SERVICE_NAME, DecodeError, IngestMeta, Labels};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::ingest::content_decode;
+use crate::server::AppState;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub series: Vec<RawProfileSeries>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawProfileSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<LabelPair>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<RawSample>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LabelPair {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawSample {
+    #[prost(bytes = "vec", tag = "1")]
+    pub raw_profile: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub id: String,
+}
+
+/// The proto3 JSON form; field names are accepted in camelCase and as in the .proto.
+#[derive(Deserialize)]
+struct JsonPush {
+    #[serde(default)]
+    series: Vec<JsonSeries>,
+}
+
+#[derive(Deserialize)]
+struct JsonSeries {
+    #[serde(default)]
+    labels: Vec<JsonLabel>,
+    #[serde(default)]
+    samples: Vec<JsonSample>,
+}
+
+#[derive(Deserialize)]
+struct JsonLabel {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct JsonSample {
+    #[serde(default, alias = "raw_profile")]
+    #[serde(rename = "rawProfile")]
+    raw_profile: String,
+}
+
+/// A Connect error: `{"code": …, "message": …}` with the matching HTTP status.
+struct ConnectError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ConnectError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_argument",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ConnectError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn parse(content_type: &str, body: &[u8]) -> Result<PushRequest, ConnectError> {
+    if content_type.starts_with("application/json") {
+        let req: JsonPush = serde_json::from_slice(body)
+            .map_err(|e| ConnectError::invalid(format!("PushRequest JSON: {e}")))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let series = req
+            .series
+            .into_iter()
+            .map(|s| {
+                Ok(RawProfileSeries {
+                    labels: s
+                        .labels
+                        .into_iter()
+                        .map(|l| LabelPair {
+                            name: l.name,
+                            value: l.value,
+                        })
+                        .collect(),
+                    samples: s
+                        .samples
+                        .into_iter()
+                        .map(|x| {
+                            b64.decode(x.raw_profile.as_bytes())
+                                .map(|raw_profile| RawSample {
+                                    raw_profile,
+                                    id: String::new(),
+                                })
+                                .map_err(|e| {
+                                    ConnectError::invalid(format!("rawProfile is not base64: {e}"))
+                                })
+                        })
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<_, ConnectError>>()?;
+        Ok(PushRequest { series })
+    } else {
+        PushRequest::decode(body)
+            .map_err(|e| ConnectError::invalid(format!("PushRequest protobuf: {e}")))
+    }
+}
+
+/// Series labels without the reserved `__…__` ones, with `service_name` defaulted.
+fn series_labels(pairs: &[LabelPair]) -> Labels {
+    let mut labels = Labels::new();
+    for l in pairs {
+        if !l.name.starts_with("__") && !l.name.is_empty() {
+            labels.insert(l.name.clone(), l.value.clone());
+        }
+    }
+    if labels.service_name().is_none_or(str::is_empty) {
+        labels.insert(SERVICE_NAME, "unknown_service");
+    }
+    labels
+}
+
+pub async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match push_inner(&state, &headers, body).await {
+        Ok(json) => {
+            if json {
+                ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+            } else {
+                (
+                    [(header::CONTENT_TYPE, "application/proto")],
+                    Vec::<u8>::new(),
+                )
+                    .into_response()
+            }
+        }
+        Err(e) => {
+            state.metrics.ingest_error(e.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn push_inner(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<bool, ConnectError> {
+    let wire_bytes = body.len();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/proto")
+        .to_ascii_lowercase();
+    let body =
+        content_decode(headers, body, state.config.server.max_decompressed_bytes).map_err(|e| {
+            ConnectError {
+                status: e.status,
+                code: if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "resource_exhausted"
+                } else {
+                    "invalid_argument"
+                },
+                message: e.message,
+            }
+        })?;
+    let json = content_type.starts_with("application/json");
+    let request = parse(&content_type, &body)?;
+    let decoder = state.decoders.get("pprof").expect("pprof is built in");
+    let mut stored = 0;
+    for series in request.series {
+        let labels = series_labels(&series.labels);
+        let app = labels.service_name().unwrap_or_default().to_string();
+        let pipeline = state.pipelines.load().route(&app, &labels);
+        for sample in series.samples {
+            let meta = IngestMeta {
+                format: Some("pprof".into()),
+                app: app.clone(),
+                labels: labels.clone(),
+                spy_name: labels.get("pyroscope_spy").unwrap_or("connect").to_string(),
+                ..IngestMeta::default()
+            };
+            let (decoder, task_pipeline) = (decoder.clone(), pipeline.clone());
+            let profiles = tokio::task::spawn_blocking(move || {
+                let profiles = decoder
+                    .decode(&sample.raw_profile, &meta)
+                    .map_err(|e| match e {
+                        DecodeError::TooLarge { .. } => ConnectError {
+                            status: StatusCode::PAYLOAD_TOO_LARGE,
+                            code: "resource_exhausted",
+                            message: e.to_string(),
+                        },
+                        other => ConnectError::invalid(format!("raw_profile: {other}")),
+                    })?;
+                task_pipeline.transform(profiles).map_err(|e| ConnectError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: e,
+                })
+            })
+            .await
+            .map_err(|e| ConnectError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: e.to_string(),
+            })??;
+            stored += profiles.len();
+            pipeline
+                .store(profiles, &state.metrics)
+                .await
+                .map_err(|e| ConnectError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    state.metrics.ingested(stored, wire_bytes);
+    Ok(json)
+}
