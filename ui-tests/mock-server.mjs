@@ -9,7 +9,8 @@ import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { toProfile } from '../daemon/ui/calltree.js';
+import { toProfile, functionTotals } from '../daemon/ui/calltree.js';
+import { decodeProfile } from '../daemon/ui/flamegraph.js';
 import { parseQuery, parseTime } from '../daemon/ui/query.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -107,22 +108,6 @@ function mergeTree(selected) {
   return root;
 }
 
-function functionsOf(root) {
-  const rows = new Map();
-  const walk = (node, onStack) => {
-    if (node !== root) {
-      let row = rows.get(node.name);
-      if (!row) rows.set(node.name, (row = { name: node.name, self: 0, total: 0 }));
-      row.self += node.self;
-      if (!onStack.has(node.name)) row.total += node.total;
-    }
-    const next = new Set(onStack).add(node.name);
-    for (const c of node.children.values()) walk(c, next);
-  };
-  walk(root, new Set());
-  return [...rows.values()];
-}
-
 function timelineOf(selected, from, until) {
   const step = Math.max(10, Math.ceil((until - from) / 1024 / 10) * 10);
   const start = Math.floor(from / step) * step;
@@ -135,7 +120,7 @@ function timelineOf(selected, from, until) {
 }
 
 // The double format: align both trees so each node exists on both sides, 7 ints per node.
-function diffProfile(left, right, metadata) {
+export function diffProfile(left, right, metadata) {
   const names = [];
   const index = new Map();
   const intern = (n) => (index.has(n) ? index.get(n) : (index.set(n, names.length), names.push(n), names.length - 1));
@@ -198,7 +183,7 @@ export function createMockServer() {
     const { type } = parseQuery(query);
     const body = toProfile(root, { ...(METADATA[type] || {}), name: type });
     body.timeline = timelineOf(selected, from, until);
-    body.functions = functionsOf(root);
+    body.functions = functionTotals(decodeProfile(body));
     body.groups = null;
     const groupBy = params.get('groupBy');
     if (groupBy) {

@@ -254,7 +254,7 @@ test('diff of two selectors ranks the function that grew first', async () => {
   await settle((p) => p.get('sort') === 'selfDelta', 'sorted by self change');
   const top = (await tableNames('.diff-view .diff-table'))[0];
   assert.equal(top, 'decodeString', 'the function pushed more often ranks first');
-  assert.match(await page.locator('.diff-view .diff-table tbody tr').first().locator('.delta').innerText(), /^\+/);
+  assert.match(await page.locator('.diff-view .diff-table tbody tr').first().locator('.delta').first().innerText(), /^\+/);
   await screenshot(page, 'diff-selectors');
 });
 
