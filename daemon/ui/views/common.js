@@ -159,8 +159,21 @@ export function saveCanvasPng(canvas, filename) {
 }
 
 function menu(label, entries) {
-  return h('details', { class: 'menu export-menu' }, h('summary', {}, label), h('div', { class: 'menu-items' }, entries));
+  const details = h('details', { class: 'menu export-menu' }, h('summary', {}, label));
+  // Picking an entry closes the menu.
+  details.append(h('div', { class: 'menu-items', onclick: () => (details.open = false) }, entries));
+  return details;
 }
+
+// A click elsewhere or Escape closes open menus.
+document.addEventListener('click', (event) => {
+  for (const open of document.querySelectorAll('details.menu[open]')) if (!open.contains(event.target)) open.open = false;
+});
+document.addEventListener('keydown', (event) => {
+  if (event.key !== 'Escape') return;
+  closeContextMenu();
+  for (const open of document.querySelectorAll('details.menu[open]')) open.open = false;
+});
 
 /**
  * The export menu of a selection: a download link per server-side format, and a PNG of the canvas
