@@ -285,7 +285,7 @@ pub async fn render_diff(
     let right_sel = selector(param(&p, &["rightQuery"]), "rightQuery")?;
     let (ls, le) = range(&p, "leftFrom", "leftUntil")?;
     let (rs, re) = range(&p, "rightFrom", "rightUntil")?;
-    let _max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
+    let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
     let (left, right) = tokio::try_join!(
         select(&state, &left_sel, ls, le),
         select(&state, &right_sel, rs, re)
@@ -304,7 +304,7 @@ pub async fn render_diff(
     }
     let mut body = json!({
         "version": 1,
-        "flamebearer": Value::Null,
+        "flamebearer": crate::flamebearer::flamebearer_diff(&left.tree, &right.tree, max_nodes),
         "metadata": metadata("double", &left_sel, &left.series, ls.min(rs), le.max(re)),
         "leftTicks": left.tree.total(),
         "rightTicks": right.tree.total(),

@@ -479,3 +479,54 @@ fn self_profiling_shows_the_daemon_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn diff_and_pprof_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (s, _) = d.ingest(
+        &format!("name={}&format=folded", enc("diff.cpu{side=left}")),
+        "text/plain",
+        b"foo;bar 100\n",
+    );
+    assert_eq!(s, 200);
+    let (s, _) = d.ingest(
+        &format!("name={}&format=folded", enc("diff.cpu{side=right}")),
+        "text/plain",
+        b"foo;bar 50\nfoo;baz 50\n",
+    );
+    assert_eq!(s, 200);
+    let r = d.get_json(&format!(
+        "/render-diff?leftQuery={}&rightQuery={}&leftFrom=now-1h&leftUntil=now%2B1m&rightFrom=now-1h&rightUntil=now%2B1m",
+        enc(r#"diff.cpu{side="left"}"#),
+        enc(r#"diff.cpu{side="right"}"#)
+    ));
+    assert_eq!(r["metadata"]["format"], "double");
+    assert_eq!(
+        (r["leftTicks"].as_i64(), r["rightTicks"].as_i64()),
+        (Some(100), Some(100))
+    );
+    assert_eq!(r["flamebearer"]["levels"][2].as_array().unwrap().len(), 14);
+    let (s, m) = d.get("/render-diff?leftQuery=diff.cpu&rightQuery=diff.alloc_space");
+    assert_eq!(s, 200, "a side without data is an empty side: {m}");
+
+    // The pprof export opens with go tool pprof and holds the same totals.
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let (s, _) = d.ingest(
+        &format!("name={}&format=pprof", enc("export.cpu")),
+        "application/octet-stream",
+        &cpu,
+    );
+    assert_eq!(s, 200);
+    let (s, bytes) = d.get_bytes(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m&format=pprof",
+        enc("export.cpu")
+    ));
+    assert_eq!(s, 200);
+    let file = dir.path().join("export.pb.gz");
+    std::fs::write(&file, bytes).unwrap();
+    assert_eq!(
+        go_pprof_top(&file, "0"),
+        go_pprof_top(&testdata("go-cpu.pb.gz"), "samples")
+    );
+}
