@@ -51,45 +51,55 @@ export function walkNodes(data, visit) {
   }
 }
 
-/**
- * Self and total per function name, the top table of a single profile:
- * `[{ name, self, total }]`, self summed over every call, total over outermost calls.
- */
-export function functionTotals(data) {
+// One row per function name, made by `newRow(name)` and filled by `add(row, level, index, outermost)`
+// for every node except the synthetic root.
+function rowsByFunction(data, newRow, add) {
   const byName = new Map();
   walkNodes(data, (d, i, outermost) => {
     const lvl = data.levels[d];
     const name = data.names[lvl.name[i]];
     if (d === 0 && name === 'total') return;
     let row = byName.get(name);
-    if (!row) byName.set(name, (row = { name, self: 0, total: 0 }));
-    row.self += lvl.self[i];
-    if (outermost) row.total += lvl.total[i];
+    if (!row) byName.set(name, (row = newRow(name)));
+    add(row, lvl, i, outermost);
   });
   return [...byName.values()];
 }
 
 /**
- * Per-function values of both sides of a diff, with the relative change of each function's share
- * (its self share, or its total share for functions without self time).
+ * Self and total per function name, the top table of a single profile:
+ * `[{ name, self, total }]`, self summed over every call, total over outermost calls.
+ */
+export function functionTotals(data) {
+  return rowsByFunction(
+    data,
+    (name) => ({ name, self: 0, total: 0 }),
+    (row, lvl, i, outermost) => {
+      row.self += lvl.self[i];
+      if (outermost) row.total += lvl.total[i];
+    },
+  );
+}
+
+/**
+ * Per-function values of both sides of a diff, and how each function's self and total shares (of
+ * its side's total) changed: `selfDelta`/`totalDelta`, comparison share minus baseline share.
  */
 export function diffFunctionTotals(data) {
-  const byName = new Map();
-  walkNodes(data, (d, i, outermost) => {
-    const lvl = data.levels[d];
-    const name = data.names[lvl.name[i]];
-    if (d === 0 && name === 'total') return;
-    let row = byName.get(name);
-    if (!row) byName.set(name, (row = { name, selfL: 0, totalL: 0, selfR: 0, totalR: 0 }));
-    row.selfL += lvl.selfL[i];
-    row.selfR += lvl.selfR[i];
-    if (outermost) {
-      row.totalL += lvl.totalL[i];
-      row.totalR += lvl.totalR[i];
-    }
-  });
+  const rows = rowsByFunction(
+    data,
+    (name) => ({ name, selfL: 0, totalL: 0, selfR: 0, totalR: 0 }),
+    (row, lvl, i, outermost) => {
+      row.selfL += lvl.selfL[i];
+      row.selfR += lvl.selfR[i];
+      if (outermost) {
+        row.totalL += lvl.totalL[i];
+        row.totalR += lvl.totalR[i];
+      }
+    },
+  );
   const shareOf = (v, ticks) => (ticks > 0 ? v / ticks : 0);
-  return [...byName.values()].map((row) => {
+  return rows.map((row) => {
     const selfDelta = shareOf(row.selfR, data.rightTicks) - shareOf(row.selfL, data.leftTicks);
     const totalDelta = shareOf(row.totalR, data.rightTicks) - shareOf(row.totalL, data.leftTicks);
     return { ...row, selfDelta, totalDelta };

@@ -3,17 +3,18 @@
 /**
  * Creates an element: h('button', { class: 'primary', onclick: fn }, 'Label', child).
  * Attributes starting with "on" become listeners; `dataset` and `style` objects are merged in;
- * null/false children are skipped.
+ * non-string values of element properties (hidden, selected, spellcheck…) are set as properties;
+ * null/undefined attributes and null/false children are skipped.
  */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === undefined || value === null || value === false) continue;
+    if (value === undefined || value === null) continue;
     if (key.startsWith('on') && typeof value === 'function') el.addEventListener(key.slice(2), value);
     else if (key === 'dataset' || key === 'style') Object.assign(el[key], value);
     else if (key === 'class') el.className = value;
     else if (key in el && typeof value !== 'string') el[key] = value;
-    else el.setAttribute(key, value === true ? '' : value);
+    else if (value !== false) el.setAttribute(key, value === true ? '' : value);
   }
   el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
   return el;

@@ -36,7 +36,7 @@ export function decodeProfile(profile) {
   const rawLevels = fb.levels || [];
   const levels = rawLevels.map((row) => (isDouble ? decodeDoubleRow(row) : decodeSingleRow(row)));
   for (let d = 1; d < levels.length; d++) linkParents(levels[d - 1], levels[d]);
-  const data = {
+  return {
     format: isDouble ? 'double' : 'single',
     names,
     levels,
@@ -46,7 +46,6 @@ export function decodeProfile(profile) {
     leftTicks: isDouble ? profile.leftTicks || 0 : 0,
     rightTicks: isDouble ? profile.rightTicks || 0 : 0,
   };
-  return data;
 }
 
 function decodeSingleRow(row) {
@@ -476,10 +475,11 @@ export class Flamegraph {
 
   /** Schedules a redraw on the next animation frame (coalesces bursts of events). */
   render() {
-    if (this.pendingFrame || typeof requestAnimationFrame !== 'function') {
-      if (!this.pendingFrame) this.draw();
+    if (typeof requestAnimationFrame !== 'function') {
+      this.draw();
       return;
     }
+    if (this.pendingFrame) return;
     this.pendingFrame = requestAnimationFrame(() => {
       this.pendingFrame = 0;
       this.draw();
