@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use kiln_collapsed::CollapsedDecoder;
+use kiln_collapsed::{CollapsedDecoder, TextFormat};
 use kiln_plugin_api::{
     labels::{PROFILE_TYPE, SERVICE_NAME},
     Aggregation, DecodeError, Decoder, IngestMeta, PyroscopeName,
@@ -19,7 +19,7 @@ use crate::server::AppState;
 use crate::time;
 
 /// Formats with a built-in decoder, as pipelines name them.
-pub const BUILTIN_FORMATS: &[&str] = &["pprof", "folded", "lines"];
+pub const BUILTIN_FORMATS: &[&str] = &["pprof", "folded", "lines", "trie", "tree", "speedscope"];
 
 /// Decoders by format name.
 pub struct Decoders {
@@ -37,6 +37,13 @@ impl Decoders {
         );
         by_format.insert("folded".into(), Arc::new(CollapsedDecoder::folded()));
         by_format.insert("lines".into(), Arc::new(CollapsedDecoder::lines()));
+        for (name, format) in [
+            ("trie", TextFormat::Trie),
+            ("tree", TextFormat::Tree),
+            ("speedscope", TextFormat::Speedscope),
+        ] {
+            by_format.insert(name.into(), Arc::new(CollapsedDecoder::new(format)));
+        }
         Self { by_format }
     }
 

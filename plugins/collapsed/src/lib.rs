@@ -1,10 +1,13 @@
 //! # kiln-collapsed
 //!
-//! Text stack formats:
+//! Stack formats without symbol tables — the frames are the names:
 //! * `folded` (Pyroscope's default "groups"): `frame;frame;frame count` per line, root first. The
 //!   count follows the **last** space, so frames may contain spaces; lines without a space are
 //!   skipped; identical stacks add up.
 //! * `lines`: one sample per line, the line being the stack; identical lines are counted.
+//! * `trie` and `tree`: the binary formats of Pyroscope's old agents ([`binary`]).
+//! * `speedscope`: speedscope JSON, sampled or evented ([`speedscope`]); time units become
+//!   nanoseconds.
 //!
 //! The profile type comes from the name's suffix (`myapp.cpu`, `myapp.alloc_space`; `cpu` when
 //! absent); `sampleRate`, `spyName`, `units` and `aggregationType` come from the request.
@@ -14,11 +17,17 @@ use kiln_plugin_api::{
 };
 use rustc_hash::FxHashMap;
 
-/// Which text format a [`CollapsedDecoder`] reads.
+pub mod binary;
+pub mod speedscope;
+
+/// Which format a [`CollapsedDecoder`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextFormat {
     Folded,
     Lines,
+    Trie,
+    Tree,
+    Speedscope,
 }
 
 /// Decoder for folded and lines bodies.
@@ -38,6 +47,63 @@ impl CollapsedDecoder {
         Self {
             format: TextFormat::Lines,
         }
+    }
+
+    pub fn new(format: TextFormat) -> Self {
+        Self { format }
+    }
+}
+
+/// Interns frames and sums identical stacks.
+#[derive(Default)]
+struct Stacks {
+    frames: Vec<Frame>,
+    frame_ids: FxHashMap<String, u32>,
+    stacks: FxHashMap<Vec<u32>, i64>,
+}
+
+impl Stacks {
+    fn add<'a>(&mut self, stack: impl IntoIterator<Item = &'a str>, value: i64) {
+        if value == 0 {
+            return;
+        }
+        let ids: Vec<u32> = stack
+            .into_iter()
+            .map(|f| match self.frame_ids.get(f) {
+                Some(&id) => id,
+                None => {
+                    self.frames.push(Frame::named(f));
+                    let id = self.frames.len() as u32 - 1;
+                    self.frame_ids.insert(f.to_string(), id);
+                    id
+                }
+            })
+            .collect();
+        *self.stacks.entry(ids).or_default() += value;
+    }
+
+    fn into_profile(self, meta: &IngestMeta, profile_type: ProfileType) -> Vec<Profile> {
+        if self.stacks.is_empty() {
+            return Vec::new();
+        }
+        let mut samples: Vec<Sample> = self
+            .stacks
+            .into_iter()
+            .map(|(stack, value)| Sample { stack, value })
+            .collect();
+        samples.sort_by(|a, b| a.stack.cmp(&b.stack));
+        vec![Profile {
+            labels: meta.labels.clone(),
+            profile_type,
+            start_ns: meta.start_ns,
+            end_ns: meta.end_ns,
+            frames: self.frames,
+            samples,
+            meta: ProfileMeta {
+                spy_name: meta.spy_name.clone(),
+                sample_rate: meta.sample_rate.unwrap_or(100),
+            },
+        }]
     }
 }
 
@@ -59,70 +125,63 @@ pub fn text_profile_type(meta: &IngestMeta) -> ProfileType {
     ty
 }
 
-impl Decoder for CollapsedDecoder {
-    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
+impl CollapsedDecoder {
+    fn decode_text(&self, body: &[u8], out: &mut Stacks) -> Result<(), DecodeError> {
         let text = std::str::from_utf8(body).map_err(|e| {
             DecodeError::Malformed(format!("body is not UTF-8 text (byte {})", e.valid_up_to()))
         })?;
-        let mut frames: Vec<Frame> = Vec::new();
-        let mut frame_ids: FxHashMap<&str, u32> = FxHashMap::default();
-        let mut stacks: FxHashMap<Vec<u32>, i64> = FxHashMap::default();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
-            let (stack, value) = match self.format {
-                TextFormat::Folded => {
-                    let Some((stack, count)) = line.rsplit_once(' ') else {
-                        continue;
-                    };
-                    let value: i64 = count.trim().parse().map_err(|_| {
-                        DecodeError::Malformed(format!(
-                            "line {}: {count:?} is not an integer sample count",
-                            n + 1
-                        ))
-                    })?;
-                    (stack, value)
+            if self.format == TextFormat::Lines {
+                if !line.trim().is_empty() {
+                    out.add(line.split(';'), 1);
                 }
-                TextFormat::Lines => {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    (line, 1)
-                }
-            };
-            if value == 0 {
                 continue;
             }
-            let ids: Vec<u32> = stack
-                .split(';')
-                .map(|f| {
-                    *frame_ids.entry(f).or_insert_with(|| {
-                        frames.push(Frame::named(f));
-                        frames.len() as u32 - 1
-                    })
-                })
-                .collect();
-            *stacks.entry(ids).or_default() += value;
+            let Some((stack, count)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: i64 = count.trim().parse().map_err(|_| {
+                DecodeError::Malformed(format!(
+                    "line {}: {count:?} is not an integer sample count",
+                    n + 1
+                ))
+            })?;
+            out.add(stack.split(';'), value);
         }
-        if stacks.is_empty() {
-            return Ok(Vec::new());
+        Ok(())
+    }
+}
+
+impl Decoder for CollapsedDecoder {
+    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
+        let mut stacks = Stacks::default();
+        let mut profile_type = text_profile_type(meta);
+        match self.format {
+            TextFormat::Folded | TextFormat::Lines => self.decode_text(body, &mut stacks)?,
+            TextFormat::Trie => {
+                for (stack, value) in binary::decode_trie(body)? {
+                    stacks.add(stack.split(';'), value);
+                }
+            }
+            TextFormat::Tree => {
+                for (stack, value) in binary::decode_tree(body)? {
+                    stacks.add(stack.iter().map(String::as_str), value);
+                }
+            }
+            TextFormat::Speedscope => {
+                let decoded = speedscope::decode(body)?;
+                if decoded.nanoseconds && meta.type_suffix.is_none() {
+                    profile_type = ProfileType::well_known("wall").expect("wall is well known");
+                    profile_type.sample_type = "wall".into();
+                    profile_type.sample_unit = "nanoseconds".into();
+                }
+                for (stack, value) in &decoded.stacks {
+                    stacks.add(stack.iter().map(String::as_str), *value);
+                }
+            }
         }
-        let mut samples: Vec<Sample> = stacks
-            .into_iter()
-            .map(|(stack, value)| Sample { stack, value })
-            .collect();
-        samples.sort_by(|a, b| a.stack.cmp(&b.stack));
-        Ok(vec![Profile {
-            labels: meta.labels.clone(),
-            profile_type: text_profile_type(meta),
-            start_ns: meta.start_ns,
-            end_ns: meta.end_ns,
-            frames,
-            samples,
-            meta: ProfileMeta {
-                spy_name: meta.spy_name.clone(),
-                sample_rate: meta.sample_rate.unwrap_or(100),
-            },
-        }])
+        Ok(stacks.into_profile(meta, profile_type))
     }
 }
 

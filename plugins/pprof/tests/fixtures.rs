@@ -208,3 +208,35 @@ fn encoded_tree_decodes_back_to_the_same_stacks() {
     assert_eq!(back.len(), 1);
     assert_eq!(tree_of(&back[0]).to_folded(), tree.to_folded());
 }
+
+/// Fuzz-style: every truncation and many byte flips of the real profiles decode or fail
+/// cleanly, never panic.
+#[test]
+fn corrupted_profiles_never_panic() {
+    let d = PprofDecoder::default();
+    for name in ["go-cpu.pb.gz", "go-heap.pb.gz", "go-goroutine.pb.gz"] {
+        let gz = fixture(name);
+        let raw = kiln_pprof::gunzip_if_needed(&gz, 1 << 30)
+            .unwrap()
+            .into_owned();
+        for data in [&gz, &raw] {
+            for cut in (0..data.len()).step_by(7) {
+                let _ = d.decode(&data[..cut], &meta());
+            }
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..2000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut m = data.clone();
+                let i = (state % m.len() as u64) as usize;
+                m[i] ^= (state >> 32) as u8 | 1;
+                if let Ok(profiles) = d.decode(&m, &meta()) {
+                    for p in profiles {
+                        p.validate().unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
