@@ -7,6 +7,7 @@ mod connect;
 mod flamebearer;
 mod ingest;
 mod metrics;
+mod otlp;
 mod pipeline;
 mod query;
 mod relabel;

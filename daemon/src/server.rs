@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ingest", post(ingest::ingest))
         .route("/pyroscope/ingest", post(ingest::ingest))
         .route("/push.v1.PusherService/Push", post(crate::connect::push))
+        .route("/v1development/profiles", post(crate::otlp::export))
         .route("/render", get(query::render))
         .route("/render-diff", get(query::render_diff))
         .route("/labels", get(query::labels))

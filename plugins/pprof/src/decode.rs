@@ -85,21 +85,20 @@ fn plan_types(
             },
             None => None,
         };
-        let default_name = default_name(sample_type, sample_unit);
-        let name = entry
-            .and_then(|e| e.display_name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| default_name.to_string());
-        let known = ProfileType::well_known(&name);
+        let display_name = entry
+            .and_then(|e| e.display_name.as_deref())
+            .filter(|n| !n.is_empty());
         let aggregation = entry
             .and_then(|e| e.aggregation.as_deref())
-            .and_then(Aggregation::parse)
-            .or(known.as_ref().map(|k| k.aggregation))
-            .unwrap_or_default();
-        let metric = known
-            .as_ref()
-            .map(|k| k.metric.clone())
-            .unwrap_or_else(|| sample_type.to_string());
+            .and_then(Aggregation::parse);
+        let profile_type = profile_type(
+            sample_type,
+            sample_unit,
+            (period_type, period_unit),
+            display_name,
+            aggregation,
+        );
+        let name = profile_type.name.clone();
         let sampled = entry.map(|e| e.sampled).unwrap_or(sample_type == "samples")
             || (name == "cpu_nanoseconds");
         let cumulative = match entry {
@@ -111,20 +110,41 @@ fn plan_types(
         };
         plans.push(TypePlan {
             column,
-            profile_type: ProfileType {
-                name,
-                metric,
-                sample_type: sample_type.to_string(),
-                sample_unit: sample_unit.to_string(),
-                period_type: period_type.to_string(),
-                period_unit: period_unit.to_string(),
-                aggregation,
-            },
+            profile_type,
             sampled,
             cumulative,
         });
     }
     Ok(plans)
+}
+
+/// The profile type of one pprof-style sample type: named as Pyroscope names Go's types unless
+/// the agent gave a display name; aggregation from the agent, else the well-known type's.
+pub fn profile_type(
+    sample_type: &str,
+    sample_unit: &str,
+    (period_type, period_unit): (&str, &str),
+    display_name: Option<&str>,
+    aggregation: Option<Aggregation>,
+) -> ProfileType {
+    let name = display_name
+        .unwrap_or_else(|| default_name(sample_type, sample_unit))
+        .to_string();
+    let known = ProfileType::well_known(&name);
+    ProfileType {
+        metric: known
+            .as_ref()
+            .map(|k| k.metric.clone())
+            .unwrap_or_else(|| sample_type.to_string()),
+        aggregation: aggregation
+            .or(known.as_ref().map(|k| k.aggregation))
+            .unwrap_or_default(),
+        name,
+        sample_type: sample_type.to_string(),
+        sample_unit: sample_unit.to_string(),
+        period_type: period_type.to_string(),
+        period_unit: period_unit.to_string(),
+    }
 }
 
 /// Pyroscope's default names for Go's sample types; other types keep their own name.

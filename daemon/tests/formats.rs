@@ -1,0 +1,203 @@
+//! The other ingest formats over HTTP: trie, tree, speedscope, OTLP.
+
+mod common;
+
+use common::{agent, enc, Daemon};
+use kiln_otlp::proto::*;
+use prost::Message;
+
+fn uvarint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn node(out: &mut Vec<u8>, name: &str, value: u64, children: u64) {
+    uvarint(out, name.len() as u64);
+    out.extend_from_slice(name.as_bytes());
+    uvarint(out, value);
+    uvarint(out, children);
+}
+
+#[test]
+fn trie_tree_and_speedscope_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let mut trie = Vec::new();
+    node(&mut trie, "", 0, 1);
+    node(&mut trie, "foo;ba", 0, 2);
+    node(&mut trie, "r", 100, 0);
+    node(&mut trie, "z", 200, 0);
+    let (s, m) = d.ingest(
+        &format!("name={}", enc("trie.cpu")),
+        "binary/octet-stream+trie",
+        &trie,
+    );
+    assert_eq!(s, 200, "{m}");
+    let mut tree = Vec::new();
+    node(&mut tree, "", 0, 1);
+    node(&mut tree, "foo", 0, 1);
+    node(&mut tree, "bar", 7, 0);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=tree", enc("tree.cpu")),
+        "application/octet-stream",
+        &tree,
+    );
+    assert_eq!(s, 200, "{m}");
+    let speedscope = br#"{"shared":{"frames":[{"name":"main"},{"name":"work"}]},
+        "profiles":[{"type":"sampled","unit":"none","samples":[[0,1],[0]],"weights":[3,1]}]}"#;
+    let (s, m) = d.ingest(
+        &format!("name={}&format=speedscope", enc("ss.cpu")),
+        "application/json",
+        speedscope,
+    );
+    assert_eq!(s, 200, "{m}");
+    let total = |q: &str| {
+        d.get_json(&format!(
+            "/render?query={}&from=now-1h&until=now%2B1m",
+            enc(q)
+        ))["flamebearer"]["numTicks"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(total("trie.cpu"), 300);
+    assert_eq!(total("tree.cpu"), 7);
+    assert_eq!(total("ss.cpu"), 4);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=tree", enc("tree.cpu")),
+        "application/octet-stream",
+        &tree[..3],
+    );
+    assert_eq!(s, 400, "{m}");
+    let (s, m) = d.ingest(
+        &format!("name={}&format=speedscope", enc("ss.cpu")),
+        "application/json",
+        b"{\"shared\":1}",
+    );
+    assert_eq!(s, 400, "{m}");
+}
+
+fn otlp_request() -> ExportProfilesServiceRequest {
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            string_value: v.into(),
+            ..Default::default()
+        }),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    ExportProfilesServiceRequest {
+        dictionary: Some(ProfilesDictionary {
+            location_table: vec![
+                Location {
+                    mapping_index: 0,
+                    address: 0,
+                    line: vec![Line {
+                        function_index: 0,
+                        line: 1,
+                    }],
+                },
+                Location {
+                    mapping_index: 0,
+                    address: 0,
+                    line: vec![Line {
+                        function_index: 1,
+                        line: 2,
+                    }],
+                },
+            ],
+            function_table: vec![
+                Function {
+                    name_strindex: 1,
+                    filename_strindex: 0,
+                    start_line: 0,
+                },
+                Function {
+                    name_strindex: 2,
+                    filename_strindex: 0,
+                    start_line: 0,
+                },
+            ],
+            string_table: ["", "main", "otelWork", "samples", "count"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            attribute_table: vec![],
+        }),
+        resource_profiles: vec![ResourceProfiles {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "otel-svc"),
+                    kv("deployment.environment", "test"),
+                ],
+            }),
+            scope_profiles: vec![ScopeProfiles {
+                profiles: vec![Profile {
+                    sample_type: vec![ValueType {
+                        type_strindex: 3,
+                        unit_strindex: 4,
+                        aggregation_temporality: 1,
+                    }],
+                    sample: vec![Sample {
+                        locations_start_index: 0,
+                        locations_length: 2,
+                        value: vec![5],
+                        attribute_indices: vec![],
+                    }],
+                    location_indices: vec![1, 0],
+                    time_nanos: now - 5_000_000_000,
+                    duration_nanos: 5_000_000_000,
+                    period_type: None,
+                    period: 0,
+                }],
+            }],
+        }],
+    }
+}
+
+#[test]
+fn otlp_profiles_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let body = otlp_request().encode_to_vec();
+    let mut r = agent()
+        .post(format!("{}/v1development/profiles", d.url))
+        .header("Content-Type", "application/x-protobuf")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let render = d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m",
+        enc(r#"otel-svc.cpu{deployment.environment="test"}"#)
+    ));
+    assert_eq!(render["flamebearer"]["numTicks"], 5);
+    assert!(render["flamebearer"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "otelWork"));
+    let mut bad = otlp_request();
+    bad.resource_profiles[0].scope_profiles[0].profiles[0].location_indices = vec![9];
+    bad.resource_profiles[0].scope_profiles[0].profiles[0].sample[0].locations_length = 1;
+    let mut r = agent()
+        .post(format!("{}/v1development/profiles", d.url))
+        .header("Content-Type", "application/x-protobuf")
+        .send(&bad.encode_to_vec()[..])
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("location index 9"));
+}
