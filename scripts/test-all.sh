@@ -8,6 +8,7 @@ root=$(pwd)
 
 # Suites beyond `cargo test`, each a script that exits non-zero on failure.
 suites=(
+  fuzz/run.sh
   sdk/go/ci-test.sh
   sdk/python/ci-test.sh
   sdk/java/ci-test.sh
@@ -35,7 +36,11 @@ run "cargo test" cargo test --workspace --locked
 export KILN_BIN="$root/target/debug/kiln"
 for suite in "${suites[@]}"; do
   if [[ -f "$suite" ]]; then
-    run "$suite" bash "$suite"
+    if [[ $suite == fuzz/run.sh ]]; then
+      run "$suite" bash "$suite" "${FUZZ_SECONDS:-20}"
+    else
+      run "$suite" bash "$suite"
+    fi
   else
     echo "missing test suite: $suite"
     failed=$((failed + 1))

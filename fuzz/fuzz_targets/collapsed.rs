@@ -1,0 +1,11 @@
+#![no_main]
+use kiln_plugin_api::Decoder;
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::check(kiln_collapsed::CollapsedDecoder::folded().decode(data, &common::meta(false)));
+    common::check(kiln_collapsed::CollapsedDecoder::lines().decode(data, &common::meta(false)));
+});
