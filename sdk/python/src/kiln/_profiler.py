@@ -1,0 +1,150 @@
+"""One running profiler: sampling thread, aggregator and uploader, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+
+from . import _tags
+from ._config import Config
+from ._frames import FrameFormatter
+from ._naming import Tags, ingest_name, ingest_url, merge_tags
+from ._sampler import CPU, Aggregator, Batch, Sampler, ThreadCpuClocks
+from ._uploader import RetryPolicy, Upload, Uploader
+
+logger = logging.getLogger("kiln")
+
+
+def encode_folded(stacks: dict[str, int]) -> bytes:
+    """Folded text: one ``root;...;leaf COUNT`` line per stack, sorted for stable output."""
+    lines = [f"{stack} {count}\n" for stack, count in sorted(stacks.items()) if count > 0]
+    return "".join(lines).encode("utf-8")
+
+
+class Profiler:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._period = 1.0 / config.sample_rate
+        self._aggregator = Aggregator()
+        clocks = ThreadCpuClocks() if config.mode == CPU and ThreadCpuClocks.available() else None
+        if config.mode == CPU and clocks is None:
+            logger.info(
+                "per-thread CPU clocks are not available here: threads count as busy unless "
+                "waiting in a known blocking call"
+            )
+        self._sampler = Sampler(
+            self._aggregator,
+            FrameFormatter(line_numbers=config.line_numbers),
+            self._period,
+            mode=config.mode,
+            cpu_clocks=clocks,
+        )
+        current = threading.current_thread()
+        if getattr(current, "native_id", None) != threading.get_native_id():
+            self._sampler.native_id_corrections[current.ident or 0] = threading.get_native_id()
+        self._uploader = Uploader(
+            config.headers(),
+            timeout=config.upload_timeout,
+            max_queued=config.max_queued_uploads,
+            retry=RetryPolicy(
+                config.retry_initial_delay, config.retry_max_delay, config.max_upload_attempts
+            ),
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kiln-sampler", daemon=True)
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self.sampling_errors = 0
+
+    def start(self) -> None:
+        self._uploader.start()
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Stops sampling, uploads the last partial interval and waits for delivery.
+
+        Returns True when every profile taken was delivered; only the first call does the work.
+        """
+        with self._stop_lock:
+            if self._stopped:
+                return True
+            self._stopped = True
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._flush()
+        return self._uploader.close(max(0.0, deadline - time.monotonic()))
+
+    def stats(self) -> dict[str, int]:
+        stats = self._uploader.stats.as_dict()
+        stats["samples"] = self._sampler.samples
+        stats["sampling_errors"] = self.sampling_errors
+        stats["overflowed_samples"] = self._aggregator.overflowed_samples
+        stats["queued_uploads"] = self._uploader.pending()
+        return stats
+
+    def _run(self) -> None:
+        own = {threading.get_ident()}
+        if self._uploader.ident is not None:
+            own.add(self._uploader.ident)
+        self._sampler.ignored_idents = frozenset(own)
+        next_tick = time.monotonic()
+        next_flush = next_tick + self.config.upload_interval
+        while True:
+            now = time.monotonic()
+            if self._stop.wait(max(0.0, next_tick - now)):
+                return
+            now = time.monotonic()
+            self._sample(now)
+            next_tick += self._period
+            if next_tick < now:  # fell behind (a long GIL hold): resume from now
+                next_tick = now + self._period
+            if now >= next_flush:
+                next_flush += self.config.upload_interval
+                if next_flush < now:
+                    next_flush = now + self.config.upload_interval
+                self._flush()
+
+    def _sample(self, now: float) -> None:
+        try:
+            frames = sys._current_frames()
+            try:
+                self._sampler.tick(frames, now)
+            finally:
+                del frames  # do not keep other threads' frames (and locals) alive
+        except Exception:  # keep sampling; a persistent failure is logged once per upload
+            self.sampling_errors += 1
+            if self.sampling_errors == 1:
+                logger.exception("sampling failed")
+
+    def _flush(self) -> None:
+        batch = self._aggregator.drain()
+        _tags.prune_ended_threads(set(sys._current_frames()))
+        for upload in self.uploads_of(batch):
+            self._uploader.submit(upload)
+
+    def uploads_of(self, batch: Batch) -> list[Upload]:
+        """One upload per distinct tag set of the batch (static tags merged under dynamic ones)."""
+        from_s = int(batch.start)
+        until_s = max(from_s, int(math.ceil(batch.end)))
+        uploads = []
+        merged: dict[Tags, dict[str, int]] = {}
+        for dynamic, stacks in batch.counts.items():
+            tags = merge_tags(self.config.tags, dynamic)
+            target = merged.setdefault(tags, {})
+            for stack, count in stacks.items():
+                target[stack] = target.get(stack, 0) + count
+        for tags, stacks in merged.items():
+            body = encode_folded(stacks)
+            if not body:
+                continue
+            name = ingest_name(self.config.application_name, self.config.profile_type, tags)
+            url = ingest_url(
+                self.config.server_address, name, from_s, until_s, self.config.sample_rate
+            )
+            uploads.append(Upload(url, body))
+        return uploads
