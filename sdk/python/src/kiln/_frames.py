@@ -45,6 +45,8 @@ class PathShortener:
                 absolute = os.path.abspath(entry or os.curdir)
             except OSError:  # the working directory was removed
                 continue
+            if os.path.dirname(absolute) == absolute:
+                continue  # the filesystem root: stripping it only hides that a path is absolute
             prefixes.add(absolute.rstrip(os.sep) + os.sep)
         self._prefixes = sorted(prefixes, key=len, reverse=True)
 
