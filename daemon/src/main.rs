@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod connect;
 mod flamebearer;
+mod html_export;
 mod ingest;
 mod metrics;
 mod otlp;

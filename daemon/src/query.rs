@@ -315,7 +315,18 @@ pub async fn render_diff(
         fb.remove("rightTicks");
     }
     state.metrics.query("render-diff", started.elapsed());
-    Ok(Json(body).into_response())
+    match param(&p, &["format"]).unwrap_or("json") {
+        "json" => Ok(Json(body).into_response()),
+        "html" => {
+            let page = crate::html_export::standalone_html(&body)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
+        }
+        other => Err(ApiError::bad_request(
+            "unknown_format",
+            format!("unknown format {other:?} for render-diff; use json or html"),
+        )),
+    }
 }
 
 /// An optional selector (no type pinned) for the label endpoints.

@@ -35,7 +35,16 @@ impl AppState {
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
         let storage: Arc<dyn Storage> = Arc::new(sled);
         let pipelines = Pipelines::build(&config, storage.clone())?;
-        let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = BTreeMap::new();
+        let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
+            .into_iter()
+            .map(|(name, r)| (name.to_string(), r))
+            .collect();
+        renderers.insert(
+            "html".into(),
+            Arc::new(crate::html_export::Html {
+                max_nodes: config.server.max_nodes,
+            }),
+        );
         renderers.insert("pprof".into(), Arc::new(kiln_pprof::PprofRenderer));
         Ok(Arc::new(Self {
             decoders: Decoders::builtin(config.server.max_decompressed_bytes),

@@ -41,3 +41,8 @@ pub async fn index() -> Response {
 pub async fn asset(Path(path): Path<String>) -> Response {
     serve(&path)
 }
+
+/// A UI file as text, for exporters that embed UI code.
+pub fn text(path: &str) -> Option<String> {
+    Assets::get(path).and_then(|f| String::from_utf8(f.data.into_owned()).ok())
+}

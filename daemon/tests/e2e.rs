@@ -530,3 +530,47 @@ fn diff_and_pprof_export() {
         go_pprof_top(&testdata("go-cpu.pb.gz"), "samples")
     );
 }
+
+#[test]
+fn every_export_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let (s, _) = d.ingest(
+        &format!("name={}&format=pprof", enc("fmt.cpu")),
+        "application/octet-stream",
+        &cpu,
+    );
+    assert_eq!(s, 200);
+    let get = |format: &str| {
+        let (s, body) = d.get_bytes(&format!(
+            "/render?query={}&from=now-1h&until=now%2B1m&format={format}",
+            enc("fmt.cpu")
+        ));
+        assert_eq!(s, 200, "{format}");
+        body
+    };
+    let folded = String::from_utf8(get("collapsed")).unwrap();
+    let sum: i64 = folded
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(sum, 1017);
+    let ss: Value = serde_json::from_slice(&get("speedscope")).unwrap();
+    assert_eq!(ss["profiles"][0]["type"], "sampled");
+    let svg = String::from_utf8(get("svg")).unwrap();
+    assert!(svg.contains("crypto/sha256.block"));
+    assert!(get("png").starts_with(b"\x89PNG"));
+    let html = String::from_utf8(get("html")).unwrap();
+    assert!(
+        html.contains("crypto/sha256.block")
+            && !html.contains("/*KILN_DATA*/")
+            && !html.contains("/*KILN_FLAMEGRAPH_JS*/")
+    );
+    let (s, body) = d.get(&format!(
+        "/render-diff?leftQuery={q}&rightQuery={q}&format=html",
+        q = enc("fmt.cpu")
+    ));
+    assert_eq!(s, 200);
+    assert!(body.contains("\"leftTicks\""));
+}
