@@ -1,0 +1,3 @@
+module github.com/kiln-profiler/kiln/sdk/go
+
+go 1.21
