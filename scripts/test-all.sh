@@ -11,8 +11,6 @@ suites=(
   fuzz/run.sh
   sdk/go/ci-test.sh
   sdk/python/ci-test.sh
-  sdk/java/ci-test.sh
-  sdk/rust/ci-test.sh
   ui-tests/ci-test.sh
 )
 
