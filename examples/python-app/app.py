@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import logging
 import os
 import sys
 import threading
 import time
 
-_SDK_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sdk", "python", "src")
+_SDK_SRC = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "sdk", "python", "src"
+)
 sys.path.insert(0, os.path.normpath(_SDK_SRC))
 
 import kiln  # noqa: E402  (after the path insertion above)
@@ -37,7 +41,7 @@ def hash_loop(rounds: int) -> bytes:
 
 def alloc_loop(items: int) -> int:
     """The allocation-heavy path: many short-lived objects, then dropped."""
-    records = [{"id": i, "name": "item-%d" % i, "tags": [i, i * 2, i * 3]} for i in range(items)]
+    records = [{"id": i, "name": f"item-{i}", "tags": [i, i * 2, i * 3]} for i in range(items)]
     total = sum(len(record["name"]) for record in records)
     del records
     return total
@@ -61,35 +65,62 @@ def run_workload(deadline: float, rounds: int) -> int:
     return done
 
 
-def parse_tag(text: str) -> "tuple[str, str]":
+def parse_tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"tags are KEY=VALUE, not {text!r}")
     return key, value
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:4040", help="Kiln daemon URL")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
-    parser.add_argument("--rounds", type=int, default=0, help="run this many hash/alloc rounds instead of --duration")
-    parser.add_argument("--app-name", default="python-app", help="application name (default python-app)")
-    parser.add_argument("--tag", action="append", type=parse_tag, default=[], metavar="KEY=VALUE", help="static tag, repeatable")
-    parser.add_argument("--upload-interval", type=float, default=10.0, help="seconds between uploads (default 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="run this many hash/alloc rounds instead of --duration",
+    )
+    parser.add_argument(
+        "--app-name", default="python-app", help="application name (default python-app)"
+    )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        type=parse_tag,
+        default=[],
+        metavar="KEY=VALUE",
+        help="static tag, repeatable",
+    )
+    parser.add_argument(
+        "--upload-interval", type=float, default=10.0, help="seconds between uploads (default 10)"
+    )
     parser.add_argument("--auth-token", default=None, help="bearer token for the daemon")
     parser.add_argument("--mode", choices=["cpu", "wall"], default="cpu")
-    parser.add_argument("--no-profiling", action="store_true", help="run the workload without the SDK (for overhead comparisons)")
+    parser.add_argument(
+        "--print-stats", action="store_true", help="print the SDK's counters as JSON at exit"
+    )
+    parser.add_argument(
+        "--no-profiling",
+        action="store_true",
+        help="run the workload without the SDK (for overhead comparisons)",
+    )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     if not args.no_profiling:
-        kiln.configure(
-            application_name=args.app_name,
-            server_address=args.server,
-            auth_token=args.auth_token,
-            tags=dict(args.tag),
-            upload_interval=args.upload_interval,
-            mode=args.mode,
-        )
+        try:
+            kiln.configure(
+                application_name=args.app_name,
+                server_address=args.server,
+                auth_token=args.auth_token,
+                tags=dict(args.tag),
+                upload_interval=args.upload_interval,
+                mode=args.mode,
+            )
+        except ValueError as error:  # a bad name, tag or address: say which
+            parser.error(str(error))
 
     stop = threading.Event()
     waiter = threading.Thread(target=background_waiter, args=(stop,), name="waiter", daemon=True)
@@ -99,11 +130,13 @@ def main(argv: "list[str] | None" = None) -> int:
     stop.set()
     waiter.join()
 
+    elapsed = time.monotonic() - started
+    print(f"{done} rounds in {elapsed:.1f}s")
     if not args.no_profiling:
-        delivered = kiln.shutdown()
-        if not delivered:
-            print(f"some profiles were not delivered: {kiln.stats() or 'see the kiln logger'}", file=sys.stderr)
-    print(f"{done} rounds in {time.monotonic() - started:.1f}s")
+        if not kiln.shutdown():  # flushes the last partial interval
+            print(f"some profiles were not delivered: {kiln.stats()}", file=sys.stderr)
+        if args.print_stats:
+            print("kiln stats:", json.dumps(kiln.stats()))
     return 0
 
 

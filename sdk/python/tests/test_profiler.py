@@ -62,6 +62,7 @@ def test_uploads_carry_the_wire_parameters_headers_and_stacks(server):
     stats = kiln.stats()
     assert stats["sent"] == len(received)
     assert stats["samples"] >= 20
+    assert stats["sampler_cpu_ms"] > 0 and stats["uploader_cpu_ms"] > 0  # measured, not guessed
 
 
 def test_one_request_per_tag_set_with_dynamic_tags_over_static(server):

@@ -58,6 +58,7 @@ class Profiler:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self.sampling_errors = 0
+        self._sampler_cpu = 0.0  # CPU seconds used by the sampling thread, updated per upload
 
     def start(self) -> None:
         self._uploader.start()
@@ -85,9 +86,16 @@ class Profiler:
         stats["sampling_errors"] = self.sampling_errors
         stats["overflowed_samples"] = self._aggregator.overflowed_samples
         stats["queued_uploads"] = self._uploader.pending()
+        stats["sampler_cpu_ms"] = round(self._sampler_cpu * 1000)
         return stats
 
     def _run(self) -> None:
+        try:
+            self._sample_until_stopped()
+        finally:
+            self._sampler_cpu = time.thread_time()
+
+    def _sample_until_stopped(self) -> None:
         own = {threading.get_ident()}
         if self._uploader.ident is not None:
             own.add(self._uploader.ident)
@@ -108,6 +116,7 @@ class Profiler:
                 if next_flush < now:
                     next_flush = now + self.config.upload_interval
                 self._flush()
+                self._sampler_cpu = time.thread_time()
 
     def _sample(self, now: float) -> None:
         try:

@@ -61,6 +61,7 @@ class UploadStats:
     dropped_rejected: int = 0
     dropped_retries_exhausted: int = 0
     dropped_at_shutdown: int = 0
+    uploader_cpu_ms: int = 0  # CPU time of the upload thread, updated after each attempt
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -238,14 +239,18 @@ class Uploader:
                 self._done()
                 self.stats.dropped_rejected += 1
             else:
-                self._done()
-                self.stats.sent += 1
-                if self._state.consecutive_failures:
-                    logger.info(
-                        "profile uploads work again after %d failed attempt(s)",
-                        self._state.consecutive_failures,
-                    )
-                self._state.consecutive_failures = 0
+                self._succeeded()
+            self.stats.uploader_cpu_ms = round(time.thread_time() * 1000)
+
+    def _succeeded(self) -> None:
+        self._done()
+        self.stats.sent += 1
+        if self._state.consecutive_failures:
+            logger.info(
+                "profile uploads work again after %d failed attempt(s)",
+                self._state.consecutive_failures,
+            )
+        self._state.consecutive_failures = 0
 
     def _failed(self, upload: Upload, error: UploadError) -> None:
         self.stats.failed_attempts += 1
