@@ -42,9 +42,10 @@ class Profiler:
             mode=config.mode,
             cpu_clocks=clocks,
         )
-        current = threading.current_thread()
-        if getattr(current, "native_id", None) != threading.get_native_id():
-            self._sampler.native_id_corrections[current.ident or 0] = threading.get_native_id()
+        if clocks is not None:
+            current = threading.current_thread()
+            if current.native_id != threading.get_native_id():  # in a forked child
+                self._sampler.native_id_corrections[current.ident or 0] = threading.get_native_id()
         self._uploader = Uploader(
             config.headers(),
             timeout=config.upload_timeout,
