@@ -11,6 +11,7 @@ suites=(
   fuzz/run.sh
   sdk/go/ci-test.sh
   sdk/python/ci-test.sh
+  sdk/rust/ci-test.sh
   ui-tests/ci-test.sh
 )
 

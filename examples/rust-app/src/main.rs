@@ -1,0 +1,73 @@
+//! rust-app: burns CPU in `hash_loop` and allocates in `alloc_loop`, profiled by kiln-sdk.
+//!
+//! `cargo run -p rust-app -- --server http://127.0.0.1:4040 --duration 30`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+#[inline(never)]
+fn hash_loop(d: Duration) {
+    let end = Instant::now() + d;
+    let mut data = vec![0u8; 4096];
+    while Instant::now() < end {
+        let sum = Sha256::digest(&data);
+        data[0] = sum[0];
+    }
+    black_box(&data);
+}
+
+#[inline(never)]
+fn alloc_loop(d: Duration) {
+    let end = Instant::now() + d;
+    let mut keep: Vec<Vec<u8>> = Vec::new();
+    while Instant::now() < end {
+        keep.push(vec![1u8; 16 << 10]);
+        if keep.len() > 256 {
+            keep.clear();
+        }
+    }
+    black_box(&keep);
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::init();
+    let args: Vec<String> = std::env::args().collect();
+    let server = arg(&args, "--server").unwrap_or_else(|| "http://127.0.0.1:4040".into());
+    let duration = Duration::from_secs(arg(&args, "--duration").map_or(Ok(30), |s| s.parse())?);
+    let interval =
+        Duration::from_secs(arg(&args, "--upload-interval").map_or(Ok(10), |s| s.parse())?);
+    let tag = arg(&args, "--tag").unwrap_or_else(|| "env=demo".into());
+    let (k, v) = tag.split_once('=').ok_or("--tag KEY=VALUE")?;
+    let running = if args.iter().any(|a| a == "--no-profiling") {
+        None
+    } else {
+        Some(
+            kiln_sdk::Agent::builder(server, "rust-app")
+                .tags([(k, v)])
+                .upload_interval(interval)
+                .build()?
+                .start()?,
+        )
+    };
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        {
+            let _tags = kiln_sdk::tag_wrapper([("path", "hash")]);
+            hash_loop(Duration::from_millis(70));
+        }
+        alloc_loop(Duration::from_millis(30));
+    }
+    if let Some(r) = running {
+        r.stop()?;
+    }
+    Ok(())
+}

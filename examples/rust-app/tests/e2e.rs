@@ -1,0 +1,115 @@
+//! The example app against a real daemon: its hot function and tags come back through the API.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kiln_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("KILN_BIN") {
+        return p.into();
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/kiln");
+    assert!(
+        p.exists(),
+        "no kiln binary: set KILN_BIN or run `cargo build -p kiln` ({} missing)",
+        p.display()
+    );
+    p
+}
+
+fn get(url: &str) -> serde_json::Value {
+    let mut r = ureq::get(url).call().unwrap();
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn example_profiles_reach_the_daemon() {
+    let dir = std::env::temp_dir().join(format!("kiln-rust-e2e-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut daemon = Command::new(kiln_bin())
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--self-profiling",
+            "false",
+            "--log-level",
+            "warn",
+        ])
+        .arg("--storage-path")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(format!("{base}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new(env!("CARGO_BIN_EXE_rust-app"))
+        .args([
+            "--server",
+            &base,
+            "--duration",
+            "8",
+            "--upload-interval",
+            "2",
+            "--tag",
+            "env=e2e",
+        ])
+        .status()
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(status.success());
+        let render = |q: &str| {
+            get(&format!(
+                "{base}/render?query={}&from=now-10m&until=now%2B1m",
+                enc(q)
+            ))
+        };
+        let names = |q: &str| -> Vec<String> {
+            render(q)["flamebearer"]["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect()
+        };
+        let cpu = names(r#"rust-app.cpu{env="e2e"}"#);
+        assert!(
+            cpu.iter().any(|n| n.contains("hash_loop")),
+            "hash_loop missing: {cpu:?}"
+        );
+        let tagged = names(r#"rust-app.cpu{env="e2e",path="hash"}"#);
+        assert!(
+            tagged.iter().any(|n| n.contains("hash_loop")),
+            "scoped tag path=hash: {tagged:?}"
+        );
+        assert!(get(&format!("{base}/label-values?label=env"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "e2e"));
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
