@@ -17,9 +17,10 @@ seed collapsed ../testdata/collapsed.txt
 seed otlp
 seed speedscope
 seed trie_tree
+seed jfr ../testdata/java-jdk.jfr
 printf '{"shared":{"frames":[{"name":"a"},{"name":"b"}]},"profiles":[{"type":"sampled","samples":[[0,1]],"weights":[1]},{"type":"evented","unit":"milliseconds","events":[{"type":"O","at":0,"frame":0},{"type":"C","at":2,"frame":0}]}]}' > corpus/speedscope/seed.json
 printf '\x00\x00\x01\x03foo\x00\x01\x03bar\x05\x00' > corpus/trie_tree/seed.bin
-targets=(pprof collapsed otlp speedscope trie_tree)
+targets=(pprof collapsed otlp speedscope trie_tree jfr)
 cargo fuzz build -s none -O
 failed=0
 for t in "${targets[@]}"; do

@@ -19,7 +19,15 @@ use crate::server::AppState;
 use crate::time;
 
 /// Formats with a built-in decoder, as pipelines name them.
-pub const BUILTIN_FORMATS: &[&str] = &["pprof", "folded", "lines", "trie", "tree", "speedscope"];
+pub const BUILTIN_FORMATS: &[&str] = &[
+    "pprof",
+    "jfr",
+    "folded",
+    "lines",
+    "trie",
+    "tree",
+    "speedscope",
+];
 
 /// Decoders by format name.
 pub struct Decoders {
@@ -32,6 +40,12 @@ impl Decoders {
         by_format.insert(
             "pprof".into(),
             Arc::new(PprofDecoder {
+                max_decompressed_bytes,
+            }),
+        );
+        by_format.insert(
+            "jfr".into(),
+            Arc::new(kiln_jfr::JfrDecoder {
                 max_decompressed_bytes,
             }),
         );

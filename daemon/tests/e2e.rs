@@ -574,3 +574,62 @@ fn every_export_format() {
     assert_eq!(s, 200);
     assert!(body.contains("\"leftTicks\""));
 }
+
+#[test]
+fn jfr_recordings_raw_and_multipart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let jfr = std::fs::read(testdata("java-jdk.jfr")).unwrap();
+    let (s, m) = d.ingest(
+        &format!(
+            "name={}&format=jfr&spyName=javaspy",
+            enc("javaapp{env=e2e}")
+        ),
+        "application/octet-stream",
+        &jfr,
+    );
+    assert_eq!(s, 200, "{m}");
+    let r = render(&d, "javaapp.cpu");
+    assert!(
+        r["flamebearer"]["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "Workload.hashWork"),
+        "{}",
+        r["flamebearer"]["names"]
+    );
+    let apps = d.get_json("/api/apps");
+    for t in [
+        "javaapp.cpu",
+        "javaapp.alloc_sample_bytes",
+        "javaapp.lock_duration",
+    ] {
+        assert!(
+            apps.as_array().unwrap().iter().any(|a| a["name"] == t),
+            "{t} missing from {apps}"
+        );
+    }
+    let (s, m) = d.ingest(
+        &format!("name={}&format=jfr", enc("javaapp")),
+        "application/octet-stream",
+        &jfr[..jfr.len() / 2],
+    );
+    assert_eq!(s, 400, "{m}");
+    let body = [
+        b"--b\r\nContent-Disposition: form-data; name=\"jfr\"; filename=\"jfr\"\r\n\r\n".to_vec(),
+        jfr.clone(),
+        b"\r\n--b--\r\n".to_vec(),
+    ]
+    .concat();
+    let (s, m) = d.ingest(
+        &format!("name={}&format=jfr", enc("javamp")),
+        "multipart/form-data; boundary=b",
+        &body,
+    );
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(
+        render(&d, "javamp.cpu")["flamebearer"]["numTicks"],
+        r["flamebearer"]["numTicks"]
+    );
+}

@@ -1,0 +1,390 @@
+//! The JFR chunk format: header, metadata (type definitions), constant pools and events.
+
+use kiln_plugin_api::DecodeError;
+use rustc_hash::FxHashMap;
+
+use crate::reader::{err, Reader};
+
+/// A decoded value, shaped by the metadata.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    /// A string held in the `java.lang.String` constant pool.
+    StrRef(i64),
+    /// A reference into the constant pool of the field's type.
+    Ref(i64),
+    Obj(Vec<Value>),
+    Arr(Vec<Value>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub type_id: i64,
+    pub constant_pool: bool,
+    pub array: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Class {
+    pub name: String,
+    pub fields: Vec<Field>,
+}
+
+impl Class {
+    pub fn field(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
+/// The chunk header (68 bytes, big-endian).
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub size: u64,
+    pub cp_offset: u64,
+    pub meta_offset: u64,
+    pub ticks_per_second: u64,
+    pub compressed: bool,
+}
+
+pub const HEADER_LEN: usize = 68;
+const MAGIC: &[u8; 4] = b"FLR\0";
+const MAX_DEPTH: usize = 32;
+
+pub fn header(bytes: &[u8], at: usize) -> Result<Header, DecodeError> {
+    let mut r = Reader::new(bytes, at, false);
+    if r.take(4)? != MAGIC {
+        return Err(err(at, "not a JFR chunk (bad magic)"));
+    }
+    let major = r.be_u32()? >> 16;
+    if major != 2 && major != 1 {
+        return Err(err(at + 4, format!("unsupported JFR version {major}")));
+    }
+    let size = r.be_u64()?;
+    let cp_offset = r.be_u64()?;
+    let meta_offset = r.be_u64()?;
+    let _start_ns = r.be_u64()?;
+    let _duration = r.be_u64()?;
+    let _start_ticks = r.be_u64()?;
+    let ticks_per_second = r.be_u64()?;
+    let features = r.be_u32()?;
+    let fits = |o: u64| o >= HEADER_LEN as u64 && o < size;
+    if size < HEADER_LEN as u64 || at as u64 + size > bytes.len() as u64 {
+        return Err(err(
+            at + 8,
+            format!(
+                "chunk size {size} runs past the end of the recording ({} bytes)",
+                bytes.len()
+            ),
+        ));
+    }
+    if !fits(cp_offset) || !fits(meta_offset) {
+        return Err(err(
+            at + 16,
+            "constant pool or metadata offset outside the chunk",
+        ));
+    }
+    Ok(Header {
+        size,
+        cp_offset,
+        meta_offset,
+        ticks_per_second: ticks_per_second.max(1),
+        // Version 1 chunks always used compressed integers; v2 says so in feature bit 0.
+        compressed: major == 1 || features & 1 == 1,
+    })
+}
+
+/// One chunk's type system and constant pools.
+pub struct Chunk<'a> {
+    pub bytes: &'a [u8],
+    pub start: usize,
+    pub header: Header,
+    pub classes: FxHashMap<i64, Class>,
+    pub pools: FxHashMap<i64, FxHashMap<i64, Value>>,
+    string_type: Option<i64>,
+}
+
+struct Element {
+    name: String,
+    attrs: Vec<(String, String)>,
+    children: Vec<Element>,
+}
+
+impl Element {
+    fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<'a> Chunk<'a> {
+    pub fn open(bytes: &'a [u8], start: usize) -> Result<Self, DecodeError> {
+        let header = header(bytes, start)?;
+        let end = start + header.size as usize;
+        let mut chunk = Chunk {
+            bytes: &bytes[..end],
+            start,
+            header,
+            classes: FxHashMap::default(),
+            pools: FxHashMap::default(),
+            string_type: None,
+        };
+        chunk.read_metadata()?;
+        chunk.read_constant_pools()?;
+        Ok(chunk)
+    }
+
+    fn reader(&self, at: usize) -> Reader<'a> {
+        Reader::new(self.bytes, at, self.header.compressed)
+    }
+
+    fn read_metadata(&mut self) -> Result<(), DecodeError> {
+        let mut r = self.reader(self.start + self.header.meta_offset as usize);
+        let _size = r.int(4)?;
+        let at = r.pos;
+        if r.int(8)? != 0 {
+            return Err(err(at, "metadata event has the wrong type id"));
+        }
+        let (_start, _duration, _id) = (r.int(8)?, r.int(8)?, r.int(8)?);
+        let n = r.count()?;
+        let mut strings = Vec::with_capacity(n);
+        for _ in 0..n {
+            strings.push(read_plain_string(&mut r)?.unwrap_or_default());
+        }
+        let root = element(&mut r, &strings, 0)?;
+        let mut stack = vec![&root];
+        while let Some(e) = stack.pop() {
+            if e.name == "class" {
+                let id: i64 = e
+                    .attr("id")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| err(r.pos, "metadata class without an id"))?;
+                let mut class = Class {
+                    name: e.attr("name").unwrap_or("").to_string(),
+                    fields: Vec::new(),
+                };
+                for f in e.children.iter().filter(|c| c.name == "field") {
+                    class.fields.push(Field {
+                        name: f.attr("name").unwrap_or("").to_string(),
+                        type_id: f
+                            .attr("class")
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| err(r.pos, "metadata field without a class"))?,
+                        constant_pool: f.attr("constantPool") == Some("true"),
+                        array: f.attr("dimension").is_some_and(|d| d != "0"),
+                    });
+                }
+                if class.name == "java.lang.String" {
+                    self.string_type = Some(id);
+                }
+                self.classes.insert(id, class);
+            }
+            stack.extend(e.children.iter());
+        }
+        Ok(())
+    }
+
+    fn read_constant_pools(&mut self) -> Result<(), DecodeError> {
+        let mut offset = self.header.cp_offset as i64;
+        for _ in 0..100_000 {
+            let at = usize::try_from(offset)
+                .ok()
+                .filter(|&o| o >= HEADER_LEN && o < self.header.size as usize)
+                .ok_or_else(|| {
+                    err(
+                        self.start,
+                        format!("constant pool offset {offset} outside the chunk"),
+                    )
+                })?;
+            let mut r = self.reader(self.start + at);
+            let _size = r.int(4)?;
+            let tat = r.pos;
+            if r.int(8)? != 1 {
+                return Err(err(tat, "constant pool event has the wrong type id"));
+            }
+            let (_start, _duration) = (r.int(8)?, r.int(8)?);
+            let delta = r.int(8)?;
+            let _flush = r.u8()?;
+            let pools = r.count()?;
+            for _ in 0..pools {
+                let type_id = r.int(8)?;
+                let entries = r.count()?;
+                for _ in 0..entries {
+                    let key = r.int(8)?;
+                    let value = self.value(&mut r, type_id, 0)?;
+                    self.pools.entry(type_id).or_default().insert(key, value);
+                }
+            }
+            if delta == 0 {
+                return Ok(());
+            }
+            offset += delta;
+        }
+        Err(err(self.start, "constant pool chain does not end"))
+    }
+
+    /// Reads a value of `type_id`.
+    pub fn value(&self, r: &mut Reader, type_id: i64, depth: usize) -> Result<Value, DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(err(r.pos, "values nested too deeply"));
+        }
+        let class = self
+            .classes
+            .get(&type_id)
+            .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
+        Ok(match class.name.as_str() {
+            "int" | "char" => Value::Int(r.int(4)?),
+            "long" => Value::Int(r.int(8)?),
+            "short" => Value::Int(r.int(2)?),
+            "byte" => Value::Int(i64::from(r.u8()? as i8)),
+            "boolean" => Value::Bool(r.u8()? != 0),
+            "float" => Value::Float(f64::from(f32::from_bits(r.be_u32()?))),
+            "double" => Value::Float(f64::from_bits(r.be_u64()?)),
+            "java.lang.String" => read_string(r)?,
+            _ => {
+                let mut fields = Vec::with_capacity(class.fields.len());
+                for f in &class.fields {
+                    fields.push(self.field(r, f, depth)?);
+                }
+                Value::Obj(fields)
+            }
+        })
+    }
+
+    fn field(&self, r: &mut Reader, f: &Field, depth: usize) -> Result<Value, DecodeError> {
+        let one = |r: &mut Reader| -> Result<Value, DecodeError> {
+            if f.constant_pool {
+                Ok(Value::Ref(r.int(8)?))
+            } else {
+                self.value(r, f.type_id, depth + 1)
+            }
+        };
+        if f.array {
+            let n = r.count()?;
+            let mut items = Vec::with_capacity(n.min(4096));
+            for _ in 0..n {
+                items.push(one(r)?);
+            }
+            Ok(Value::Arr(items))
+        } else {
+            one(r)
+        }
+    }
+
+    /// The constant pool entry `key` of `type_id`.
+    pub fn pool(&self, type_id: i64, key: i64) -> Option<&Value> {
+        self.pools.get(&type_id)?.get(&key)
+    }
+
+    /// Field `name` of `value`, an object of `type_id`: the value and the field's definition.
+    pub fn get<'v>(
+        &'v self,
+        type_id: i64,
+        value: &'v Value,
+        name: &str,
+    ) -> Option<(&'v Value, &'v Field)> {
+        let class = self.classes.get(&type_id)?;
+        let i = class.field(name)?;
+        match value {
+            Value::Obj(fields) => Some((fields.get(i)?, &class.fields[i])),
+            _ => None,
+        }
+    }
+
+    /// Follows a constant-pool reference if `value` is one.
+    pub fn deref<'v>(&'v self, value: &'v Value, field: &Field) -> Option<&'v Value> {
+        match value {
+            Value::Ref(k) if field.constant_pool => self.pool(field.type_id, *k),
+            Value::Null => None,
+            other => Some(other),
+        }
+    }
+
+    /// A string field, following string-pool and symbol references (`jdk.types.Symbol`).
+    pub fn string(&self, value: &Value, field: &Field) -> Option<String> {
+        match self.deref(value, field)? {
+            Value::Str(s) => Some(s.clone()),
+            Value::StrRef(k) => match self.pool(self.string_type?, *k)? {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            },
+            obj @ Value::Obj(_) => {
+                let (v, f) = self.get(field.type_id, obj, "string")?;
+                self.string(v, f)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn element(r: &mut Reader, strings: &[String], depth: usize) -> Result<Element, DecodeError> {
+    if depth > 64 {
+        return Err(err(r.pos, "metadata nested too deeply"));
+    }
+    let s = |r: &mut Reader| -> Result<String, DecodeError> {
+        let at = r.pos;
+        let i = r.int(4)?;
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| strings.get(i))
+            .cloned()
+            .ok_or_else(|| err(at, format!("metadata string index {i} out of range")))
+    };
+    let name = s(r)?;
+    let n = r.count()?;
+    let mut attrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        attrs.push((s(r)?, s(r)?));
+    }
+    let n = r.count()?;
+    let mut children = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        children.push(element(r, strings, depth + 1)?);
+    }
+    Ok(Element {
+        name,
+        attrs,
+        children,
+    })
+}
+
+/// A string value: null, empty, pool reference, UTF-8, UTF-16 code units or Latin-1.
+fn read_string(r: &mut Reader) -> Result<Value, DecodeError> {
+    let at = r.pos;
+    Ok(match r.u8()? {
+        0 => Value::Null,
+        1 => Value::Str(String::new()),
+        2 => Value::StrRef(r.int(8)?),
+        3 => {
+            let n = r.count()?;
+            Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned())
+        }
+        4 => {
+            let n = r.count()?;
+            let mut units = Vec::with_capacity(n);
+            for _ in 0..n {
+                units.push(r.int(2)? as u16);
+            }
+            Value::Str(String::from_utf16_lossy(&units))
+        }
+        5 => {
+            let n = r.count()?;
+            Value::Str(r.take(n)?.iter().map(|&b| b as char).collect())
+        }
+        other => return Err(err(at, format!("unknown string encoding {other}"))),
+    })
+}
+
+fn read_plain_string(r: &mut Reader) -> Result<Option<String>, DecodeError> {
+    match read_string(r)? {
+        Value::Str(s) => Ok(Some(s)),
+        Value::Null => Ok(None),
+        _ => Err(err(r.pos, "metadata string refers to a constant pool")),
+    }
+}
