@@ -10,6 +10,7 @@ root=$(pwd)
 suites=(
   fuzz/run.sh
   sdk/go/ci-test.sh
+  sdk/java/ci-test.sh
   sdk/python/ci-test.sh
   sdk/rust/ci-test.sh
   ui-tests/ci-test.sh

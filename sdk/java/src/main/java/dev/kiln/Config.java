@@ -1,0 +1,120 @@
+package dev.kiln;
+
+import java.time.Duration;
+import java.util.Collections;
+import java.util.Map;
+import java.util.TreeMap;
+
+/** What the agent profiles and where it sends it. Build with {@link #builder()} or {@link #fromAgentArgs}. */
+public final class Config {
+    final String applicationName;
+    final String serverAddress;
+    final String authToken;
+    final Map<String, String> tags;
+    final Duration uploadInterval;
+    final Duration samplingInterval;
+    final int maxQueued;
+
+    private Config(Builder b) {
+        this.applicationName = b.applicationName;
+        this.serverAddress = b.serverAddress.replaceAll("/+$", "");
+        this.authToken = b.authToken;
+        this.tags = Collections.unmodifiableMap(new TreeMap<>(b.tags));
+        this.uploadInterval = b.uploadInterval;
+        this.samplingInterval = b.samplingInterval;
+        this.maxQueued = b.maxQueued;
+    }
+
+    public static Builder builder() {
+        return new Builder();
+    }
+
+    /**
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T},
+     * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
+     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}) and system properties
+     * ({@code kiln.server}, {@code kiln.app}, …).
+     */
+    public static Config fromAgentArgs(String args, Map<String, String> env) {
+        Map<String, String> kv = new TreeMap<>();
+        if (args != null && !args.isBlank()) {
+            for (String pair : args.split(",")) {
+                int eq = pair.indexOf('=');
+                if (eq <= 0) throw new IllegalArgumentException("agent argument '" + pair + "' is not key=value");
+                kv.put(pair.substring(0, eq).trim(), pair.substring(eq + 1).trim());
+            }
+        }
+        Builder b = builder();
+        String server = pick(kv.get("server"), System.getProperty("kiln.server"), env.get("KILN_SERVER_ADDRESS"));
+        String app = pick(kv.get("app"), System.getProperty("kiln.app"), env.get("KILN_APPLICATION_NAME"));
+        if (server != null) b.serverAddress(server);
+        if (app != null) b.applicationName(app);
+        String token = pick(kv.get("authToken"), System.getProperty("kiln.authToken"), env.get("KILN_AUTH_TOKEN"));
+        if (token != null) b.authToken(token);
+        String tags = pick(kv.get("tags"), System.getProperty("kiln.tags"), env.get("KILN_TAGS"));
+        if (tags != null && !tags.isBlank()) {
+            for (String t : tags.split(";")) {
+                int c = t.indexOf(':');
+                if (c <= 0) throw new IllegalArgumentException("tag '" + t + "' is not key:value");
+                b.tag(t.substring(0, c).trim(), t.substring(c + 1).trim());
+            }
+        }
+        String every = pick(kv.get("uploadInterval"), System.getProperty("kiln.uploadInterval"), env.get("KILN_UPLOAD_INTERVAL"));
+        if (every != null) b.uploadInterval(Duration.ofSeconds(Long.parseLong(every)));
+        return b.build();
+    }
+
+    private static String pick(String... candidates) {
+        for (String c : candidates) if (c != null && !c.isBlank()) return c;
+        return null;
+    }
+
+    /** {@code app{k=v,...}} with sorted keys, as the {@code name} parameter. */
+    String seriesName() {
+        StringBuilder sb = new StringBuilder(applicationName).append('{');
+        boolean first = true;
+        for (Map.Entry<String, String> e : tags.entrySet()) {
+            if (!first) sb.append(',');
+            sb.append(e.getKey()).append('=').append(e.getValue());
+            first = false;
+        }
+        return sb.append('}').toString();
+    }
+
+    public static final class Builder {
+        private String applicationName;
+        private String serverAddress = "http://127.0.0.1:4040";
+        private String authToken;
+        private final Map<String, String> tags = new TreeMap<>();
+        private Duration uploadInterval = Duration.ofSeconds(10);
+        private Duration samplingInterval = Duration.ofMillis(10);
+        private int maxQueued = 32;
+
+        public Builder applicationName(String v) { this.applicationName = v; return this; }
+        public Builder serverAddress(String v) { this.serverAddress = v; return this; }
+        public Builder authToken(String v) { this.authToken = v; return this; }
+        public Builder tag(String k, String v) { this.tags.put(k, v); return this; }
+        public Builder tags(Map<String, String> m) { this.tags.putAll(m); return this; }
+        public Builder uploadInterval(Duration v) { this.uploadInterval = v; return this; }
+        public Builder samplingInterval(Duration v) { this.samplingInterval = v; return this; }
+        public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
+
+        public Config build() {
+            if (applicationName == null || !applicationName.matches("[A-Za-z0-9_./-]+")) {
+                throw new IllegalArgumentException("application name must match [A-Za-z0-9_./-]+, got " + applicationName);
+            }
+            if (!serverAddress.startsWith("http://") && !serverAddress.startsWith("https://")) {
+                throw new IllegalArgumentException("server address must be an http(s) URL, got " + serverAddress);
+            }
+            for (Map.Entry<String, String> e : tags.entrySet()) {
+                if (!e.getKey().matches("[A-Za-z0-9_.]+") || e.getValue().contains(",") || e.getValue().contains("}")) {
+                    throw new IllegalArgumentException("tag " + e.getKey() + "=" + e.getValue() + " cannot be carried in a series name");
+                }
+            }
+            if (uploadInterval.isZero() || uploadInterval.isNegative()) {
+                throw new IllegalArgumentException("upload interval must be positive");
+            }
+            return new Config(this);
+        }
+    }
+}
