@@ -14,6 +14,7 @@ suites=(
   sdk/python/ci-test.sh
   sdk/rust/ci-test.sh
   ui-tests/ci-test.sh
+  compat/agents/ci-test.sh
 )
 
 passed=0

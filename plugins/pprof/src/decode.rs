@@ -75,6 +75,10 @@ fn plan_types(
         None => ("", ""),
     };
     let mut plans = Vec::new();
+    let has_samples_column = p
+        .sample_type
+        .iter()
+        .any(|vt| strings.get(vt.r#type).is_ok_and(|t| t == "samples"));
     for (column, vt) in p.sample_type.iter().enumerate() {
         let sample_type = strings.get(vt.r#type)?;
         let sample_unit = strings.get(vt.unit)?;
@@ -85,9 +89,12 @@ fn plan_types(
             },
             None => None,
         };
+        // Without a `samples` column (pyroscope-rs, the Python agent), CPU time is *the* cpu type.
+        let only_cpu_time = sample_type == "cpu" && !has_samples_column;
         let display_name = entry
             .and_then(|e| e.display_name.as_deref())
-            .filter(|n| !n.is_empty());
+            .filter(|n| !n.is_empty())
+            .or(only_cpu_time.then_some("cpu"));
         let aggregation = entry
             .and_then(|e| e.aggregation.as_deref())
             .and_then(Aggregation::parse);
@@ -100,7 +107,8 @@ fn plan_types(
         );
         let name = profile_type.name.clone();
         let sampled = entry.map(|e| e.sampled).unwrap_or(sample_type == "samples")
-            || (name == "cpu_nanoseconds");
+            || name == "cpu_nanoseconds"
+            || only_cpu_time;
         let cumulative = match entry {
             Some(e) => e.cumulative,
             None => matches!(

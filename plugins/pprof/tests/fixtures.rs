@@ -240,3 +240,27 @@ fn corrupted_profiles_never_panic() {
         }
     }
 }
+
+/// pyroscope-rs (the Python and Rust agents) sends only `cpu/nanoseconds`: that is the `cpu` type.
+#[test]
+fn cpu_time_alone_is_the_cpu_type() {
+    use prost::Message;
+    let raw = kiln_pprof::gunzip_if_needed(&fixture("go-cpu.pb.gz"), 1 << 30)
+        .unwrap()
+        .into_owned();
+    let mut p = kiln_pprof::proto::Profile::decode(&raw[..]).unwrap();
+    p.sample_type.remove(0);
+    for s in &mut p.sample {
+        s.value.remove(0);
+    }
+    let profiles = PprofDecoder::default()
+        .decode(&p.encode_to_vec(), &meta())
+        .unwrap();
+    assert_eq!(profiles.len(), 1);
+    assert_eq!(profiles[0].profile_type.name, "cpu");
+    assert_eq!(
+        profiles[0].profile_type.id(),
+        "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+    );
+    assert_eq!(profiles[0].meta.sample_rate, 100);
+}

@@ -1,0 +1,26 @@
+"""Asserts an agent's workload came back through Kiln's query API.
+
+usage: check.py BASE_URL APP FUNCTION TAG=VALUE [TYPE…]
+"""
+import json
+import sys
+import urllib.parse
+import urllib.request
+
+base, app, function, tag = sys.argv[1:5]
+types = sys.argv[5:] or ["cpu"]
+key, value = tag.split("=", 1)
+
+
+def get(path, **params):
+    with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
+        return json.load(r)
+
+
+r = get("/render", query=f'{app}.cpu{{{key}="{value}"}}', **{"from": "now-10m", "until": "now+1m"})
+names = r["flamebearer"]["names"]
+assert any(function in n for n in names), f"{function} not in {app}.cpu{{{tag}}}: {names[:40]}"
+assert value in get("/label-values", label=key), f"{key}={value} missing from /label-values"
+apps = {a["name"] for a in get("/api/apps")}
+for t in types:
+    assert f"{app}.{t}" in apps, f"{app}.{t} missing from {sorted(apps)}"
