@@ -34,9 +34,18 @@ python_agent() {
     python3 "$here/check.py" "$url" agent-python pyroscope_burn phase=burn cpu
 }
 
+java_agent() {
+  mvn -q -B dependency:copy -Dartifact=io.pyroscope:agent:2.1.2 -DoutputDirectory="$work" &&
+    javac -d "$work/classes" "$here/java/PyroscopeJavaWorkload.java" &&
+    PYROSCOPE_APPLICATION_NAME=agent-java PYROSCOPE_SERVER_ADDRESS="$url" PYROSCOPE_UPLOAD_INTERVAL=3s \
+      PYROSCOPE_LABELS="agent=pyroscope-java" PYROSCOPE_PROFILER_ALLOC=512k PYROSCOPE_PROFILER_LOCK=1ms \
+      java "-javaagent:$work/agent-2.1.2.jar" -cp "$work/classes" PyroscopeJavaWorkload 12 &&
+    python3 "$here/check.py" "$url" agent-java PyroscopeJavaWorkload.burn agent=pyroscope-java cpu
+}
+
 passed=0
 failed=0
-for agent in go python; do
+for agent in go python java; do
   if ! daemon "$agent"; then
     echo "FAIL $agent: daemon did not start"
     failed=$((failed + 1))

@@ -7,7 +7,7 @@
 //!
 //! | event | profile types |
 //! |---|---|
-//! | `jdk.ExecutionSample` | `cpu` (or `itimer` / `wall` per the recording's `event` setting) |
+//! | `jdk.ExecutionSample` | `cpu` (`wall` when the recording's `event` setting says so) |
 //! | `profiler.WallClockSample` | `wall` |
 //! | `jdk.ObjectAllocationInNewTLAB` | `alloc_in_new_tlab_objects`, `alloc_in_new_tlab_bytes` |
 //! | `jdk.ObjectAllocationOutsideTLAB` | `alloc_outside_tlab_objects`, `alloc_outside_tlab_bytes` |
@@ -224,8 +224,8 @@ fn record(
     if kind == Kind::Setting {
         if let (Some((n, nf)), Some((v, vf))) = (field("name"), field("value")) {
             if chunk.string(n, nf).as_deref() == Some("event") {
+                // async-profiler's itimer and cpu modes both sample CPU time.
                 acc.execution_as = match chunk.string(v, vf).as_deref() {
-                    Some("itimer") => Some("itimer"),
                     Some("wall") => Some("wall"),
                     Some(_) => Some("cpu"),
                     None => acc.execution_as,
