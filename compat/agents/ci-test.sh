@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The official Pyroscope agents, installed from their registries as users install them, pushing
+# The official Pyroscope agents (Go, Python, Java, Node.js, Rust), installed from their registries as users install them, pushing
 # unchanged to a real Kiln daemon; each case asserts its function, tags and profile types come
 # back through /render, /label-values and /api/apps.
 set -uo pipefail
@@ -43,9 +43,22 @@ java_agent() {
     python3 "$here/check.py" "$url" agent-java PyroscopeJavaWorkload.burn agent=pyroscope-java cpu
 }
 
+node_agent() {
+  (cd "$here/node" && npm ci --no-audit --no-fund --silent) &&
+    node "$here/node/workload.js" "$url" 12 &&
+    python3 "$here/check.py" "$url" agent-node pyroscopeNodeBurn agent=pyroscope-nodejs cpu wall inuse_space
+}
+
+rust_agent() {
+  # Its own target dir under the workspace's, kept between runs: the first build takes minutes.
+  CARGO_TARGET_DIR="$root/target/compat-agent-rust" cargo build --quiet --manifest-path "$here/rust/Cargo.toml" &&
+    "$root/target/compat-agent-rust/debug/kiln-compat-rust-agent" "$url" 12 &&
+    python3 "$here/check.py" "$url" agent-rust pyroscope_rust_burn agent=pyroscope-rs cpu
+}
+
 passed=0
 failed=0
-for agent in go python java; do
+for agent in go python java node rust; do
   if ! daemon "$agent"; then
     echo "FAIL $agent: daemon did not start"
     failed=$((failed + 1))
