@@ -1,4 +1,4 @@
-//! `POST /v1development/profiles`: OpenTelemetry OTLP profiles over HTTP (protobuf).
+//! `POST /v1development/profiles`: OpenTelemetry OTLP profiles over HTTP (protobuf or JSON).
 
 use std::sync::Arc;
 
@@ -41,14 +41,6 @@ async fn export_inner(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/x-protobuf");
-    if content_type.starts_with("application/json") {
-        return Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            cause: "unsupported_encoding",
-            message: "OTLP/JSON is not supported yet; send Content-Type: application/x-protobuf"
-                .into(),
-        });
-    }
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "empty_body",
@@ -56,9 +48,11 @@ async fn export_inner(
         ));
     }
     let body = content_decode(headers, body, state.config.server.max_decompressed_bytes)?;
+    let content_type = content_type.to_string();
     let profiles = tokio::task::spawn_blocking(move || {
         let meta = IngestMeta {
             format: Some("otlp".into()),
+            content_type: Some(content_type),
             spy_name: "otlp".into(),
             ..IngestMeta::default()
         };

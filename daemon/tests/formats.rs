@@ -186,6 +186,44 @@ fn otlp_profiles_over_http() {
         .unwrap()
         .iter()
         .any(|n| n == "otelWork"));
+    // The same request as OTLP/JSON (camelCase, 64-bit integers as strings).
+    let json = serde_json::json!({
+        "resourceProfiles": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "otel-json"}}]},
+            "scopeProfiles": [{"profiles": [{
+                "sampleType": [{"typeStrindex": 3, "unitStrindex": 4}],
+                "sample": [{"locationsStartIndex": 0, "locationsLength": 2, "value": ["7"]}],
+                "locationIndices": [1, 0],
+                "timeNanos": (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64 - 5_000_000_000).to_string(),
+            }]}]
+        }],
+        "dictionary": {
+            "locationTable": [{"line": [{"functionIndex": 0}]}, {"line": [{"functionIndex": 1}]}],
+            "functionTable": [{"nameStrindex": 1}, {"nameStrindex": 2}],
+            "stringTable": ["", "main", "otelJsonWork", "samples", "count"]
+        }
+    });
+    let mut r = agent()
+        .post(format!("{}/v1development/profiles", d.url))
+        .header("Content-Type", "application/json")
+        .send(json.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let render = d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m",
+        enc("otel-json.cpu")
+    ));
+    assert_eq!(render["flamebearer"]["numTicks"], 7);
+    assert!(render["flamebearer"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "otelJsonWork"));
     let mut bad = otlp_request();
     bad.resource_profiles[0].scope_profiles[0].profiles[0].location_indices = vec![9];
     bad.resource_profiles[0].scope_profiles[0].profiles[0].sample[0].locations_length = 1;

@@ -1,11 +1,12 @@
 //! # kiln-otlp
 //!
-//! Decodes OpenTelemetry OTLP profiles (`v1development`, protobuf), as posted to
+//! Decodes OpenTelemetry OTLP profiles (`v1development`, protobuf or OTLP/JSON), as posted to
 //! `/v1development/profiles`. The resource's `service.name` becomes `service_name`, other
 //! resource attributes and sample attributes become labels (samples with different attributes
 //! land in different series), and each sample type becomes its own profile type, named as for
 //! pprof. Every index is checked: a dangling one is an error, never a panic.
 
+mod json;
 pub mod proto;
 
 use kiln_plugin_api::{
@@ -43,8 +44,16 @@ fn get<'a, T>(table: &'a [T], index: i32, what: &str) -> Result<&'a T, DecodeErr
 
 impl Decoder for OtlpDecoder {
     fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
-        let req = proto::ExportProfilesServiceRequest::decode(body)
-            .map_err(|e| malformed(format!("not an OTLP ExportProfilesServiceRequest: {e}")))?;
+        let json = meta
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/json"));
+        let req = if json {
+            json::parse(body)?
+        } else {
+            proto::ExportProfilesServiceRequest::decode(body)
+                .map_err(|e| malformed(format!("not an OTLP ExportProfilesServiceRequest: {e}")))?
+        };
         let dict = req.dictionary.unwrap_or_default();
         let strings = &dict.string_table;
         let string = |i: i32| get(strings, i, "string").map(String::as_str);
