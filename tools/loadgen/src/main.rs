@@ -36,6 +36,60 @@ struct Args {
     /// Push one day of one series (8,640 profiles 10 s apart) instead.
     #[arg(long)]
     day: bool,
+    /// Push through the Connect API (`push.v1.PusherService/Push`, protobuf) instead of /ingest.
+    #[arg(long)]
+    connect: bool,
+}
+
+/// Grafana Pyroscope's push request, as the Rust and Python agents send it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PushRequest {
+    #[prost(message, repeated, tag = "1")]
+    series: Vec<RawProfileSeries>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawProfileSeries {
+    #[prost(message, repeated, tag = "1")]
+    labels: Vec<LabelPair>,
+    #[prost(message, repeated, tag = "2")]
+    samples: Vec<RawSample>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LabelPair {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawSample {
+    #[prost(bytes = "vec", tag = "1")]
+    raw_profile: Vec<u8>,
+}
+
+/// A Connect push body for series `pod`.
+fn connect_body(profile: &[u8], pod: &str) -> Vec<u8> {
+    use prost::Message;
+    let label = |n: &str, v: &str| LabelPair {
+        name: n.into(),
+        value: v.into(),
+    };
+    PushRequest {
+        series: vec![RawProfileSeries {
+            labels: vec![
+                label("__name__", "process_cpu"),
+                label("service_name", "loadgen"),
+                label("pod", pod),
+            ],
+            samples: vec![RawSample {
+                raw_profile: profile.to_vec(),
+            }],
+        }],
+    }
+    .encode_to_vec()
 }
 
 /// `(utime + stime in clock ticks, RSS in kB)` of a process.
@@ -67,6 +121,21 @@ fn main() -> anyhow::Result<()> {
         .new_agent();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let push = |agent: &ureq::Agent, name: &str, from: u64| -> anyhow::Result<()> {
+        if args.connect {
+            let pod = name
+                .split("pod=")
+                .nth(1)
+                .unwrap_or("x")
+                .trim_end_matches('}');
+            let resp = agent
+                .post(format!("{}/push.v1.PusherService/Push", args.url))
+                .header("Content-Type", "application/proto")
+                .send(&connect_body(&body, pod)[..])?;
+            if !resp.status().is_success() {
+                bail!("status {}", resp.status());
+            }
+            return Ok(());
+        }
         let resp = agent
             .post(format!("{}/ingest", args.url))
             .query("name", name)
