@@ -18,17 +18,6 @@ use crate::api_error::ApiError;
 use crate::server::AppState;
 use crate::time;
 
-/// Formats with a built-in decoder, as pipelines name them.
-pub const BUILTIN_FORMATS: &[&str] = &[
-    "pprof",
-    "jfr",
-    "folded",
-    "lines",
-    "trie",
-    "tree",
-    "speedscope",
-];
-
 /// Decoders by format name.
 pub struct Decoders {
     by_format: HashMap<String, Arc<dyn Decoder>>,
@@ -65,6 +54,11 @@ impl Decoders {
         self.by_format.get(format).cloned()
     }
 
+    /// Adds a decoder (a plugin's) under its format name.
+    pub fn insert(&mut self, format: &str, decoder: Arc<dyn Decoder>) {
+        self.by_format.insert(format.to_string(), decoder);
+    }
+
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.by_format.keys().map(String::as_str).collect();
         v.sort();
@@ -73,7 +67,11 @@ impl Decoders {
 }
 
 /// Picks the decoder the way Pyroscope does (reference §2.3), refusing unknown formats.
-fn choose_format(format: Option<&str>, content_type: Option<&str>) -> Result<String, ApiError> {
+fn choose_format(
+    format: Option<&str>,
+    content_type: Option<&str>,
+    plugin_format: impl Fn(&str) -> bool,
+) -> Result<String, ApiError> {
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     let format = format.map(str::to_ascii_lowercase);
     Ok(match format.as_deref() {
@@ -87,6 +85,7 @@ fn choose_format(format: Option<&str>, content_type: Option<&str>) -> Result<Str
         Some("speedscope") => "speedscope".into(),
         _ if ct.starts_with("multipart/form-data") => "pprof".into(),
         None | Some("" | "folded" | "groups" | "collapsed") => "folded".into(),
+        Some(other) if plugin_format(other) => other.into(),
         Some(other) => {
             return Err(ApiError::bad_request(
                 "unknown_format",
@@ -233,7 +232,9 @@ async fn ingest_inner(
         ));
     }
     let body = content_decode(headers, body, state.config.server.max_decompressed_bytes)?;
-    let format = choose_format(meta.format.as_deref(), content_type)?;
+    let format = choose_format(meta.format.as_deref(), content_type, |f| {
+        state.decoders.get(f).is_some()
+    })?;
     let decoder = state.decoders.get(&format).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_format",
@@ -288,20 +289,30 @@ mod tests {
     #[test]
     fn format_follows_pyroscope_dispatch_order() {
         assert_eq!(
-            choose_format(None, Some("multipart/form-data; boundary=x")).unwrap(),
+            choose_format(None, Some("multipart/form-data; boundary=x"), |_| false).unwrap(),
             "pprof"
         );
         assert_eq!(
-            choose_format(Some("jfr"), Some("multipart/form-data; boundary=x")).unwrap(),
+            choose_format(Some("jfr"), Some("multipart/form-data; boundary=x"), |_| {
+                false
+            })
+            .unwrap(),
             "jfr"
         );
-        assert_eq!(choose_format(None, None).unwrap(), "folded");
-        assert_eq!(choose_format(Some("groups"), None).unwrap(), "folded");
+        assert_eq!(choose_format(None, None, |_| false).unwrap(), "folded");
         assert_eq!(
-            choose_format(None, Some("binary/octet-stream+trie")).unwrap(),
+            choose_format(Some("groups"), None, |_| false).unwrap(),
+            "folded"
+        );
+        assert_eq!(
+            choose_format(None, Some("binary/octet-stream+trie"), |_| false).unwrap(),
             "trie"
         );
-        assert!(choose_format(Some("bogus"), None).is_err());
+        assert!(choose_format(Some("bogus"), None, |_| false).is_err());
+        assert_eq!(
+            choose_format(Some("perf-script"), None, |f| f == "perf-script").unwrap(),
+            "perf-script"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod ingest;
 mod metrics;
 mod otlp;
 mod pipeline;
+mod plugins;
 mod query;
 mod relabel;
 mod selfprof;
@@ -68,6 +69,9 @@ struct ServerArgs {
     /// Largest request body in bytes (server.max_body_bytes).
     #[arg(long, global = true)]
     max_body_bytes: Option<u64>,
+    /// Directory of native plugins (server.plugins_dir).
+    #[arg(long, global = true)]
+    plugins_dir: Option<String>,
 }
 
 impl ServerArgs {
@@ -93,6 +97,7 @@ impl ServerArgs {
             "server.max_body_bytes",
             self.max_body_bytes.map(|n| n.to_string()),
         );
+        push("server.plugins_dir", self.plugins_dir.clone());
         v
     }
 
@@ -111,6 +116,11 @@ enum Command {
     Server,
     /// Check the configuration and exit.
     Validate,
+    /// List or check native plugins.
+    Plugins {
+        #[command(subcommand)]
+        action: PluginsCommand,
+    },
     /// Push profile files to a running daemon.
     Ingest {
         /// Files to push (pprof, JFR, folded text…).
@@ -134,6 +144,63 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Every plugin file in the plugins directory: name, kind, version, file, status.
+    List,
+    /// Loads FILE as the daemon would and instantiates it with an empty configuration.
+    Check { file: PathBuf },
+}
+
+fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<()> {
+    match action {
+        PluginsCommand::List => {
+            let config = args.load()?;
+            let dir = &config.server.plugins_dir;
+            let found = plugins::scan(dir);
+            if found.is_empty() {
+                eprintln!("no plugins in {}", dir.display());
+            }
+            println!(
+                "{:<20} {:<10} {:<10} {:<40} STATUS",
+                "NAME", "KIND", "VERSION", "FILE"
+            );
+            for (file, loaded) in found {
+                match loaded {
+                    Ok(p) => println!(
+                        "{:<20} {:<10} {:<10} {:<40} ok",
+                        p.name,
+                        p.kind.to_string(),
+                        p.version,
+                        p.file.display()
+                    ),
+                    Err(e) => println!(
+                        "{:<20} {:<10} {:<10} {:<40} refused: {e}",
+                        "-",
+                        "-",
+                        "-",
+                        file.display()
+                    ),
+                }
+            }
+            Ok(())
+        }
+        PluginsCommand::Check { file } => {
+            let lib = plugins::load(&file)?;
+            lib.instantiate("{}")?;
+            println!(
+                "{}: plugin {} {} ({}), ABI version {}: ok",
+                file.display(),
+                lib.name,
+                lib.version,
+                lib.kind,
+                kiln_plugin_api::abi::ABI_VERSION
+            );
+            Ok(())
+        }
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -155,6 +222,7 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(server::run(config))
         }
+        Command::Plugins { action } => plugins_command(action, &cli.server),
         Command::Validate => {
             cli.server.load()?;
             eprintln!("configuration is valid");

@@ -77,7 +77,14 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    pub fn build(config: &Config, storage: Arc<dyn Storage>) -> anyhow::Result<Self> {
+    /// Builds every pipeline; `formats` are the decoders available (built in and plugins) and
+    /// `plugins` the loaded native plugins, which provide transform types beyond the built-ins.
+    pub fn build(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        formats: &[&str],
+        plugins: &[crate::plugins::NativeLibrary],
+    ) -> anyhow::Result<Self> {
         let mut names: Vec<&String> = config
             .pipelines
             .keys()
@@ -88,10 +95,18 @@ impl Pipelines {
         let mut list = Vec::new();
         for name in names.into_iter().map(String::as_str).chain(["default"]) {
             let p = config.pipelines.get(name).unwrap_or(&default);
+            for d in &p.decoders {
+                if !formats.contains(&d.as_str()) {
+                    anyhow::bail!(
+                        "in [pipelines.{name}], key `decoders`: unknown decoder {d:?}; available: {}",
+                        formats.join(", ")
+                    );
+                }
+            }
             let transforms = p
                 .transforms
                 .iter()
-                .map(|t| build_transform(t, config))
+                .map(|t| build_transform(t, config, plugins))
                 .collect::<anyhow::Result<_>>()?;
             let sinks = p
                 .sinks
@@ -132,13 +147,40 @@ impl Pipelines {
     }
 }
 
-fn build_transform(name: &str, config: &Config) -> anyhow::Result<Arc<dyn Transform>> {
+fn build_transform(
+    name: &str,
+    config: &Config,
+    plugins: &[crate::plugins::NativeLibrary],
+) -> anyhow::Result<Arc<dyn Transform>> {
     let c = &config.transforms[name];
     let table = format!("transforms.{name}");
-    match c.kind.as_str() {
-        "relabel" => Ok(Arc::new(crate::relabel::Relabel(c.options(&table)?))),
-        other => anyhow::bail!("in [{table}], key `type`: unknown transform {other:?}"),
+    if c.kind == "relabel" {
+        return Ok(Arc::new(crate::relabel::Relabel(c.options(&table)?)));
     }
+    let plugin = plugins
+        .iter()
+        .find(|p| p.kind == kiln_plugin_api::ComponentKind::Transform && p.name == c.kind)
+        .ok_or_else(|| {
+            let available: Vec<&str> = crate::config::BUILTIN_TRANSFORMS
+                .iter()
+                .copied()
+                .chain(
+                    plugins
+                        .iter()
+                        .filter(|p| p.kind == kiln_plugin_api::ComponentKind::Transform)
+                        .map(|p| p.name.as_str()),
+                )
+                .collect();
+            anyhow::anyhow!(
+                "in [{table}], key `type`: unknown transform {:?}; available: {}",
+                c.kind,
+                available.join(", ")
+            )
+        })?;
+    let options = serde_json::to_string(&c.options).expect("TOML tables serialize as JSON");
+    Ok(plugin
+        .instantiate(&options)
+        .map_err(|e| anyhow::anyhow!("in [{table}]: {e}"))?)
 }
 
 fn build_sink(name: &str, config: &Config) -> anyhow::Result<Arc<dyn SinkExporter>> {

@@ -34,7 +34,24 @@ impl AppState {
         let sled = SledStorage::open(&config.sled_config())
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
         let storage: Arc<dyn Storage> = Arc::new(sled);
-        let pipelines = Pipelines::build(&config, storage.clone())?;
+        let mut decoders = Decoders::builtin(config.server.max_decompressed_bytes);
+        let mut plugins = Vec::new();
+        for (file, loaded) in crate::plugins::scan(&config.server.plugins_dir) {
+            match loaded {
+                Ok(lib) => {
+                    tracing::info!(plugin = %lib.name, kind = %lib.kind, version = %lib.version, file = %file.display(), "plugin loaded");
+                    if lib.kind == kiln_plugin_api::ComponentKind::Decoder {
+                        let decoder = lib
+                            .instantiate("{}")
+                            .with_context(|| format!("starting decoder plugin {}", lib.name))?;
+                        decoders.insert(&lib.name, decoder);
+                    }
+                    plugins.push(lib);
+                }
+                Err(e) => tracing::error!(error = %e, "plugin refused"),
+            }
+        }
+        let pipelines = Pipelines::build(&config, storage.clone(), &decoders.names(), &plugins)?;
         let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
             .into_iter()
             .map(|(name, r)| (name.to_string(), r))
@@ -47,7 +64,7 @@ impl AppState {
         );
         renderers.insert("pprof".into(), Arc::new(kiln_pprof::PprofRenderer));
         Ok(Arc::new(Self {
-            decoders: Decoders::builtin(config.server.max_decompressed_bytes),
+            decoders,
             config,
             storage,
             pipelines: ArcSwap::from_pointee(pipelines),

@@ -13,6 +13,7 @@
 //! Data flows `bytes → Decoder → Vec<Profile> → Transform* → Storage (+ SinkExporter*)`; queries
 //! flow `Selector + time range → Storage → Tree → RenderExporter → bytes`.
 
+pub mod abi;
 pub mod component;
 pub mod labels;
 pub mod model;
@@ -25,3 +26,6 @@ pub use labels::{Labels, NameParseError, PyroscopeName};
 pub use model::*;
 pub use selector::{MatchOp, Matcher, Selector, SelectorParseError};
 pub use tree::{FunctionTotal, Tree, TreeBuilder, TreeNode};
+
+#[doc(hidden)]
+pub use prost as __prost;

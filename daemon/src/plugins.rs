@@ -1,0 +1,225 @@
+//! Native plugins: shared libraries in the plugins directory, loaded through the C ABI of
+//! `kiln_plugin_api::abi` and used through the same traits as built-in components.
+
+use std::ffi::{c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_plugin_api::abi::{self, ByteBuf, Descriptor, EntryFn};
+use kiln_plugin_api::{
+    ComponentKind, DecodeError, Decoder, IngestMeta, Profile, Transform, TransformError,
+};
+
+/// Why a plugin file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{file}: not a loadable library: {reason}")]
+    NotALibrary { file: PathBuf, reason: String },
+    #[error(
+        "{file}: not a Kiln plugin: it exports no `{}` symbol",
+        abi::ENTRY_SYMBOL
+    )]
+    MissingSymbol { file: PathBuf },
+    #[error("{file}: not a Kiln plugin: its descriptor has the wrong magic bytes")]
+    BadMagic { file: PathBuf },
+    #[error("{file}: built for plugin ABI version {found}, this daemon speaks version {expected}; rebuild it against this kiln-plugin-api")]
+    AbiVersion {
+        file: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{file}: unknown component kind {kind}")]
+    UnknownKind { file: PathBuf, kind: u32 },
+    #[error("plugin {name}: {message}")]
+    Config { name: String, message: String },
+}
+
+/// A loaded plugin library.
+pub struct NativeLibrary {
+    pub name: String,
+    pub version: String,
+    pub kind: ComponentKind,
+    pub file: PathBuf,
+    descriptor: *const Descriptor,
+    // Declared last: dropped after every pointer into it.
+    library: Arc<libloading::Library>,
+}
+
+// The descriptor is immutable static data inside the library, which the Arc keeps loaded.
+unsafe impl Send for NativeLibrary {}
+unsafe impl Sync for NativeLibrary {}
+
+fn c_string(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: descriptors hold NUL-terminated static strings (checked magic and version first).
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Loads `path`, refusing anything that is not a plugin of this ABI version.
+pub fn load(path: &Path) -> Result<NativeLibrary, PluginError> {
+    let file = path.to_path_buf();
+    // SAFETY: loading runs the library's initialisers; plugins are trusted code the operator
+    // put in the plugins directory. Everything after this is checked before use.
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::NotALibrary {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+    let entry: EntryFn = unsafe {
+        *library
+            .get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes())
+            .map_err(|_| PluginError::MissingSymbol { file: file.clone() })?
+    };
+    // SAFETY: the symbol has the ABI's entry signature; the result is checked before use.
+    let descriptor = unsafe { entry() };
+    if descriptor.is_null() {
+        return Err(PluginError::BadMagic { file });
+    }
+    // Read the fixed prefix (magic, version) before trusting anything else in the descriptor.
+    let (magic, version) = unsafe { ((*descriptor).magic, (*descriptor).abi_version) };
+    if magic != abi::MAGIC {
+        return Err(PluginError::BadMagic { file });
+    }
+    if version != abi::ABI_VERSION {
+        return Err(PluginError::AbiVersion {
+            file,
+            found: version,
+            expected: abi::ABI_VERSION,
+        });
+    }
+    let d = unsafe { &*descriptor };
+    let kind = match d.kind {
+        abi::KIND_DECODER => ComponentKind::Decoder,
+        abi::KIND_TRANSFORM => ComponentKind::Transform,
+        k => return Err(PluginError::UnknownKind { file, kind: k }),
+    };
+    Ok(NativeLibrary {
+        name: c_string(d.name),
+        version: c_string(d.version),
+        kind,
+        file,
+        descriptor,
+        library: Arc::new(library),
+    })
+}
+
+/// Every `.so` / `.dylib` directly in `dir`, loaded (or the reason it was refused).
+pub fn scan(dir: &Path) -> Vec<(PathBuf, Result<NativeLibrary, PluginError>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib"))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let r = load(&p);
+            (p, r)
+        })
+        .collect()
+}
+
+impl NativeLibrary {
+    /// A new instance configured by `config_json`.
+    pub fn instantiate(&self, config_json: &str) -> Result<Arc<NativeInstance>, PluginError> {
+        let d = unsafe { &*self.descriptor };
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        let mut err = ByteBuf::empty();
+        let status = unsafe {
+            (d.create)(
+                config_json.as_ptr(),
+                config_json.len(),
+                &mut instance,
+                &mut err,
+            )
+        };
+        let message = take(d, err);
+        if status != abi::STATUS_OK || instance.is_null() {
+            return Err(PluginError::Config {
+                name: self.name.clone(),
+                message,
+            });
+        }
+        Ok(Arc::new(NativeInstance {
+            name: self.name.clone(),
+            descriptor: self.descriptor,
+            instance,
+            _library: self.library.clone(),
+        }))
+    }
+}
+
+/// Copies a plugin-owned buffer out and gives it back to the plugin.
+fn take(d: &Descriptor, buf: ByteBuf) -> String {
+    let s = String::from_utf8_lossy(unsafe { buf.as_slice() }).into_owned();
+    unsafe { (d.free)(buf) };
+    s
+}
+
+/// One configured plugin component.
+pub struct NativeInstance {
+    name: String,
+    descriptor: *const Descriptor,
+    instance: *mut c_void,
+    _library: Arc<libloading::Library>,
+}
+
+// Plugins implement Send + Sync traits (enforced by export_plugin!), so the instance may be shared.
+unsafe impl Send for NativeInstance {}
+unsafe impl Sync for NativeInstance {}
+
+impl NativeInstance {
+    fn call(&self, input: &[u8]) -> Result<Vec<u8>, (i32, String)> {
+        let d = unsafe { &*self.descriptor };
+        let mut out = ByteBuf::empty();
+        let status = unsafe { (d.call)(self.instance, input.as_ptr(), input.len(), &mut out) };
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        unsafe { (d.free)(out) };
+        if status == abi::STATUS_OK {
+            Ok(bytes)
+        } else {
+            Err((status, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+    }
+
+    fn failure(&self, status: i32, message: String) -> String {
+        if status == abi::STATUS_PANIC {
+            tracing::error!(plugin = %self.name, panic = %message, "native plugin panicked");
+            format!("plugin {} panicked: {message}", self.name)
+        } else {
+            message
+        }
+    }
+}
+
+impl Drop for NativeInstance {
+    fn drop(&mut self) {
+        unsafe { ((*self.descriptor).destroy)(self.instance) };
+    }
+}
+
+impl Decoder for NativeInstance {
+    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
+        let req = prost::Message::encode_to_vec(&abi::wire::DecodeRequest::new(body, meta));
+        let out = self
+            .call(&req)
+            .map_err(|(s, m)| DecodeError::Malformed(self.failure(s, m)))?;
+        abi::wire::decode_profiles(&out).map_err(DecodeError::Malformed)
+    }
+}
+
+impl Transform for NativeInstance {
+    fn transform(&self, profiles: Vec<Profile>) -> Result<Vec<Profile>, TransformError> {
+        let out = self
+            .call(&abi::wire::encode_profiles(&profiles))
+            .map_err(|(s, m)| TransformError(self.failure(s, m)))?;
+        abi::wire::decode_profiles(&out).map_err(TransformError)
+    }
+}

@@ -1,0 +1,176 @@
+//! Native plugins: the perf-script example decoder loaded from a plugins directory and used on
+//! /ingest, and the files the host must refuse (wrong ABI, missing symbol, not a library), and a
+//! panicking plugin that must not take the daemon down.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{enc, Daemon};
+
+/// Builds the plugin crates (a no-op when `cargo build --workspace` already did) and returns
+/// the directory holding their libraries.
+fn plugin_libs() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "-p",
+            "kiln-perf-script",
+            "-p",
+            "kiln-test-plugin-wrong-abi",
+            "-p",
+            "kiln-test-plugin-panicking",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the plugin crates failed");
+    // Integration tests run from target/debug/deps; the libraries sit in target/debug.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn plugins_dir(libs: &Path, dir: &Path, names: &[&str]) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for n in names {
+        std::fs::copy(libs.join(n), plugins.join(n)).unwrap();
+    }
+    plugins
+}
+
+fn kiln(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn perf_script_plugin_decodes_on_ingest() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&libs, dir.path(), &["libkiln_perf_script.so"]);
+    let d = Daemon::start(dir.path(), &["--plugins-dir", plugins.to_str().unwrap()]);
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/native-decoder/testdata/perf-script.txt"),
+    )
+    .unwrap();
+    let (s, m) = d.ingest(
+        &format!("name={}&format=perf-script", enc("perfapp.cpu")),
+        "text/plain",
+        &body,
+    );
+    assert_eq!(s, 200, "{m}");
+    let r = d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m",
+        enc("perfapp.cpu")
+    ));
+    assert_eq!(r["flamebearer"]["numTicks"], 4);
+    assert!(r["flamebearer"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "sha256_block"));
+    let (s, m) = d.ingest(
+        &format!("name={}&format=perf-script", enc("perfapp.cpu")),
+        "text/plain",
+        b"\tdeadbeef orphan (x)\n",
+    );
+    assert_eq!(s, 400, "{m}");
+    assert!(m.contains("line 1"), "{m}");
+
+    let (ok, out) = kiln(&[
+        "plugins",
+        "list",
+        "--config",
+        "/dev/null",
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("perf-script")
+            && out.contains("decoder")
+            && out.contains("0.1.0")
+            && out.contains(" ok"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_plugin_files_are_refused_naming_file_and_cause() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = libs.join("libkiln_test_plugin_wrong_abi.so");
+    let (ok, out) = kiln(&["plugins", "check", wrong.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("libkiln_test_plugin_wrong_abi.so") && out.contains("ABI version 2"),
+        "{out}"
+    );
+    let text = dir.path().join("notes.so");
+    std::fs::write(&text, "not a library").unwrap();
+    let (ok, out) = kiln(&["plugins", "check", text.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("notes.so") && out.contains("not a loadable library"),
+        "{out}"
+    );
+    // A real shared library that is not a Kiln plugin: this test binary's own libc.
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("a libc to try");
+    let (ok, out) = kiln(&["plugins", "check", libc]);
+    assert!(!ok && out.contains("kiln_plugin_entry"), "{out}");
+    // The daemon starts anyway and serves, logging the refusals.
+    let plugins = plugins_dir(&libs, dir.path(), &["libkiln_test_plugin_wrong_abi.so"]);
+    std::fs::copy(&text, plugins.join("notes.so")).unwrap();
+    let d = Daemon::start(dir.path(), &["--plugins-dir", plugins.to_str().unwrap()]);
+    let (s, _) = d.get("/healthz");
+    assert_eq!(s, 200);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=future", enc("x.cpu")),
+        "text/plain",
+        b"a 1\n",
+    );
+    assert_eq!(s, 400, "a refused plugin provides no format: {m}");
+}
+
+#[test]
+fn a_panicking_plugin_fails_its_call_only() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&libs, dir.path(), &["libkiln_test_plugin_panicking.so"]);
+    let d = Daemon::start(dir.path(), &["--plugins-dir", plugins.to_str().unwrap()]);
+    for _ in 0..3 {
+        let (s, m) = d.ingest(
+            &format!("name={}&format=panicking", enc("p.cpu")),
+            "text/plain",
+            b"abc",
+        );
+        assert_eq!(s, 400, "{m}");
+        assert!(
+            m.contains("panicked") && m.contains("boom on 3 bytes"),
+            "{m}"
+        );
+    }
+    let (s, m) = d.ingest(
+        &format!("name={}&format=folded", enc("p.cpu")),
+        "text/plain",
+        b"a;b 2\n",
+    );
+    assert_eq!(s, 200, "the daemon keeps serving: {m}");
+}
