@@ -10,15 +10,11 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+. "$root/scripts/lib/daemon.sh"
+
 # Starts a fresh daemon; sets $url and $pid.
 daemon() {
-  local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$kiln" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$work/data-$1" --self-profiling false --log-level warn &
-  pid=$!
-  url="http://127.0.0.1:$port"
-  for _ in $(seq 100); do curl -sf "$url/healthz" >/dev/null && return 0; sleep 0.1; done
-  return 1
+  start_kiln "$kiln" "$work/data-$1" && url=$kiln_url && pid=$kiln_pid
 }
 
 go_agent() {

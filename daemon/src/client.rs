@@ -6,12 +6,25 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[derive(clap::Args)]
 pub struct IngestArgs {
+    /// Files to push (pprof, JFR, folded text…).
+    #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Application name, with an optional type suffix (myapp.cpu).
+    #[arg(long)]
     pub app: String,
+    /// Format: pprof, jfr, folded, lines, speedscope [default: from the file name].
+    #[arg(long)]
     pub format: Option<String>,
+    /// Daemon URL.
+    #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
     pub server: String,
+    /// Labels, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// API key sent as a Bearer token.
+    #[arg(long, env = "KILN_AUTH_TOKEN")]
     pub auth_token: Option<String>,
 }
 

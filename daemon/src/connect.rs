@@ -10,41 +10,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use kiln_plugin_api::{labels::SERVICE_NAME, DecodeError, IngestMeta, Labels};
+use kiln_pprof::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 use prost::Message;
 use serde::Deserialize;
 
 use crate::ingest::content_decode;
 use crate::server::AppState;
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PushRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub series: Vec<RawProfileSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RawProfileSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<LabelPair>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<RawSample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LabelPair {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RawSample {
-    #[prost(bytes = "vec", tag = "1")]
-    pub raw_profile: Vec<u8>,
-    #[prost(string, tag = "2")]
-    pub id: String,
-}
 
 /// The proto3 JSON form; field names are accepted in camelCase and as in the .proto.
 #[derive(Deserialize)]

@@ -122,26 +122,7 @@ enum Command {
         action: PluginsCommand,
     },
     /// Push profile files to a running daemon.
-    Ingest {
-        /// Files to push (pprof, JFR, folded text…).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Application name, with an optional type suffix (myapp.cpu).
-        #[arg(long)]
-        app: String,
-        /// Format: pprof, jfr, folded, lines, speedscope [default: from the file name].
-        #[arg(long)]
-        format: Option<String>,
-        /// Daemon URL.
-        #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
-        server: String,
-        /// Labels, KEY=VALUE (repeatable).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// API key sent as a Bearer token.
-        #[arg(long, env = "KILN_AUTH_TOKEN")]
-        auth_token: Option<String>,
-    },
+    Ingest(client::IngestArgs),
 }
 
 #[derive(Subcommand)]
@@ -228,20 +209,6 @@ fn main() -> anyhow::Result<()> {
             eprintln!("configuration is valid");
             Ok(())
         }
-        Command::Ingest {
-            files,
-            app,
-            format,
-            server,
-            labels,
-            auth_token,
-        } => client::run(client::IngestArgs {
-            files,
-            app,
-            format,
-            server,
-            labels,
-            auth_token,
-        }),
+        Command::Ingest(args) => client::run(args),
     }
 }

@@ -6,32 +6,7 @@ use base64::Engine;
 use common::{agent, enc, testdata, Daemon};
 use prost::Message;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct PushRequest {
-    #[prost(message, repeated, tag = "1")]
-    series: Vec<RawProfileSeries>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawProfileSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<LabelPair>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<RawSample>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct LabelPair {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawSample {
-    #[prost(bytes = "vec", tag = "1")]
-    raw_profile: Vec<u8>,
-    #[prost(string, tag = "2")]
-    id: String,
-}
+use kiln_pprof::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 
 fn label(name: &str, value: &str) -> LabelPair {
     LabelPair {

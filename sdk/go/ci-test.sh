@@ -9,11 +9,9 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 (cd "$here" && go vet ./... && go test -count=1 ./...)
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$kiln" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$work/data" --self-profiling false --log-level warn &
-pid=$!
-trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+. "$root/scripts/lib/daemon.sh"
+start_kiln "$kiln" "$work/data"
 (cd "$root/examples/go-app" && go build -o "$work/go-app" .)
-"$work/go-app" -server "http://127.0.0.1:$port" -duration 8s -upload-rate 2s -tag env=e2e
-python3 "$here/e2e_check.py" "http://127.0.0.1:$port"
+"$work/go-app" -server "$kiln_url" -duration 8s -upload-rate 2s -tag env=e2e
+python3 "$here/e2e_check.py" "$kiln_url"

@@ -9,14 +9,12 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 (cd "$here" && mvn -q -B package)
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$kiln" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$work/data" --self-profiling false --log-level warn &
-pid=$!
-trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-java "-javaagent:$here/target/kiln-agent.jar=server=http://127.0.0.1:$port,app=java-app,tags=env:e2e,uploadInterval=3" \
+trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+. "$root/scripts/lib/daemon.sh"
+start_kiln "$kiln" "$work/data"
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:e2e,uploadInterval=3" \
   "$root/examples/java-app/JavaApp.java" 12
-python3 - "http://127.0.0.1:$port" <<'PY'
+python3 - "$kiln_url" <<'PY'
 import json, sys, urllib.parse, urllib.request
 base = sys.argv[1]
 def get(path, **params):

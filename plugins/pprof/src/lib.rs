@@ -13,6 +13,7 @@ mod config;
 mod decode;
 mod encode;
 pub mod proto;
+pub mod push;
 
 use std::io::Read;
 

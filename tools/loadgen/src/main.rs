@@ -41,51 +41,20 @@ struct Args {
     connect: bool,
 }
 
-/// Grafana Pyroscope's push request, as the Rust and Python agents send it.
-#[derive(Clone, PartialEq, prost::Message)]
-struct PushRequest {
-    #[prost(message, repeated, tag = "1")]
-    series: Vec<RawProfileSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawProfileSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<LabelPair>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<RawSample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct LabelPair {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawSample {
-    #[prost(bytes = "vec", tag = "1")]
-    raw_profile: Vec<u8>,
-}
-
 /// A Connect push body for series `pod`.
 fn connect_body(profile: &[u8], pod: &str) -> Vec<u8> {
+    use kiln_pprof::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
     use prost::Message;
-    let label = |n: &str, v: &str| LabelPair {
-        name: n.into(),
-        value: v.into(),
-    };
     PushRequest {
         series: vec![RawProfileSeries {
             labels: vec![
-                label("__name__", "process_cpu"),
-                label("service_name", "loadgen"),
-                label("pod", pod),
+                LabelPair::new("__name__", "process_cpu"),
+                LabelPair::new("service_name", "loadgen"),
+                LabelPair::new("pod", pod),
             ],
             samples: vec![RawSample {
                 raw_profile: profile.to_vec(),
+                id: String::new(),
             }],
         }],
     }
