@@ -109,3 +109,21 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `kiln reload`: POST /-/reload.
+pub fn reload(server: &str) -> anyhow::Result<()> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut resp = agent
+        .post(format!("{}/-/reload", server.trim_end_matches('/')))
+        .send_empty()
+        .with_context(|| format!("reaching {server}"))?;
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    if !resp.status().is_success() {
+        bail!("reload refused ({}): {}", resp.status(), body.trim());
+    }
+    eprintln!("reloaded");
+    Ok(())
+}

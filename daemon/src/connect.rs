@@ -172,12 +172,13 @@ async fn push_inner(
         })?;
     let json = content_type.starts_with("application/json");
     let request = parse(&content_type, &body)?;
-    let decoder = state.decoders.get("pprof").expect("pprof is built in");
+    let ingestion = state.ingestion.load_full();
+    let decoder = ingestion.decoders.get("pprof").expect("pprof is built in");
     let mut stored = 0;
     for series in request.series {
         let labels = series_labels(&series.labels);
         let app = labels.service_name().unwrap_or_default().to_string();
-        let pipeline = state.pipelines.load().route(&app, &labels);
+        let pipeline = ingestion.pipelines.route(&app, &labels);
         for sample in series.samples {
             let meta = IngestMeta {
                 format: Some("pprof".into()),

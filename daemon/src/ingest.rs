@@ -232,19 +232,20 @@ async fn ingest_inner(
         ));
     }
     let body = content_decode(headers, body, state.config.server.max_decompressed_bytes)?;
+    let ingestion = state.ingestion.load_full();
     let format = choose_format(meta.format.as_deref(), content_type, |f| {
-        state.decoders.get(f).is_some()
+        ingestion.decoders.get(f).is_some()
     })?;
-    let decoder = state.decoders.get(&format).ok_or_else(|| {
+    let decoder = ingestion.decoders.get(&format).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_format",
             format!(
                 "format {format:?} has no decoder in this daemon (available: {})",
-                state.decoders.names().join(", ")
+                ingestion.decoders.names().join(", ")
             ),
         )
     })?;
-    let pipeline = state.pipelines.load().route(&meta.app, &meta.labels);
+    let pipeline = ingestion.pipelines.route(&meta.app, &meta.labels);
     if !pipeline.accepts(&format) {
         return Err(ApiError::bad_request(
             "unsupported_format",

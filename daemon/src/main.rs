@@ -116,6 +116,12 @@ enum Command {
     Server,
     /// Check the configuration and exit.
     Validate,
+    /// Ask a running daemon to reload its configuration and plugins (as SIGHUP does).
+    Reload {
+        /// Daemon URL.
+        #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
+        server: String,
+    },
     /// List or check native plugins.
     Plugins {
         #[command(subcommand)]
@@ -201,9 +207,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(server::run(config))
+                .block_on(server::run(config, {
+                    let args = cli.server.clone();
+                    Box::new(move || args.load())
+                }))
         }
         Command::Plugins { action } => plugins_command(action, &cli.server),
+        Command::Reload { server } => client::reload(&server),
         Command::Validate => {
             cli.server.load()?;
             eprintln!("configuration is valid");

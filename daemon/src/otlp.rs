@@ -65,7 +65,8 @@ async fn export_inner(
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let count = profiles.len();
     // Profiles of different services may take different pipelines.
-    let pipelines = state.pipelines.load_full();
+    let ingestion = state.ingestion.load_full();
+    let pipelines = &ingestion.pipelines;
     let mut by_pipeline: Vec<(
         Arc<crate::pipeline::Pipeline>,
         Vec<kiln_plugin_api::Profile>,

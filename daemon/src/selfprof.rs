@@ -41,7 +41,7 @@ pub async fn run(state: Arc<AppState>) {
         if profile.samples.is_empty() {
             continue;
         }
-        let pipeline = state.pipelines.load().route(APP, &profile.labels);
+        let pipeline = state.ingestion.load().pipelines.route(APP, &profile.labels);
         if let Err(e) = pipeline.store(vec![profile], &state.metrics).await {
             tracing::warn!(error = %e, "storing the self-profile failed");
         }

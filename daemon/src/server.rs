@@ -20,20 +20,15 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipelines;
 use crate::query;
 
-pub struct AppState {
-    pub config: Config,
-    pub storage: Arc<dyn Storage>,
-    pub pipelines: ArcSwap<Pipelines>,
+/// The part of the daemon a reload rebuilds: decoders (with plugins) and pipelines.
+pub struct Ingestion {
     pub decoders: Decoders,
-    pub renderers: BTreeMap<String, Arc<dyn RenderExporter>>,
-    pub metrics: Metrics,
+    pub pipelines: Pipelines,
 }
 
-impl AppState {
-    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        let sled = SledStorage::open(&config.sled_config())
-            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-        let storage: Arc<dyn Storage> = Arc::new(sled);
+impl Ingestion {
+    /// Loads the plugins directory and builds decoders and pipelines from `config`.
+    pub fn build(config: &Config, storage: Arc<dyn Storage>) -> anyhow::Result<Self> {
         let mut decoders = Decoders::builtin(config.server.max_decompressed_bytes);
         let mut plugins = Vec::new();
         for (file, loaded) in crate::plugins::scan(&config.server.plugins_dir) {
@@ -51,7 +46,32 @@ impl AppState {
                 Err(e) => tracing::error!(error = %e, "plugin refused"),
             }
         }
-        let pipelines = Pipelines::build(&config, storage.clone(), &decoders.names(), &plugins)?;
+        let pipelines = Pipelines::build(config, storage, &decoders.names(), &plugins)?;
+        Ok(Self {
+            decoders,
+            pipelines,
+        })
+    }
+}
+
+/// Where the configuration came from, so a reload reads it the same way.
+pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+pub struct AppState {
+    pub config: Config,
+    pub storage: Arc<dyn Storage>,
+    pub ingestion: ArcSwap<Ingestion>,
+    config_source: Option<ConfigSource>,
+    pub renderers: BTreeMap<String, Arc<dyn RenderExporter>>,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
+        let sled = SledStorage::open(&config.sled_config())
+            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+        let storage: Arc<dyn Storage> = Arc::new(sled);
+        let ingestion = Ingestion::build(&config, storage.clone())?;
         let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
             .into_iter()
             .map(|(name, r)| (name.to_string(), r))
@@ -64,13 +84,27 @@ impl AppState {
         );
         renderers.insert("pprof".into(), Arc::new(kiln_pprof::PprofRenderer));
         Ok(Arc::new(Self {
-            decoders,
             config,
             storage,
-            pipelines: ArcSwap::from_pointee(pipelines),
+            ingestion: ArcSwap::from_pointee(ingestion),
+            config_source,
             renderers,
             metrics: Metrics::default(),
         }))
+    }
+
+    /// Re-reads the configuration and the plugins directory and swaps in new decoders and
+    /// pipelines; requests in flight finish on the old ones. On any error nothing changes.
+    /// Listen address and storage settings need a restart.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let source = self.config_source.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("this daemon was not started from a configuration it can re-read")
+        })?;
+        let config = source()?;
+        let ingestion = Ingestion::build(&config, self.storage.clone())?;
+        self.ingestion.store(Arc::new(ingestion));
+        tracing::info!("configuration and plugins reloaded");
+        Ok(())
     }
 }
 
@@ -87,11 +121,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/label-values", get(query::label_values))
         .route("/api/apps", get(query::apps).delete(query::delete_app))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/-/reload", post(reload))
         .route("/metrics", get(metrics))
         .route("/", get(crate::ui::index))
         .route("/ui/{*path}", get(crate::ui::asset))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// `POST /-/reload` (also SIGHUP, `kiln reload`).
+async fn reload(
+    State(state): State<Arc<AppState>>,
+) -> Result<&'static str, crate::api_error::ApiError> {
+    let task = state.clone();
+    tokio::task::spawn_blocking(move || task.reload())
+        .await
+        .map_err(|e| crate::api_error::ApiError::internal(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "reload refused; the previous configuration keeps serving");
+            crate::api_error::ApiError::bad_request("reload_failed", format!("{e:#}"))
+        })?;
+    Ok("reloaded\n")
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -105,11 +155,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Serves until SIGINT/SIGTERM, then flushes storage.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<()> {
     let listen = config.server.listen.clone();
     let flush_interval = config.server.flush_interval;
     let self_profiling = config.server.self_profiling;
-    let state = AppState::new(config)?;
+    let state = AppState::new(config, Some(config_source))?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -118,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let flusher = tokio::spawn(flush_loop(state.clone(), flush_interval));
     let retention = tokio::spawn(retention_loop(state.clone()));
     let profiler = self_profiling.then(|| tokio::spawn(crate::selfprof::run(state.clone())));
+    let hangup = tokio::spawn(reload_on_sighup(state.clone()));
 
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
@@ -126,6 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     flusher.abort();
     retention.abort();
+    hangup.abort();
     if let Some(p) = profiler {
         p.abort();
     }
@@ -157,6 +209,28 @@ async fn retention_loop(state: Arc<AppState>) {
             Err(e) => tracing::error!(error = %e, "retention pass failed"),
         }
     }
+}
+
+async fn reload_on_sighup(state: Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let task = state.clone();
+            match tokio::task::spawn_blocking(move || task.reload()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused; the previous configuration keeps serving")
+                }
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 async fn shutdown_signal() {

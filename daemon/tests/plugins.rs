@@ -174,3 +174,57 @@ fn a_panicking_plugin_fails_its_call_only() {
     );
     assert_eq!(s, 200, "the daemon keeps serving: {m}");
 }
+
+#[test]
+fn reload_picks_up_plugins_and_keeps_serving_on_a_broken_config() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nplugins_dir = {:?}\n", plugins.to_str().unwrap()),
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/native-decoder/testdata/perf-script.txt"),
+    )
+    .unwrap();
+    let push = || {
+        d.ingest(
+            &format!("name={}&format=perf-script", enc("reload.cpu")),
+            "text/plain",
+            &body,
+        )
+    };
+    assert_eq!(push().0, 400, "no plugin yet");
+
+    // Drop the plugin in and reload with SIGHUP.
+    std::fs::copy(
+        libs.join("libkiln_perf_script.so"),
+        plugins.join("libkiln_perf_script.so"),
+    )
+    .unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while push().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not load the plugin"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // A broken configuration is refused; the running one keeps serving.
+    std::fs::write(&config, "[server]\nplugins_dri = 1\n").unwrap();
+    let (ok, out) = kiln(&["reload", "--server", &d.url]);
+    assert!(!ok && out.contains("plugins_dri"), "{out}");
+    assert_eq!(push().0, 200);
+}

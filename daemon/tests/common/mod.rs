@@ -91,6 +91,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
