@@ -11,17 +11,5 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 (cd "$root/examples/go-app" && go build -o "$work/go-app" .)
-python3 - "$work/go-app" "http://127.0.0.1:$port" "${DURATION:-20s}" <<'PY'
-import resource, subprocess, sys
-app, server, duration = sys.argv[1:]
-def run(*extra):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([app, "-server", server, "-duration", duration, *extra], check=True, stderr=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, after.ru_maxrss / 1024
-base_cpu, base_rss = run("-no-profiling")
-prof_cpu, prof_rss = run()
-print(f"without SDK: {base_cpu:.2f} s CPU, max RSS {base_rss:.0f} MB")
-print(f"with SDK:    {prof_cpu:.2f} s CPU, max RSS {prof_rss:.0f} MB")
-print(f"overhead:    {100 * (prof_cpu - base_cpu) / base_cpu:+.2f} % CPU, {prof_rss - base_rss:+.0f} MB RSS")
-PY
+app="$work/go-app -server http://127.0.0.1:$port -duration ${DURATION:-20s}"
+python3 "$root/scripts/lib/overhead.py" "$app -no-profiling" "$app"

@@ -13,17 +13,5 @@ pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 # Compile once so both runs measure the workload, not the source launcher.
 javac -d "$work/classes" "$root/examples/java-app/JavaApp.java"
-python3 - "$work/classes" "$here/target/kiln-agent.jar" "http://127.0.0.1:$port" "${DURATION:-20}" <<'PY'
-import resource, subprocess, sys
-classes, jar, server, seconds = sys.argv[1:]
-def run(*agent):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(["java", *agent, "-cp", classes, "JavaApp", seconds], check=True, stderr=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, after.ru_maxrss / 1024
-base_cpu, base_rss = run()
-prof_cpu, prof_rss = run(f"-javaagent:{jar}=server={server},app=java-bench")
-print(f"without agent: {base_cpu:.2f} s CPU, max RSS {base_rss:.0f} MB")
-print(f"with agent:    {prof_cpu:.2f} s CPU, max RSS {prof_rss:.0f} MB")
-print(f"overhead:      {100 * (prof_cpu - base_cpu) / base_cpu:+.2f} % CPU, {prof_rss - base_rss:+.0f} MB RSS")
-PY
+app="-cp $work/classes JavaApp ${DURATION:-20}"
+python3 "$root/scripts/lib/overhead.py" "java $app" "java -javaagent:$here/target/kiln-agent.jar=server=http://127.0.0.1:$port,app=java-bench $app"
