@@ -22,6 +22,12 @@ pub struct Config {
     pub sinks: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Options and sandboxes of plugins the daemon starts by themselves (decoders, renderers).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// The file this configuration was read from, for error messages.
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,7 +50,8 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     /// Profile the daemon's own CPU into the `kiln.server` application.
     pub self_profiling: bool,
-    /// Directory whose `.so` / `.dylib` native plugins are loaded at start.
+    /// Directory whose native (`.so`, `.dylib`) and WebAssembly (`.wasm`) plugins are loaded
+    /// at start and on reload.
     pub plugins_dir: PathBuf,
 }
 
@@ -93,27 +100,60 @@ impl Default for StorageConfig {
     }
 }
 
-/// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the options that
-/// type takes, checked by [`ComponentConfig::options`].
+/// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the settings that
+/// type takes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ComponentConfig {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(flatten)]
-    pub options: toml::Table,
+    pub settings: PluginSettings,
 }
 
 impl ComponentConfig {
     /// Deserializes the options as `T`, naming the table and key on error.
     pub fn options<T: serde::de::DeserializeOwned>(&self, table: &str) -> anyhow::Result<T> {
-        serde_path_to_error::deserialize(toml::Value::Table(self.options.clone())).map_err(|e| {
-            anyhow::anyhow!(
-                "in [{table}], key `{}`: {}",
-                e.path(),
-                e.inner().to_string().trim_end()
-            )
-        })
+        if self.settings.sandbox.is_some() {
+            bail!(
+                "in [{table}.sandbox]: type {:?} is built in; a sandbox applies to Wasm plugins only",
+                self.kind
+            );
+        }
+        deserialize_table(&self.settings.options, table)
     }
+}
+
+/// What configures one plugin instance: its own options (any keys; the plugin checks them) and,
+/// for a Wasm plugin, the `sandbox` table (see `kiln_wasm_host::Sandbox`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PluginSettings {
+    #[serde(default)]
+    pub sandbox: Option<toml::Table>,
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+impl PluginSettings {
+    /// The sandbox of a Wasm plugin configured in `[table]`.
+    pub fn sandbox(&self, table: &str) -> anyhow::Result<kiln_wasm_host::Sandbox> {
+        match &self.sandbox {
+            None => Ok(kiln_wasm_host::Sandbox::default()),
+            Some(t) => deserialize_table(t, &format!("{table}.sandbox")),
+        }
+    }
+}
+
+fn deserialize_table<T: serde::de::DeserializeOwned>(
+    t: &toml::Table,
+    table: &str,
+) -> anyhow::Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(t.clone())).map_err(|e| {
+        anyhow::anyhow!(
+            "in [{table}], key `{}`: {}",
+            e.path(),
+            e.inner().to_string().trim_end()
+        )
+    })
 }
 
 /// Transform types built in.
@@ -195,6 +235,8 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
                 e.inner().to_string().trim_end()
             )
         })?;
+    let mut config = config;
+    config.path = path.to_path_buf();
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -251,16 +293,10 @@ impl Config {
                 t.options::<crate::relabel::RelabelConfig>(&format!("transforms.{name}"))?;
             }
         }
+        // Other sink types may come from plugins: checked when pipelines are built.
         for (name, s) in &self.sinks {
-            let table = format!("sinks.{name}");
-            match s.kind.as_str() {
-                "log" => {
-                    s.options::<LogSinkConfig>(&table)?;
-                }
-                other => bail!(
-                    "in [{table}], key `type`: unknown sink {other:?}; built in: {}",
-                    BUILTIN_SINKS.join(", ")
-                ),
+            if s.kind == "log" {
+                s.options::<LogSinkConfig>(&format!("sinks.{name}"))?;
             }
         }
         for (name, p) in &self.pipelines {

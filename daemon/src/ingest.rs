@@ -271,7 +271,9 @@ async fn ingest_inner(
     .await
     .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))??;
     let count = profiles.len();
-    pipeline.store(profiles, &state.metrics).await?;
+    pipeline
+        .store(state.storage.as_ref(), profiles, &state.metrics)
+        .await?;
     state.metrics.ingested(count, wire_bytes);
     Ok(StatusCode::OK)
 }

@@ -69,7 +69,7 @@ struct ServerArgs {
     /// Largest request body in bytes (server.max_body_bytes).
     #[arg(long, global = true)]
     max_body_bytes: Option<u64>,
-    /// Directory of native plugins (server.plugins_dir).
+    /// Directory of plugins (server.plugins_dir).
     #[arg(long, global = true)]
     plugins_dir: Option<String>,
 }
@@ -122,7 +122,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
         server: String,
     },
-    /// List or check native plugins.
+    /// List or check plugins (native and Wasm).
     Plugins {
         #[command(subcommand)]
         action: PluginsCommand,
@@ -149,20 +149,22 @@ fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<
                 eprintln!("no plugins in {}", dir.display());
             }
             println!(
-                "{:<20} {:<10} {:<10} {:<40} STATUS",
-                "NAME", "KIND", "VERSION", "FILE"
+                "{:<20} {:<10} {:<8} {:<10} {:<40} STATUS",
+                "NAME", "KIND", "RUNTIME", "VERSION", "FILE"
             );
             for (file, loaded) in found {
                 match loaded {
                     Ok(p) => println!(
-                        "{:<20} {:<10} {:<10} {:<40} ok",
-                        p.name,
-                        p.kind.to_string(),
-                        p.version,
-                        p.file.display()
+                        "{:<20} {:<10} {:<8} {:<10} {:<40} ok",
+                        p.name(),
+                        p.kind().to_string(),
+                        p.runtime(),
+                        p.version(),
+                        p.file().display()
                     ),
                     Err(e) => println!(
-                        "{:<20} {:<10} {:<10} {:<40} refused: {e}",
+                        "{:<20} {:<10} {:<8} {:<10} {:<40} refused: {e:#}",
+                        "-",
                         "-",
                         "-",
                         "-",
@@ -173,15 +175,28 @@ fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<
             Ok(())
         }
         PluginsCommand::Check { file } => {
-            let lib = plugins::load(&file)?;
-            lib.instantiate("{}")?;
+            let plugin = plugins::load(&file)?;
+            let version = match &plugin {
+                plugins::Plugin::Native(lib) => {
+                    lib.instantiate("{}", metrics::Metrics::default())?;
+                    format!("plugin ABI version {}", kiln_plugin_api::abi::ABI_VERSION)
+                }
+                plugins::Plugin::Wasm(wasm) => {
+                    wasm.instantiate(
+                        "{}",
+                        kiln_wasm_host::Sandbox::default(),
+                        std::sync::Arc::new(kiln_wasm_host::NoObserver),
+                    )?;
+                    format!("WIT kiln:plugin@{}", kiln_wasm_host::WIT_VERSION)
+                }
+            };
             println!(
-                "{}: plugin {} {} ({}), ABI version {}: ok",
+                "{}: {} plugin {} {} ({}), {version}: ok",
                 file.display(),
-                lib.name,
-                lib.version,
-                lib.kind,
-                kiln_plugin_api::abi::ABI_VERSION
+                plugin.runtime(),
+                plugin.name(),
+                plugin.version(),
+                plugin.kind(),
             );
             Ok(())
         }
@@ -215,7 +230,9 @@ fn main() -> anyhow::Result<()> {
         Command::Plugins { action } => plugins_command(action, &cli.server),
         Command::Reload { server } => client::reload(&server),
         Command::Validate => {
-            cli.server.load()?;
+            // Builds everything a start would (plugins included) without opening storage.
+            let config = cli.server.load()?;
+            server::Ingestion::build(&config, &metrics::Metrics::default())?;
             eprintln!("configuration is valid");
             Ok(())
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,17 @@ struct Sink {
     sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginFault {
+    plugin: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginName {
+    plugin: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -38,6 +50,8 @@ pub struct Metrics {
     errors: Family<Cause, Counter>,
     query_latency: Family<Endpoint, Histogram, fn() -> Histogram>,
     sink_errors: Family<Sink, Counter>,
+    plugin_faults: Family<PluginFault, Counter>,
+    plugins_disabled: Family<PluginName, Gauge>,
 }
 
 impl Default for Metrics {
@@ -51,6 +65,8 @@ impl Default for Metrics {
             latency_histogram,
         );
         let sink_errors = Family::<Sink, Counter>::default();
+        let plugin_faults = Family::<PluginFault, Counter>::default();
+        let plugins_disabled = Family::<PluginName, Gauge>::default();
         registry.register(
             "ingested_profiles",
             "Profiles stored (one per series and type)",
@@ -81,6 +97,16 @@ impl Default for Metrics {
             "Sink exporter failures, by sink",
             sink_errors.clone(),
         );
+        registry.register(
+            "plugin_faults",
+            "Plugin calls that faulted, by plugin and kind (trap, timeout, memory, panic)",
+            plugin_faults.clone(),
+        );
+        registry.register(
+            "plugin_disabled",
+            "1 for a plugin instance disabled after repeated faults, until the next reload",
+            plugins_disabled.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             profiles,
@@ -89,6 +115,8 @@ impl Default for Metrics {
             errors,
             query_latency,
             sink_errors,
+            plugin_faults,
+            plugins_disabled,
         }
     }
 }
@@ -122,11 +150,39 @@ impl Metrics {
             .inc();
     }
 
+    pub fn plugin_fault(&self, plugin: &str, kind: &str) {
+        self.plugin_faults
+            .get_or_create(&PluginFault {
+                plugin: plugin.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Forgets disabled instances: a reload builds new ones.
+    pub fn plugins_reloaded(&self) {
+        self.plugins_disabled.clear();
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+impl kiln_wasm_host::FaultObserver for Metrics {
+    fn fault(&self, plugin: &str, kind: kiln_wasm_host::FaultKind) {
+        self.plugin_fault(plugin, kind.as_str());
+    }
+
+    fn disabled(&self, plugin: &str) {
+        self.plugins_disabled
+            .get_or_create(&PluginName {
+                plugin: plugin.into(),
+            })
+            .set(1);
     }
 }

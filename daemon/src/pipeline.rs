@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use kiln_plugin_api::{Labels, Profile, SinkExporter, Storage, Transform};
+use kiln_plugin_api::{ComponentKind, Labels, Profile, SinkExporter, Storage, Transform};
 use regex::Regex;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::plugins::Registry;
 
 pub struct Pipeline {
     pub name: String,
@@ -16,7 +17,6 @@ pub struct Pipeline {
     pub formats: Vec<String>,
     pub transforms: Vec<Arc<dyn Transform>>,
     pub sinks: Vec<(String, Arc<dyn SinkExporter>)>,
-    pub storage: Arc<dyn Storage>,
 }
 
 impl Pipeline {
@@ -47,6 +47,7 @@ impl Pipeline {
     /// Stores the profiles, then hands them to every sink in the background.
     pub async fn store(
         &self,
+        storage: &dyn Storage,
         profiles: Vec<Profile>,
         metrics: &Metrics,
     ) -> Result<(), kiln_plugin_api::StorageError> {
@@ -54,7 +55,7 @@ impl Pipeline {
             return Ok(());
         }
         let shared = (!self.sinks.is_empty()).then(|| Arc::new(profiles.clone()));
-        self.storage.write(profiles).await?;
+        storage.write(profiles).await?;
         if let Some(batch) = shared {
             for (name, sink) in &self.sinks {
                 let (name, sink, batch, metrics) =
@@ -78,13 +79,8 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// Builds every pipeline; `formats` are the decoders available (built in and plugins) and
-    /// `plugins` the loaded native plugins, which provide transform types beyond the built-ins.
-    pub fn build(
-        config: &Config,
-        storage: Arc<dyn Storage>,
-        formats: &[&str],
-        plugins: &[crate::plugins::NativeLibrary],
-    ) -> anyhow::Result<Self> {
+    /// `plugins` provide transform and sink types beyond the built-ins.
+    pub fn build(config: &Config, formats: &[&str], plugins: &Registry) -> anyhow::Result<Self> {
         let mut names: Vec<&String> = config
             .pipelines
             .keys()
@@ -111,7 +107,7 @@ impl Pipelines {
             let sinks = p
                 .sinks
                 .iter()
-                .map(|s| Ok((s.clone(), build_sink(s, config)?)))
+                .map(|s| Ok((s.clone(), build_sink(s, config, plugins)?)))
                 .collect::<anyhow::Result<_>>()?;
             list.push(Arc::new(Pipeline {
                 name: name.to_string(),
@@ -131,7 +127,6 @@ impl Pipelines {
                 formats: p.decoders.clone(),
                 transforms,
                 sinks,
-                storage: storage.clone(),
             }));
         }
         Ok(Self { list })
@@ -147,10 +142,29 @@ impl Pipelines {
     }
 }
 
+/// `unknown {what} {kind:?}; available: …` for a `type` no built-in or plugin provides.
+fn unknown_type(
+    table: &str,
+    what: ComponentKind,
+    kind: &str,
+    builtin: &[&str],
+    plugins: &Registry,
+) -> anyhow::Error {
+    let available: Vec<&str> = builtin
+        .iter()
+        .copied()
+        .chain(plugins.of_kind(what).map(|p| p.name()))
+        .collect();
+    anyhow::anyhow!(
+        "in [{table}], key `type`: unknown {what} {kind:?}; available: {}",
+        available.join(", ")
+    )
+}
+
 fn build_transform(
     name: &str,
     config: &Config,
-    plugins: &[crate::plugins::NativeLibrary],
+    plugins: &Registry,
 ) -> anyhow::Result<Arc<dyn Transform>> {
     let c = &config.transforms[name];
     let table = format!("transforms.{name}");
@@ -158,41 +172,40 @@ fn build_transform(
         return Ok(Arc::new(crate::relabel::Relabel(c.options(&table)?)));
     }
     let plugin = plugins
-        .iter()
-        .find(|p| p.kind == kiln_plugin_api::ComponentKind::Transform && p.name == c.kind)
+        .find(ComponentKind::Transform, &c.kind)
         .ok_or_else(|| {
-            let available: Vec<&str> = crate::config::BUILTIN_TRANSFORMS
-                .iter()
-                .copied()
-                .chain(
-                    plugins
-                        .iter()
-                        .filter(|p| p.kind == kiln_plugin_api::ComponentKind::Transform)
-                        .map(|p| p.name.as_str()),
-                )
-                .collect();
-            anyhow::anyhow!(
-                "in [{table}], key `type`: unknown transform {:?}; available: {}",
-                c.kind,
-                available.join(", ")
+            unknown_type(
+                &table,
+                ComponentKind::Transform,
+                &c.kind,
+                crate::config::BUILTIN_TRANSFORMS,
+                plugins,
             )
         })?;
-    let options = serde_json::to_string(&c.options).expect("TOML tables serialize as JSON");
-    Ok(plugin
-        .instantiate(&options)
-        .map_err(|e| anyhow::anyhow!("in [{table}]: {e}"))?)
+    plugins.transform(plugin, &c.settings, &table)
 }
 
-fn build_sink(name: &str, config: &Config) -> anyhow::Result<Arc<dyn SinkExporter>> {
+fn build_sink(
+    name: &str,
+    config: &Config,
+    plugins: &Registry,
+) -> anyhow::Result<Arc<dyn SinkExporter>> {
     let c = &config.sinks[name];
     let table = format!("sinks.{name}");
-    match c.kind.as_str() {
-        "log" => {
-            c.options::<crate::config::LogSinkConfig>(&table)?;
-            Ok(Arc::new(LogSink(name.to_string())))
-        }
-        other => anyhow::bail!("in [{table}], key `type`: unknown sink {other:?}"),
+    if c.kind == "log" {
+        c.options::<crate::config::LogSinkConfig>(&table)?;
+        return Ok(Arc::new(LogSink(name.to_string())));
     }
+    let plugin = plugins.find(ComponentKind::Sink, &c.kind).ok_or_else(|| {
+        unknown_type(
+            &table,
+            ComponentKind::Sink,
+            &c.kind,
+            crate::config::BUILTIN_SINKS,
+            plugins,
+        )
+    })?;
+    plugins.sink(plugin, &c.settings, &table)
 }
 
 /// `type = "log"`: logs one line per batch.

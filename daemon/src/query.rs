@@ -229,17 +229,13 @@ pub async fn render(
         });
         Json(body).into_response()
     } else {
-        let renderer = state.renderers.get(format).ok_or_else(|| {
+        let renderers = &state.ingestion.load().renderers;
+        let renderer = renderers.get(format).cloned().ok_or_else(|| {
             ApiError::bad_request(
                 "unknown_format",
                 format!(
                     "unknown format {format:?}; available: json, {}",
-                    state
-                        .renderers
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    renderers.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             )
         })?;

@@ -11,45 +11,82 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use kiln_plugin_api::{RenderExporter, Storage};
+use kiln_plugin_api::{ComponentKind, RenderExporter, Storage};
 use kiln_storage_sled::SledStorage;
 
 use crate::config::Config;
 use crate::ingest::{self, Decoders};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipelines;
+use crate::plugins::Registry;
 use crate::query;
 
-/// The part of the daemon a reload rebuilds: decoders (with plugins) and pipelines.
+/// The part of the daemon a reload rebuilds: plugins, decoders, pipelines and renderers.
 pub struct Ingestion {
     pub decoders: Decoders,
     pub pipelines: Pipelines,
+    /// `/render?format=NAME` exporters: built in, then render plugins.
+    pub renderers: BTreeMap<String, Arc<dyn RenderExporter>>,
 }
 
 impl Ingestion {
-    /// Loads the plugins directory and builds decoders and pipelines from `config`.
-    pub fn build(config: &Config, storage: Arc<dyn Storage>) -> anyhow::Result<Self> {
-        let mut decoders = Decoders::builtin(config.server.max_decompressed_bytes);
-        let mut plugins = Vec::new();
-        for (file, loaded) in crate::plugins::scan(&config.server.plugins_dir) {
-            match loaded {
-                Ok(lib) => {
-                    tracing::info!(plugin = %lib.name, kind = %lib.kind, version = %lib.version, file = %file.display(), "plugin loaded");
-                    if lib.kind == kiln_plugin_api::ComponentKind::Decoder {
-                        let decoder = lib
-                            .instantiate("{}")
-                            .with_context(|| format!("starting decoder plugin {}", lib.name))?;
-                        decoders.insert(&lib.name, decoder);
-                    }
-                    plugins.push(lib);
-                }
-                Err(e) => tracing::error!(error = %e, "plugin refused"),
+    /// Loads the plugins directory and builds decoders, pipelines and renderers from `config`.
+    /// Errors name the configuration file, table and key.
+    pub fn build(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        Self::build_inner(config, metrics).with_context(|| config.path.display().to_string())
+    }
+
+    fn build_inner(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+        for name in config.plugins.keys() {
+            if !plugins
+                .of_kind(ComponentKind::Decoder)
+                .chain(plugins.of_kind(ComponentKind::Render))
+                .any(|p| p.name() == name)
+            {
+                anyhow::bail!(
+                    "in [plugins.{name}]: no decoder or render plugin named {name:?} in {}",
+                    config.server.plugins_dir.display()
+                );
             }
         }
-        let pipelines = Pipelines::build(config, storage, &decoders.names(), &plugins)?;
+        let settings = |name: &str| config.plugins.get(name).cloned().unwrap_or_default();
+
+        let mut decoders = Decoders::builtin(config.server.max_decompressed_bytes);
+        for plugin in plugins.of_kind(ComponentKind::Decoder) {
+            let name = plugin.name();
+            let table = format!("plugins.{name}");
+            decoders.insert(name, plugins.decoder(plugin, &settings(name), &table)?);
+        }
+        let pipelines = Pipelines::build(config, &decoders.names(), &plugins)?;
+
+        let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
+            .into_iter()
+            .map(|(name, r)| (name.to_string(), r))
+            .collect();
+        renderers.insert(
+            "html".into(),
+            Arc::new(crate::html_export::Html {
+                max_nodes: config.server.max_nodes,
+            }),
+        );
+        renderers.insert("pprof".into(), Arc::new(kiln_pprof::PprofRenderer));
+        for plugin in plugins.of_kind(ComponentKind::Render) {
+            let name = plugin.name();
+            if name == "json" || renderers.contains_key(name) {
+                tracing::error!(plugin = %name, "render plugin skipped: the format {name:?} is built in");
+                continue;
+            }
+            let table = format!("plugins.{name}");
+            renderers.insert(
+                name.to_string(),
+                plugins.render(plugin, &settings(name), &table)?,
+            );
+        }
         Ok(Self {
             decoders,
             pipelines,
+            renderers,
         })
     }
 }
@@ -62,7 +99,6 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub ingestion: ArcSwap<Ingestion>,
     config_source: Option<ConfigSource>,
-    pub renderers: BTreeMap<String, Arc<dyn RenderExporter>>,
     pub metrics: Metrics,
 }
 
@@ -71,38 +107,28 @@ impl AppState {
         let sled = SledStorage::open(&config.sled_config())
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
         let storage: Arc<dyn Storage> = Arc::new(sled);
-        let ingestion = Ingestion::build(&config, storage.clone())?;
-        let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
-            .into_iter()
-            .map(|(name, r)| (name.to_string(), r))
-            .collect();
-        renderers.insert(
-            "html".into(),
-            Arc::new(crate::html_export::Html {
-                max_nodes: config.server.max_nodes,
-            }),
-        );
-        renderers.insert("pprof".into(), Arc::new(kiln_pprof::PprofRenderer));
+        let metrics = Metrics::default();
+        let ingestion = Ingestion::build(&config, &metrics)?;
         Ok(Arc::new(Self {
             config,
             storage,
             ingestion: ArcSwap::from_pointee(ingestion),
             config_source,
-            renderers,
-            metrics: Metrics::default(),
+            metrics,
         }))
     }
 
-    /// Re-reads the configuration and the plugins directory and swaps in new decoders and
-    /// pipelines; requests in flight finish on the old ones. On any error nothing changes.
+    /// Re-reads the configuration and the plugins directory and swaps in new decoders,
+    /// pipelines and renderers; requests in flight finish on the old ones. On any error nothing changes.
     /// Listen address and storage settings need a restart.
     pub fn reload(&self) -> anyhow::Result<()> {
         let source = self.config_source.as_ref().ok_or_else(|| {
             anyhow::anyhow!("this daemon was not started from a configuration it can re-read")
         })?;
         let config = source()?;
-        let ingestion = Ingestion::build(&config, self.storage.clone())?;
+        let ingestion = Ingestion::build(&config, &self.metrics)?;
         self.ingestion.store(Arc::new(ingestion));
+        self.metrics.plugins_reloaded();
         tracing::info!("configuration and plugins reloaded");
         Ok(())
     }

@@ -105,30 +105,13 @@ pub fn load(path: &Path) -> Result<NativeLibrary, PluginError> {
     })
 }
 
-/// Every `.so` / `.dylib` directly in `dir`, loaded (or the reason it was refused).
-pub fn scan(dir: &Path) -> Vec<(PathBuf, Result<NativeLibrary, PluginError>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib"))
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let r = load(&p);
-            (p, r)
-        })
-        .collect()
-}
-
 impl NativeLibrary {
     /// A new instance configured by `config_json`.
-    pub fn instantiate(&self, config_json: &str) -> Result<Arc<NativeInstance>, PluginError> {
+    pub fn instantiate(
+        &self,
+        config_json: &str,
+        metrics: crate::metrics::Metrics,
+    ) -> Result<Arc<NativeInstance>, PluginError> {
         let d = unsafe { &*self.descriptor };
         let mut instance: *mut c_void = std::ptr::null_mut();
         let mut err = ByteBuf::empty();
@@ -151,6 +134,7 @@ impl NativeLibrary {
             name: self.name.clone(),
             descriptor: self.descriptor,
             instance,
+            metrics,
             _library: self.library.clone(),
         }))
     }
@@ -168,6 +152,7 @@ pub struct NativeInstance {
     name: String,
     descriptor: *const Descriptor,
     instance: *mut c_void,
+    metrics: crate::metrics::Metrics,
     _library: Arc<libloading::Library>,
 }
 
@@ -192,6 +177,7 @@ impl NativeInstance {
     fn failure(&self, status: i32, message: String) -> String {
         if status == abi::STATUS_PANIC {
             tracing::error!(plugin = %self.name, panic = %message, "native plugin panicked");
+            self.metrics.plugin_fault(&self.name, "panic");
             format!("plugin {} panicked: {message}", self.name)
         } else {
             message

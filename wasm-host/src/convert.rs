@@ -1,0 +1,159 @@
+//! Conversions between the plugin-api model and the WIT types.
+
+use kiln_plugin_api::{
+    Aggregation, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, RenderContext,
+    Rendered, Sample, Tree,
+};
+
+use crate::bindings::types as wit;
+
+fn labels_to_wit(labels: &Labels) -> Vec<wit::Label> {
+    labels
+        .iter()
+        .map(|(name, value)| wit::Label {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect()
+}
+
+fn labels_from_wit(labels: Vec<wit::Label>) -> Labels {
+    Labels::from_pairs(labels.into_iter().map(|l| (l.name, l.value)))
+}
+
+fn type_to_wit(t: &ProfileType) -> wit::ProfileType {
+    wit::ProfileType {
+        name: t.name.clone(),
+        metric: t.metric.clone(),
+        sample_type: t.sample_type.clone(),
+        sample_unit: t.sample_unit.clone(),
+        period_type: t.period_type.clone(),
+        period_unit: t.period_unit.clone(),
+        aggregation: match t.aggregation {
+            Aggregation::Sum => wit::Aggregation::Sum,
+            Aggregation::Average => wit::Aggregation::Average,
+        },
+    }
+}
+
+fn type_from_wit(t: wit::ProfileType) -> ProfileType {
+    ProfileType {
+        name: t.name,
+        metric: t.metric,
+        sample_type: t.sample_type,
+        sample_unit: t.sample_unit,
+        period_type: t.period_type,
+        period_unit: t.period_unit,
+        aggregation: match t.aggregation {
+            wit::Aggregation::Sum => Aggregation::Sum,
+            wit::Aggregation::Average => Aggregation::Average,
+        },
+    }
+}
+
+pub fn profile_to_wit(p: &Profile) -> wit::Profile {
+    wit::Profile {
+        labels: labels_to_wit(&p.labels),
+        profile_type: type_to_wit(&p.profile_type),
+        start_ns: p.start_ns,
+        end_ns: p.end_ns,
+        frames: p
+            .frames
+            .iter()
+            .map(|f| wit::Frame {
+                function: f.function.clone(),
+                file: f.file.clone(),
+                line: f.line,
+            })
+            .collect(),
+        samples: p
+            .samples
+            .iter()
+            .map(|s| wit::Sample {
+                stack: s.stack.clone(),
+                value: s.value,
+            })
+            .collect(),
+        spy_name: p.meta.spy_name.clone(),
+        sample_rate: p.meta.sample_rate,
+    }
+}
+
+/// A profile a plugin returned, checked like any decoder's output.
+pub fn profile_from_wit(p: wit::Profile) -> Result<Profile, String> {
+    let profile = Profile {
+        labels: labels_from_wit(p.labels),
+        profile_type: type_from_wit(p.profile_type),
+        start_ns: p.start_ns,
+        end_ns: p.end_ns,
+        frames: p
+            .frames
+            .into_iter()
+            .map(|f| Frame {
+                function: f.function,
+                file: f.file,
+                line: f.line,
+            })
+            .collect(),
+        samples: p
+            .samples
+            .into_iter()
+            .map(|s| Sample {
+                stack: s.stack,
+                value: s.value,
+            })
+            .collect(),
+        meta: ProfileMeta {
+            spy_name: p.spy_name,
+            sample_rate: p.sample_rate,
+        },
+    };
+    profile.validate()?;
+    Ok(profile)
+}
+
+pub fn meta_to_wit(m: &IngestMeta) -> wit::IngestMeta {
+    wit::IngestMeta {
+        format: m.format.clone(),
+        content_type: m.content_type.clone(),
+        app: m.app.clone(),
+        type_suffix: m.type_suffix.clone(),
+        labels: labels_to_wit(&m.labels),
+        start_ns: m.start_ns,
+        end_ns: m.end_ns,
+        sample_rate: m.sample_rate,
+        spy_name: m.spy_name.clone(),
+    }
+}
+
+pub fn tree_to_wit(tree: &Tree) -> Vec<wit::TreeNode> {
+    tree.nodes
+        .iter()
+        .map(|n| wit::TreeNode {
+            name: tree.names[n.name as usize].clone(),
+            parent: n.parent,
+            self_value: n.self_value,
+            total: n.total,
+        })
+        .collect()
+}
+
+pub fn context_to_wit(c: &RenderContext) -> wit::RenderContext {
+    wit::RenderContext {
+        title: c.title.clone(),
+        profile_type: type_to_wit(&c.profile_type),
+        start_ns: c.start_ns,
+        end_ns: c.end_ns,
+        max_nodes: u32::try_from(c.max_nodes).unwrap_or(u32::MAX),
+        sample_rate: c.sample_rate,
+        spy_name: c.spy_name.clone(),
+    }
+}
+
+pub fn rendered_from_wit(r: wit::Rendered) -> Rendered {
+    Rendered {
+        content_type: r.content_type,
+        extension: r.extension,
+        body: r.body.into(),
+    }
+}

@@ -1,0 +1,368 @@
+//! Configured instances of Wasm plugins: calls under a deadline and a memory cap, faults
+//! counted, and an instance that keeps faulting disabled.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kiln_plugin_api::{
+    DecodeError, Decoder, ExportError, IngestMeta, Profile, RenderContext, RenderExporter,
+    Rendered, SinkExporter, Transform, TransformError, Tree,
+};
+use parking_lot::Mutex;
+use wasmtime::Store;
+
+use crate::bindings::{self, types as wit};
+use crate::convert;
+use crate::runtime::{Pre, Runtime, WasmPlugin, EPOCH_TICK};
+use crate::sandbox::{HostState, Sandbox};
+use crate::WasmError;
+
+/// Why a call did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// The plugin trapped (a panic, an unreachable, an out-of-bounds access).
+    Trap,
+    /// The call ran past the sandbox's `timeout`.
+    Timeout,
+    /// The plugin tried to grow its memory past `max_memory_mb`.
+    Memory,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Told about every fault and every instance disabled, for metrics.
+pub trait FaultObserver: Send + Sync {
+    fn fault(&self, plugin: &str, kind: FaultKind);
+    fn disabled(&self, plugin: &str);
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+
+impl FaultObserver for NoObserver {
+    fn fault(&self, _: &str, _: FaultKind) {}
+    fn disabled(&self, _: &str) {}
+}
+
+/// A call's failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin ran and returned an error of its own.
+    #[error("{0}")]
+    Plugin(String),
+    /// The call faulted; the instance is rebuilt before the next call.
+    #[error("plugin {plugin}: {} fault: {message}", kind.as_str())]
+    Fault {
+        plugin: String,
+        kind: FaultKind,
+        message: String,
+    },
+    /// The instance faulted too often and no longer runs.
+    #[error("plugin {plugin} is disabled after {faults} consecutive faults; fix it and reload")]
+    Disabled { plugin: String, faults: u32 },
+}
+
+enum Exports {
+    Decoder(bindings::decoder::Decoder),
+    Transform(bindings::transform::Transform),
+    Sink(bindings::sink::Sink),
+    Render(bindings::render::Render),
+}
+
+/// A running instance: its store and its exports.
+pub(crate) struct Live {
+    store: Store<HostState>,
+    exports: Exports,
+    ticks: u64,
+}
+
+impl Live {
+    /// Instantiates `plugin` in a fresh store limited by `sandbox`.
+    pub fn start(plugin: &WasmPlugin, sandbox: &Sandbox) -> Result<Self, String> {
+        let runtime = Runtime::get().map_err(|e| e.to_string())?;
+        let state = HostState::new(&plugin.name, sandbox)?;
+        let mut store = Store::new(&runtime.engine, state);
+        store.limiter(|s| &mut s.memory);
+        let ticks = (sandbox.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        let failed = |e: wasmtime::Error| format!("instantiating: {e:#}");
+        let exports = match &plugin.pre {
+            Pre::Decoder(p) => Exports::Decoder(p.instantiate(&mut store).map_err(failed)?),
+            Pre::Transform(p) => Exports::Transform(p.instantiate(&mut store).map_err(failed)?),
+            Pre::Sink(p) => Exports::Sink(p.instantiate(&mut store).map_err(failed)?),
+            Pre::Render(p) => Exports::Render(p.instantiate(&mut store).map_err(failed)?),
+        };
+        Ok(Self {
+            store,
+            exports,
+            ticks,
+        })
+    }
+
+    pub fn info(&mut self) -> Result<wit::PluginInfo, String> {
+        self.store.set_epoch_deadline(self.ticks);
+        let s = &mut self.store;
+        match &self.exports {
+            Exports::Decoder(e) => e.call_info(s),
+            Exports::Transform(e) => e.call_info(s),
+            Exports::Sink(e) => e.call_info(s),
+            Exports::Render(e) => e.call_info(s),
+        }
+        .map_err(|e| format!("{e:#}"))
+    }
+
+    fn init(&mut self, options: &str) -> wasmtime::Result<Result<(), String>> {
+        self.store.set_epoch_deadline(self.ticks);
+        let s = &mut self.store;
+        match &self.exports {
+            Exports::Decoder(e) => e.call_init(s, options),
+            Exports::Transform(e) => e.call_init(s, options),
+            Exports::Sink(e) => e.call_init(s, options),
+            Exports::Render(e) => e.call_init(s, options),
+        }
+    }
+}
+
+/// One configured instance of a Wasm plugin, usable as the component of its kind.
+pub struct WasmInstance {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    plugin: Arc<WasmPlugin>,
+    options: String,
+    sandbox: Sandbox,
+    live: Mutex<Option<Live>>,
+    consecutive_faults: AtomicU32,
+    disabled: AtomicBool,
+    observer: Arc<dyn FaultObserver>,
+}
+
+impl WasmPlugin {
+    /// Starts an instance with `options` (a JSON object) under `sandbox`. The plugin's `init`
+    /// sees the options first; its error refuses the configuration.
+    pub fn instantiate(
+        self: &Arc<Self>,
+        options: &str,
+        sandbox: Sandbox,
+        observer: Arc<dyn FaultObserver>,
+    ) -> Result<WasmInstance, WasmError> {
+        sandbox.validate().map_err(|reason| WasmError::Sandbox {
+            plugin: self.name.clone(),
+            reason,
+        })?;
+        let inner = Inner {
+            plugin: self.clone(),
+            options: options.to_string(),
+            sandbox,
+            live: Mutex::new(None),
+            consecutive_faults: AtomicU32::new(0),
+            disabled: AtomicBool::new(false),
+            observer,
+        };
+        let live = inner.start().map_err(|e| WasmError::Config {
+            plugin: self.name.clone(),
+            message: e.to_string(),
+        })?;
+        *inner.live.lock() = Some(live);
+        Ok(WasmInstance {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+impl Inner {
+    fn start(&self) -> Result<Live, CallError> {
+        let mut live =
+            Live::start(&self.plugin, &self.sandbox).map_err(|message| CallError::Fault {
+                plugin: self.plugin.name.clone(),
+                kind: FaultKind::Trap,
+                message,
+            })?;
+        match live.init(&self.options) {
+            Ok(Ok(())) => Ok(live),
+            Ok(Err(message)) => Err(CallError::Plugin(message)),
+            Err(e) => Err(self.classify(&live, e)),
+        }
+    }
+
+    fn classify(&self, live: &Live, e: wasmtime::Error) -> CallError {
+        let kind = if live.store.data().memory.overrun {
+            FaultKind::Memory
+        } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            FaultKind::Timeout
+        } else {
+            FaultKind::Trap
+        };
+        let message = match kind {
+            FaultKind::Timeout => format!("call exceeded its {:?} timeout", self.sandbox.timeout),
+            _ => format!("{e:#}"),
+        };
+        CallError::Fault {
+            plugin: self.plugin.name.clone(),
+            kind,
+            message,
+        }
+    }
+
+    /// Runs `f` on the live instance (starting one if the last call faulted) and accounts for
+    /// the outcome. A fault drops the instance: its state after a trap is not trusted.
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &Exports) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, CallError> {
+        let name = &self.plugin.name;
+        if self.disabled.load(Ordering::Acquire) {
+            return Err(CallError::Disabled {
+                plugin: name.clone(),
+                faults: self.consecutive_faults.load(Ordering::Acquire),
+            });
+        }
+        let mut slot = self.live.lock();
+        let mut live = match slot.take() {
+            Some(live) => live,
+            None => match self.start() {
+                Ok(live) => live,
+                Err(e) => return Err(self.fault(e)),
+            },
+        };
+        live.store.set_epoch_deadline(live.ticks);
+        match f(&mut live.store, &live.exports) {
+            Ok(result) => {
+                *slot = Some(live);
+                self.consecutive_faults.store(0, Ordering::Release);
+                result.map_err(CallError::Plugin)
+            }
+            Err(e) => {
+                let error = self.classify(&live, e);
+                Err(self.fault(error))
+            }
+        }
+    }
+
+    fn fault(&self, error: CallError) -> CallError {
+        let CallError::Fault { kind, message, .. } = &error else {
+            return error;
+        };
+        let name = &self.plugin.name;
+        self.observer.fault(name, *kind);
+        let faults = self.consecutive_faults.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::warn!(plugin = %name, fault = kind.as_str(), faults, "{message}");
+        if faults >= self.sandbox.max_consecutive_faults
+            && !self.disabled.swap(true, Ordering::AcqRel)
+        {
+            self.observer.disabled(name);
+            tracing::error!(
+                plugin = %name,
+                faults,
+                "plugin disabled after {faults} consecutive faults; fix it and reload the configuration"
+            );
+        }
+        error
+    }
+}
+
+impl WasmInstance {
+    pub fn plugin(&self) -> &WasmPlugin {
+        &self.inner.plugin
+    }
+
+    /// Whether the instance stopped running after repeated faults.
+    pub fn is_disabled(&self) -> bool {
+        self.inner.disabled.load(Ordering::Acquire)
+    }
+}
+
+fn wrong_world(plugin: &WasmPlugin, wanted: &str) -> wasmtime::Error {
+    wasmtime::format_err!(
+        "plugin {} is a {}, not a {wanted}",
+        plugin.name,
+        plugin.kind
+    )
+}
+
+impl Decoder for WasmInstance {
+    fn decode(&self, body: &[u8], meta: &IngestMeta) -> Result<Vec<Profile>, DecodeError> {
+        let meta = convert::meta_to_wit(meta);
+        let plugin = &self.inner.plugin;
+        let profiles = self
+            .inner
+            .call(|store, exports| match exports {
+                Exports::Decoder(e) => e.call_decode(store, body, &meta),
+                _ => Err(wrong_world(plugin, "decoder")),
+            })
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        profiles
+            .into_iter()
+            .map(convert::profile_from_wit)
+            .collect::<Result<_, _>>()
+            .map_err(|e| DecodeError::Malformed(format!("plugin {} returned {e}", plugin.name)))
+    }
+}
+
+impl Transform for WasmInstance {
+    fn transform(&self, profiles: Vec<Profile>) -> Result<Vec<Profile>, TransformError> {
+        let input: Vec<wit::Profile> = profiles.iter().map(convert::profile_to_wit).collect();
+        let plugin = &self.inner.plugin;
+        let output = self
+            .inner
+            .call(|store, exports| match exports {
+                Exports::Transform(e) => e.call_transform(store, &input),
+                _ => Err(wrong_world(plugin, "transform")),
+            })
+            .map_err(|e| TransformError(e.to_string()))?;
+        output
+            .into_iter()
+            .map(convert::profile_from_wit)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TransformError(format!("plugin {} returned {e}", plugin.name)))
+    }
+}
+
+#[async_trait]
+impl SinkExporter for WasmInstance {
+    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+        let batch: Vec<wit::Profile> = profiles.iter().map(convert::profile_to_wit).collect();
+        let inner = self.inner.clone();
+        // Plugin code may block (files, HTTP): keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let plugin = &inner.plugin;
+            inner.call(|store, exports| match exports {
+                Exports::Sink(e) => e.call_consume(store, &batch),
+                _ => Err(wrong_world(plugin, "sink")),
+            })
+        })
+        .await
+        .map_err(|e| ExportError(format!("sink task failed: {e}")))?
+        .map_err(|e| ExportError(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl RenderExporter for WasmInstance {
+    async fn render(&self, tree: &Tree, ctx: &RenderContext) -> Result<Rendered, ExportError> {
+        let nodes = convert::tree_to_wit(tree);
+        let context = convert::context_to_wit(ctx);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let plugin = &inner.plugin;
+            inner.call(|store, exports| match exports {
+                Exports::Render(e) => e.call_render(store, &nodes, &context),
+                _ => Err(wrong_world(plugin, "render")),
+            })
+        })
+        .await
+        .map_err(|e| ExportError(format!("render task failed: {e}")))?
+        .map(convert::rendered_from_wit)
+        .map_err(|e| ExportError(e.to_string()))
+    }
+}
