@@ -1,5 +1,6 @@
 //! Pipelines: decoders → transforms → storage (+ sinks), built from the configuration.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kiln_plugin_api::{ComponentKind, Labels, Profile, SinkExporter, Storage, Transform};
@@ -87,6 +88,18 @@ impl Pipelines {
             .filter(|n| *n != "default")
             .collect();
         names.sort();
+        // Every defined component is built, used or not, so a mistake in one shows up now; a
+        // component used by several pipelines is one instance.
+        let transforms: BTreeMap<&String, Arc<dyn Transform>> = config
+            .transforms
+            .keys()
+            .map(|name| Ok((name, build_transform(name, config, plugins)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let sinks: BTreeMap<&String, Arc<dyn SinkExporter>> = config
+            .sinks
+            .keys()
+            .map(|name| Ok((name, build_sink(name, config, plugins)?)))
+            .collect::<anyhow::Result<_>>()?;
         let default = crate::config::PipelineConfig::default();
         let mut list = Vec::new();
         for name in names.into_iter().map(String::as_str).chain(["default"]) {
@@ -99,16 +112,12 @@ impl Pipelines {
                     );
                 }
             }
-            let transforms = p
-                .transforms
-                .iter()
-                .map(|t| build_transform(t, config, plugins))
-                .collect::<anyhow::Result<_>>()?;
+            let transforms = p.transforms.iter().map(|t| transforms[t].clone()).collect();
             let sinks = p
                 .sinks
                 .iter()
-                .map(|s| Ok((s.clone(), build_sink(s, config, plugins)?)))
-                .collect::<anyhow::Result<_>>()?;
+                .map(|s| (s.clone(), sinks[s].clone()))
+                .collect();
             list.push(Arc::new(Pipeline {
                 name: name.to_string(),
                 match_app: match (&p.match_app, name) {
