@@ -124,9 +124,8 @@ expect_refused() { # options, words the message must contain...
 expect_refused "topp = 3" "sinks.toppy" "topp"
 expect_refused 'top = "3"' "sinks.toppy" '"top"'
 
+# Each validation compiles the component; the good configuration is checked by starting on it.
 write_config "$tmp/kiln.toml" "top = 3"
-"$kiln" validate --config "$tmp/kiln.toml" >/dev/null 2>&1 ||
-    fail "kiln validate refused the good configuration: $("$kiln" validate --config "$tmp/kiln.toml" 2>&1)"
 
 echo "== daemon"
 port="$(free_port)"
