@@ -86,6 +86,8 @@ pub struct StorageConfig {
     pub levels: Vec<Level>,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
+    /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
+    pub options: toml::Table,
 }
 
 impl Default for StorageConfig {
@@ -96,6 +98,7 @@ impl Default for StorageConfig {
             retention: Duration::from_secs(30 * 86_400),
             levels: kiln_storage_sled::default_levels(),
             cache_capacity_bytes: 64 << 20,
+            options: toml::Table::new(),
         }
     }
 }
@@ -275,15 +278,15 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
 
 impl Config {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.storage.kind != "sled" {
-            bail!(
-                "in [storage], key `type`: unknown storage {:?}; built in: \"sled\" (storage plugins are named by their plugin name)",
-                self.storage.kind
-            );
+        // Other storage types come from plugins: checked when storage opens.
+        if self.storage.kind == "sled" {
+            self.sled_config()
+                .validate()
+                .map_err(|e| anyhow::anyhow!("in [storage], key `{e}"))?;
+            if !self.storage.options.is_empty() {
+                bail!("in [storage], key `options`: the built-in sled storage takes no options");
+            }
         }
-        self.sled_config()
-            .validate()
-            .map_err(|e| anyhow::anyhow!("in [storage], key `{e}"))?;
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");
         }

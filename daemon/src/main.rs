@@ -232,7 +232,12 @@ fn main() -> anyhow::Result<()> {
         Command::Validate => {
             // Builds everything a start would (plugins included) without opening storage.
             let config = cli.server.load()?;
-            server::Ingestion::build(&config, &metrics::Metrics::default())?;
+            let metrics = metrics::Metrics::default();
+            server::Ingestion::build(&config, &metrics)?;
+            if config.storage.kind != "sled" {
+                // Starting a storage plugin may open its data; sled is left closed.
+                server::open_storage(&config, &metrics)?;
+            }
             eprintln!("configuration is valid");
             Ok(())
         }

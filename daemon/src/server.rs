@@ -104,10 +104,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
-        let sled = SledStorage::open(&config.sled_config())
-            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-        let storage: Arc<dyn Storage> = Arc::new(sled);
         let metrics = Metrics::default();
+        let storage = open_storage(&config, &metrics)?;
         let ingestion = Ingestion::build(&config, &metrics)?;
         Ok(Arc::new(Self {
             config,
@@ -132,6 +130,20 @@ impl AppState {
         tracing::info!("configuration and plugins reloaded");
         Ok(())
     }
+}
+
+/// The built-in sled storage, or the native storage plugin `[storage] type` names.
+pub fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Storage>> {
+    if config.storage.kind == "sled" {
+        let sled = SledStorage::open(&config.sled_config())
+            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+        return Ok(Arc::new(sled));
+    }
+    let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+    let options = serde_json::to_string(&config.storage.options).expect("TOML serializes as JSON");
+    plugins
+        .storage(&config.storage.kind, &options)
+        .with_context(|| config.path.display().to_string())
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -185,7 +197,11 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     let listen = config.server.listen.clone();
     let flush_interval = config.server.flush_interval;
     let self_profiling = config.server.self_profiling;
-    let state = AppState::new(config, Some(config_source))?;
+    // Plugins start here (their `init` runs); a Wasm plugin's WASI calls block, so this must not
+    // run on a runtime worker.
+    let state = tokio::task::spawn_blocking(move || AppState::new(config, Some(config_source)))
+        .await
+        .context("starting")??;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

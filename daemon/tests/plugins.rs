@@ -1,6 +1,7 @@
 //! Native plugins: the perf-script example decoder loaded from a plugins directory and used on
-//! /ingest, and the files the host must refuse (wrong ABI, missing symbol, not a library), and a
-//! panicking plugin that must not take the daemon down.
+//! /ingest; a sink, a render format and a storage backend as native libraries; the files the
+//! host must refuse (wrong ABI, missing symbol, not a library); and a panicking plugin that must
+//! not take the daemon down.
 
 mod common;
 
@@ -23,6 +24,12 @@ fn plugin_libs() -> PathBuf {
             "kiln-test-plugin-wrong-abi",
             "-p",
             "kiln-test-plugin-panicking",
+            "-p",
+            "kiln-test-plugin-native-sink",
+            "-p",
+            "kiln-test-plugin-native-render",
+            "-p",
+            "kiln-memory-storage",
         ])
         .status()
         .unwrap();
@@ -227,4 +234,218 @@ fn reload_picks_up_plugins_and_keeps_serving_on_a_broken_config() {
     let (ok, out) = kiln(&["reload", "--server", &d.url]);
     assert!(!ok && out.contains("plugins_dri"), "{out}");
     assert_eq!(push().0, 200);
+}
+
+/// Writes `kiln.toml` under `dir`: the plugins directory, then `rest`.
+fn config(dir: &Path, plugins: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("kiln.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nplugins_dir = {plugins:?}\n{rest}"),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn native_sink_and_render_plugins_serve_a_pipeline_and_a_render_format() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(
+        &libs,
+        dir.path(),
+        &[
+            "libkiln_test_plugin_native_sink.so",
+            "libkiln_test_plugin_native_render.so",
+        ],
+    );
+    let lines = dir.path().join("lines.txt");
+    let cfg = config(
+        dir.path(),
+        &plugins,
+        &format!(
+            "[sinks.lines]\ntype = \"line-per-profile\"\npath = {lines:?}\n\
+             [pipelines.default]\nsinks = [\"lines\"]\n"
+        ),
+    );
+    let d = Daemon::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    for (name, body) in [
+        ("nat.cpu", "main;hash 70\nmain;io 30\n"),
+        ("nat.cpu", "main;hash 5\n"),
+    ] {
+        let (s, m) = d.ingest(
+            &format!("name={}&format=folded", enc(name)),
+            "text/plain",
+            body.as_bytes(),
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&lines).unwrap_or_default();
+        if text.lines().count() == 2 {
+            assert_eq!(text, "nat cpu 100\nnat cpu 5\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink wrote {text:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let (s, text) = d.get(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m&format=tree-text",
+        enc("nat.cpu")
+    ));
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(
+        text, "nat.cpu\ntotal 105\n  main 105\n    hash 75\n    io 30\n",
+        "children in the tree's order, each with its total"
+    );
+
+    // Options the plugin refuses fail the configuration, naming the sink.
+    let bad = config(
+        dir.path(),
+        &plugins,
+        "[sinks.lines]\ntype = \"line-per-profile\"\npth = \"x\"\n",
+    );
+    let (ok, out) = kiln(&["validate", "--config", bad.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("sinks.lines") && out.contains("pth"),
+        "{out}"
+    );
+}
+
+/// A recent time (Unix seconds, a multiple of 1000), so the data sits in the finest level of
+/// the built-in backend rather than its downsampled ones.
+fn recent_base() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now / 1000 * 1000 - 2000
+}
+
+/// Ingests the same profiles into `d`: two services, two environments, three time windows.
+fn ingest_fixture(d: &Daemon, base: i64) {
+    let pushes = [
+        ("shop.cpu{env=prod}", base, "main;hash 70\nmain;io 30\n"),
+        (
+            "shop.cpu{env=dev}",
+            base + 10,
+            "main;hash 5\nmain;alloc;copy 4\n",
+        ),
+        ("shop.cpu{env=prod}", base + 100, "main;io 11\n"),
+        ("cart.cpu{env=prod}", base + 20, "run;sum 9\n"),
+    ];
+    for (name, from, body) in pushes {
+        let (s, m) = d.ingest(
+            &format!(
+                "name={}&format=folded&from={from}&until={}",
+                enc(name),
+                from + 10
+            ),
+            "text/plain",
+            body.as_bytes(),
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+}
+
+/// What the API answers about the fixture, for comparing two backends.
+fn answers(d: &Daemon, base: i64) -> Vec<serde_json::Value> {
+    let range = format!("from={}&until={}", base - 1000, base + 1000);
+    let mut out = Vec::new();
+    for query in [
+        "shop.cpu",
+        "shop.cpu{env=\"prod\"}",
+        "cart.cpu",
+        "{env=\"prod\"}",
+    ] {
+        let r = d.get_json(&format!("/render?query={}&{range}", enc(query)));
+        out.push(r["flamebearer"].clone());
+        out.push(r["timeline"].clone());
+    }
+    out.push(d.get_json("/api/apps"));
+    out.push(d.get_json(&format!("/label-values?label=env&{range}")));
+    out.push(d.get_json(&format!("/labels?{range}")));
+    out
+}
+
+#[test]
+fn memory_storage_plugin_answers_like_the_built_in_backend() {
+    let libs = plugin_libs();
+    let sled_dir = tempfile::tempdir().unwrap();
+    let sled = Daemon::start(sled_dir.path(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&libs, dir.path(), &["libkiln_memory_storage.so"]);
+    let cfg = config(
+        dir.path(),
+        &plugins,
+        "[storage]\ntype = \"memory\"\n[storage.options]\nmax_profiles = 1000\n",
+    );
+    let memory = Daemon::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let base = recent_base();
+    ingest_fixture(&sled, base);
+    ingest_fixture(&memory, base);
+
+    let expected = answers(&sled, base);
+    assert_eq!(expected[0]["numTicks"], 120, "the fixture reached sled");
+    let points = expected[1]["samples"].as_array().unwrap();
+    assert_eq!(
+        (points[100].clone(), points[101].clone()),
+        (100.into(), 9.into())
+    );
+    assert_eq!(answers(&memory, base), expected);
+
+    // Deleting a service goes through the plugin too.
+    for d in [&sled, &memory] {
+        let r = common::agent()
+            .delete(format!("{}/api/apps", d.url))
+            .force_send_body()
+            .send(r#"{"name":"cart.cpu"}"#)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let apps = memory.get_json("/api/apps");
+    assert_eq!(apps, sled.get_json("/api/apps"));
+    assert!(!apps.to_string().contains("cart"), "{apps}");
+
+    let (ok, out) = kiln(&[
+        "plugins",
+        "list",
+        "--config",
+        "/dev/null",
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains("memory") && out.contains("storage"),
+        "{out}"
+    );
+}
+
+#[test]
+fn storage_plugin_mistakes_fail_the_configuration_by_name() {
+    let libs = plugin_libs();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&libs, dir.path(), &["libkiln_memory_storage.so"]);
+    let bad_option = config(
+        dir.path(),
+        &plugins,
+        "[storage]\ntype = \"memory\"\n[storage.options]\nmax_profile = 10\n",
+    );
+    let (ok, out) = kiln(&["validate", "--config", bad_option.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("max_profile") && out.contains("kiln.toml"),
+        "{out}"
+    );
+
+    let unknown = config(dir.path(), &plugins, "[storage]\ntype = \"memroy\"\n");
+    let (ok, out) = kiln(&["validate", "--config", unknown.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("memroy") && out.contains("memory"),
+        "{out}"
+    );
 }

@@ -127,7 +127,7 @@ pub struct Timeline {
 }
 
 /// The result of a merge query: the tree and how many profiles went into it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Merged {
     pub tree: Tree,
     /// Number of stored profiles merged (summed over series).
@@ -149,7 +149,7 @@ impl Merged {
 }
 
 /// What a retention pass removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionReport {
     pub chunks_deleted: u64,
 }

@@ -200,9 +200,7 @@ impl Registry {
         table: &str,
     ) -> anyhow::Result<Arc<dyn SinkExporter>> {
         match self.instantiate(plugin, settings, table)? {
-            Instance::Native(_) => anyhow::bail!(
-                "in [{table}]: native sink plugins are not supported by this plugin ABI"
-            ),
+            Instance::Native(i) => Ok(Arc::new(native::NativeAsync(i))),
             Instance::Wasm(i) => Ok(i),
         }
     }
@@ -214,10 +212,39 @@ impl Registry {
         table: &str,
     ) -> anyhow::Result<Arc<dyn RenderExporter>> {
         match self.instantiate(plugin, settings, table)? {
-            Instance::Native(_) => anyhow::bail!(
-                "in [{table}]: native render plugins are not supported by this plugin ABI"
-            ),
+            Instance::Native(i) => Ok(Arc::new(native::NativeAsync(i))),
             Instance::Wasm(i) => Ok(i),
+        }
+    }
+}
+
+impl Registry {
+    /// A storage backend from a native plugin named `name`, configured by `options` (a JSON
+    /// object). Storage plugins are native only: a Wasm sandbox has no durable storage to offer.
+    pub fn storage(
+        &self,
+        name: &str,
+        options: &str,
+    ) -> anyhow::Result<Arc<dyn kiln_plugin_api::Storage>> {
+        match self.find(ComponentKind::Storage, name) {
+            Some(Plugin::Native(lib)) => {
+                let instance = lib
+                    .instantiate(options, self.metrics.clone())
+                    .context("in [storage]")?;
+                Ok(Arc::new(native::NativeAsync(instance)))
+            }
+            Some(Plugin::Wasm(_)) => {
+                anyhow::bail!("in [storage], key `type`: {name:?} is a Wasm plugin; storage plugins must be native")
+            }
+            None => {
+                let available: Vec<&str> = std::iter::once("sled")
+                    .chain(self.of_kind(ComponentKind::Storage).map(|p| p.name()))
+                    .collect();
+                anyhow::bail!(
+                    "in [storage], key `type`: unknown storage {name:?}; available: {}",
+                    available.join(", ")
+                )
+            }
         }
     }
 }

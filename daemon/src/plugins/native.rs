@@ -5,9 +5,13 @@ use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_plugin_api::abi::{self, ByteBuf, Descriptor, EntryFn};
+use async_trait::async_trait;
+use kiln_plugin_api::abi::storage::{decode_error, decode_response, StorageRequest};
+use kiln_plugin_api::abi::{self, exporters, ByteBuf, Descriptor, EntryFn};
 use kiln_plugin_api::{
-    ComponentKind, DecodeError, Decoder, IngestMeta, Profile, Transform, TransformError,
+    ComponentKind, DecodeError, Decoder, ExportError, IngestMeta, Merged, Profile, Query,
+    RenderContext, RenderExporter, Rendered, RetentionReport, SeriesInfo, SinkExporter, Storage,
+    StorageError, Timeline, Transform, TransformError, Tree,
 };
 
 /// Why a plugin file was refused.
@@ -93,6 +97,9 @@ pub fn load(path: &Path) -> Result<NativeLibrary, PluginError> {
     let kind = match d.kind {
         abi::KIND_DECODER => ComponentKind::Decoder,
         abi::KIND_TRANSFORM => ComponentKind::Transform,
+        abi::KIND_SINK => ComponentKind::Sink,
+        abi::KIND_RENDER => ComponentKind::Render,
+        abi::KIND_STORAGE => ComponentKind::Storage,
         k => return Err(PluginError::UnknownKind { file, kind: k }),
     };
     Ok(NativeLibrary {
@@ -207,5 +214,102 @@ impl Transform for NativeInstance {
             .call(&abi::wire::encode_profiles(&profiles))
             .map_err(|(s, m)| TransformError(self.failure(s, m)))?;
         abi::wire::decode_profiles(&out).map_err(TransformError)
+    }
+}
+
+/// The async component kinds of a native plugin. The plugin's call is synchronous and may block
+/// (files, network), so it runs on the blocking pool.
+pub struct NativeAsync(pub Arc<NativeInstance>);
+
+impl NativeAsync {
+    async fn call(&self, input: Vec<u8>) -> Result<Vec<u8>, String> {
+        let instance = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            instance
+                .call(&input)
+                .map_err(|(s, m)| instance.failure(s, m))
+        })
+        .await
+        .map_err(|e| format!("plugin task failed: {e}"))?
+    }
+
+    async fn storage<T: serde::de::DeserializeOwned>(
+        &self,
+        request: StorageRequest,
+    ) -> Result<T, StorageError> {
+        let out = self
+            .call(prost::Message::encode_to_vec(&request))
+            .await
+            .map_err(decode_error)?;
+        decode_response(&out)
+    }
+}
+
+#[async_trait]
+impl SinkExporter for NativeAsync {
+    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+        self.call(abi::wire::encode_profiles(profiles))
+            .await
+            .map(drop)
+            .map_err(ExportError)
+    }
+}
+
+#[async_trait]
+impl RenderExporter for NativeAsync {
+    async fn render(&self, tree: &Tree, ctx: &RenderContext) -> Result<Rendered, ExportError> {
+        let request = exporters::RenderRequest::new(tree, ctx);
+        let out = self
+            .call(prost::Message::encode_to_vec(&request))
+            .await
+            .map_err(ExportError)?;
+        let rendered: exporters::WireRendered = prost::Message::decode(&out[..])
+            .map_err(|e| ExportError(format!("plugin {}: bad render output: {e}", self.0.name)))?;
+        Ok(rendered.into())
+    }
+}
+
+#[async_trait]
+impl Storage for NativeAsync {
+    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.storage(StorageRequest::write(&profiles)).await
+    }
+
+    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
+        self.storage(StorageRequest::select_merge(query)).await
+    }
+
+    async fn select_timeline(
+        &self,
+        query: &Query,
+        step_ns: i64,
+        group_by: Option<&str>,
+    ) -> Result<Vec<(String, Timeline)>, StorageError> {
+        self.storage(StorageRequest::select_timeline(query, step_ns, group_by))
+            .await
+    }
+
+    async fn series(
+        &self,
+        selector: Option<&kiln_plugin_api::Selector>,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<Vec<SeriesInfo>, StorageError> {
+        self.storage(StorageRequest::series(selector, start_ns, end_ns))
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.storage(StorageRequest::flush()).await
+    }
+
+    async fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StorageError> {
+        self.storage(StorageRequest::enforce_retention(now_ns))
+            .await
+    }
+
+    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
+        self.storage(StorageRequest::delete_service(service_name))
+            .await
     }
 }

@@ -17,6 +17,8 @@ impl Guest for Faulty {
     }
 
     fn init(options: String) -> Result<(), String> {
+        // WASI I/O during init: the daemon must start plugins off its async runtime.
+        eprintln!("faulty: init");
         if options.contains("\"refuse\"") {
             return Err("unknown option `refuse`".into());
         }

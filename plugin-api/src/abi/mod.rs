@@ -8,7 +8,12 @@
 //! and returned as [`STATUS_PANIC`].
 //!
 //! Plugin authors do not write any of this: [`export_plugin!`](crate::export_plugin) generates it
-//! from an ordinary [`Decoder`](crate::Decoder) or [`Transform`](crate::Transform) impl.
+//! from an ordinary [`Decoder`](crate::Decoder), [`Transform`](crate::Transform),
+//! [`SinkExporter`](crate::SinkExporter), [`RenderExporter`](crate::RenderExporter) or
+//! [`Storage`](crate::Storage) impl.
+
+pub mod exporters;
+pub mod storage;
 
 use std::ffi::{c_char, c_void};
 
@@ -21,6 +26,9 @@ pub const MAGIC: [u8; 8] = *b"KILNPLG\0";
 
 pub const KIND_DECODER: u32 = 1;
 pub const KIND_TRANSFORM: u32 = 2;
+pub const KIND_SINK: u32 = 3;
+pub const KIND_RENDER: u32 = 4;
+pub const KIND_STORAGE: u32 = 5;
 
 pub const STATUS_OK: i32 = 0;
 /// The output buffer holds a UTF-8 error message.
@@ -88,6 +96,9 @@ pub struct Descriptor {
     pub destroy: unsafe extern "C" fn(instance: *mut c_void),
     /// Decoder: input [`wire::DecodeRequest`], output [`wire::Profiles`].
     /// Transform: input and output [`wire::Profiles`].
+    /// Sink: input [`wire::Profiles`], empty output.
+    /// Render: input [`exporters::RenderRequest`], output [`exporters::WireRendered`].
+    /// Storage: input [`storage::StorageRequest`], output JSON of the operation's result.
     pub call: unsafe extern "C" fn(
         instance: *mut c_void,
         input: *const u8,
@@ -381,18 +392,34 @@ pub mod wire {
     }
 }
 
+/// Drives a future to completion on this thread (plugin side). Plugin calls are synchronous:
+/// the host runs them on its blocking pool, so waiting here blocks nothing else.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Builds a plugin component from its JSON configuration.
 pub trait FromConfig: Sized {
     fn from_config(json: &str) -> Result<Self, String>;
 }
 
-/// Exports a [`Decoder`](crate::Decoder) or [`Transform`](crate::Transform) as a native plugin:
+/// Exports a component as a native plugin:
 ///
 /// ```ignore
 /// kiln_plugin_api::export_plugin!(decoder, "perf-script", "0.1.0", PerfScriptDecoder);
 /// ```
 ///
-/// The type implements the trait and [`FromConfig`].
+/// The kind is one of `decoder`, `transform`, `sink`, `render` or `storage`; the type implements
+/// the matching trait and [`FromConfig`]. The async traits (sink, render, storage) are driven to
+/// completion on the calling thread by [`block_on`]: a plugin that needs an async runtime of its
+/// own starts it inside its implementation.
 #[macro_export]
 macro_rules! export_plugin {
     (decoder, $name:literal, $version:literal, $ty:ty) => {
@@ -409,6 +436,23 @@ macro_rules! export_plugin {
             let profiles = $crate::abi::wire::decode_profiles(input)?;
             let out = $crate::Transform::transform(inst, profiles).map_err(|e| e.to_string())?;
             Ok($crate::abi::wire::encode_profiles(&out))
+        });
+    };
+    (sink, $name:literal, $version:literal, $ty:ty) => {
+        $crate::export_plugin!(@common $crate::abi::KIND_SINK, $name, $version, $ty, |inst: &$ty, input: &[u8]| {
+            let profiles = $crate::abi::wire::decode_profiles(input)?;
+            $crate::abi::block_on($crate::SinkExporter::export(inst, &profiles)).map_err(|e| e.to_string())?;
+            Ok(Vec::new())
+        });
+    };
+    (render, $name:literal, $version:literal, $ty:ty) => {
+        $crate::export_plugin!(@common $crate::abi::KIND_RENDER, $name, $version, $ty, |inst: &$ty, input: &[u8]| {
+            $crate::abi::exporters::serve_render(inst, input)
+        });
+    };
+    (storage, $name:literal, $version:literal, $ty:ty) => {
+        $crate::export_plugin!(@common $crate::abi::KIND_STORAGE, $name, $version, $ty, |inst: &$ty, input: &[u8]| {
+            $crate::abi::storage::serve(inst, input)
         });
     };
     (@common $kind:expr, $name:literal, $version:literal, $ty:ty, $call:expr) => {
