@@ -213,7 +213,7 @@ async fn push_inner(
             })??;
             stored += profiles.len();
             pipeline
-                .store(state.storage.as_ref(), profiles, &state.metrics)
+                .store(state.storage.as_ref(), profiles)
                 .await
                 .map_err(|e| ConnectError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -271,9 +271,7 @@ async fn ingest_inner(
     .await
     .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))??;
     let count = profiles.len();
-    pipeline
-        .store(state.storage.as_ref(), profiles, &state.metrics)
-        .await?;
+    pipeline.store(state.storage.as_ref(), profiles).await?;
     state.metrics.ingested(count, wire_bytes);
     Ok(StatusCode::OK)
 }

@@ -1,5 +1,8 @@
 //! `kiln`: the continuous-profiling daemon and its command-line tools.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod api_error;
 mod client;
 mod config;
@@ -15,6 +18,7 @@ mod query;
 mod relabel;
 mod selfprof;
 mod server;
+mod sink_queue;
 mod time;
 mod ui;
 

@@ -50,6 +50,7 @@ pub struct Metrics {
     errors: Family<Cause, Counter>,
     query_latency: Family<Endpoint, Histogram, fn() -> Histogram>,
     sink_errors: Family<Sink, Counter>,
+    sink_dropped: Family<Sink, Counter>,
     plugin_faults: Family<PluginFault, Counter>,
     plugins_disabled: Family<PluginName, Gauge>,
 }
@@ -65,6 +66,7 @@ impl Default for Metrics {
             latency_histogram,
         );
         let sink_errors = Family::<Sink, Counter>::default();
+        let sink_dropped = Family::<Sink, Counter>::default();
         let plugin_faults = Family::<PluginFault, Counter>::default();
         let plugins_disabled = Family::<PluginName, Gauge>::default();
         registry.register(
@@ -98,6 +100,11 @@ impl Default for Metrics {
             sink_errors.clone(),
         );
         registry.register(
+            "sink_dropped_profiles",
+            "Profiles not handed to a sink because its queue was full (the sink is slower than ingest)",
+            sink_dropped.clone(),
+        );
+        registry.register(
             "plugin_faults",
             "Plugin calls that faulted, by plugin and kind (trap, timeout, memory, panic)",
             plugin_faults.clone(),
@@ -115,6 +122,7 @@ impl Default for Metrics {
             errors,
             query_latency,
             sink_errors,
+            sink_dropped,
             plugin_faults,
             plugins_disabled,
         }
@@ -148,6 +156,12 @@ impl Metrics {
         self.sink_errors
             .get_or_create(&Sink { sink: sink.into() })
             .inc();
+    }
+
+    pub fn sink_dropped(&self, sink: &str, profiles: usize) {
+        self.sink_dropped
+            .get_or_create(&Sink { sink: sink.into() })
+            .inc_by(profiles as u64);
     }
 
     pub fn plugin_fault(&self, plugin: &str, kind: &str) {

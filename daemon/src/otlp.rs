@@ -87,9 +87,7 @@ async fn export_inner(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(format!("transform failed: {e}")))?;
-        pipeline
-            .store(state.storage.as_ref(), batch, &state.metrics)
-            .await?;
+        pipeline.store(state.storage.as_ref(), batch).await?;
     }
     state.metrics.ingested(count, wire_bytes);
     Ok(())

@@ -9,6 +9,7 @@ use regex::Regex;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
+use crate::sink_queue::SinkQueue;
 
 pub struct Pipeline {
     pub name: String,
@@ -17,7 +18,7 @@ pub struct Pipeline {
     /// Accepted formats; empty accepts every decoder.
     pub formats: Vec<String>,
     pub transforms: Vec<Arc<dyn Transform>>,
-    pub sinks: Vec<(String, Arc<dyn SinkExporter>)>,
+    pub sinks: Vec<Arc<SinkQueue>>,
 }
 
 impl Pipeline {
@@ -45,29 +46,19 @@ impl Pipeline {
         Ok(profiles)
     }
 
-    /// Stores the profiles, then hands them to every sink in the background.
+    /// Stores the profiles, then queues them for every sink (delivered in the background).
     pub async fn store(
         &self,
         storage: &dyn Storage,
         profiles: Vec<Profile>,
-        metrics: &Metrics,
     ) -> Result<(), kiln_plugin_api::StorageError> {
         if profiles.is_empty() {
             return Ok(());
         }
-        let shared = (!self.sinks.is_empty()).then(|| Arc::new(profiles.clone()));
+        let for_sinks: Vec<Vec<Profile>> = self.sinks.iter().map(|_| profiles.clone()).collect();
         storage.write(profiles).await?;
-        if let Some(batch) = shared {
-            for (name, sink) in &self.sinks {
-                let (name, sink, batch, metrics) =
-                    (name.clone(), sink.clone(), batch.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = sink.export(&batch).await {
-                        metrics.sink_error(&name);
-                        tracing::warn!(sink = %name, error = %e, "sink export failed");
-                    }
-                });
-            }
+        for (queue, profiles) in self.sinks.iter().zip(for_sinks) {
+            queue.deliver(profiles);
         }
         Ok(())
     }
@@ -81,7 +72,12 @@ pub struct Pipelines {
 impl Pipelines {
     /// Builds every pipeline; `formats` are the decoders available (built in and plugins) and
     /// `plugins` provide transform and sink types beyond the built-ins.
-    pub fn build(config: &Config, formats: &[&str], plugins: &Registry) -> anyhow::Result<Self> {
+    pub fn build(
+        config: &Config,
+        formats: &[&str],
+        plugins: &Registry,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let mut names: Vec<&String> = config
             .pipelines
             .keys()
@@ -95,10 +91,13 @@ impl Pipelines {
             .keys()
             .map(|name| Ok((name, build_transform(name, config, plugins)?)))
             .collect::<anyhow::Result<_>>()?;
-        let sinks: BTreeMap<&String, Arc<dyn SinkExporter>> = config
+        let sinks: BTreeMap<&String, Arc<SinkQueue>> = config
             .sinks
             .keys()
-            .map(|name| Ok((name, build_sink(name, config, plugins)?)))
+            .map(|name| {
+                let sink = build_sink(name, config, plugins)?;
+                Ok((name, Arc::new(SinkQueue::new(name, sink, metrics.clone()))))
+            })
             .collect::<anyhow::Result<_>>()?;
         let default = crate::config::PipelineConfig::default();
         let mut list = Vec::new();
@@ -113,11 +112,7 @@ impl Pipelines {
                 }
             }
             let transforms = p.transforms.iter().map(|t| transforms[t].clone()).collect();
-            let sinks = p
-                .sinks
-                .iter()
-                .map(|s| (s.clone(), sinks[s].clone()))
-                .collect();
+            let sinks = p.sinks.iter().map(|s| sinks[s].clone()).collect();
             list.push(Arc::new(Pipeline {
                 name: name.to_string(),
                 match_app: match (&p.match_app, name) {

@@ -42,10 +42,7 @@ pub async fn run(state: Arc<AppState>) {
             continue;
         }
         let pipeline = state.ingestion.load().pipelines.route(APP, &profile.labels);
-        if let Err(e) = pipeline
-            .store(state.storage.as_ref(), vec![profile], &state.metrics)
-            .await
-        {
+        if let Err(e) = pipeline.store(state.storage.as_ref(), vec![profile]).await {
             tracing::warn!(error = %e, "storing the self-profile failed");
         }
     }

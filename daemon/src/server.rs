@@ -58,7 +58,7 @@ impl Ingestion {
             let table = format!("plugins.{name}");
             decoders.insert(name, plugins.decoder(plugin, &settings(name), &table)?);
         }
-        let pipelines = Pipelines::build(config, &decoders.names(), &plugins)?;
+        let pipelines = Pipelines::build(config, &decoders.names(), &plugins, metrics)?;
 
         let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
             .into_iter()

@@ -52,6 +52,20 @@ fn type_from_wit(t: wit::ProfileType) -> ProfileType {
 }
 
 pub fn profile_to_wit(p: &Profile) -> wit::Profile {
+    let mut stacks = Vec::with_capacity(p.samples.iter().map(|s| s.stack.len()).sum());
+    let samples = p
+        .samples
+        .iter()
+        .map(|s| {
+            let start = stacks.len() as u32;
+            stacks.extend_from_slice(&s.stack);
+            wit::Sample {
+                stack_start: start,
+                stack_len: s.stack.len() as u32,
+                value: s.value,
+            }
+        })
+        .collect();
     wit::Profile {
         labels: labels_to_wit(&p.labels),
         profile_type: type_to_wit(&p.profile_type),
@@ -66,14 +80,8 @@ pub fn profile_to_wit(p: &Profile) -> wit::Profile {
                 line: f.line,
             })
             .collect(),
-        samples: p
-            .samples
-            .iter()
-            .map(|s| wit::Sample {
-                stack: s.stack.clone(),
-                value: s.value,
-            })
-            .collect(),
+        stacks,
+        samples,
         spy_name: p.meta.spy_name.clone(),
         sample_rate: p.meta.sample_rate,
     }
@@ -81,6 +89,30 @@ pub fn profile_to_wit(p: &Profile) -> wit::Profile {
 
 /// A profile a plugin returned, checked like any decoder's output.
 pub fn profile_from_wit(p: wit::Profile) -> Result<Profile, String> {
+    let stacks = &p.stacks;
+    let samples = p
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let start = s.stack_start as usize;
+            start
+                .checked_add(s.stack_len as usize)
+                .and_then(|end| stacks.get(start..end))
+                .map(|stack| Sample {
+                    stack: stack.to_vec(),
+                    value: s.value,
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "sample {i}: stack {}+{} lies outside the {} stack entries",
+                        s.stack_start,
+                        s.stack_len,
+                        stacks.len()
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let profile = Profile {
         labels: labels_from_wit(p.labels),
         profile_type: type_from_wit(p.profile_type),
@@ -95,14 +127,7 @@ pub fn profile_from_wit(p: wit::Profile) -> Result<Profile, String> {
                 line: f.line,
             })
             .collect(),
-        samples: p
-            .samples
-            .into_iter()
-            .map(|s| Sample {
-                stack: s.stack,
-                value: s.value,
-            })
-            .collect(),
+        samples,
         meta: ProfileMeta {
             spy_name: p.spy_name,
             sample_rate: p.sample_rate,

@@ -117,6 +117,9 @@ impl HostState {
         // Plugin stderr (panic messages) goes to the daemon's stderr; nothing else is inherited:
         // no environment, no arguments, no sockets, no files beyond the granted directory.
         wasi.inherit_stderr();
+        // Every plugin call already runs on a blocking thread of its own, so file operations
+        // need not hop to another thread (that hop cost more than the writes themselves).
+        wasi.allow_blocking_current_thread(true);
         if let Some(dir) = &sandbox.dir {
             wasi.preopened_dir(dir, GUEST_DIR, wasmtime_wasi::FsPerms::ReadWrite)
                 .map_err(|e| format!("granting directory {}: {e}", dir.display()))?;

@@ -34,7 +34,14 @@ def to_profile_data(profile: types.Profile) -> topn.ProfileData:
         start_ns=profile.start_ns,
         end_ns=profile.end_ns,
         frames=[frame.function for frame in profile.frames],
-        samples=[(sample.stack, sample.value) for sample in profile.samples],
+        # Stacks share one flat list; each sample names its slice.
+        samples=[
+            (
+                profile.stacks[sample.stack_start : sample.stack_start + sample.stack_len],
+                sample.value,
+            )
+            for sample in profile.samples
+        ],
     )
 
 

@@ -31,6 +31,17 @@ def app(bindings, monkeypatch, tmp_path):
     return module
 
 
+def samples(stacks_and_values):
+    """WIT samples over the flat `stacks` list, in order."""
+    from wit_world.imports import types
+
+    out, start = [], 0
+    for stack, value in stacks_and_values:
+        out.append(types.Sample(stack_start=start, stack_len=len(stack), value=value))
+        start += len(stack)
+    return out
+
+
 def wit_profile(text, labels):
     """A `types.Profile` as the daemon hands it over."""
     from wit_world.imports import types
@@ -50,7 +61,8 @@ def wit_profile(text, labels):
         start_ns=data.start_ns,
         end_ns=data.end_ns,
         frames=[types.Frame(function=f, file="", line=0) for f in data.frames],
-        samples=[types.Sample(stack=list(s), value=v) for s, v in data.samples],
+        stacks=[frame for stack, _ in data.samples for frame in stack],
+        samples=samples(data.samples),
         spy_name="",
         sample_rate=100,
     )
@@ -119,7 +131,11 @@ def test_a_malformed_profile_is_an_error_not_a_crash(app):
     from componentize_py_types import Err
 
     profile = wit_profile("main;f 1\n", [])
-    profile.samples[0].stack.append(99)
+    # The first sample's stack now ends in a frame that does not exist.
+    profile.stacks.insert(profile.samples[0].stack_len, 99)
+    profile.samples[0].stack_len += 1
+    for sample in profile.samples[1:]:
+        sample.stack_start += 1
     world = app.WitWorld()
     world.init("{}")
     with pytest.raises(Err) as failed:

@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -61,16 +62,53 @@ struct Entry<'a> {
 
 thread_local! {
     static OPTIONS: RefCell<Options> = RefCell::new(Options::default());
+    /// The output file, opened on first use and kept open (in append mode, so `copytruncate`
+    /// rotation works); `None` inside when the sandbox grants no directory.
+    static OUTPUT: RefCell<Option<Option<File>>> = const { RefCell::new(None) };
+}
+
+/// Appends `bytes` to `/data/<file>` when the sandbox grants a directory.
+fn append_to_file(file: &str, bytes: &[u8]) -> Result<(), String> {
+    let path = format!("/data/{file}");
+    OUTPUT.with(|output| {
+        let mut output = output.borrow_mut();
+        if output.is_none() {
+            // `/data` exists only when the sandbox grants a directory.
+            let granted = std::path::Path::new("/data").is_dir();
+            let opened = granted
+                .then(|| OpenOptions::new().create(true).append(true).open(&path))
+                .transpose()
+                .map_err(|e| format!("opening {path}: {e}"))?;
+            *output = Some(opened);
+        }
+        let Some(Some(f)) = output.as_mut() else {
+            return Ok(());
+        };
+        f.write_all(bytes).map_err(|e| {
+            // Reopen on the next batch: the file may have been moved away.
+            *output = None;
+            format!("writing {path}: {e}")
+        })
+    })
 }
 
 /// The top `n` functions of `p` by self value (ties by name, so output is stable).
 fn top_functions(p: &Profile, n: usize) -> Vec<Entry<'_>> {
-    let mut by_function: HashMap<&str, i64> = HashMap::new();
+    // Self value per frame first (an array index per sample), then per function name: several
+    // frames may share a function (different lines), and hashing once per frame is cheaper.
+    let mut by_frame = vec![0i64; p.frames.len()];
     for s in &p.samples {
-        if let Some(&leaf) = s.stack.last() {
-            *by_function
-                .entry(p.frames[leaf as usize].function.as_str())
-                .or_default() += s.value;
+        let leaf = (s.stack_len > 0)
+            .then(|| p.stacks.get((s.stack_start + s.stack_len - 1) as usize))
+            .flatten();
+        if let Some(slot) = leaf.and_then(|&leaf| by_frame.get_mut(leaf as usize)) {
+            *slot += s.value;
+        }
+    }
+    let mut by_function: HashMap<&str, i64> = HashMap::new();
+    for (frame, &value) in p.frames.iter().zip(&by_frame) {
+        if value != 0 {
+            *by_function.entry(frame.function.as_str()).or_default() += value;
         }
     }
     let total: i64 = p.samples.iter().map(|s| s.value).sum();
@@ -142,17 +180,7 @@ impl Guest for TopFunctions {
                 body.push_str(&to_line(p, o.top)?);
                 body.push('\n');
             }
-            // Only present when the sandbox grants a directory.
-            if std::path::Path::new("/data").is_dir() {
-                let path = format!("/data/{}", o.file);
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| format!("opening {path}: {e}"))?;
-                f.write_all(body.as_bytes())
-                    .map_err(|e| format!("writing {path}: {e}"))?;
-            }
+            append_to_file(&o.file, body.as_bytes())?;
             if let Some(url) = &o.webhook {
                 let status = host::http_post(url, "application/x-ndjson", body.as_bytes())?;
                 if !(200..300).contains(&status) {

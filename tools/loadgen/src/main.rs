@@ -33,6 +33,10 @@ struct Args {
     /// The daemon's pid, to report its CPU and RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// Target requests per second across all connections (0: as fast as the daemon answers).
+    /// A fixed rate compares CPU per request fairly: a saturated daemon also burns CPU waiting.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Push one day of one series (8,640 profiles 10 s apart) instead.
     #[arg(long)]
     day: bool,
@@ -149,10 +153,20 @@ fn main() -> anyhow::Result<()> {
             );
             let push = &push;
             let series = args.series;
+            // Each connection sends its share of the rate on a fixed schedule.
+            let interval = (args.rate > 0)
+                .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
             s.spawn(move || {
                 let mut local = Vec::new();
                 let mut i = worker;
+                let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(interval) = interval {
+                        next += interval;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     let name = format!("loadgen.cpu{{pod=pod-{}}}", i % series);
                     let t = Instant::now();
                     match push(&agent, &name, now) {

@@ -41,7 +41,7 @@ impl Guest for Faulty {
                 }
             }
             b"error" => Err("asked to fail".into()),
-            _ => Ok(vec![Profile {
+            other => Ok(vec![Profile {
                 labels: meta
                     .labels
                     .into_iter()
@@ -66,8 +66,11 @@ impl Guest for Faulty {
                     file: String::new(),
                     line: 0,
                 }],
+                stacks: vec![0],
+                // `badstack`: a sample whose stack lies outside `stacks`.
                 samples: vec![Sample {
-                    stack: vec![0],
+                    stack_start: u32::from(other == b"badstack"),
+                    stack_len: 1,
                     value: 1,
                 }],
                 spy_name: "faulty".into(),
