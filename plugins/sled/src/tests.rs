@@ -46,6 +46,22 @@ fn open(dir: &std::path::Path) -> SledStorage {
     SledStorage::open(&SledConfig::new(dir)).unwrap()
 }
 
+/// Opens `dir` again after a `SledStorage` on it was dropped. sled's background flusher holds
+/// the database (and its file lock) for a moment after the last handle goes, so a reopen in
+/// the same process may briefly find the lock taken.
+fn reopen(dir: &std::path::Path) -> SledStorage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStorage::open(&SledConfig::new(dir)) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening {}: {e}", dir.display()),
+        }
+    }
+}
+
 const DAY: i64 = 86_400;
 
 #[test]
@@ -161,7 +177,7 @@ fn survives_restart() {
             .unwrap();
         s.flush_blocking().unwrap();
     }
-    let s = open(dir.path());
+    let s = reopen(dir.path());
     s.inner
         .write(vec![profile(
             "app",
