@@ -296,7 +296,7 @@ max_consecutive_faults = 3
     // Output that breaks the model is refused like any decoder's, without counting as a fault.
     let (s, m) = faulty("badstack");
     assert_eq!(s, 400);
-    assert!(m.contains("outside"), "{m}");
+    assert!(m.contains("past the 1 stack entries"), "{m}");
 
     assert_eq!(fault_count("trap"), Some(1.0));
     assert_eq!(fault_count("timeout"), Some(1.0));

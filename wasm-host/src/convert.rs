@@ -53,19 +53,13 @@ fn type_from_wit(t: wit::ProfileType) -> ProfileType {
 
 pub fn profile_to_wit(p: &Profile) -> wit::Profile {
     let mut stacks = Vec::with_capacity(p.samples.iter().map(|s| s.stack.len()).sum());
-    let samples = p
-        .samples
-        .iter()
-        .map(|s| {
-            let start = stacks.len() as u32;
-            stacks.extend_from_slice(&s.stack);
-            wit::Sample {
-                stack_start: start,
-                stack_len: s.stack.len() as u32,
-                value: s.value,
-            }
-        })
-        .collect();
+    let mut stack_lens = Vec::with_capacity(p.samples.len());
+    let mut values = Vec::with_capacity(p.samples.len());
+    for s in &p.samples {
+        stacks.extend_from_slice(&s.stack);
+        stack_lens.push(s.stack.len() as u32);
+        values.push(s.value);
+    }
     wit::Profile {
         labels: labels_to_wit(&p.labels),
         profile_type: type_to_wit(&p.profile_type),
@@ -80,8 +74,9 @@ pub fn profile_to_wit(p: &Profile) -> wit::Profile {
                 line: f.line,
             })
             .collect(),
+        stack_lens,
+        values,
         stacks,
-        samples,
         spy_name: p.meta.spy_name.clone(),
         sample_rate: p.meta.sample_rate,
     }
@@ -89,30 +84,35 @@ pub fn profile_to_wit(p: &Profile) -> wit::Profile {
 
 /// A profile a plugin returned, checked like any decoder's output.
 pub fn profile_from_wit(p: wit::Profile) -> Result<Profile, String> {
-    let stacks = &p.stacks;
-    let samples = p
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let start = s.stack_start as usize;
-            start
-                .checked_add(s.stack_len as usize)
-                .and_then(|end| stacks.get(start..end))
-                .map(|stack| Sample {
-                    stack: stack.to_vec(),
-                    value: s.value,
-                })
-                .ok_or_else(|| {
-                    format!(
-                        "sample {i}: stack {}+{} lies outside the {} stack entries",
-                        s.stack_start,
-                        s.stack_len,
-                        stacks.len()
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    if p.stack_lens.len() != p.values.len() {
+        return Err(format!(
+            "{} stack lengths for {} values: one of each per sample",
+            p.stack_lens.len(),
+            p.values.len()
+        ));
+    }
+    let mut samples = Vec::with_capacity(p.values.len());
+    let mut start = 0usize;
+    for (i, (&len, &value)) in p.stack_lens.iter().zip(&p.values).enumerate() {
+        let end = start + len as usize;
+        let stack = p.stacks.get(start..end).ok_or_else(|| {
+            format!(
+                "sample {i}: its stack ends at {end}, past the {} stack entries",
+                p.stacks.len()
+            )
+        })?;
+        samples.push(Sample {
+            stack: stack.to_vec(),
+            value,
+        });
+        start = end;
+    }
+    if start != p.stacks.len() {
+        return Err(format!(
+            "the samples' stacks cover {start} of the {} stack entries",
+            p.stacks.len()
+        ));
+    }
     let profile = Profile {
         labels: labels_from_wit(p.labels),
         profile_type: type_from_wit(p.profile_type),

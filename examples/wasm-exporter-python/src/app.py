@@ -27,6 +27,15 @@ DATA_DIR = "/data"
 _options = topn.Options()
 
 
+def split_stacks(stacks: list[int], lengths: list[int]) -> list[list[int]]:
+    """The samples' stacks: `stacks` holds them one after another, `lengths` says where."""
+    out, start = [], 0
+    for length in lengths:
+        out.append(stacks[start : start + length])
+        start += length
+    return out
+
+
 def to_profile_data(profile: types.Profile) -> topn.ProfileData:
     return topn.ProfileData(
         type_name=profile.profile_type.name,
@@ -34,14 +43,9 @@ def to_profile_data(profile: types.Profile) -> topn.ProfileData:
         start_ns=profile.start_ns,
         end_ns=profile.end_ns,
         frames=[frame.function for frame in profile.frames],
-        # Stacks share one flat list; each sample names its slice.
-        samples=[
-            (
-                profile.stacks[sample.stack_start : sample.stack_start + sample.stack_len],
-                sample.value,
-            )
-            for sample in profile.samples
-        ],
+        samples=list(
+            zip(split_stacks(profile.stacks, profile.stack_lens), profile.values, strict=True)
+        ),
     )
 
 

@@ -31,17 +31,6 @@ def app(bindings, monkeypatch, tmp_path):
     return module
 
 
-def samples(stacks_and_values):
-    """WIT samples over the flat `stacks` list, in order."""
-    from wit_world.imports import types
-
-    out, start = [], 0
-    for stack, value in stacks_and_values:
-        out.append(types.Sample(stack_start=start, stack_len=len(stack), value=value))
-        start += len(stack)
-    return out
-
-
 def wit_profile(text, labels):
     """A `types.Profile` as the daemon hands it over."""
     from wit_world.imports import types
@@ -61,8 +50,9 @@ def wit_profile(text, labels):
         start_ns=data.start_ns,
         end_ns=data.end_ns,
         frames=[types.Frame(function=f, file="", line=0) for f in data.frames],
+        stack_lens=[len(stack) for stack, _ in data.samples],
+        values=[value for _, value in data.samples],
         stacks=[frame for stack, _ in data.samples for frame in stack],
-        samples=samples(data.samples),
         spy_name="",
         sample_rate=100,
     )
@@ -132,10 +122,8 @@ def test_a_malformed_profile_is_an_error_not_a_crash(app):
 
     profile = wit_profile("main;f 1\n", [])
     # The first sample's stack now ends in a frame that does not exist.
-    profile.stacks.insert(profile.samples[0].stack_len, 99)
-    profile.samples[0].stack_len += 1
-    for sample in profile.samples[1:]:
-        sample.stack_start += 1
+    profile.stacks.insert(profile.stack_lens[0], 99)
+    profile.stack_lens[0] += 1
     world = app.WitWorld()
     world.init("{}")
     with pytest.raises(Err) as failed:

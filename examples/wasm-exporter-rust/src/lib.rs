@@ -97,12 +97,12 @@ fn top_functions(p: &Profile, n: usize) -> Vec<Entry<'_>> {
     // Self value per frame first (an array index per sample), then per function name: several
     // frames may share a function (different lines), and hashing once per frame is cheaper.
     let mut by_frame = vec![0i64; p.frames.len()];
-    for s in &p.samples {
-        let leaf = (s.stack_len > 0)
-            .then(|| p.stacks.get((s.stack_start + s.stack_len - 1) as usize))
-            .flatten();
+    let mut end = 0usize;
+    for (&len, &value) in p.stack_lens.iter().zip(&p.values) {
+        end += len as usize;
+        let leaf = if len == 0 { None } else { p.stacks.get(end - 1) };
         if let Some(slot) = leaf.and_then(|&leaf| by_frame.get_mut(leaf as usize)) {
-            *slot += s.value;
+            *slot += value;
         }
     }
     let mut by_function: HashMap<&str, i64> = HashMap::new();
@@ -111,7 +111,7 @@ fn top_functions(p: &Profile, n: usize) -> Vec<Entry<'_>> {
             *by_function.entry(frame.function.as_str()).or_default() += value;
         }
     }
-    let total: i64 = p.samples.iter().map(|s| s.value).sum();
+    let total: i64 = p.values.iter().sum();
     let mut entries: Vec<(&str, i64)> = by_function.into_iter().collect();
     entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     entries
@@ -147,7 +147,7 @@ fn to_line(p: &Profile, n: usize) -> Result<String, String> {
         labels,
         start_ns: p.start_ns,
         end_ns: p.end_ns,
-        total: p.samples.iter().map(|s| s.value).sum(),
+        total: p.values.iter().sum(),
         top: top_functions(p, n),
     };
     serde_json::to_string(&line).map_err(|e| e.to_string())

@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({ path: "../../../wit", world: "decoder" });
 
-use kiln::plugin::types::{Aggregation, Frame, Label, ProfileType, Sample};
+use kiln::plugin::types::{Aggregation, Frame, Label, ProfileType};
 
 struct Faulty;
 
@@ -66,13 +66,10 @@ impl Guest for Faulty {
                     file: String::new(),
                     line: 0,
                 }],
+                // `badstack`: a sample whose stack runs past `stacks`.
+                stack_lens: vec![if other == b"badstack" { 2 } else { 1 }],
+                values: vec![1],
                 stacks: vec![0],
-                // `badstack`: a sample whose stack lies outside `stacks`.
-                samples: vec![Sample {
-                    stack_start: u32::from(other == b"badstack"),
-                    stack_len: 1,
-                    value: 1,
-                }],
                 spy_name: "faulty".into(),
                 sample_rate: 100,
             }]),
