@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{enc, Daemon};
+use common::{config, enc, kiln, Daemon};
 
 /// Builds the plugin crates (a no-op when `cargo build --workspace` already did) and returns
 /// the directory holding their libraries.
@@ -46,18 +46,6 @@ fn plugins_dir(libs: &Path, dir: &Path, names: &[&str]) -> PathBuf {
         std::fs::copy(libs.join(n), plugins.join(n)).unwrap();
     }
     plugins
-}
-
-fn kiln(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 #[test]
@@ -234,17 +222,6 @@ fn reload_picks_up_plugins_and_keeps_serving_on_a_broken_config() {
     let (ok, out) = kiln(&["reload", "--server", &d.url]);
     assert!(!ok && out.contains("plugins_dri"), "{out}");
     assert_eq!(push().0, 200);
-}
-
-/// Writes `kiln.toml` under `dir`: the plugins directory, then `rest`.
-fn config(dir: &Path, plugins: &Path, rest: &str) -> PathBuf {
-    let path = dir.join("kiln.toml");
-    std::fs::write(
-        &path,
-        format!("[server]\nplugins_dir = {plugins:?}\n{rest}"),
-    )
-    .unwrap();
-    path
 }
 
 #[test]

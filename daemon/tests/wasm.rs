@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{enc, Daemon};
+use common::{config, enc, kiln, Daemon};
 
 const GUESTS: &[(&str, &str)] = &[
     ("examples/wasm-exporter-rust", "kiln_top_functions.wasm"),
@@ -57,29 +57,6 @@ fn plugins_dir(dir: &Path, names: &[&str]) -> PathBuf {
         std::fs::copy(built.join(n), plugins.join(n)).unwrap();
     }
     plugins
-}
-
-/// Writes `kiln.toml` under `dir` with the plugins directory and `rest`.
-fn config(dir: &Path, plugins: &Path, rest: &str) -> PathBuf {
-    let path = dir.join("kiln.toml");
-    std::fs::write(
-        &path,
-        format!("[server]\nplugins_dir = {plugins:?}\n{rest}"),
-    )
-    .unwrap();
-    path
-}
-
-fn kiln(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

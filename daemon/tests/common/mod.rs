@@ -243,3 +243,27 @@ pub fn go_pprof_top(
     );
     map
 }
+
+/// Runs the `kiln` CLI; returns whether it succeeded and its stdout and stderr.
+pub fn kiln(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Writes `kiln.toml` under `dir`: the plugins directory, then `rest`.
+pub fn config(dir: &Path, plugins: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("kiln.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nplugins_dir = {plugins:?}\n{rest}"),
+    )
+    .unwrap();
+    path
+}
