@@ -225,7 +225,7 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
     for (key, v) in flags {
         set(&mut table, key, v);
     }
-    let config: Config =
+    let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let at = e.path().to_string();
             let (table, key) = match at.rsplit_once('.') {
@@ -238,7 +238,6 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
                 e.inner().to_string().trim_end()
             )
         })?;
-    let mut config = config;
     config.path = path.to_path_buf();
     config
         .validate()

@@ -237,10 +237,11 @@ fn main() -> anyhow::Result<()> {
             // Builds everything a start would (plugins included) without opening storage.
             let config = cli.server.load()?;
             let metrics = metrics::Metrics::default();
-            server::Ingestion::build(&config, &metrics)?;
+            let plugins = plugins::Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+            server::Ingestion::build_with(&config, &plugins, &metrics)?;
             if config.storage.kind != "sled" {
                 // Starting a storage plugin may open its data; sled is left closed.
-                server::open_storage(&config, &metrics)?;
+                server::open_storage(&config, &plugins)?;
             }
             eprintln!("configuration is valid");
             Ok(())

@@ -33,11 +33,21 @@ impl Ingestion {
     /// Loads the plugins directory and builds decoders, pipelines and renderers from `config`.
     /// Errors name the configuration file, table and key.
     pub fn build(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
-        Self::build_inner(config, metrics).with_context(|| config.path.display().to_string())
+        let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+        Self::build_with(config, &plugins, metrics)
     }
 
-    fn build_inner(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
-        let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+    /// [`Ingestion::build`] from plugins already loaded.
+    pub fn build_with(
+        config: &Config,
+        plugins: &Registry,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
+        Self::build_inner(config, plugins, metrics)
+            .with_context(|| config.path.display().to_string())
+    }
+
+    fn build_inner(config: &Config, plugins: &Registry, metrics: &Metrics) -> anyhow::Result<Self> {
         for name in config.plugins.keys() {
             if !plugins
                 .of_kind(ComponentKind::Decoder)
@@ -58,7 +68,7 @@ impl Ingestion {
             let table = format!("plugins.{name}");
             decoders.insert(name, plugins.decoder(plugin, &settings(name), &table)?);
         }
-        let pipelines = Pipelines::build(config, &decoders.names(), &plugins, metrics)?;
+        let pipelines = Pipelines::build(config, &decoders.names(), plugins, metrics)?;
 
         let mut renderers: BTreeMap<String, Arc<dyn RenderExporter>> = kiln_exporters::builtin()
             .into_iter()
@@ -105,8 +115,9 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::default();
-        let storage = open_storage(&config, &metrics)?;
-        let ingestion = Ingestion::build(&config, &metrics)?;
+        let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
+        let storage = open_storage(&config, &plugins)?;
+        let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
         Ok(Arc::new(Self {
             config,
             storage,
@@ -133,13 +144,12 @@ impl AppState {
 }
 
 /// The built-in sled storage, or the native storage plugin `[storage] type` names.
-pub fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Storage>> {
+pub fn open_storage(config: &Config, plugins: &Registry) -> anyhow::Result<Arc<dyn Storage>> {
     if config.storage.kind == "sled" {
         let sled = SledStorage::open(&config.sled_config())
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
         return Ok(Arc::new(sled));
     }
-    let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
     let options = serde_json::to_string(&config.storage.options).expect("TOML serializes as JSON");
     plugins
         .storage(&config.storage.kind, &options)
