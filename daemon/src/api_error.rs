@@ -9,6 +9,8 @@ pub struct ApiError {
     /// Short machine-readable cause, used as the metrics label.
     pub cause: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -17,6 +19,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             cause,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -25,6 +28,7 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             cause: "too_large",
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -33,6 +37,36 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             cause: "internal",
             message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<crate::durable::AcceptError> for ApiError {
+    fn from(e: crate::durable::AcceptError) -> Self {
+        use crate::durable::{AcceptError, UnitError};
+        use kiln_plugin_api::DecodeError;
+        match e {
+            AcceptError::Unit(UnitError::Decode { decoder, source }) => match source {
+                DecodeError::TooLarge { .. } => Self::too_large(source.to_string()),
+                DecodeError::Unsupported(m) => Self::bad_request("unsupported", m),
+                DecodeError::Malformed(m) => {
+                    Self::bad_request("malformed", format!("{decoder}: {m}"))
+                }
+            },
+            AcceptError::Unit(UnitError::UnknownDecoder(d)) => Self::bad_request(
+                "unsupported_format",
+                format!("format {d:?} has no decoder in this daemon"),
+            ),
+            AcceptError::Unit(e @ UnitError::Transform(_)) => Self::internal(e.to_string()),
+            AcceptError::Behind { why, retry_after } => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                cause: "backpressure",
+                message: format!("{why}; retry later"),
+                retry_after: Some(retry_after.as_secs().max(1)),
+            },
+            AcceptError::Storage(e) => e.into(),
+            e @ (AcceptError::Log(_) | AcceptError::Task(_)) => Self::internal(e.to_string()),
         }
     }
 }
@@ -49,6 +83,12 @@ impl From<kiln_plugin_api::StorageError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.cause, "message": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub wal: WalConfig,
+    #[serde(default)]
     pub transforms: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub sinks: BTreeMap<String, ComponentConfig>,
@@ -99,6 +101,36 @@ impl Default for StorageConfig {
             levels: kiln_storage_sled::default_levels(),
             cache_capacity_bytes: 64 << 20,
             options: toml::Table::new(),
+        }
+    }
+}
+
+/// The write-ahead log: what makes a 200 mean "on disk".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Off: a push is acknowledged once buffered, and a crash loses what the last flush had
+    /// not reached (only for measuring what the log costs).
+    pub enabled: bool,
+    /// Directory of the log; empty means `wal` inside `storage.path`.
+    pub dir: PathBuf,
+    /// Size at which a log segment is closed.
+    pub segment_bytes: u64,
+    /// Logged bytes not yet durable in storage past which pushes get 503 + `Retry-After`.
+    pub max_unapplied_bytes: u64,
+    /// Age of the oldest logged push not yet durable in storage past which pushes get 503.
+    #[serde(with = "humantime_serde")]
+    pub max_unapplied_age: Duration,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::new(),
+            segment_bytes: 64 << 20,
+            max_unapplied_bytes: 128 << 20,
+            max_unapplied_age: Duration::from_secs(10),
         }
     }
 }
@@ -204,6 +236,10 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("storage.path", "KILN_STORAGE_PATH"),
     ("storage.retention", "KILN_RETENTION"),
     ("storage.cache_capacity_bytes", "KILN_CACHE_CAPACITY_BYTES"),
+    ("wal.enabled", "KILN_WAL_ENABLED"),
+    ("wal.dir", "KILN_WAL_DIR"),
+    ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
+    ("wal.max_unapplied_age", "KILN_WAL_MAX_UNAPPLIED_AGE"),
 ];
 
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
@@ -264,7 +300,8 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
     // Paths, addresses and durations stay strings even when they look like numbers.
     let value = match (name, value) {
         (
-            "path" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval" | "type",
+            "path" | "dir" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval"
+            | "max_unapplied_age" | "type",
             v,
         ) => toml::Value::String(match v {
             toml::Value::String(s) => s,
@@ -288,6 +325,12 @@ impl Config {
         }
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");
+        }
+        if self.wal.segment_bytes < 1 << 20 {
+            bail!("in [wal], key `segment_bytes`: must be at least 1048576 (1 MiB)");
+        }
+        if self.wal.max_unapplied_age < self.server.flush_interval * 2 {
+            bail!("in [wal], key `max_unapplied_age`: must be at least twice server.flush_interval, or every push would be refused between flushes");
         }
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
@@ -319,6 +362,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The write-ahead log's directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        if self.wal.dir.as_os_str().is_empty() {
+            self.storage.path.join("wal")
+        } else {
+            self.wal.dir.clone()
+        }
     }
 
     /// The sled configuration, with every level's retention capped by `storage.retention`.

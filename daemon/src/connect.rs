@@ -9,11 +9,13 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use kiln_plugin_api::{labels::SERVICE_NAME, DecodeError, IngestMeta, Labels};
+use kiln_plugin_api::{labels::SERVICE_NAME, IngestMeta, Labels};
 use kiln_pprof::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 use prost::Message;
 use serde::Deserialize;
 
+use crate::api_error::ApiError;
+use crate::durable::Unit;
 use crate::ingest::content_decode;
 use crate::server::AppState;
 
@@ -52,6 +54,7 @@ struct ConnectError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ConnectError {
@@ -60,6 +63,24 @@ impl ConnectError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_argument",
             message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// The Connect code of each status the ingest path answers with.
+impl From<ApiError> for ConnectError {
+    fn from(e: ApiError) -> Self {
+        Self {
+            code: match e.status {
+                StatusCode::PAYLOAD_TOO_LARGE => "resource_exhausted",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                s if s.is_client_error() => "invalid_argument",
+                _ => "internal",
+            },
+            status: e.status,
+            message: e.message,
+            retry_after: e.retry_after,
         }
     }
 }
@@ -67,7 +88,13 @@ impl ConnectError {
 impl IntoResponse for ConnectError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -158,70 +185,35 @@ async fn push_inner(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/proto")
         .to_ascii_lowercase();
-    let body =
-        content_decode(headers, body, state.config.server.max_decompressed_bytes).map_err(|e| {
-            ConnectError {
-                status: e.status,
-                code: if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "resource_exhausted"
-                } else {
-                    "invalid_argument"
-                },
-                message: e.message,
-            }
-        })?;
+    let body = content_decode(headers, body, state.config.server.max_decompressed_bytes)?;
     let json = content_type.starts_with("application/json");
     let request = parse(&content_type, &body)?;
-    let ingestion = state.ingestion.load_full();
-    let decoder = ingestion.decoders.get("pprof").expect("pprof is built in");
-    let mut stored = 0;
+    let mut units = Vec::new();
     for series in request.series {
         let labels = series_labels(&series.labels);
         let app = labels.service_name().unwrap_or_default().to_string();
-        let pipeline = ingestion.pipelines.route(&app, &labels);
         for sample in series.samples {
-            let meta = IngestMeta {
-                format: Some("pprof".into()),
-                app: app.clone(),
-                labels: labels.clone(),
-                spy_name: labels.get("pyroscope_spy").unwrap_or("connect").to_string(),
-                ..IngestMeta::default()
-            };
-            let (decoder, task_pipeline) = (decoder.clone(), pipeline.clone());
-            let profiles = tokio::task::spawn_blocking(move || {
-                let profiles = decoder
-                    .decode(&sample.raw_profile, &meta)
-                    .map_err(|e| match e {
-                        DecodeError::TooLarge { .. } => ConnectError {
-                            status: StatusCode::PAYLOAD_TOO_LARGE,
-                            code: "resource_exhausted",
-                            message: e.to_string(),
-                        },
-                        other => ConnectError::invalid(format!("raw_profile: {other}")),
-                    })?;
-                task_pipeline.transform(profiles).map_err(|e| ConnectError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    code: "internal",
-                    message: e,
-                })
-            })
-            .await
-            .map_err(|e| ConnectError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal",
-                message: e.to_string(),
-            })??;
-            stored += profiles.len();
-            pipeline
-                .store(state.storage.as_ref(), profiles)
-                .await
-                .map_err(|e| ConnectError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    code: "internal",
-                    message: e.to_string(),
-                })?;
+            units.push(Unit {
+                decoder: "pprof".into(),
+                meta: IngestMeta {
+                    format: Some("pprof".into()),
+                    app: app.clone(),
+                    labels: labels.clone(),
+                    spy_name: labels.get("pyroscope_spy").unwrap_or("connect").to_string(),
+                    ..IngestMeta::default()
+                },
+                body: sample.raw_profile.into(),
+                route_by_profile: false,
+            });
         }
     }
+    let ingestion = state.ingestion.load_full();
+    let stored = state
+        .durable
+        .accept(ingestion, units)
+        .await
+        .map_err(ApiError::from)?
+        .profiles;
     state.metrics.ingested(stored, wire_bytes);
     Ok(json)
 }

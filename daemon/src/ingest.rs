@@ -10,11 +10,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use kiln_collapsed::{CollapsedDecoder, TextFormat};
 use kiln_plugin_api::{
     labels::{PROFILE_TYPE, SERVICE_NAME},
-    Aggregation, DecodeError, Decoder, IngestMeta, PyroscopeName,
+    Aggregation, Decoder, IngestMeta, PyroscopeName,
 };
 use kiln_pprof::PprofDecoder;
 
 use crate::api_error::ApiError;
+use crate::durable::Unit;
 use crate::server::AppState;
 use crate::time;
 
@@ -38,6 +39,7 @@ impl Decoders {
                 max_decompressed_bytes,
             }),
         );
+        by_format.insert("otlp".into(), Arc::new(kiln_otlp::OtlpDecoder));
         by_format.insert("folded".into(), Arc::new(CollapsedDecoder::folded()));
         by_format.insert("lines".into(), Arc::new(CollapsedDecoder::lines()));
         for (name, format) in [
@@ -236,7 +238,7 @@ async fn ingest_inner(
     let format = choose_format(meta.format.as_deref(), content_type, |f| {
         ingestion.decoders.get(f).is_some()
     })?;
-    let decoder = ingestion.decoders.get(&format).ok_or_else(|| {
+    ingestion.decoders.get(&format).ok_or_else(|| {
         ApiError::bad_request(
             "unsupported_format",
             format!(
@@ -255,24 +257,14 @@ async fn ingest_inner(
             ),
         ));
     }
-    let task_pipeline = pipeline.clone();
-    let profiles = tokio::task::spawn_blocking(move || {
-        let profiles = decoder.decode(&body, &meta).map_err(|e| match e {
-            DecodeError::TooLarge { .. } => ApiError::too_large(e.to_string()),
-            DecodeError::Unsupported(m) => ApiError::bad_request("unsupported", m),
-            DecodeError::Malformed(m) => {
-                ApiError::bad_request("malformed", format!("{format}: {m}"))
-            }
-        })?;
-        task_pipeline
-            .transform(profiles)
-            .map_err(|e| ApiError::internal(format!("transform failed: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("decoder task failed: {e}")))??;
-    let count = profiles.len();
-    pipeline.store(state.storage.as_ref(), profiles).await?;
-    state.metrics.ingested(count, wire_bytes);
+    let unit = Unit {
+        decoder: format,
+        meta,
+        body,
+        route_by_profile: false,
+    };
+    let accepted = state.durable.accept(ingestion, vec![unit]).await?;
+    state.metrics.ingested(accepted.profiles, wire_bytes);
     Ok(StatusCode::OK)
 }
 

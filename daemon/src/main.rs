@@ -1,12 +1,21 @@
 //! `kiln`: the continuous-profiling daemon and its command-line tools.
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts. Heap sampling (one sample per 512 KiB allocated
+/// on average) is compiled in but off until self-profiling turns it on; freed pages go back
+/// to the OS after 10 s through jemalloc's background thread.
+#[allow(non_upper_case_globals)]
+#[export_name = "malloc_conf"]
+pub static malloc_conf: &[u8] =
+    b"prof:true,prof_active:false,lg_prof_sample:19,background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000\0";
 
 mod api_error;
 mod client;
 mod config;
 mod connect;
+mod durable;
 mod flamebearer;
 mod html_export;
 mod ingest;
@@ -76,6 +85,9 @@ struct ServerArgs {
     /// Directory of plugins (server.plugins_dir).
     #[arg(long, global = true)]
     plugins_dir: Option<String>,
+    /// Log every push before acknowledging it (wal.enabled).
+    #[arg(long, global = true)]
+    wal: Option<bool>,
 }
 
 impl ServerArgs {
@@ -102,6 +114,7 @@ impl ServerArgs {
             self.max_body_bytes.map(|n| n.to_string()),
         );
         push("server.plugins_dir", self.plugins_dir.clone());
+        push("wal.enabled", self.wal.map(|b| b.to_string()));
         v
     }
 
@@ -210,9 +223,12 @@ fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout is for what commands print (for scripts to capture).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

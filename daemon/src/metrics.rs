@@ -53,6 +53,8 @@ pub struct Metrics {
     sink_dropped: Family<Sink, Counter>,
     plugin_faults: Family<PluginFault, Counter>,
     plugins_disabled: Family<PluginName, Gauge>,
+    wal_backlog: Gauge,
+    wal_disk: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,18 @@ impl Default for Metrics {
         let sink_dropped = Family::<Sink, Counter>::default();
         let plugin_faults = Family::<PluginFault, Counter>::default();
         let plugins_disabled = Family::<PluginName, Gauge>::default();
+        let wal_backlog = Gauge::default();
+        let wal_disk = Gauge::default();
+        registry.register(
+            "wal_unapplied_bytes",
+            "Logged push bytes not yet durable in storage (pushes get 503 past wal.max_unapplied_bytes)",
+            wal_backlog.clone(),
+        );
+        registry.register(
+            "wal_disk_bytes",
+            "Bytes the write-ahead log's segments take on disk",
+            wal_disk.clone(),
+        );
         registry.register(
             "ingested_profiles",
             "Profiles stored (one per series and type)",
@@ -125,6 +139,8 @@ impl Default for Metrics {
             sink_dropped,
             plugin_faults,
             plugins_disabled,
+            wal_backlog,
+            wal_disk,
         }
     }
 }
@@ -171,6 +187,14 @@ impl Metrics {
                 kind: kind.into(),
             })
             .inc();
+    }
+
+    pub fn wal_backlog(&self, bytes: u64) {
+        self.wal_backlog.set(bytes as i64);
+    }
+
+    pub fn wal_disk_bytes(&self, bytes: u64) {
+        self.wal_disk.set(bytes as i64);
     }
 
     /// Forgets disabled instances: a reload builds new ones.

@@ -46,7 +46,8 @@ impl Pipeline {
         Ok(profiles)
     }
 
-    /// Stores the profiles, then queues them for every sink (delivered in the background).
+    /// Stores the profiles directly (not through the write-ahead log: the daemon's own
+    /// profiles), then queues them for every sink.
     pub async fn store(
         &self,
         storage: &dyn Storage,
@@ -55,12 +56,26 @@ impl Pipeline {
         if profiles.is_empty() {
             return Ok(());
         }
-        let for_sinks: Vec<Vec<Profile>> = self.sinks.iter().map(|_| profiles.clone()).collect();
+        let for_sinks = self.has_sinks().then(|| profiles.clone());
         storage.write(profiles).await?;
-        for (queue, profiles) in self.sinks.iter().zip(for_sinks) {
-            queue.deliver(profiles);
+        if let Some(p) = for_sinks {
+            self.deliver_to_sinks(p);
         }
         Ok(())
+    }
+
+    pub fn has_sinks(&self) -> bool {
+        !self.sinks.is_empty()
+    }
+
+    /// Queues the profiles for every sink (delivered in the background).
+    pub fn deliver_to_sinks(&self, profiles: Vec<Profile>) {
+        if let Some((last, others)) = self.sinks.split_last() {
+            for queue in others {
+                queue.deliver(profiles.clone());
+            }
+            last.deliver(profiles);
+        }
     }
 }
 

@@ -1,10 +1,13 @@
-//! Self-profiling: the daemon samples its own CPU with the `pprof` crate and ingests the result
-//! into its own pipeline as the application `kiln.server`.
+//! Self-profiling: the daemon samples its own CPU with the `pprof` crate, and its heap with
+//! jemalloc's sampling profiler, and ingests the results into its own pipeline as the
+//! application `kiln.server`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_plugin_api::{Frame, Labels, Profile, ProfileMeta, ProfileType, Sample};
+use kiln_plugin_api::{
+    Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample,
+};
 use rustc_hash::FxHashMap;
 
 use crate::server::AppState;
@@ -83,5 +86,66 @@ fn to_profile(report: &pprof::Report, start_ns: i64, end_ns: i64) -> Profile {
             spy_name: "kiln".into(),
             sample_rate: HZ as u32,
         },
+    }
+}
+
+/// Every period, jemalloc's sampled in-use heap becomes the `inuse_space` and `inuse_objects`
+/// profiles of `kiln.server`: where the daemon's memory is, in its own UI.
+pub async fn run_heap(state: Arc<AppState>) {
+    let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
+        tracing::warn!("jemalloc heap sampling is not available; no heap self-profile");
+        return;
+    };
+    if let Err(e) = ctl.lock().await.activate() {
+        tracing::warn!(error = %e, "jemalloc heap sampling could not start; no heap self-profile");
+        return;
+    }
+    let decoder = kiln_pprof::PprofDecoder::default();
+    loop {
+        let start_ns = crate::time::now_ns();
+        tokio::time::sleep(PERIOD).await;
+        let dumped = {
+            let mut ctl = ctl.lock().await;
+            tokio::task::block_in_place(|| ctl.dump_pprof())
+        };
+        let pprof = match dumped {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "heap self-profile dump failed");
+                continue;
+            }
+        };
+        let meta = IngestMeta {
+            format: Some("pprof".into()),
+            app: APP.into(),
+            labels: Labels::from_pairs([("service_name", APP)]),
+            start_ns,
+            end_ns: crate::time::now_ns(),
+            spy_name: "kiln".into(),
+            ..IngestMeta::default()
+        };
+        let profiles = match decoder.decode(&pprof, &meta) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "heap self-profile did not decode");
+                continue;
+            }
+        };
+        let profiles: Vec<Profile> = profiles
+            .into_iter()
+            .filter_map(|mut p| {
+                let name = if p.profile_type.sample_unit == "bytes" {
+                    "inuse_space"
+                } else {
+                    "inuse_objects"
+                };
+                p.profile_type = ProfileType::well_known(name).expect("well known");
+                (!p.samples.is_empty()).then_some(p)
+            })
+            .collect();
+        let pipeline = state.ingestion.load().pipelines.route(APP, &meta.labels);
+        if let Err(e) = pipeline.store(state.storage.as_ref(), profiles).await {
+            tracing::warn!(error = %e, "storing the heap self-profile failed");
+        }
     }
 }

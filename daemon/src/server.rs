@@ -15,6 +15,7 @@ use kiln_plugin_api::{ComponentKind, RenderExporter, Storage};
 use kiln_storage_sled::SledStorage;
 
 use crate::config::Config;
+use crate::durable::{Durability, ReadAfterAck};
 use crate::ingest::{self, Decoders};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipelines;
@@ -106,7 +107,10 @@ pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 pub struct AppState {
     pub config: Config,
+    /// Storage as queries see it: reads wait for every acknowledged push.
     pub storage: Arc<dyn Storage>,
+    /// The write-ahead log and the applier: every push goes through it.
+    pub durable: Arc<Durability>,
     pub ingestion: ArcSwap<Ingestion>,
     config_source: Option<ConfigSource>,
     pub metrics: Metrics,
@@ -118,9 +122,15 @@ impl AppState {
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
+        let durable = Durability::start(&config, storage, &ingestion, metrics.clone())?;
+        let storage = Arc::new(ReadAfterAck {
+            durability: durable.clone(),
+            timeout: config.wal.max_unapplied_age,
+        });
         Ok(Arc::new(Self {
             config,
             storage,
+            durable,
             ingestion: ArcSwap::from_pointee(ingestion),
             config_source,
             metrics,
@@ -220,6 +230,8 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     let flusher = tokio::spawn(flush_loop(state.clone(), flush_interval));
     let retention = tokio::spawn(retention_loop(state.clone()));
     let profiler = self_profiling.then(|| tokio::spawn(crate::selfprof::run(state.clone())));
+    let heap_profiler =
+        self_profiling.then(|| tokio::spawn(crate::selfprof::run_heap(state.clone())));
     let hangup = tokio::spawn(reload_on_sighup(state.clone()));
 
     axum::serve(listener, router(state.clone()))
@@ -230,9 +242,11 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     flusher.abort();
     retention.abort();
     hangup.abort();
-    if let Some(p) = profiler {
+    for p in [profiler, heap_profiler].into_iter().flatten() {
         p.abort();
     }
+    // What the applier has not reached stays in the log and is replayed at the next start.
+    state.durable.caught_up(Duration::from_secs(5)).await;
     state.storage.flush().await.context("final flush")?;
     tracing::info!("kiln stopped; data flushed");
     Ok(())

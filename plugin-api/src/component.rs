@@ -160,6 +160,22 @@ pub trait Storage: Send + Sync {
     /// Accepts profiles. They are durable after the next [`Storage::flush`] at the latest.
     async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError>;
 
+    /// Accepts the profiles of write-ahead log record `seq`; records arrive in order.
+    ///
+    /// A storage that keeps the last `seq` atomically with the data it makes durable reports it
+    /// from [`Storage::logged_seq`], so that a replay after a crash skips what it already holds
+    /// (exactly once). The default forgets `seq`: a crash between a flush and the daemon's
+    /// checkpoint may then replay a record twice.
+    async fn write_logged(&self, seq: u64, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        let _ = seq;
+        self.write(profiles).await
+    }
+
+    /// The last log record whose profiles are durable here, if this storage keeps track.
+    fn logged_seq(&self) -> Option<u64> {
+        None
+    }
+
     /// Merges every profile of the selected series in the range into one tree. Values of
     /// average-aggregated types are returned summed, with the count in [`Merged::profiles`].
     async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError>;

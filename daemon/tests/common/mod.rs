@@ -11,6 +11,8 @@ pub struct Daemon {
     pub data: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Where the daemon's log goes (inherited stderr when `None`).
+    pub log: Option<PathBuf>,
 }
 
 pub fn testdata(name: &str) -> PathBuf {
@@ -35,12 +37,14 @@ impl Daemon {
             data: dir.join("data"),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
         };
         d.spawn();
         d
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process without waiting for it to listen.
+    pub fn launch(&mut self) {
         let port = free_port();
         self.url = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
@@ -51,7 +55,16 @@ impl Daemon {
             .args(["--log-level", "warn"])
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
+                None => Stdio::inherit(),
+            });
         if !self.extra.iter().any(|a| a == "--self-profiling") {
             cmd.args(["--self-profiling", "false"]);
         }
@@ -59,7 +72,12 @@ impl Daemon {
             cmd.args(["--config", "/dev/null"]);
         }
         self.child = Some(cmd.spawn().expect("starting kiln"));
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Starts the daemon and waits until it answers `/healthz`.
+    pub fn spawn(&mut self) {
+        self.launch();
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = agent().get(format!("{}/healthz", self.url)).call() {
                 if r.status() == 200 {
@@ -93,6 +111,14 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no flush, no shutdown.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
     pub fn restart(&mut self) {

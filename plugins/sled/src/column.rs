@@ -108,15 +108,15 @@ impl Column {
     }
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -124,13 +124,17 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub bytes: &'a [u8],
+    pub pos: usize,
 }
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, ChunkError> {
+    pub fn done(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    pub fn byte(&mut self) -> Result<u8, ChunkError> {
         let b = *self
             .bytes
             .get(self.pos)
@@ -139,7 +143,7 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn varint(&mut self) -> Result<u64, ChunkError> {
+    pub fn varint(&mut self) -> Result<u64, ChunkError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -149,6 +153,15 @@ impl Reader<'_> {
             }
         }
         Err(ChunkError::Truncated(self.pos))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&[u8], ChunkError> {
+        let b = self
+            .bytes
+            .get(self.pos..self.pos + n)
+            .ok_or(ChunkError::Truncated(self.pos))?;
+        self.pos += n;
+        Ok(b)
     }
 }
 

@@ -13,11 +13,13 @@
 //!   accepted since the last flush.
 //! * Retention is by age, per level.
 
+mod blocks;
 mod column;
 mod dict;
 mod error;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -140,21 +142,36 @@ struct State {
     series_ids: FxHashMap<(Labels, ProfileType), u32>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     dirty_series: FxHashSet<u32>,
+    /// The last write-ahead log record in `buffer`.
+    buffered_log_seq: Option<u64>,
+    /// Dictionaries were loaded from the one-key-per-entry layout: rewrite them as blocks.
+    migrate_legacy: bool,
 }
 
 struct Inner {
     db: sled::Db,
     series_tree: sled::Tree,
     services_tree: sled::Tree,
-    frames_tree: sled::Tree,
-    nodes_tree: sled::Tree,
+    /// Dictionaries in blocks ([`blocks`]).
+    frame_blocks: sled::Tree,
+    node_blocks: sled::Tree,
+    /// Dictionaries of data directories written before blocks: one key per entry; moved into
+    /// blocks when opened.
+    legacy_frames: sled::Tree,
+    legacy_nodes: sled::Tree,
     chunks: sled::Tree,
     /// `(resolution, retention)` in seconds, finest first.
     levels: Vec<(u64, u64)>,
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
+    /// The last write-ahead log record applied to sled (kept in `chunks` under
+    /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
+    applied_log_seq: AtomicU64,
 }
+
+/// Where `chunks` keeps the last applied log record: a 13-byte key no series reaches.
+const LOG_SEQ_KEY: [u8; 13] = [0xff; 13];
 
 /// The sled storage backend. Cheap to clone.
 #[derive(Clone)]
@@ -170,11 +187,15 @@ fn chunk_key(series: u32, level: u8, bucket_s: u64) -> [u8; 13] {
     k
 }
 
-fn dict_key(service: u32, id: u32) -> [u8; 8] {
-    let mut k = [0u8; 8];
-    k[..4].copy_from_slice(&service.to_be_bytes());
-    k[4..].copy_from_slice(&id.to_be_bytes());
-    k
+/// The id entry `i` of `block` must have: the next one the dictionary expects.
+fn check_dense(expected: usize, block: u32, i: usize) -> Result<u32, StorageError> {
+    let id = block as usize * blocks::BLOCK + i;
+    if id != expected {
+        return Err(StorageError::Corrupt(format!(
+            "dictionary block {block} starts at entry {id}, expected {expected}"
+        )));
+    }
+    Ok(id as u32)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, StorageError> {
@@ -205,8 +226,10 @@ impl SledStorage {
         let inner = Inner {
             series_tree: db.open_tree("series").map_err(io)?,
             services_tree: db.open_tree("services").map_err(io)?,
-            frames_tree: db.open_tree("frames").map_err(io)?,
-            nodes_tree: db.open_tree("nodes").map_err(io)?,
+            frame_blocks: db.open_tree("frame_blocks").map_err(io)?,
+            node_blocks: db.open_tree("node_blocks").map_err(io)?,
+            legacy_frames: db.open_tree("frames").map_err(io)?,
+            legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
             db,
             levels: config
@@ -216,6 +239,7 @@ impl SledStorage {
                 .collect(),
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
+            applied_log_seq: AtomicU64::new(0),
         };
         inner.load()?;
         Ok(Self {
@@ -258,6 +282,14 @@ impl SledStorage {
 
 impl Inner {
     fn load(&self) -> Result<(), StorageError> {
+        if let Some(v) = self.chunks.get(LOG_SEQ_KEY).map_err(io)? {
+            let seq = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("log sequence is not 8 bytes".into()))?;
+            self.applied_log_seq.store(seq, Ordering::Relaxed);
+        }
         let mut st = self.state.lock();
         let mut names: FxHashMap<u32, String> = FxHashMap::default();
         for kv in self.services_tree.iter() {
@@ -274,7 +306,28 @@ impl Inner {
                 .cloned()
                 .ok_or_else(|| StorageError::Corrupt(format!("dictionary of unknown service {id}")))
         };
-        for kv in self.frames_tree.iter() {
+        let legacy = !self.legacy_frames.is_empty() || !self.legacy_nodes.is_empty();
+        for kv in self.frame_blocks.iter() {
+            let (k, v) = kv.map_err(io)?;
+            let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
+            let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
+            for (i, frame) in blocks::decode_frames(&v)?.into_iter().enumerate() {
+                dict.load_frame(check_dense(dict.frames.len(), block, i)?, frame);
+            }
+        }
+        for kv in self.node_blocks.iter() {
+            let (k, v) = kv.map_err(io)?;
+            let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
+            let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
+            let first = block as usize * blocks::BLOCK;
+            for (i, (parent, frame)) in blocks::decode_nodes(first, &v)?.into_iter().enumerate() {
+                if first + i == 0 {
+                    continue; // the root, which every dictionary starts with
+                }
+                dict.load_node(check_dense(dict.nodes.len(), block, i)?, parent, frame);
+            }
+        }
+        for kv in self.legacy_frames.iter() {
             let (k, v) = kv.map_err(io)?;
             let (svc, id) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
             let name = by_id(svc)?;
@@ -284,7 +337,7 @@ impl Inner {
                 .expect("loaded above")
                 .load_frame(id, frame);
         }
-        for kv in self.nodes_tree.iter() {
+        for kv in self.legacy_nodes.iter() {
             let (k, v) = kv.map_err(io)?;
             let (svc, id) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
             let name = by_id(svc)?;
@@ -293,6 +346,14 @@ impl Inner {
                 .get_mut(&name)
                 .expect("loaded above")
                 .load_node(id, parent, frame);
+        }
+        if legacy {
+            // Rewrite every dictionary as blocks at the next apply, then drop the old keys.
+            for dict in st.services.values_mut() {
+                dict.persisted_frames = 0;
+                dict.persisted_nodes = 0;
+            }
+            st.migrate_legacy = true;
         }
         for kv in self.series_tree.iter() {
             let (k, v) = kv.map_err(io)?;
@@ -312,12 +373,20 @@ impl Inner {
     }
 
     fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.write_seq(profiles, None)
+    }
+
+    /// Buffers `profiles`; `log_seq` is the write-ahead log record they come from, if any.
+    fn write_seq(&self, profiles: Vec<Profile>, log_seq: Option<u64>) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
         for p in &profiles {
             p.validate().map_err(StorageError::Invalid)?;
         }
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        if log_seq.is_some() {
+            st.buffered_log_seq = log_seq;
+        }
         let mut stacks: FxHashMap<u32, i64> = FxHashMap::default();
         let mut frame_map: Vec<u32> = Vec::new();
         // Stack node of each sample of the previous profile: a pprof with several sample types
@@ -406,25 +475,32 @@ impl Inner {
         let mut frames = sled::Batch::default();
         let mut nodes = sled::Batch::default();
         let mut series = sled::Batch::default();
-        let buffer = {
+        let migrate;
+        let (buffer, log_seq) = {
             let mut st = self.state.lock();
-            if st.buffer.is_empty() && st.dirty_series.is_empty() {
+            if st.buffer.is_empty()
+                && st.dirty_series.is_empty()
+                && st.buffered_log_seq.is_none()
+                && !st.migrate_legacy
+            {
                 return Ok(());
             }
             for (name, dict) in st.services.iter_mut() {
-                if dict.persisted_frames == 0 && dict.persisted_nodes == 1 {
+                if dict.persisted_frames == 0 && dict.persisted_nodes <= 1 {
                     services.insert(name.as_bytes(), &dict.id.to_be_bytes());
                 }
-                for (id, f) in dict.frames.iter().enumerate().skip(dict.persisted_frames) {
-                    frames.insert(&dict_key(dict.id, id as u32), f.as_bytes());
+                for (b, range) in blocks::dirty_blocks(dict.persisted_frames, dict.frames.len()) {
+                    frames.insert(
+                        &blocks::block_key(dict.id, b),
+                        blocks::encode_frames(&dict.frames[range]),
+                    );
                 }
-                for (id, &(parent, frame)) in
-                    dict.nodes.iter().enumerate().skip(dict.persisted_nodes)
-                {
-                    let mut v = [0u8; 8];
-                    v[..4].copy_from_slice(&parent.to_be_bytes());
-                    v[4..].copy_from_slice(&frame.to_be_bytes());
-                    nodes.insert(&dict_key(dict.id, id as u32), &v);
+                for (b, range) in blocks::dirty_blocks(dict.persisted_nodes, dict.nodes.len()) {
+                    let first = range.start;
+                    nodes.insert(
+                        &blocks::block_key(dict.id, b),
+                        blocks::encode_nodes(first, &dict.nodes[range]),
+                    );
                 }
                 dict.persisted_frames = dict.frames.len();
                 dict.persisted_nodes = dict.nodes.len();
@@ -434,12 +510,17 @@ impl Inner {
                 let rec = serde_json::to_vec(&st.series[id as usize]).expect("series serialize");
                 series.insert(&id.to_be_bytes(), rec);
             }
-            std::mem::take(&mut st.buffer)
+            migrate = std::mem::take(&mut st.migrate_legacy);
+            (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
         };
         // Dictionaries first: a chunk never refers to a stack that is not on disk.
         self.services_tree.apply_batch(services).map_err(io)?;
-        self.frames_tree.apply_batch(frames).map_err(io)?;
-        self.nodes_tree.apply_batch(nodes).map_err(io)?;
+        self.frame_blocks.apply_batch(frames).map_err(io)?;
+        self.node_blocks.apply_batch(nodes).map_err(io)?;
+        if migrate {
+            self.legacy_frames.clear().map_err(io)?;
+            self.legacy_nodes.clear().map_err(io)?;
+        }
         self.series_tree.apply_batch(series).map_err(io)?;
         let mut chunks = sled::Batch::default();
         for ((series, level, bucket), pending) in buffer {
@@ -457,7 +538,13 @@ impl Inner {
             }
             chunks.insert(&key, column.encode());
         }
+        if let Some(seq) = log_seq {
+            chunks.insert(&LOG_SEQ_KEY, &seq.to_be_bytes());
+        }
         self.chunks.apply_batch(chunks).map_err(io)?;
+        if let Some(seq) = log_seq {
+            self.applied_log_seq.store(seq, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -769,6 +856,15 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
 impl Storage for SledStorage {
     async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
         self.blocking(move |i| i.write(profiles)).await
+    }
+
+    async fn write_logged(&self, seq: u64, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.blocking(move |i| i.write_seq(profiles, Some(seq)))
+            .await
+    }
+
+    fn logged_seq(&self) -> Option<u64> {
+        Some(self.inner.applied_log_seq.load(Ordering::Relaxed))
     }
 
     async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {

@@ -326,3 +326,83 @@ fn invalid_profiles_are_refused_before_anything_is_stored() {
         Err(StorageError::Invalid(_))
     ));
 }
+
+#[test]
+fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_s() - 100;
+    let stacks: Vec<Vec<String>> = (0..5000)
+        .map(|i| vec!["main".into(), format!("f{i}")])
+        .collect();
+    let refs: Vec<Vec<&str>> = stacks
+        .iter()
+        .map(|s| s.iter().map(String::as_str).collect())
+        .collect();
+    let weighted: Vec<(&[&str], i64)> = refs.iter().map(|s| (&s[..], 1)).collect();
+    let before = {
+        let s = open(dir.path());
+        s.inner
+            .write(vec![profile("app", "prod", "cpu", t0, &weighted)])
+            .unwrap();
+        s.flush_blocking().unwrap();
+        // Rewrite the dictionaries as an older daemon kept them: one key per frame and node.
+        let i = &s.inner;
+        for kv in i.frame_blocks.iter() {
+            let (k, v) = kv.unwrap();
+            let (svc, block) = (u32_at(&k, 0).unwrap(), u32_at(&k, 4).unwrap());
+            for (n, f) in blocks::decode_frames(&v).unwrap().into_iter().enumerate() {
+                let id = block * blocks::BLOCK as u32 + n as u32;
+                let mut key = svc.to_be_bytes().to_vec();
+                key.extend_from_slice(&id.to_be_bytes());
+                i.legacy_frames.insert(key, f.as_bytes()).unwrap();
+            }
+        }
+        for kv in i.node_blocks.iter() {
+            let (k, v) = kv.unwrap();
+            let (svc, block) = (u32_at(&k, 0).unwrap(), u32_at(&k, 4).unwrap());
+            let first = block as usize * blocks::BLOCK;
+            for (n, (parent, frame)) in blocks::decode_nodes(first, &v)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+            {
+                if first + n == 0 {
+                    continue;
+                }
+                let mut key = svc.to_be_bytes().to_vec();
+                key.extend_from_slice(&((first + n) as u32).to_be_bytes());
+                let mut val = parent.to_be_bytes().to_vec();
+                val.extend_from_slice(&frame.to_be_bytes());
+                i.legacy_nodes.insert(key, val).unwrap();
+            }
+        }
+        i.frame_blocks.clear().unwrap();
+        i.node_blocks.clear().unwrap();
+        i.db.flush().unwrap();
+        i.select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+            .unwrap()
+            .tree
+            .to_folded()
+    };
+    {
+        let s = reopen(dir.path());
+        let m = s
+            .inner
+            .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+            .unwrap();
+        assert_eq!(m.tree.to_folded(), before);
+        assert!(s.inner.legacy_frames.is_empty() && s.inner.legacy_nodes.is_empty());
+        assert!(
+            s.inner.node_blocks.len() >= 2,
+            "5,001 nodes fill two blocks"
+        );
+        s.flush_blocking().unwrap();
+    }
+    let s = reopen(dir.path());
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), before);
+    assert_eq!(m.tree.total(), 5000);
+}

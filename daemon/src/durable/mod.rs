@@ -1,0 +1,503 @@
+//! What a 200 means: the push is on disk.
+//!
+//! Every push (`/ingest`, Connect, OTLP) goes the same way:
+//!
+//! 1. Refused with 503 + `Retry-After` while storage lags too far behind the log
+//!    (`wal.max_unapplied_bytes`, `wal.max_unapplied_age`): backpressure instead of a backlog.
+//! 2. Decoded and transformed, so bad input is refused before anything is kept.
+//! 3. Appended to the write-ahead log; the call returns once an fsync covers it (concurrent
+//!    pushes share fsyncs). Only then is it acknowledged.
+//! 4. One applier task writes the profiles to storage in log order. Queries wait until it has
+//!    caught up with every acknowledged push ([`ReadAfterAck`]).
+//! 5. The flush loop makes storage durable, then checkpoints the log up to what it covered, so
+//!    the log holds about one flush interval of pushes.
+//!
+//! At start-up, what the checkpoint does not cover is decoded again and written before the
+//! daemon listens. Storage that records the last applied record atomically with its data
+//! (sled) makes replay exactly-once; others may see a record twice if the daemon died between
+//! their flush and the checkpoint.
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use kiln_plugin_api::{
+    DecodeError, Merged, Profile, Query, RetentionReport, Selector, SeriesInfo, Storage,
+    StorageError, Timeline,
+};
+use kiln_wal::{Wal, WalError};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+pub use record::Unit;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::server::Ingestion;
+
+/// Profiles of one push bound for one pipeline.
+pub struct Batch {
+    pub pipeline: Arc<Pipeline>,
+    pub profiles: Vec<Profile>,
+}
+
+/// Why a push's bodies could not be turned into profiles.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("format {0:?} has no decoder in this daemon")]
+    UnknownDecoder(String),
+    #[error("{decoder}: {source}")]
+    Decode {
+        decoder: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("transform failed: {0}")]
+    Transform(String),
+}
+
+/// Decodes, routes and transforms the bodies of one push. Blocking (decoders are synchronous).
+pub fn decode_units(ingestion: &Ingestion, units: &[Unit]) -> Result<Vec<Batch>, UnitError> {
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut add = |pipeline: Arc<Pipeline>, profile: Profile| match batches
+        .iter_mut()
+        .find(|b| Arc::ptr_eq(&b.pipeline, &pipeline))
+    {
+        Some(b) => b.profiles.push(profile),
+        None => batches.push(Batch {
+            pipeline,
+            profiles: vec![profile],
+        }),
+    };
+    for unit in units {
+        let decoder = ingestion
+            .decoders
+            .get(&unit.decoder)
+            .ok_or_else(|| UnitError::UnknownDecoder(unit.decoder.clone()))?;
+        let profiles =
+            decoder
+                .decode(&unit.body, &unit.meta)
+                .map_err(|source| UnitError::Decode {
+                    decoder: unit.decoder.clone(),
+                    source,
+                })?;
+        if unit.route_by_profile {
+            for p in profiles {
+                let pipeline = ingestion
+                    .pipelines
+                    .route(p.labels.service_name().unwrap_or(""), &p.labels);
+                add(pipeline, p);
+            }
+        } else {
+            let pipeline = ingestion.pipelines.route(&unit.meta.app, &unit.meta.labels);
+            for p in profiles {
+                add(pipeline.clone(), p);
+            }
+        }
+    }
+    for b in &mut batches {
+        let profiles = std::mem::take(&mut b.profiles);
+        b.profiles = b
+            .pipeline
+            .transform(profiles)
+            .map_err(UnitError::Transform)?;
+        for p in &b.profiles {
+            p.validate()
+                .map_err(|e| UnitError::Transform(format!("invalid profile: {e}")))?;
+        }
+    }
+    Ok(batches)
+}
+
+/// Why a push was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    /// Storage lags the log by more than the configured bound: retry later.
+    #[error("{why}; retry after {}s", retry_after.as_secs())]
+    Behind { why: String, retry_after: Duration },
+    #[error(transparent)]
+    Log(#[from] WalError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("ingest task failed: {0}")]
+    Task(String),
+}
+
+/// What a push stored.
+pub struct Accepted {
+    pub profiles: usize,
+}
+
+struct Applied {
+    seq: u64,
+    profiles: Vec<Profile>,
+}
+
+/// Logged pushes whose profiles storage has not yet made durable, oldest first.
+#[derive(Default)]
+struct Backlog {
+    records: Mutex<VecDeque<(u64, u64, Instant)>>,
+    bytes: AtomicU64,
+}
+
+impl Backlog {
+    fn push(&self, seq: u64, bytes: u64) {
+        self.records.lock().push_back((seq, bytes, Instant::now()));
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Drops what the checkpoint `seq` covers.
+    fn checkpointed(&self, seq: u64) {
+        let mut r = self.records.lock();
+        while r.front().is_some_and(|&(s, _, _)| s <= seq) {
+            let (_, bytes, _) = r.pop_front().expect("front exists");
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn oldest_age(&self) -> Duration {
+        self.records
+            .lock()
+            .front()
+            .map(|&(_, _, t)| t.elapsed())
+            .unwrap_or_default()
+    }
+}
+
+/// The write-ahead log, the applier feeding storage from it, and the backlog bound.
+pub struct Durability {
+    wal: Option<Arc<Wal>>,
+    storage: Arc<dyn Storage>,
+    applier: mpsc::UnboundedSender<Applied>,
+    /// Every logged record up to this one is in storage (not necessarily durable there).
+    applied: watch::Receiver<u64>,
+    backlog: Arc<Backlog>,
+    max_unapplied_bytes: u64,
+    max_unapplied_age: Duration,
+    retry_after: Duration,
+    metrics: Metrics,
+}
+
+impl Durability {
+    /// Opens the log, replays what its checkpoint does not cover into `storage` and starts the
+    /// applier. Call from a blocking thread inside the runtime (replay waits on storage).
+    pub fn start(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        ingestion: &Ingestion,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let wal = if config.wal.enabled {
+            let dir = config.wal_dir();
+            let (wal, recovery) = Wal::open(kiln_wal::WalConfig {
+                dir: dir.clone(),
+                segment_bytes: config.wal.segment_bytes,
+                sync: true,
+            })
+            .with_context(|| format!("opening the write-ahead log in {}", dir.display()))?;
+            if recovery.dropped_bytes > 0 {
+                tracing::warn!(
+                    bytes = recovery.dropped_bytes,
+                    "write-ahead log: dropped a torn or damaged tail (pushes that were never acknowledged)"
+                );
+            }
+            let wal = Arc::new(wal);
+            replay(
+                &wal,
+                recovery,
+                storage.as_ref(),
+                ingestion,
+                config,
+                &metrics,
+            )?;
+            Some(wal)
+        } else {
+            tracing::warn!("the write-ahead log is off (wal.enabled = false): a crash loses pushes acknowledged since the last flush");
+            None
+        };
+        let start = wal.as_ref().map(|w| w.durable_seq()).unwrap_or(0);
+        let (applied_tx, applied) = watch::channel(start);
+        tokio::spawn(apply_loop(rx, storage.clone(), applied_tx, metrics.clone()));
+        Ok(Arc::new(Self {
+            wal,
+            storage,
+            applier: tx,
+            applied,
+            backlog: Arc::default(),
+            max_unapplied_bytes: config.wal.max_unapplied_bytes,
+            max_unapplied_age: config.wal.max_unapplied_age,
+            retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
+            metrics,
+        }))
+    }
+
+    /// Refuses new pushes while storage is too far behind the log.
+    pub fn check_backlog(&self) -> Result<(), AcceptError> {
+        let bytes = self.backlog.bytes.load(Ordering::Relaxed);
+        let why = if bytes > self.max_unapplied_bytes {
+            format!(
+                "storage is {bytes} bytes of pushes behind (wal.max_unapplied_bytes = {})",
+                self.max_unapplied_bytes
+            )
+        } else {
+            let age = self.backlog.oldest_age();
+            if age <= self.max_unapplied_age {
+                return Ok(());
+            }
+            format!(
+                "storage is {:.1}s behind (wal.max_unapplied_age = {:?})",
+                age.as_secs_f64(),
+                self.max_unapplied_age
+            )
+        };
+        Err(AcceptError::Behind {
+            why,
+            retry_after: self.retry_after,
+        })
+    }
+
+    /// Decodes `units`, logs them and hands their profiles to storage; returns once the push is
+    /// durable. Sinks of each pipeline get the profiles too.
+    pub async fn accept(
+        self: &Arc<Self>,
+        ingestion: Arc<Ingestion>,
+        units: Vec<Unit>,
+    ) -> Result<Accepted, AcceptError> {
+        self.check_backlog()?;
+        let this = self.clone();
+        // Runs to completion even if the client goes away: a logged record always reaches the
+        // applier.
+        let (for_sinks, unlogged, stored) = tokio::task::spawn_blocking(move || {
+            let batches = decode_units(&ingestion, &units)?;
+            let mut for_sinks = Vec::new();
+            let mut profiles = Vec::new();
+            for b in batches {
+                if b.pipeline.has_sinks() {
+                    for_sinks.push((b.pipeline, b.profiles.clone()));
+                }
+                profiles.extend(b.profiles);
+            }
+            let stored = profiles.len();
+            let Some(wal) = &this.wal else {
+                return Ok::<_, AcceptError>((for_sinks, Some(profiles), stored));
+            };
+            let payload = record::encode(&units);
+            let bytes = payload.len() as u64;
+            let (applier, backlog) = (this.applier.clone(), this.backlog.clone());
+            wal.append_then(&payload, move |seq| {
+                backlog.push(seq, bytes);
+                let _ = applier.send(Applied { seq, profiles });
+            })?;
+            Ok((for_sinks, None, stored))
+        })
+        .await
+        .map_err(|e| AcceptError::Task(e.to_string()))??;
+        if let Some(profiles) = unlogged {
+            self.storage.write(profiles).await?;
+        }
+        for (pipeline, profiles) in for_sinks {
+            pipeline.deliver_to_sinks(profiles);
+        }
+        self.metrics
+            .wal_backlog(self.backlog.bytes.load(Ordering::Relaxed));
+        Ok(Accepted { profiles: stored })
+    }
+
+    /// Waits (at most `timeout`) until storage holds every acknowledged push.
+    pub async fn caught_up(&self, timeout: Duration) -> bool {
+        let Some(wal) = &self.wal else { return true };
+        let target = wal.durable_seq();
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|&s| s >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Makes storage durable and checkpoints the log up to what that covered.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let covered = *self.applied.borrow();
+        self.storage.flush().await?;
+        if let Some(wal) = &self.wal {
+            if covered > 0 {
+                let wal = wal.clone();
+                let done = tokio::task::spawn_blocking(move || wal.checkpoint(covered))
+                    .await
+                    .map_err(|e| StorageError::Io(e.to_string()))?;
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "write-ahead log checkpoint failed");
+                }
+                self.backlog.checkpointed(covered);
+            }
+            let stats = wal.stats();
+            self.metrics.wal_disk_bytes(stats.disk_bytes);
+        }
+        self.metrics
+            .wal_backlog(self.backlog.bytes.load(Ordering::Relaxed));
+        Ok(())
+    }
+}
+
+async fn apply_loop(
+    mut rx: mpsc::UnboundedReceiver<Applied>,
+    storage: Arc<dyn Storage>,
+    applied: watch::Sender<u64>,
+    metrics: Metrics,
+) {
+    while let Some(Applied { seq, profiles }) = rx.recv().await {
+        // The record is in the log: keep trying rather than lose it. While this fails the
+        // backlog grows and pushes are refused with 503.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = storage.write_logged(seq, profiles.clone()).await {
+            metrics.ingest_error("apply_failed");
+            tracing::error!(error = %e, seq, "writing a logged push to storage failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        applied.send_replace(seq);
+    }
+}
+
+/// Writes the records the checkpoint does not cover into storage, checkpointing as it goes so
+/// a crash during replay resumes where it stopped.
+fn replay(
+    wal: &Wal,
+    recovery: kiln_wal::Recovery,
+    storage: &dyn Storage,
+    ingestion: &Ingestion,
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let max_body = config.server.max_decompressed_bytes;
+    let after = recovery.checkpoint.max(storage.logged_seq().unwrap_or(0));
+    if recovery.records == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    // Warnings: a replay means the daemon did not stop cleanly.
+    tracing::warn!(
+        records = recovery.records,
+        bytes = recovery.bytes,
+        after,
+        "replaying the write-ahead log"
+    );
+    let rt = tokio::runtime::Handle::current();
+    let (mut replayed, mut skipped, mut since_flush) = (0u64, 0u64, 0u64);
+    let flush = |seq: u64| -> anyhow::Result<()> {
+        rt.block_on(storage.flush())
+            .context("flushing replayed pushes")?;
+        wal.checkpoint(seq)?;
+        Ok(())
+    };
+    let mut last = after;
+    wal.replay(after, |seq, payload| -> anyhow::Result<()> {
+        let profiles = record::decode(payload, max_body)
+            .map_err(|e| anyhow::anyhow!(e))
+            .and_then(|units| decode_units(ingestion, &units).map_err(anyhow::Error::from));
+        match profiles {
+            Ok(batches) => {
+                let profiles = batches.into_iter().flat_map(|b| b.profiles).collect();
+                rt.block_on(storage.write_logged(seq, profiles))
+                    .with_context(|| format!("replaying log record {seq}"))?;
+                replayed += 1;
+            }
+            Err(e) => {
+                // Decoded once before it was acknowledged; a decoder plugin since removed is the
+                // likely cause. Keep going: one record must not hold back the rest.
+                skipped += 1;
+                metrics.ingest_error("replay_failed");
+                tracing::error!(seq, error = %format!("{e:#}"), "a logged push could not be decoded again; skipped");
+            }
+        }
+        last = seq;
+        since_flush += payload.len() as u64;
+        // Checkpoint every segment's worth, so a crash during replay resumes near where it was.
+        if since_flush >= config.wal.segment_bytes {
+            flush(seq)?;
+            since_flush = 0;
+        }
+        Ok(())
+    })?;
+    flush(last)?;
+    tracing::warn!(
+        replayed,
+        skipped,
+        seconds = started.elapsed().as_secs_f64(),
+        "write-ahead log replayed"
+    );
+    Ok(())
+}
+
+/// Storage as the HTTP API sees it: reads wait until every acknowledged push is applied.
+pub struct ReadAfterAck {
+    pub durability: Arc<Durability>,
+    pub timeout: Duration,
+}
+
+impl ReadAfterAck {
+    fn inner(&self) -> &dyn Storage {
+        self.durability.storage.as_ref()
+    }
+
+    async fn settle(&self) {
+        if !self.durability.caught_up(self.timeout).await {
+            tracing::warn!(
+                "storage has not caught up with acknowledged pushes after {:?}; answering with what it holds",
+                self.timeout
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for ReadAfterAck {
+    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.inner().write(profiles).await
+    }
+
+    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
+        self.settle().await;
+        self.inner().select_merge(query).await
+    }
+
+    async fn select_timeline(
+        &self,
+        query: &Query,
+        step_ns: i64,
+        group_by: Option<&str>,
+    ) -> Result<Vec<(String, Timeline)>, StorageError> {
+        self.settle().await;
+        self.inner().select_timeline(query, step_ns, group_by).await
+    }
+
+    async fn series(
+        &self,
+        selector: Option<&Selector>,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<Vec<SeriesInfo>, StorageError> {
+        self.settle().await;
+        self.inner().series(selector, start_ns, end_ns).await
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.durability.flush().await
+    }
+
+    async fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StorageError> {
+        self.inner().enforce_retention(now_ns).await
+    }
+
+    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
+        self.settle().await;
+        self.inner().delete_service(service_name).await
+    }
+}
