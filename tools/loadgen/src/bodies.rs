@@ -37,6 +37,9 @@ pub struct Fixture {
     pub format: &'static str,
     /// Pyroscope's `__name__` for a Connect push of this profile.
     pub metric: &'static str,
+    /// For a pprof: each sample type (`type:unit`) and the sum of its values in one profile,
+    /// to check what a server returns against what it accepted.
+    pub totals: Vec<(String, i64)>,
     body: Body,
 }
 
@@ -108,10 +111,12 @@ impl Fixture {
         let path = PathBuf::from(path);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let format = format_of(&path);
+        let mut totals = Vec::new();
         let (metric, body) = if format == "pprof" {
             let profile = decode_pprof(&bytes)
                 .with_context(|| format!("{} is not a pprof profile", path.display()))?;
             let metric = pyroscope_metric(&profile);
+            totals = sample_totals(&profile);
             let variants = if churn > 0.0 { variants.max(1) } else { 1 };
             let mut pool = Vec::with_capacity(variants as usize);
             for v in 0..variants {
@@ -133,6 +138,7 @@ impl Fixture {
             app: app.to_string(),
             format,
             metric,
+            totals,
             body,
         })
     }
@@ -183,6 +189,19 @@ fn decode_pprof(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
         bail!("no sample types");
     }
     Ok(p)
+}
+
+/// Each sample type as `type:unit` with the sum of its values.
+fn sample_totals(p: &proto::Profile) -> Vec<(String, i64)> {
+    let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
+    p.sample_type
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let sum = p.sample.iter().filter_map(|x| x.value.get(i)).sum();
+            (format!("{}:{}", s(t.r#type), s(t.unit)), sum)
+        })
+        .collect()
 }
 
 /// Grafana Pyroscope's `__name__` for a pprof's sample types (as its `/ingest` derives it).
@@ -273,6 +292,9 @@ mod tests {
         assert_eq!(p.function, original.function);
         assert_eq!(f.metric, "process_cpu");
         assert_eq!(f.format, "pprof");
+        let ns = f.totals.iter().find(|t| t.0 == "cpu:nanoseconds").unwrap().1;
+        let samples = f.totals.iter().find(|t| t.0 == "samples:count").unwrap().1;
+        assert!(ns > 0 && samples > 0 && ns % samples == 0, "{ns} {samples}");
     }
 
     #[test]

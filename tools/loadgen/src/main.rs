@@ -309,16 +309,22 @@ impl Pusher<'_> {
 #[derive(Default)]
 struct Tally {
     accepted: u64,
+    /// Accepted requests per fixture.
+    by_fixture: Vec<u64>,
     statuses: BTreeMap<u16, u64>,
     io: u64,
     latencies: Vec<Duration>,
 }
 
 impl Tally {
-    fn add(&mut self, outcome: Outcome, took: Duration) {
+    fn add(&mut self, fixture: usize, outcome: Outcome, took: Duration) {
         match outcome {
             Outcome::Accepted => {
                 self.accepted += 1;
+                if self.by_fixture.len() <= fixture {
+                    self.by_fixture.resize(fixture + 1, 0);
+                }
+                self.by_fixture[fixture] += 1;
                 self.latencies.push(took);
             }
             Outcome::Status(s) => *self.statuses.entry(s).or_default() += 1,
@@ -328,6 +334,12 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.accepted += other.accepted;
+        if self.by_fixture.len() < other.by_fixture.len() {
+            self.by_fixture.resize(other.by_fixture.len(), 0);
+        }
+        for (i, n) in other.by_fixture.into_iter().enumerate() {
+            self.by_fixture[i] += n;
+        }
         for (s, n) in other.statuses {
             *self.statuses.entry(s).or_default() += n;
         }
@@ -425,7 +437,7 @@ fn main() -> anyhow::Result<()> {
                     let pod = format!("pod-{}", plan.series);
                     let t = Instant::now();
                     let outcome = pusher.push(&plan, None, &pod);
-                    local.add(outcome, t.elapsed());
+                    local.add(plan.fixture, outcome, t.elapsed());
                 }
                 total.lock().unwrap().merge(local);
             });
@@ -511,28 +523,43 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(path) = &args.json {
-        let mut j = format!(
-            "{{\"seconds\":{elapsed:.3},\"series\":{},\"fixtures\":{},\"accepted\":{n},\
-             \"accepted_per_s\":{:.1},\"refused_429\":{},\"refused_503\":{},\"refused_413\":{},\
-             \"other_http_errors\":{other_status},\"no_answer\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3}",
-            args.series,
-            fixtures.len(),
-            n as f64 / elapsed,
-            tally.status(429),
-            tally.status(503),
-            tally.status(413),
-            tally.io,
-            pct(0.5).as_secs_f64() * 1000.0,
-            pct(0.99).as_secs_f64() * 1000.0,
-        );
+        let fixtures_json: Vec<serde_json::Value> = fixtures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                serde_json::json!({
+                    "file": f.path.display().to_string(),
+                    "app": f.app,
+                    "format": f.format,
+                    "accepted": tally.by_fixture.get(i).copied().unwrap_or(0),
+                    "totals_per_profile": f.totals.iter().cloned().collect::<BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        let mut j = serde_json::json!({
+            "seconds": elapsed,
+            "series": args.series,
+            "spread_s": args.spread,
+            "churn": args.churn,
+            "accepted": n,
+            "accepted_per_s": n as f64 / elapsed,
+            "refused_429": tally.status(429),
+            "refused_503": tally.status(503),
+            "refused_413": tally.status(413),
+            "other_http_errors": other_status,
+            "no_answer": tally.io,
+            "p50_ms": pct(0.5).as_secs_f64() * 1000.0,
+            "p99_ms": pct(0.99).as_secs_f64() * 1000.0,
+            "fixtures": fixtures_json,
+        });
         if let Some((cpu_s, per_profile_ms, peak, hwm)) = server {
-            j.push_str(&format!(
-                ",\"server_cpu_s\":{cpu_s:.2},\"server_cpu_ms_per_profile\":{per_profile_ms:.4},\
-                 \"server_peak_rss_kb\":{peak},\"server_vmhwm_kb\":{hwm}"
-            ));
+            j["server_cpu_s"] = cpu_s.into();
+            j["server_cpu_ms_per_profile"] = per_profile_ms.into();
+            j["server_peak_rss_kb"] = peak.into();
+            j["server_vmhwm_kb"] = hwm.into();
         }
-        j.push_str("}\n");
-        std::fs::write(path, j).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, format!("{j}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
