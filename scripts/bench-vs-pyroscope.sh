@@ -16,7 +16,8 @@
 #      again, a 24 h query of all series merged (cold); then each query QUERY_REPEAT (5) times
 #      more (warm, median);
 #   5. the merged total against what was accepted (accepted Go CPU profiles × the fixture's
-#      nanoseconds), for both servers.
+#      nanoseconds), for both servers, as answered right after the load (before the restarts)
+#      and after them.
 # One table follows. Everything is loopback only, bounded in time (every wait has a deadline;
 # the whole run is stopped after SECONDS×2 + 15 min), and the servers are stopped on exit.
 # KEEP=1 keeps the work dir (data, logs, loadgen JSON).
@@ -108,6 +109,9 @@ run() {
     --file testdata/go-cpu.pb.gz --file testdata/go-heap.pb.gz --file testdata/go-goroutine.pb.gz \
     --file testdata/java-jdk.jfr@loadgen-java \
     --json "$work/$name.load.json"
+  # What the running server answers right after the load, before any restart.
+  timed_get "$(render_url "$name" "$q_all")" "$work/$name.live.json" >/dev/null
+  echo "live_total_all=$(total_of "$work/$name.live.json")" >>"$out"
   stop_server
   echo "shutdown_ms=$stop_ms" >>"$out"
   echo "disk_bytes=$(du -sb "$dir" | cut -f1)" >>"$out"
@@ -179,7 +183,7 @@ row("CPU used (cores)", k_load.get("server_cpu_s", 0) / k_load["seconds"],
     p_load.get("server_cpu_s", 0) / p_load["seconds"], "{:.2f}")
 row("peak RSS, VmHWM (MB)", k_load.get("server_vmhwm_kb", 0) / 1024,
     p_load.get("server_vmhwm_kb", 0) / 1024)
-row("durable bytes per profile (du after shutdown)", per_profile(k_env, k_load),
+row("bytes on disk per profile (du after shutdown)", per_profile(k_env, k_load),
     per_profile(p_env, p_load))
 row("startup, empty dir (ms)", k_env["start_empty_ms"], p_env["start_empty_ms"])
 row("startup with the day's data (ms)", k_env["start_data_ms"], p_env["start_data_ms"])
@@ -191,14 +195,19 @@ for key, what in (("one", "one series"), ("all", "all series merged")):
         p_env[f"warm_{key}_s"] * 1000, "{:.1f}")
 row("total, one series (cpu ns)", k_env["total_one"], p_env["total_one"])
 row("total, all series (cpu ns)", k_env["total_all"], p_env["total_all"])
+row("total, all series, before the restarts", k_env["live_total_all"], p_env["live_total_all"])
 row("expected: accepted Go CPU × fixture total", expected(k_load), expected(p_load))
 print()
 for name, env, load in (("Kiln", k_env, k_load), ("Pyroscope", p_env, p_load)):
     exp = expected(load)
     got = env["total_all"]
-    verdict = "equal" if exp == got else f"differ by {got - exp:+,.0f} ({(got - exp) / exp * 100:+.3f} %)" if exp else "no expectation"
+    def verdict(got):
+        if not exp:
+            return "no expectation"
+        return "equal" if got == exp else f"off by {got - exp:+,.0f} ({(got - exp) / exp * 100:+.3f} %)"
     parts = ", ".join(f"{k[10:]} {v / 1e6:.1f} MB" for k, v in env.items() if k.startswith("disk_part_"))
-    print(f"{name}: all-series total {got:,.0f} vs expected {exp or 0:,.0f}: {verdict}; "
+    print(f"{name}: all-series total vs expected {exp or 0:,.0f}: before the restarts "
+          f"{verdict(env['live_total_all'])}, after {verdict(got)}; "
           f"warm and cold totals {'agree' if env['total_all'] == env['warm_total_all'] else 'DIFFER'}; "
           f"disk {env['disk_bytes'] / 1e6:.1f} MB ({parts})")
 PY

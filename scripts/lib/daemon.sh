@@ -22,7 +22,10 @@ start_kiln() {
 # Limits are raised so that the benchmark's load is not refused by policy: the per-tenant
 # ingestion rate (default 4 MB/s), the series limit, and the refusal of profiles older than 1 h
 # (the load backfills a day). Readiness does not wait the ingester's default 15 s settling time.
-# Self-profiling, usage reporting and tracing are off.
+# Self-profiling, usage reporting and tracing are off. As in its default single-binary setup, no
+# object storage is configured: blocks stay in the ingester's data path, which serves all queries
+# (with `-storage.backend=filesystem` the same blocks are also uploaded to the bucket, and after a
+# restart v1.21.1 counted blocks present in both twice in a merge).
 start_pyroscope() {
   local bin=$1 dir=$2 http grpc gossip
   http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -38,7 +41,7 @@ start_pyroscope() {
     -compactor.ring.instance-addr=127.0.0.1 -store-gateway.sharding-ring.instance-addr=127.0.0.1 \
     -query-scheduler.ring.instance-addr=127.0.0.1 -query-frontend.instance-addr=127.0.0.1 \
     -overrides-exporter.ring.instance-addr=127.0.0.1 \
-    -pyroscopedb.data-path="$dir/data" -storage.backend=filesystem -storage.filesystem.dir="$dir/bucket" \
+    -pyroscopedb.data-path="$dir/data" \
     -compactor.data-dir="$dir/compactor" -blocks-storage.bucket-store.sync-dir="$dir/sync" \
     -embedded-grafana.data-path="$dir/grafana" \
     -self-profiling.disable-push=true -usage-stats.enabled=false -tracing.enabled=false \
