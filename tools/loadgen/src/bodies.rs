@@ -193,7 +193,12 @@ fn decode_pprof(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
 
 /// Each sample type as `type:unit` with the sum of its values.
 fn sample_totals(p: &proto::Profile) -> Vec<(String, i64)> {
-    let s = |i: i64| p.string_table.get(i as usize).map(String::as_str).unwrap_or("");
+    let s = |i: i64| {
+        p.string_table
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    };
     p.sample_type
         .iter()
         .enumerate()
@@ -292,7 +297,12 @@ mod tests {
         assert_eq!(p.function, original.function);
         assert_eq!(f.metric, "process_cpu");
         assert_eq!(f.format, "pprof");
-        let ns = f.totals.iter().find(|t| t.0 == "cpu:nanoseconds").unwrap().1;
+        let ns = f
+            .totals
+            .iter()
+            .find(|t| t.0 == "cpu:nanoseconds")
+            .unwrap()
+            .1;
         let samples = f.totals.iter().find(|t| t.0 == "samples:count").unwrap().1;
         assert!(ns > 0 && samples > 0 && ns % samples == 0, "{ns} {samples}");
     }
