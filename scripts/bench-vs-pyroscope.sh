@@ -44,10 +44,10 @@ loadgen=$CARGO_TARGET_DIR/release/kiln-loadgen
 series=${SERIES:-200}
 repeat=${QUERY_REPEAT:-5}
 work=$(mktemp -d)
-kiln_pid='' pyro_pid='' watchdog=''
+kiln_pid='' pyro_pid='' loadgen_pid='' watchdog=''
 cleanup() {
   local p
-  for p in "$kiln_pid" "$pyro_pid"; do
+  for p in "$loadgen_pid" "$kiln_pid" "$pyro_pid"; do
     [[ -n $p ]] && kill -KILL "$p" 2>/dev/null || true
   done
   [[ -n $watchdog ]] && kill "$watchdog" 2>/dev/null || true
@@ -108,7 +108,11 @@ run() {
     --app loadgen \
     --file testdata/go-cpu.pb.gz --file testdata/go-heap.pb.gz --file testdata/go-goroutine.pb.gz \
     --file testdata/java-jdk.jfr@loadgen-java \
-    --json "$work/$name.load.json"
+    --json "$work/$name.load.json" &
+  # In the background so that a signal reaches the trap now, not when the load ends.
+  loadgen_pid=$!
+  wait "$loadgen_pid"
+  loadgen_pid=''
   # What the running server answers right after the load, before any restart.
   timed_get "$(render_url "$name" "$q_all")" "$work/$name.live.json" >/dev/null
   echo "live_total_all=$(total_of "$work/$name.live.json")" >>"$out"
