@@ -120,7 +120,7 @@ run() {
   echo "shutdown_ms=$stop_ms" >>"$out"
   echo "disk_bytes=$(du -sb "$dir" | cut -f1)" >>"$out"
   for d in "$dir"/*/; do
-    [[ -d $d ]] && echo "disk_part_$(basename "$d")=$(du -sb "$d" | cut -f1)" >>"$out"
+    if [[ -d $d ]]; then echo "disk_part_$(basename "$d")=$(du -sb "$d" | cut -f1)" >>"$out"; fi
   done
   for key in one all; do
     [[ $key == one ]] && q=$q_one || q=$q_all
@@ -148,7 +148,7 @@ def load(name):
     env = {}
     for line in open(f"{work}/{name}.env"):
         k, _, v = line.strip().partition("=")
-        env[k] = float(v)
+        env[k] = int(v) if v.lstrip("-").isdigit() else float(v)
     return env, json.load(open(f"{work}/{name}.load.json"))
 
 k_env, k_load = load("kiln")
