@@ -1,6 +1,9 @@
 # Sourced by test and benchmark scripts: starts a daemon for them.
 #
 #   start_kiln BINARY DATA_DIR  → sets $kiln_url and $kiln_pid once /healthz answers (fails otherwise)
+#   start_pyroscope BINARY DIR  → starts a Grafana Pyroscope v1 single binary (all its state under
+#                                 DIR, loopback only, its log in DIR.log); sets $pyro_url and
+#                                 $pyro_pid once /ready answers (fails otherwise)
 
 start_kiln() {
   local bin=$1 data=$2 port
@@ -8,10 +11,52 @@ start_kiln() {
   "$bin" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$data" --self-profiling false --log-level warn &
   kiln_pid=$!
   kiln_url="http://127.0.0.1:$port"
-  for _ in $(seq 200); do
+  for _ in $(seq 1000); do
     curl -sf "$kiln_url/healthz" >/dev/null && return 0
-    sleep 0.1
+    sleep 0.02
   done
   echo "kiln did not become healthy at $kiln_url" >&2
+  return 1
+}
+
+# Limits are raised so that the benchmark's load is not refused by policy: the per-tenant
+# ingestion rate (default 4 MB/s), the series limit, and the refusal of profiles older than 1 h
+# (the load backfills a day). Readiness does not wait the ingester's default 15 s settling time.
+# Self-profiling, usage reporting and tracing are off. As in its default single-binary setup, no
+# object storage is configured: blocks stay in the ingester's data path, which serves all queries
+# (with `-storage.backend=filesystem` the same blocks are also uploaded to the bucket, and after a
+# restart v1.21.1 counted blocks present in both twice in a merge).
+start_pyroscope() {
+  local bin=$1 dir=$2 http grpc gossip
+  http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  grpc=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  gossip=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$dir"
+  "$bin" -target=all -log.level=warn \
+    -server.http-listen-address=127.0.0.1 -server.http-listen-port="$http" \
+    -server.grpc-listen-address=127.0.0.1 -server.grpc-listen-port="$grpc" \
+    -memberlist.bind-addr=127.0.0.1 -memberlist.bind-port="$gossip" \
+    -memberlist.advertise-addr=127.0.0.1 -memberlist.advertise-port="$gossip" \
+    -ingester.lifecycler.addr=127.0.0.1 -distributor.ring.instance-addr=127.0.0.1 \
+    -compactor.ring.instance-addr=127.0.0.1 -store-gateway.sharding-ring.instance-addr=127.0.0.1 \
+    -query-scheduler.ring.instance-addr=127.0.0.1 -query-frontend.instance-addr=127.0.0.1 \
+    -overrides-exporter.ring.instance-addr=127.0.0.1 \
+    -pyroscopedb.data-path="$dir/data" \
+    -compactor.data-dir="$dir/compactor" -blocks-storage.bucket-store.sync-dir="$dir/sync" \
+    -embedded-grafana.data-path="$dir/grafana" \
+    -self-profiling.disable-push=true -usage-stats.enabled=false -tracing.enabled=false \
+    -distributor.ingestion-rate-limit-mb=100000 -distributor.ingestion-burst-size-mb=100000 \
+    -validation.reject-older-than=0 -ingester.max-global-series-per-tenant=0 \
+    -ingester.min-ready-duration=0s \
+    >>"$dir.log" 2>&1 &
+  pyro_pid=$!
+  pyro_url="http://127.0.0.1:$http"
+  for _ in $(seq 3000); do
+    curl -sf "$pyro_url/ready" >/dev/null && return 0
+    kill -0 "$pyro_pid" 2>/dev/null || break
+    sleep 0.02
+  done
+  echo "pyroscope did not become ready at $pyro_url; last lines of $dir.log:" >&2
+  tail -20 "$dir.log" >&2
   return 1
 }

@@ -1,0 +1,352 @@
+//! Request bodies: real fixtures, loaded once, turned into a small pool of precomputed bodies,
+//! and stamped per request with the request's time at the cost of a memory copy.
+//!
+//! Grafana Pyroscope files a pprof by its `time_nanos` (the request's `from` is only a fallback
+//! when the field is unset), so a profile pushed for a past time slot must carry that time
+//! inside. Re-encoding and re-compressing a pprof per request would cost the load generator about
+//! as much CPU as the server spends decoding it, so each body is prepared once:
+//!
+//! - the pprof is decoded, `time_nanos` and `duration_nanos` are cleared (so they are absent from
+//!   the encoding), and it is compressed as a gzip member whose deflate stream ends with a sync
+//!   flush (byte-aligned, not final);
+//! - per request, one final *stored* deflate block is appended holding the two fields, followed
+//!   by the gzip trailer (CRC-32 continued from the prefix's, total length).
+//!
+//! Protobuf keeps the last value of a scalar field, and the two fields were removed from the
+//! prefix, so every decoder reads the appended values; the gzip stream is one ordinary member.
+//!
+//! With churn, a fraction of function names is renamed in each of `variants` deterministic
+//! variants; a request's variant follows its series and time slot, so the distinct stacks of a
+//! series grow over the day the way deploys make them grow.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use kiln_pprof::proto;
+use prost::Message;
+
+/// One fixture as the generator pushes it.
+pub struct Fixture {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Application name sent in `name=` (may carry a `.type` suffix).
+    pub app: String,
+    /// `format=` query parameter.
+    pub format: &'static str,
+    /// Pyroscope's `__name__` for a Connect push of this profile.
+    pub metric: &'static str,
+    /// For a pprof: each sample type (`type:unit`) and the sum of its values in one profile,
+    /// to check what a server returns against what it accepted.
+    pub totals: Vec<(String, i64)>,
+    body: Body,
+}
+
+enum Body {
+    /// Sent as is (JFR, collapsed text): their time comes from `from`/`until`.
+    Static(Arc<Vec<u8>>),
+    /// A pprof per churn variant, stamped per request.
+    Pprof(Vec<StampedPprof>),
+}
+
+/// A gzip'd pprof missing its time fields and its last deflate block (see the module docs).
+struct StampedPprof {
+    /// Gzip header and a sync-flushed, non-final deflate stream of the encoded profile.
+    prefix: Vec<u8>,
+    /// CRC-32 of the uncompressed profile so far.
+    crc: crc32fast::Hasher,
+    /// Uncompressed length so far.
+    len: u32,
+}
+
+impl StampedPprof {
+    fn new(raw: &[u8]) -> anyhow::Result<Self> {
+        // Gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+        let mut prefix = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+        enc.write_all(raw)?;
+        // A sync flush: everything so far is emitted, ending on a byte boundary, not final.
+        enc.flush()?;
+        prefix.extend_from_slice(enc.get_ref());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(raw);
+        Ok(Self {
+            prefix,
+            crc,
+            len: u32::try_from(raw.len()).context("profile larger than 4 GiB")?,
+        })
+    }
+
+    /// The gzip'd pprof with `time_nanos` and `duration_nanos` set.
+    fn stamp(&self, time_nanos: i64, duration_nanos: i64) -> Vec<u8> {
+        let mut tail = Vec::with_capacity(24);
+        for (tag, v) in [(9u64, time_nanos), (10, duration_nanos)] {
+            prost::encoding::encode_key(tag as u32, prost::encoding::WireType::Varint, &mut tail);
+            prost::encoding::encode_varint(v as u64, &mut tail);
+        }
+        let mut out = Vec::with_capacity(self.prefix.len() + tail.len() + 13);
+        out.extend_from_slice(&self.prefix);
+        // Final stored block: BFINAL=1, BTYPE=00, padding to the byte; LEN, NLEN; the bytes.
+        let n = tail.len() as u16;
+        out.push(0x01);
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&(!n).to_le_bytes());
+        out.extend_from_slice(&tail);
+        let mut crc = self.crc.clone();
+        crc.update(&tail);
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.extend_from_slice(&(self.len.wrapping_add(tail.len() as u32)).to_le_bytes());
+        out
+    }
+}
+
+impl Fixture {
+    /// Loads `spec` (`PATH` or `PATH@APP`), preparing `variants` churned copies of a pprof.
+    pub fn load(spec: &str, default_app: &str, churn: f64, variants: u32) -> anyhow::Result<Self> {
+        let (path, app) = match spec.rsplit_once('@') {
+            Some((p, a)) if !a.is_empty() && !a.contains('/') => (p, a),
+            _ => (spec, default_app),
+        };
+        let path = PathBuf::from(path);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let format = format_of(&path);
+        let mut totals = Vec::new();
+        let (metric, body) = if format == "pprof" {
+            let profile = decode_pprof(&bytes)
+                .with_context(|| format!("{} is not a pprof profile", path.display()))?;
+            let metric = pyroscope_metric(&profile);
+            totals = sample_totals(&profile);
+            let variants = if churn > 0.0 { variants.max(1) } else { 1 };
+            let mut pool = Vec::with_capacity(variants as usize);
+            for v in 0..variants {
+                let mut p = profile.clone();
+                if churn > 0.0 {
+                    rename_functions(&mut p, churn, v);
+                }
+                p.time_nanos = 0;
+                p.duration_nanos = 0;
+                pool.push(StampedPprof::new(&p.encode_to_vec())?);
+            }
+            (metric, Body::Pprof(pool))
+        } else {
+            let metric = if format == "jfr" { "process_cpu" } else { "" };
+            (metric, Body::Static(Arc::new(bytes)))
+        };
+        Ok(Self {
+            path,
+            app: app.to_string(),
+            format,
+            metric,
+            totals,
+            body,
+        })
+    }
+
+    /// The body for a request of churn variant `variant` at `from` (unix seconds) lasting
+    /// `duration_s`.
+    pub fn body(&self, variant: u32, from: u64, duration_s: u64) -> Arc<Vec<u8>> {
+        match &self.body {
+            Body::Static(b) => b.clone(),
+            Body::Pprof(pool) => Arc::new(pool[variant as usize % pool.len()].stamp(
+                (from as i64) * 1_000_000_000,
+                (duration_s as i64) * 1_000_000_000,
+            )),
+        }
+    }
+
+    /// Whether its time is stamped into the body (else only `from`/`until` carry it).
+    pub fn is_pprof(&self) -> bool {
+        matches!(self.body, Body::Pprof(_))
+    }
+}
+
+/// The `format=` parameter for a file, by its name.
+fn format_of(path: &Path) -> &'static str {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(".jfr") || name.ends_with(".jfr.gz") {
+        "jfr"
+    } else if name.ends_with(".txt") || name.ends_with(".folded") || name.ends_with(".collapsed") {
+        "folded"
+    } else {
+        "pprof"
+    }
+}
+
+fn decode_pprof(bytes: &[u8]) -> anyhow::Result<proto::Profile> {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out)?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    let p = proto::Profile::decode(&raw[..])?;
+    if p.sample_type.is_empty() {
+        bail!("no sample types");
+    }
+    Ok(p)
+}
+
+/// Each sample type as `type:unit` with the sum of its values.
+fn sample_totals(p: &proto::Profile) -> Vec<(String, i64)> {
+    let s = |i: i64| {
+        p.string_table
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    };
+    p.sample_type
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let sum = p.sample.iter().filter_map(|x| x.value.get(i)).sum();
+            (format!("{}:{}", s(t.r#type), s(t.unit)), sum)
+        })
+        .collect()
+}
+
+/// Grafana Pyroscope's `__name__` for a pprof's sample types (as its `/ingest` derives it).
+fn pyroscope_metric(p: &proto::Profile) -> &'static str {
+    let names: Vec<&str> = p
+        .sample_type
+        .iter()
+        .filter_map(|t| p.string_table.get(t.r#type as usize).map(String::as_str))
+        .collect();
+    if names.contains(&"wall") {
+        return "wall";
+    }
+    for st in names {
+        if st.contains("cpu") {
+            return "process_cpu";
+        }
+        if st.contains("alloc_") || st.contains("inuse_") || st == "space" || st == "objects" {
+            return "memory";
+        }
+        if st.contains("mutex_") || st == "contentions" || st == "delay" {
+            return "mutex";
+        }
+        if st.contains("block_") {
+            return "block";
+        }
+        if st.contains("goroutine") {
+            return "goroutines";
+        }
+    }
+    "process_cpu"
+}
+
+/// A deterministic 64-bit mix (splitmix64's finalizer).
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Renames a `fraction` of the functions (chosen by a hash of function id and variant) to
+/// `name'v<variant>`, as a new build of the program would change some of them.
+fn rename_functions(p: &mut proto::Profile, fraction: f64, variant: u32) {
+    let threshold = (fraction.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let functions = std::mem::take(&mut p.function);
+    p.function = functions
+        .into_iter()
+        .map(|mut f| {
+            if mix(f.id ^ (u64::from(variant) << 40)) <= threshold {
+                let old = p
+                    .string_table
+                    .get(f.name as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                p.string_table.push(format!("{old}'v{variant}"));
+                f.name = p.string_table.len() as i64 - 1;
+                f.system_name = f.name;
+            }
+            f
+        })
+        .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata")
+            .join(name)
+    }
+
+    #[test]
+    fn stamped_body_is_one_gzip_member_with_the_new_time() {
+        let f = Fixture::load(fixture("go-cpu.pb.gz").to_str().unwrap(), "a", 0.0, 1).unwrap();
+        let original = decode_pprof(&std::fs::read(fixture("go-cpu.pb.gz")).unwrap()).unwrap();
+        let body = f.body(0, 1_700_000_000, 10);
+        // A single-member decoder must read it whole (the CRC and length are checked).
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let p = proto::Profile::decode(&raw[..]).unwrap();
+        assert_eq!(p.time_nanos, 1_700_000_000_000_000_000);
+        assert_eq!(p.duration_nanos, 10_000_000_000);
+        assert_eq!(p.sample, original.sample);
+        assert_eq!(p.function, original.function);
+        assert_eq!(f.metric, "process_cpu");
+        assert_eq!(f.format, "pprof");
+        let ns = f
+            .totals
+            .iter()
+            .find(|t| t.0 == "cpu:nanoseconds")
+            .unwrap()
+            .1;
+        let samples = f.totals.iter().find(|t| t.0 == "samples:count").unwrap().1;
+        assert!(ns > 0 && samples > 0 && ns % samples == 0, "{ns} {samples}");
+    }
+
+    #[test]
+    fn churn_renames_some_functions_per_variant() {
+        let path = fixture("go-cpu.pb.gz");
+        let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4).unwrap();
+        let names = |v: u32| {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(&f.body(v, 1, 10)[..])
+                .read_to_end(&mut raw)
+                .unwrap();
+            let p = proto::Profile::decode(&raw[..]).unwrap();
+            p.function
+                .iter()
+                .map(|f| p.string_table[f.name as usize].clone())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (names(0), names(1));
+        let renamed = a.iter().filter(|n| n.ends_with("'v0")).count();
+        assert!(
+            renamed > 0 && renamed < a.len() / 2,
+            "{renamed} of {}",
+            a.len()
+        );
+        assert_ne!(a, b);
+        assert_eq!(a, names(4), "variants are a fixed pool");
+    }
+
+    #[test]
+    fn formats_and_apps_from_the_spec() {
+        let f = Fixture::load(
+            &format!("{}@java-app", fixture("java-jdk.jfr").display()),
+            "a",
+            0.0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.format, f.app.as_str(), f.is_pprof()),
+            ("jfr", "java-app", false)
+        );
+        let f = Fixture::load(fixture("go-heap.pb.gz").to_str().unwrap(), "a", 0.0, 1).unwrap();
+        assert_eq!((f.metric, f.app.as_str()), ("memory", "a"));
+    }
+}
