@@ -34,6 +34,7 @@ run() {
 
 run "cargo fmt --check" cargo fmt --all -- --check
 run "cargo build" cargo build --workspace --all-targets --locked
+run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 run "cargo test" cargo test --workspace --locked
 export KILN_BIN="$root/target/debug/kiln"
 for suite in "${suites[@]}"; do

@@ -15,7 +15,7 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::api_error::ApiError;
-use crate::durable::Unit;
+use crate::durable::{AcceptError, Unit, UnitError};
 use crate::ingest::content_decode;
 use crate::server::AppState;
 
@@ -212,7 +212,14 @@ async fn push_inner(
         .durable
         .accept(ingestion, units)
         .await
-        .map_err(ApiError::from)?
+        .map_err(|e| {
+            let decoding = matches!(e, AcceptError::Unit(UnitError::Decode { .. }));
+            let mut e = ApiError::from(e);
+            if decoding {
+                e.message = format!("raw_profile: {}", e.message);
+            }
+            e
+        })?
         .profiles;
     state.metrics.ingested(stored, wire_bytes);
     Ok(json)

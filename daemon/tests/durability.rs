@@ -95,15 +95,17 @@ fn load(
     fixtures: &Arc<Vec<Fixture>>,
     connections: usize,
     stop: &Arc<AtomicBool>,
+    acked: &Arc<AtomicU64>,
 ) -> Vec<std::thread::JoinHandle<Vec<Pushed>>> {
     let counter = Arc::new(AtomicU64::new(0));
     (0..connections)
         .map(|_| {
-            let (url, fixtures, stop, counter) = (
+            let (url, fixtures, stop, counter, acked_count) = (
                 url.to_string(),
                 fixtures.clone(),
                 stop.clone(),
                 counter.clone(),
+                acked.clone(),
             );
             std::thread::spawn(move || {
                 let mut out = Vec::new();
@@ -112,6 +114,9 @@ fn load(
                     let fixture = n % fixtures.len();
                     let app = format!("crash{round}x{n}");
                     let acked = push(&url, &app, &fixtures[fixture]) == Ok(200);
+                    if acked {
+                        acked_count.fetch_add(1, Ordering::Relaxed);
+                    }
                     out.push(Pushed {
                         app,
                         fixture,
@@ -164,13 +169,20 @@ fn acknowledged_pushes_survive_kill_9_under_load() {
         })
         .collect();
 
-    // Kill at moments that differ round to round (deterministic, so a failure reproduces).
-    let kill_after = [700u64, 1900, 1300];
+    // Kill once some pushes are acknowledged, at moments that differ round to round
+    // (deterministic, so a failure reproduces).
+    let kill_after = [70u64, 390, 230];
     let mut total_acked = 0;
     let mut all: Vec<Pushed> = Vec::new();
     for (round, &ms) in kill_after.iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = load(&d.url, round, &fixtures, 4, &stop);
+        let acked = Arc::new(AtomicU64::new(0));
+        let threads = load(&d.url, round, &fixtures, 4, &stop, &acked);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::Relaxed) < 8 {
+            assert!(Instant::now() < deadline, "pushes are not acknowledged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(Duration::from_millis(ms));
         d.crash();
         stop.store(true, Ordering::Relaxed);

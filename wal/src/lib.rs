@@ -202,7 +202,10 @@ impl Wal {
     ) -> Result<(), E> {
         let segments = list_segments(&self.config.dir).map_err(|e| self.io_err(e))?;
         for (i, seg) in segments.iter().enumerate() {
-            if segments.get(i + 1).is_some_and(|n| n.first_seq <= after + 1) {
+            if segments
+                .get(i + 1)
+                .is_some_and(|n| n.first_seq <= after + 1)
+            {
                 continue;
             }
             let mut out = Ok(());
