@@ -55,7 +55,19 @@ pub struct ServerConfig {
     /// Directory whose native (`.so`, `.dylib`) and WebAssembly (`.wasm`) plugins are loaded
     /// at start and on reload.
     pub plugins_dir: PathBuf,
+    /// The memory the daemon plans for. Bounds not set explicitly derive from it:
+    /// `wal.max_unapplied_bytes` = ¼, `storage.cache_capacity_bytes` = ⅛,
+    /// `server.max_decompressed_bytes` = ⅛ (see [`MEMORY_SHARES`]).
+    pub memory_limit: u64,
 }
+
+/// What each memory bound gets of `server.memory_limit` when not set explicitly: `(key, 1/n)`.
+pub const MEMORY_SHARES: &[(&str, u64)] = &[
+    ("wal.max_unapplied_bytes", 4),
+    ("storage.cache_capacity_bytes", 8),
+    ("server.max_decompressed_bytes", 8),
+];
+const DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -69,6 +81,7 @@ impl Default for ServerConfig {
             flush_interval: Duration::from_secs(1),
             self_profiling: true,
             plugins_dir: PathBuf::from("plugins"),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -232,6 +245,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("server.flush_interval", "KILN_FLUSH_INTERVAL"),
     ("server.self_profiling", "KILN_SELF_PROFILING"),
     ("server.plugins_dir", "KILN_PLUGINS_DIR"),
+    ("server.memory_limit", "KILN_MEMORY_LIMIT"),
     ("storage.type", "KILN_STORAGE_TYPE"),
     ("storage.path", "KILN_STORAGE_PATH"),
     ("storage.retention", "KILN_RETENTION"),
@@ -261,6 +275,7 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
     for (key, v) in flags {
         set(&mut table, key, v);
     }
+    derive_memory_bounds(&mut table);
     let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let at = e.path().to_string();
@@ -279,6 +294,26 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(config)
+}
+
+/// Fills the memory bounds not set explicitly from `server.memory_limit`.
+fn derive_memory_bounds(table: &mut toml::Table) {
+    let limit = table
+        .get("server")
+        .and_then(|s| s.get("memory_limit"))
+        .and_then(toml::Value::as_integer)
+        .map_or(DEFAULT_MEMORY_LIMIT, |v| v.max(0) as u64);
+    for (key, share) in MEMORY_SHARES {
+        let (section, name) = key.split_once('.').expect("two-level keys");
+        let section = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(section) = section.as_table_mut() {
+            section
+                .entry(name)
+                .or_insert(toml::Value::Integer((limit / share) as i64));
+        }
+    }
 }
 
 /// Sets `a.b` in `table` from a string, typed like the value it replaces (or inferred).
@@ -325,6 +360,9 @@ impl Config {
         }
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");
+        }
+        if self.server.memory_limit < 64 << 20 {
+            bail!("in [server], key `memory_limit`: must be at least 67108864 (64 MiB)");
         }
         if self.wal.segment_bytes < 1 << 20 {
             bail!("in [wal], key `segment_bytes`: must be at least 1048576 (1 MiB)");
@@ -449,6 +487,25 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:2");
         assert!(!c.server.self_profiling);
+    }
+
+    #[test]
+    fn memory_bounds_derive_from_the_limit_unless_set() {
+        let c = load_str(
+            "[server]\nmemory_limit = 1073741824\n[wal]\nmax_unapplied_bytes = 1000\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.wal.max_unapplied_bytes, 1000);
+        assert_eq!(c.storage.cache_capacity_bytes, 128 << 20);
+        assert_eq!(c.server.max_decompressed_bytes, 128 << 20);
+        let d = load_str("", &[]).unwrap();
+        assert_eq!(d.wal.max_unapplied_bytes, 128 << 20);
+        assert_eq!(d.storage.cache_capacity_bytes, 64 << 20);
+        let err = load_str("[server]\nmemory_limit = 5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory_limit"), "{err}");
     }
 
     #[test]
