@@ -22,6 +22,35 @@ trap cleanup EXIT
 start_kiln "$kiln" "$work/data" || exit 1
 "$work/conformance" -kiln "$kiln_url" -manifest "$here/corpus/manifest.json" "$@"
 status=$?
+# Line numbers survive storage: a real Go program's CPU profile, pushed and exported as pprof,
+# builds the program with PGO, and `go tool pprof -lines` shows the same hot lines.
+pgo_check() {
+  (cd "$here" && go build -o "$work/pgo" ./pgo) &&
+    "$work/pgo" -cpuprofile "$work/input.pprof" -duration 3s >/dev/null &&
+    curl -sf -X POST -F "profile=@$work/input.pprof" \
+      "$kiln_url/ingest?name=pgo-check.cpu&spyName=gospy&from=$(($(date +%s) - 10))&until=$(date +%s)" &&
+    curl -sf -o "$work/export.pb.gz" \
+      "$kiln_url/render?query=pgo-check.cpu%7B%7D&from=now-1h&until=now%2B1h&format=pprof" &&
+    (cd "$here" && go build -pgo="$work/export.pb.gz" -o "$work/pgo-optimized" ./pgo) || return 1
+  # The top lines by flat sample count, as `name file:line flat`.
+  top_lines() {
+    go tool pprof -lines -top -nodecount=5 "$@" 2>/dev/null |
+      awk '/^ *flat/ {on=1; next} on && NF >= 7 {print $6, $7, $1}'
+  }
+  top_lines -sample_index=samples "$work/input.pprof" >"$work/input.top"
+  top_lines "$work/export.pb.gz" >"$work/export.top"
+  if [[ ! -s $work/input.top ]] || ! diff -u "$work/input.top" "$work/export.top"; then
+    echo "FAIL pgo: the export's hot lines differ from the input's"
+    return 1
+  fi
+  echo "ok   pgo: go build -pgo=<kiln export> succeeded; hot lines match:"
+  sed 's/^/       /' "$work/input.top"
+}
+if ! pgo_check; then
+  echo "FAIL pgo check"
+  status=1
+fi
+
 # Bad input is skipped and counted, never a 500: the corpus leaves its counts in /metrics.
 if ! curl -sf "$kiln_url/metrics" | grep -q '^kiln_decode_skipped_total{'; then
   echo "FAIL /metrics has no kiln_decode_skipped_total"

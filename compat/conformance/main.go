@@ -14,6 +14,7 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -378,14 +379,17 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 				order = append(order, name)
 			}
 			div := int64(1)
+			scale := 1.0
 			switch name {
 			case "cpu", "wall":
 				// The reference multiplies sample counts by the period; Kiln stores counts.
 				div = period
 			case "lock_duration", "block_duration":
-				// The reference keeps durations in chunk ticks; Kiln converts them to ns.
-				w.relTol = 0.01
-				w.why = "ticks vs nanoseconds, 1% tolerance"
+				// The reference keeps durations in chunk ticks; Kiln converts each event's
+				// duration to ns (truncating): converted here with the recording's tick rate.
+				scale = 1e9 / ticksPerSecond(raw)
+				w.relTol = 0.001
+				w.why = "ticks converted to nanoseconds, 0.1% tolerance"
 			}
 			locName := map[uint64]string{}
 			fnName := map[uint64]string{}
@@ -398,7 +402,7 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 				}
 			}
 			for _, s := range p.Sample {
-				v := s.Value[i] / div
+				v := int64(float64(s.Value[i]/div) * scale)
 				if v <= 0 {
 					continue
 				}
@@ -422,10 +426,30 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 	return out, nil
 }
 
-// jfrFrameName: the reference names frames `java/lang/Thread.run`; Kiln `java.lang.Thread.run`,
-// and a frame without a class just by its method.
+// jfrFrameName: the reference names frames `class.method` with the class as the JVM spells it
+// (`java/lang/Thread.run`), and `.method` without a class; Kiln writes `java.lang.Thread.run`
+// and just `method` (a native library path keeps its slashes).
 func jfrFrameName(s string) string {
-	return strings.TrimPrefix(strings.ReplaceAll(s, "/", "."), ".")
+	if strings.HasPrefix(s, ".") {
+		return s[1:]
+	}
+	i := strings.LastIndexByte(s, '.')
+	if i < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s[:i], "/", ".") + s[i:]
+}
+
+// ticksPerSecond reads the tick rate from the first chunk header of a recording.
+func ticksPerSecond(raw []byte) float64 {
+	if len(raw) < 64 {
+		return 1e9
+	}
+	tps := binary.BigEndian.Uint64(raw[56:64])
+	if tps == 0 {
+		return 1e9
+	}
+	return float64(tps)
 }
 
 // push sends a file as an agent does: pprof as the Go agent's multipart body, JFR as

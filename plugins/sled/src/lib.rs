@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, Storage, StorageError, Timeline, Tree, TreeNode,
+    SeriesInfo, Storage, StorageError, Timeline, Tree, TreeBuilder,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -342,7 +342,7 @@ impl Inner {
                     .entry(service.clone())
                     .or_insert_with(|| ServiceDict::new(next_service));
                 frame_map.clear();
-                frame_map.extend(p.frames.iter().map(|f| dict.frame(&f.function)));
+                frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
                 sample_nodes.clear();
                 for s in &p.samples {
                     let mut node = 0;
@@ -741,27 +741,32 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
             node = dict.nodes[node].0 as usize;
         }
     }
-    let mut tree = Tree::default();
-    tree.nodes[0].self_value = values.first().copied().unwrap_or(0);
-    let mut name_of_frame: FxHashMap<u32, u32> = FxHashMap::default();
+    // Frames are function names, or (function, file, line) since lines are kept: the tree has
+    // lines when one of its frames does (see `Tree::by_function` for the grouped view).
+    let mut b = TreeBuilder::default();
+    let with_lines = (1..n).any(|id| {
+        index[id] == WANTED
+            && dict::split_frame_key(&dict.frames[dict.nodes[id].1 as usize]).has_location()
+    });
     for id in 1..n {
         if index[id] != WANTED {
             continue;
         }
         let (parent, frame) = dict.nodes[id];
-        let name = *name_of_frame.entry(frame).or_insert_with(|| {
-            tree.names.push(dict.frames[frame as usize].clone());
-            tree.names.len() as u32 - 1
-        });
-        index[id] = tree.nodes.len() as u32;
-        tree.nodes.push(TreeNode {
-            parent: index[parent as usize],
-            name,
-            self_value: values.get(id).copied().unwrap_or(0),
-            total: 0,
-        });
+        let f = dict::split_frame_key(&dict.frames[frame as usize]);
+        let name = b.intern(f.function);
+        let parent = index[parent as usize];
+        // Distinct dict nodes stay distinct tree nodes (a node's frame differs from its
+        // siblings'), except frames that only differ by a NUL-free spelling.
+        index[id] = if with_lines {
+            b.child_at(parent, name, f.file, f.line, f.start_line)
+        } else {
+            b.child(parent, name)
+        };
+        b.add_self(index[id], values.get(id).copied().unwrap_or(0));
     }
-    tree.compute_totals();
+    b.add_self(0, values.first().copied().unwrap_or(0));
+    let tree = b.build();
     Ok(tree)
 }
 
