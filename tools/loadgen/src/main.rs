@@ -3,7 +3,9 @@
 //! pid — its CPU use and peak RSS.
 //!
 //! With `--day`, it instead pushes one series' worth of a whole day (8,640 profiles stamped
-//! 10 s apart) as fast as it can, to measure disk use per profiled core per day.
+//! 10 s apart) as fast as it can, to measure disk use per profiled core per day; add
+//! `--strip-lines` to push the same profile without file and line numbers, to measure what
+//! keeping lines costs.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +45,26 @@ struct Args {
     /// Push through the Connect API (`push.v1.PusherService/Push`, protobuf) instead of /ingest.
     #[arg(long)]
     connect: bool,
+    /// Remove line numbers, function start lines and file names from the profile before pushing.
+    #[arg(long)]
+    strip_lines: bool,
+}
+
+/// The profile without source locations: every line 0, no file, no start line.
+fn strip_lines(body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use prost::Message;
+    let raw = kiln_pprof::gunzip_if_needed(body, 1 << 30)?;
+    let mut p = kiln_pprof::proto::Profile::decode(&raw[..])?;
+    for f in &mut p.function {
+        f.filename = 0;
+        f.start_line = 0;
+    }
+    for l in &mut p.location {
+        for line in &mut l.line {
+            line.line = 0;
+        }
+    }
+    Ok(p.encode_to_vec())
 }
 
 /// A Connect push body for series `pod`.
@@ -84,9 +106,12 @@ fn proc_stats(pid: u32) -> Option<(u64, u64)> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let body = Arc::new(
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?,
-    );
+    let mut body =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    if args.strip_lines {
+        body = strip_lines(&body)?;
+    }
+    let body = Arc::new(body);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
