@@ -3,6 +3,7 @@ module kiln/compat/conformance
 go 1.24.0
 
 require (
+	github.com/felixge/fgprof v0.9.5
 	github.com/google/pprof v0.0.0-20260202012954-cb029daf43ef
 	github.com/grafana/jfr-parser v0.14.0
 )

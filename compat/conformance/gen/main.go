@@ -1,5 +1,5 @@
 // Command gen records the Go part of the conformance corpus on this machine with the Go
-// runtime's own profilers (CPU, heap, goroutine, mutex, block), and derives from real
+// runtime's own profilers (CPU, heap, goroutine, mutex, block) and fgprof, and derives from real
 // recordings the shapes no public test data had under a permissive licence: a heap delta with
 // negative values, a profile with an unknown sample type name (`time`, as fgprof names it), and
 // a wall profile shaped as the Node agent sends it (`samples`, `wall`, `cpu`). Run it from
@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/felixge/fgprof"
 	"github.com/google/pprof/profile"
 )
 
@@ -132,6 +133,23 @@ func main() {
 	fg.SampleType = []*profile.ValueType{{Type: "samples", Unit: "count"}, {Type: "time", Unit: "nanoseconds"}}
 	fg.PeriodType = &profile.ValueType{Type: "wallclock", Unit: "nanoseconds"}
 	write(dir, "go-fgprof-shape.pb.gz", fg)
+
+	// A real fgprof recording: on- and off-CPU time of every goroutine.
+	var fgBuf bytes.Buffer
+	stop := fgprof.Start(&fgBuf, fgprof.FormatPprof)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); hashLoop(700 * time.Millisecond) }()
+	go func() { defer wg.Done(); time.Sleep(700 * time.Millisecond) }()
+	wg.Wait()
+	if err := stop(); err != nil {
+		panic(err)
+	}
+	fgReal, err := profile.Parse(&fgBuf)
+	if err != nil {
+		panic(err)
+	}
+	write(dir, "go-fgprof.pb.gz", fgReal)
 
 	// The CPU recording reshaped as the Node agent's wall profile: sample count, wall time and
 	// CPU time (here CPU = wall).

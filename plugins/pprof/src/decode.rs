@@ -100,7 +100,8 @@ fn plan_types(
         // Grafana Pyroscope: wall time is `wall`, CPU time `cpu`, and the sample count of the
         // wall profiler is `wall_samples`, never CPU.
         let only_cpu_time = sample_type == "cpu" && (!has_samples_column || has_wall_column);
-        let wall_samples = sample_type == "samples" && has_wall_column;
+        // (@datadog/pprof names the count `sample`.)
+        let wall_samples = matches!(sample_type, "samples" | "sample") && has_wall_column;
         let display_name = entry
             .and_then(|e| e.display_name.as_deref())
             .filter(|n| !n.is_empty())
@@ -120,6 +121,7 @@ fn plan_types(
             profile_type(sample_type, sample_unit, period, display_name, aggregation);
         let name = profile_type.name.clone();
         let sampled = entry.map(|e| e.sampled).unwrap_or(sample_type == "samples")
+            || wall_samples
             || name == "cpu_nanoseconds"
             || only_cpu_time;
         let cumulative = match entry {
