@@ -756,8 +756,8 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
         let f = dict::split_frame_key(&dict.frames[frame as usize]);
         let name = b.intern(f.function);
         let parent = index[parent as usize];
-        // Distinct dict nodes stay distinct tree nodes (a node's frame differs from its
-        // siblings'), except frames that only differ by a NUL-free spelling.
+        // Each dict node is one (parent, frame): its tree node is unique by (parent, function)
+        // without lines, by (parent, function, file, line) with them.
         index[id] = if with_lines {
             b.child_at(parent, name, f.file, f.line, f.start_line)
         } else {
