@@ -35,8 +35,10 @@ import (
 
 // entry is one line of the manifest.
 type entry struct {
-	File       string `json:"file"`
-	Format     string `json:"format"` // pprof, jfr
+	File   string `json:"file"`
+	Format string `json:"format"` // pprof, jfr, folded, speedscope
+	// Type is the profile type suffix pushed with text formats (`name=app.cpu`).
+	Type       string `json:"type,omitempty"`
 	Labels     string `json:"labels,omitempty"`
 	Spy        string `json:"spy,omitempty"`
 	SampleRate int    `json:"sample_rate,omitempty"`
@@ -141,6 +143,10 @@ func (c *checker) check(dir, app string, e entry) error {
 		want, err = expectPprof(body)
 	case "jfr":
 		want, err = expectJFR(body, labels, rate)
+	case "folded":
+		want, err = expectFolded(body, e.Type)
+	case "speedscope":
+		want, err = expectSpeedscope(body, e.Type)
 	default:
 		err = fmt.Errorf("unknown format %q", e.Format)
 	}
@@ -452,6 +458,77 @@ func ticksPerSecond(raw []byte) float64 {
 	return float64(tps)
 }
 
+// expectFolded: `frame;frame;leaf count` lines (frames may contain spaces).
+func expectFolded(body []byte, ty string) ([]expected, error) {
+	w := expected{kilnName: ty, self: map[string]int64{}, totals: map[string]int64{}}
+	for _, line := range strings.Split(string(body), "\n") {
+		line = strings.TrimRight(line, "\r")
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(line[i+1:]), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("folded line %q: %v", line, err)
+		}
+		if v <= 0 {
+			continue
+		}
+		frames := strings.Split(line[:i], ";")
+		leafFirst := make([]string, len(frames))
+		for j, f := range frames {
+			leafFirst[len(frames)-1-j] = f
+		}
+		w.total += v
+		accumulate(w.self, w.totals, leafFirst, v)
+	}
+	return []expected{w}, nil
+}
+
+// expectSpeedscope: sampled profiles; weights in a time unit are converted to nanoseconds,
+// rounded per sample, as the speedscope format's own units say.
+func expectSpeedscope(body []byte, ty string) ([]expected, error) {
+	var f struct {
+		Shared struct {
+			Frames []struct {
+				Name string `json:"name"`
+			} `json:"frames"`
+		} `json:"shared"`
+		Profiles []struct {
+			Type    string    `json:"type"`
+			Unit    string    `json:"unit"`
+			Samples [][]int   `json:"samples"`
+			Weights []float64 `json:"weights"`
+		} `json:"profiles"`
+	}
+	if err := json.Unmarshal(body, &f); err != nil {
+		return nil, err
+	}
+	w := expected{kilnName: ty, self: map[string]int64{}, totals: map[string]int64{}}
+	for _, p := range f.Profiles {
+		if p.Type != "sampled" {
+			return nil, fmt.Errorf("only sampled speedscope profiles are compared")
+		}
+		scale := map[string]float64{"nanoseconds": 1, "microseconds": 1e3, "milliseconds": 1e6, "seconds": 1e9}[p.Unit]
+		if scale == 0 {
+			scale = 1
+		}
+		for i, s := range p.Samples {
+			v := int64(math.Round(p.Weights[i] * scale))
+			if v <= 0 || len(s) == 0 {
+				continue
+			}
+			leafFirst := make([]string, len(s))
+			for j, fi := range s {
+				leafFirst[len(s)-1-j] = f.Shared.Frames[fi].Name
+			}
+			w.total += v
+			accumulate(w.self, w.totals, leafFirst, v)
+		}
+	}
+	return []expected{w}, nil
+}
+
 // push sends a file as an agent does: pprof as the Go agent's multipart body, JFR as
 // pyroscope-java's (multipart with a labels part when there are labels, raw otherwise).
 func (c *checker) push(app string, e entry, body, labels []byte, rate int) error {
@@ -475,6 +552,13 @@ func (c *checker) push(app string, e entry, body, labels []byte, rate int) error
 		req, err = http.NewRequest("POST", c.base+"/ingest?"+q.Encode(), &buf)
 		if err == nil {
 			req.Header.Set("Content-Type", ct)
+		}
+	case "folded", "speedscope":
+		q.Set("name", app+"."+e.Type+"{conformance=true}")
+		q.Set("format", e.Format)
+		req, err = http.NewRequest("POST", c.base+"/ingest?"+q.Encode(), bytes.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "text/plain")
 		}
 	case "jfr":
 		q.Set("format", "jfr")

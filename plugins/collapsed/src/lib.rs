@@ -72,6 +72,12 @@ impl Stacks {
             kiln_plugin_api::skipped::record("collapsed", "negative_value", 1);
             return;
         }
+        let stack: Vec<&str> = stack.into_iter().collect();
+        // A stack without a frame (speedscope's `[]`) has nowhere to show in any view.
+        if stack.is_empty() || stack.iter().all(|f| f.is_empty()) {
+            kiln_plugin_api::skipped::record("collapsed", "empty_stack", 1);
+            return;
+        }
         let ids: Vec<u32> = stack
             .into_iter()
             .map(|f| match self.frame_ids.get(f) {

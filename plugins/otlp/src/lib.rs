@@ -178,6 +178,11 @@ fn decode_profile(
             get(location_frames, li, "location")?;
             stack.extend_from_slice(&location_frames[li as usize]);
         }
+        // No frame: nowhere to show it in any view (as for pprof).
+        if stack.is_empty() {
+            kiln_plugin_api::skipped::record("otlp", "empty_stack", 1);
+            continue;
+        }
         let mut attrs = s.attribute_indices.clone();
         for &a in &attrs {
             get(&dict.attribute_table, a, "attribute")?;

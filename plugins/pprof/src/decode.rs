@@ -281,6 +281,7 @@ fn build_profiles(
     let mut stack = Vec::with_capacity(64);
     let mut key = Vec::new();
     let mut negative = 0u64;
+    let mut empty = 0u64;
     for s in &p.sample {
         if s.value.len() != p.sample_type.len() {
             return Err(DecodeError::Malformed(format!(
@@ -295,6 +296,12 @@ fn build_profiles(
                 DecodeError::Malformed(format!("a sample references missing location {id}"))
             })?;
             stack.extend_from_slice(&location_frames[start as usize..(start + len) as usize]);
+        }
+        // A sample without a frame has nowhere to show in a flamegraph, a folded line or a
+        // pprof export: dropped, so that every view sums the same values.
+        if stack.is_empty() {
+            empty += 1;
+            continue;
         }
         key.clear();
         key.extend(
@@ -332,6 +339,7 @@ fn build_profiles(
     }
 
     kiln_plugin_api::skipped::record("pprof", "negative_value", negative);
+    kiln_plugin_api::skipped::record("pprof", "empty_stack", empty);
     // A request without a window (Connect push) takes the profile's own time.
     let (start_ns, end_ns) = if meta.start_ns == 0 && meta.end_ns == 0 {
         let start = if p.time_nanos > 0 {
