@@ -1,7 +1,8 @@
 // Command gen records the Go part of the conformance corpus on this machine with the Go
 // runtime's own profilers (CPU, heap, goroutine, mutex, block) and fgprof, and derives from real
 // recordings the shapes no public test data had under a permissive licence: a heap delta with
-// negative values, a profile with an unknown sample type name (`time`, as fgprof names it), and
+// negative values, a profile with an unknown sample type name (`time`, as fgprof names it), a
+// profile with partly unsymbolized frames (as eBPF profilers send), and
 // a wall profile shaped as the Node agent sends it (`samples`, `wall`, `cpu`). Run it from
 // compat/conformance: `go run ./gen corpus`.
 package main
@@ -133,6 +134,19 @@ func main() {
 	fg.SampleType = []*profile.ValueType{{Type: "samples", Unit: "count"}, {Type: "time", Unit: "nanoseconds"}}
 	fg.PeriodType = &profile.ValueType{Type: "wallclock", Unit: "nanoseconds"}
 	write(dir, "go-fgprof-shape.pb.gz", fg)
+
+	// The CPU recording with a third of its locations unsymbolized (address only), as eBPF
+	// profilers send frames they could not symbolize.
+	partial := cpuProfile.Copy()
+	for i, loc := range partial.Location {
+		if i%3 == 1 {
+			loc.Line = nil
+			if loc.Address == 0 {
+				loc.Address = 0x400000 + uint64(i)*16
+			}
+		}
+	}
+	write(dir, "go-cpu-partial-symbols.pb.gz", partial)
 
 	// A real fgprof recording: on- and off-CPU time of every goroutine.
 	var fgBuf bytes.Buffer
