@@ -56,6 +56,8 @@ type expected struct {
 	total    int64
 	self     map[string]int64
 	totals   map[string]int64
+	// lines: self per leaf source line, "function:line" (nil: not compared).
+	lines map[string]int64
 	// relTol is the relative tolerance of value comparisons (0: exact).
 	relTol float64
 	why    string
@@ -209,6 +211,19 @@ func (c *checker) compare(name string, w expected, got rendered) {
 	} else {
 		c.ok("%s: total %d", name, got.total)
 	}
+	if w.lines != nil {
+		got, err := c.exportLines(name)
+		if err != nil {
+			c.fail("%s: %v", name, err)
+		}
+		for _, l := range top(w.lines, topN) {
+			if !eq(w.lines[l], got[l]) {
+				c.fail("%s: pprof export self of line %s is %d, reference %d%s", name, l, got[l], w.lines[l], why(w))
+			} else {
+				c.ok("%s: line %s %d", name, l, got[l])
+			}
+		}
+	}
 	for _, f := range top(w.self, topN) {
 		gs, gt := got.self[f], got.totals[f]
 		if !eq(w.self[f], gs) {
@@ -275,18 +290,46 @@ func expectPprof(body []byte) ([]expected, error) {
 	}
 	var out []expected
 	for i, st := range p.SampleType {
-		w := expected{sampleTy: st.Type, unit: st.Unit, self: map[string]int64{}, totals: map[string]int64{}}
+		w := expected{sampleTy: st.Type, unit: st.Unit, self: map[string]int64{}, totals: map[string]int64{},
+			lines: map[string]int64{}}
 		for _, s := range p.Sample {
 			v := s.Value[i]
 			if v <= 0 {
 				continue
 			}
+			stack := pprofStack(s)
+			if len(stack) == 0 {
+				continue
+			}
 			w.total += v
-			accumulate(w.self, w.totals, pprofStack(s), v)
+			accumulate(w.self, w.totals, stack, v)
+			w.lines[pprofLeafLine(s)] += v
 		}
 		out = append(out, w)
 	}
 	return out, nil
+}
+
+// pprofLeafLine is "function:line" of a sample's leaf frame ("0x…:0" without symbols).
+func pprofLeafLine(s *profile.Sample) string {
+	for _, loc := range s.Location {
+		if len(loc.Line) == 0 {
+			return fmt.Sprintf("0x%x:0", loc.Address)
+		}
+		for _, l := range loc.Line {
+			if l.Function == nil {
+				continue
+			}
+			n := l.Function.Name
+			if n == "" {
+				n = l.Function.SystemName
+			}
+			if n != "" {
+				return fmt.Sprintf("%s:%d", n, l.Line)
+			}
+		}
+	}
+	return ""
 }
 
 // pprofStack names a sample's frames leaf first: inlined lines expand, unsymbolized locations
@@ -380,7 +423,8 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 			}
 			w := byName[name]
 			if w == nil {
-				w = &expected{kilnName: name, self: map[string]int64{}, totals: map[string]int64{}}
+				w = &expected{kilnName: name, self: map[string]int64{}, totals: map[string]int64{},
+					lines: map[string]int64{}}
 				byName[name] = w
 				order = append(order, name)
 			}
@@ -398,6 +442,7 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 				w.why = "ticks converted to nanoseconds, 0.1% tolerance"
 			}
 			locName := map[uint64]string{}
+			locLine := map[uint64]string{}
 			fnName := map[uint64]string{}
 			for _, f := range p.Function {
 				fnName[f.Id] = jfrFrameName(p.StringTable[f.Name])
@@ -405,6 +450,7 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 			for _, l := range p.Location {
 				if len(l.Line) > 0 {
 					locName[l.Id] = fnName[l.Line[0].FunctionId]
+					locLine[l.Id] = fmt.Sprintf("%s:%d", locName[l.Id], l.Line[0].Line)
 				}
 			}
 			for _, s := range p.Sample {
@@ -422,6 +468,7 @@ func expectJFR(body, labels []byte, rate int) ([]expected, error) {
 				}
 				w.total += v
 				accumulate(w.self, w.totals, stack, v)
+				w.lines[locLine[s.LocationId[0]]] += v
 			}
 		}
 	}
@@ -695,6 +742,23 @@ func (c *checker) render(name string) (rendered, error) {
 	for _, f := range r.Functions {
 		out.self[f.Name] = f.Self
 		out.totals[f.Name] = f.Total
+	}
+	return out, nil
+}
+
+// exportLines: self per leaf "function:line" of the type's pprof export.
+func (c *checker) exportLines(name string) (map[string]int64, error) {
+	body, err := c.get(renderPath(name, "pprof"))
+	if err != nil {
+		return nil, err
+	}
+	p, err := profile.ParseData(body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, s := range p.Sample {
+		out[pprofLeafLine(s)] += s.Value[0]
 	}
 	return out, nil
 }

@@ -160,8 +160,11 @@ impl Skipped {
 /// Accumulates samples over every chunk.
 #[derive(Default)]
 struct Acc {
+    /// Function names, interned; frames are (function, line) pairs.
+    functions: Vec<String>,
+    function_ids: FxHashMap<String, u32>,
     frames: Vec<Frame>,
-    frame_ids: FxHashMap<String, u32>,
+    frame_ids: FxHashMap<(u32, u32), u32>,
     /// (profile type name, context id) → stack → value.
     values: FxHashMap<(&'static str, i64), FxHashMap<Vec<u32>, i64>>,
     /// The recording's `event` setting as last seen (async-profiler writes `cpu`, `itimer`,
@@ -171,13 +174,29 @@ struct Acc {
 }
 
 impl Acc {
-    fn frame(&mut self, name: String) -> u32 {
-        if let Some(&id) = self.frame_ids.get(&name) {
+    fn function(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.function_ids.get(&name) {
+            return id;
+        }
+        let id = self.functions.len() as u32;
+        self.functions.push(name.clone());
+        self.function_ids.insert(name, id);
+        id
+    }
+
+    /// The frame of `function` at `line` (0: unknown). Views group frames by function; the
+    /// line reaches exports that carry lines (pprof).
+    fn frame(&mut self, function: u32, line: u32) -> u32 {
+        if let Some(&id) = self.frame_ids.get(&(function, line)) {
             return id;
         }
         let id = self.frames.len() as u32;
-        self.frames.push(Frame::named(name.clone()));
-        self.frame_ids.insert(name, id);
+        self.frames.push(Frame {
+            function: self.functions[function as usize].clone(),
+            line,
+            ..Frame::default()
+        });
+        self.frame_ids.insert((function, line), id);
         id
     }
 
@@ -434,30 +453,32 @@ fn resolve_stack(
     let frame_type = frames_field.type_id;
     let mut out = Vec::with_capacity(frames.len() + 1);
     if truncated {
-        out.push(acc.frame("[truncated]".into()));
+        let truncated = acc.function("[truncated]".into());
+        out.push(acc.frame(truncated, 0));
     }
     for frame in frames.iter().rev() {
         let Some((method_ref, method_field)) = chunk.get(frame_type, frame, "method") else {
             acc.skipped.missing_frames += 1;
             continue;
         };
-        let id = match method_ref {
+        let function = match method_ref {
             Value::Ref(k) => *cache
                 .methods
                 .entry(*k)
-                .or_insert_with(|| method_frame(chunk, acc, method_ref, method_field)),
-            _ => method_frame(chunk, acc, method_ref, method_field),
+                .or_insert_with(|| method_function(chunk, acc, method_ref, method_field)),
+            _ => method_function(chunk, acc, method_ref, method_field),
         };
-        match id {
-            Some(id) => out.push(id),
+        let line = u32::try_from(int(chunk.get(frame_type, frame, "lineNumber"))).unwrap_or(0);
+        match function {
+            Some(f) => out.push(acc.frame(f, line)),
             None => acc.skipped.missing_frames += 1,
         }
     }
     Some(out)
 }
 
-/// The frame of a method: `package.Class.method`, generated class names merged.
-fn method_frame(
+/// The function of a method: `package.Class.method`, generated class names merged.
+fn method_function(
     chunk: &Chunk,
     acc: &mut Acc,
     method_ref: &Value,
@@ -481,7 +502,7 @@ fn method_frame(
     } else {
         format!("{}.{name}", class.replace('/', "."))
     };
-    Some(acc.frame(full))
+    Some(acc.function(full))
 }
 
 fn profiles(mut acc: Acc, labels: Option<&LabelsSnapshot>, meta: &IngestMeta) -> Vec<Profile> {

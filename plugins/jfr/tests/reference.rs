@@ -180,3 +180,17 @@ fn skipped_parts_are_counted_not_fatal() {
     assert_eq!(skipped.malformed_chunks, 1);
     assert!(ps.iter().any(|p| p.profile_type.name == "cpu"));
 }
+
+#[test]
+fn frames_keep_their_line_numbers() {
+    let ps = decode("cortex-dev-01__kafka-0__cpu__0.jfr.gz");
+    let cpu = ps.iter().find(|p| p.profile_type.name == "cpu").unwrap();
+    assert!(cpu.frames.iter().any(|f| f.line > 0));
+    // One function at several lines is several frames with the same name.
+    let mut lines: std::collections::BTreeMap<&str, std::collections::BTreeSet<u32>> =
+        Default::default();
+    for f in &cpu.frames {
+        lines.entry(&f.function).or_default().insert(f.line);
+    }
+    assert!(lines.values().any(|l| l.len() > 1));
+}
