@@ -488,7 +488,17 @@ pub async fn delete_app(
     let name = kiln_plugin_api::PyroscopeName::parse(&req.name)
         .map_err(|e| ApiError::bad_request("bad_name", e.to_string()))?;
     let (app, _) = name.split_profile_type();
-    state.storage.delete_service(app).await?;
+    // A name /api/apps listed with a type Kiln does not know by name (`app.time`) names the
+    // application before that type, as /render reads it.
+    let head = name.app.as_str();
+    let app = match Selector::parse(head) {
+        Ok(parsed) => match resolve_name(&state, head, &parsed).await? {
+            Some(resolved) => resolved.service_name().unwrap_or(app).to_string(),
+            None => app.to_string(),
+        },
+        Err(_) => app.to_string(),
+    };
+    state.storage.delete_service(&app).await?;
     Ok(StatusCode::OK)
 }
 

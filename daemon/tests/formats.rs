@@ -310,6 +310,22 @@ fn every_listed_type_renders() {
         );
         assert_eq!(r["metadata"]["name"], name.as_str());
     }
+    // Deleting by a listed name deletes that application.
+    let r = common::agent()
+        .delete(format!("{}/api/apps", d.url))
+        .force_send_body()
+        .send(r#"{"name":"fg.app.time"}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let apps = d.get_json("/api/apps");
+    assert!(
+        !apps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"].as_str().unwrap().starts_with("fg.app.")),
+        "{apps}"
+    );
 }
 
 /// Skipped parts of a body are counted in /metrics; a JFR is never a 500.
