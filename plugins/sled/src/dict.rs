@@ -35,12 +35,6 @@ pub struct StoredFrame<'a> {
     pub start_line: u32,
 }
 
-impl StoredFrame<'_> {
-    pub fn has_location(&self) -> bool {
-        self.line != 0 || self.start_line != 0 || !self.file.is_empty()
-    }
-}
-
 /// A stored frame's parts (`""`, 0 where it has no location).
 pub fn split_frame_key(key: &str) -> StoredFrame<'_> {
     let mut parts = key.splitn(4, SEP);
@@ -68,6 +62,8 @@ pub struct ServiceDict {
     /// How many frames / nodes are already on disk.
     pub persisted_frames: usize,
     pub persisted_nodes: usize,
+    /// Whether any frame has a source location (then merged trees carry lines).
+    pub has_locations: bool,
 }
 
 impl ServiceDict {
@@ -80,6 +76,7 @@ impl ServiceDict {
             node_ids: FxHashMap::default(),
             persisted_frames: 0,
             persisted_nodes: 1,
+            has_locations: false,
         }
     }
 
@@ -94,6 +91,7 @@ impl ServiceDict {
             return id;
         }
         let id = self.frames.len() as u32;
+        self.has_locations |= key.contains(SEP);
         self.frames.push(key.clone());
         self.frame_ids.insert(key, id);
         id
@@ -111,6 +109,7 @@ impl ServiceDict {
     /// Restores a frame read from disk; frames are loaded in id order.
     pub fn load_frame(&mut self, id: u32, name: String) {
         debug_assert_eq!(id as usize, self.frames.len());
+        self.has_locations |= name.contains(SEP);
         self.frame_ids.insert(name.clone(), id);
         self.frames.push(name);
         self.persisted_frames = self.frames.len();
@@ -146,10 +145,16 @@ mod tests {
             ("main.work", "/src/main.go", 42, 40)
         );
         let old = split_frame_key("main.work");
-        assert_eq!((old.function, old.has_location()), ("main.work", false));
+        assert_eq!(
+            (old.function, old.file, old.line, old.start_line),
+            ("main.work", "", 0, 0)
+        );
         assert_eq!(frame_key(&at, false), "main.work");
         let mut d = ServiceDict::new(0);
+        d.frame(&plain);
+        assert!(!d.has_locations);
         assert_ne!(d.frame(&plain), d.frame(&at));
+        assert!(d.has_locations);
         assert_eq!(d.frame(&at), d.frame(&at.clone()));
     }
 }

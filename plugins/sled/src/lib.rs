@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, Storage, StorageError, Timeline, Tree, TreeBuilder,
+    SeriesInfo, SourceLine, Storage, StorageError, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -742,31 +742,50 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
         }
     }
     // Frames are function names, or (function, file, line) since lines are kept: the tree has
-    // lines when one of its frames does (see `Tree::by_function` for the grouped view).
-    let mut b = TreeBuilder::default();
-    let with_lines = (1..n).any(|id| {
-        index[id] == WANTED
-            && dict::split_frame_key(&dict.frames[dict.nodes[id].1 as usize]).has_location()
-    });
+    // lines when the service has located frames (see `Tree::by_function` for the grouped view).
+    // Each dict node is one (parent, frame), so each becomes one tree node.
+    let with_lines = dict.has_locations;
+    let mut tree = Tree::default();
+    tree.nodes[0].self_value = values.first().copied().unwrap_or(0);
+    if with_lines {
+        tree.files.push(String::new());
+        tree.lines.push(SourceLine::default());
+    }
+    let mut name_of_function: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut file_ids: FxHashMap<&str, u32> = FxHashMap::default();
     for id in 1..n {
         if index[id] != WANTED {
             continue;
         }
         let (parent, frame) = dict.nodes[id];
         let f = dict::split_frame_key(&dict.frames[frame as usize]);
-        let name = b.intern(f.function);
-        let parent = index[parent as usize];
-        // Each dict node is one (parent, frame): its tree node is unique by (parent, function)
-        // without lines, by (parent, function, file, line) with them.
-        index[id] = if with_lines {
-            b.child_at(parent, name, f.file, f.line, f.start_line)
-        } else {
-            b.child(parent, name)
-        };
-        b.add_self(index[id], values.get(id).copied().unwrap_or(0));
+        let name = *name_of_function.entry(f.function).or_insert_with(|| {
+            tree.names.push(f.function.to_string());
+            tree.names.len() as u32 - 1
+        });
+        index[id] = tree.nodes.len() as u32;
+        tree.nodes.push(TreeNode {
+            parent: index[parent as usize],
+            name,
+            self_value: values.get(id).copied().unwrap_or(0),
+            total: 0,
+        });
+        if with_lines {
+            let file = match f.file {
+                "" => 0,
+                file => *file_ids.entry(file).or_insert_with(|| {
+                    tree.files.push(file.to_string());
+                    tree.files.len() as u32 - 1
+                }),
+            };
+            tree.lines.push(SourceLine {
+                file,
+                line: f.line,
+                start_line: f.start_line,
+            });
+        }
     }
-    b.add_self(0, values.first().copied().unwrap_or(0));
-    let tree = b.build();
+    tree.compute_totals();
     Ok(tree)
 }
 
