@@ -15,6 +15,7 @@ suites=(
   sdk/rust/ci-test.sh
   ui-tests/ci-test.sh
   compat/agents/ci-test.sh
+  compat/conformance/ci-test.sh
   examples/wasm-exporter-python/ci-test.sh
 )
 

@@ -1,6 +1,8 @@
 """Asserts an agent's workload came back through Kiln's query API.
 
 usage: check.py BASE_URL APP FUNCTION TAG=VALUE [TYPE…]
+
+FUNCTION must appear in the first TYPE's flamegraph (default: cpu).
 """
 import json
 import sys
@@ -17,9 +19,11 @@ def get(path, **params):
         return json.load(r)
 
 
-r = get("/render", query=f'{app}.cpu{{{key}="{value}"}}', **{"from": "now-10m", "until": "now+1m"})
+# The function must show in the first type named (cpu for most agents, wall for Node's).
+first = types[0]
+r = get("/render", query=f'{app}.{first}{{{key}="{value}"}}', **{"from": "now-10m", "until": "now+1m"})
 names = r["flamebearer"]["names"]
-assert any(function in n for n in names), f"{function} not in {app}.cpu{{{tag}}}: {names[:40]}"
+assert any(function in n for n in names), f"{function} not in {app}.{first}{{{tag}}}: {names[:40]}"
 assert value in get("/label-values", label=key), f"{key}={value} missing from /label-values"
 apps = {a["name"] for a in get("/api/apps")}
 for t in types:

@@ -42,7 +42,7 @@ java_agent() {
 node_agent() {
   (cd "$here/node" && npm ci --no-audit --no-fund --silent) &&
     node "$here/node/workload.js" "$url" 12 &&
-    python3 "$here/check.py" "$url" agent-node pyroscopeNodeBurn agent=pyroscope-nodejs cpu wall inuse_space
+    python3 "$here/check.py" "$url" agent-node pyroscopeNodeBurn agent=pyroscope-nodejs wall wall_samples inuse_space
 }
 
 rust_agent() {

@@ -32,6 +32,12 @@ struct PluginFault {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Skip {
+    format: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginName {
     plugin: String,
 }
@@ -55,6 +61,7 @@ pub struct Metrics {
     plugins_disabled: Family<PluginName, Gauge>,
     wal_backlog: Gauge,
     wal_disk: Gauge,
+    decode_skipped: Family<Skip, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +90,7 @@ impl Default for Metrics {
             "Bytes the write-ahead log's segments take on disk",
             wal_disk.clone(),
         );
+        let decode_skipped = Family::<Skip, Counter>::default();
         registry.register(
             "ingested_profiles",
             "Profiles stored (one per series and type)",
@@ -128,6 +136,11 @@ impl Default for Metrics {
             "1 for a plugin instance disabled after repeated faults, until the next reload",
             plugins_disabled.clone(),
         );
+        registry.register(
+            "decode_skipped",
+            "Parts of accepted bodies a decoder skipped instead of refusing the body (unknown JFR events, missing stack traces or frames, unmappable thread states, negative values), by format and reason",
+            decode_skipped.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             profiles,
@@ -141,6 +154,7 @@ impl Default for Metrics {
             plugins_disabled,
             wal_backlog,
             wal_disk,
+            decode_skipped,
         }
     }
 }
@@ -204,6 +218,15 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        // Decoders count what they skip in a process-wide table (they know nothing of the
+        // daemon); it is copied here at each scrape.
+        for (format, reason, n) in kiln_plugin_api::skipped::snapshot() {
+            let c = self.decode_skipped.get_or_create(&Skip {
+                format: format.into(),
+                reason: reason.into(),
+            });
+            c.inner().store(n, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

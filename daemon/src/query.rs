@@ -47,7 +47,12 @@ fn range(p: &Params, from: &'static str, until: &'static str) -> Result<(i64, i6
 }
 
 /// Parses a selector and pins a profile type (`cpu` when none is given).
-fn selector(raw: Option<&str>, what: &str) -> Result<Selector, ApiError> {
+///
+/// `app.type{…}` is ambiguous when `type` is not a well-known name (fgprof's `time`, any sample
+/// type an agent invents, names with dots): every name `/api/apps` lists must render, so the
+/// head is split at each dot, from the right, and the first `(service, type)` that has series
+/// wins; without any, the parse as written stands.
+async fn selector(state: &AppState, raw: Option<&str>, what: &str) -> Result<Selector, ApiError> {
     let raw = raw.ok_or_else(|| {
         ApiError::bad_request(
             "bad_query",
@@ -56,10 +61,54 @@ fn selector(raw: Option<&str>, what: &str) -> Result<Selector, ApiError> {
     })?;
     let mut s =
         Selector::parse(raw).map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    if let Some(resolved) = resolve_name(state, raw, &s).await? {
+        s = resolved;
+    }
     if s.profile_type.is_none() {
         s.profile_type = Some(TypeSelector::Name("cpu".into()));
     }
     Ok(s)
+}
+
+/// The `(service, type)` reading of `raw`'s head that has series, when it differs from `parsed`.
+async fn resolve_name(
+    state: &AppState,
+    raw: &str,
+    parsed: &Selector,
+) -> Result<Option<Selector>, ApiError> {
+    let head = raw.split('{').next().unwrap_or("").trim();
+    if head.is_empty() || head.contains(':') || !head.contains('.') {
+        return Ok(None);
+    }
+    let exists = |s: Selector| async move {
+        let found = state
+            .storage
+            .series(Some(&s), i64::MIN / 2, i64::MAX / 2)
+            .await?;
+        Ok::<_, ApiError>((!found.is_empty()).then_some(s))
+    };
+    // The reading the parser chose (a well-known suffix, or none) wins when it has data.
+    if parsed.profile_type.is_some() && exists(parsed.clone()).await?.is_some() {
+        return Ok(None);
+    }
+    // The matchers after the head (`{…}`) stay; the head's service_name matcher is first.
+    let rest: Vec<_> = parsed.matchers.iter().skip(1).cloned().collect();
+    for (i, _) in head.rmatch_indices('.') {
+        let (app, ty) = (&head[..i], &head[i + 1..]);
+        if app.is_empty() || ty.is_empty() {
+            continue;
+        }
+        let mut matchers = vec![kiln_plugin_api::Matcher::eq(SERVICE_NAME, app)];
+        matchers.extend(rest.iter().cloned());
+        let candidate = Selector {
+            profile_type: Some(TypeSelector::Name(ty.to_string())),
+            matchers,
+        };
+        if let Some(found) = exists(candidate).await? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 fn max_nodes(p: &Params, default: usize) -> Result<usize, ApiError> {
@@ -97,7 +146,10 @@ fn timeline_json(t: &Timeline) -> Value {
 
 /// The merged tree of a selection, aggregated as its type says, plus what is known of it.
 struct Selection {
+    /// Grouped by function: what every view shows.
     tree: Tree,
+    /// With source lines, when the stored frames have them: for exports that carry lines.
+    lines: Option<Tree>,
     series: Vec<SeriesInfo>,
 }
 
@@ -121,8 +173,15 @@ async fn select(
         .first()
         .map(|s| s.profile_type.aggregation)
         .unwrap_or_default();
+    let tree = merged.aggregated(aggregation);
+    let (tree, lines) = if tree.has_lines() {
+        (tree.clone().by_function(), Some(tree))
+    } else {
+        (tree, None)
+    };
     Ok(Selection {
-        tree: merged.aggregated(aggregation),
+        tree,
+        lines,
         series,
     })
 }
@@ -172,7 +231,7 @@ pub async fn render(
     QueryString(p): QueryString<Params>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let selector = selector(param(&p, &["query", "name"]), "query")?;
+    let selector = selector(&state, param(&p, &["query", "name"]), "query").await?;
     let (start_ns, end_ns) = range(&p, "from", "until")?;
     let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
     let format = param(&p, &["format"]).unwrap_or("json");
@@ -252,7 +311,15 @@ pub async fn render(
             spy_name: first.map(|s| s.spy_name.clone()).unwrap_or_default(),
         };
         let rendered = renderer
-            .render(&sel.tree, &ctx)
+            // pprof carries source lines (go tool pprof -lines, Go's PGO); every other format
+            // shows functions.
+            .render(
+                match (format, &sel.lines) {
+                    ("pprof", Some(lines)) => lines,
+                    _ => &sel.tree,
+                },
+                &ctx,
+            )
             .await
             .map_err(|e| ApiError::internal(format!("rendering {format}: {e}")))?;
         let filename = format!("{}.{}", ctx.title, rendered.extension);
@@ -277,8 +344,8 @@ pub async fn render_diff(
     QueryString(p): QueryString<Params>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let left_sel = selector(param(&p, &["leftQuery"]), "leftQuery")?;
-    let right_sel = selector(param(&p, &["rightQuery"]), "rightQuery")?;
+    let left_sel = selector(&state, param(&p, &["leftQuery"]), "leftQuery").await?;
+    let right_sel = selector(&state, param(&p, &["rightQuery"]), "rightQuery").await?;
     let (ls, le) = range(&p, "leftFrom", "leftUntil")?;
     let (rs, re) = range(&p, "rightFrom", "rightUntil")?;
     let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
@@ -421,7 +488,17 @@ pub async fn delete_app(
     let name = kiln_plugin_api::PyroscopeName::parse(&req.name)
         .map_err(|e| ApiError::bad_request("bad_name", e.to_string()))?;
     let (app, _) = name.split_profile_type();
-    state.storage.delete_service(app).await?;
+    // A name /api/apps listed with a type Kiln does not know by name (`app.time`) names the
+    // application before that type, as /render reads it.
+    let head = name.app.as_str();
+    let app = match Selector::parse(head) {
+        Ok(parsed) => match resolve_name(&state, head, &parsed).await? {
+            Some(resolved) => resolved.service_name().unwrap_or(app).to_string(),
+            None => app.to_string(),
+        },
+        Err(_) => app.to_string(),
+    };
+    state.storage.delete_service(&app).await?;
     Ok(StatusCode::OK)
 }
 

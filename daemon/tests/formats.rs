@@ -239,3 +239,114 @@ fn otlp_profiles_over_http() {
         .unwrap()
         .contains("location index 9"));
 }
+
+fn corpus(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../compat/conformance/corpus/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Speedscope weights in seconds pushed as `app.cpu` are CPU time in nanoseconds, typed and
+/// labelled so: never `samples` at 100 Hz.
+#[test]
+fn speedscope_time_units_follow_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let body = br#"{"shared":{"frames":[{"name":"main"},{"name":"work"}]},
+        "profiles":[{"type":"sampled","unit":"seconds","samples":[[0,1],[0]],"weights":[2.5,0.5]}]}"#;
+    let (s, m) = d.ingest(
+        &format!("name={}&format=speedscope", enc("sst.cpu")),
+        "application/json",
+        body,
+    );
+    assert_eq!(s, 200, "{m}");
+    let r = d.get_json(&format!(
+        "/render?query={}&from=now-1h&until=now%2B1m",
+        enc("sst.cpu{}")
+    ));
+    assert_eq!(r["flamebearer"]["numTicks"], 3_000_000_000i64);
+    assert_eq!(r["metadata"]["units"], "nanoseconds");
+    assert_eq!(
+        r["metadata"]["profileType"],
+        "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+    );
+}
+
+/// Every name /api/apps and /label-values list renders, whatever the sample type is called.
+#[test]
+fn every_listed_type_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (body, ct) = common::multipart(&corpus("go-fgprof-shape.pb.gz"), None);
+    let (s, m) = d.ingest(&format!("name={}", enc("fg.app")), &ct, &body);
+    assert_eq!(s, 200, "{m}");
+    let apps = d.get_json("/api/apps");
+    let names: Vec<String> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"fg.app.time".to_string()), "{names:?}");
+    let listed = d.get_json("/label-values?label=__name__");
+    for name in &names {
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == name.as_str()),
+            "{name} not in /label-values"
+        );
+        let r = d.get_json(&format!(
+            "/render?query={}&from=now-1h&until=now%2B1m",
+            enc(&format!("{name}{{}}"))
+        ));
+        assert!(
+            r["flamebearer"]["numTicks"].as_i64().unwrap() > 0,
+            "{name} renders empty"
+        );
+        assert_eq!(r["metadata"]["name"], name.as_str());
+    }
+    // Deleting by a listed name deletes that application.
+    let r = common::agent()
+        .delete(format!("{}/api/apps", d.url))
+        .force_send_body()
+        .send(r#"{"name":"fg.app.time"}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let apps = d.get_json("/api/apps");
+    assert!(
+        !apps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"].as_str().unwrap().starts_with("fg.app.")),
+        "{apps}"
+    );
+}
+
+/// Skipped parts of a body are counted in /metrics; a JFR is never a 500.
+#[test]
+fn decode_skips_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let jfr = std::fs::read(common::testdata("java-jdk.jfr")).unwrap();
+    let mut damaged = jfr.clone();
+    damaged.extend_from_slice(&jfr[..jfr.len() / 3]);
+    let (s, m) = d.ingest(
+        &format!("name={}&format=jfr", enc("jfrskip")),
+        "application/octet-stream",
+        &damaged,
+    );
+    assert_eq!(s, 200, "{m}");
+    let (s, metrics) = d.get("/metrics");
+    assert_eq!(s, 200);
+    assert!(
+        metrics.contains(r#"kiln_decode_skipped_total{format="jfr",reason="malformed_chunk"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"reason="unprofiled_event""#));
+}

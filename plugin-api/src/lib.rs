@@ -19,13 +19,14 @@ pub mod labels;
 pub mod model;
 pub mod multipart;
 pub mod selector;
+pub mod skipped;
 pub mod tree;
 
 pub use component::*;
 pub use labels::{Labels, NameParseError, PyroscopeName};
 pub use model::*;
 pub use selector::{MatchOp, Matcher, Selector, SelectorParseError};
-pub use tree::{FunctionTotal, Tree, TreeBuilder, TreeNode};
+pub use tree::{FunctionTotal, SourceLine, Tree, TreeBuilder, TreeNode};
 
 #[doc(hidden)]
 pub use prost as __prost;

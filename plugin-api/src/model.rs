@@ -91,6 +91,15 @@ const KNOWN_TYPES: &[KnownType] = &[
         Aggregation::Sum,
     ),
     (
+        "wall_samples",
+        "wall",
+        "samples",
+        "count",
+        "wall",
+        "nanoseconds",
+        Aggregation::Sum,
+    ),
+    (
         "alloc_objects",
         "memory",
         "alloc_objects",
@@ -253,6 +262,24 @@ const KNOWN_TYPES: &[KnownType] = &[
         Aggregation::Average,
     ),
     (
+        "malloc_objects",
+        "memory",
+        "malloc_objects",
+        "count",
+        "space",
+        "bytes",
+        Aggregation::Sum,
+    ),
+    (
+        "malloc_bytes",
+        "memory",
+        "malloc_bytes",
+        "bytes",
+        "space",
+        "bytes",
+        Aggregation::Sum,
+    ),
+    (
         "exceptions",
         "exceptions",
         "samples",
@@ -316,6 +343,10 @@ pub struct Frame {
     pub file: String,
     /// Line number, 0 when unknown.
     pub line: u32,
+    /// First line of the function (pprof's `Function.start_line`, which Go's PGO needs), 0
+    /// when unknown.
+    #[serde(default)]
+    pub start_line: u32,
 }
 
 impl Frame {

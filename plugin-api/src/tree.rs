@@ -16,12 +16,34 @@ pub struct TreeNode {
     pub total: i64,
 }
 
+/// A source location of a [`Tree`] node: an index into [`Tree::files`], a line and the first
+/// line of the function (0: unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourceLine {
+    pub file: u32,
+    pub line: u32,
+    #[serde(default)]
+    pub start_line: u32,
+}
+
 /// A call tree in parent-pointer form: node 0 is the root, named `total`, and every node comes
 /// after its parent. Nothing is ever truncated here; renderers decide what to cut.
+///
+/// A tree *with lines* (`lines` not empty) has one node per (function, file, line) under a
+/// parent, so a function can appear among siblings several times; it feeds exports that carry
+/// lines (pprof). Views that show functions — flamegraphs, top tables, folded text — take
+/// [`Tree::by_function`], which merges those siblings. A tree without lines is already grouped
+/// by function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     pub names: Vec<String>,
     pub nodes: Vec<TreeNode>,
+    /// Source files named by [`SourceLine::file`]; empty when the tree has no lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// The source line of each node (`lines[i]` for node `i`), or empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<SourceLine>,
 }
 
 impl Default for Tree {
@@ -34,6 +56,8 @@ impl Default for Tree {
                 self_value: 0,
                 total: 0,
             }],
+            files: Vec::new(),
+            lines: Vec::new(),
         }
     }
 }
@@ -49,6 +73,47 @@ impl Tree {
         for (stack, value) in stacks {
             b.add(stack, value);
         }
+        b.build()
+    }
+
+    /// Whether nodes carry source lines (see the type's documentation).
+    pub fn has_lines(&self) -> bool {
+        !self.lines.is_empty()
+    }
+
+    /// The source line of `node`: file name, line and the function's first line, when the tree
+    /// has lines.
+    pub fn line_of(&self, node: u32) -> Option<(&str, u32, u32)> {
+        let l = self.lines.get(node as usize)?;
+        Some((
+            self.files.get(l.file as usize).map_or("", String::as_str),
+            l.line,
+            l.start_line,
+        ))
+    }
+
+    /// The same tree grouped by function: siblings of the same function (at different lines)
+    /// become one node, and lines are dropped. A tree without lines is returned as is.
+    pub fn by_function(self) -> Tree {
+        if !self.has_lines() {
+            return self;
+        }
+        let mut b = TreeBuilder::default();
+        b.tree.names = self.names.clone();
+        b.names = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        let mut map = vec![0u32; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            // Names may repeat in `names`; intern keeps the first index of each.
+            let name = b.intern(&self.names[n.name as usize]);
+            map[i] = b.child(map[n.parent as usize], name);
+            b.add_self(map[i], n.self_value);
+        }
+        b.add_self(0, self.nodes[0].self_value);
         b.build()
     }
 
@@ -178,6 +243,9 @@ pub struct TreeBuilder {
     tree: Tree,
     names: FxHashMap<String, u32>,
     edges: FxHashMap<(u32, u32), u32>,
+    /// With lines: interned files, and children keyed by (parent, name, file, line).
+    files: FxHashMap<String, u32>,
+    line_edges: FxHashMap<(u32, u32, SourceLine), u32>,
 }
 
 impl TreeBuilder {
@@ -221,8 +289,66 @@ impl TreeBuilder {
         self.tree.nodes[node as usize].self_value += value;
     }
 
-    /// Adds every stack of `other` into this tree.
+    /// The child of `parent` named `name` at a source line, created if needed: the builder then
+    /// makes a tree with lines. Do not mix with [`Self::child`] in one tree.
+    pub fn child_at(
+        &mut self,
+        parent: u32,
+        name: u32,
+        file: &str,
+        line: u32,
+        start_line: u32,
+    ) -> u32 {
+        if self.tree.files.is_empty() {
+            self.tree.files.push(String::new());
+            self.files.insert(String::new(), 0);
+            // The root has no line.
+            self.tree
+                .lines
+                .resize(self.tree.nodes.len(), SourceLine::default());
+        }
+        let file = match self.files.get(file) {
+            Some(&f) => f,
+            None => {
+                let f = self.tree.files.len() as u32;
+                self.tree.files.push(file.to_string());
+                self.files.insert(file.to_string(), f);
+                f
+            }
+        };
+        let at = SourceLine {
+            file,
+            line,
+            start_line,
+        };
+        if let Some(&i) = self.line_edges.get(&(parent, name, at)) {
+            return i;
+        }
+        let i = self.tree.nodes.len() as u32;
+        self.tree.nodes.push(TreeNode {
+            parent,
+            name,
+            self_value: 0,
+            total: 0,
+        });
+        self.tree.lines.push(at);
+        self.line_edges.insert((parent, name, at), i);
+        i
+    }
+
+    /// Adds every stack of `other` into this tree (keeping its lines when it has some).
     pub fn merge(&mut self, other: &Tree) {
+        if other.has_lines() {
+            let mut map = vec![0u32; other.nodes.len()];
+            for (i, n) in other.nodes.iter().enumerate().skip(1) {
+                let name = self.intern(&other.names[n.name as usize]);
+                let (file, line, start) = other.line_of(i as u32).unwrap_or(("", 0, 0));
+                map[i] = self.child_at(map[n.parent as usize], name, file, line, start);
+                self.add_self(map[i], n.self_value);
+            }
+            self.add_self(0, other.nodes[0].self_value);
+            return;
+        }
         let mut map = vec![0u32; other.nodes.len()];
         for (i, n) in other.nodes.iter().enumerate().skip(1) {
             let name = self.intern(&other.names[n.name as usize]);
@@ -281,5 +407,31 @@ mod tests {
         let mut t = Tree::from_stacks([(vec!["a"], 9), (vec!["b"], 3)]);
         t.divide(2);
         assert_eq!(t.total(), 7);
+    }
+
+    #[test]
+    fn lines_merge_and_group_by_function() {
+        let mut b = TreeBuilder::default();
+        let (main, work) = (b.intern("main"), b.intern("work"));
+        let m = b.child_at(0, main, "main.go", 10, 8);
+        let w1 = b.child_at(m, work, "work.go", 3, 1);
+        let w2 = b.child_at(m, work, "work.go", 4, 1);
+        assert_ne!(w1, w2);
+        b.add_self(w1, 5);
+        b.add_self(w2, 7);
+        let t = b.build();
+        assert!(t.has_lines());
+        assert_eq!(t.line_of(w2), Some(("work.go", 4, 1)));
+        let mut again = TreeBuilder::default();
+        again.merge(&t);
+        again.merge(&t);
+        let twice = again.build();
+        assert_eq!(twice.nodes.len(), t.nodes.len());
+        assert_eq!(twice.total(), 24);
+        let g = t.by_function();
+        assert!(!g.has_lines());
+        assert_eq!(g.to_folded(), "main;work 12\n");
+        let f = g.function_totals();
+        assert_eq!((f[0].name.as_str(), f[0].self_value), ("work", 12));
     }
 }

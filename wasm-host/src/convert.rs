@@ -125,6 +125,7 @@ pub fn profile_from_wit(p: wit::Profile) -> Result<Profile, String> {
                 function: f.function,
                 file: f.file,
                 line: f.line,
+                ..Default::default()
             })
             .collect(),
         samples,

@@ -78,6 +78,7 @@ impl RenderRequest {
             Tree {
                 names: self.names,
                 nodes,
+                ..Tree::default()
             },
             ctx,
         ))

@@ -326,6 +326,7 @@ pub mod wire {
                         function: f.function,
                         file: f.file,
                         line: f.line,
+                        ..Default::default()
                     })
                     .collect(),
                 samples: p

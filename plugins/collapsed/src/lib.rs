@@ -67,6 +67,17 @@ impl Stacks {
         if value == 0 {
             return;
         }
+        // Negative values are dropped at ingest, as for pprof (see docs/negative-values.md).
+        if value < 0 {
+            kiln_plugin_api::skipped::record("collapsed", "negative_value", 1);
+            return;
+        }
+        let stack: Vec<&str> = stack.into_iter().collect();
+        // A stack without a frame (speedscope's `[]`) has nowhere to show in any view.
+        if stack.is_empty() || stack.iter().all(|f| f.is_empty()) {
+            kiln_plugin_api::skipped::record("collapsed", "empty_stack", 1);
+            return;
+        }
         let ids: Vec<u32> = stack
             .into_iter()
             .map(|f| match self.frame_ids.get(f) {
@@ -125,6 +136,24 @@ pub fn text_profile_type(meta: &IngestMeta) -> ProfileType {
     ty
 }
 
+/// The type of a profile whose values are nanoseconds (a speedscope file in a time unit): the
+/// unit follows the values whatever the name's suffix says. No suffix means wall time; `app.cpu`
+/// becomes CPU time (`process_cpu:cpu:nanoseconds:cpu:nanoseconds`), still named `cpu`.
+pub fn time_profile_type(suffix: Option<&str>, mut ty: ProfileType) -> ProfileType {
+    if suffix.is_none() {
+        ty = ProfileType::well_known("wall").expect("wall is well known");
+    }
+    if ty.sample_type == "samples" {
+        ty.sample_type = match ty.metric.as_str() {
+            "process_cpu" => "cpu".into(),
+            "wall" => "wall".into(),
+            other => other.into(),
+        };
+    }
+    ty.sample_unit = "nanoseconds".into();
+    ty
+}
+
 impl CollapsedDecoder {
     fn decode_text(&self, body: &[u8], out: &mut Stacks) -> Result<(), DecodeError> {
         let text = std::str::from_utf8(body).map_err(|e| {
@@ -171,10 +200,8 @@ impl Decoder for CollapsedDecoder {
             }
             TextFormat::Speedscope => {
                 let decoded = speedscope::decode(body)?;
-                if decoded.nanoseconds && meta.type_suffix.is_none() {
-                    profile_type = ProfileType::well_known("wall").expect("wall is well known");
-                    profile_type.sample_type = "wall".into();
-                    profile_type.sample_unit = "nanoseconds".into();
+                if decoded.nanoseconds {
+                    profile_type = time_profile_type(meta.type_suffix.as_deref(), profile_type);
                 }
                 for (stack, value) in &decoded.stacks {
                     stacks.add(stack.iter().map(String::as_str), *value);
@@ -268,5 +295,34 @@ mod tests {
         let p = &CollapsedDecoder::folded().decode(b"a 1\n", &m).unwrap()[0];
         assert_eq!(p.profile_type.aggregation, Aggregation::Sum);
         assert_eq!(p.profile_type.sample_unit, "bytes");
+    }
+
+    #[test]
+    fn speedscope_in_seconds_is_cpu_time_under_a_cpu_name() {
+        let body = br#"{"shared":{"frames":[{"name":"main"},{"name":"work"}]},
+          "profiles":[{"type":"sampled","name":"a","unit":"seconds","startValue":0,"endValue":3,
+                       "samples":[[0,1],[0]],"weights":[2.5,0.5]}]}"#;
+        let d = CollapsedDecoder::new(TextFormat::Speedscope);
+        let p = &d.decode(body, &meta(Some("cpu"))).unwrap()[0];
+        assert_eq!(p.profile_type.name, "cpu");
+        assert_eq!(
+            p.profile_type.id(),
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+        );
+        assert_eq!(p.profile_type.display_units(), "nanoseconds");
+        assert_eq!(p.total(), 3_000_000_000);
+        let p = &d.decode(body, &meta(None)).unwrap()[0];
+        assert_eq!(
+            p.profile_type.id(),
+            "wall:wall:nanoseconds:wall:nanoseconds"
+        );
+        // Unitless weights keep the suffix's type.
+        let none = br#"{"shared":{"frames":[{"name":"main"}]},
+          "profiles":[{"type":"sampled","unit":"none","samples":[[0]],"weights":[3]}]}"#;
+        let p = &d.decode(none, &meta(Some("cpu"))).unwrap()[0];
+        assert_eq!(
+            p.profile_type.id(),
+            "process_cpu:samples:count:cpu:nanoseconds"
+        );
     }
 }

@@ -21,6 +21,7 @@
 
 mod parse;
 mod reader;
+mod symbols;
 
 use std::collections::HashMap;
 
@@ -99,8 +100,10 @@ enum Kind {
     AllocInTlab,
     AllocOutsideTlab,
     AllocSample,
-    Lock,
+    Monitor,
+    Park,
     Live,
+    Malloc,
     Setting,
 }
 
@@ -111,32 +114,89 @@ fn kind(class: &str) -> Option<Kind> {
         "jdk.ObjectAllocationInNewTLAB" => Kind::AllocInTlab,
         "jdk.ObjectAllocationOutsideTLAB" => Kind::AllocOutsideTlab,
         "jdk.ObjectAllocationSample" => Kind::AllocSample,
-        "jdk.JavaMonitorEnter" | "jdk.ThreadPark" => Kind::Lock,
+        "jdk.JavaMonitorEnter" => Kind::Monitor,
+        "jdk.ThreadPark" => Kind::Park,
         "profiler.LiveObject" => Kind::Live,
+        "profiler.Malloc" => Kind::Malloc,
         "jdk.ActiveSetting" => Kind::Setting,
         _ => return None,
     })
 }
 
+/// The thread state of a running thread, as the JDK and async-profiler name it.
+const STATE_RUNNABLE: &str = "STATE_RUNNABLE";
+/// The state async-profiler gives a thread it found off-CPU.
+const STATE_SLEEPING: &str = "STATE_SLEEPING";
+
+/// What was skipped while decoding, reported as `kiln_decode_skipped_total{format="jfr",reason}`.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Events of types no profile type is made from (GC, CPU load, class loading…).
+    pub unprofiled_events: u64,
+    /// Events whose body did not decode against the chunk's metadata.
+    pub malformed_events: u64,
+    /// Execution samples without a thread state the constant pool resolves: not counted as CPU.
+    pub unknown_thread_states: u64,
+    /// Samples whose stack trace is not in the constant pool.
+    pub missing_stack_traces: u64,
+    /// Frames whose method or class is not in the constant pool (the rest of the stack is kept).
+    pub missing_frames: u64,
+    /// Chunks after the first that did not open (truncated or corrupt tail of a recording).
+    pub malformed_chunks: u64,
+}
+
+impl Skipped {
+    fn report(&self) {
+        use kiln_plugin_api::skipped::record;
+        record("jfr", "unprofiled_event", self.unprofiled_events);
+        record("jfr", "malformed_event", self.malformed_events);
+        record("jfr", "unknown_thread_state", self.unknown_thread_states);
+        record("jfr", "missing_stack_trace", self.missing_stack_traces);
+        record("jfr", "missing_frame", self.missing_frames);
+        record("jfr", "malformed_chunk", self.malformed_chunks);
+    }
+}
+
 /// Accumulates samples over every chunk.
 #[derive(Default)]
 struct Acc {
+    /// Function names, interned; frames are (function, line) pairs.
+    functions: Vec<String>,
+    function_ids: FxHashMap<String, u32>,
     frames: Vec<Frame>,
-    frame_ids: FxHashMap<String, u32>,
-    /// (profile type name, context id) → stack → value. Execution samples are filed under
-    /// `"execution"` until the recording's `event` setting names them.
+    frame_ids: FxHashMap<(u32, u32), u32>,
+    /// (profile type name, context id) → stack → value.
     values: FxHashMap<(&'static str, i64), FxHashMap<Vec<u32>, i64>>,
-    execution_as: Option<&'static str>,
+    /// The recording's `event` setting as last seen (async-profiler writes `cpu`, `itimer`,
+    /// `wall`, …); it applies to the samples that follow it, across chunks.
+    event: String,
+    skipped: Skipped,
 }
 
 impl Acc {
-    fn frame(&mut self, name: String) -> u32 {
-        if let Some(&id) = self.frame_ids.get(&name) {
+    fn function(&mut self, name: String) -> u32 {
+        if let Some(&id) = self.function_ids.get(&name) {
+            return id;
+        }
+        let id = self.functions.len() as u32;
+        self.functions.push(name.clone());
+        self.function_ids.insert(name, id);
+        id
+    }
+
+    /// The frame of `function` at `line` (0: unknown). Views group frames by function; the
+    /// line reaches exports that carry lines (pprof).
+    fn frame(&mut self, function: u32, line: u32) -> u32 {
+        if let Some(&id) = self.frame_ids.get(&(function, line)) {
             return id;
         }
         let id = self.frames.len() as u32;
-        self.frames.push(Frame::named(name.clone()));
-        self.frame_ids.insert(name, id);
+        self.frames.push(Frame {
+            function: self.functions[function as usize].clone(),
+            line,
+            ..Frame::default()
+        });
+        self.frame_ids.insert((function, line), id);
         id
     }
 
@@ -158,6 +218,17 @@ pub fn decode_jfr(
     labels: Option<&LabelsSnapshot>,
     meta: &IngestMeta,
 ) -> Result<Vec<Profile>, DecodeError> {
+    let (profiles, skipped) = decode_jfr_counted(data, labels, meta)?;
+    skipped.report();
+    Ok(profiles)
+}
+
+/// [`decode_jfr`], also returning what was skipped (without reporting it).
+pub fn decode_jfr_counted(
+    data: &[u8],
+    labels: Option<&LabelsSnapshot>,
+    meta: &IngestMeta,
+) -> Result<(Vec<Profile>, Skipped), DecodeError> {
     if data.len() < HEADER_LEN {
         return Err(DecodeError::Malformed(format!(
             "jfr: {} bytes is too short for a recording",
@@ -166,12 +237,32 @@ pub fn decode_jfr(
     }
     let mut acc = Acc::default();
     let mut at = 0;
+    let mut chunks = 0;
     while at < data.len() {
-        let chunk = Chunk::open(data, at)?;
+        // The first chunk must open; a damaged later chunk ends the recording early, keeping
+        // what the earlier ones held.
+        let chunk = match Chunk::open(data, at) {
+            Ok(c) => c,
+            Err(e) if chunks == 0 => return Err(e),
+            Err(_) => {
+                acc.skipped.malformed_chunks += 1;
+                break;
+            }
+        };
         read_events(&chunk, &mut acc)?;
+        chunks += 1;
         at += chunk.header.size as usize;
     }
-    Ok(profiles(acc, labels, meta))
+    let skipped = acc.skipped.clone();
+    Ok((profiles(acc, labels, meta), skipped))
+}
+
+/// Per-chunk caches: constant-pool keys resolved once.
+#[derive(Default)]
+struct ChunkCache {
+    stacks: FxHashMap<i64, Option<Vec<u32>>>,
+    methods: FxHashMap<i64, Option<u32>>,
+    states: FxHashMap<i64, Option<String>>,
 }
 
 fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
@@ -180,7 +271,7 @@ fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
         .iter()
         .filter_map(|(&id, c)| kind(&c.name).map(|k| (id, k)))
         .collect();
-    let mut stacks: FxHashMap<i64, Vec<u32>> = FxHashMap::default();
+    let mut cache = ChunkCache::default();
     let ns_per_tick = 1e9 / chunk.header.ticks_per_second as f64;
     let end = chunk.start + chunk.header.size as usize;
     let mut pos = chunk.start + HEADER_LEN;
@@ -195,8 +286,13 @@ fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
         if let Some(&k) = kinds.get(&type_id) {
             let mut body =
                 reader::Reader::new(&chunk.bytes[..pos + size], r.pos, chunk.header.compressed);
-            let event = chunk.value(&mut body, type_id, 0)?;
-            record(chunk, acc, &mut stacks, type_id, k, &event, ns_per_tick)?;
+            match chunk.value(&mut body, type_id, 0) {
+                Ok(event) => record(chunk, acc, &mut cache, type_id, k, &event, ns_per_tick),
+                Err(_) => acc.skipped.malformed_events += 1,
+            }
+        } else if type_id > 1 {
+            // 0 is the metadata event and 1 a constant pool (checkpoint) event.
+            acc.skipped.unprofiled_events += 1;
         }
         pos += size;
     }
@@ -211,49 +307,90 @@ fn int(v: Option<(&Value, &parse::Field)>) -> i64 {
     }
 }
 
+/// The name of the thread state in field `state` of an event, if it resolves.
+fn thread_state(
+    chunk: &Chunk,
+    cache: &mut ChunkCache,
+    type_id: i64,
+    event: &Value,
+) -> Option<String> {
+    let (v, f) = chunk.get(type_id, event, "state")?;
+    let key = match v {
+        Value::Ref(k) => *k,
+        _ => return None,
+    };
+    cache
+        .states
+        .entry(key)
+        .or_insert_with(|| {
+            let state = chunk.deref(v, f)?;
+            let (n, nf) = chunk.get(f.type_id, state, "name")?;
+            chunk.string(n, nf)
+        })
+        .clone()
+}
+
 fn record(
     chunk: &Chunk,
     acc: &mut Acc,
-    stacks: &mut FxHashMap<i64, Vec<u32>>,
+    cache: &mut ChunkCache,
     type_id: i64,
     kind: Kind,
     event: &Value,
     ns_per_tick: f64,
-) -> Result<(), DecodeError> {
+) {
     let field = |name: &str| chunk.get(type_id, event, name);
     if kind == Kind::Setting {
         if let (Some((n, nf)), Some((v, vf))) = (field("name"), field("value")) {
             if chunk.string(n, nf).as_deref() == Some("event") {
-                // async-profiler's itimer and cpu modes both sample CPU time.
-                acc.execution_as = match chunk.string(v, vf).as_deref() {
-                    Some("wall") => Some("wall"),
-                    Some(_) => Some("cpu"),
-                    None => acc.execution_as,
-                };
+                acc.event = chunk.string(v, vf).unwrap_or_default();
             }
         }
-        return Ok(());
+        return;
     }
     let ctx = int(field("contextId"));
     let stack = match field("stackTrace") {
-        // Key 0 is the null stack trace.
-        Some((Value::Ref(0), _)) => Vec::new(),
-        Some((Value::Ref(key), f)) => match stacks.get(key) {
-            Some(s) => s.clone(),
-            None => {
-                let s = resolve_stack(chunk, acc, f.type_id, *key)?;
-                stacks.insert(*key, s.clone());
-                s
+        Some((Value::Ref(key), f)) => {
+            let key = *key;
+            if !cache.stacks.contains_key(&key) {
+                let s = resolve_stack(chunk, acc, cache, f.type_id, key);
+                cache.stacks.insert(key, s);
             }
-        },
-        _ => Vec::new(),
+            cache.stacks[&key].clone()
+        }
+        _ => None,
+    };
+    let Some(stack) = stack else {
+        acc.skipped.missing_stack_traces += 1;
+        return;
     };
     if stack.is_empty() {
-        return Ok(());
+        return;
     }
+    let wall_mode = acc.event == "wall";
     match kind {
-        Kind::Execution => acc.add("execution", ctx, &stack, 1),
-        Kind::Wall => acc.add("wall", ctx, &stack, int(field("samples")).max(1)),
+        Kind::Execution => {
+            // As Grafana Pyroscope: CPU unless the profiler saw the thread sleeping; a sample
+            // whose state does not resolve is not CPU. In wall mode every sample is wall time.
+            match thread_state(chunk, cache, type_id, event) {
+                Some(s) if s != STATE_SLEEPING => acc.add("cpu", ctx, &stack, 1),
+                Some(_) => {}
+                None => acc.skipped.unknown_thread_states += 1,
+            }
+            if wall_mode {
+                acc.add("wall", ctx, &stack, 1);
+            }
+        }
+        Kind::Wall => {
+            let weight = int(field("samples"));
+            // Wall mode: the samples of running threads are also the CPU profile.
+            if wall_mode
+                && thread_state(chunk, cache, type_id, event).as_deref() == Some(STATE_RUNNABLE)
+            {
+                acc.add("cpu", ctx, &stack, weight);
+            }
+            acc.add("wall", ctx, &stack, weight);
+        }
         Kind::AllocInTlab => {
             acc.add("alloc_in_new_tlab_objects", ctx, &stack, 1);
             acc.add(
@@ -276,77 +413,99 @@ fn record(
             acc.add("alloc_sample_objects", ctx, &stack, 1);
             acc.add("alloc_sample_bytes", ctx, &stack, int(field("weight")));
         }
-        Kind::Lock => {
-            acc.add("lock_count", ctx, &stack, 1);
-            acc.add(
-                "lock_duration",
-                ctx,
-                &stack,
-                (int(field("duration")) as f64 * ns_per_tick) as i64,
-            );
+        Kind::Monitor | Kind::Park => {
+            let (count, duration) = if kind == Kind::Monitor {
+                ("lock_count", "lock_duration")
+            } else {
+                ("block_count", "block_duration")
+            };
+            acc.add(count, ctx, &stack, 1);
+            let ns = (int(field("duration")) as f64 * ns_per_tick) as i64;
+            acc.add(duration, ctx, &stack, ns);
         }
         Kind::Live => acc.add("live", ctx, &stack, 1),
+        Kind::Malloc => {
+            acc.add("malloc_objects", ctx, &stack, 1);
+            acc.add("malloc_bytes", ctx, &stack, int(field("size")));
+        }
         Kind::Setting => {}
     }
-    Ok(())
 }
 
 /// The frames of stack trace `key`, root first; a truncated trace starts with `[truncated]`.
+/// `None` when the trace is not in the constant pool; frames whose method or class is missing
+/// are left out (and counted).
 fn resolve_stack(
     chunk: &Chunk,
     acc: &mut Acc,
+    cache: &mut ChunkCache,
     stack_type: i64,
     key: i64,
-) -> Result<Vec<u32>, DecodeError> {
-    let dangling =
-        |what: &str| DecodeError::Malformed(format!("jfr: {what} refers to a missing constant"));
-    let trace = chunk.pool(stack_type, key).ok_or_else(|| {
-        DecodeError::Malformed(format!(
-            "jfr: stack trace {key} is not in the constant pool ({} stack traces there)",
-            chunk.pools.get(&stack_type).map_or(0, |p| p.len())
-        ))
-    })?;
+) -> Option<Vec<u32>> {
+    let trace = chunk.pool(stack_type, key)?;
     let truncated = matches!(
         chunk.get(stack_type, trace, "truncated"),
         Some((Value::Bool(true), _))
     );
     let Some((Value::Arr(frames), frames_field)) = chunk.get(stack_type, trace, "frames") else {
-        return Err(dangling("a stack trace without frames"));
+        return None;
     };
     let frame_type = frames_field.type_id;
     let mut out = Vec::with_capacity(frames.len() + 1);
-    for frame in frames.iter().rev() {
-        let (method_ref, method_field) = chunk
-            .get(frame_type, frame, "method")
-            .ok_or_else(|| dangling("a stack frame"))?;
-        let method = chunk
-            .deref(method_ref, method_field)
-            .ok_or_else(|| dangling("a stack frame's method"))?;
-        let method_type = method_field.type_id;
-        let name = chunk
-            .get(method_type, method, "name")
-            .and_then(|(v, f)| chunk.string(v, f))
-            .unwrap_or_else(|| "?".into());
-        let class = chunk.get(method_type, method, "type").and_then(|(v, f)| {
-            let class = chunk.deref(v, f)?;
-            let (n, nf) = chunk.get(f.type_id, class, "name")?;
-            chunk.string(n, nf)
-        });
-        let full = match class {
-            Some(c) if !c.is_empty() => format!("{}.{name}", c.replace('/', ".")),
-            _ => name,
-        };
-        out.push(acc.frame(full));
-    }
     if truncated {
-        let marker = acc.frame("[truncated]".into());
-        out.insert(0, marker);
+        let truncated = acc.function("[truncated]".into());
+        out.push(acc.frame(truncated, 0));
     }
-    Ok(out)
+    for frame in frames.iter().rev() {
+        let Some((method_ref, method_field)) = chunk.get(frame_type, frame, "method") else {
+            acc.skipped.missing_frames += 1;
+            continue;
+        };
+        let function = match method_ref {
+            Value::Ref(k) => *cache
+                .methods
+                .entry(*k)
+                .or_insert_with(|| method_function(chunk, acc, method_ref, method_field)),
+            _ => method_function(chunk, acc, method_ref, method_field),
+        };
+        let line = u32::try_from(int(chunk.get(frame_type, frame, "lineNumber"))).unwrap_or(0);
+        match function {
+            Some(f) => out.push(acc.frame(f, line)),
+            None => acc.skipped.missing_frames += 1,
+        }
+    }
+    Some(out)
+}
+
+/// The function of a method: `package.Class.method`, generated class names merged.
+fn method_function(
+    chunk: &Chunk,
+    acc: &mut Acc,
+    method_ref: &Value,
+    method_field: &parse::Field,
+) -> Option<u32> {
+    let method = chunk.deref(method_ref, method_field)?;
+    let method_type = method_field.type_id;
+    let name = chunk
+        .get(method_type, method, "name")
+        .and_then(|(v, f)| chunk.string(v, f))?;
+    let (v, f) = chunk.get(method_type, method, "type")?;
+    let class = chunk.deref(v, f)?;
+    let class = chunk
+        .get(f.type_id, class, "name")
+        .and_then(|(n, nf)| chunk.string(n, nf))
+        .unwrap_or_default();
+    let class = symbols::merge_generated(&class);
+    let name = symbols::merge_generated(&name);
+    let full = if class.is_empty() {
+        name.into_owned()
+    } else {
+        format!("{}.{name}", class.replace('/', "."))
+    };
+    Some(acc.function(full))
 }
 
 fn profiles(mut acc: Acc, labels: Option<&LabelsSnapshot>, meta: &IngestMeta) -> Vec<Profile> {
-    let execution_as = acc.execution_as.unwrap_or("cpu");
     let context_labels = |ctx: i64| -> Labels {
         let mut l = meta.labels.clone();
         if let Some(snapshot) = labels {
@@ -365,12 +524,7 @@ fn profiles(mut acc: Acc, labels: Option<&LabelsSnapshot>, meta: &IngestMeta) ->
     keys.sort();
     for key in keys {
         let stacks = acc.values.remove(&key).expect("key listed");
-        let name = if key.0 == "execution" {
-            execution_as
-        } else {
-            key.0
-        };
-        let Some(profile_type) = ProfileType::well_known(name) else {
+        let Some(profile_type) = ProfileType::well_known(key.0) else {
             continue;
         };
         let mut samples: Vec<Sample> = stacks

@@ -64,6 +64,7 @@ impl Decoder for OtlpDecoder {
                 function: string(f.name_strindex)?.to_string(),
                 file: string(f.filename_strindex)?.to_string(),
                 line: u32::try_from(f.start_line).unwrap_or(0),
+                start_line: u32::try_from(f.start_line).unwrap_or(0),
             });
         }
         // Frames of each location, caller first (inlined callees are listed first).
@@ -177,6 +178,11 @@ fn decode_profile(
             get(location_frames, li, "location")?;
             stack.extend_from_slice(&location_frames[li as usize]);
         }
+        // No frame: nowhere to show it in any view (as for pprof).
+        if stack.is_empty() {
+            kiln_plugin_api::skipped::record("otlp", "empty_stack", 1);
+            continue;
+        }
         let mut attrs = s.attribute_indices.clone();
         for &a in &attrs {
             get(&dict.attribute_table, a, "attribute")?;
@@ -186,6 +192,11 @@ fn decode_profile(
             .entry(attrs)
             .or_insert_with(|| vec![Vec::new(); types.len()]);
         for (i, &v) in s.value.iter().enumerate() {
+            // Negative values are dropped at ingest, as for pprof (see docs/negative-values.md).
+            if v < 0 {
+                kiln_plugin_api::skipped::record("otlp", "negative_value", 1);
+                continue;
+            }
             if v != 0 {
                 per_type[i].push(Sample {
                     stack: stack.clone(),

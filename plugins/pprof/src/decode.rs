@@ -79,6 +79,12 @@ fn plan_types(
         .sample_type
         .iter()
         .any(|vt| strings.get(vt.r#type).is_ok_and(|t| t == "samples"));
+    let has_wall_column = p.sample_type.iter().any(|vt| {
+        strings.get(vt.r#type).is_ok_and(|t| t == "wall")
+            && strings
+                .get(vt.unit)
+                .is_ok_and(|u| matches!(u, "nanoseconds" | "microseconds" | "milliseconds"))
+    });
     for (column, vt) in p.sample_type.iter().enumerate() {
         let sample_type = strings.get(vt.r#type)?;
         let sample_unit = strings.get(vt.unit)?;
@@ -90,23 +96,32 @@ fn plan_types(
             None => None,
         };
         // Without a `samples` column (pyroscope-rs, the Python agent), CPU time is *the* cpu type.
-        let only_cpu_time = sample_type == "cpu" && !has_samples_column;
+        // In a wall profile (the Node agent: `samples`, `wall` and `cpu` columns) too, as in
+        // Grafana Pyroscope: wall time is `wall`, CPU time `cpu`, and the sample count of the
+        // wall profiler is `wall_samples`, never CPU.
+        let only_cpu_time = sample_type == "cpu" && (!has_samples_column || has_wall_column);
+        // (@datadog/pprof names the count `sample`.)
+        let wall_samples = matches!(sample_type, "samples" | "sample") && has_wall_column;
         let display_name = entry
             .and_then(|e| e.display_name.as_deref())
             .filter(|n| !n.is_empty())
-            .or(only_cpu_time.then_some("cpu"));
+            .or(only_cpu_time.then_some("cpu"))
+            .or(wall_samples.then_some("wall_samples"));
         let aggregation = entry
             .and_then(|e| e.aggregation.as_deref())
             .and_then(Aggregation::parse);
-        let profile_type = profile_type(
-            sample_type,
-            sample_unit,
-            (period_type, period_unit),
-            display_name,
-            aggregation,
-        );
+        // CPU time out of a wall profile joins the usual CPU type
+        // (`process_cpu:cpu:nanoseconds:cpu:nanoseconds`), not a wall-period variant of it.
+        let period = if only_cpu_time && has_wall_column {
+            ("cpu", "nanoseconds")
+        } else {
+            (period_type, period_unit)
+        };
+        let profile_type =
+            profile_type(sample_type, sample_unit, period, display_name, aggregation);
         let name = profile_type.name.clone();
         let sampled = entry.map(|e| e.sampled).unwrap_or(sample_type == "samples")
+            || wall_samples
             || name == "cpu_nanoseconds"
             || only_cpu_time;
         let cumulative = match entry {
@@ -135,9 +150,7 @@ pub fn profile_type(
     display_name: Option<&str>,
     aggregation: Option<Aggregation>,
 ) -> ProfileType {
-    let name = display_name
-        .unwrap_or_else(|| default_name(sample_type, sample_unit))
-        .to_string();
+    let name = short_name(display_name.unwrap_or_else(|| default_name(sample_type, sample_unit)));
     let known = ProfileType::well_known(&name);
     ProfileType {
         metric: known
@@ -153,6 +166,23 @@ pub fn profile_type(
         period_type: period_type.to_string(),
         period_unit: period_unit.to_string(),
     }
+}
+
+/// A short name that survives a query: `app.<name>{…}` must parse back to the same type, so
+/// anything outside `[A-Za-z0-9_.-]` (`:`, `{`, spaces…) becomes `_`; an empty name is `unknown`.
+pub fn short_name(name: &str) -> String {
+    if name.is_empty() {
+        return "unknown".into();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Pyroscope's default names for Go's sample types; other types keep their own name.
@@ -173,10 +203,10 @@ fn build_profiles(
     plans: &[TypePlan],
     meta: &IngestMeta,
 ) -> Result<Vec<Profile>, DecodeError> {
-    // Functions become frames, one per function id.
-    let mut frames = Vec::with_capacity(p.function.len());
-    let mut frame_of_function: FxHashMap<u64, u32> = FxHashMap::default();
-    frame_of_function.reserve(p.function.len());
+    // Frames are (function, line) pairs, created as locations use them: the flamegraph groups
+    // by function, and the line stays for exports that carry it (pprof, for PGO).
+    let mut functions: FxHashMap<u64, (&str, &str, u32)> = FxHashMap::default();
+    functions.reserve(p.function.len());
     for f in &p.function {
         let name = strings.get(f.name)?;
         let name = if name.is_empty() {
@@ -184,13 +214,12 @@ fn build_profiles(
         } else {
             name
         };
-        frame_of_function.insert(f.id, frames.len() as u32);
-        frames.push(Frame {
-            function: name.to_string(),
-            file: strings.get(f.filename)?.to_string(),
-            line: u32::try_from(f.start_line).unwrap_or(0),
-        });
+        let start_line = u32::try_from(f.start_line).unwrap_or(0);
+        functions.insert(f.id, (name, strings.get(f.filename)?, start_line));
     }
+    let mut frames: Vec<Frame> = Vec::with_capacity(p.function.len());
+    let mut frame_of_line: FxHashMap<(u64, i64), u32> = FxHashMap::default();
+    let mut frame_of_address: FxHashMap<u64, u32> = FxHashMap::default();
     // Each location expands to its frames, caller first (pprof lists inlined callees first).
     let mut location_frames: Vec<u32> = Vec::new();
     let mut location_span: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
@@ -198,25 +227,35 @@ fn build_profiles(
     for loc in &p.location {
         let start = location_frames.len() as u32;
         for line in loc.line.iter().rev() {
-            let frame = *frame_of_function.get(&line.function_id).ok_or_else(|| {
+            let &(name, file, start_line) = functions.get(&line.function_id).ok_or_else(|| {
                 DecodeError::Malformed(format!(
                     "location {} references missing function {}",
                     loc.id, line.function_id
                 ))
             })?;
-            if !frames[frame as usize].function.is_empty() {
-                location_frames.push(frame);
+            if name.is_empty() {
+                continue;
             }
+            let frame = *frame_of_line
+                .entry((line.function_id, line.line))
+                .or_insert_with(|| {
+                    frames.push(Frame {
+                        function: name.to_string(),
+                        file: file.to_string(),
+                        line: u32::try_from(line.line).unwrap_or(0),
+                        start_line,
+                    });
+                    (frames.len() - 1) as u32
+                });
+            location_frames.push(frame);
         }
         if loc.line.is_empty() {
             // No symbols: name the frame by address so the stack keeps its shape.
-            frame_of_function
-                .entry(u64::MAX - loc.id)
-                .or_insert_with(|| {
-                    frames.push(Frame::named(format!("0x{:x}", loc.address)));
-                    (frames.len() - 1) as u32
-                });
-            location_frames.push(frame_of_function[&(u64::MAX - loc.id)]);
+            let frame = *frame_of_address.entry(loc.address).or_insert_with(|| {
+                frames.push(Frame::named(format!("0x{:x}", loc.address)));
+                (frames.len() - 1) as u32
+            });
+            location_frames.push(frame);
         }
         location_span.insert(loc.id, (start, location_frames.len() as u32 - start));
     }
@@ -241,6 +280,8 @@ fn build_profiles(
     let mut group_labels: Vec<Vec<(i64, i64)>> = Vec::new();
     let mut stack = Vec::with_capacity(64);
     let mut key = Vec::new();
+    let mut negative = 0u64;
+    let mut empty = 0u64;
     for s in &p.sample {
         if s.value.len() != p.sample_type.len() {
             return Err(DecodeError::Malformed(format!(
@@ -255,6 +296,12 @@ fn build_profiles(
                 DecodeError::Malformed(format!("a sample references missing location {id}"))
             })?;
             stack.extend_from_slice(&location_frames[start as usize..(start + len) as usize]);
+        }
+        // A sample without a frame has nowhere to show in a flamegraph, a folded line or a
+        // pprof export: dropped, so that every view sums the same values.
+        if stack.is_empty() {
+            empty += 1;
+            continue;
         }
         key.clear();
         key.extend(
@@ -275,6 +322,13 @@ fn build_profiles(
         };
         for (i, plan) in plans.iter().enumerate() {
             let value = s.value[plan.column];
+            // Negative values (delta heap profiles carry them) are dropped, as Grafana Pyroscope
+            // drops them at ingest: a stored profile only adds, so every view of it — flamegraph,
+            // top table, pprof, collapsed — sums the same non-negative values.
+            if value < 0 {
+                negative += 1;
+                continue;
+            }
             if value != 0 {
                 per_group[group][i].push(Sample {
                     stack: stack.clone(),
@@ -284,6 +338,8 @@ fn build_profiles(
         }
     }
 
+    kiln_plugin_api::skipped::record("pprof", "negative_value", negative);
+    kiln_plugin_api::skipped::record("pprof", "empty_stack", empty);
     // A request without a window (Connect push) takes the profile's own time.
     let (start_ns, end_ns) = if meta.start_ns == 0 && meta.end_ns == 0 {
         let start = if p.time_nanos > 0 {

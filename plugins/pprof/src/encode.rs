@@ -8,8 +8,10 @@ use rustc_hash::FxHashMap;
 
 use crate::proto;
 
-/// Encodes `tree` as a single-sample-type pprof: one function and one location per distinct
-/// frame name, one sample per node with a self value (location ids leaf first).
+/// Encodes `tree` as a single-sample-type pprof: one function per distinct frame name, one
+/// location per function — or, for a tree with lines, per (function, file, line), so that
+/// `go tool pprof -lines` and Go's PGO see them — and one sample per node with a self value
+/// (location ids leaf first).
 pub fn encode_tree(tree: &Tree, ctx: &RenderContext) -> Vec<u8> {
     let mut strings: Vec<String> = vec![String::new()];
     let mut string_ids: FxHashMap<String, i64> = FxHashMap::default();
@@ -33,10 +35,10 @@ pub fn encode_tree(tree: &Tree, ctx: &RenderContext) -> Vec<u8> {
         r#type: intern(&ty.period_type),
         unit: intern(&ty.period_unit),
     };
-    // Location id of each tree name index (function id == location id).
-    let mut location_of_name: Vec<u64> = vec![0; tree.names.len()];
+    // One function per distinct frame name. Without lines, one location per function
+    // (location id == function id); with lines, one location per (function, file, line).
     let mut functions = Vec::new();
-    let mut locations = Vec::new();
+    let mut function_of_name: Vec<u64> = vec![0; tree.names.len()];
     for (i, name) in tree.names.iter().enumerate().skip(1) {
         let id = functions.len() as u64 + 1;
         let name_id = intern(name);
@@ -47,18 +49,39 @@ pub fn encode_tree(tree: &Tree, ctx: &RenderContext) -> Vec<u8> {
             filename: 0,
             start_line: 0,
         });
-        locations.push(proto::Location {
-            id,
-            mapping_id: 1,
-            address: 0,
-            line: vec![proto::Line {
-                function_id: id,
-                line: 0,
-                column: 0,
-            }],
-            is_folded: false,
-        });
-        location_of_name[i] = id;
+        function_of_name[i] = id;
+    }
+    let mut locations: Vec<proto::Location> = Vec::new();
+    let mut location_ids: FxHashMap<(u64, u32, u32), u64> = FxHashMap::default();
+    let mut location_of_node: Vec<u64> = vec![0; tree.nodes.len()];
+    for (i, node) in tree.nodes.iter().enumerate().skip(1) {
+        let function_id = function_of_name[node.name as usize];
+        let at = tree.lines.get(i).copied().unwrap_or_default();
+        location_of_node[i] = *location_ids
+            .entry((function_id, at.file, at.line))
+            .or_insert_with(|| {
+                let f = &mut functions[function_id as usize - 1];
+                if f.filename == 0 && at.file != 0 {
+                    let file = tree.files.get(at.file as usize).map_or("", String::as_str);
+                    f.filename = intern(file);
+                }
+                if f.start_line == 0 {
+                    f.start_line = i64::from(at.start_line);
+                }
+                let id = locations.len() as u64 + 1;
+                locations.push(proto::Location {
+                    id,
+                    mapping_id: 1,
+                    address: 0,
+                    line: vec![proto::Line {
+                        function_id,
+                        line: i64::from(at.line),
+                        column: 0,
+                    }],
+                    is_folded: false,
+                });
+                id
+            });
     }
     let mut samples = Vec::new();
     for (i, node) in tree.nodes.iter().enumerate().skip(1) {
@@ -68,7 +91,7 @@ pub fn encode_tree(tree: &Tree, ctx: &RenderContext) -> Vec<u8> {
         let mut location_id = Vec::new();
         let mut n = i;
         while n != 0 {
-            location_id.push(location_of_name[tree.nodes[n].name as usize]);
+            location_id.push(location_of_node[n]);
             n = tree.nodes[n].parent as usize;
         }
         samples.push(proto::Sample {

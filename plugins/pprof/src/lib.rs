@@ -24,7 +24,7 @@ use kiln_plugin_api::{
 };
 
 pub use config::{SampleTypeConfig, SampleTypeEntry};
-pub use decode::{decode_pprof, profile_type};
+pub use decode::{decode_pprof, profile_type, short_name};
 pub use encode::encode_tree;
 
 /// Default cap on a decompressed profile (guards against gzip bombs).

@@ -264,3 +264,101 @@ fn cpu_time_alone_is_the_cpu_type() {
     );
     assert_eq!(profiles[0].meta.sample_rate, 100);
 }
+
+fn corpus(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../../compat/conformance/corpus/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// The Node agent's wall profiler: `samples`, `wall` and `cpu` columns are wall time, CPU time
+/// and the wall sample count, as Grafana Pyroscope files them — the count is never `cpu`.
+#[test]
+fn node_wall_profile_is_wall_and_cpu_time() {
+    // A real recording (`sample`/`wall`/`cpu`) and one shaped as the issue describes
+    // (`samples`/`wall`/`cpu`).
+    for file in ["node-wall.pb.gz", "node-wall-shape.pb.gz"] {
+        node_wall(file);
+    }
+}
+
+fn node_wall(file: &str) {
+    let profiles = PprofDecoder::default()
+        .decode(&corpus(file), &meta())
+        .unwrap();
+    let ids: Vec<(String, String)> = profiles
+        .iter()
+        .map(|p| (p.profile_type.name.clone(), p.profile_type.id()))
+        .collect();
+    assert!(
+        ids.contains(&(
+            "wall".into(),
+            "wall:wall:nanoseconds:wall:nanoseconds".into()
+        )),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&(
+            "cpu".into(),
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds".into()
+        )),
+        "{ids:?}"
+    );
+    // The count keeps its own sample type name (`samples`, or `sample` from @datadog/pprof).
+    assert!(
+        ids.iter().any(|(n, id)| n == "wall_samples"
+            && id.starts_with("wall:sample")
+            && id.ends_with(":count:wall:nanoseconds")),
+        "{ids:?}"
+    );
+    assert_eq!(ids.len(), 3, "{file}: {ids:?}");
+}
+
+/// A sample type Kiln does not know by name keeps its name (fgprof's `time`), made safe for
+/// queries: a name that could not be typed back after `app.` is rewritten.
+#[test]
+fn unknown_sample_types_keep_a_queryable_name() {
+    let profiles = PprofDecoder::default()
+        .decode(&corpus("go-fgprof-shape.pb.gz"), &meta())
+        .unwrap();
+    assert!(profiles.iter().any(|p| p.profile_type.name == "time"));
+    assert_eq!(kiln_pprof::short_name("a b:c{d}"), "a_b_c_d_");
+    assert_eq!(kiln_pprof::short_name("x.y-z"), "x.y-z");
+    assert_eq!(kiln_pprof::short_name(""), "unknown");
+}
+
+/// Negative values (a heap delta) are dropped at ingest (docs/negative-values.md).
+#[test]
+fn negative_values_are_dropped() {
+    let body = corpus("go-heap-delta.pb.gz");
+    let raw = kiln_pprof::gunzip_if_needed(&body, 1 << 30).unwrap();
+    use prost::Message;
+    let p = kiln_pprof::proto::Profile::decode(&raw[..]).unwrap();
+    assert!(
+        p.sample.iter().any(|s| s.value.iter().any(|&v| v < 0)),
+        "the fixture has negative values"
+    );
+    let profiles = PprofDecoder::default().decode(&body, &meta()).unwrap();
+    for prof in &profiles {
+        assert!(prof.samples.iter().all(|s| s.value > 0));
+        let column = p
+            .sample_type
+            .iter()
+            .position(|vt| p.string_table[vt.r#type as usize] == prof.profile_type.sample_type)
+            .unwrap();
+        let positive: i64 = p
+            .sample
+            .iter()
+            .map(|s| s.value[column])
+            .filter(|&v| v > 0)
+            .sum();
+        let stored: i64 = profiles
+            .iter()
+            .filter(|q| q.profile_type == prof.profile_type)
+            .map(|q| q.total())
+            .sum();
+        assert_eq!(stored, positive, "{}", prof.profile_type.name);
+    }
+}

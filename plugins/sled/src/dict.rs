@@ -1,7 +1,54 @@
-//! Per-service dictionaries: interned frame names and the stack tree whose node ids are the
-//! stack ids stored in chunks. A node's parent always has a smaller id.
+//! Per-service dictionaries: interned frames and the stack tree whose node ids are the stack
+//! ids stored in chunks. A node's parent always has a smaller id.
+//!
+//! A frame is stored as its function name alone when it has no source location — exactly the
+//! format written before lines were kept, so older data dirs read unchanged — and as
+//! `function NUL file NUL line` when it has one. Function names never contain NUL (a frame
+//! whose name does is stored with the NUL replaced).
 
+use kiln_plugin_api::Frame;
 use rustc_hash::FxHashMap;
+
+/// Separates a frame's function, file and line in its stored form.
+const SEP: char = '\0';
+
+/// The stored form of a frame; `keep_lines = false` stores the function alone.
+pub fn frame_key(f: &Frame, keep_lines: bool) -> String {
+    let function = if f.function.contains(SEP) {
+        std::borrow::Cow::Owned(f.function.replace(SEP, "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(f.function.as_str())
+    };
+    if !keep_lines || (f.line == 0 && f.start_line == 0 && f.file.is_empty()) {
+        return function.into_owned();
+    }
+    let file = f.file.replace(SEP, "\u{fffd}");
+    format!("{function}{SEP}{file}{SEP}{}{SEP}{}", f.line, f.start_line)
+}
+
+/// A stored frame: function, and its source location when it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFrame<'a> {
+    pub function: &'a str,
+    pub file: &'a str,
+    pub line: u32,
+    pub start_line: u32,
+}
+
+/// A stored frame's parts (`""`, 0 where it has no location).
+pub fn split_frame_key(key: &str) -> StoredFrame<'_> {
+    let mut parts = key.splitn(4, SEP);
+    let function = parts.next().unwrap_or("");
+    let file = parts.next().unwrap_or("");
+    let line = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    let start_line = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    StoredFrame {
+        function,
+        file,
+        line,
+        start_line,
+    }
+}
 
 /// Frames and stack nodes of one service. Node 0 is the root (no frame).
 #[derive(Debug)]
@@ -15,6 +62,8 @@ pub struct ServiceDict {
     /// How many frames / nodes are already on disk.
     pub persisted_frames: usize,
     pub persisted_nodes: usize,
+    /// Whether any frame has a source location (then merged trees carry lines).
+    pub has_locations: bool,
 }
 
 impl ServiceDict {
@@ -27,16 +76,24 @@ impl ServiceDict {
             node_ids: FxHashMap::default(),
             persisted_frames: 0,
             persisted_nodes: 1,
+            has_locations: false,
         }
     }
 
-    pub fn frame(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.frame_ids.get(name) {
+    /// The id of `frame` (function, file and line), interned.
+    pub fn frame(&mut self, frame: &Frame) -> u32 {
+        self.frame_key(frame_key(frame, true))
+    }
+
+    /// The id of a frame in its stored form, interned.
+    pub fn frame_key(&mut self, key: String) -> u32 {
+        if let Some(&id) = self.frame_ids.get(&key) {
             return id;
         }
         let id = self.frames.len() as u32;
-        self.frames.push(name.to_string());
-        self.frame_ids.insert(name.to_string(), id);
+        self.has_locations |= key.contains(SEP);
+        self.frames.push(key.clone());
+        self.frame_ids.insert(key, id);
         id
     }
 
@@ -52,6 +109,7 @@ impl ServiceDict {
     /// Restores a frame read from disk; frames are loaded in id order.
     pub fn load_frame(&mut self, id: u32, name: String) {
         debug_assert_eq!(id as usize, self.frames.len());
+        self.has_locations |= name.contains(SEP);
         self.frame_ids.insert(name.clone(), id);
         self.frames.push(name);
         self.persisted_frames = self.frames.len();
@@ -63,5 +121,40 @@ impl ServiceDict {
         self.node_ids.insert((parent, frame), id);
         self.nodes.push((parent, frame));
         self.persisted_nodes = self.nodes.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_without_lines_keep_the_old_format() {
+        let plain = Frame::named("main.work");
+        assert_eq!(frame_key(&plain, true), "main.work");
+        let at = Frame {
+            function: "main.work".into(),
+            file: "/src/main.go".into(),
+            line: 42,
+            start_line: 40,
+        };
+        let key = frame_key(&at, true);
+        let parts = split_frame_key(&key);
+        assert_eq!(
+            (parts.function, parts.file, parts.line, parts.start_line),
+            ("main.work", "/src/main.go", 42, 40)
+        );
+        let old = split_frame_key("main.work");
+        assert_eq!(
+            (old.function, old.file, old.line, old.start_line),
+            ("main.work", "", 0, 0)
+        );
+        assert_eq!(frame_key(&at, false), "main.work");
+        let mut d = ServiceDict::new(0);
+        d.frame(&plain);
+        assert!(!d.has_locations);
+        assert_ne!(d.frame(&plain), d.frame(&at));
+        assert!(d.has_locations);
+        assert_eq!(d.frame(&at), d.frame(&at.clone()));
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, Storage, StorageError, Timeline, Tree, TreeNode,
+    SeriesInfo, SourceLine, Storage, StorageError, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -411,7 +411,7 @@ impl Inner {
                     .entry(service.clone())
                     .or_insert_with(|| ServiceDict::new(next_service));
                 frame_map.clear();
-                frame_map.extend(p.frames.iter().map(|f| dict.frame(&f.function)));
+                frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
                 sample_nodes.clear();
                 for s in &p.samples {
                     let mut node = 0;
@@ -828,16 +828,26 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
             node = dict.nodes[node].0 as usize;
         }
     }
+    // Frames are function names, or (function, file, line) since lines are kept: the tree has
+    // lines when the service has located frames (see `Tree::by_function` for the grouped view).
+    // Each dict node is one (parent, frame), so each becomes one tree node.
+    let with_lines = dict.has_locations;
     let mut tree = Tree::default();
     tree.nodes[0].self_value = values.first().copied().unwrap_or(0);
-    let mut name_of_frame: FxHashMap<u32, u32> = FxHashMap::default();
+    if with_lines {
+        tree.files.push(String::new());
+        tree.lines.push(SourceLine::default());
+    }
+    let mut name_of_function: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut file_ids: FxHashMap<&str, u32> = FxHashMap::default();
     for id in 1..n {
         if index[id] != WANTED {
             continue;
         }
         let (parent, frame) = dict.nodes[id];
-        let name = *name_of_frame.entry(frame).or_insert_with(|| {
-            tree.names.push(dict.frames[frame as usize].clone());
+        let f = dict::split_frame_key(&dict.frames[frame as usize]);
+        let name = *name_of_function.entry(f.function).or_insert_with(|| {
+            tree.names.push(f.function.to_string());
             tree.names.len() as u32 - 1
         });
         index[id] = tree.nodes.len() as u32;
@@ -847,6 +857,20 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
             self_value: values.get(id).copied().unwrap_or(0),
             total: 0,
         });
+        if with_lines {
+            let file = match f.file {
+                "" => 0,
+                file => *file_ids.entry(file).or_insert_with(|| {
+                    tree.files.push(file.to_string());
+                    tree.files.len() as u32 - 1
+                }),
+            };
+            tree.lines.push(SourceLine {
+                file,
+                line: f.line,
+                start_line: f.start_line,
+            });
+        }
     }
     tree.compute_totals();
     Ok(tree)

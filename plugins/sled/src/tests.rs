@@ -406,3 +406,52 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
     assert_eq!(m.tree.to_folded(), before);
     assert_eq!(m.tree.total(), 5000);
 }
+
+/// Frames keep file, line and start line on disk: a merge gives a tree with lines, and its
+/// grouped view is what a tree without lines would be. Frames without a location are stored in
+/// the format older data dirs have, so those read back unchanged.
+#[test]
+fn lines_survive_storage_and_group_by_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |line: u32| Frame {
+        function: "main.work".into(),
+        file: "/src/main.go".into(),
+        line,
+        start_line: 10,
+    };
+    let mut p = profile("lines", "prod", "cpu", 1_000, &[]);
+    p.frames = vec![Frame::named("main.main"), at(12), at(14)];
+    p.samples = vec![
+        Sample {
+            stack: vec![0, 1],
+            value: 3,
+        },
+        Sample {
+            stack: vec![0, 2],
+            value: 4,
+        },
+    ];
+    {
+        let s = open(dir.path());
+        s.write_blocking(vec![p]).unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let s = reopen(dir.path());
+    let tree = s
+        .select_merge_blocking(&query("lines.cpu{}", 0, 2_000))
+        .unwrap()
+        .tree;
+    assert!(tree.has_lines());
+    assert_eq!(tree.total(), 7);
+    let lines: Vec<(String, u32, u32)> = (1..tree.nodes.len() as u32)
+        .filter(|&n| tree.name_of(n) == "main.work")
+        .map(|n| {
+            let (file, line, start) = tree.line_of(n).unwrap();
+            (file.to_string(), line, start)
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.contains(&("/src/main.go".into(), 14, 10)));
+    let grouped = tree.by_function();
+    assert_eq!(grouped.to_folded(), "main.main;main.work 7\n");
+}

@@ -103,7 +103,14 @@ impl StampedPprof {
 
 impl Fixture {
     /// Loads `spec` (`PATH` or `PATH@APP`), preparing `variants` churned copies of a pprof.
-    pub fn load(spec: &str, default_app: &str, churn: f64, variants: u32) -> anyhow::Result<Self> {
+    /// With `strip_lines`, source locations are removed (every line 0, no file, no start line).
+    pub fn load(
+        spec: &str,
+        default_app: &str,
+        churn: f64,
+        variants: u32,
+        strip_lines: bool,
+    ) -> anyhow::Result<Self> {
         let (path, app) = match spec.rsplit_once('@') {
             Some((p, a)) if !a.is_empty() && !a.contains('/') => (p, a),
             _ => (spec, default_app),
@@ -113,8 +120,19 @@ impl Fixture {
         let format = format_of(&path);
         let mut totals = Vec::new();
         let (metric, body) = if format == "pprof" {
-            let profile = decode_pprof(&bytes)
+            let mut profile = decode_pprof(&bytes)
                 .with_context(|| format!("{} is not a pprof profile", path.display()))?;
+            if strip_lines {
+                for f in &mut profile.function {
+                    f.filename = 0;
+                    f.start_line = 0;
+                }
+                for l in &mut profile.location {
+                    for line in &mut l.line {
+                        line.line = 0;
+                    }
+                }
+            }
             let metric = pyroscope_metric(&profile);
             totals = sample_totals(&profile);
             let variants = if churn > 0.0 { variants.max(1) } else { 1 };
@@ -282,7 +300,14 @@ mod tests {
 
     #[test]
     fn stamped_body_is_one_gzip_member_with_the_new_time() {
-        let f = Fixture::load(fixture("go-cpu.pb.gz").to_str().unwrap(), "a", 0.0, 1).unwrap();
+        let f = Fixture::load(
+            fixture("go-cpu.pb.gz").to_str().unwrap(),
+            "a",
+            0.0,
+            1,
+            false,
+        )
+        .unwrap();
         let original = decode_pprof(&std::fs::read(fixture("go-cpu.pb.gz")).unwrap()).unwrap();
         let body = f.body(0, 1_700_000_000, 10);
         // A single-member decoder must read it whole (the CRC and length are checked).
@@ -310,7 +335,7 @@ mod tests {
     #[test]
     fn churn_renames_some_functions_per_variant() {
         let path = fixture("go-cpu.pb.gz");
-        let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4).unwrap();
+        let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4, false).unwrap();
         let names = |v: u32| {
             let mut raw = Vec::new();
             flate2::read::GzDecoder::new(&f.body(v, 1, 10)[..])
@@ -340,13 +365,21 @@ mod tests {
             "a",
             0.0,
             1,
+            false,
         )
         .unwrap();
         assert_eq!(
             (f.format, f.app.as_str(), f.is_pprof()),
             ("jfr", "java-app", false)
         );
-        let f = Fixture::load(fixture("go-heap.pb.gz").to_str().unwrap(), "a", 0.0, 1).unwrap();
+        let f = Fixture::load(
+            fixture("go-heap.pb.gz").to_str().unwrap(),
+            "a",
+            0.0,
+            1,
+            false,
+        )
+        .unwrap();
         assert_eq!((f.metric, f.app.as_str()), ("memory", "a"));
     }
 }

@@ -8,7 +8,9 @@
 //! rewritten to the slot as an agent stamps it), and optionally stacks that churn (`--churn`).
 //!
 //! With `--day`, it instead pushes one series' worth of a whole day (8,640 profiles stamped
-//! 10 s apart) as fast as it can, to measure disk use per profiled core per day.
+//! 10 s apart) as fast as it can, to measure disk use per profiled core per day; add
+//! `--strip-lines` to push the same profile without file and line numbers, to measure what
+//! keeping lines costs.
 
 mod bodies;
 
@@ -75,6 +77,9 @@ struct Args {
     /// Push through the Connect API (`push.v1.PusherService/Push`, protobuf) instead of /ingest.
     #[arg(long)]
     connect: bool,
+    /// Remove line numbers, function start lines and file names from the profile before pushing.
+    #[arg(long)]
+    strip_lines: bool,
 }
 
 /// `24h`, `90m`, `3600s`, `1d` or plain seconds → seconds.
@@ -360,7 +365,15 @@ fn main() -> anyhow::Result<()> {
     let fixtures = args
         .files
         .iter()
-        .map(|spec| Fixture::load(spec, &args.app, args.churn, args.churn_variants))
+        .map(|spec| {
+            Fixture::load(
+                spec,
+                &args.app,
+                args.churn,
+                args.churn_variants,
+                args.strip_lines,
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if args.connect {
         if let Some(f) = fixtures.iter().find(|f| !f.is_pprof()) {
