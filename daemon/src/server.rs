@@ -247,7 +247,7 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     }
     // What the applier has not reached stays in the log and is replayed at the next start.
     state.durable.caught_up(Duration::from_secs(5)).await;
-    state.storage.flush().await.context("final flush")?;
+    state.durable.close().await.context("final flush")?;
     tracing::info!("kiln stopped; data flushed");
     Ok(())
 }

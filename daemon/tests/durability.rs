@@ -340,3 +340,49 @@ fn a_torn_log_tail_is_dropped_and_the_rest_replayed() {
         "{apps}"
     );
 }
+
+#[test]
+fn a_clean_stop_leaves_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let body = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    assert_eq!(
+        d.ingest(
+            "name=clean.cpu&format=pprof",
+            "application/octet-stream",
+            &body
+        )
+        .0,
+        200
+    );
+    d.stop();
+    let segments = std::fs::read_dir(d.data.join("wal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert_eq!(
+        segments, 0,
+        "the log's segments are deleted on a clean stop"
+    );
+    d.spawn();
+    assert!(d.get_json("/api/apps").to_string().contains("clean.cpu"));
+    // Sequence numbers go on after the checkpoint: a new push is not taken for a stored one.
+    assert_eq!(
+        d.ingest(
+            "name=clean2.cpu&format=pprof",
+            "application/octet-stream",
+            &body
+        )
+        .0,
+        200
+    );
+    d.crash();
+    d.spawn();
+    assert!(d.get_json("/api/apps").to_string().contains("clean2.cpu"));
+}

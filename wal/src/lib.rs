@@ -376,6 +376,35 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes the next record's sequence number greater than `seq`: for a caller whose own
+    /// record of applied sequence numbers is ahead of the log (a log directory removed by hand),
+    /// so that new records are never taken for ones it already holds. Call before any append.
+    pub fn advance_past(&self, seq: u64) {
+        let mut st = self.state.lock();
+        if st.next_seq <= seq {
+            st.next_seq = seq + 1;
+            st.queued_last = seq;
+            st.resolved = seq;
+            st.durable = seq;
+        }
+    }
+
+    /// After a final checkpoint that covers every durable record (a clean shutdown): deletes
+    /// every segment, so the next start has nothing to scan. Appends after it start a new one.
+    pub fn close(&self) -> Result<(), WalError> {
+        let cp = *self.checkpoint.lock();
+        if self.state.lock().durable > cp {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        w.file = None;
+        w.rotate = true;
+        for seg in list_segments(&self.config.dir).map_err(|e| self.io_err(e))? {
+            fs::remove_file(&seg.path).map_err(|e| self.io_err(e))?;
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> WalStats {
         let (segments, disk_bytes) = list_segments(&self.config.dir)
             .map(|s| {

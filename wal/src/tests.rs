@@ -168,3 +168,39 @@ fn thens_run_in_sequence_order_under_concurrency() {
     }
     assert_eq!(*seen.lock(), (1..=800).collect::<Vec<u64>>());
 }
+
+#[test]
+fn close_after_a_full_checkpoint_leaves_no_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    wal.append(b"a").unwrap();
+    wal.append(b"b").unwrap();
+    wal.checkpoint(1).unwrap();
+    wal.close().unwrap();
+    assert_eq!(
+        wal.stats().segments,
+        1,
+        "record 2 is not checkpointed: kept"
+    );
+    wal.checkpoint(2).unwrap();
+    wal.close().unwrap();
+    assert_eq!(wal.stats().segments, 0);
+    drop(wal);
+    let (wal, rec) = Wal::open(config(dir.path())).unwrap();
+    assert_eq!((rec.checkpoint, rec.records), (2, 0));
+    assert_eq!(
+        wal.append(b"c").unwrap(),
+        3,
+        "sequence numbers go on after the checkpoint"
+    );
+}
+
+#[test]
+fn advance_past_moves_the_next_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    wal.advance_past(41);
+    assert_eq!(wal.append(b"x").unwrap(), 42);
+    wal.advance_past(10);
+    assert_eq!(wal.append(b"y").unwrap(), 43);
+}

@@ -211,6 +211,8 @@ impl Durability {
                 );
             }
             let wal = Arc::new(wal);
+            // Storage may know later records than the log (its directory removed by hand).
+            wal.advance_past(storage.logged_seq().unwrap_or(0));
             replay(
                 &wal,
                 recovery,
@@ -320,6 +322,19 @@ impl Durability {
         tokio::time::timeout(timeout, rx.wait_for(|&s| s >= target))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The final flush of a clean shutdown: after it nothing is left to replay, and the log's
+    /// segments are deleted.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.flush().await?;
+        if let Some(wal) = self.wal.clone() {
+            tokio::task::spawn_blocking(move || wal.close())
+                .await
+                .map_err(|e| StorageError::Io(e.to_string()))?
+                .map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Makes storage durable and checkpoints the log up to what that covered.
