@@ -420,9 +420,18 @@ fn replay(
         match profiles {
             Ok(batches) => {
                 let profiles = batches.into_iter().flat_map(|b| b.profiles).collect();
-                rt.block_on(storage.write_logged(seq, profiles))
-                    .with_context(|| format!("replaying log record {seq}"))?;
-                replayed += 1;
+                match rt.block_on(storage.write_logged(seq, profiles)) {
+                    Ok(()) => replayed += 1,
+                    // Profiles storage refuses will be refused every time: skip, as below.
+                    Err(StorageError::Invalid(why)) => {
+                        skipped += 1;
+                        metrics.ingest_error("replay_failed");
+                        tracing::error!(seq, %why, "storage refused a logged push; skipped");
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("replaying log record {seq}"))
+                    }
+                }
             }
             Err(e) => {
                 // Decoded once before it was acknowledged; a decoder plugin since removed is the
