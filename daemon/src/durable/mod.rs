@@ -522,6 +522,10 @@ impl Storage for ReadAfterAck {
 
     async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
         self.settle().await;
-        self.inner().delete_service(service_name).await
+        let deleted = self.inner().delete_service(service_name).await?;
+        // Durable before it is answered, and with the log checkpointed past the pushes it
+        // removed: a replay after a crash must not bring them back.
+        self.durability.flush().await?;
+        Ok(deleted)
     }
 }
