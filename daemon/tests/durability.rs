@@ -386,3 +386,27 @@ fn a_clean_stop_leaves_nothing_to_replay() {
     d.spawn();
     assert!(d.get_json("/api/apps").to_string().contains("clean2.cpu"));
 }
+
+#[test]
+fn a_delete_stays_deleted_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let body = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    for app in ["gone.cpu", "kept.cpu"] {
+        let q = format!("name={app}&format=pprof");
+        assert_eq!(d.ingest(&q, "application/octet-stream", &body).0, 200);
+    }
+    let r = agent()
+        .delete(format!("{}/api/apps", d.url))
+        .force_send_body()
+        .send(r#"{"name":"gone.cpu"}"#)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    d.crash();
+    d.spawn();
+    let apps = d.get_json("/api/apps").to_string();
+    assert!(
+        apps.contains("kept.cpu") && !apps.contains("gone"),
+        "{apps}"
+    );
+}
