@@ -121,9 +121,18 @@ class Profiler:
 
     def _sample(self, now: float) -> None:
         try:
+            # The tags of each thread as of the frames: copies of the tag table taken just
+            # before and just after the frames (each copy is one C call). A thread whose tags
+            # changed in between is left out of this tick rather than sampled under the wrong
+            # tags.
+            before = dict(_tags._active)
             frames = sys._current_frames()
+            after = dict(_tags._active)
+            changed = [i for i in frames if before.get(i) is not after.get(i)]
+            for ident in changed:
+                del frames[ident]
             try:
-                self._sampler.tick(frames, now)
+                self._sampler.tick(frames, now, tags=after)
             finally:
                 del frames  # do not keep other threads' frames (and locals) alive
         except Exception:  # keep sampling; a persistent failure is logged once per upload

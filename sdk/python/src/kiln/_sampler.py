@@ -178,11 +178,13 @@ class Sampler:
         frames: Mapping[int, FrameType],
         now: float,
         native_ids: Mapping[int, int | None] | None = None,
+        tags: Mapping[int, _tags.Tags] | None = None,
     ) -> None:
         """Samples every thread of ``frames`` (ident → innermost frame) at monotonic time ``now``.
 
         ``native_ids`` maps idents to kernel thread ids (cpu mode with clocks); by default it is
-        read from ``threading.enumerate()``.
+        read from ``threading.enumerate()``. ``tags`` maps idents to their tags as of ``frames``;
+        by default each thread's tags are read when it is sampled.
         """
         self._ticks += 1
         elapsed_periods = self._wall_periods(now)
@@ -203,7 +205,10 @@ class Sampler:
                 weight = 0 if looks_idle(frame) else elapsed_periods
             if weight > 0:
                 stack = self._formatter.stack(frame)
-                self._aggregator.add(_tags.tags_of(ident), stack, weight)
+                thread_tags = (
+                    tags.get(ident, _tags.NO_TAGS) if tags is not None else _tags.tags_of(ident)
+                )
+                self._aggregator.add(thread_tags, stack, weight)
                 self.samples += weight
         if use_clocks:
             for ident in [i for i in self._cpu_state if i not in frames]:
