@@ -4,10 +4,60 @@
 //! ```text
 //! u8 version (1) | varint profiles | zigzag total | varint n | n × (varint Δstack, zigzag value)
 //! ```
+//!
+//! A coarse bucket whose profiles all fell into one bucket of the finest level holds the same
+//! column as that bucket; it is stored as a reference instead ([`Stored::SameAsFinest`]):
+//!
+//! ```text
+//! u8 version (2) | varint profiles | zigzag total | varint finest bucket (seconds)
+//! ```
+//!
+//! Where series send less often than the coarser resolutions — a fleet's late uploads spread
+//! over the day, agents on a 60 s cycle — most coarse buckets hold one profile, and the
+//! references keep the column from being stored at every level.
 
 use crate::error::ChunkError;
 
 const VERSION: u8 = 1;
+const SAME_AS_FINEST: u8 = 2;
+
+/// What a chunk key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Column(Column),
+    /// The column of the same series' finest-level chunk at `bucket` (seconds), with its header.
+    SameAsFinest {
+        bucket: u64,
+        profiles: u64,
+        total: i64,
+    },
+}
+
+impl Stored {
+    pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        if bytes.first() == Some(&SAME_AS_FINEST) {
+            let mut r = Reader { bytes, pos: 1 };
+            let profiles = r.varint()?;
+            let total = unzigzag(r.varint()?);
+            let bucket = r.varint()?;
+            return Ok(Self::SameAsFinest {
+                bucket,
+                profiles,
+                total,
+            });
+        }
+        Column::decode(bytes).map(Self::Column)
+    }
+
+    pub fn encode_same_as_finest(bucket: u64, profiles: u64, total: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.push(SAME_AS_FINEST);
+        put_varint(&mut out, profiles);
+        put_varint(&mut out, zigzag(total));
+        put_varint(&mut out, bucket);
+        out
+    }
+}
 
 /// A decoded chunk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,11 +147,11 @@ impl Column {
         Ok(Self { profiles, entries })
     }
 
-    /// Reads only the header: `(profiles, total)`.
+    /// Reads only the header, `(profiles, total)`, of a column or a reference.
     pub fn decode_header(bytes: &[u8]) -> Result<(u64, i64), ChunkError> {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.byte()?;
-        if version != VERSION {
+        if version != VERSION && version != SAME_AS_FINEST {
             return Err(ChunkError::Version(version));
         }
         Ok((r.varint()?, unzigzag(r.varint()?)))
@@ -205,5 +255,31 @@ mod tests {
         }
         assert!(matches!(Column::decode(&[9]), Err(ChunkError::Version(9))));
         assert!(Column::decode(&[1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        let reference = Stored::encode_same_as_finest(1_700_000_000, 3, -4);
+        for cut in 0..reference.len() {
+            assert!(Stored::decode(&reference[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn references_round_trip_with_their_header() {
+        let reference = Stored::encode_same_as_finest(1_700_000_010, 2, 42);
+        assert_eq!(
+            Stored::decode(&reference).unwrap(),
+            Stored::SameAsFinest {
+                bucket: 1_700_000_010,
+                profiles: 2,
+                total: 42
+            }
+        );
+        assert_eq!(Column::decode_header(&reference).unwrap(), (2, 42));
+        let column = Column {
+            profiles: 1,
+            entries: vec![(3, 4)],
+        };
+        assert_eq!(
+            Stored::decode(&column.encode()).unwrap(),
+            Stored::Column(column)
+        );
     }
 }

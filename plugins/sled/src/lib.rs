@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-pub use column::Column;
+pub use column::{Column, Stored};
 use dict::ServiceDict;
 use error::io;
 
@@ -124,8 +124,26 @@ impl SledConfig {
 struct SeriesRecord {
     info: SeriesInfo,
     service: String,
+    /// Where the series has data, widened to whole [`BOUNDS_NS`]: a prefilter for queries. The
+    /// record is rewritten when a profile lands outside, so rounding makes that hourly for a
+    /// live series rather than at every flush.
     first_ns: i64,
     last_ns: i64,
+}
+
+const BOUNDS_NS: i64 = 3600 * NS;
+
+impl SeriesRecord {
+    /// Widens the bounds to cover `t_ns`; true if they changed.
+    fn cover(&mut self, t_ns: i64) -> bool {
+        if t_ns >= self.first_ns && t_ns < self.last_ns {
+            return false;
+        }
+        let from = t_ns.div_euclid(BOUNDS_NS) * BOUNDS_NS;
+        self.first_ns = self.first_ns.min(from);
+        self.last_ns = self.last_ns.max(from + BOUNDS_NS);
+        true
+    }
 }
 
 /// Values accumulated for one chunk since the last flush.
@@ -133,6 +151,18 @@ struct SeriesRecord {
 struct Pending {
     profiles: u64,
     values: FxHashMap<u32, i64>,
+    /// The finest-level bucket every profile here fell into; `None` once they span several.
+    finest: Option<u64>,
+}
+
+impl Pending {
+    fn add_profile(&mut self, finest_bucket: u64) {
+        self.finest = match self.profiles {
+            0 => Some(finest_bucket),
+            _ => self.finest.filter(|&b| b == finest_bucket),
+        };
+        self.profiles += 1;
+    }
 }
 
 #[derive(Default)]
@@ -219,8 +249,17 @@ impl SledStorage {
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(None)
-            .use_compression(true)
-            .compression_factor(3)
+            .use_compression(
+                std::env::var("KILN_EXP_COMP")
+                    .map(|v| v == "1")
+                    .unwrap_or(true),
+            )
+            .compression_factor(
+                std::env::var("KILN_EXP_LVL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3),
+            )
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
         let inner = Inner {
@@ -438,27 +477,25 @@ impl Inner {
                             sample_rate: p.meta.sample_rate,
                         },
                         service,
-                        first_ns: p.start_ns,
-                        last_ns: p.start_ns,
+                        first_ns: i64::MAX,
+                        last_ns: i64::MIN,
                     });
                     st.series_ids.insert(key, id);
                     st.dirty_series.insert(id);
                     id
                 }
             };
-            let rec = &mut st.series[series as usize];
-            if p.start_ns < rec.first_ns || p.start_ns > rec.last_ns {
-                rec.first_ns = rec.first_ns.min(p.start_ns);
-                rec.last_ns = rec.last_ns.max(p.start_ns);
+            if st.series[series as usize].cover(p.start_ns) {
                 st.dirty_series.insert(series);
             }
             let t = (p.start_ns.max(0) / NS) as u64;
+            let finest = t / self.levels[0].0 * self.levels[0].0;
             for (level, &(res, _)) in self.levels.iter().enumerate() {
                 let pending = st
                     .buffer
                     .entry((series, level as u8, t / res * res))
                     .or_default();
-                pending.profiles += 1;
+                pending.add_profile(finest);
                 for (&node, &v) in &stacks {
                     *pending.values.entry(node).or_default() += v;
                 }
@@ -522,21 +559,53 @@ impl Inner {
             self.legacy_nodes.clear().map_err(io)?;
         }
         self.series_tree.apply_batch(series).map_err(io)?;
+        // Every read below sees sled as it was before this batch: a reference is resolved to the
+        // finest chunk's old column, to which this batch adds the same profiles as to the
+        // coarse one.
         let mut chunks = sled::Batch::default();
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
+            let old = match self.chunks.get(key).map_err(io)? {
+                Some(v) => Some(Stored::decode(&v)?),
+                None => None,
+            };
+            let finest = pending.finest;
             let mut entries: Vec<(u32, i64)> = pending.values.into_iter().collect();
             entries.sort_unstable_by_key(|e| e.0);
-            let mut column = Column {
+            let column = Column {
                 profiles: pending.profiles,
                 entries,
             };
-            if let Some(old) = self.chunks.get(key).map_err(io)? {
-                let mut old = Column::decode(&old)?;
-                old.merge(&column);
-                column = old;
+            if level > 0 {
+                // Still (or newly) all in one finest bucket: the finest chunk says it all. A
+                // coarse bucket without a chunk has no finest chunk either (every profile goes
+                // to every level, and coarser levels are kept at least as long).
+                let reference = match (&old, finest) {
+                    (None, Some(b)) => Some((b, column.profiles, column.total())),
+                    (
+                        Some(Stored::SameAsFinest {
+                            bucket: was,
+                            profiles,
+                            total,
+                        }),
+                        Some(b),
+                    ) if *was == b => Some((b, profiles + column.profiles, total + column.total())),
+                    _ => None,
+                };
+                if let Some((b, profiles, total)) = reference {
+                    chunks.insert(&key, Stored::encode_same_as_finest(b, profiles, total));
+                    continue;
+                }
             }
-            chunks.insert(&key, column.encode());
+            let merged = match old {
+                None => column,
+                Some(old) => {
+                    let mut old = self.resolve(series, old)?;
+                    old.merge(&column);
+                    old
+                }
+            };
+            chunks.insert(&key, merged.encode());
         }
         if let Some(seq) = log_seq {
             chunks.insert(&LOG_SEQ_KEY, &seq.to_be_bytes());
@@ -546,6 +615,25 @@ impl Inner {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The column a stored chunk of `series` stands for.
+    fn resolve(&self, series: u32, stored: Stored) -> Result<Column, StorageError> {
+        match stored {
+            Stored::Column(c) => Ok(c),
+            Stored::SameAsFinest { bucket, .. } => {
+                let finest = self
+                    .chunks
+                    .get(chunk_key(series, 0, bucket))
+                    .map_err(io)?
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "series {series}: a chunk refers to the finest bucket {bucket}, which is gone"
+                        ))
+                    })?;
+                Ok(Column::decode(&finest)?)
+            }
+        }
     }
 
     /// `(level, first bucket, end)`: the chunks to read for `[start_s, end_s)`, coarsest first.
@@ -639,7 +727,7 @@ impl Inner {
                     let hi = chunk_key(id, level as u8, to.max(0) as u64);
                     for kv in self.chunks.range(lo..hi) {
                         let (_, v) = kv.map_err(io)?;
-                        let col = Column::decode(&v)?;
+                        let col = self.resolve(id, Stored::decode(&v)?)?;
                         merged.profiles += col.profiles;
                         for (node, value) in col.entries {
                             let node = node as usize;
@@ -763,7 +851,10 @@ impl Inner {
                     .chunks
                     .range(chunk_key(id, level as u8, 0)..chunk_key(id, level as u8, cutoff))
                 {
-                    let (k, _) = kv.map_err(io)?;
+                    let (k, v) = kv.map_err(io)?;
+                    if level == 0 {
+                        self.materialize_references(id, &k, &v, &mut batch)?;
+                    }
                     batch.remove(k);
                     report.chunks_deleted += 1;
                 }
@@ -771,6 +862,32 @@ impl Inner {
             self.chunks.apply_batch(batch).map_err(io)?;
         }
         Ok(report)
+    }
+
+    /// Before the finest chunk `key` of `series` expires, the coarse chunks that refer to it get
+    /// its column.
+    fn materialize_references(
+        &self,
+        series: u32,
+        key: &[u8],
+        column: &[u8],
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        let bucket = u64::from_be_bytes(
+            key.get(5..13)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StorageError::Corrupt("chunk key is not 13 bytes".into()))?,
+        );
+        for (level, &(res, _)) in self.levels.iter().enumerate().skip(1) {
+            let coarse = chunk_key(series, level as u8, bucket / res * res);
+            if let Some(v) = self.chunks.get(coarse).map_err(io)? {
+                if matches!(Stored::decode(&v)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
+                {
+                    batch.insert(&coarse, column);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn delete_service(&self, service: &str) -> Result<u64, StorageError> {

@@ -217,8 +217,12 @@ fn retention_deletes_old_chunks_per_level() {
             profile("app", "prod", "cpu", now - 60, &[(&["new"], 1)]),
         ])
         .unwrap();
+    s.flush_blocking().unwrap();
+    assert_eq!(coarse_chunk_kinds(&s), (2, 0));
     let report = s.inner.enforce_retention(now).unwrap();
     assert_eq!(report.chunks_deleted, 1, "only the old 10 s chunk goes");
+    // The 100 s chunk that referred to it holds its column now.
+    assert_eq!(coarse_chunk_kinds(&s), (1, 1));
     // The old profile is still there at 100 s resolution.
     let m = s
         .inner
@@ -454,4 +458,107 @@ fn lines_survive_storage_and_group_by_function() {
     assert!(lines.contains(&("/src/main.go".into(), 14, 10)));
     let grouped = tree.by_function();
     assert_eq!(grouped.to_folded(), "main.main;main.work 7\n");
+}
+
+/// `(references, columns)` among the coarse chunks (every level but the finest).
+fn coarse_chunk_kinds(s: &SledStorage) -> (usize, usize) {
+    let mut kinds = (0, 0);
+    for kv in s.inner.chunks.iter() {
+        let (k, v) = kv.unwrap();
+        if k.as_ref() == LOG_SEQ_KEY || k[4] == 0 {
+            continue;
+        }
+        match Stored::decode(&v).unwrap() {
+            Stored::SameAsFinest { .. } => kinds.0 += 1,
+            Stored::Column(_) => kinds.1 += 1,
+        }
+    }
+    kinds
+}
+
+#[test]
+fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_s();
+    // The start of a 100 000 s bucket inside the finest level's retention.
+    let t0 = (now - DAY) / 100_000 * 100_000 + 1_000;
+    let t0 = if t0 > now - 3600 { t0 - 100_000 } else { t0 };
+    let total = |s: &SledStorage, from: i64, to: i64| {
+        s.inner
+            .select_merge(&query("app.cpu", from, to), now)
+            .unwrap()
+            .tree
+            .to_folded()
+    };
+    {
+        let s = open(dir.path());
+        s.write_blocking(vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0,
+            &[(&["main", "a"], 3)],
+        )])
+        .unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(
+            coarse_chunk_kinds(&s),
+            (4, 0),
+            "one profile: every coarse level refers"
+        );
+        // A second profile in the same 10 s bucket, in a later flush: still references.
+        s.write_blocking(vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0 + 3,
+            &[(&["main", "b"], 2)],
+        )])
+        .unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(coarse_chunk_kinds(&s), (4, 0));
+        assert_eq!(total(&s, t0 - 50_000, t0 + 50_000), "main;a 3\nmain;b 2\n");
+        let line = s
+            .inner
+            .select_timeline(
+                &query("app.cpu", t0 - 1000, t0 + 9000),
+                1000 * NS,
+                None,
+                now,
+            )
+            .unwrap();
+        assert_eq!(line[0].1.points.iter().sum::<i64>(), 5);
+        // Another 10 s bucket of the same coarse buckets: they become columns of both.
+        s.write_blocking(vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0 + 20,
+            &[(&["main", "a"], 1)],
+        )])
+        .unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(coarse_chunk_kinds(&s), (0, 4));
+        // One profile far away in the same 100 000 s bucket: a new reference at 10 000 s and
+        // below, the widest level now a column of all three.
+        s.write_blocking(vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0 + 50_000,
+            &[(&["far"], 7)],
+        )])
+        .unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(coarse_chunk_kinds(&s), (3, 4));
+    }
+    let s = reopen(dir.path());
+    for (from, to, expected) in [
+        (t0 - 50_000, t0 + 99_000, "far 7\nmain;a 4\nmain;b 2\n"),
+        (t0, t0 + 10, "main;a 3\nmain;b 2\n"),
+        (t0 + 10, t0 + 40_000, "main;a 1\n"),
+        (t0 + 40_000, t0 + 60_000, "far 7\n"),
+    ] {
+        assert_eq!(total(&s, from, to), expected, "{from}..{to}");
+    }
 }
