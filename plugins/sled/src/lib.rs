@@ -249,17 +249,8 @@ impl SledStorage {
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(None)
-            .use_compression(
-                std::env::var("KILN_EXP_COMP")
-                    .map(|v| v == "1")
-                    .unwrap_or(true),
-            )
-            .compression_factor(
-                std::env::var("KILN_EXP_LVL")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(3),
-            )
+            .use_compression(true)
+            .compression_factor(3)
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
         let inner = Inner {
