@@ -24,6 +24,7 @@ mod reader;
 mod symbols;
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use kiln_plugin_api::{
     multipart, DecodeError, Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType,
@@ -202,12 +203,14 @@ impl Acc {
 
     fn add(&mut self, ty: &'static str, ctx: i64, stack: &[u32], value: i64) {
         if value != 0 {
-            *self
-                .values
-                .entry((ty, ctx))
-                .or_default()
-                .entry(stack.to_vec())
-                .or_default() += value;
+            let stacks = self.values.entry((ty, ctx)).or_default();
+            // Look up by slice first: most samples repeat a stack already seen.
+            match stacks.get_mut(stack) {
+                Some(v) => *v += value,
+                None => {
+                    stacks.insert(stack.to_vec(), value);
+                }
+            }
         }
     }
 }
@@ -260,18 +263,83 @@ pub fn decode_jfr_counted(
 /// Per-chunk caches: constant-pool keys resolved once.
 #[derive(Default)]
 struct ChunkCache {
-    stacks: FxHashMap<i64, Option<Vec<u32>>>,
+    stacks: FxHashMap<i64, Option<Rc<[u32]>>>,
     methods: FxHashMap<i64, Option<u32>>,
-    states: FxHashMap<i64, Option<String>>,
+    states: FxHashMap<i64, Option<ThreadState>>,
+}
+
+/// A thread state as far as profile types care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThreadState {
+    Runnable,
+    Sleeping,
+    Other,
+}
+
+/// An event type of interest: its kind and where the fields `record` reads sit, found once
+/// per chunk rather than by name per event.
+struct EventType<'c> {
+    kind: Kind,
+    fields: &'c [parse::Field],
+    at: EventFields,
+}
+
+#[derive(Default)]
+struct EventFields {
+    context_id: Option<usize>,
+    stack_trace: Option<usize>,
+    state: Option<usize>,
+    samples: Option<usize>,
+    tlab_size: Option<usize>,
+    allocation_size: Option<usize>,
+    weight: Option<usize>,
+    duration: Option<usize>,
+    size: Option<usize>,
+    name: Option<usize>,
+    value: Option<usize>,
+}
+
+impl<'c> EventType<'c> {
+    fn new(kind: Kind, class: &'c parse::Class) -> Self {
+        let at = |name| class.field(name);
+        Self {
+            kind,
+            fields: &class.fields,
+            at: EventFields {
+                context_id: at("contextId"),
+                stack_trace: at("stackTrace"),
+                state: at("state"),
+                samples: at("samples"),
+                tlab_size: at("tlabSize"),
+                allocation_size: at("allocationSize"),
+                weight: at("weight"),
+                duration: at("duration"),
+                size: at("size"),
+                name: at("name"),
+                value: at("value"),
+            },
+        }
+    }
+
+    /// Field `at` of `event`, with its definition.
+    fn get<'v>(
+        &'v self,
+        event: &'v [Value],
+        at: Option<usize>,
+    ) -> Option<(&'v Value, &'v parse::Field)> {
+        let i = at?;
+        Some((event.get(i)?, self.fields.get(i)?))
+    }
 }
 
 fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
-    let kinds: FxHashMap<i64, Kind> = chunk
+    let kinds: FxHashMap<i64, EventType> = chunk
         .classes
         .iter()
-        .filter_map(|(&id, c)| kind(&c.name).map(|k| (id, k)))
+        .filter_map(|(&id, c)| kind(&c.name).map(|k| (id, EventType::new(k, c))))
         .collect();
     let mut cache = ChunkCache::default();
+    let mut event = Vec::new();
     let ns_per_tick = 1e9 / chunk.header.ticks_per_second as f64;
     let end = chunk.start + chunk.header.size as usize;
     let mut pos = chunk.start + HEADER_LEN;
@@ -283,11 +351,11 @@ fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
             .filter(|&s| s > 0 && pos + s <= end)
             .ok_or_else(|| reader::err(pos, format!("event size {size} outside the chunk")))?;
         let type_id = r.int(8)?;
-        if let Some(&k) = kinds.get(&type_id) {
+        if let Some(ty) = kinds.get(&type_id) {
             let mut body =
                 reader::Reader::new(&chunk.bytes[..pos + size], r.pos, chunk.header.compressed);
-            match chunk.value(&mut body, type_id, 0) {
-                Ok(event) => record(chunk, acc, &mut cache, type_id, k, &event, ns_per_tick),
+            match chunk.fields_into(&mut body, type_id, &mut event) {
+                Ok(()) => record(chunk, acc, &mut cache, ty, &event, ns_per_tick),
                 Err(_) => acc.skipped.malformed_events += 1,
             }
         } else if type_id > 1 {
@@ -307,53 +375,54 @@ fn int(v: Option<(&Value, &parse::Field)>) -> i64 {
     }
 }
 
-/// The name of the thread state in field `state` of an event, if it resolves.
+/// The thread state in field `state` of an event, if it resolves.
 fn thread_state(
     chunk: &Chunk,
     cache: &mut ChunkCache,
-    type_id: i64,
-    event: &Value,
-) -> Option<String> {
-    let (v, f) = chunk.get(type_id, event, "state")?;
+    ty: &EventType,
+    event: &[Value],
+) -> Option<ThreadState> {
+    let (v, f) = ty.get(event, ty.at.state)?;
     let key = match v {
         Value::Ref(k) => *k,
         _ => return None,
     };
-    cache
-        .states
-        .entry(key)
-        .or_insert_with(|| {
-            let state = chunk.deref(v, f)?;
-            let (n, nf) = chunk.get(f.type_id, state, "name")?;
-            chunk.string(n, nf)
+    *cache.states.entry(key).or_insert_with(|| {
+        let state = chunk.deref(v, f)?;
+        let (n, nf) = chunk.get(f.type_id, state, "name")?;
+        Some(match chunk.string(n, nf)?.as_str() {
+            STATE_RUNNABLE => ThreadState::Runnable,
+            STATE_SLEEPING => ThreadState::Sleeping,
+            _ => ThreadState::Other,
         })
-        .clone()
+    })
 }
 
 fn record(
     chunk: &Chunk,
     acc: &mut Acc,
     cache: &mut ChunkCache,
-    type_id: i64,
-    kind: Kind,
-    event: &Value,
+    ty: &EventType,
+    event: &[Value],
     ns_per_tick: f64,
 ) {
-    let field = |name: &str| chunk.get(type_id, event, name);
+    let kind = ty.kind;
+    let at = &ty.at;
+    let field = |i: Option<usize>| ty.get(event, i);
     if kind == Kind::Setting {
-        if let (Some((n, nf)), Some((v, vf))) = (field("name"), field("value")) {
+        if let (Some((n, nf)), Some((v, vf))) = (field(at.name), field(at.value)) {
             if chunk.string(n, nf).as_deref() == Some("event") {
                 acc.event = chunk.string(v, vf).unwrap_or_default();
             }
         }
         return;
     }
-    let ctx = int(field("contextId"));
-    let stack = match field("stackTrace") {
+    let ctx = int(field(at.context_id));
+    let stack = match field(at.stack_trace) {
         Some((Value::Ref(key), f)) => {
             let key = *key;
             if !cache.stacks.contains_key(&key) {
-                let s = resolve_stack(chunk, acc, cache, f.type_id, key);
+                let s = resolve_stack(chunk, acc, cache, f.type_id, key).map(Rc::from);
                 cache.stacks.insert(key, s);
             }
             cache.stacks[&key].clone()
@@ -372,8 +441,8 @@ fn record(
         Kind::Execution => {
             // As Grafana Pyroscope: CPU unless the profiler saw the thread sleeping; a sample
             // whose state does not resolve is not CPU. In wall mode every sample is wall time.
-            match thread_state(chunk, cache, type_id, event) {
-                Some(s) if s != STATE_SLEEPING => acc.add("cpu", ctx, &stack, 1),
+            match thread_state(chunk, cache, ty, event) {
+                Some(s) if s != ThreadState::Sleeping => acc.add("cpu", ctx, &stack, 1),
                 Some(_) => {}
                 None => acc.skipped.unknown_thread_states += 1,
             }
@@ -382,11 +451,9 @@ fn record(
             }
         }
         Kind::Wall => {
-            let weight = int(field("samples"));
+            let weight = int(field(at.samples));
             // Wall mode: the samples of running threads are also the CPU profile.
-            if wall_mode
-                && thread_state(chunk, cache, type_id, event).as_deref() == Some(STATE_RUNNABLE)
-            {
+            if wall_mode && thread_state(chunk, cache, ty, event) == Some(ThreadState::Runnable) {
                 acc.add("cpu", ctx, &stack, weight);
             }
             acc.add("wall", ctx, &stack, weight);
@@ -397,7 +464,7 @@ fn record(
                 "alloc_in_new_tlab_bytes",
                 ctx,
                 &stack,
-                int(field("tlabSize")),
+                int(field(at.tlab_size)),
             );
         }
         Kind::AllocOutsideTlab => {
@@ -406,12 +473,12 @@ fn record(
                 "alloc_outside_tlab_bytes",
                 ctx,
                 &stack,
-                int(field("allocationSize")),
+                int(field(at.allocation_size)),
             );
         }
         Kind::AllocSample => {
             acc.add("alloc_sample_objects", ctx, &stack, 1);
-            acc.add("alloc_sample_bytes", ctx, &stack, int(field("weight")));
+            acc.add("alloc_sample_bytes", ctx, &stack, int(field(at.weight)));
         }
         Kind::Monitor | Kind::Park => {
             let (count, duration) = if kind == Kind::Monitor {
@@ -420,13 +487,13 @@ fn record(
                 ("block_count", "block_duration")
             };
             acc.add(count, ctx, &stack, 1);
-            let ns = (int(field("duration")) as f64 * ns_per_tick) as i64;
+            let ns = (int(field(at.duration)) as f64 * ns_per_tick) as i64;
             acc.add(duration, ctx, &stack, ns);
         }
         Kind::Live => acc.add("live", ctx, &stack, 1),
         Kind::Malloc => {
             acc.add("malloc_objects", ctx, &stack, 1);
-            acc.add("malloc_bytes", ctx, &stack, int(field("size")));
+            acc.add("malloc_bytes", ctx, &stack, int(field(at.size)));
         }
         Kind::Setting => {}
     }

@@ -33,6 +33,36 @@ pub struct Field {
 pub struct Class {
     pub name: String,
     pub fields: Vec<Field>,
+    /// How a value of this class is read, from its name once rather than per value.
+    layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+enum Layout {
+    Int(u8),
+    Byte,
+    Bool,
+    F32,
+    F64,
+    Str,
+    #[default]
+    Object,
+}
+
+impl Layout {
+    fn of(class: &str) -> Self {
+        match class {
+            "int" | "char" => Layout::Int(4),
+            "long" => Layout::Int(8),
+            "short" => Layout::Int(2),
+            "byte" => Layout::Byte,
+            "boolean" => Layout::Bool,
+            "float" => Layout::F32,
+            "double" => Layout::F64,
+            "java.lang.String" => Layout::Str,
+            _ => Layout::Object,
+        }
+    }
 }
 
 impl Class {
@@ -108,18 +138,16 @@ pub struct Chunk<'a> {
     string_type: Option<i64>,
 }
 
-struct Element {
-    name: String,
-    attrs: Vec<(String, String)>,
-    children: Vec<Element>,
+/// A metadata element; its strings borrow the metadata's string table.
+struct Element<'s> {
+    name: &'s str,
+    attrs: Vec<(&'s str, &'s str)>,
+    children: Vec<Element<'s>>,
 }
 
-impl Element {
+impl Element<'_> {
     fn attr(&self, k: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(a, _)| a == k)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(a, _)| *a == k).map(|(_, v)| *v)
     }
 }
 
@@ -165,9 +193,11 @@ impl<'a> Chunk<'a> {
                     .attr("id")
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| err(r.pos, "metadata class without an id"))?;
+                let name = e.attr("name").unwrap_or("");
                 let mut class = Class {
-                    name: e.attr("name").unwrap_or("").to_string(),
+                    name: name.to_string(),
                     fields: Vec::new(),
+                    layout: Layout::of(name),
                 };
                 for f in e.children.iter().filter(|c| c.name == "field") {
                     class.fields.push(Field {
@@ -238,16 +268,14 @@ impl<'a> Chunk<'a> {
             .classes
             .get(&type_id)
             .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
-        Ok(match class.name.as_str() {
-            "int" | "char" => Value::Int(r.int(4)?),
-            "long" => Value::Int(r.int(8)?),
-            "short" => Value::Int(r.int(2)?),
-            "byte" => Value::Int(i64::from(r.u8()? as i8)),
-            "boolean" => Value::Bool(r.u8()? != 0),
-            "float" => Value::Float(f64::from(f32::from_bits(r.be_u32()?))),
-            "double" => Value::Float(f64::from_bits(r.be_u64()?)),
-            "java.lang.String" => read_string(r)?,
-            _ => {
+        Ok(match class.layout {
+            Layout::Int(bytes) => Value::Int(r.int(bytes.into())?),
+            Layout::Byte => Value::Int(i64::from(r.u8()? as i8)),
+            Layout::Bool => Value::Bool(r.u8()? != 0),
+            Layout::F32 => Value::Float(f64::from(f32::from_bits(r.be_u32()?))),
+            Layout::F64 => Value::Float(f64::from_bits(r.be_u64()?)),
+            Layout::Str => read_string(r)?,
+            Layout::Object => {
                 let mut fields = Vec::with_capacity(class.fields.len());
                 for f in &class.fields {
                     fields.push(self.field(r, f, depth)?);
@@ -255,6 +283,25 @@ impl<'a> Chunk<'a> {
                 Value::Obj(fields)
             }
         })
+    }
+
+    /// Reads the fields of an object of `type_id` into `out` (cleared first): events are read
+    /// this way into one reused buffer instead of an allocation each.
+    pub fn fields_into(
+        &self,
+        r: &mut Reader,
+        type_id: i64,
+        out: &mut Vec<Value>,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        let class = self
+            .classes
+            .get(&type_id)
+            .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
+        for f in &class.fields {
+            out.push(self.field(r, f, 0)?);
+        }
+        Ok(())
     }
 
     fn field(&self, r: &mut Reader, f: &Field, depth: usize) -> Result<Value, DecodeError> {
@@ -323,17 +370,21 @@ impl<'a> Chunk<'a> {
     }
 }
 
-fn element(r: &mut Reader, strings: &[String], depth: usize) -> Result<Element, DecodeError> {
+fn element<'s>(
+    r: &mut Reader,
+    strings: &'s [String],
+    depth: usize,
+) -> Result<Element<'s>, DecodeError> {
     if depth > 64 {
         return Err(err(r.pos, "metadata nested too deeply"));
     }
-    let s = |r: &mut Reader| -> Result<String, DecodeError> {
+    let s = |r: &mut Reader| -> Result<&'s str, DecodeError> {
         let at = r.pos;
         let i = r.int(4)?;
         usize::try_from(i)
             .ok()
             .and_then(|i| strings.get(i))
-            .cloned()
+            .map(String::as_str)
             .ok_or_else(|| err(at, format!("metadata string index {i} out of range")))
     };
     let name = s(r)?;
