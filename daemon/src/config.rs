@@ -57,7 +57,8 @@ pub struct ServerConfig {
     pub plugins_dir: PathBuf,
     /// The memory the daemon plans for. Bounds not set explicitly derive from it:
     /// `wal.max_unapplied_bytes` = ¼, `storage.cache_capacity_bytes` = ⅛,
-    /// `server.max_decompressed_bytes` = ⅛ (see [`MEMORY_SHARES`]).
+    /// `server.max_decompressed_bytes` = ⅛, `storage.query_budget_bytes` = ⅛ (see
+    /// [`MEMORY_SHARES`]).
     pub memory_limit: u64,
 }
 
@@ -66,6 +67,7 @@ pub const MEMORY_SHARES: &[(&str, u64)] = &[
     ("wal.max_unapplied_bytes", 4),
     ("storage.cache_capacity_bytes", 8),
     ("server.max_decompressed_bytes", 8),
+    ("storage.query_budget_bytes", 8),
 ];
 const DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
 
@@ -101,6 +103,9 @@ pub struct StorageConfig {
     pub levels: Vec<Level>,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
+    /// Memory one merge query may use for its tree; past it the smallest stacks are folded
+    /// into `other` and the answer says so.
+    pub query_budget_bytes: u64,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
     pub options: toml::Table,
 }
@@ -113,6 +118,7 @@ impl Default for StorageConfig {
             retention: Duration::from_secs(30 * 86_400),
             levels: kiln_storage_sled::default_levels(),
             cache_capacity_bytes: 64 << 20,
+            query_budget_bytes: 64 << 20,
             options: toml::Table::new(),
         }
     }
@@ -250,6 +256,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("storage.path", "KILN_STORAGE_PATH"),
     ("storage.retention", "KILN_RETENTION"),
     ("storage.cache_capacity_bytes", "KILN_CACHE_CAPACITY_BYTES"),
+    ("storage.query_budget_bytes", "KILN_QUERY_BUDGET_BYTES"),
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
@@ -421,6 +428,7 @@ impl Config {
             path: self.storage.path.clone(),
             levels,
             cache_capacity_bytes: self.storage.cache_capacity_bytes,
+            query_budget_bytes: self.storage.query_budget_bytes,
         }
     }
 }
@@ -499,6 +507,7 @@ mod tests {
         assert_eq!(c.wal.max_unapplied_bytes, 1000);
         assert_eq!(c.storage.cache_capacity_bytes, 128 << 20);
         assert_eq!(c.server.max_decompressed_bytes, 128 << 20);
+        assert_eq!(c.storage.query_budget_bytes, 128 << 20);
         let d = load_str("", &[]).unwrap();
         assert_eq!(d.wal.max_unapplied_bytes, 128 << 20);
         assert_eq!(d.storage.cache_capacity_bytes, 64 << 20);

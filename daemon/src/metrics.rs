@@ -62,6 +62,7 @@ pub struct Metrics {
     wal_backlog: Gauge,
     wal_disk: Gauge,
     decode_skipped: Family<Skip, Counter>,
+    queries_pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +92,12 @@ impl Default for Metrics {
             wal_disk.clone(),
         );
         let decode_skipped = Family::<Skip, Counter>::default();
+        let queries_pruned = Counter::default();
+        registry.register(
+            "queries_pruned",
+            "Queries whose tree reached storage.query_budget_bytes: the smallest stacks were folded into `other`",
+            queries_pruned.clone(),
+        );
         registry.register(
             "ingested_profiles",
             "Profiles stored (one per series and type)",
@@ -155,6 +162,7 @@ impl Default for Metrics {
             wal_backlog,
             wal_disk,
             decode_skipped,
+            queries_pruned,
         }
     }
 }
@@ -180,6 +188,10 @@ impl Metrics {
                 endpoint: endpoint.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn query_pruned(&self) {
+        self.queries_pruned.inc();
     }
 
     pub fn sink_error(&self, sink: &str) {

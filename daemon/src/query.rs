@@ -151,6 +151,26 @@ struct Selection {
     /// With source lines, when the stored frames have them: for exports that carry lines.
     lines: Option<Tree>,
     series: Vec<SeriesInfo>,
+    /// Stack nodes folded into `other` by the storage's query budget (0: exact).
+    pruned_nodes: u64,
+}
+
+/// Says on a response that the storage's query budget folded part of the tree into `other`.
+fn mark_pruned(resp: &mut Response, pruned_nodes: u64) {
+    if pruned_nodes > 0 {
+        resp.headers_mut()
+            .insert(PRUNED_HEADER, HeaderValue::from(pruned_nodes));
+    }
+}
+
+const PRUNED_HEADER: &str = "kiln-pruned-nodes";
+
+fn pruned_json(pruned_nodes: u64) -> Value {
+    if pruned_nodes == 0 {
+        Value::Null
+    } else {
+        json!({ "nodes": pruned_nodes, "limit": "storage.query_budget_bytes" })
+    }
 }
 
 async fn select(
@@ -173,7 +193,7 @@ async fn select(
         .first()
         .map(|s| s.profile_type.aggregation)
         .unwrap_or_default();
-    let tree = merged.aggregated(aggregation);
+    let (tree, pruned_nodes) = merged.aggregated_with_pruned(aggregation);
     let (tree, lines) = if tree.has_lines() {
         (tree.clone().by_function(), Some(tree))
     } else {
@@ -183,6 +203,7 @@ async fn select(
         tree,
         lines,
         series,
+        pruned_nodes,
     })
 }
 
@@ -285,6 +306,7 @@ pub async fn render(
             "groups": groups,
             "heatmap": null,
             "functions": sel.tree.function_totals(),
+            "pruned": pruned_json(sel.pruned_nodes),
         });
         Json(body).into_response()
     } else {
@@ -335,6 +357,11 @@ pub async fn render(
         }
         resp
     };
+    let mut response = response;
+    mark_pruned(&mut response, sel.pruned_nodes);
+    if sel.pruned_nodes > 0 {
+        state.metrics.query_pruned();
+    }
     state.metrics.query("render", started.elapsed());
     Ok(response)
 }
@@ -372,24 +399,32 @@ pub async fn render_diff(
         "leftTicks": left.tree.total(),
         "rightTicks": right.tree.total(),
         "timeline": null,
+        "pruned": pruned_json(left.pruned_nodes + right.pruned_nodes),
     });
     if let Some(fb) = body["flamebearer"].as_object_mut() {
         fb.remove("leftTicks");
         fb.remove("rightTicks");
     }
     state.metrics.query("render-diff", started.elapsed());
-    match param(&p, &["format"]).unwrap_or("json") {
-        "json" => Ok(Json(body).into_response()),
+    let mut response = match param(&p, &["format"]).unwrap_or("json") {
+        "json" => Json(body).into_response(),
         "html" => {
             let page = crate::html_export::standalone_html(&body)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
         }
-        other => Err(ApiError::bad_request(
-            "unknown_format",
-            format!("unknown format {other:?} for render-diff; use json or html"),
-        )),
+        other => {
+            return Err(ApiError::bad_request(
+                "unknown_format",
+                format!("unknown format {other:?} for render-diff; use json or html"),
+            ))
+        }
+    };
+    mark_pruned(&mut response, left.pruned_nodes + right.pruned_nodes);
+    if left.pruned_nodes + right.pruned_nodes > 0 {
+        state.metrics.query_pruned();
     }
+    Ok(response)
 }
 
 /// An optional selector (no type pinned) for the label endpoints.

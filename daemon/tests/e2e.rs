@@ -663,3 +663,81 @@ fn jfr_recordings_raw_and_multipart() {
         r["flamebearer"]["numTicks"]
     );
 }
+
+#[test]
+fn a_query_over_its_memory_budget_says_what_it_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    // The floor of the budget: 1,024 nodes per tree.
+    std::fs::write(&config, "[storage]\nquery_budget_bytes = 1\n").unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let mut folded = String::from("main;hot;loop 1000000\n");
+    for i in 0..3000 {
+        folded.push_str(&format!("main;leaf{i} {}\n", i + 1));
+    }
+    let (status, body) = d.ingest(
+        "name=wide.cpu&format=folded",
+        "text/plain",
+        folded.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let expected = 1_000_000 + (1..=3000).sum::<i64>();
+
+    let r = agent_get(&d, "/render?query=wide.cpu&from=now-1h&until=now%2B1m");
+    let pruned: u64 =
+        r.0.expect("a pruned answer carries kiln-pruned-nodes")
+            .parse()
+            .unwrap();
+    assert!(pruned > 1900, "{pruned} nodes folded");
+    let body: Value = serde_json::from_str(&r.1).unwrap();
+    assert_eq!(body["pruned"]["nodes"].as_u64(), Some(pruned));
+    assert_eq!(body["pruned"]["limit"], "storage.query_budget_bytes");
+    assert_eq!(
+        body["flamebearer"]["numTicks"].as_i64(),
+        Some(expected),
+        "totals stay exact"
+    );
+    let f = functions(&body);
+    assert_eq!(f["loop"], (1_000_000, 1_000_000));
+    assert!(
+        f.contains_key("other"),
+        "{:?}",
+        f.keys().take(5).collect::<Vec<_>>()
+    );
+
+    // Other formats say it in the header.
+    let (header, _) = agent_get(
+        &d,
+        "/render?query=wide.cpu&from=now-1h&until=now%2B1m&format=collapsed",
+    );
+    assert_eq!(header.as_deref(), Some(pruned.to_string().as_str()));
+    let (_, metrics) = d.get("/metrics");
+    assert!(metrics.contains("kiln_queries_pruned_total 2"), "{metrics}");
+
+    // A narrow service within the budget is exact and unmarked.
+    let (status, _) = d.ingest(
+        "name=narrow.cpu&format=folded",
+        "text/plain",
+        b"main;a 5\nmain;b 7\n",
+    );
+    assert_eq!(status, 200);
+    let (header, body) = agent_get(&d, "/render?query=narrow.cpu&from=now-1h&until=now%2B1m");
+    assert_eq!(header, None);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(body["pruned"].is_null());
+    assert_eq!(body["flamebearer"]["numTicks"].as_i64(), Some(12));
+}
+
+/// GET returning the `kiln-pruned-nodes` header and the body.
+fn agent_get(d: &Daemon, path: &str) -> (Option<String>, String) {
+    let mut r = common::agent()
+        .get(format!("{}{path}", d.url))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let header = r
+        .headers()
+        .get("kiln-pruned-nodes")
+        .map(|v| v.to_str().unwrap().to_string());
+    (header, r.body_mut().read_to_string().unwrap())
+}

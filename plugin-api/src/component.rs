@@ -134,17 +134,27 @@ pub struct Merged {
     pub profiles: u64,
     /// Number of series that contributed.
     pub series: u64,
+    /// Stack nodes folded into `other` because the merge reached the storage's query memory
+    /// budget; 0 when the tree is exact. Their values are kept, under `other` at the nearest
+    /// ancestor that stayed.
+    #[serde(default)]
+    pub pruned_nodes: u64,
 }
 
 impl Merged {
     /// Applies the type's aggregation: for averages, divides by the mean number of profiles per
     /// series, so N pods report the sum of their mean usage.
-    pub fn aggregated(mut self, aggregation: crate::Aggregation) -> Tree {
+    pub fn aggregated(self, aggregation: crate::Aggregation) -> Tree {
+        self.aggregated_with_pruned(aggregation).0
+    }
+
+    /// [`Merged::aggregated`], with [`Merged::pruned_nodes`].
+    pub fn aggregated_with_pruned(mut self, aggregation: crate::Aggregation) -> (Tree, u64) {
         if aggregation == crate::Aggregation::Average && self.series > 0 {
             let per_series = (self.profiles as f64 / self.series as f64).round() as i64;
             self.tree.divide(per_series.max(1));
         }
-        self.tree
+        (self.tree, self.pruned_nodes)
     }
 }
 

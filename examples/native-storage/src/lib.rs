@@ -118,6 +118,7 @@ impl Storage for MemoryStorage {
             tree: builder.build(),
             profiles: count,
             series: series.len() as u64,
+            ..Merged::default()
         })
     }
 

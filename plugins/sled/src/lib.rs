@@ -60,11 +60,26 @@ pub struct SledConfig {
     /// sled's page cache, bytes.
     #[serde(default = "default_cache")]
     pub cache_capacity_bytes: u64,
+    /// Memory one merge query may use for the tree it builds. Past it, the stacks with the
+    /// smallest totals are folded into `other` and the answer says how many
+    /// ([`Merged::pruned_nodes`]).
+    #[serde(default = "default_query_budget")]
+    pub query_budget_bytes: u64,
 }
 
 fn default_cache() -> u64 {
     64 << 20
 }
+
+fn default_query_budget() -> u64 {
+    64 << 20
+}
+
+/// What one node of a merged tree costs while it is built and answered: the node, its place in
+/// the index, its share of names, and the stack values read for it.
+const MERGED_NODE_BYTES: u64 = 64;
+/// Each service's tree keeps at least this many nodes, however little budget is left.
+const MIN_NODES_PER_TREE: usize = 1024;
 
 /// 10 s for 3 days, 100 s for 2 weeks, 1000 s and 10 000 s for 30 days, 100 000 s for a year.
 pub fn default_levels() -> Vec<Level> {
@@ -90,6 +105,7 @@ impl SledConfig {
             path: path.into(),
             levels: default_levels(),
             cache_capacity_bytes: default_cache(),
+            query_budget_bytes: default_query_budget(),
         }
     }
 
@@ -192,6 +208,8 @@ struct Inner {
     chunks: sled::Tree,
     /// `(resolution, retention)` in seconds, finest first.
     levels: Vec<(u64, u64)>,
+    /// Nodes one merged tree may have ([`SledConfig::query_budget_bytes`]).
+    query_max_nodes: usize,
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
@@ -267,6 +285,8 @@ impl SledStorage {
                 .iter()
                 .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
                 .collect(),
+            query_max_nodes: ((config.query_budget_bytes / MERGED_NODE_BYTES) as usize)
+                .max(MIN_NODES_PER_TREE),
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
             applied_log_seq: AtomicU64::new(0),
@@ -710,6 +730,7 @@ impl Inner {
             ..Merged::default()
         };
         let mut trees = Vec::new();
+        let mut nodes_left = self.query_max_nodes;
         for (service, ids) in by_service {
             let mut values: Vec<i64> = Vec::new();
             for &id in &ids {
@@ -735,7 +756,10 @@ impl Inner {
                 .services
                 .get(service)
                 .ok_or_else(|| StorageError::Corrupt(format!("no dictionary for {service}")))?;
-            trees.push(build_tree(dict, &values)?);
+            let (tree, pruned) = build_tree(dict, &values, nodes_left.max(MIN_NODES_PER_TREE))?;
+            nodes_left = nodes_left.saturating_sub(tree.nodes.len());
+            merged.pruned_nodes += pruned;
+            trees.push(tree);
         }
         merged.tree = match trees.len() {
             0 => Tree::default(),
@@ -913,8 +937,14 @@ impl Inner {
     }
 }
 
-/// Builds the tree of the nodes with a value and their ancestors.
-fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> {
+/// Builds the tree of the nodes with a value and their ancestors; past `max_nodes`, the nodes
+/// with the smallest totals are folded into an `other` child of their nearest kept ancestor.
+/// Returns the tree and how many nodes were folded.
+fn build_tree(
+    dict: &ServiceDict,
+    values: &[i64],
+    max_nodes: usize,
+) -> Result<(Tree, u64), StorageError> {
     let n = dict.nodes.len();
     if values.len() > n {
         return Err(StorageError::Corrupt(format!(
@@ -926,6 +956,7 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
     const WANTED: u32 = u32::MAX - 1;
     let mut index = vec![UNSEEN; n];
     index[0] = 0;
+    let mut wanted = 0usize;
     for (id, &v) in values.iter().enumerate() {
         if v == 0 {
             continue;
@@ -933,7 +964,45 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
         let mut node = id;
         while index[node] == UNSEEN {
             index[node] = WANTED;
+            wanted += 1;
             node = dict.nodes[node].0 as usize;
+        }
+    }
+    // Over budget: keep the `max_nodes` largest subtrees (a parent's total is at least its
+    // child's, so what is kept stays connected), fold the others into `other`.
+    let mut other: FxHashMap<u32, i64> = FxHashMap::default();
+    let mut pruned = 0u64;
+    if wanted > max_nodes {
+        let mut totals: Vec<i64> = (0..n)
+            .map(|id| values.get(id).copied().unwrap_or(0))
+            .collect();
+        for id in (1..n).rev() {
+            let parent = dict.nodes[id].0 as usize;
+            totals[parent] += totals[id];
+        }
+        let mut ranked: Vec<i64> = (1..n)
+            .filter(|&id| index[id] == WANTED)
+            .map(|id| totals[id].abs())
+            .collect();
+        let cut = max_nodes.saturating_sub(1).min(ranked.len() - 1);
+        let (_, &mut threshold, _) = ranked.select_nth_unstable_by(cut, |a, b| b.cmp(a));
+        let mut kept = 0usize;
+        for id in 1..n {
+            if index[id] != WANTED {
+                continue;
+            }
+            let parent = dict.nodes[id].0 as usize;
+            let parent_kept = parent == 0 || index[parent] == WANTED;
+            let t = totals[id].abs();
+            if parent_kept && (t > threshold || (t == threshold && kept < max_nodes)) {
+                kept += 1;
+            } else {
+                if parent_kept {
+                    *other.entry(parent as u32).or_default() += totals[id];
+                }
+                index[id] = UNSEEN;
+                pruned += 1;
+            }
         }
     }
     // Frames are function names, or (function, file, line) since lines are kept: the tree has
@@ -980,8 +1049,25 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
             });
         }
     }
+    if !other.is_empty() {
+        let name = tree.names.len() as u32;
+        tree.names.push("other".to_string());
+        let mut folded: Vec<(u32, i64)> = other.into_iter().collect();
+        folded.sort_unstable();
+        for (parent, value) in folded {
+            tree.nodes.push(TreeNode {
+                parent: index[parent as usize],
+                name,
+                self_value: value,
+                total: 0,
+            });
+            if with_lines {
+                tree.lines.push(SourceLine::default());
+            }
+        }
+    }
     tree.compute_totals();
-    Ok(tree)
+    Ok((tree, pruned))
 }
 
 #[async_trait]

@@ -562,3 +562,66 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
         assert_eq!(total(&s, from, to), expected, "{from}..{to}");
     }
 }
+
+#[test]
+fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.query_budget_bytes = 0; // the floor: MIN_NODES_PER_TREE nodes
+    let s = SledStorage::open(&cfg).unwrap();
+    let t0 = now_s() - 600;
+    // 3,000 leaves under `main`, leaf i worth i + 1, plus one heavy stack.
+    let names: Vec<String> = (0..3000).map(|i| format!("f{i}")).collect();
+    let mut stacks: Vec<(Vec<&str>, i64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (vec!["main", n.as_str()], i as i64 + 1))
+        .collect();
+    stacks.push((vec!["main", "hot", "loop"], 1_000_000));
+    let borrowed: Vec<(&[&str], i64)> = stacks.iter().map(|(s, v)| (s.as_slice(), *v)).collect();
+    s.write_blocking(vec![profile("app", "prod", "cpu", t0, &borrowed)])
+        .unwrap();
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    let expected_total = 1_000_000 + (1..=3000).sum::<i64>();
+    assert_eq!(
+        m.tree.total(),
+        expected_total,
+        "nothing is lost, only folded"
+    );
+    assert!(m.pruned_nodes > 1900, "pruned {}", m.pruned_nodes);
+    assert!(
+        m.tree.nodes.len() <= MIN_NODES_PER_TREE + 2,
+        "{} nodes",
+        m.tree.nodes.len()
+    );
+    let folded = m.tree.to_folded();
+    assert!(
+        folded.contains("main;hot;loop 1000000\n"),
+        "the heavy stack stays exact"
+    );
+    assert!(
+        folded.contains("main;f2999 3000\n"),
+        "the largest leaves stay"
+    );
+    assert!(folded.contains("main;other "), "the rest is under other");
+    assert!(
+        !folded.contains("main;f0 "),
+        "the smallest leaves are folded"
+    );
+
+    // Within the budget nothing is pruned.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.write_blocking(vec![profile("app", "prod", "cpu", t0, &borrowed)])
+        .unwrap();
+    let m = s
+        .inner
+        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    assert_eq!(m.pruned_nodes, 0);
+    assert_eq!(m.tree.total(), expected_total);
+    assert!(!m.tree.to_folded().contains("other"));
+}
