@@ -51,6 +51,21 @@ fn format_of(path: &std::path::Path, flag: Option<&str>) -> &'static str {
     }
 }
 
+/// Attempts per file when the daemon answers 429 or 503 (it is behind or over a limit).
+const ATTEMPTS: u32 = 8;
+/// The longest wait between attempts, whatever `Retry-After` says.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How long to wait before retrying a refused push: `Retry-After` (seconds) if given, else a
+/// backoff doubling from 1 s.
+fn retry_wait(retry_after: Option<&str>, attempt: u32) -> Duration {
+    retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| Duration::from_secs(1 << attempt.min(5)))
+        .min(MAX_WAIT)
+}
+
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     if args.files.is_empty() {
         bail!("no files given");
@@ -79,16 +94,38 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let format = format_of(path, args.format.as_deref());
         let url = format!("{}/ingest", args.server.trim_end_matches('/'));
-        let mut req = agent
-            .post(&url)
-            .query("name", &name)
-            .query("format", format)
-            .query("spyName", "kiln-cli")
-            .header("Content-Type", "application/octet-stream");
-        if let Some(t) = &args.auth_token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+        let send = || {
+            let mut req = agent
+                .post(&url)
+                .query("name", &name)
+                .query("format", format)
+                .query("spyName", "kiln-cli")
+                .header("Content-Type", "application/octet-stream");
+            if let Some(t) = &args.auth_token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            req.send(&body[..])
+        };
+        let mut result = send();
+        for attempt in 1..ATTEMPTS {
+            let wait = match &result {
+                Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => retry_wait(
+                    resp.headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()),
+                    attempt,
+                ),
+                _ => break,
+            };
+            bar.set_message(format!(
+                "{}: daemon busy, retrying in {}s",
+                path.display(),
+                wait.as_secs()
+            ));
+            std::thread::sleep(wait);
+            result = send();
         }
-        match req.send(&body[..]) {
+        match result {
             Ok(resp) if resp.status().is_success() => {}
             Ok(mut resp) => {
                 failures += 1;
@@ -126,4 +163,18 @@ pub fn reload(server: &str) -> anyhow::Result<()> {
     }
     eprintln!("reloaded");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_as_the_daemon_says_within_bounds() {
+        assert_eq!(retry_wait(Some("3"), 1), Duration::from_secs(3));
+        assert_eq!(retry_wait(Some("3600"), 1), MAX_WAIT);
+        assert_eq!(retry_wait(None, 1), Duration::from_secs(2));
+        assert_eq!(retry_wait(Some("soon"), 2), Duration::from_secs(4));
+        assert_eq!(retry_wait(None, 9), MAX_WAIT);
+    }
 }

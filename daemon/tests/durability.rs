@@ -307,6 +307,39 @@ fn pushes_are_refused_with_retry_after_while_storage_lags() {
 }
 
 #[test]
+fn the_ingest_cli_waits_out_backpressure_and_gets_every_file_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    // Every push after the first in a flush interval finds storage behind (503, Retry-After 2).
+    std::fs::write(
+        &config,
+        "[server]\nflush_interval = \"2s\"\n[wal]\nmax_unapplied_age = \"1h\"\nmax_unapplied_bytes = 1000\n",
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let file = testdata("go-cpu.pb.gz");
+    let file = file.to_str().unwrap();
+    let (ok, out) = common::kiln(&[
+        "ingest", "--server", &d.url, "--app", "cli-bp", file, file, file,
+    ]);
+    assert!(ok, "{out}");
+    let metrics = d.get("/metrics").1;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_ingest_errors_total{cause=\"backpressure\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        refused >= 1,
+        "the CLI met backpressure at least once: {metrics}"
+    );
+    assert!(
+        metrics.contains("kiln_ingest_requests_total 3"),
+        "all three accepted in the end: {metrics}"
+    );
+}
+
+#[test]
 fn a_torn_log_tail_is_dropped_and_the_rest_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kiln.toml");
