@@ -57,8 +57,8 @@ pub struct ServerConfig {
     pub plugins_dir: PathBuf,
     /// The memory the daemon plans for. Bounds not set explicitly derive from it:
     /// `wal.max_unapplied_bytes` = ¼, `storage.cache_capacity_bytes` = ⅛,
-    /// `server.max_decompressed_bytes` = ⅛, `storage.query_budget_bytes` = ⅛ (see
-    /// [`MEMORY_SHARES`]).
+    /// `server.max_decompressed_bytes` = ⅛, `storage.query_budget_bytes` = ⅛,
+    /// `storage.dictionary_cache_bytes` = ⅛ (see [`MEMORY_SHARES`]).
     pub memory_limit: u64,
 }
 
@@ -68,6 +68,7 @@ pub const MEMORY_SHARES: &[(&str, u64)] = &[
     ("storage.cache_capacity_bytes", 8),
     ("server.max_decompressed_bytes", 8),
     ("storage.query_budget_bytes", 8),
+    ("storage.dictionary_cache_bytes", 8),
 ];
 const DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
 
@@ -106,6 +107,9 @@ pub struct StorageConfig {
     /// Memory one merge query may use for its tree; past it the smallest stacks are folded
     /// into `other` and the answer says so.
     pub query_budget_bytes: u64,
+    /// Memory for services' frame and stack dictionaries; past it the least recently used are
+    /// dropped from memory (they stay on disk).
+    pub dictionary_cache_bytes: u64,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
     pub options: toml::Table,
 }
@@ -119,6 +123,7 @@ impl Default for StorageConfig {
             levels: kiln_storage_sled::default_levels(),
             cache_capacity_bytes: 64 << 20,
             query_budget_bytes: 64 << 20,
+            dictionary_cache_bytes: 64 << 20,
             options: toml::Table::new(),
         }
     }
@@ -257,6 +262,10 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("storage.retention", "KILN_RETENTION"),
     ("storage.cache_capacity_bytes", "KILN_CACHE_CAPACITY_BYTES"),
     ("storage.query_budget_bytes", "KILN_QUERY_BUDGET_BYTES"),
+    (
+        "storage.dictionary_cache_bytes",
+        "KILN_DICTIONARY_CACHE_BYTES",
+    ),
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
@@ -429,6 +438,7 @@ impl Config {
             levels,
             cache_capacity_bytes: self.storage.cache_capacity_bytes,
             query_budget_bytes: self.storage.query_budget_bytes,
+            dictionary_cache_bytes: self.storage.dictionary_cache_bytes,
         }
     }
 }
@@ -508,6 +518,7 @@ mod tests {
         assert_eq!(c.storage.cache_capacity_bytes, 128 << 20);
         assert_eq!(c.server.max_decompressed_bytes, 128 << 20);
         assert_eq!(c.storage.query_budget_bytes, 128 << 20);
+        assert_eq!(c.storage.dictionary_cache_bytes, 128 << 20);
         let d = load_str("", &[]).unwrap();
         assert_eq!(d.wal.max_unapplied_bytes, 128 << 20);
         assert_eq!(d.storage.cache_capacity_bytes, 64 << 20);

@@ -63,6 +63,9 @@ pub struct Metrics {
     wal_disk: Gauge,
     decode_skipped: Family<Skip, Counter>,
     queries_pruned: Counter,
+    dictionary_resident: Gauge,
+    dictionary_loads: Counter,
+    dictionary_evictions: Counter,
 }
 
 impl Default for Metrics {
@@ -93,6 +96,24 @@ impl Default for Metrics {
         );
         let decode_skipped = Family::<Skip, Counter>::default();
         let queries_pruned = Counter::default();
+        let dictionary_resident = Gauge::default();
+        let dictionary_loads = Counter::default();
+        let dictionary_evictions = Counter::default();
+        registry.register(
+            "storage_dictionary_bytes",
+            "Bytes of services' frame and stack dictionaries resident in memory (bounded by storage.dictionary_cache_bytes, except a dictionary in use)",
+            dictionary_resident.clone(),
+        );
+        registry.register(
+            "storage_dictionary_loads",
+            "Service dictionaries read back from disk because their service was written or queried",
+            dictionary_loads.clone(),
+        );
+        registry.register(
+            "storage_dictionary_evictions",
+            "Service dictionaries dropped from memory, least recently used first, to stay within storage.dictionary_cache_bytes",
+            dictionary_evictions.clone(),
+        );
         registry.register(
             "queries_pruned",
             "Queries whose tree reached storage.query_budget_bytes: the smallest stacks were folded into `other`",
@@ -163,6 +184,9 @@ impl Default for Metrics {
             wal_disk,
             decode_skipped,
             queries_pruned,
+            dictionary_resident,
+            dictionary_loads,
+            dictionary_evictions,
         }
     }
 }
@@ -239,6 +263,14 @@ impl Metrics {
             });
             c.inner().store(n, std::sync::atomic::Ordering::Relaxed);
         }
+        let dict = kiln_storage_sled::dictionary_stats();
+        self.dictionary_resident.set(dict.resident_bytes as i64);
+        self.dictionary_loads
+            .inner()
+            .store(dict.loads, std::sync::atomic::Ordering::Relaxed);
+        self.dictionary_evictions
+            .inner()
+            .store(dict.evictions, std::sync::atomic::Ordering::Relaxed);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

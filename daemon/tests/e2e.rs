@@ -741,3 +741,45 @@ fn agent_get(d: &Daemon, path: &str) -> (Option<String>, String) {
         .map(|v| v.to_str().unwrap().to_string());
     (header, r.body_mut().read_to_string().unwrap())
 }
+
+#[test]
+fn dictionaries_leave_memory_past_their_budget_and_answers_stay_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, "[storage]\ndictionary_cache_bytes = 0\n").unwrap();
+    let mut d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    for i in 0..5 {
+        let body = format!("main;svc{i}_work {}\nmain;idle 1\n", 10 * (i + 1));
+        let (status, text) = d.ingest(
+            &format!("name=dict{i}.cpu&format=folded"),
+            "text/plain",
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "{text}");
+    }
+    let check = |d: &Daemon| {
+        for i in 0..5 {
+            let f = functions(&render(d, &format!("dict{i}.cpu")));
+            assert_eq!(f[&format!("svc{i}_work")], (10 * (i + 1), 10 * (i + 1)));
+            assert_eq!(f["idle"], (1, 1));
+        }
+    };
+    check(&d);
+    // Each flush leaves no dictionary resident; the queries read them back.
+    let metric = |d: &Daemon, name: &str| -> u64 {
+        let (_, m) = d.get("/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {m}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&d, "kiln_storage_dictionary_evictions_total") < 5 {
+        assert!(std::time::Instant::now() < deadline, "no evictions");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(metric(&d, "kiln_storage_dictionary_loads_total") >= 5);
+    d.restart();
+    check(&d);
+    assert!(metric(&d, "kiln_storage_dictionary_loads_total") >= 5);
+}

@@ -64,7 +64,19 @@ pub struct ServiceDict {
     pub persisted_nodes: usize,
     /// Whether any frame has a source location (then merged trees carry lines).
     pub has_locations: bool,
+    /// False while the dictionary is on disk only (evicted, or not needed since start).
+    pub loaded: bool,
+    /// When it was last used, in the storage's use counter: the least recent goes first.
+    pub last_used: u64,
+    /// Bytes of frame names held (each twice: in `frames` and as a key of `frame_ids`).
+    frame_bytes: usize,
 }
+
+/// What a node costs resident: `(parent, frame)` in `nodes` and again in `node_ids`, with the
+/// hash table's overhead.
+const NODE_BYTES: usize = 32;
+/// What a frame costs beside its name's bytes: two `String`s and a table slot.
+const FRAME_OVERHEAD_BYTES: usize = 64;
 
 impl ServiceDict {
     pub fn new(id: u32) -> Self {
@@ -77,7 +89,56 @@ impl ServiceDict {
             persisted_frames: 0,
             persisted_nodes: 1,
             has_locations: false,
+            loaded: true,
+            last_used: 0,
+            frame_bytes: 0,
         }
+    }
+
+    /// A dictionary known by id whose entries are still on disk.
+    pub fn on_disk(id: u32) -> Self {
+        let mut d = Self::new(id);
+        d.unload();
+        d
+    }
+
+    /// Memory the dictionary holds, estimated.
+    pub fn resident_bytes(&self) -> usize {
+        if !self.loaded {
+            return 0;
+        }
+        self.frame_bytes + self.frames.len() * FRAME_OVERHEAD_BYTES + self.nodes.len() * NODE_BYTES
+    }
+
+    /// Everything is on disk: it may be unloaded.
+    pub fn persisted(&self) -> bool {
+        self.persisted_frames == self.frames.len() && self.persisted_nodes == self.nodes.len()
+    }
+
+    /// Drops the entries (they must be on disk); `loaded` again after reading them back.
+    pub fn unload(&mut self) {
+        *self = Self {
+            id: self.id,
+            frames: Vec::new(),
+            frame_ids: FxHashMap::default(),
+            nodes: Vec::new(),
+            node_ids: FxHashMap::default(),
+            persisted_frames: 0,
+            persisted_nodes: 0,
+            has_locations: false,
+            loaded: false,
+            last_used: self.last_used,
+            frame_bytes: 0,
+        };
+    }
+
+    /// Starts reading the entries back: the root node, then `load_frame`/`load_node` in id
+    /// order.
+    pub fn begin_load(&mut self) {
+        debug_assert!(!self.loaded);
+        self.nodes.push((0, u32::MAX));
+        self.persisted_nodes = 1;
+        self.loaded = true;
     }
 
     /// The id of `frame` (function, file and line), interned.
@@ -92,6 +153,7 @@ impl ServiceDict {
         }
         let id = self.frames.len() as u32;
         self.has_locations |= key.contains(SEP);
+        self.frame_bytes += 2 * key.len();
         self.frames.push(key.clone());
         self.frame_ids.insert(key, id);
         id
@@ -110,6 +172,7 @@ impl ServiceDict {
     pub fn load_frame(&mut self, id: u32, name: String) {
         debug_assert_eq!(id as usize, self.frames.len());
         self.has_locations |= name.contains(SEP);
+        self.frame_bytes += 2 * name.len();
         self.frame_ids.insert(name.clone(), id);
         self.frames.push(name);
         self.persisted_frames = self.frames.len();

@@ -65,6 +65,15 @@ pub struct SledConfig {
     /// ([`Merged::pruned_nodes`]).
     #[serde(default = "default_query_budget")]
     pub query_budget_bytes: u64,
+    /// Memory for services' frame and stack dictionaries. Past it, the least recently used
+    /// dictionaries that are wholly on disk are dropped from memory, and read back when their
+    /// service is next written or queried. A dictionary in use stays, whatever its size.
+    #[serde(default = "default_dictionary_cache")]
+    pub dictionary_cache_bytes: u64,
+}
+
+fn default_dictionary_cache() -> u64 {
+    64 << 20
 }
 
 fn default_cache() -> u64 {
@@ -106,6 +115,7 @@ impl SledConfig {
             levels: default_levels(),
             cache_capacity_bytes: default_cache(),
             query_budget_bytes: default_query_budget(),
+            dictionary_cache_bytes: default_dictionary_cache(),
         }
     }
 
@@ -192,6 +202,10 @@ struct State {
     buffered_log_seq: Option<u64>,
     /// Dictionaries were loaded from the one-key-per-entry layout: rewrite them as blocks.
     migrate_legacy: bool,
+    /// Counts dictionary uses, for least-recently-used eviction.
+    uses: u64,
+    /// Resident dictionary bytes last reported to [`dictionary_stats`].
+    reported_resident: usize,
 }
 
 struct Inner {
@@ -210,12 +224,50 @@ struct Inner {
     levels: Vec<(u64, u64)>,
     /// Nodes one merged tree may have ([`SledConfig::query_budget_bytes`]).
     query_max_nodes: usize,
+    /// Bytes of dictionaries kept resident ([`SledConfig::dictionary_cache_bytes`]).
+    dictionary_budget: usize,
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
     /// The last write-ahead log record applied to sled (kept in `chunks` under
     /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
+}
+
+static DICTIONARY_RESIDENT: AtomicU64 = AtomicU64::new(0);
+static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
+static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The process's sled dictionaries: for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DictionaryStats {
+    /// Bytes of dictionaries in memory (estimated).
+    pub resident_bytes: u64,
+    /// Dictionaries read back from disk.
+    pub loads: u64,
+    /// Dictionaries dropped from memory for the budget.
+    pub evictions: u64,
+}
+
+pub fn dictionary_stats() -> DictionaryStats {
+    DictionaryStats {
+        resident_bytes: DICTIONARY_RESIDENT.load(Ordering::Relaxed),
+        loads: DICTIONARY_LOADS.load(Ordering::Relaxed),
+        evictions: DICTIONARY_EVICTIONS.load(Ordering::Relaxed),
+    }
+}
+
+/// Moves the process-wide resident figure by what changed since `reported`.
+fn report_resident(reported: &mut usize, now: usize) {
+    DICTIONARY_RESIDENT.fetch_add(now as u64, Ordering::Relaxed);
+    DICTIONARY_RESIDENT.fetch_sub(*reported as u64, Ordering::Relaxed);
+    *reported = now;
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        report_resident(&mut self.state.get_mut().reported_resident, 0);
+    }
 }
 
 /// Where `chunks` keeps the last applied log record: a 13-byte key no series reaches.
@@ -244,6 +296,24 @@ fn check_dense(expected: usize, block: u32, i: usize) -> Result<u32, StorageErro
         )));
     }
     Ok(id as u32)
+}
+
+fn load_frame_block(dict: &mut ServiceDict, block: u32, bytes: &[u8]) -> Result<(), StorageError> {
+    for (i, frame) in blocks::decode_frames(bytes)?.into_iter().enumerate() {
+        dict.load_frame(check_dense(dict.frames.len(), block, i)?, frame);
+    }
+    Ok(())
+}
+
+fn load_node_block(dict: &mut ServiceDict, block: u32, bytes: &[u8]) -> Result<(), StorageError> {
+    let first = block as usize * blocks::BLOCK;
+    for (i, (parent, frame)) in blocks::decode_nodes(first, bytes)?.into_iter().enumerate() {
+        if first + i == 0 {
+            continue; // the root, which every dictionary starts with
+        }
+        dict.load_node(check_dense(dict.nodes.len(), block, i)?, parent, frame);
+    }
+    Ok(())
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, StorageError> {
@@ -287,6 +357,7 @@ impl SledStorage {
                 .collect(),
             query_max_nodes: ((config.query_budget_bytes / MERGED_NODE_BYTES) as usize)
                 .max(MIN_NODES_PER_TREE),
+            dictionary_budget: config.dictionary_cache_bytes as usize,
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
             applied_log_seq: AtomicU64::new(0),
@@ -348,7 +419,7 @@ impl Inner {
                 .map_err(|_| StorageError::Corrupt("service name is not UTF-8".into()))?;
             let id = u32_at(&v, 0)?;
             names.insert(id, name.clone());
-            st.services.insert(name, ServiceDict::new(id));
+            st.services.insert(name, ServiceDict::on_disk(id));
         }
         let by_id = |id: u32| -> Result<String, StorageError> {
             names
@@ -356,26 +427,25 @@ impl Inner {
                 .cloned()
                 .ok_or_else(|| StorageError::Corrupt(format!("dictionary of unknown service {id}")))
         };
+        // Dictionaries are read when first used (a write or a query of their service), except
+        // in a data directory of the one-key-per-entry layout, which is converted at once.
         let legacy = !self.legacy_frames.is_empty() || !self.legacy_nodes.is_empty();
-        for kv in self.frame_blocks.iter() {
-            let (k, v) = kv.map_err(io)?;
-            let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
-            let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
-            for (i, frame) in blocks::decode_frames(&v)?.into_iter().enumerate() {
-                dict.load_frame(check_dense(dict.frames.len(), block, i)?, frame);
+        if legacy {
+            for dict in st.services.values_mut() {
+                dict.begin_load();
             }
         }
-        for kv in self.node_blocks.iter() {
+        for kv in self.frame_blocks.iter().filter(|_| legacy) {
             let (k, v) = kv.map_err(io)?;
             let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
             let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
-            let first = block as usize * blocks::BLOCK;
-            for (i, (parent, frame)) in blocks::decode_nodes(first, &v)?.into_iter().enumerate() {
-                if first + i == 0 {
-                    continue; // the root, which every dictionary starts with
-                }
-                dict.load_node(check_dense(dict.nodes.len(), block, i)?, parent, frame);
-            }
+            load_frame_block(dict, block, &v)?;
+        }
+        for kv in self.node_blocks.iter().filter(|_| legacy) {
+            let (k, v) = kv.map_err(io)?;
+            let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
+            let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
+            load_node_block(dict, block, &v)?;
         }
         for kv in self.legacy_frames.iter() {
             let (k, v) = kv.map_err(io)?;
@@ -434,6 +504,16 @@ impl Inner {
         }
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        // Read back the dictionaries this batch needs before changing anything.
+        let mut services: Vec<&str> = profiles
+            .iter()
+            .map(|p| p.labels.service_name().expect("validated"))
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        for service in services {
+            self.use_dictionary(st, service)?;
+        }
         if log_seq.is_some() {
             st.buffered_log_seq = log_seq;
         }
@@ -456,10 +536,12 @@ impl Inner {
             });
             if !same_stacks {
                 let next_service = st.services.len() as u32;
-                let dict = st
-                    .services
-                    .entry(service.clone())
-                    .or_insert_with(|| ServiceDict::new(next_service));
+                let uses = st.uses;
+                let dict = st.services.entry(service.clone()).or_insert_with(|| {
+                    let mut d = ServiceDict::new(next_service);
+                    d.last_used = uses;
+                    d
+                });
                 frame_map.clear();
                 frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
                 sample_nodes.clear();
@@ -533,7 +615,7 @@ impl Inner {
             {
                 return Ok(());
             }
-            for (name, dict) in st.services.iter_mut() {
+            for (name, dict) in st.services.iter_mut().filter(|(_, d)| d.loaded) {
                 if dict.persisted_frames == 0 && dict.persisted_nodes <= 1 {
                     services.insert(name.as_bytes(), &dict.id.to_be_bytes());
                 }
@@ -625,7 +707,65 @@ impl Inner {
         if let Some(seq) = log_seq {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
+        self.evict_dictionaries();
         Ok(())
+    }
+
+    /// Marks the dictionary of `service` used, reading it back from disk if it is not resident.
+    fn use_dictionary(&self, st: &mut State, service: &str) -> Result<(), StorageError> {
+        st.uses += 1;
+        let Some(dict) = st.services.get_mut(service) else {
+            return Ok(());
+        };
+        dict.last_used = st.uses;
+        if dict.loaded {
+            return Ok(());
+        }
+        dict.begin_load();
+        let prefix = dict.id.to_be_bytes();
+        let read = |dict: &mut ServiceDict| -> Result<(), StorageError> {
+            for kv in self.frame_blocks.scan_prefix(prefix) {
+                let (k, v) = kv.map_err(io)?;
+                load_frame_block(dict, u32_at(&k, 4)?, &v)?;
+            }
+            for kv in self.node_blocks.scan_prefix(prefix) {
+                let (k, v) = kv.map_err(io)?;
+                load_node_block(dict, u32_at(&k, 4)?, &v)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = read(dict) {
+            dict.unload();
+            return Err(e);
+        }
+        DICTIONARY_LOADS.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Past the dictionary budget, drops the least recently used dictionaries that are wholly
+    /// on disk from memory.
+    fn evict_dictionaries(&self) {
+        let mut st = self.state.lock();
+        let mut resident: usize = st.services.values().map(ServiceDict::resident_bytes).sum();
+        if resident > self.dictionary_budget {
+            let mut candidates: Vec<(u64, String)> = st
+                .services
+                .iter()
+                .filter(|(_, d)| d.loaded && d.persisted())
+                .map(|(name, d)| (d.last_used, name.clone()))
+                .collect();
+            candidates.sort_unstable();
+            for (_, name) in candidates {
+                if resident <= self.dictionary_budget {
+                    break;
+                }
+                let dict = st.services.get_mut(&name).expect("listed above");
+                resident -= dict.resident_bytes();
+                dict.unload();
+                DICTIONARY_EVICTIONS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        report_resident(&mut st.reported_resident, resident);
     }
 
     /// The column a stored chunk of `series` stands for.
@@ -751,7 +891,8 @@ impl Inner {
                     }
                 }
             }
-            let st = self.state.lock();
+            let mut st = self.state.lock();
+            self.use_dictionary(&mut st, service)?;
             let dict = st
                 .services
                 .get(service)

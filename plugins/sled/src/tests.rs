@@ -50,9 +50,14 @@ fn open(dir: &std::path::Path) -> SledStorage {
 /// the database (and its file lock) for a moment after the last handle goes, so a reopen in
 /// the same process may briefly find the lock taken.
 fn reopen(dir: &std::path::Path) -> SledStorage {
+    reopen_with(&SledConfig::new(dir))
+}
+
+fn reopen_with(config: &SledConfig) -> SledStorage {
+    let dir = &config.path;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SledStorage::open(&SledConfig::new(dir)) {
+        match SledStorage::open(config) {
             Ok(s) => return s,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -624,4 +629,74 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
     assert_eq!(m.pruned_nodes, 0);
     assert_eq!(m.tree.total(), expected_total);
     assert!(!m.tree.to_folded().contains("other"));
+}
+
+#[test]
+fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.dictionary_cache_bytes = 0; // nothing stays resident once it is on disk
+    let t0 = now_s() - 600;
+    let expected = |i: i64| format!("main;work{i} {}\n", i + 1);
+    {
+        let s = SledStorage::open(&cfg).unwrap();
+        let before = dictionary_stats();
+        for round in 0..2 {
+            for i in 0..20 {
+                s.write_blocking(vec![profile(
+                    &format!("svc{i}"),
+                    "prod",
+                    "cpu",
+                    t0 + round,
+                    &[(
+                        &["main", &format!("work{i}")],
+                        (i + 1) / 2 + round * ((i + 1) % 2),
+                    )],
+                )])
+                .unwrap();
+            }
+            s.flush_blocking().unwrap();
+            let st = s.inner.state.lock();
+            assert!(
+                st.services.values().all(|d| !d.loaded),
+                "every dictionary is on disk only after a flush"
+            );
+        }
+        for i in 0..20i64 {
+            let m = s
+                .inner
+                .select_merge(&query(&format!("svc{i}.cpu"), t0 - 10, t0 + 10), now_s())
+                .unwrap();
+            assert_eq!(m.tree.to_folded(), expected(i), "svc{i}");
+        }
+        let after = dictionary_stats();
+        assert!(
+            after.evictions >= before.evictions + 40,
+            "{before:?} → {after:?}"
+        );
+        assert!(after.loads >= before.loads + 40, "{before:?} → {after:?}");
+        // A new stack for a service whose dictionary was dropped extends it, not a copy of it.
+        s.write_blocking(vec![profile(
+            "svc3",
+            "prod",
+            "cpu",
+            t0,
+            &[(&["main", "new"], 9)],
+        )])
+        .unwrap();
+        s.flush_blocking().unwrap();
+        let m = s
+            .inner
+            .select_merge(&query("svc3.cpu", t0 - 10, t0 + 10), now_s())
+            .unwrap();
+        assert_eq!(m.tree.to_folded(), "main;new 9\nmain;work3 4\n");
+    }
+    // A restart reads dictionaries only when they are used, and the answers are the same.
+    let s = reopen_with(&cfg);
+    assert!(s.inner.state.lock().services.values().all(|d| !d.loaded));
+    let m = s
+        .inner
+        .select_merge(&query("svc7.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), expected(7));
 }
