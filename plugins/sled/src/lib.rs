@@ -12,6 +12,11 @@
 //!   before every query, so a query sees every accepted profile); a crash loses at most what was
 //!   accepted since the last flush.
 //! * Retention is by age, per level.
+//! * Every series and dictionary belongs to a [`Tenant`]. The default tenant (`anonymous`)
+//!   keeps the layout of data directories written before tenants existed; the dictionaries of
+//!   other tenants' services are named `tenant NUL service` in their own tree, and their series
+//!   records carry the tenant. Chunks are keyed by series id, which is unique across tenants,
+//!   so retention (by key age) is per tenant without knowing tenants.
 
 mod blocks;
 mod column;
@@ -26,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, SourceLine, Storage, StorageError, Timeline, Tree, TreeNode,
+    SeriesInfo, SourceLine, Storage, StorageError, Tenant, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -122,6 +127,9 @@ impl SledConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesRecord {
+    /// Absent (the default tenant) in records written before tenants, and kept absent for it.
+    #[serde(default, skip_serializing_if = "Tenant::is_default")]
+    tenant: Tenant,
     info: SeriesInfo,
     service: String,
     first_ns: i64,
@@ -137,9 +145,9 @@ struct Pending {
 
 #[derive(Default)]
 struct State {
-    services: FxHashMap<String, ServiceDict>,
+    services: FxHashMap<(Tenant, String), ServiceDict>,
     series: Vec<SeriesRecord>,
-    series_ids: FxHashMap<(Labels, ProfileType), u32>,
+    series_ids: FxHashMap<(Tenant, Labels, ProfileType), u32>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     dirty_series: FxHashSet<u32>,
     /// The last write-ahead log record in `buffer`.
@@ -151,7 +159,10 @@ struct State {
 struct Inner {
     db: sled::Db,
     series_tree: sled::Tree,
+    /// Services of the default tenant: name → dictionary id.
     services_tree: sled::Tree,
+    /// Services of other tenants: `tenant NUL name` → dictionary id.
+    tenant_services: sled::Tree,
     /// Dictionaries in blocks ([`blocks`]).
     frame_blocks: sled::Tree,
     node_blocks: sled::Tree,
@@ -226,6 +237,7 @@ impl SledStorage {
         let inner = Inner {
             series_tree: db.open_tree("series").map_err(io)?,
             services_tree: db.open_tree("services").map_err(io)?,
+            tenant_services: db.open_tree("tenant_services").map_err(io)?,
             frame_blocks: db.open_tree("frame_blocks").map_err(io)?,
             node_blocks: db.open_tree("node_blocks").map_err(io)?,
             legacy_frames: db.open_tree("frames").map_err(io)?,
@@ -263,8 +275,12 @@ impl SledStorage {
     }
 
     /// Writes without going through the async runtime (benchmarks, tools).
-    pub fn write_blocking(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.inner.write(profiles)
+    pub fn write_blocking(
+        &self,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
+        self.inner.write(tenant, profiles)
     }
 
     /// Flushes without going through the async runtime.
@@ -275,8 +291,12 @@ impl SledStorage {
     }
 
     /// Merges without going through the async runtime.
-    pub fn select_merge_blocking(&self, query: &Query) -> Result<Merged, StorageError> {
-        self.inner.select_merge(query, now_s())
+    pub fn select_merge_blocking(
+        &self,
+        tenant: &Tenant,
+        query: &Query,
+    ) -> Result<Merged, StorageError> {
+        self.inner.select_merge(tenant, query, now_s())
     }
 }
 
@@ -291,16 +311,33 @@ impl Inner {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
         let mut st = self.state.lock();
-        let mut names: FxHashMap<u32, String> = FxHashMap::default();
-        for kv in self.services_tree.iter() {
+        let mut names: FxHashMap<u32, (Tenant, String)> = FxHashMap::default();
+        let tenant_services = self.tenant_services.iter().map(|kv| {
             let (k, v) = kv.map_err(io)?;
-            let name = String::from_utf8(k.to_vec())
+            let (tenant, name) = k
+                .iter()
+                .position(|&b| b == 0)
+                .map(|at| (&k[..at], &k[at + 1..]))
+                .ok_or_else(|| StorageError::Corrupt("tenant service key without NUL".into()))?;
+            let tenant = std::str::from_utf8(tenant)
+                .ok()
+                .and_then(|t| Tenant::new(t).ok())
+                .ok_or_else(|| StorageError::Corrupt("bad tenant in a service key".into()))?;
+            Ok::<_, StorageError>((tenant, name.to_vec(), v))
+        });
+        let default_services = self.services_tree.iter().map(|kv| {
+            let (k, v) = kv.map_err(io)?;
+            Ok((Tenant::default(), k.to_vec(), v))
+        });
+        for entry in default_services.chain(tenant_services) {
+            let (tenant, name, v) = entry?;
+            let name = String::from_utf8(name)
                 .map_err(|_| StorageError::Corrupt("service name is not UTF-8".into()))?;
             let id = u32_at(&v, 0)?;
-            names.insert(id, name.clone());
-            st.services.insert(name, ServiceDict::new(id));
+            names.insert(id, (tenant.clone(), name.clone()));
+            st.services.insert((tenant, name), ServiceDict::new(id));
         }
-        let by_id = |id: u32| -> Result<String, StorageError> {
+        let by_id = |id: u32| -> Result<(Tenant, String), StorageError> {
             names
                 .get(&id)
                 .cloned()
@@ -365,19 +402,31 @@ impl Inner {
                     "series ids not dense at {id}"
                 )));
             }
-            st.series_ids
-                .insert((rec.info.labels.clone(), rec.info.profile_type.clone()), id);
+            st.series_ids.insert(
+                (
+                    rec.tenant.clone(),
+                    rec.info.labels.clone(),
+                    rec.info.profile_type.clone(),
+                ),
+                id,
+            );
             st.series.push(rec);
         }
         Ok(())
     }
 
-    fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.write_seq(profiles, None)
+    fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.write_seq(tenant, profiles, None)
     }
 
-    /// Buffers `profiles`; `log_seq` is the write-ahead log record they come from, if any.
-    fn write_seq(&self, profiles: Vec<Profile>, log_seq: Option<u64>) -> Result<(), StorageError> {
+    /// Buffers `profiles` of `tenant`; `log_seq` is the write-ahead log record they come from,
+    /// if any.
+    fn write_seq(
+        &self,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+        log_seq: Option<u64>,
+    ) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
         for p in &profiles {
             p.validate().map_err(StorageError::Invalid)?;
@@ -408,7 +457,7 @@ impl Inner {
                 let next_service = st.services.len() as u32;
                 let dict = st
                     .services
-                    .entry(service.clone())
+                    .entry((tenant.clone(), service.clone()))
                     .or_insert_with(|| ServiceDict::new(next_service));
                 frame_map.clear();
                 frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
@@ -425,12 +474,13 @@ impl Inner {
             for (s, &node) in p.samples.iter().zip(&sample_nodes) {
                 *stacks.entry(node).or_default() += s.value;
             }
-            let key = (p.labels.clone(), p.profile_type.clone());
+            let key = (tenant.clone(), p.labels.clone(), p.profile_type.clone());
             let series = match st.series_ids.get(&key) {
                 Some(&id) => id,
                 None => {
                     let id = st.series.len() as u32;
                     st.series.push(SeriesRecord {
+                        tenant: tenant.clone(),
                         info: SeriesInfo {
                             labels: p.labels.clone(),
                             profile_type: p.profile_type.clone(),
@@ -472,6 +522,7 @@ impl Inner {
     fn apply(&self) -> Result<(), StorageError> {
         let _apply = self.apply_lock.lock();
         let mut services = sled::Batch::default();
+        let mut tenant_services = sled::Batch::default();
         let mut frames = sled::Batch::default();
         let mut nodes = sled::Batch::default();
         let mut series = sled::Batch::default();
@@ -485,9 +536,14 @@ impl Inner {
             {
                 return Ok(());
             }
-            for (name, dict) in st.services.iter_mut() {
+            for ((tenant, name), dict) in st.services.iter_mut() {
                 if dict.persisted_frames == 0 && dict.persisted_nodes <= 1 {
-                    services.insert(name.as_bytes(), &dict.id.to_be_bytes());
+                    if tenant.is_default() {
+                        services.insert(name.as_bytes(), &dict.id.to_be_bytes());
+                    } else {
+                        let key = [tenant.as_str().as_bytes(), b"\0", name.as_bytes()].concat();
+                        tenant_services.insert(key, &dict.id.to_be_bytes());
+                    }
                 }
                 for (b, range) in blocks::dirty_blocks(dict.persisted_frames, dict.frames.len()) {
                     frames.insert(
@@ -515,6 +571,9 @@ impl Inner {
         };
         // Dictionaries first: a chunk never refers to a stack that is not on disk.
         self.services_tree.apply_batch(services).map_err(io)?;
+        self.tenant_services
+            .apply_batch(tenant_services)
+            .map_err(io)?;
         self.frame_blocks.apply_batch(frames).map_err(io)?;
         self.node_blocks.apply_batch(nodes).map_err(io)?;
         if migrate {
@@ -591,6 +650,7 @@ impl Inner {
 
     fn matching_series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
@@ -600,7 +660,8 @@ impl Inner {
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                r.last_ns >= start_ns - 100_000 * NS
+                r.tenant == *tenant
+                    && r.last_ns >= start_ns - 100_000 * NS
                     && r.first_ns < end_ns
                     && selector.is_none_or(|s| s.matches(&r.info.labels, &r.info.profile_type))
             })
@@ -608,9 +669,9 @@ impl Inner {
             .collect()
     }
 
-    fn select_merge(&self, q: &Query, now_s: i64) -> Result<Merged, StorageError> {
+    fn select_merge(&self, tenant: &Tenant, q: &Query, now_s: i64) -> Result<Merged, StorageError> {
         self.apply()?;
-        let series = self.matching_series(Some(&q.selector), q.start_ns, q.end_ns);
+        let series = self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns);
         let mut plan = Vec::new();
         self.plan(
             self.levels.len() - 1,
@@ -654,7 +715,7 @@ impl Inner {
             let st = self.state.lock();
             let dict = st
                 .services
-                .get(service)
+                .get(&(tenant.clone(), service.to_string()))
                 .ok_or_else(|| StorageError::Corrupt(format!("no dictionary for {service}")))?;
             trees.push(build_tree(dict, &values)?);
         }
@@ -674,6 +735,7 @@ impl Inner {
 
     fn select_timeline(
         &self,
+        tenant: &Tenant,
         q: &Query,
         step_ns: i64,
         group_by: Option<&str>,
@@ -691,7 +753,7 @@ impl Inner {
             .rposition(|&(res, _)| res as i64 <= step_s)
             .unwrap_or(0);
         let mut out: FxHashMap<String, Vec<i64>> = FxHashMap::default();
-        for (id, rec) in self.matching_series(Some(&q.selector), q.start_ns, q.end_ns) {
+        for (id, rec) in self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns) {
             let group = group_by
                 .map(|g| rec.info.labels.get(g).unwrap_or("").to_string())
                 .unwrap_or_default();
@@ -773,14 +835,14 @@ impl Inner {
         Ok(report)
     }
 
-    fn delete_service(&self, service: &str) -> Result<u64, StorageError> {
+    fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
         self.apply()?;
         let ids: Vec<u32> = {
             let st = self.state.lock();
             st.series
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.service == service)
+                .filter(|(_, r)| r.tenant == *tenant && r.service == service)
                 .map(|(i, _)| i as u32)
                 .collect()
         };
@@ -878,12 +940,19 @@ fn build_tree(dict: &ServiceDict, values: &[i64]) -> Result<Tree, StorageError> 
 
 #[async_trait]
 impl Storage for SledStorage {
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.blocking(move |i| i.write(profiles)).await
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        let t = tenant.clone();
+        self.blocking(move |i| i.write(&t, profiles)).await
     }
 
-    async fn write_logged(&self, seq: u64, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.blocking(move |i| i.write_seq(profiles, Some(seq)))
+    async fn write_logged(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
+        let t = tenant.clone();
+        self.blocking(move |i| i.write_seq(&t, profiles, Some(seq)))
             .await
     }
 
@@ -891,32 +960,35 @@ impl Storage for SledStorage {
         Some(self.inner.applied_log_seq.load(Ordering::Relaxed))
     }
 
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
-        let q = query.clone();
-        self.blocking(move |i| i.select_merge(&q, now_s())).await
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
+        let (t, q) = (tenant.clone(), query.clone());
+        self.blocking(move |i| i.select_merge(&t, &q, now_s()))
+            .await
     }
 
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
-        let q = query.clone();
+        let (t, q) = (tenant.clone(), query.clone());
         let g = group_by.map(String::from);
-        self.blocking(move |i| i.select_timeline(&q, step_ns, g.as_deref(), now_s()))
+        self.blocking(move |i| i.select_timeline(&t, &q, step_ns, g.as_deref(), now_s()))
             .await
     }
 
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Vec<SeriesInfo>, StorageError> {
         Ok(self
             .inner
-            .matching_series(selector, start_ns, end_ns)
+            .matching_series(tenant, selector, start_ns, end_ns)
             .into_iter()
             .map(|(_, r)| r.info)
             .collect())
@@ -936,9 +1008,13 @@ impl Storage for SledStorage {
             .await
     }
 
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
-        let s = service_name.to_string();
-        self.blocking(move |i| i.delete_service(&s)).await
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError> {
+        let (t, s) = (tenant.clone(), service_name.to_string());
+        self.blocking(move |i| i.delete_service(&t, &s)).await
     }
 }
 
