@@ -150,7 +150,13 @@ fn print_list(keys: Vec<Value>) {
                 t => s(t),
             },
             s(&k["status"]),
-            s(&k["expires_at"]),
+            match k["expires_at"].as_u64() {
+                Some(at) => humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+                )
+                .to_string(),
+                None => "-".into(),
+            },
         );
     }
 }

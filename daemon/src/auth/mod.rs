@@ -106,7 +106,7 @@ impl Access {
         match self {
             Access::Open | Access::Metrics | Access::Read => "read",
             Access::Write => "push profiles",
-            Access::Admin => "do this (admin only)",
+            Access::Admin => "do this",
         }
     }
 }
@@ -338,18 +338,6 @@ pub fn resolve(
         }
     };
     let label = tenant_label(&record);
-    if record.role < access.needs() {
-        return Err(Refusal::forbidden(
-            "forbidden",
-            format!(
-                "a {} key may not {}; this needs a {} key",
-                record.role,
-                access.verb(),
-                access.needs()
-            ),
-            &label,
-        ));
-    }
     let asked = header_tenant(headers).map_err(|r| Refusal {
         tenant: label.clone(),
         ..r
@@ -366,6 +354,19 @@ pub fn resolve(
             ))
         }
     };
+    if record.role < access.needs() {
+        let needs = access.needs();
+        return Err(Refusal::forbidden(
+            "forbidden",
+            format!(
+                "a {} key may not {}; that needs {} {needs} key",
+                record.role,
+                access.verb(),
+                if needs == Role::Admin { "an" } else { "a" },
+            ),
+            &label,
+        ));
+    }
     Ok(Some(Principal {
         tenant,
         role: record.role,
