@@ -85,6 +85,8 @@ fn call(
     )
 }
 
+type Headers = Vec<(&'static str, String)>;
+
 fn bearer(key: &str) -> (&'static str, String) {
     ("Authorization", format!("Bearer {key}"))
 }
@@ -252,7 +254,7 @@ fn every_endpoint_refuses_every_bad_credential_and_changes_nothing() {
     let keys_before = admin(&data, &["list"]).1;
     assert!(keys_before.contains("expired") && keys_before.contains("revoked"));
 
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<(&str, Headers, &str)> = vec![
         ("no credential", vec![], "unauthenticated"),
         (
             "malformed header",
