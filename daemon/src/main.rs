@@ -89,15 +89,15 @@ struct ServerArgs {
     /// Log every push before acknowledging it (wal.enabled).
     #[arg(long, global = true)]
     wal: Option<bool>,
-    /// Require API keys (auth.enabled); `--auth` alone means true.
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    /// Require API keys (auth.enabled): `--auth` or `--auth=false`.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     auth: Option<bool>,
     /// With auth off on a non-loopback address, serve other hosts too
     /// (auth.allow_unauthenticated).
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     auth_allow_unauthenticated: Option<bool>,
     /// Serve /metrics without a key when auth is on (auth.open_metrics).
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     auth_open_metrics: Option<bool>,
 }
 
