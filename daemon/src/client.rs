@@ -148,13 +148,16 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// `kiln reload`: POST /-/reload.
-pub fn reload(server: &str) -> anyhow::Result<()> {
+pub fn reload(server: &str, auth_token: Option<&str>) -> anyhow::Result<()> {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .new_agent();
-    let mut resp = agent
-        .post(format!("{}/-/reload", server.trim_end_matches('/')))
+    let mut req = agent.post(format!("{}/-/reload", server.trim_end_matches('/')));
+    if let Some(t) = auth_token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req
         .send_empty()
         .with_context(|| format!("reaching {server}"))?;
     let body = resp.body_mut().read_to_string().unwrap_or_default();

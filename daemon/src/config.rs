@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default)]
     pub wal: WalConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub transforms: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub sinks: BTreeMap<String, ComponentConfig>,
@@ -159,6 +161,20 @@ impl Default for WalConfig {
     }
 }
 
+/// `[auth]`: API keys and tenants (see `docs/security.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require an API key on every request but `/healthz` and the UI's static files; the
+    /// tenant comes from the key. Off: the tenant comes from `X-Scope-OrgID`.
+    pub enabled: bool,
+    /// With auth off on a non-loopback address, serve other hosts anyway (behind a proxy that
+    /// authenticates, or on a trusted network). Without it they get 403.
+    pub allow_unauthenticated: bool,
+    /// Serve `/metrics` without a key when auth is on.
+    pub open_metrics: bool,
+}
+
 /// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the settings that
 /// type takes.
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +286,12 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
     ("wal.max_unapplied_age", "KILN_WAL_MAX_UNAPPLIED_AGE"),
+    ("auth.enabled", "KILN_AUTH_ENABLED"),
+    (
+        "auth.allow_unauthenticated",
+        "KILN_AUTH_ALLOW_UNAUTHENTICATED",
+    ),
+    ("auth.open_metrics", "KILN_AUTH_OPEN_METRICS"),
 ];
 
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
@@ -526,6 +548,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("memory_limit"), "{err}");
+    }
+
+    #[test]
+    fn auth_is_off_by_default_and_set_by_file_or_flag() {
+        let c = load_str("", &[]).unwrap();
+        assert!(!c.auth.enabled && !c.auth.allow_unauthenticated && !c.auth.open_metrics);
+        let c = load_str(
+            "[auth]\nenabled = true\n",
+            &[("auth.open_metrics", "true".into())],
+        )
+        .unwrap();
+        assert!(c.auth.enabled && c.auth.open_metrics);
+        let err = load_str("[auth]\nenable = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[auth]") && err.contains("enable"), "{err}");
     }
 
     #[test]

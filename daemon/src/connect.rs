@@ -15,6 +15,7 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::api_error::ApiError;
+use crate::auth::Principal;
 use crate::durable::{AcceptError, Unit, UnitError};
 use crate::ingest::content_decode;
 use crate::server::AppState;
@@ -154,8 +155,13 @@ fn series_labels(pairs: &[LabelPair]) -> Labels {
     labels
 }
 
-pub async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    match push_inner(&state, &headers, body).await {
+pub async fn push(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match push_inner(&state, &principal, &headers, body).await {
         Ok(json) => {
             if json {
                 ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
@@ -176,6 +182,7 @@ pub async fn push(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 
 async fn push_inner(
     state: &Arc<AppState>,
+    principal: &Principal,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<bool, ConnectError> {
@@ -210,7 +217,7 @@ async fn push_inner(
     let ingestion = state.ingestion.load_full();
     let stored = state
         .durable
-        .accept(ingestion, units)
+        .accept(ingestion, &principal.tenant, units)
         .await
         .map_err(|e| {
             let decoding = matches!(e, AcceptError::Unit(UnitError::Decode { .. }));

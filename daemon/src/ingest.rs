@@ -15,6 +15,7 @@ use kiln_plugin_api::{
 use kiln_pprof::PprofDecoder;
 
 use crate::api_error::ApiError;
+use crate::auth::Principal;
 use crate::durable::Unit;
 use crate::server::AppState;
 use crate::time;
@@ -204,11 +205,12 @@ pub(crate) fn content_decode(
 
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let result = ingest_inner(&state, &params, &headers, body).await;
+    let result = ingest_inner(&state, &principal, &params, &headers, body).await;
     if let Err(e) = &result {
         state.metrics.ingest_error(e.cause);
         tracing::debug!(status = %e.status, message = %e.message, "ingest refused");
@@ -218,6 +220,7 @@ pub async fn ingest(
 
 async fn ingest_inner(
     state: &Arc<AppState>,
+    principal: &Principal,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
@@ -263,7 +266,10 @@ async fn ingest_inner(
         body,
         route_by_profile: false,
     };
-    let accepted = state.durable.accept(ingestion, vec![unit]).await?;
+    let accepted = state
+        .durable
+        .accept(ingestion, &principal.tenant, vec![unit])
+        .await?;
     state.metrics.ingested(accepted.profiles, wire_bytes);
     Ok(StatusCode::OK)
 }

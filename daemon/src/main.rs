@@ -12,6 +12,7 @@ pub static malloc_conf: &[u8] =
     b"prof:true,prof_active:false,lg_prof_sample:19,background_thread:true,dirty_decay_ms:10000,muzzy_decay_ms:10000\0";
 
 mod api_error;
+mod auth;
 mod client;
 mod config;
 mod connect;
@@ -88,6 +89,16 @@ struct ServerArgs {
     /// Log every push before acknowledging it (wal.enabled).
     #[arg(long, global = true)]
     wal: Option<bool>,
+    /// Require API keys (auth.enabled): `--auth` or `--auth=false`.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    auth: Option<bool>,
+    /// With auth off on a non-loopback address, serve other hosts too
+    /// (auth.allow_unauthenticated).
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    auth_allow_unauthenticated: Option<bool>,
+    /// Serve /metrics without a key when auth is on (auth.open_metrics).
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    auth_open_metrics: Option<bool>,
 }
 
 impl ServerArgs {
@@ -115,6 +126,15 @@ impl ServerArgs {
         );
         push("server.plugins_dir", self.plugins_dir.clone());
         push("wal.enabled", self.wal.map(|b| b.to_string()));
+        push("auth.enabled", self.auth.map(|b| b.to_string()));
+        push(
+            "auth.allow_unauthenticated",
+            self.auth_allow_unauthenticated.map(|b| b.to_string()),
+        );
+        push(
+            "auth.open_metrics",
+            self.auth_open_metrics.map(|b| b.to_string()),
+        );
         v
     }
 
@@ -138,6 +158,14 @@ enum Command {
         /// Daemon URL.
         #[arg(long, default_value = "http://127.0.0.1:4040", env = "KILN_SERVER")]
         server: String,
+        /// Admin API key, when the daemon has auth on.
+        #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
+        auth_token: Option<String>,
+    },
+    /// Administration: API keys.
+    Admin {
+        #[command(subcommand)]
+        action: auth::cli::AdminCommand,
     },
     /// List or check plugins (native and Wasm).
     Plugins {
@@ -221,8 +249,13 @@ fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Audit lines (admin actions) are written whatever the log level, unless the filter
+    // names the `audit` target itself.
+    if !level.contains("audit") {
+        filter = filter.add_directive("audit=info".parse().expect("static directive"));
+    }
     // Logs go to stderr: stdout is for what commands print (for scripts to capture).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -248,7 +281,11 @@ fn main() -> anyhow::Result<()> {
                 }))
         }
         Command::Plugins { action } => plugins_command(action, &cli.server),
-        Command::Reload { server } => client::reload(&server),
+        Command::Reload { server, auth_token } => client::reload(&server, auth_token.as_deref()),
+        Command::Admin { action } => {
+            init_logging("warn");
+            auth::cli::run(action, || Ok(cli.server.load()?.storage.path))
+        }
         Command::Validate => {
             // Builds everything a start would (plugins included) without opening storage.
             let config = cli.server.load()?;

@@ -42,6 +42,12 @@ struct PluginName {
     plugin: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refusal {
+    cause: String,
+    tenant: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -66,6 +72,7 @@ pub struct Metrics {
     dictionary_resident: Gauge,
     dictionary_loads: Counter,
     dictionary_evictions: Counter,
+    auth_refused: Family<Refusal, Counter>,
 }
 
 impl Default for Metrics {
@@ -169,6 +176,12 @@ impl Default for Metrics {
             "Parts of accepted bodies a decoder skipped instead of refusing the body (unknown JFR events, missing stack traces or frames, unmappable thread states, negative values), by format and reason",
             decode_skipped.clone(),
         );
+        let auth_refused = Family::<Refusal, Counter>::default();
+        registry.register(
+            "auth_refused",
+            "Requests refused by the auth layer, by cause (unauthenticated, malformed_credentials, unknown_key, revoked_key, expired_key, forbidden, tenant_mismatch, bad_tenant, remote_unauthenticated) and tenant (empty when no credential named one)",
+            auth_refused.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             profiles,
@@ -187,6 +200,7 @@ impl Default for Metrics {
             dictionary_resident,
             dictionary_loads,
             dictionary_evictions,
+            auth_refused,
         }
     }
 }
@@ -202,6 +216,17 @@ impl Metrics {
         self.errors
             .get_or_create(&Cause {
                 cause: cause.into(),
+            })
+            .inc();
+    }
+
+    /// A request the auth layer refused. `tenant` comes from a known credential only, never
+    /// from what a client merely claims, so refusals cannot grow the label set without bound.
+    pub fn auth_refused(&self, cause: &str, tenant: &str) {
+        self.auth_refused
+            .get_or_create(&Refusal {
+                cause: cause.into(),
+                tenant: tenant.into(),
             })
             .inc();
     }

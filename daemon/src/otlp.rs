@@ -9,16 +9,18 @@ use axum::response::{IntoResponse, Response};
 use kiln_plugin_api::IngestMeta;
 
 use crate::api_error::ApiError;
+use crate::auth::Principal;
 use crate::durable::Unit;
 use crate::ingest::content_decode;
 use crate::server::AppState;
 
 pub async fn export(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match export_inner(&state, &headers, body).await {
+    match export_inner(&state, &principal, &headers, body).await {
         Ok(()) => (
             [(header::CONTENT_TYPE, "application/x-protobuf")],
             Vec::<u8>::new(),
@@ -33,6 +35,7 @@ pub async fn export(
 
 async fn export_inner(
     state: &Arc<AppState>,
+    principal: &Principal,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<(), ApiError> {
@@ -60,7 +63,11 @@ async fn export_inner(
         route_by_profile: true,
     };
     let ingestion = state.ingestion.load_full();
-    let count = state.durable.accept(ingestion, vec![unit]).await?.profiles;
+    let count = state
+        .durable
+        .accept(ingestion, &principal.tenant, vec![unit])
+        .await?
+        .profiles;
     state.metrics.ingested(count, wire_bytes);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kiln_plugin_api::{ComponentKind, Labels, Profile, SinkExporter, Storage, Transform};
+use kiln_plugin_api::{ComponentKind, Labels, Profile, SinkExporter, Storage, Tenant, Transform};
 use regex::Regex;
 
 use crate::config::Config;
@@ -51,13 +51,14 @@ impl Pipeline {
     pub async fn store(
         &self,
         storage: &dyn Storage,
+        tenant: &Tenant,
         profiles: Vec<Profile>,
     ) -> Result<(), kiln_plugin_api::StorageError> {
         if profiles.is_empty() {
             return Ok(());
         }
         let for_sinks = self.has_sinks().then(|| profiles.clone());
-        storage.write(profiles).await?;
+        storage.write(tenant, profiles).await?;
         if let Some(p) = for_sinks {
             self.deliver_to_sinks(p);
         }

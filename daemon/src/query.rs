@@ -11,11 +11,12 @@ use axum::Json;
 use kiln_plugin_api::{
     labels::{NAME, SERVICE_NAME},
     selector::TypeSelector,
-    Query, RenderContext, Selector, SeriesInfo, Timeline, Tree,
+    Query, RenderContext, Selector, SeriesInfo, Tenant, Timeline, Tree,
 };
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
+use crate::auth::Principal;
 use crate::server::AppState;
 use crate::time;
 
@@ -52,7 +53,12 @@ fn range(p: &Params, from: &'static str, until: &'static str) -> Result<(i64, i6
 /// type an agent invents, names with dots): every name `/api/apps` lists must render, so the
 /// head is split at each dot, from the right, and the first `(service, type)` that has series
 /// wins; without any, the parse as written stands.
-async fn selector(state: &AppState, raw: Option<&str>, what: &str) -> Result<Selector, ApiError> {
+async fn selector(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: Option<&str>,
+    what: &str,
+) -> Result<Selector, ApiError> {
     let raw = raw.ok_or_else(|| {
         ApiError::bad_request(
             "bad_query",
@@ -61,7 +67,7 @@ async fn selector(state: &AppState, raw: Option<&str>, what: &str) -> Result<Sel
     })?;
     let mut s =
         Selector::parse(raw).map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-    if let Some(resolved) = resolve_name(state, raw, &s).await? {
+    if let Some(resolved) = resolve_name(state, tenant, raw, &s).await? {
         s = resolved;
     }
     if s.profile_type.is_none() {
@@ -73,6 +79,7 @@ async fn selector(state: &AppState, raw: Option<&str>, what: &str) -> Result<Sel
 /// The `(service, type)` reading of `raw`'s head that has series, when it differs from `parsed`.
 async fn resolve_name(
     state: &AppState,
+    tenant: &Tenant,
     raw: &str,
     parsed: &Selector,
 ) -> Result<Option<Selector>, ApiError> {
@@ -83,7 +90,7 @@ async fn resolve_name(
     let exists = |s: Selector| async move {
         let found = state
             .storage
-            .series(Some(&s), i64::MIN / 2, i64::MAX / 2)
+            .series(tenant, Some(&s), i64::MIN / 2, i64::MAX / 2)
             .await?;
         Ok::<_, ApiError>((!found.is_empty()).then_some(s))
     };
@@ -175,20 +182,21 @@ fn pruned_json(pruned_nodes: u64) -> Value {
 
 async fn select(
     state: &AppState,
+    tenant: &Tenant,
     selector: &Selector,
     start_ns: i64,
     end_ns: i64,
 ) -> Result<Selection, ApiError> {
     let series = state
         .storage
-        .series(Some(selector), start_ns, end_ns)
+        .series(tenant, Some(selector), start_ns, end_ns)
         .await?;
     let q = Query {
         selector: selector.clone(),
         start_ns,
         end_ns,
     };
-    let merged = state.storage.select_merge(&q).await?;
+    let merged = state.storage.select_merge(tenant, &q).await?;
     let aggregation = series
         .first()
         .map(|s| s.profile_type.aggregation)
@@ -249,14 +257,16 @@ fn metadata(
 
 pub async fn render(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     QueryString(p): QueryString<Params>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let selector = selector(&state, param(&p, &["query", "name"]), "query").await?;
+    let tenant = &principal.tenant;
+    let selector = selector(&state, tenant, param(&p, &["query", "name"]), "query").await?;
     let (start_ns, end_ns) = range(&p, "from", "until")?;
     let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
     let format = param(&p, &["format"]).unwrap_or("json");
-    let sel = select(&state, &selector, start_ns, end_ns).await?;
+    let sel = select(&state, tenant, &selector, start_ns, end_ns).await?;
     let response = if format == "json" {
         let q = Query {
             selector: selector.clone(),
@@ -264,7 +274,10 @@ pub async fn render(
             end_ns,
         };
         let step_ns = timeline_step_s(start_ns, end_ns) * 1_000_000_000;
-        let timeline = state.storage.select_timeline(&q, step_ns, None).await?;
+        let timeline = state
+            .storage
+            .select_timeline(tenant, &q, step_ns, None)
+            .await?;
         let timeline = timeline
             .first()
             .map(|(_, t)| timeline_json(t))
@@ -279,7 +292,7 @@ pub async fn render(
             Some(label) => {
                 let lines = state
                     .storage
-                    .select_timeline(&q, step_ns, Some(label))
+                    .select_timeline(tenant, &q, step_ns, Some(label))
                     .await?;
                 let map: BTreeMap<String, Value> = lines
                     .iter()
@@ -368,17 +381,19 @@ pub async fn render(
 
 pub async fn render_diff(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     QueryString(p): QueryString<Params>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let left_sel = selector(&state, param(&p, &["leftQuery"]), "leftQuery").await?;
-    let right_sel = selector(&state, param(&p, &["rightQuery"]), "rightQuery").await?;
+    let tenant = &principal.tenant;
+    let left_sel = selector(&state, tenant, param(&p, &["leftQuery"]), "leftQuery").await?;
+    let right_sel = selector(&state, tenant, param(&p, &["rightQuery"]), "rightQuery").await?;
     let (ls, le) = range(&p, "leftFrom", "leftUntil")?;
     let (rs, re) = range(&p, "rightFrom", "rightUntil")?;
     let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
     let (left, right) = tokio::try_join!(
-        select(&state, &left_sel, ls, le),
-        select(&state, &right_sel, rs, re)
+        select(&state, tenant, &left_sel, ls, le),
+        select(&state, tenant, &right_sel, rs, re)
     )?;
     if let (Some(l), Some(r)) = (left.series.first(), right.series.first()) {
         if l.profile_type.id() != r.profile_type.id() {
@@ -436,13 +451,18 @@ fn optional_selector(p: &Params) -> Result<Option<Selector>, ApiError> {
 
 pub async fn labels(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     QueryString(p): QueryString<Params>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let (start, end) = range_or_all(&p)?;
     let sel = optional_selector(&p)?;
     let mut names: BTreeSet<String> = BTreeSet::new();
     names.insert(NAME.to_string());
-    for s in state.storage.series(sel.as_ref(), start, end).await? {
+    for s in state
+        .storage
+        .series(&principal.tenant, sel.as_ref(), start, end)
+        .await?
+    {
         names.extend(s.labels.iter().map(|(k, _)| k.to_string()));
     }
     Ok(Json(names.into_iter().collect()))
@@ -450,6 +470,7 @@ pub async fn labels(
 
 pub async fn label_values(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     QueryString(p): QueryString<Params>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let label = param(&p, &["label"])
@@ -457,7 +478,11 @@ pub async fn label_values(
     let (start, end) = range_or_all(&p)?;
     let sel = optional_selector(&p)?;
     let mut values = BTreeSet::new();
-    for s in state.storage.series(sel.as_ref(), start, end).await? {
+    for s in state
+        .storage
+        .series(&principal.tenant, sel.as_ref(), start, end)
+        .await?
+    {
         if label == NAME {
             values.insert(format!(
                 "{}.{}",
@@ -479,11 +504,14 @@ fn range_or_all(p: &Params) -> Result<(i64, i64), ApiError> {
     range(p, "from", "until")
 }
 
-pub async fn apps(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+pub async fn apps(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let mut apps: BTreeMap<String, Value> = BTreeMap::new();
     for s in state
         .storage
-        .series(None, i64::MIN / 2, i64::MAX / 2)
+        .series(&principal.tenant, None, i64::MIN / 2, i64::MAX / 2)
         .await?
     {
         let name = format!(
@@ -512,8 +540,10 @@ pub struct DeleteApp {
 /// `DELETE /api/apps {"name":"myapp.cpu"}`: deletes every series of the application.
 pub async fn delete_app(
     State(state): State<Arc<AppState>>,
+    principal: Principal,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let tenant = &principal.tenant;
     let req: DeleteApp = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "bad_body",
@@ -527,13 +557,19 @@ pub async fn delete_app(
     // application before that type, as /render reads it.
     let head = name.app.as_str();
     let app = match Selector::parse(head) {
-        Ok(parsed) => match resolve_name(&state, head, &parsed).await? {
+        Ok(parsed) => match resolve_name(&state, tenant, head, &parsed).await? {
             Some(resolved) => resolved.service_name().unwrap_or(app).to_string(),
             None => app.to_string(),
         },
         Err(_) => app.to_string(),
     };
-    state.storage.delete_service(&app).await?;
+    let deleted = state.storage.delete_service(tenant, &app).await?;
+    crate::auth::admin::audit(
+        "app.delete",
+        &crate::auth::admin::actor(&principal),
+        tenant.as_str(),
+        &format!("{app} ({deleted} chunks)"),
+    );
     Ok(StatusCode::OK)
 }
 

@@ -1,12 +1,12 @@
 //! Self-profiling: the daemon samples its own CPU with the `pprof` crate, and its heap with
 //! jemalloc's sampling profiler, and ingests the results into its own pipeline as the
-//! application `kiln.server`.
+//! application `kiln.server`, under the default tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_plugin_api::{
-    Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample,
+    Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample, Tenant,
 };
 use rustc_hash::FxHashMap;
 
@@ -45,7 +45,10 @@ pub async fn run(state: Arc<AppState>) {
             continue;
         }
         let pipeline = state.ingestion.load().pipelines.route(APP, &profile.labels);
-        if let Err(e) = pipeline.store(state.storage.as_ref(), vec![profile]).await {
+        if let Err(e) = pipeline
+            .store(state.storage.as_ref(), &Tenant::default(), vec![profile])
+            .await
+        {
             tracing::warn!(error = %e, "storing the self-profile failed");
         }
     }
@@ -144,7 +147,10 @@ pub async fn run_heap(state: Arc<AppState>) {
             })
             .collect();
         let pipeline = state.ingestion.load().pipelines.route(APP, &meta.labels);
-        if let Err(e) = pipeline.store(state.storage.as_ref(), profiles).await {
+        if let Err(e) = pipeline
+            .store(state.storage.as_ref(), &Tenant::default(), profiles)
+            .await
+        {
             tracing::warn!(error = %e, "storing the heap self-profile failed");
         }
     }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use kiln_plugin_api::{ComponentKind, RenderExporter, Storage};
 use kiln_storage_sled::SledStorage;
@@ -107,6 +107,8 @@ pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 pub struct AppState {
     pub config: Config,
+    /// Auth settings and API keys (what the auth layer checks).
+    pub auth: crate::auth::Auth,
     /// Storage as queries see it: reads wait for every acknowledged push.
     pub storage: Arc<dyn Storage>,
     /// The write-ahead log and the applier: every push goes through it.
@@ -119,6 +121,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::default();
+        let keys = crate::auth::KeyStore::open(&config.storage.path)
+            .context("opening the API key store")?;
+        let auth = crate::auth::Auth {
+            config: config.auth.clone(),
+            loopback_only: crate::auth::is_loopback_listen(&config.server.listen),
+            listen: config.server.listen.clone(),
+            keys: Arc::new(keys),
+        };
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
@@ -129,6 +139,7 @@ impl AppState {
         });
         Ok(Arc::new(Self {
             config,
+            auth,
             storage,
             durable,
             ingestion: ArcSwap::from_pointee(ingestion),
@@ -181,9 +192,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/-/reload", post(reload))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/admin/apikeys",
+            get(crate::auth::admin::list).post(crate::auth::admin::create),
+        )
+        .route(
+            "/api/admin/apikeys/{id}",
+            delete(crate::auth::admin::revoke),
+        )
         .route("/", get(crate::ui::index))
         .route("/ui/{*path}", get(crate::ui::asset))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost: nothing runs for a request the auth layer refuses.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::layer,
+        ))
         .with_state(state)
 }
 
@@ -225,7 +249,15 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, "kiln listening");
+    let address = listener.local_addr()?;
+    tracing::info!(%address, auth = state.auth.config.enabled, "kiln listening");
+    if !state.auth.config.enabled && !address.ip().is_loopback() {
+        if state.auth.config.allow_unauthenticated {
+            tracing::warn!(%address, "auth is off and auth.allow_unauthenticated = true: every host that reaches this address may push, read and delete without credentials");
+        } else {
+            tracing::warn!(%address, "auth is off on a non-loopback address: requests from other hosts get 403; turn auth on ([auth] enabled = true, KILN_AUTH_ENABLED=true or --auth) and create API keys with `kiln admin apikey create`, or set auth.allow_unauthenticated = true");
+        }
+    }
 
     let flusher = tokio::spawn(flush_loop(state.clone(), flush_interval));
     let retention = tokio::spawn(retention_loop(state.clone()));
@@ -234,10 +266,13 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
         self_profiling.then(|| tokio::spawn(crate::selfprof::run_heap(state.clone())));
     let hangup = tokio::spawn(reload_on_sighup(state.clone()));
 
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving HTTP")?;
 
     flusher.abort();
     retention.abort();

@@ -23,6 +23,8 @@ fn plugin_libs() -> PathBuf {
             "-p",
             "kiln-test-plugin-wrong-abi",
             "-p",
+            "kiln-test-plugin-old-storage",
+            "-p",
             "kiln-test-plugin-panicking",
             "-p",
             "kiln-test-plugin-native-sink",
@@ -109,7 +111,18 @@ fn bad_plugin_files_are_refused_naming_file_and_cause() {
     let (ok, out) = kiln(&["plugins", "check", wrong.to_str().unwrap()]);
     assert!(!ok);
     assert!(
-        out.contains("libkiln_test_plugin_wrong_abi.so") && out.contains("ABI version 2"),
+        out.contains("libkiln_test_plugin_wrong_abi.so") && out.contains("ABI version 3"),
+        "{out}"
+    );
+    // A storage plugin from before tenants: refused, saying why and what to do.
+    let old = libs.join("libkiln_test_plugin_old_storage.so");
+    let (ok, out) = kiln(&["plugins", "check", old.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("libkiln_test_plugin_old_storage.so")
+            && out.contains("ABI version 1")
+            && out.contains("tenant")
+            && out.contains("rebuild"),
         "{out}"
     );
     let text = dir.path().join("notes.so");

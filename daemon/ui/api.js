@@ -6,11 +6,32 @@ const cache = new Map();
 
 export class ApiError extends Error {}
 
+const KEY_ITEM = 'kiln.apiKey';
+
+/** Headers of an API call: the API key, when the daemon has auth on and one was given. */
+function headers() {
+  const h = { accept: 'application/json' };
+  const key = globalThis.localStorage?.getItem(KEY_ITEM);
+  if (key) h.authorization = `Bearer ${key}`;
+  return h;
+}
+
+/** On a 401, asks once for an API key (kept in this browser's localStorage) and says whether to retry. */
+function askForKey(res) {
+  if (res.status !== 401 || typeof globalThis.prompt !== 'function') return false;
+  const key = globalThis.prompt('This Kiln needs an API key (reader role or above):');
+  if (!key) return false;
+  globalThis.localStorage?.setItem(KEY_ITEM, key.trim());
+  return true;
+}
+
 /** GET a JSON endpoint; identical requests share one response while it is cached. */
 export function getJSON(path, params = {}) {
   const url = apiUrl(path, params);
   if (cache.has(url)) return cache.get(url);
-  const promise = fetch(url, { headers: { accept: 'application/json' } }).then(async (res) => {
+  const call = () => fetch(url, { headers: headers() });
+  const promise = call().then(async (res) => {
+    if (askForKey(res)) res = await call();
     if (!res.ok) {
       const text = (await res.text()).trim();
       throw new ApiError(`${path}: ${res.status} ${res.statusText}${text ? ` — ${text.slice(0, 300)}` : ''}`);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::labels::Labels;
 use crate::model::{Aggregation, Profile, ProfileType};
 use crate::selector::Selector;
+use crate::tenant::Tenant;
 use crate::tree::Tree;
 
 /// The kind of a component, as plugins declare it.
@@ -165,10 +166,14 @@ pub struct RetentionReport {
 }
 
 /// Where profiles are kept. One storage backs a pipeline; queries name the storage they read.
+///
+/// Every read and write names its [`Tenant`]: a tenant sees only what was written under it,
+/// and deleting one tenant's service never touches another's (same name, same labels or not).
 #[async_trait]
 pub trait Storage: Send + Sync {
-    /// Accepts profiles. They are durable after the next [`Storage::flush`] at the latest.
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError>;
+    /// Accepts profiles of `tenant`. They are durable after the next [`Storage::flush`] at the
+    /// latest.
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError>;
 
     /// Accepts the profiles of write-ahead log record `seq`; records arrive in order.
     ///
@@ -176,9 +181,14 @@ pub trait Storage: Send + Sync {
     /// from [`Storage::logged_seq`], so that a replay after a crash skips what it already holds
     /// (exactly once). The default forgets `seq`: a crash between a flush and the daemon's
     /// checkpoint may then replay a record twice.
-    async fn write_logged(&self, seq: u64, profiles: Vec<Profile>) -> Result<(), StorageError> {
+    async fn write_logged(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
         let _ = seq;
-        self.write(profiles).await
+        self.write(tenant, profiles).await
     }
 
     /// The last log record whose profiles are durable here, if this storage keeps track.
@@ -186,22 +196,25 @@ pub trait Storage: Send + Sync {
         None
     }
 
-    /// Merges every profile of the selected series in the range into one tree. Values of
-    /// average-aggregated types are returned summed, with the count in [`Merged::profiles`].
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError>;
+    /// Merges every profile of the selected series of `tenant` in the range into one tree.
+    /// Values of average-aggregated types are returned summed, with the count in
+    /// [`Merged::profiles`].
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError>;
 
-    /// Totals over time of the selected series, `step_ns` per point, optionally one timeline
-    /// per value of the label `group_by` (absent → `""`).
+    /// Totals over time of the selected series of `tenant`, `step_ns` per point, optionally
+    /// one timeline per value of the label `group_by` (absent → `""`).
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<(String, Timeline)>, StorageError>;
 
-    /// The series matching `selector` (all when `None`) with data in the range.
+    /// The series of `tenant` matching `selector` (all when `None`) with data in the range.
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
@@ -210,11 +223,15 @@ pub trait Storage: Send + Sync {
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<(), StorageError>;
 
-    /// Deletes data older than the retention of each level, as of `now_ns`.
+    /// Deletes data older than the retention of each level, as of `now_ns` (every tenant).
     async fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StorageError>;
 
-    /// Deletes every series of `service_name`.
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError>;
+    /// Deletes every series of `service_name` of `tenant`.
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError>;
 }
 
 /// An exporter failure.

@@ -7,6 +7,7 @@
 //! * [`model`]: series labels, profile types, profiles made of interned frames and stack
 //!   samples, and the merged [`Tree`] a query returns.
 //! * [`selector`]: label selectors (`app.cpu{env="prod",region=~"eu-.*"}`) and their matchers.
+//! * [`tenant`]: the validated [`Tenant`] id every stored series belongs to.
 //! * [`component`]: the async traits for the four component kinds — [`Decoder`], [`Transform`],
 //!   [`Storage`] and exporters ([`SinkExporter`], [`RenderExporter`]).
 //!
@@ -20,12 +21,14 @@ pub mod model;
 pub mod multipart;
 pub mod selector;
 pub mod skipped;
+pub mod tenant;
 pub mod tree;
 
 pub use component::*;
 pub use labels::{Labels, NameParseError, PyroscopeName};
 pub use model::*;
 pub use selector::{MatchOp, Matcher, Selector, SelectorParseError};
+pub use tenant::{Tenant, TenantError, DEFAULT_TENANT};
 pub use tree::{FunctionTotal, SourceLine, Tree, TreeBuilder, TreeNode};
 
 #[doc(hidden)]

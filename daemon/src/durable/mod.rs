@@ -28,7 +28,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use kiln_plugin_api::{
     DecodeError, Merged, Profile, Query, RetentionReport, Selector, SeriesInfo, Storage,
-    StorageError, Timeline,
+    StorageError, Tenant, Timeline,
 };
 use kiln_wal::{Wal, WalError};
 use parking_lot::Mutex;
@@ -138,6 +138,7 @@ pub struct Accepted {
 
 struct Applied {
     seq: u64,
+    tenant: Tenant,
     profiles: Vec<Profile>,
 }
 
@@ -267,15 +268,17 @@ impl Durability {
         })
     }
 
-    /// Decodes `units`, logs them and hands their profiles to storage; returns once the push is
-    /// durable. Sinks of each pipeline get the profiles too.
+    /// Decodes `units`, logs them with their tenant and hands their profiles to storage;
+    /// returns once the push is durable. Sinks of each pipeline get the profiles too.
     pub async fn accept(
         self: &Arc<Self>,
         ingestion: Arc<Ingestion>,
+        tenant: &Tenant,
         units: Vec<Unit>,
     ) -> Result<Accepted, AcceptError> {
         self.check_backlog()?;
         let this = self.clone();
+        let logged_tenant = tenant.clone();
         // Runs to completion even if the client goes away: a logged record always reaches the
         // applier.
         let (for_sinks, unlogged, stored) = tokio::task::spawn_blocking(move || {
@@ -292,19 +295,23 @@ impl Durability {
             let Some(wal) = &this.wal else {
                 return Ok::<_, AcceptError>((for_sinks, Some(profiles), stored));
             };
-            let payload = record::encode(&units);
+            let payload = record::encode(&logged_tenant, &units);
             let bytes = payload.len() as u64;
             let (applier, backlog) = (this.applier.clone(), this.backlog.clone());
             wal.append_then(&payload, move |seq| {
                 backlog.push(seq, bytes);
-                let _ = applier.send(Applied { seq, profiles });
+                let _ = applier.send(Applied {
+                    seq,
+                    tenant: logged_tenant,
+                    profiles,
+                });
             })?;
             Ok((for_sinks, None, stored))
         })
         .await
         .map_err(|e| AcceptError::Task(e.to_string()))??;
         if let Some(profiles) = unlogged {
-            self.storage.write(profiles).await?;
+            self.storage.write(tenant, profiles).await?;
         }
         for (pipeline, profiles) in for_sinks {
             pipeline.deliver_to_sinks(profiles);
@@ -367,11 +374,16 @@ async fn apply_loop(
     applied: watch::Sender<u64>,
     metrics: Metrics,
 ) {
-    while let Some(Applied { seq, profiles }) = rx.recv().await {
+    while let Some(Applied {
+        seq,
+        tenant,
+        profiles,
+    }) = rx.recv().await
+    {
         // The record is in the log: keep trying rather than lose it. While this fails the
         // backlog grows and pushes are refused with 503.
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = storage.write_logged(seq, profiles.clone()).await {
+        while let Err(e) = storage.write_logged(seq, &tenant, profiles.clone()).await {
             metrics.ingest_error("apply_failed");
             tracing::error!(error = %e, seq, "writing a logged push to storage failed; retrying");
             tokio::time::sleep(delay).await;
@@ -416,11 +428,13 @@ fn replay(
     wal.replay(after, |seq, payload| -> anyhow::Result<()> {
         let profiles = record::decode(payload, max_body)
             .map_err(|e| anyhow::anyhow!(e))
-            .and_then(|units| decode_units(ingestion, &units).map_err(anyhow::Error::from));
+            .and_then(|(tenant, units)| {
+                Ok((tenant, decode_units(ingestion, &units)?))
+            });
         match profiles {
-            Ok(batches) => {
+            Ok((tenant, batches)) => {
                 let profiles = batches.into_iter().flat_map(|b| b.profiles).collect();
-                match rt.block_on(storage.write_logged(seq, profiles)) {
+                match rt.block_on(storage.write_logged(seq, &tenant, profiles)) {
                     Ok(()) => replayed += 1,
                     // Profiles storage refuses will be refused every time: skip, as below.
                     Err(StorageError::Invalid(why)) => {
@@ -483,33 +497,39 @@ impl ReadAfterAck {
 
 #[async_trait]
 impl Storage for ReadAfterAck {
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.inner().write(profiles).await
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.inner().write(tenant, profiles).await
     }
 
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
         self.settle().await;
-        self.inner().select_merge(query).await
+        self.inner().select_merge(tenant, query).await
     }
 
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
         self.settle().await;
-        self.inner().select_timeline(query, step_ns, group_by).await
+        self.inner()
+            .select_timeline(tenant, query, step_ns, group_by)
+            .await
     }
 
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Vec<SeriesInfo>, StorageError> {
         self.settle().await;
-        self.inner().series(selector, start_ns, end_ns).await
+        self.inner()
+            .series(tenant, selector, start_ns, end_ns)
+            .await
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
@@ -520,9 +540,13 @@ impl Storage for ReadAfterAck {
         self.inner().enforce_retention(now_ns).await
     }
 
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError> {
         self.settle().await;
-        let deleted = self.inner().delete_service(service_name).await?;
+        let deleted = self.inner().delete_service(tenant, service_name).await?;
         // Durable before it is answered, and with the log checkpointed past the pushes it
         // removed: a replay after a crash must not bring them back.
         self.durability.flush().await?;

@@ -2,11 +2,14 @@
 //! are already gzip'd by the agent) with everything needed to decode them again exactly as the
 //! first time — decoder, request metadata with its resolved time window, routing.
 //!
+//! Each record names the tenant of its push, so a replay stores the profiles where the push
+//! would have (records from before tenants have none: the default tenant).
+//!
 //! Logging bodies rather than decoded profiles keeps the log about as small as the traffic and
 //! costs no encoding on the hot path; replay runs the decoders again.
 
 use bytes::Bytes;
-use kiln_plugin_api::IngestMeta;
+use kiln_plugin_api::{IngestMeta, Tenant};
 use prost::Message;
 
 /// One body of a push and how to decode it.
@@ -25,6 +28,9 @@ pub struct Unit {
 struct LoggedPush {
     #[prost(message, repeated, tag = "1")]
     units: Vec<LoggedUnit>,
+    /// Empty: the default tenant.
+    #[prost(string, tag = "2")]
+    tenant: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -49,8 +55,13 @@ fn is_gzip(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
 }
 
-pub fn encode(units: &[Unit]) -> Vec<u8> {
+pub fn encode(tenant: &Tenant, units: &[Unit]) -> Vec<u8> {
     LoggedPush {
+        tenant: if tenant.is_default() {
+            String::new()
+        } else {
+            tenant.to_string()
+        },
         units: units
             .iter()
             .map(|u| {
@@ -72,10 +83,16 @@ pub fn encode(units: &[Unit]) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Decodes a logged push; `max_body` bounds a decompressed body.
-pub fn decode(payload: &[u8], max_body: u64) -> Result<Vec<Unit>, String> {
+/// Decodes a logged push: its tenant and bodies; `max_body` bounds a decompressed body.
+pub fn decode(payload: &[u8], max_body: u64) -> Result<(Tenant, Vec<Unit>), String> {
     let push = LoggedPush::decode(payload).map_err(|e| format!("log record: {e}"))?;
-    push.units
+    let tenant = if push.tenant.is_empty() {
+        Tenant::default()
+    } else {
+        Tenant::new(push.tenant).map_err(|e| format!("log record: {e}"))?
+    };
+    let units = push
+        .units
         .into_iter()
         .map(|u| {
             let body = if u.lz4 {
@@ -103,7 +120,8 @@ pub fn decode(payload: &[u8], max_body: u64) -> Result<Vec<Unit>, String> {
                 route_by_profile: u.route_by_profile,
             })
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((tenant, units))
 }
 
 #[cfg(test)]
@@ -132,9 +150,21 @@ mod tests {
                 route_by_profile: true,
             },
         ];
-        let enc = encode(&units);
+        let enc = encode(&Tenant::default(), &units);
         assert!(enc.len() < 8000, "text is compressed: {}", enc.len());
-        assert_eq!(decode(&enc, 1 << 20).unwrap(), units);
+        assert_eq!(
+            decode(&enc, 1 << 20).unwrap(),
+            (Tenant::default(), units.clone())
+        );
+        let b = Tenant::new("team-b").unwrap();
+        assert_eq!(decode(&encode(&b, &units), 1 << 20).unwrap().0, b);
+        // A record from before tenants (no field 2) is the default tenant's.
+        let old = LoggedPush {
+            units: vec![],
+            tenant: String::new(),
+        }
+        .encode_to_vec();
+        assert_eq!(decode(&old, 1 << 20).unwrap().0, Tenant::default());
         assert!(decode(&enc, 100).is_err(), "bounded by max_body");
         assert!(decode(&[0xff, 0xff], 1 << 20).is_err());
     }

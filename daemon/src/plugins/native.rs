@@ -11,7 +11,7 @@ use kiln_plugin_api::abi::{self, exporters, ByteBuf, Descriptor, EntryFn};
 use kiln_plugin_api::{
     ComponentKind, DecodeError, Decoder, ExportError, IngestMeta, Merged, Profile, Query,
     RenderContext, RenderExporter, Rendered, RetentionReport, SeriesInfo, SinkExporter, Storage,
-    StorageError, Timeline, Transform, TransformError, Tree,
+    StorageError, Tenant, Timeline, Transform, TransformError, Tree,
 };
 
 /// Why a plugin file was refused.
@@ -28,6 +28,12 @@ pub enum PluginError {
     BadMagic { file: PathBuf },
     #[error("{file}: built for plugin ABI version {found}, this daemon speaks version {expected}; rebuild it against this kiln-plugin-api")]
     AbiVersion {
+        file: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{file}: a storage plugin built for plugin ABI version {found}, before storage took tenants; this daemon needs version {expected} or later for storage: rebuild it against this kiln-plugin-api (every Storage method now takes a `&Tenant`)")]
+    StorageAbiTooOld {
         file: PathBuf,
         found: u32,
         expected: u32,
@@ -86,14 +92,30 @@ pub fn load(path: &Path) -> Result<NativeLibrary, PluginError> {
     if magic != abi::MAGIC {
         return Err(PluginError::BadMagic { file });
     }
-    if version != abi::ABI_VERSION {
+    if version == 0 || version > abi::ABI_VERSION {
         return Err(PluginError::AbiVersion {
             file,
             found: version,
             expected: abi::ABI_VERSION,
         });
     }
+    // The descriptor's layout is the same in every version so far; only messages changed.
     let d = unsafe { &*descriptor };
+    if version < abi::min_abi_version(d.kind) {
+        return Err(if d.kind == abi::KIND_STORAGE {
+            PluginError::StorageAbiTooOld {
+                file,
+                found: version,
+                expected: abi::min_abi_version(d.kind),
+            }
+        } else {
+            PluginError::AbiVersion {
+                file,
+                found: version,
+                expected: abi::ABI_VERSION,
+            }
+        });
+    }
     let kind = match d.kind {
         abi::KIND_DECODER => ComponentKind::Decoder,
         abi::KIND_TRANSFORM => ComponentKind::Transform,
@@ -271,31 +293,36 @@ impl RenderExporter for NativeAsync {
 
 #[async_trait]
 impl Storage for NativeAsync {
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.storage(StorageRequest::write(&profiles)).await
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.storage(StorageRequest::write(tenant, &profiles)).await
     }
 
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
-        self.storage(StorageRequest::select_merge(query)).await
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
+        self.storage(StorageRequest::select_merge(tenant, query))
+            .await
     }
 
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
-        self.storage(StorageRequest::select_timeline(query, step_ns, group_by))
-            .await
+        self.storage(StorageRequest::select_timeline(
+            tenant, query, step_ns, group_by,
+        ))
+        .await
     }
 
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&kiln_plugin_api::Selector>,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Vec<SeriesInfo>, StorageError> {
-        self.storage(StorageRequest::series(selector, start_ns, end_ns))
+        self.storage(StorageRequest::series(tenant, selector, start_ns, end_ns))
             .await
     }
 
@@ -308,8 +335,12 @@ impl Storage for NativeAsync {
             .await
     }
 
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
-        self.storage(StorageRequest::delete_service(service_name))
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError> {
+        self.storage(StorageRequest::delete_service(tenant, service_name))
             .await
     }
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use kiln_plugin_api::abi::FromConfig;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, Storage, StorageError, Timeline, TreeBuilder,
+    SeriesInfo, Storage, StorageError, Tenant, Timeline, TreeBuilder,
 };
 use serde::Deserialize;
 
@@ -41,8 +41,8 @@ impl Default for Options {
 
 pub struct MemoryStorage {
     options: Options,
-    /// Profiles in arrival order.
-    profiles: Mutex<VecDeque<Profile>>,
+    /// Profiles in arrival order, each with its tenant.
+    profiles: Mutex<VecDeque<(Tenant, Profile)>>,
 }
 
 impl FromConfig for MemoryStorage {
@@ -63,7 +63,7 @@ impl FromConfig for MemoryStorage {
 }
 
 impl MemoryStorage {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Profile>>, StorageError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<(Tenant, Profile)>>, StorageError> {
         self.profiles
             .lock()
             .map_err(|_| StorageError::Corrupt("a previous call panicked mid-update".into()))
@@ -76,11 +76,23 @@ fn in_range(p: &Profile, start_ns: i64, end_ns: i64) -> bool {
     p.start_ns >= start_ns && p.start_ns < end_ns
 }
 
+/// The profiles of `tenant` in `profiles`.
+fn of<'a>(
+    profiles: &'a VecDeque<(Tenant, Profile)>,
+    tenant: &'a Tenant,
+) -> impl Iterator<Item = &'a Profile> + 'a {
+    profiles
+        .iter()
+        .filter(move |(t, _)| t == tenant)
+        .map(|(_, p)| p)
+}
+
 fn selected<'a>(
-    profiles: &'a VecDeque<Profile>,
+    profiles: &'a VecDeque<(Tenant, Profile)>,
+    tenant: &'a Tenant,
     q: &'a Query,
 ) -> impl Iterator<Item = &'a Profile> + 'a {
-    profiles.iter().filter(|p| {
+    of(profiles, tenant).filter(|p| {
         in_range(p, q.start_ns, q.end_ns) && q.selector.matches(&p.labels, &p.profile_type)
     })
 }
@@ -93,21 +105,21 @@ fn series_key(labels: &Labels, t: &ProfileType) -> SeriesKey {
 
 #[async_trait]
 impl Storage for MemoryStorage {
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
         let mut stored = self.lock()?;
-        stored.extend(profiles);
+        stored.extend(profiles.into_iter().map(|p| (tenant.clone(), p)));
         while stored.len() > self.options.max_profiles {
             stored.pop_front();
         }
         Ok(())
     }
 
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
         let stored = self.lock()?;
         let mut builder = TreeBuilder::default();
         let mut count = 0;
         let mut series = BTreeSet::new();
-        for p in selected(&stored, query) {
+        for p in selected(&stored, tenant, query) {
             for s in &p.samples {
                 builder.add(p.stack_names(s), s.value);
             }
@@ -124,6 +136,7 @@ impl Storage for MemoryStorage {
 
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
@@ -137,7 +150,7 @@ impl Storage for MemoryStorage {
         let stored = self.lock()?;
         // (group, series, point) -> (sum, profiles)
         let mut buckets: BTreeMap<(String, SeriesKey, usize), (i64, i64, bool)> = BTreeMap::new();
-        for p in selected(&stored, query) {
+        for p in selected(&stored, tenant, query) {
             let group = group_by
                 .map(|l| p.labels.get(l).unwrap_or("").to_string())
                 .unwrap_or_default();
@@ -172,13 +185,14 @@ impl Storage for MemoryStorage {
 
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Vec<SeriesInfo>, StorageError> {
         let stored = self.lock()?;
         let mut found: BTreeMap<SeriesKey, SeriesInfo> = BTreeMap::new();
-        for p in stored.iter().filter(|p| {
+        for p in of(&stored, tenant).filter(|p| {
             in_range(p, start_ns, end_ns)
                 && selector.is_none_or(|s| s.matches(&p.labels, &p.profile_type))
         }) {
@@ -203,17 +217,21 @@ impl Storage for MemoryStorage {
             now_ns.saturating_sub((self.options.max_age_secs as i64).saturating_mul(1_000_000_000));
         let mut stored = self.lock()?;
         let before = stored.len();
-        stored.retain(|p| p.start_ns >= cutoff);
+        stored.retain(|(_, p)| p.start_ns >= cutoff);
         Ok(RetentionReport {
             chunks_deleted: (before - stored.len()) as u64,
         })
     }
 
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError> {
         let mut stored = self.lock()?;
         let mut deleted = BTreeSet::new();
-        stored.retain(|p| {
-            let hit = p.labels.service_name() == Some(service_name);
+        stored.retain(|(t, p)| {
+            let hit = t == tenant && p.labels.service_name() == Some(service_name);
             if hit {
                 deleted.insert(series_key(&p.labels, &p.profile_type));
             }
@@ -260,22 +278,43 @@ mod tests {
     #[test]
     fn merges_selects_and_forgets() {
         let s = MemoryStorage::from_config(r#"{"max_profiles": 3}"#).unwrap();
-        block_on(s.write(vec![
-            profile("a", 0, &[(&[0, 1], 5)]),
-            profile("a", 10, &[(&[0], 2)]),
-            profile("b", 10, &[(&[0, 1], 7)]),
-        ]))
+        let t = &Tenant::default();
+        block_on(s.write(
+            t,
+            vec![
+                profile("a", 0, &[(&[0, 1], 5)]),
+                profile("a", 10, &[(&[0], 2)]),
+                profile("b", 10, &[(&[0, 1], 7)]),
+            ],
+        ))
         .unwrap();
-        let m = block_on(s.select_merge(&query("a.cpu", 0, 100))).unwrap();
+        let m = block_on(s.select_merge(t, &query("a.cpu", 0, 100))).unwrap();
         assert_eq!((m.tree.total(), m.profiles, m.series), (7, 2, 1));
-        let t = block_on(s.select_timeline(&query("a.cpu", 0, 20), 10 * NS, None)).unwrap();
-        assert_eq!(t[0].1.points, vec![5, 2]);
+        let tl = block_on(s.select_timeline(t, &query("a.cpu", 0, 20), 10 * NS, None)).unwrap();
+        assert_eq!(tl[0].1.points, vec![5, 2]);
         // A fourth profile pushes out the oldest.
-        block_on(s.write(vec![profile("b", 20, &[(&[0], 1)])])).unwrap();
-        let m = block_on(s.select_merge(&query("a.cpu", 0, 100))).unwrap();
+        block_on(s.write(t, vec![profile("b", 20, &[(&[0], 1)])])).unwrap();
+        let m = block_on(s.select_merge(t, &query("a.cpu", 0, 100))).unwrap();
         assert_eq!(m.tree.total(), 2);
-        assert_eq!(block_on(s.delete_service("b")).unwrap(), 1);
-        assert_eq!(block_on(s.series(None, 0, i64::MAX)).unwrap().len(), 1);
+        assert_eq!(block_on(s.delete_service(t, "b")).unwrap(), 1);
+        assert_eq!(block_on(s.series(t, None, 0, i64::MAX)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tenants_never_see_each_other() {
+        let s = MemoryStorage::from_config("{}").unwrap();
+        let (a, b) = (Tenant::new("a").unwrap(), Tenant::new("b").unwrap());
+        block_on(s.write(&a, vec![profile("app", 0, &[(&[0], 5)])])).unwrap();
+        block_on(s.write(&b, vec![profile("app", 0, &[(&[0], 7)])])).unwrap();
+        let total = |t: &Tenant| {
+            block_on(s.select_merge(t, &query("app.cpu", 0, 100)))
+                .unwrap()
+                .tree
+                .total()
+        };
+        assert_eq!((total(&a), total(&b)), (5, 7));
+        assert_eq!(block_on(s.delete_service(&a, "app")).unwrap(), 1);
+        assert_eq!((total(&a), total(&b)), (0, 7));
     }
 
     #[test]

@@ -17,8 +17,21 @@ pub mod storage;
 
 use std::ffi::{c_char, c_void};
 
-/// Bumped on any incompatible change; the host refuses other versions.
-pub const ABI_VERSION: u32 = 1;
+/// Bumped on any incompatible change; the host refuses other versions, except that it still
+/// loads plugins of a kind whose messages did not change since (see [`min_abi_version`]).
+///
+/// Version 2: storage requests carry the tenant ([`storage::StorageRequest::tenant`]).
+pub const ABI_VERSION: u32 = 2;
+
+/// The oldest ABI version the host loads for plugins of `kind`: storage plugins must know
+/// tenants (version 2); the messages of the other kinds are unchanged since version 1.
+pub const fn min_abi_version(kind: u32) -> u32 {
+    if kind == KIND_STORAGE {
+        2
+    } else {
+        1
+    }
+}
 /// The one symbol a plugin exports.
 pub const ENTRY_SYMBOL: &str = "kiln_plugin_entry";
 /// First bytes of every descriptor.

@@ -1,11 +1,12 @@
-//! Wire messages of the storage kind: one request message naming the operation, its profiles
-//! (for `write`) in prost form, and its other arguments as JSON; responses are JSON.
+//! Wire messages of the storage kind: one request message naming the operation, its tenant,
+//! its profiles (for `write`) in prost form, and its other arguments as JSON; responses are
+//! JSON.
 
 use serde::{Deserialize, Serialize};
 
 use super::wire;
 use crate::selector::{MatchOp, Matcher, Selector, TypeSelector};
-use crate::{Profile, Query, Storage, StorageError};
+use crate::{Profile, Query, Storage, StorageError, Tenant};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StorageRequest {
@@ -17,6 +18,10 @@ pub struct StorageRequest {
     pub profiles: Vec<wire::Profile>,
     #[prost(string, tag = "3")]
     pub args_json: String,
+    /// The tenant of `write`, `select_merge`, `select_timeline`, `series` and
+    /// `delete_service` (since ABI version 2); empty for the others.
+    #[prost(string, tag = "4")]
+    pub tenant: String,
 }
 
 /// A selector in a form that survives serialization (regexes are rebuilt on arrival).
@@ -92,11 +97,12 @@ struct SeriesArgs {
     end_ns: i64,
 }
 
-fn request(op: &str, args: impl Serialize) -> StorageRequest {
+fn request(op: &str, tenant: Option<&Tenant>, args: impl Serialize) -> StorageRequest {
     StorageRequest {
         op: op.into(),
         profiles: Vec::new(),
         args_json: serde_json::to_string(&args).expect("arguments serialize"),
+        tenant: tenant.map(|t| t.to_string()).unwrap_or_default(),
     }
 }
 
@@ -112,28 +118,40 @@ fn query_args(q: &Query) -> QueryArgs {
 
 /// Host side: the request of each [`Storage`] method.
 impl StorageRequest {
-    pub fn write(profiles: &[Profile]) -> Self {
+    pub fn write(tenant: &Tenant, profiles: &[Profile]) -> Self {
         Self {
             op: "write".into(),
             profiles: profiles.iter().map(wire::Profile::from).collect(),
             args_json: String::new(),
+            tenant: tenant.to_string(),
         }
     }
 
-    pub fn select_merge(q: &Query) -> Self {
-        request("select_merge", query_args(q))
+    pub fn select_merge(tenant: &Tenant, q: &Query) -> Self {
+        request("select_merge", Some(tenant), query_args(q))
     }
 
-    pub fn select_timeline(q: &Query, step_ns: i64, group_by: Option<&str>) -> Self {
+    pub fn select_timeline(
+        tenant: &Tenant,
+        q: &Query,
+        step_ns: i64,
+        group_by: Option<&str>,
+    ) -> Self {
         let mut args = query_args(q);
         args.step_ns = step_ns;
         args.group_by = group_by.map(str::to_string);
-        request("select_timeline", args)
+        request("select_timeline", Some(tenant), args)
     }
 
-    pub fn series(selector: Option<&Selector>, start_ns: i64, end_ns: i64) -> Self {
+    pub fn series(
+        tenant: &Tenant,
+        selector: Option<&Selector>,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Self {
         request(
             "series",
+            Some(tenant),
             SeriesArgs {
                 selector: selector.map(WireSelector::from),
                 start_ns,
@@ -143,15 +161,15 @@ impl StorageRequest {
     }
 
     pub fn flush() -> Self {
-        request("flush", ())
+        request("flush", None, ())
     }
 
     pub fn enforce_retention(now_ns: i64) -> Self {
-        request("enforce_retention", now_ns)
+        request("enforce_retention", None, now_ns)
     }
 
-    pub fn delete_service(service_name: &str) -> Self {
-        request("delete_service", service_name)
+    pub fn delete_service(tenant: &Tenant, service_name: &str) -> Self {
+        request("delete_service", Some(tenant), service_name)
     }
 }
 
@@ -190,6 +208,11 @@ fn args<T: serde::de::DeserializeOwned>(req: &StorageRequest) -> Result<T, Strin
         .map_err(|e| format!("invalid: bad {} arguments: {e}", req.op))
 }
 
+/// The request's tenant: required by every operation that reads or writes series.
+fn tenant(req: &StorageRequest) -> Result<Tenant, String> {
+    Tenant::new(req.tenant.clone()).map_err(|e| format!("invalid: {} request: {e}", req.op))
+}
+
 fn query(a: QueryArgs) -> Result<Query, String> {
     Ok(Query {
         selector: a
@@ -207,24 +230,29 @@ pub fn serve<S: Storage>(storage: &S, input: &[u8]) -> Result<Vec<u8>, String> {
         prost::Message::decode(input).map_err(|e| format!("invalid: bad StorageRequest: {e}"))?;
     match req.op.as_str() {
         "write" => {
+            let t = tenant(&req)?;
             let profiles = req.profiles.into_iter().map(Profile::from).collect();
-            json(super::block_on(storage.write(profiles)))
+            json(super::block_on(storage.write(&t, profiles)))
         }
         "select_merge" => {
+            let t = tenant(&req)?;
             let q = query(args(&req)?)?;
-            json(super::block_on(storage.select_merge(&q)))
+            json(super::block_on(storage.select_merge(&t, &q)))
         }
         "select_timeline" => {
+            let t = tenant(&req)?;
             let a: QueryArgs = args(&req)?;
             let (step, group_by) = (a.step_ns, a.group_by.clone());
             let q = query(a)?;
             json(super::block_on(storage.select_timeline(
+                &t,
                 &q,
                 step,
                 group_by.as_deref(),
             )))
         }
         "series" => {
+            let t = tenant(&req)?;
             let a: SeriesArgs = args(&req)?;
             let selector = a
                 .selector
@@ -232,6 +260,7 @@ pub fn serve<S: Storage>(storage: &S, input: &[u8]) -> Result<Vec<u8>, String> {
                 .transpose()
                 .map_err(|e| format!("invalid: {e}"))?;
             json(super::block_on(storage.series(
+                &t,
                 selector.as_ref(),
                 a.start_ns,
                 a.end_ns,
@@ -243,8 +272,9 @@ pub fn serve<S: Storage>(storage: &S, input: &[u8]) -> Result<Vec<u8>, String> {
             json(super::block_on(storage.enforce_retention(now)))
         }
         "delete_service" => {
+            let t = tenant(&req)?;
             let service: String = args(&req)?;
-            json(super::block_on(storage.delete_service(&service)))
+            json(super::block_on(storage.delete_service(&t, &service)))
         }
         other => Err(format!("invalid: unknown storage operation {other:?}")),
     }

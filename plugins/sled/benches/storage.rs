@@ -7,7 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln_plugin_api::{Decoder, IngestMeta, Labels, Profile, Query, Selector};
+use kiln_plugin_api::{Decoder, IngestMeta, Labels, Profile, Query, Selector, Tenant};
 use kiln_storage_sled::{SledConfig, SledStorage};
 
 const NS: i64 = 1_000_000_000;
@@ -52,11 +52,13 @@ fn filled(hours: i64) -> (tempfile::TempDir, SledStorage, i64) {
         p.end_ns = (t + 10) * NS;
         batch.push(p);
         if batch.len() == 1000 {
-            storage.write_blocking(std::mem::take(&mut batch)).unwrap();
+            storage
+                .write_blocking(&Tenant::default(), std::mem::take(&mut batch))
+                .unwrap();
             storage.flush_blocking().unwrap();
         }
     }
-    storage.write_blocking(batch).unwrap();
+    storage.write_blocking(&Tenant::default(), batch).unwrap();
     storage.flush_blocking().unwrap();
     (dir, storage, now)
 }
@@ -75,7 +77,7 @@ fn bench(c: &mut Criterion) {
                 let mut p = base.clone();
                 p.labels.insert("pod", format!("pod-{}", i % 100));
                 p.start_ns = (t0 + (i / 100) as i64 * 10) * NS;
-                storage.write_blocking(vec![p]).unwrap();
+                storage.write_blocking(&Tenant::default(), vec![p]).unwrap();
                 i += 1;
                 if i.is_multiple_of(100) {
                     storage.flush_blocking().unwrap();
@@ -90,11 +92,17 @@ fn bench(c: &mut Criterion) {
             start_ns: (now - hours * 3600) * NS,
             end_ns: now * NS,
         };
-        let expected = storage.select_merge_blocking(&q).unwrap();
+        let expected = storage
+            .select_merge_blocking(&Tenant::default(), &q)
+            .unwrap();
         assert_eq!(expected.profiles as i64, hours * 360);
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("select_merge {label}"), |b| {
-            b.iter(|| storage.select_merge_blocking(&q).unwrap())
+            b.iter(|| {
+                storage
+                    .select_merge_blocking(&Tenant::default(), &q)
+                    .unwrap()
+            })
         });
         eprintln!("{label}: {} bytes on disk", storage.size_on_disk());
     }

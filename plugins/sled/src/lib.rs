@@ -12,6 +12,11 @@
 //!   before every query, so a query sees every accepted profile); a crash loses at most what was
 //!   accepted since the last flush.
 //! * Retention is by age, per level.
+//! * Every series and dictionary belongs to a [`Tenant`]. The default tenant (`anonymous`)
+//!   keeps the layout of data directories written before tenants existed; the dictionaries of
+//!   other tenants' services are named `tenant NUL service` in their own tree, and their series
+//!   records carry the tenant. Chunks are keyed by series id, which is unique across tenants,
+//!   so retention (by key age) is per tenant without knowing tenants.
 
 mod blocks;
 mod column;
@@ -26,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, SourceLine, Storage, StorageError, Timeline, Tree, TreeNode,
+    SeriesInfo, SourceLine, Storage, StorageError, Tenant, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -148,6 +153,9 @@ impl SledConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesRecord {
+    /// Absent (the default tenant) in records written before tenants, and kept absent for it.
+    #[serde(default, skip_serializing_if = "Tenant::is_default")]
+    tenant: Tenant,
     info: SeriesInfo,
     service: String,
     /// Where the series has data, widened to whole [`BOUNDS_NS`]: a prefilter for queries. The
@@ -193,9 +201,9 @@ impl Pending {
 
 #[derive(Default)]
 struct State {
-    services: FxHashMap<String, ServiceDict>,
+    services: FxHashMap<(Tenant, String), ServiceDict>,
     series: Vec<SeriesRecord>,
-    series_ids: FxHashMap<(Labels, ProfileType), u32>,
+    series_ids: FxHashMap<(Tenant, Labels, ProfileType), u32>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     dirty_series: FxHashSet<u32>,
     /// The last write-ahead log record in `buffer`.
@@ -211,7 +219,10 @@ struct State {
 struct Inner {
     db: sled::Db,
     series_tree: sled::Tree,
+    /// Services of the default tenant: name → dictionary id.
     services_tree: sled::Tree,
+    /// Services of other tenants: `tenant NUL name` → dictionary id.
+    tenant_services: sled::Tree,
     /// Dictionaries in blocks ([`blocks`]).
     frame_blocks: sled::Tree,
     node_blocks: sled::Tree,
@@ -344,6 +355,7 @@ impl SledStorage {
         let inner = Inner {
             series_tree: db.open_tree("series").map_err(io)?,
             services_tree: db.open_tree("services").map_err(io)?,
+            tenant_services: db.open_tree("tenant_services").map_err(io)?,
             frame_blocks: db.open_tree("frame_blocks").map_err(io)?,
             node_blocks: db.open_tree("node_blocks").map_err(io)?,
             legacy_frames: db.open_tree("frames").map_err(io)?,
@@ -384,8 +396,12 @@ impl SledStorage {
     }
 
     /// Writes without going through the async runtime (benchmarks, tools).
-    pub fn write_blocking(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.inner.write(profiles)
+    pub fn write_blocking(
+        &self,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
+        self.inner.write(tenant, profiles)
     }
 
     /// Flushes without going through the async runtime.
@@ -396,8 +412,12 @@ impl SledStorage {
     }
 
     /// Merges without going through the async runtime.
-    pub fn select_merge_blocking(&self, query: &Query) -> Result<Merged, StorageError> {
-        self.inner.select_merge(query, now_s())
+    pub fn select_merge_blocking(
+        &self,
+        tenant: &Tenant,
+        query: &Query,
+    ) -> Result<Merged, StorageError> {
+        self.inner.select_merge(tenant, query, now_s())
     }
 }
 
@@ -412,16 +432,33 @@ impl Inner {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
         let mut st = self.state.lock();
-        let mut names: FxHashMap<u32, String> = FxHashMap::default();
-        for kv in self.services_tree.iter() {
+        let mut names: FxHashMap<u32, (Tenant, String)> = FxHashMap::default();
+        let tenant_services = self.tenant_services.iter().map(|kv| {
             let (k, v) = kv.map_err(io)?;
-            let name = String::from_utf8(k.to_vec())
+            let (tenant, name) = k
+                .iter()
+                .position(|&b| b == 0)
+                .map(|at| (&k[..at], &k[at + 1..]))
+                .ok_or_else(|| StorageError::Corrupt("tenant service key without NUL".into()))?;
+            let tenant = std::str::from_utf8(tenant)
+                .ok()
+                .and_then(|t| Tenant::new(t).ok())
+                .ok_or_else(|| StorageError::Corrupt("bad tenant in a service key".into()))?;
+            Ok::<_, StorageError>((tenant, name.to_vec(), v))
+        });
+        let default_services = self.services_tree.iter().map(|kv| {
+            let (k, v) = kv.map_err(io)?;
+            Ok((Tenant::default(), k.to_vec(), v))
+        });
+        for entry in default_services.chain(tenant_services) {
+            let (tenant, name, v) = entry?;
+            let name = String::from_utf8(name)
                 .map_err(|_| StorageError::Corrupt("service name is not UTF-8".into()))?;
             let id = u32_at(&v, 0)?;
-            names.insert(id, name.clone());
-            st.services.insert(name, ServiceDict::on_disk(id));
+            names.insert(id, (tenant.clone(), name.clone()));
+            st.services.insert((tenant, name), ServiceDict::on_disk(id));
         }
-        let by_id = |id: u32| -> Result<String, StorageError> {
+        let by_id = |id: u32| -> Result<(Tenant, String), StorageError> {
             names
                 .get(&id)
                 .cloned()
@@ -485,19 +522,31 @@ impl Inner {
                     "series ids not dense at {id}"
                 )));
             }
-            st.series_ids
-                .insert((rec.info.labels.clone(), rec.info.profile_type.clone()), id);
+            st.series_ids.insert(
+                (
+                    rec.tenant.clone(),
+                    rec.info.labels.clone(),
+                    rec.info.profile_type.clone(),
+                ),
+                id,
+            );
             st.series.push(rec);
         }
         Ok(())
     }
 
-    fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.write_seq(profiles, None)
+    fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        self.write_seq(tenant, profiles, None)
     }
 
-    /// Buffers `profiles`; `log_seq` is the write-ahead log record they come from, if any.
-    fn write_seq(&self, profiles: Vec<Profile>, log_seq: Option<u64>) -> Result<(), StorageError> {
+    /// Buffers `profiles` of `tenant`; `log_seq` is the write-ahead log record they come from,
+    /// if any.
+    fn write_seq(
+        &self,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+        log_seq: Option<u64>,
+    ) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
         for p in &profiles {
             p.validate().map_err(StorageError::Invalid)?;
@@ -512,7 +561,7 @@ impl Inner {
         services.sort_unstable();
         services.dedup();
         for service in services {
-            self.use_dictionary(st, service)?;
+            self.use_dictionary(st, tenant, service)?;
         }
         if log_seq.is_some() {
             st.buffered_log_seq = log_seq;
@@ -537,11 +586,14 @@ impl Inner {
             if !same_stacks {
                 let next_service = st.services.len() as u32;
                 let uses = st.uses;
-                let dict = st.services.entry(service.clone()).or_insert_with(|| {
-                    let mut d = ServiceDict::new(next_service);
-                    d.last_used = uses;
-                    d
-                });
+                let dict = st
+                    .services
+                    .entry((tenant.clone(), service.clone()))
+                    .or_insert_with(|| {
+                        let mut d = ServiceDict::new(next_service);
+                        d.last_used = uses;
+                        d
+                    });
                 frame_map.clear();
                 frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
                 sample_nodes.clear();
@@ -557,12 +609,13 @@ impl Inner {
             for (s, &node) in p.samples.iter().zip(&sample_nodes) {
                 *stacks.entry(node).or_default() += s.value;
             }
-            let key = (p.labels.clone(), p.profile_type.clone());
+            let key = (tenant.clone(), p.labels.clone(), p.profile_type.clone());
             let series = match st.series_ids.get(&key) {
                 Some(&id) => id,
                 None => {
                     let id = st.series.len() as u32;
                     st.series.push(SeriesRecord {
+                        tenant: tenant.clone(),
                         info: SeriesInfo {
                             labels: p.labels.clone(),
                             profile_type: p.profile_type.clone(),
@@ -602,6 +655,7 @@ impl Inner {
     fn apply(&self) -> Result<(), StorageError> {
         let _apply = self.apply_lock.lock();
         let mut services = sled::Batch::default();
+        let mut tenant_services = sled::Batch::default();
         let mut frames = sled::Batch::default();
         let mut nodes = sled::Batch::default();
         let mut series = sled::Batch::default();
@@ -615,9 +669,14 @@ impl Inner {
             {
                 return Ok(());
             }
-            for (name, dict) in st.services.iter_mut().filter(|(_, d)| d.loaded) {
+            for ((tenant, name), dict) in st.services.iter_mut().filter(|(_, d)| d.loaded) {
                 if dict.persisted_frames == 0 && dict.persisted_nodes <= 1 {
-                    services.insert(name.as_bytes(), &dict.id.to_be_bytes());
+                    if tenant.is_default() {
+                        services.insert(name.as_bytes(), &dict.id.to_be_bytes());
+                    } else {
+                        let key = [tenant.as_str().as_bytes(), b"\0", name.as_bytes()].concat();
+                        tenant_services.insert(key, &dict.id.to_be_bytes());
+                    }
                 }
                 for (b, range) in blocks::dirty_blocks(dict.persisted_frames, dict.frames.len()) {
                     frames.insert(
@@ -645,6 +704,9 @@ impl Inner {
         };
         // Dictionaries first: a chunk never refers to a stack that is not on disk.
         self.services_tree.apply_batch(services).map_err(io)?;
+        self.tenant_services
+            .apply_batch(tenant_services)
+            .map_err(io)?;
         self.frame_blocks.apply_batch(frames).map_err(io)?;
         self.node_blocks.apply_batch(nodes).map_err(io)?;
         if migrate {
@@ -712,9 +774,14 @@ impl Inner {
     }
 
     /// Marks the dictionary of `service` used, reading it back from disk if it is not resident.
-    fn use_dictionary(&self, st: &mut State, service: &str) -> Result<(), StorageError> {
+    fn use_dictionary(
+        &self,
+        st: &mut State,
+        tenant: &Tenant,
+        service: &str,
+    ) -> Result<(), StorageError> {
         st.uses += 1;
-        let Some(dict) = st.services.get_mut(service) else {
+        let Some(dict) = st.services.get_mut(&(tenant.clone(), service.to_string())) else {
             return Ok(());
         };
         dict.last_used = st.uses;
@@ -748,7 +815,7 @@ impl Inner {
         let mut st = self.state.lock();
         let mut resident: usize = st.services.values().map(ServiceDict::resident_bytes).sum();
         if resident > self.dictionary_budget {
-            let mut candidates: Vec<(u64, String)> = st
+            let mut candidates: Vec<(u64, (Tenant, String))> = st
                 .services
                 .iter()
                 .filter(|(_, d)| d.loaded && d.persisted())
@@ -830,6 +897,7 @@ impl Inner {
 
     fn matching_series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
@@ -839,7 +907,8 @@ impl Inner {
             .iter()
             .enumerate()
             .filter(|(_, r)| {
-                r.last_ns >= start_ns - 100_000 * NS
+                r.tenant == *tenant
+                    && r.last_ns >= start_ns - 100_000 * NS
                     && r.first_ns < end_ns
                     && selector.is_none_or(|s| s.matches(&r.info.labels, &r.info.profile_type))
             })
@@ -847,9 +916,9 @@ impl Inner {
             .collect()
     }
 
-    fn select_merge(&self, q: &Query, now_s: i64) -> Result<Merged, StorageError> {
+    fn select_merge(&self, tenant: &Tenant, q: &Query, now_s: i64) -> Result<Merged, StorageError> {
         self.apply()?;
-        let series = self.matching_series(Some(&q.selector), q.start_ns, q.end_ns);
+        let series = self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns);
         let mut plan = Vec::new();
         self.plan(
             self.levels.len() - 1,
@@ -892,10 +961,10 @@ impl Inner {
                 }
             }
             let mut st = self.state.lock();
-            self.use_dictionary(&mut st, service)?;
+            self.use_dictionary(&mut st, tenant, service)?;
             let dict = st
                 .services
-                .get(service)
+                .get(&(tenant.clone(), service.to_string()))
                 .ok_or_else(|| StorageError::Corrupt(format!("no dictionary for {service}")))?;
             let (tree, pruned) = build_tree(dict, &values, nodes_left.max(MIN_NODES_PER_TREE))?;
             nodes_left = nodes_left.saturating_sub(tree.nodes.len());
@@ -918,6 +987,7 @@ impl Inner {
 
     fn select_timeline(
         &self,
+        tenant: &Tenant,
         q: &Query,
         step_ns: i64,
         group_by: Option<&str>,
@@ -935,7 +1005,7 @@ impl Inner {
             .rposition(|&(res, _)| res as i64 <= step_s)
             .unwrap_or(0);
         let mut out: FxHashMap<String, Vec<i64>> = FxHashMap::default();
-        for (id, rec) in self.matching_series(Some(&q.selector), q.start_ns, q.end_ns) {
+        for (id, rec) in self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns) {
             let group = group_by
                 .map(|g| rec.info.labels.get(g).unwrap_or("").to_string())
                 .unwrap_or_default();
@@ -1046,14 +1116,14 @@ impl Inner {
         Ok(())
     }
 
-    fn delete_service(&self, service: &str) -> Result<u64, StorageError> {
+    fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
         self.apply()?;
         let ids: Vec<u32> = {
             let st = self.state.lock();
             st.series
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.service == service)
+                .filter(|(_, r)| r.tenant == *tenant && r.service == service)
                 .map(|(i, _)| i as u32)
                 .collect()
         };
@@ -1213,12 +1283,19 @@ fn build_tree(
 
 #[async_trait]
 impl Storage for SledStorage {
-    async fn write(&self, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.blocking(move |i| i.write(profiles)).await
+    async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+        let t = tenant.clone();
+        self.blocking(move |i| i.write(&t, profiles)).await
     }
 
-    async fn write_logged(&self, seq: u64, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.blocking(move |i| i.write_seq(profiles, Some(seq)))
+    async fn write_logged(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
+        let t = tenant.clone();
+        self.blocking(move |i| i.write_seq(&t, profiles, Some(seq)))
             .await
     }
 
@@ -1226,32 +1303,35 @@ impl Storage for SledStorage {
         Some(self.inner.applied_log_seq.load(Ordering::Relaxed))
     }
 
-    async fn select_merge(&self, query: &Query) -> Result<Merged, StorageError> {
-        let q = query.clone();
-        self.blocking(move |i| i.select_merge(&q, now_s())).await
+    async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
+        let (t, q) = (tenant.clone(), query.clone());
+        self.blocking(move |i| i.select_merge(&t, &q, now_s()))
+            .await
     }
 
     async fn select_timeline(
         &self,
+        tenant: &Tenant,
         query: &Query,
         step_ns: i64,
         group_by: Option<&str>,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
-        let q = query.clone();
+        let (t, q) = (tenant.clone(), query.clone());
         let g = group_by.map(String::from);
-        self.blocking(move |i| i.select_timeline(&q, step_ns, g.as_deref(), now_s()))
+        self.blocking(move |i| i.select_timeline(&t, &q, step_ns, g.as_deref(), now_s()))
             .await
     }
 
     async fn series(
         &self,
+        tenant: &Tenant,
         selector: Option<&Selector>,
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Vec<SeriesInfo>, StorageError> {
         Ok(self
             .inner
-            .matching_series(selector, start_ns, end_ns)
+            .matching_series(tenant, selector, start_ns, end_ns)
             .into_iter()
             .map(|(_, r)| r.info)
             .collect())
@@ -1271,9 +1351,13 @@ impl Storage for SledStorage {
             .await
     }
 
-    async fn delete_service(&self, service_name: &str) -> Result<u64, StorageError> {
-        let s = service_name.to_string();
-        self.blocking(move |i| i.delete_service(&s)).await
+    async fn delete_service(
+        &self,
+        tenant: &Tenant,
+        service_name: &str,
+    ) -> Result<u64, StorageError> {
+        let (t, s) = (tenant.clone(), service_name.to_string());
+        self.blocking(move |i| i.delete_service(&t, &s)).await
     }
 }
 

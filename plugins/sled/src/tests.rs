@@ -1,6 +1,9 @@
 use super::*;
 use kiln_plugin_api::{Frame, ProfileMeta, Sample};
 
+/// The default tenant, whose layout predates tenants.
+static T: std::sync::LazyLock<Tenant> = std::sync::LazyLock::new(Tenant::default);
+
 fn profile(service: &str, env: &str, ty: &str, start_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
     let mut frames: Vec<Frame> = Vec::new();
     let mut samples = Vec::new();
@@ -75,38 +78,42 @@ fn merges_profiles_across_series_and_time() {
     let s = open(dir.path());
     let t0 = now_s() - DAY;
     s.inner
-        .write(vec![
-            profile(
-                "app",
-                "prod",
-                "cpu",
-                t0,
-                &[(&["main", "a"], 10), (&["main", "b"], 5)],
-            ),
-            profile("app", "dev", "cpu", t0 + 20, &[(&["main", "a"], 1)]),
-            profile("app", "prod", "cpu", t0 + 3600, &[(&["main", "a"], 100)]),
-            profile("other", "prod", "cpu", t0, &[(&["x"], 7)]),
-            profile(
-                "app",
-                "prod",
-                "alloc_space",
-                t0,
-                &[(&["main", "alloc"], 4096)],
-            ),
-        ])
+        .write(
+            &T,
+            vec![
+                profile(
+                    "app",
+                    "prod",
+                    "cpu",
+                    t0,
+                    &[(&["main", "a"], 10), (&["main", "b"], 5)],
+                ),
+                profile("app", "dev", "cpu", t0 + 20, &[(&["main", "a"], 1)]),
+                profile("app", "prod", "cpu", t0 + 3600, &[(&["main", "a"], 100)]),
+                profile("other", "prod", "cpu", t0, &[(&["x"], 7)]),
+                profile(
+                    "app",
+                    "prod",
+                    "alloc_space",
+                    t0,
+                    &[(&["main", "alloc"], 4096)],
+                ),
+            ],
+        )
         .unwrap();
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 - 10, t0 + 7200), now_s())
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 7200), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), "main;a 111\nmain;b 5\n");
     assert_eq!(m.series, 2);
     let m = s
         .inner
-        .select_merge(&query(r#"app.cpu{env="prod"}"#, t0, t0 + 60), now_s())
+        .select_merge(&T, &query(r#"app.cpu{env="prod"}"#, t0, t0 + 60), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), "main;a 10\nmain;b 5\n");
     let m = s.inner.select_merge(
+        &T,
         &query(r#"{service_name=~"app|other"}"#, t0, t0 + 60),
         now_s(),
     );
@@ -115,7 +122,7 @@ fn merges_profiles_across_series_and_time() {
     assert_eq!(m.unwrap().tree.total(), 10 + 5 + 1 + 7 + 4096);
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 + 7200, t0 + 9000), now_s())
+        .select_merge(&T, &query("app.cpu", t0 + 7200, t0 + 9000), now_s())
         .unwrap();
     assert_eq!(m.tree.total(), 0);
 }
@@ -138,7 +145,7 @@ fn every_level_plan_reads_each_profile_exactly_once() {
             )
         })
         .collect();
-    s.inner.write(profiles).unwrap();
+    s.inner.write(&T, profiles).unwrap();
     // Arbitrary, unaligned ranges must count exactly the profiles whose start lies inside.
     for (from, to) in [
         (start, start + 21600),
@@ -152,7 +159,7 @@ fn every_level_plan_reads_each_profile_exactly_once() {
             .count() as i64;
         let m = s
             .inner
-            .select_merge(&query("app.cpu", from, to), now)
+            .select_merge(&T, &query("app.cpu", from, to), now)
             .unwrap();
         assert_eq!(m.tree.total(), expected, "range {from}..{to}");
         assert_eq!(m.profiles as i64, expected);
@@ -172,32 +179,32 @@ fn survives_restart() {
     {
         let s = open(dir.path());
         s.inner
-            .write(vec![profile(
-                "app",
-                "prod",
-                "cpu",
-                t0,
-                &[(&["main", "a"], 3)],
-            )])
+            .write(
+                &T,
+                vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 3)])],
+            )
             .unwrap();
         s.flush_blocking().unwrap();
     }
     let s = reopen(dir.path());
     s.inner
-        .write(vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0 + 1,
-            &[(&["main", "a"], 2), (&["main", "c"], 1)],
-        )])
+        .write(
+            &T,
+            vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + 1,
+                &[(&["main", "a"], 2), (&["main", "c"], 1)],
+            )],
+        )
         .unwrap();
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), "main;a 5\nmain;c 1\n");
-    assert_eq!(s.inner.matching_series(None, 0, i64::MAX).len(), 1);
+    assert_eq!(s.inner.matching_series(&T, None, 0, i64::MAX).len(), 1);
 }
 
 #[test]
@@ -217,10 +224,13 @@ fn retention_deletes_old_chunks_per_level() {
     let s = SledStorage::open(&cfg).unwrap();
     let now = now_s();
     s.inner
-        .write(vec![
-            profile("app", "prod", "cpu", now - 2 * 86_400, &[(&["old"], 1)]),
-            profile("app", "prod", "cpu", now - 60, &[(&["new"], 1)]),
-        ])
+        .write(
+            &T,
+            vec![
+                profile("app", "prod", "cpu", now - 2 * 86_400, &[(&["old"], 1)]),
+                profile("app", "prod", "cpu", now - 60, &[(&["new"], 1)]),
+            ],
+        )
         .unwrap();
     s.flush_blocking().unwrap();
     assert_eq!(coarse_chunk_kinds(&s), (2, 0));
@@ -231,7 +241,7 @@ fn retention_deletes_old_chunks_per_level() {
     // The old profile is still there at 100 s resolution.
     let m = s
         .inner
-        .select_merge(&query("app.cpu", now - 3 * 86_400, now), now)
+        .select_merge(&T, &query("app.cpu", now - 3 * 86_400, now), now)
         .unwrap();
     assert_eq!(m.tree.to_folded(), "new 1\nold 1\n");
     let report = s.inner.enforce_retention(now + 20 * 86_400).unwrap();
@@ -244,21 +254,25 @@ fn timeline_buckets_by_step_and_groups() {
     let s = open(dir.path());
     let t0 = (now_s() - 3600) / 60 * 60;
     s.inner
-        .write(vec![
-            profile("app", "prod", "cpu", t0, &[(&["a"], 2)]),
-            profile("app", "prod", "cpu", t0 + 10, &[(&["a"], 3)]),
-            profile("app", "dev", "cpu", t0 + 70, &[(&["a"], 4)]),
-        ])
+        .write(
+            &T,
+            vec![
+                profile("app", "prod", "cpu", t0, &[(&["a"], 2)]),
+                profile("app", "prod", "cpu", t0 + 10, &[(&["a"], 3)]),
+                profile("app", "dev", "cpu", t0 + 70, &[(&["a"], 4)]),
+            ],
+        )
         .unwrap();
     let tl = s
         .inner
-        .select_timeline(&query("app.cpu", t0, t0 + 180), 60 * NS, None, now_s())
+        .select_timeline(&T, &query("app.cpu", t0, t0 + 180), 60 * NS, None, now_s())
         .unwrap();
     assert_eq!(tl.len(), 1);
     assert_eq!(tl[0].1.points, vec![5, 4, 0]);
     let tl = s
         .inner
         .select_timeline(
+            &T,
             &query("app.cpu", t0, t0 + 180),
             60 * NS,
             Some("env"),
@@ -279,16 +293,19 @@ fn average_types_divide_by_profiles_per_series() {
     let s = open(dir.path());
     let t0 = now_s() - 600;
     s.inner
-        .write(vec![
-            profile("app", "a", "inuse_space", t0, &[(&["m"], 100)]),
-            profile("app", "a", "inuse_space", t0 + 10, &[(&["m"], 300)]),
-            profile("app", "b", "inuse_space", t0, &[(&["m"], 50)]),
-            profile("app", "b", "inuse_space", t0 + 10, &[(&["m"], 50)]),
-        ])
+        .write(
+            &T,
+            vec![
+                profile("app", "a", "inuse_space", t0, &[(&["m"], 100)]),
+                profile("app", "a", "inuse_space", t0 + 10, &[(&["m"], 300)]),
+                profile("app", "b", "inuse_space", t0, &[(&["m"], 50)]),
+                profile("app", "b", "inuse_space", t0 + 10, &[(&["m"], 50)]),
+            ],
+        )
         .unwrap();
     let m = s
         .inner
-        .select_merge(&query("app.inuse_space", t0, t0 + 60), now_s())
+        .select_merge(&T, &query("app.inuse_space", t0, t0 + 60), now_s())
         .unwrap();
     assert_eq!((m.profiles, m.series), (4, 2));
     assert_eq!(m.aggregated(Aggregation::Average).total(), 250);
@@ -300,15 +317,18 @@ fn delete_service_removes_its_data() {
     let s = open(dir.path());
     let t0 = now_s() - 60;
     s.inner
-        .write(vec![
-            profile("app", "a", "cpu", t0, &[(&["m"], 1)]),
-            profile("keep", "a", "cpu", t0, &[(&["k"], 1)]),
-        ])
+        .write(
+            &T,
+            vec![
+                profile("app", "a", "cpu", t0, &[(&["m"], 1)]),
+                profile("keep", "a", "cpu", t0, &[(&["k"], 1)]),
+            ],
+        )
         .unwrap();
-    assert!(s.inner.delete_service("app").unwrap() > 0);
+    assert!(s.inner.delete_service(&T, "app").unwrap() > 0);
     assert_eq!(
         s.inner
-            .select_merge(&query("app.cpu", t0 - 1, t0 + 1), now_s())
+            .select_merge(&T, &query("app.cpu", t0 - 1, t0 + 1), now_s())
             .unwrap()
             .tree
             .total(),
@@ -316,7 +336,7 @@ fn delete_service_removes_its_data() {
     );
     assert_eq!(
         s.inner
-            .select_merge(&query("keep.cpu", t0 - 1, t0 + 1), now_s())
+            .select_merge(&T, &query("keep.cpu", t0 - 1, t0 + 1), now_s())
             .unwrap()
             .tree
             .total(),
@@ -331,7 +351,7 @@ fn invalid_profiles_are_refused_before_anything_is_stored() {
     let mut bad = profile("app", "a", "cpu", now_s(), &[(&["m"], 1)]);
     bad.samples[0].stack.push(99);
     assert!(matches!(
-        s.inner.write(vec![bad]),
+        s.inner.write(&T, vec![bad]),
         Err(StorageError::Invalid(_))
     ));
 }
@@ -351,7 +371,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
     let before = {
         let s = open(dir.path());
         s.inner
-            .write(vec![profile("app", "prod", "cpu", t0, &weighted)])
+            .write(&T, vec![profile("app", "prod", "cpu", t0, &weighted)])
             .unwrap();
         s.flush_blocking().unwrap();
         // Rewrite the dictionaries as an older daemon kept them: one key per frame and node.
@@ -388,7 +408,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
         i.frame_blocks.clear().unwrap();
         i.node_blocks.clear().unwrap();
         i.db.flush().unwrap();
-        i.select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        i.select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
             .unwrap()
             .tree
             .to_folded()
@@ -397,7 +417,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
         let s = reopen(dir.path());
         let m = s
             .inner
-            .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+            .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
             .unwrap();
         assert_eq!(m.tree.to_folded(), before);
         assert!(s.inner.legacy_frames.is_empty() && s.inner.legacy_nodes.is_empty());
@@ -410,7 +430,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
     let s = reopen(dir.path());
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), before);
     assert_eq!(m.tree.total(), 5000);
@@ -442,12 +462,12 @@ fn lines_survive_storage_and_group_by_function() {
     ];
     {
         let s = open(dir.path());
-        s.write_blocking(vec![p]).unwrap();
+        s.write_blocking(&T, vec![p]).unwrap();
         s.flush_blocking().unwrap();
     }
     let s = reopen(dir.path());
     let tree = s
-        .select_merge_blocking(&query("lines.cpu{}", 0, 2_000))
+        .select_merge_blocking(&T, &query("lines.cpu{}", 0, 2_000))
         .unwrap()
         .tree;
     assert!(tree.has_lines());
@@ -463,6 +483,97 @@ fn lines_survive_storage_and_group_by_function() {
     assert!(lines.contains(&("/src/main.go".into(), 14, 10)));
     let grouped = tree.by_function();
     assert_eq!(grouped.to_folded(), "main.main;main.work 7\n");
+}
+
+#[test]
+fn tenants_with_the_same_names_never_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Tenant::new("team-a").unwrap(),
+        Tenant::new("team-b").unwrap(),
+    );
+    let t0 = now_s() - 60;
+    {
+        let s = open(dir.path());
+        // Same service, same labels, same type, different stacks and values.
+        let i = &s.inner;
+        i.write(
+            &T,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main", "d"], 1)])],
+        )
+        .unwrap();
+        i.write(
+            &a,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 10)])],
+        )
+        .unwrap();
+        i.write(
+            &b,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main", "b"], 100)])],
+        )
+        .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    let s = reopen(dir.path());
+    let folded = |t: &Tenant| {
+        s.inner
+            .select_merge(t, &query("app.cpu", t0 - 10, t0 + 10), now_s())
+            .unwrap()
+            .tree
+            .to_folded()
+    };
+    assert_eq!(folded(&T), "main;d 1\n");
+    assert_eq!(folded(&a), "main;a 10\n");
+    assert_eq!(folded(&b), "main;b 100\n");
+    let none = Tenant::new("nobody").unwrap();
+    assert_eq!(folded(&none), "");
+    assert_eq!(s.inner.matching_series(&a, None, 0, i64::MAX).len(), 1);
+    assert!(s.inner.matching_series(&none, None, 0, i64::MAX).is_empty());
+    let tl = s
+        .inner
+        .select_timeline(&b, &query("app.cpu", t0, t0 + 10), 10 * NS, None, now_s())
+        .unwrap();
+    assert_eq!(tl[0].1.points.iter().sum::<i64>(), 100);
+
+    // Deleting team-a's app leaves team-b's and the default tenant's.
+    assert!(s.inner.delete_service(&a, "app").unwrap() > 0);
+    assert_eq!(folded(&a), "");
+    assert_eq!(folded(&b), "main;b 100\n");
+    assert_eq!(folded(&T), "main;d 1\n");
+    assert_eq!(s.inner.delete_service(&none, "app").unwrap(), 0);
+    assert_eq!(folded(&b), "main;b 100\n");
+}
+
+#[test]
+fn the_default_tenant_keeps_the_layout_from_before_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = now_s() - 60;
+    s.inner
+        .write(
+            &T,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main"], 1)])],
+        )
+        .unwrap();
+    s.inner
+        .write(
+            &Tenant::new("other").unwrap(),
+            vec![profile("app", "prod", "cpu", t0, &[(&["main"], 1)])],
+        )
+        .unwrap();
+    s.flush_blocking().unwrap();
+    let i = &s.inner;
+    // The default tenant's service is keyed by its bare name, the other one's elsewhere.
+    assert!(i.services_tree.get("app").unwrap().is_some());
+    assert_eq!(i.services_tree.len(), 1);
+    assert!(i.tenant_services.get("other\0app").unwrap().is_some());
+    // Its series record has no tenant field: what a data directory from before holds.
+    let rec = i.series_tree.get(0u32.to_be_bytes()).unwrap().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+    assert!(rec.get("tenant").is_none(), "{rec}");
+    let rec = i.series_tree.get(1u32.to_be_bytes()).unwrap().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+    assert_eq!(rec["tenant"], "other");
 }
 
 /// `(references, columns)` among the coarse chunks (every level but the finest).
@@ -490,20 +601,17 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
     let t0 = if t0 > now - 3600 { t0 - 100_000 } else { t0 };
     let total = |s: &SledStorage, from: i64, to: i64| {
         s.inner
-            .select_merge(&query("app.cpu", from, to), now)
+            .select_merge(&T, &query("app.cpu", from, to), now)
             .unwrap()
             .tree
             .to_folded()
     };
     {
         let s = open(dir.path());
-        s.write_blocking(vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0,
-            &[(&["main", "a"], 3)],
-        )])
+        s.write_blocking(
+            &T,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 3)])],
+        )
         .unwrap();
         s.flush_blocking().unwrap();
         assert_eq!(
@@ -512,13 +620,16 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
             "one profile: every coarse level refers"
         );
         // A second profile in the same 10 s bucket, in a later flush: still references.
-        s.write_blocking(vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0 + 3,
-            &[(&["main", "b"], 2)],
-        )])
+        s.write_blocking(
+            &T,
+            vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + 3,
+                &[(&["main", "b"], 2)],
+            )],
+        )
         .unwrap();
         s.flush_blocking().unwrap();
         assert_eq!(coarse_chunk_kinds(&s), (4, 0));
@@ -526,6 +637,7 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
         let line = s
             .inner
             .select_timeline(
+                &T,
                 &query("app.cpu", t0 - 1000, t0 + 9000),
                 1000 * NS,
                 None,
@@ -534,25 +646,25 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
             .unwrap();
         assert_eq!(line[0].1.points.iter().sum::<i64>(), 5);
         // Another 10 s bucket of the same coarse buckets: they become columns of both.
-        s.write_blocking(vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0 + 20,
-            &[(&["main", "a"], 1)],
-        )])
+        s.write_blocking(
+            &T,
+            vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + 20,
+                &[(&["main", "a"], 1)],
+            )],
+        )
         .unwrap();
         s.flush_blocking().unwrap();
         assert_eq!(coarse_chunk_kinds(&s), (0, 4));
         // One profile far away in the same 100 000 s bucket: a new reference at 10 000 s and
         // below, the widest level now a column of all three.
-        s.write_blocking(vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0 + 50_000,
-            &[(&["far"], 7)],
-        )])
+        s.write_blocking(
+            &T,
+            vec![profile("app", "prod", "cpu", t0 + 50_000, &[(&["far"], 7)])],
+        )
         .unwrap();
         s.flush_blocking().unwrap();
         assert_eq!(coarse_chunk_kinds(&s), (3, 4));
@@ -584,11 +696,11 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
         .collect();
     stacks.push((vec!["main", "hot", "loop"], 1_000_000));
     let borrowed: Vec<(&[&str], i64)> = stacks.iter().map(|(s, v)| (s.as_slice(), *v)).collect();
-    s.write_blocking(vec![profile("app", "prod", "cpu", t0, &borrowed)])
+    s.write_blocking(&T, vec![profile("app", "prod", "cpu", t0, &borrowed)])
         .unwrap();
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     let expected_total = 1_000_000 + (1..=3000).sum::<i64>();
     assert_eq!(
@@ -620,11 +732,11 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
     // Within the budget nothing is pruned.
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    s.write_blocking(vec![profile("app", "prod", "cpu", t0, &borrowed)])
+    s.write_blocking(&T, vec![profile("app", "prod", "cpu", t0, &borrowed)])
         .unwrap();
     let m = s
         .inner
-        .select_merge(&query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     assert_eq!(m.pruned_nodes, 0);
     assert_eq!(m.tree.total(), expected_total);
@@ -643,16 +755,19 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
         let before = dictionary_stats();
         for round in 0..2 {
             for i in 0..20 {
-                s.write_blocking(vec![profile(
-                    &format!("svc{i}"),
-                    "prod",
-                    "cpu",
-                    t0 + round,
-                    &[(
-                        &["main", &format!("work{i}")],
-                        (i + 1) / 2 + round * ((i + 1) % 2),
+                s.write_blocking(
+                    &T,
+                    vec![profile(
+                        &format!("svc{i}"),
+                        "prod",
+                        "cpu",
+                        t0 + round,
+                        &[(
+                            &["main", &format!("work{i}")],
+                            (i + 1) / 2 + round * ((i + 1) % 2),
+                        )],
                     )],
-                )])
+                )
                 .unwrap();
             }
             s.flush_blocking().unwrap();
@@ -665,7 +780,11 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
         for i in 0..20i64 {
             let m = s
                 .inner
-                .select_merge(&query(&format!("svc{i}.cpu"), t0 - 10, t0 + 10), now_s())
+                .select_merge(
+                    &T,
+                    &query(&format!("svc{i}.cpu"), t0 - 10, t0 + 10),
+                    now_s(),
+                )
                 .unwrap();
             assert_eq!(m.tree.to_folded(), expected(i), "svc{i}");
         }
@@ -676,18 +795,15 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
         );
         assert!(after.loads >= before.loads + 40, "{before:?} → {after:?}");
         // A new stack for a service whose dictionary was dropped extends it, not a copy of it.
-        s.write_blocking(vec![profile(
-            "svc3",
-            "prod",
-            "cpu",
-            t0,
-            &[(&["main", "new"], 9)],
-        )])
+        s.write_blocking(
+            &T,
+            vec![profile("svc3", "prod", "cpu", t0, &[(&["main", "new"], 9)])],
+        )
         .unwrap();
         s.flush_blocking().unwrap();
         let m = s
             .inner
-            .select_merge(&query("svc3.cpu", t0 - 10, t0 + 10), now_s())
+            .select_merge(&T, &query("svc3.cpu", t0 - 10, t0 + 10), now_s())
             .unwrap();
         assert_eq!(m.tree.to_folded(), "main;new 9\nmain;work3 4\n");
     }
@@ -696,7 +812,7 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
     assert!(s.inner.state.lock().services.values().all(|d| !d.loaded));
     let m = s
         .inner
-        .select_merge(&query("svc7.cpu", t0 - 10, t0 + 10), now_s())
+        .select_merge(&T, &query("svc7.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), expected(7));
 }
