@@ -19,6 +19,7 @@
 //!   so retention (by key age) is per tenant without knowing tenants.
 
 mod blocks;
+mod codec;
 mod column;
 mod dict;
 mod error;
@@ -37,6 +38,7 @@ use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use codec::Codec;
 pub use column::{Column, Stored};
 use dict::ServiceDict;
 use error::io;
@@ -231,6 +233,8 @@ struct Inner {
     legacy_frames: sled::Tree,
     legacy_nodes: sled::Tree,
     chunks: sled::Tree,
+    /// How values are stored ([`codec`]): packed here, or as they are where sled compresses.
+    codec: Codec,
     /// `(resolution, retention)` in seconds, finest first.
     levels: Vec<(u64, u64)>,
     /// Nodes one merged tree may have ([`SledConfig::query_budget_bytes`]).
@@ -344,12 +348,16 @@ impl SledStorage {
     /// Opens (or creates) the database and loads its dictionaries and series.
     pub fn open(config: &SledConfig) -> Result<Self, StorageError> {
         config.validate().map_err(StorageError::Invalid)?;
-        let db = sled::Config::new()
+        let codec = Codec::of_directory(&config.path);
+        let mut sled_config = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(None)
-            .use_compression(true)
-            .compression_factor(3)
+            .use_compression(codec.sled_compression());
+        if codec.sled_compression() {
+            sled_config = sled_config.compression_factor(3);
+        }
+        let db = sled_config
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
         let inner = Inner {
@@ -361,6 +369,7 @@ impl SledStorage {
             legacy_frames: db.open_tree("frames").map_err(io)?,
             legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
+            codec,
             db,
             levels: config
                 .levels
@@ -424,7 +433,9 @@ impl SledStorage {
 impl Inner {
     fn load(&self) -> Result<(), StorageError> {
         if let Some(v) = self.chunks.get(LOG_SEQ_KEY).map_err(io)? {
-            let seq = v
+            let seq = self
+                .codec
+                .unpack(&v)?
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
@@ -476,13 +487,13 @@ impl Inner {
             let (k, v) = kv.map_err(io)?;
             let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
             let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
-            load_frame_block(dict, block, &v)?;
+            load_frame_block(dict, block, &self.codec.unpack(&v)?)?;
         }
         for kv in self.node_blocks.iter().filter(|_| legacy) {
             let (k, v) = kv.map_err(io)?;
             let (svc, block) = (u32_at(&k, 0)?, u32_at(&k, 4)?);
             let dict = st.services.get_mut(&by_id(svc)?).expect("loaded above");
-            load_node_block(dict, block, &v)?;
+            load_node_block(dict, block, &self.codec.unpack(&v)?)?;
         }
         for kv in self.legacy_frames.iter() {
             let (k, v) = kv.map_err(io)?;
@@ -515,7 +526,7 @@ impl Inner {
         for kv in self.series_tree.iter() {
             let (k, v) = kv.map_err(io)?;
             let id = u32_at(&k, 0)?;
-            let rec: SeriesRecord = serde_json::from_slice(&v)
+            let rec: SeriesRecord = serde_json::from_slice(&self.codec.unpack(&v)?)
                 .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
             if id as usize != st.series.len() {
                 return Err(StorageError::Corrupt(format!(
@@ -681,14 +692,15 @@ impl Inner {
                 for (b, range) in blocks::dirty_blocks(dict.persisted_frames, dict.frames.len()) {
                     frames.insert(
                         &blocks::block_key(dict.id, b),
-                        blocks::encode_frames(&dict.frames[range]),
+                        self.codec.pack(&blocks::encode_frames(&dict.frames[range])),
                     );
                 }
                 for (b, range) in blocks::dirty_blocks(dict.persisted_nodes, dict.nodes.len()) {
                     let first = range.start;
                     nodes.insert(
                         &blocks::block_key(dict.id, b),
-                        blocks::encode_nodes(first, &dict.nodes[range]),
+                        self.codec
+                            .pack(&blocks::encode_nodes(first, &dict.nodes[range])),
                     );
                 }
                 dict.persisted_frames = dict.frames.len();
@@ -697,7 +709,7 @@ impl Inner {
             let dirty: Vec<u32> = st.dirty_series.drain().collect();
             for id in dirty {
                 let rec = serde_json::to_vec(&st.series[id as usize]).expect("series serialize");
-                series.insert(&id.to_be_bytes(), rec);
+                series.insert(&id.to_be_bytes(), self.codec.pack(&rec));
             }
             migrate = std::mem::take(&mut st.migrate_legacy);
             (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
@@ -721,7 +733,7 @@ impl Inner {
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
             let old = match self.chunks.get(key).map_err(io)? {
-                Some(v) => Some(Stored::decode(&v)?),
+                Some(v) => Some(Stored::decode(&self.codec.unpack(&v)?)?),
                 None => None,
             };
             let finest = pending.finest;
@@ -748,7 +760,11 @@ impl Inner {
                     _ => None,
                 };
                 if let Some((b, profiles, total)) = reference {
-                    chunks.insert(&key, Stored::encode_same_as_finest(b, profiles, total));
+                    chunks.insert(
+                        &key,
+                        self.codec
+                            .pack(&Stored::encode_same_as_finest(b, profiles, total)),
+                    );
                     continue;
                 }
             }
@@ -760,10 +776,10 @@ impl Inner {
                     old
                 }
             };
-            chunks.insert(&key, merged.encode());
+            chunks.insert(&key, self.codec.pack(&merged.encode()));
         }
         if let Some(seq) = log_seq {
-            chunks.insert(&LOG_SEQ_KEY, &seq.to_be_bytes());
+            chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
         }
         self.chunks.apply_batch(chunks).map_err(io)?;
         if let Some(seq) = log_seq {
@@ -793,11 +809,11 @@ impl Inner {
         let read = |dict: &mut ServiceDict| -> Result<(), StorageError> {
             for kv in self.frame_blocks.scan_prefix(prefix) {
                 let (k, v) = kv.map_err(io)?;
-                load_frame_block(dict, u32_at(&k, 4)?, &v)?;
+                load_frame_block(dict, u32_at(&k, 4)?, &self.codec.unpack(&v)?)?;
             }
             for kv in self.node_blocks.scan_prefix(prefix) {
                 let (k, v) = kv.map_err(io)?;
-                load_node_block(dict, u32_at(&k, 4)?, &v)?;
+                load_node_block(dict, u32_at(&k, 4)?, &self.codec.unpack(&v)?)?;
             }
             Ok(())
         };
@@ -849,7 +865,7 @@ impl Inner {
                             "series {series}: a chunk refers to the finest bucket {bucket}, which is gone"
                         ))
                     })?;
-                Ok(Column::decode(&finest)?)
+                Ok(Column::decode(&self.codec.unpack(&finest)?)?)
             }
         }
     }
@@ -948,7 +964,7 @@ impl Inner {
                     let hi = chunk_key(id, level as u8, to.max(0) as u64);
                     for kv in self.chunks.range(lo..hi) {
                         let (_, v) = kv.map_err(io)?;
-                        let col = self.resolve(id, Stored::decode(&v)?)?;
+                        let col = self.resolve(id, Stored::decode(&self.codec.unpack(&v)?)?)?;
                         merged.profiles += col.profiles;
                         for (node, value) in col.entries {
                             let node = node as usize;
@@ -1030,7 +1046,7 @@ impl Inner {
                         let (k, v) = kv.map_err(io)?;
                         let bucket =
                             u64::from_be_bytes(k[5..13].try_into().expect("13-byte key")) as i64;
-                        let (profiles, total) = Column::decode_header(&v)?;
+                        let (profiles, total) = Column::decode_header(&self.codec.unpack(&v)?)?;
                         let value = if average && profiles > 0 {
                             total / profiles as i64
                         } else {
@@ -1107,7 +1123,7 @@ impl Inner {
         for (level, &(res, _)) in self.levels.iter().enumerate().skip(1) {
             let coarse = chunk_key(series, level as u8, bucket / res * res);
             if let Some(v) = self.chunks.get(coarse).map_err(io)? {
-                if matches!(Stored::decode(&v)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
+                if matches!(Stored::decode(&self.codec.unpack(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
                     batch.insert(&coarse, column);
                 }

@@ -379,6 +379,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
         for kv in i.frame_blocks.iter() {
             let (k, v) = kv.unwrap();
             let (svc, block) = (u32_at(&k, 0).unwrap(), u32_at(&k, 4).unwrap());
+            let v = i.codec.unpack(&v).unwrap();
             for (n, f) in blocks::decode_frames(&v).unwrap().into_iter().enumerate() {
                 let id = block * blocks::BLOCK as u32 + n as u32;
                 let mut key = svc.to_be_bytes().to_vec();
@@ -390,6 +391,7 @@ fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
             let (k, v) = kv.unwrap();
             let (svc, block) = (u32_at(&k, 0).unwrap(), u32_at(&k, 4).unwrap());
             let first = block as usize * blocks::BLOCK;
+            let v = i.codec.unpack(&v).unwrap();
             for (n, (parent, frame)) in blocks::decode_nodes(first, &v)
                 .unwrap()
                 .into_iter()
@@ -569,10 +571,10 @@ fn the_default_tenant_keeps_the_layout_from_before_tenants() {
     assert!(i.tenant_services.get("other\0app").unwrap().is_some());
     // Its series record has no tenant field: what a data directory from before holds.
     let rec = i.series_tree.get(0u32.to_be_bytes()).unwrap().unwrap();
-    let rec: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&i.codec.unpack(&rec).unwrap()).unwrap();
     assert!(rec.get("tenant").is_none(), "{rec}");
     let rec = i.series_tree.get(1u32.to_be_bytes()).unwrap().unwrap();
-    let rec: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&i.codec.unpack(&rec).unwrap()).unwrap();
     assert_eq!(rec["tenant"], "other");
 }
 
@@ -584,7 +586,7 @@ fn coarse_chunk_kinds(s: &SledStorage) -> (usize, usize) {
         if k.as_ref() == LOG_SEQ_KEY || k[4] == 0 {
             continue;
         }
-        match Stored::decode(&v).unwrap() {
+        match Stored::decode(&s.inner.codec.unpack(&v).unwrap()).unwrap() {
             Stored::SameAsFinest { .. } => kinds.0 += 1,
             Stored::Column(_) => kinds.1 += 1,
         }
@@ -815,4 +817,44 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
         .select_merge(&T, &query("svc7.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
     assert_eq!(m.tree.to_folded(), expected(7));
+}
+
+#[test]
+fn data_directories_where_sled_compresses_keep_that_and_new_ones_pack_values() {
+    let t0 = now_s() - 600;
+    let old = tempfile::tempdir().unwrap();
+    // A directory created before values were packed: sled's own compression on.
+    drop(
+        sled::Config::new()
+            .path(old.path())
+            .use_compression(true)
+            .open()
+            .unwrap(),
+    );
+    let new = tempfile::tempdir().unwrap();
+    for (dir, codec) in [
+        (old.path(), Codec::SledCompressed),
+        (new.path(), Codec::Packed),
+    ] {
+        {
+            let s = reopen(dir);
+            assert_eq!(s.inner.codec, codec);
+            s.write_blocking(
+                &T,
+                vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 3)])],
+            )
+            .unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = reopen(dir);
+        assert_eq!(s.inner.codec, codec);
+        let m = s
+            .inner
+            .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
+            .unwrap();
+        assert_eq!(m.tree.to_folded(), "main;a 3\n");
+    }
+    let conf =
+        String::from_utf8_lossy(&std::fs::read(new.path().join("conf")).unwrap()).into_owned();
+    assert!(conf.contains("use_compression: false"), "{conf}");
 }

@@ -1,0 +1,161 @@
+//! Values as sled stores them.
+//!
+//! sled 0.34 compresses every log message on its own and creates a zstd context for each: on
+//! the side-by-side load that was 12–15 % of ingest CPU, and a restart spent about 65 % of its
+//! time creating decompression contexts while it read the log back (seconds per 20 MB). Data
+//! directories created since keep sled's compression off and compress values here, with one
+//! reused context per thread; directories created before keep sled's compression (sled refuses
+//! to open a database with the other setting) and store values as they are.
+//!
+//! ```text
+//! packed value = 0x00 raw bytes                         (short, or not worth compressing)
+//!              | 0x01 varint raw length, zstd frame
+//! ```
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::path::Path;
+
+use kiln_plugin_api::StorageError;
+
+use crate::column::{put_varint, Reader};
+
+/// zstd level: 3 compresses columns of varints about as well as higher levels here, faster.
+const LEVEL: i32 = 3;
+/// Values shorter than this are kept raw: a zstd frame's header would eat the gain.
+const MIN_COMPRESS: usize = 64;
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<zstd::block::Compressor> = RefCell::new(zstd::block::Compressor::new());
+    static DECOMPRESSOR: RefCell<zstd::block::Decompressor> =
+        RefCell::new(zstd::block::Decompressor::new());
+}
+
+/// How values are stored in one data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// sled compresses (directories created before packing): values as they are.
+    SledCompressed,
+    /// Values packed here; sled's compression off.
+    Packed,
+}
+
+impl Codec {
+    /// The codec of the data directory at `path`: what its sled `conf` says, packed when new.
+    pub fn of_directory(path: &Path) -> Self {
+        // The file ends in a binary checksum: read it as bytes.
+        match std::fs::read(path.join("conf")) {
+            Ok(conf)
+                if String::from_utf8_lossy(&conf)
+                    .lines()
+                    .any(|l| l.trim() == "use_compression: true") =>
+            {
+                Codec::SledCompressed
+            }
+            _ => Codec::Packed,
+        }
+    }
+
+    pub fn sled_compression(self) -> bool {
+        self == Codec::SledCompressed
+    }
+
+    pub fn pack(self, raw: &[u8]) -> Vec<u8> {
+        if self == Codec::SledCompressed {
+            return raw.to_vec();
+        }
+        if raw.len() >= MIN_COMPRESS {
+            let compressed = COMPRESSOR.with(|c| c.borrow_mut().compress(raw, LEVEL));
+            if let Ok(compressed) = compressed {
+                if compressed.len() + 6 < raw.len() {
+                    let mut out = Vec::with_capacity(compressed.len() + 6);
+                    out.push(ZSTD);
+                    put_varint(&mut out, raw.len() as u64);
+                    out.extend_from_slice(&compressed);
+                    return out;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len() + 1);
+        out.push(RAW);
+        out.extend_from_slice(raw);
+        out
+    }
+
+    pub fn unpack(self, stored: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
+        if self == Codec::SledCompressed {
+            return Ok(Cow::Borrowed(stored));
+        }
+        match stored.first() {
+            Some(&RAW) => Ok(Cow::Borrowed(&stored[1..])),
+            Some(&ZSTD) => {
+                let mut r = Reader {
+                    bytes: stored,
+                    pos: 1,
+                };
+                let len = r.varint()? as usize;
+                let frame = &stored[r.pos..];
+                // A frame never expands more than this; a larger length is corruption.
+                if len > frame.len().saturating_mul(1024).max(1 << 16) {
+                    return Err(StorageError::Corrupt(format!(
+                        "packed value claims {len} bytes from {}",
+                        frame.len()
+                    )));
+                }
+                let raw = DECOMPRESSOR
+                    .with(|d| d.borrow_mut().decompress(frame, len))
+                    .map_err(|e| StorageError::Corrupt(format!("packed value: {e}")))?;
+                if raw.len() != len {
+                    return Err(StorageError::Corrupt(format!(
+                        "packed value is {} bytes, expected {len}",
+                        raw.len()
+                    )));
+                }
+                Ok(Cow::Owned(raw))
+            }
+            Some(other) => Err(StorageError::Corrupt(format!(
+                "packed value of unknown kind {other}"
+            ))),
+            None => Err(StorageError::Corrupt("empty packed value".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_and_unpacks_short_long_and_incompressible_values() {
+        let long: Vec<u8> = (0..4000u32).flat_map(|i| (i % 7).to_le_bytes()).collect();
+        let noise: Vec<u8> = (0..500u64)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+            .collect();
+        for raw in [&b""[..], b"short", &long, &noise] {
+            let packed = Codec::Packed.pack(raw);
+            assert_eq!(Codec::Packed.unpack(&packed).unwrap().as_ref(), raw);
+            assert!(packed.len() <= raw.len() + 1);
+            assert_eq!(Codec::SledCompressed.pack(raw), raw);
+        }
+        assert!(Codec::Packed.pack(&long).len() < long.len() / 10);
+    }
+
+    #[test]
+    fn corrupt_packed_values_are_errors() {
+        let long = vec![7u8; 1000];
+        let packed = Codec::Packed.pack(&long);
+        for cut in 0..packed.len() {
+            assert!(
+                Codec::Packed.unpack(&packed[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(Codec::Packed.unpack(&[9, 1, 2]).is_err());
+        let mut lying = vec![ZSTD];
+        put_varint(&mut lying, u64::MAX >> 1);
+        lying.extend_from_slice(&packed[3..]);
+        assert!(Codec::Packed.unpack(&lying).is_err());
+    }
+}
