@@ -1,0 +1,107 @@
+//! The per-daemon limits as middleware: query slots and timeout, body read timeout.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::LimitError;
+use crate::api_error::ApiError;
+use crate::auth::Principal;
+use crate::server::AppState;
+
+fn tenant_of(req: &Request) -> String {
+    req.extensions()
+        .get::<Principal>()
+        .map(|p| p.tenant.to_string())
+        .unwrap_or_default()
+}
+
+/// In front of the query routes: a free slot of `limits.max_concurrent_queries` (429 +
+/// `Retry-After` when none) and an answer within `limits.query_timeout` (503).
+pub async fn queries(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let tenant = tenant_of(&req);
+    let limits = &state.limits;
+    let config = limits.config();
+    let Ok(_slot) = limits.queries.clone().try_acquire_owned() else {
+        let e = LimitError {
+            retry_after: Some(1),
+            ..LimitError::new(
+                "limits.max_concurrent_queries",
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} queries are running, limits.max_concurrent_queries; retry shortly",
+                    config.max_concurrent_queries
+                ),
+            )
+        };
+        return ApiError::from(limits.refused(e, &tenant)).into_response();
+    };
+    // Dropping the handler stops the query at its next await; work already handed to a
+    // blocking thread finishes there, but holds no slot once answered.
+    match tokio::time::timeout(config.query_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let e = LimitError {
+                retry_after: Some(1),
+                ..LimitError::new(
+                    "limits.query_timeout",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the query took longer than limits.query_timeout = {}; narrow the time range or the selector",
+                        humantime::format_duration(config.query_timeout)
+                    ),
+                )
+            };
+            ApiError::from(limits.refused(e, &tenant)).into_response()
+        }
+    }
+}
+
+/// Reads a request's body within `limits.body_read_timeout` (408 and the connection closed
+/// past it) and `server.max_body_bytes` (413), so a client trickling a body ties up no
+/// handler.
+pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let tenant = tenant_of(&req);
+    let timeout = state.limits.config().body_read_timeout;
+    let max = state.config.server.max_body_bytes as usize;
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::too_large(format!(
+                    "the body exceeds server.max_body_bytes = {max}"
+                ))
+                .into_response()
+            } else {
+                ApiError::bad_request("bad_body", format!("reading the body: {e}"))
+                    .into_response()
+            };
+        }
+        Err(_) => {
+            let e = LimitError::new(
+                "limits.body_read_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within limits.body_read_timeout = {}",
+                    humantime::format_duration(timeout)
+                ),
+            );
+            let mut response = ApiError::from(state.limits.refused(e, &tenant)).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
