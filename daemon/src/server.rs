@@ -173,11 +173,10 @@ impl AppState {
     /// the per-daemon limits need a restart.
     ///
     /// The TLS certificate, key and client CAs are re-read from their files first, on their
-    /// own: a certificate that does not load keeps the previous one serving (logged, and
-    /// reported by `POST /-/reload`) while the rest of the configuration still reloads.
+    /// own: a certificate that does not load keeps the previous one serving (logged) while
+    /// the rest of the configuration still reloads.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let tls = self.tls.as_ref().map(|t| t.reload()).transpose();
-        if let Err(e) = &tls {
+        if let Some(Err(e)) = self.tls.as_ref().map(|t| t.reload()) {
             tracing::error!(error = %e, "TLS certificate not reloaded; the previous one keeps serving");
         }
         let source = self.config_source.as_ref().ok_or_else(|| {
@@ -187,7 +186,6 @@ impl AppState {
         let ingestion = Ingestion::build(&config, &self.metrics)?;
         self.ingestion.store(Arc::new(ingestion));
         self.limits.reload(&config.limits);
-        tls.context("reloading the TLS certificate")?;
         self.metrics.plugins_reloaded();
         tracing::info!("configuration and plugins reloaded");
         Ok(())
