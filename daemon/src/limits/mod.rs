@@ -331,7 +331,7 @@ impl Limits {
         {
             return;
         }
-        let known = match storage.series(tenant, None, i64::MIN, i64::MAX).await {
+        let known = match storage.series(tenant, None, 0, i64::MAX).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, %tenant, "listing series for limits.max_series; counting from this push on");
