@@ -49,7 +49,8 @@ impl ClientTls {
     /// An HTTP(S) agent trusting `--ca-file` and presenting `--client-cert`, if given.
     pub fn agent(&self, timeout: Option<Duration>) -> anyhow::Result<ureq::Agent> {
         use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let mut tls = TlsConfig::builder();
         if let Some(path) = &self.ca_file {
             let pem = read(path)?;

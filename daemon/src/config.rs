@@ -322,14 +322,20 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "limits.ingest_bytes_per_second",
         "KILN_LIMITS_INGEST_BYTES_PER_SECOND",
     ),
-    ("limits.ingest_burst_bytes", "KILN_LIMITS_INGEST_BURST_BYTES"),
+    (
+        "limits.ingest_burst_bytes",
+        "KILN_LIMITS_INGEST_BURST_BYTES",
+    ),
     ("limits.max_series", "KILN_LIMITS_MAX_SERIES"),
     (
         "limits.max_concurrent_queries",
         "KILN_LIMITS_MAX_CONCURRENT_QUERIES",
     ),
     ("limits.query_timeout", "KILN_LIMITS_QUERY_TIMEOUT"),
-    ("limits.header_read_timeout", "KILN_LIMITS_HEADER_READ_TIMEOUT"),
+    (
+        "limits.header_read_timeout",
+        "KILN_LIMITS_HEADER_READ_TIMEOUT",
+    ),
     ("limits.body_read_timeout", "KILN_LIMITS_BODY_READ_TIMEOUT"),
 ];
 
@@ -412,9 +418,21 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
     // Paths, addresses and durations stay strings even when they look like numbers.
     let value = match (name, value) {
         (
-            "path" | "dir" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval"
-            | "max_unapplied_age" | "type" | "cert_file" | "key_file" | "client_ca_file"
-            | "query_timeout" | "header_read_timeout" | "body_read_timeout",
+            "path"
+            | "dir"
+            | "listen"
+            | "base_url"
+            | "log_level"
+            | "retention"
+            | "flush_interval"
+            | "max_unapplied_age"
+            | "type"
+            | "cert_file"
+            | "key_file"
+            | "client_ca_file"
+            | "query_timeout"
+            | "header_read_timeout"
+            | "body_read_timeout",
             v,
         ) => toml::Value::String(match v {
             toml::Value::String(s) => s,

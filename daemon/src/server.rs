@@ -208,7 +208,8 @@ pub fn open_storage(config: &Config, plugins: &Registry) -> anyhow::Result<Arc<d
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.max_body_bytes as usize;
     // Reads: a slot of limits.max_concurrent_queries each, within limits.query_timeout.
-    let q = axum::middleware::from_fn_with_state(state.clone(), crate::limits::http::queries);
+    let q =
+        axum::middleware::from_fn_with_state(state.limits.clone(), crate::limits::http::queries);
     Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/pyroscope/ingest", post(ingest::ingest))
@@ -226,9 +227,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/apps",
-            get(query::apps)
-                .route_layer(q)
-                .delete(query::delete_app),
+            get(query::apps).route_layer(q).delete(query::delete_app),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/-/reload", post(reload))
@@ -367,11 +366,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
+        let service = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            },
+        );
         let http = http.clone();
         let watcher = graceful.watcher();
         let tls = state.tls.as_ref().map(|t| t.acceptor());
@@ -383,18 +384,19 @@ pub async fn serve(
                         .await
                 }
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out (limits.header_read_timeout)");
-                                return;
-                            }
-                        };
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out (limits.header_read_timeout)");
+                            return;
+                        }
+                    };
                     watcher
                         .watch(http.serve_connection(TokioIo::new(stream), service))
                         .await

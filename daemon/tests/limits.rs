@@ -98,7 +98,9 @@ fn ingest_rate_refuses_with_429_and_retry_after_per_tenant() {
     assert_eq!(v["code"], "resource_exhausted");
     let m = metrics(&d);
     assert!(
-        m.contains(r#"kiln_limit_refused_total{limit="limits.ingest_bytes_per_second",tenant="small"} 2"#),
+        m.contains(
+            r#"kiln_limit_refused_total{limit="limits.ingest_bytes_per_second",tenant="small"} 2"#
+        ),
         "{m}"
     );
 }
@@ -130,8 +132,16 @@ fn labels_and_samples_past_their_limits_are_refused_with_400() {
         "max_label_name_length = 12\nmax_label_value_length = 8\nmax_label_count = 3\nmax_samples_per_profile = 2\n",
     );
     for (name, body, limit) in [
-        ("l.cpu{k=valuetoolong}", "main 1\n", "limits.max_label_value_length"),
-        ("l.cpu{a_very_long_name=v}", "main 1\n", "limits.max_label_name_length"),
+        (
+            "l.cpu{k=valuetoolong}",
+            "main 1\n",
+            "limits.max_label_value_length",
+        ),
+        (
+            "l.cpu{a_very_long_name=v}",
+            "main 1\n",
+            "limits.max_label_name_length",
+        ),
         ("l.cpu{a=1,b=2,c=3}", "main 1\n", "limits.max_label_count"),
         ("l.cpu", "a 1\nb 1\nc 1\n", "limits.max_samples_per_profile"),
     ] {
@@ -142,7 +152,9 @@ fn labels_and_samples_past_their_limits_are_refused_with_400() {
     assert_eq!(push(&d, "anonymous", "l.cpu{a=1,b=2}", "a 1\nb 1\n").0, 200);
     let m = metrics(&d);
     assert!(
-        m.contains(r#"kiln_limit_refused_total{limit="limits.max_label_count",tenant="anonymous"} 1"#),
+        m.contains(
+            r#"kiln_limit_refused_total{limit="limits.max_label_count",tenant="anonymous"} 1"#
+        ),
         "{m}"
     );
 }
@@ -172,7 +184,11 @@ fn a_query_past_query_timeout_gets_503_naming_the_limit() {
         "/render?query={}&from=now-1h&until=now",
         enc("q.cpu{}")
     ));
-    assert_eq!((s, error_of(&b)), (503, "limits.query_timeout".to_string()), "{b}");
+    assert_eq!(
+        (s, error_of(&b)),
+        (503, "limits.query_timeout".to_string()),
+        "{b}"
+    );
     assert!(b.contains("limits.query_timeout"), "{b}");
     // Not a query: unaffected.
     assert_eq!(d.get("/healthz").0, 200);
@@ -216,7 +232,8 @@ fn slowloris_clients_are_cut_off_while_others_are_served() {
     let trickle = std::thread::spawn({
         let mut w = slow.try_clone().unwrap();
         move || {
-            for b in b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+            for b in b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+            {
                 if w.write_all(&[*b]).is_err() {
                     return;
                 }

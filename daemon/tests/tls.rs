@@ -138,7 +138,10 @@ fn https_push_and_query_with_the_right_ca_and_a_wrong_ca_refused() {
     assert!(push(&wrong, &d, "main;evil 1\n").is_err());
     // Plain HTTP to the HTTPS port is not served either.
     let plain = common::agent()
-        .get(format!("{}/healthz", d.url.replacen("https://", "http://", 1)))
+        .get(format!(
+            "{}/healthz",
+            d.url.replacen("https://", "http://", 1)
+        ))
         .call();
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
     assert!(!folded(&good, &d).contains("evil"));
@@ -149,7 +152,14 @@ fn https_push_and_query_with_the_right_ca_and_a_wrong_ca_refused() {
     std::fs::write(&profile, "main;cli 3\n").unwrap();
     let run = |ca: &Path| {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["ingest", "--app", "tlsapp.cpu", "--server", &d.url, "--ca-file"])
+            .args([
+                "ingest",
+                "--app",
+                "tlsapp.cpu",
+                "--server",
+                &d.url,
+                "--ca-file",
+            ])
             .arg(ca)
             .arg(&profile)
             .args(["--config", "/dev/null"])
@@ -157,7 +167,11 @@ fn https_push_and_query_with_the_right_ca_and_a_wrong_ca_refused() {
             .unwrap()
     };
     let out = run(&ca_file);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(folded(&good, &d).contains("main;cli 3"));
     let other = Ca::new("other").write(dir.path(), "other.pem");
     assert!(!run(&other).status.success());
@@ -231,7 +245,10 @@ fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
     hup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while fresh(&second).is_err() {
-        assert!(Instant::now() < deadline, "the new certificate is not served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not served"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(fresh(&first).is_err(), "the old certificate is gone");

@@ -20,7 +20,13 @@ impl Bucket {
     /// Takes `bytes`, or says how long until it could. A request larger than the whole burst
     /// is let through when the bucket is full and leaves it in debt, so a body bigger than
     /// the burst is slowed down, never refused for ever.
-    pub fn take(&mut self, bytes: u64, rate: u64, burst: u64, now: Instant) -> Result<(), Duration> {
+    pub fn take(
+        &mut self,
+        bytes: u64,
+        rate: u64,
+        burst: u64,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * rate as f64).min(burst as f64);

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::LimitError;
+use super::{LimitError, Limits};
 use crate::api_error::ApiError;
 use crate::auth::Principal;
 use crate::server::AppState;
@@ -22,9 +22,8 @@ fn tenant_of(req: &Request) -> String {
 
 /// In front of the query routes: a free slot of `limits.max_concurrent_queries` (429 +
 /// `Retry-After` when none) and an answer within `limits.query_timeout` (503).
-pub async fn queries(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn queries(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
     let tenant = tenant_of(&req);
-    let limits = &state.limits;
     let config = limits.config();
     let Ok(_slot) = limits.queries.clone().try_acquire_owned() else {
         let e = LimitError {
@@ -78,13 +77,10 @@ pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                ApiError::too_large(format!(
-                    "the body exceeds server.max_body_bytes = {max}"
-                ))
-                .into_response()
-            } else {
-                ApiError::bad_request("bad_body", format!("reading the body: {e}"))
+                ApiError::too_large(format!("the body exceeds server.max_body_bytes = {max}"))
                     .into_response()
+            } else {
+                ApiError::bad_request("bad_body", format!("reading the body: {e}")).into_response()
             };
         }
         Err(_) => {
@@ -103,5 +99,58 @@ pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) 
             return response;
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::limits::LimitsConfig;
+
+    #[tokio::test]
+    async fn past_max_concurrent_queries_a_query_gets_429_until_a_slot_frees() {
+        let limits = Arc::new(Limits::new(
+            &LimitsConfig {
+                max_concurrent_queries: 1,
+                ..LimitsConfig::default()
+            },
+            crate::metrics::Metrics::default(),
+        ));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = release.clone();
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    held.notified().await;
+                    "done"
+                }),
+            )
+            .route("/fast", get(|| async { "fast" }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                limits.clone(),
+                queries,
+            ));
+        let get = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let first = tokio::spawn(app.clone().oneshot(get("/slow")));
+        while limits.queries.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = app.clone().oneshot(get("/fast")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(refused.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("limits.max_concurrent_queries"));
+        release.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        let served = app.oneshot(get("/fast")).await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+    }
 }

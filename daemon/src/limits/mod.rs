@@ -341,11 +341,8 @@ impl Limits {
         let mut all = self.series.lock();
         let set = all.entry(tenant.clone()).or_default();
         set.seeded = true;
-        set.keys.extend(
-            known
-                .iter()
-                .map(|s| series_key(&s.labels, &s.profile_type)),
-        );
+        set.keys
+            .extend(known.iter().map(|s| series_key(&s.labels, &s.profile_type)));
     }
 
     /// Checks and shapes the profiles of one push before anything of it is kept: labels and
