@@ -255,10 +255,7 @@ fn slowloris_clients_are_cut_off_while_others_are_served() {
     // A body promised and trickled: 408 naming the limit, then closed.
     let mut slow = TcpStream::connect(&addr).unwrap();
     slow.write_all(
-        format!(
-            "POST /ingest?name=slow.cpu HTTP/1.1\r\nHost: kiln\r\nContent-Length: 100\r\n\r\nmain 1"
-        )
-        .as_bytes(),
+        b"POST /ingest?name=slow.cpu HTTP/1.1\r\nHost: kiln\r\nContent-Length: 100\r\n\r\nmain 1",
     )
     .unwrap();
     let got = closed_within(&mut slow, Duration::from_secs(5)).expect("slow body not cut off");
