@@ -175,6 +175,31 @@ fn https_push_and_query_with_the_right_ca_and_a_wrong_ca_refused() {
     assert!(folded(&good, &d).contains("main;cli 3"));
     let other = Ca::new("other").write(dir.path(), "other.pem");
     assert!(!run(&other).status.success());
+
+    // `kiln admin … --server` and `kiln reload` too.
+    let cli = |args: &[&str], ca: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .args(["--server", &d.url, "--ca-file"])
+            .arg(ca)
+            .args(["--config", "/dev/null"])
+            .env_remove("KILN_AUTH_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["admin", "apikey", "list"], &ca_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cli(&["admin", "apikey", "list"], &other).status.success());
+    let out = cli(&["reload"], &ca_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -25,8 +25,9 @@ pub fn check(limits: &TenantLimits, profile: &Profile) -> Result<(), LimitError>
             return Err(LimitError::invalid(
                 "max_label_name_length",
                 format!(
-                    "label name {:?}… is {n} characters, more than limits.max_label_name_length = {}",
+                    "label name {:?}{} is {n} characters, more than limits.max_label_name_length = {}",
                     name.chars().take(32).collect::<String>(),
+                    if n > 32 { "…" } else { "" },
                     limits.max_label_name_length
                 ),
             ));
