@@ -634,6 +634,35 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_limits_are_read_and_checked() {
+        let c = load_str("", &[]).unwrap();
+        assert!(!c.tls.enabled());
+        assert_eq!(c.limits.max_concurrent_queries, 64);
+        let c = load_str(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[limits]\nquery_timeout = \"5s\"\n[limits.tenants.big]\nmax_series = 7\n",
+            &[("limits.max_series", "3".into())],
+        )
+        .unwrap();
+        assert!(c.tls.enabled());
+        assert_eq!(c.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.for_tenant("big").max_series, 7);
+        assert_eq!(c.limits.for_tenant("small").max_series, 3);
+        for (text, needle) in [
+            ("[tls]\ncert_file = \"c.pem\"\n", "key_file"),
+            ("[tls]\nclient_ca_file = \"ca.pem\"\n", "client_ca_file"),
+            ("[limits]\nquery_timeout = \"0s\"\n", "query_timeout"),
+            ("[limits]\nmax_series_typo = 1\n", "max_series_typo"),
+            (
+                "[limits.tenants.big]\nmax_stack_depth = 1\n",
+                "limits.tenants.big",
+            ),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn retention_caps_levels() {
         let c = load_str("[storage]\nretention = \"1d\"\n", &[]).unwrap();
         assert!(c

@@ -231,6 +231,44 @@ fn mutual_tls_refuses_clients_without_a_certificate_of_the_client_ca() {
     assert!(push(&stranger, &d, "main;rogue 1\n").is_err());
     let tree = folded(&with_cert, &d);
     assert!(!tree.contains("anon") && !tree.contains("rogue"), "{tree}");
+
+    // The CLI presents --client-cert / --client-key.
+    let ca_file = server_ca.write(dir.path(), "ca.pem");
+    let (c, k) = client_ca.sign(&["cli"]);
+    let (cert_file, key_file) = (dir.path().join("cli.pem"), dir.path().join("cli.key"));
+    std::fs::write(&cert_file, c).unwrap();
+    std::fs::write(&key_file, k).unwrap();
+    let profile = dir.path().join("p.folded");
+    std::fs::write(&profile, "main;mcli 4\n").unwrap();
+    let run = |client: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args([
+            "ingest",
+            "--app",
+            "tlsapp.cpu",
+            "--server",
+            &d.url,
+            "--ca-file",
+        ])
+        .arg(&ca_file)
+        .arg(&profile)
+        .args(["--config", "/dev/null"]);
+        if client {
+            cmd.arg("--client-cert")
+                .arg(&cert_file)
+                .arg("--client-key")
+                .arg(&key_file);
+        }
+        cmd.output().unwrap()
+    };
+    assert!(!run(false).status.success());
+    let out = run(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(folded(&with_cert, &d).contains("main;mcli 4"));
 }
 
 #[test]
