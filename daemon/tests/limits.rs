@@ -264,4 +264,15 @@ fn slowloris_clients_are_cut_off_while_others_are_served() {
     assert!(text.contains("limits.body_read_timeout"), "{text}");
     assert_eq!(d.get("/healthz").0, 200);
     assert_eq!(folded(&d, "anonymous", "slow.cpu{}").trim(), "");
+
+    // On the Connect API: a Connect error.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(
+        b"POST /push.v1.PusherService/Push HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    let got = closed_within(&mut slow, Duration::from_secs(5)).expect("slow body not cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("deadline_exceeded"), "{text}");
 }

@@ -70,18 +70,19 @@ pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     let tenant = tenant_of(&req);
     let timeout = state.limits.config().body_read_timeout;
     let max = state.config.server.max_body_bytes as usize;
+    let connect = req.uri().path().starts_with("/push.v1.");
     let (parts, body) = req.into_parts();
     let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
+            let e = if too_large {
                 ApiError::too_large(format!("the body exceeds server.max_body_bytes = {max}"))
-                    .into_response()
             } else {
-                ApiError::bad_request("bad_body", format!("reading the body: {e}")).into_response()
+                ApiError::bad_request("bad_body", format!("reading the body: {e}"))
             };
+            return answer(connect, e);
         }
         Err(_) => {
             let e = LimitError::new(
@@ -92,7 +93,7 @@ pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) 
                     humantime::format_duration(timeout)
                 ),
             );
-            let mut response = ApiError::from(state.limits.refused(e, &tenant)).into_response();
+            let mut response = answer(connect, state.limits.refused(e, &tenant).into());
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -101,6 +102,20 @@ pub async fn body(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// The HTTP API's JSON error, or on the Connect API a Connect error.
+fn answer(connect: bool, e: ApiError) -> Response {
+    if !connect {
+        return e.into_response();
+    }
+    let code = match e.status {
+        StatusCode::REQUEST_TIMEOUT => "deadline_exceeded",
+        StatusCode::PAYLOAD_TOO_LARGE => "resource_exhausted",
+        _ => "invalid_argument",
+    };
+    let body = serde_json::json!({ "code": code, "message": e.message });
+    (e.status, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]
