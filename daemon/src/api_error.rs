@@ -66,6 +66,7 @@ impl From<crate::durable::AcceptError> for ApiError {
                 retry_after: Some(retry_after.as_secs().max(1)),
             },
             AcceptError::Storage(e) => e.into(),
+            AcceptError::Limit(e) => e.into(),
             e @ (AcceptError::Log(_) | AcceptError::Task(_)) => Self::internal(e.to_string()),
         }
     }

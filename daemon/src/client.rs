@@ -26,6 +26,67 @@ pub struct IngestArgs {
     /// API key sent as a Bearer token.
     #[arg(long, env = "KILN_AUTH_TOKEN")]
     pub auth_token: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTls,
+}
+
+/// How the CLI reaches an `https://` daemon.
+#[derive(clap::Args, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust instead of the system's roots (a daemon whose
+    /// certificate a private CA signed).
+    #[arg(long, env = "KILN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for a daemon with tls.client_ca_file (mutual TLS).
+    #[arg(long, env = "KILN_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "KILN_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// An HTTP(S) agent trusting `--ca-file` and presenting `--client-cert`, if given.
+    pub fn agent(&self, timeout: Option<Duration>) -> anyhow::Result<ureq::Agent> {
+        use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut tls = TlsConfig::builder();
+        if let Some(path) = &self.ca_file {
+            let pem = read(path)?;
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                bail!("{}: no PEM certificate in the file", path.display());
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let pem = read(cert)?;
+            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if chain.is_empty() {
+                bail!("{}: no PEM certificate in the file", cert.display());
+            }
+            let key = PrivateKey::from_pem(&read(key)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(ureq::Agent::config_builder()
+            .timeout_global(timeout)
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .new_agent())
+    }
 }
 
 /// The format of a file: the flag, else guessed from its name.
@@ -79,11 +140,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         }
         name = format!("{}{{{}}}", name, args.labels.join(","));
     }
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+    let agent = args.tls.agent(Some(Duration::from_secs(60)))?;
     let bar = ProgressBar::new(args.files.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("static template"),
@@ -148,11 +205,8 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// `kiln reload`: POST /-/reload.
-pub fn reload(server: &str, auth_token: Option<&str>) -> anyhow::Result<()> {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+pub fn reload(server: &str, auth_token: Option<&str>, tls: &ClientTls) -> anyhow::Result<()> {
+    let agent = tls.agent(None)?;
     let mut req = agent.post(format!("{}/-/reload", server.trim_end_matches('/')));
     if let Some(t) = auth_token {
         req = req.header("Authorization", &format!("Bearer {t}"));

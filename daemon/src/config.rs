@@ -21,6 +21,10 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
+    #[serde(default)]
     pub transforms: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub sinks: BTreeMap<String, ComponentConfig>,
@@ -175,6 +179,25 @@ pub struct AuthConfig {
     pub open_metrics: bool,
 }
 
+/// `[tls]`: HTTPS instead of HTTP (see `docs/security.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. With `key_file`, the daemon serves HTTPS only.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one of
+    /// them (mutual TLS), or the handshake fails.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
 /// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the settings that
 /// type takes.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +315,28 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "KILN_AUTH_ALLOW_UNAUTHENTICATED",
     ),
     ("auth.open_metrics", "KILN_AUTH_OPEN_METRICS"),
+    ("tls.cert_file", "KILN_TLS_CERT_FILE"),
+    ("tls.key_file", "KILN_TLS_KEY_FILE"),
+    ("tls.client_ca_file", "KILN_TLS_CLIENT_CA_FILE"),
+    (
+        "limits.ingest_bytes_per_second",
+        "KILN_LIMITS_INGEST_BYTES_PER_SECOND",
+    ),
+    (
+        "limits.ingest_burst_bytes",
+        "KILN_LIMITS_INGEST_BURST_BYTES",
+    ),
+    ("limits.max_series", "KILN_LIMITS_MAX_SERIES"),
+    (
+        "limits.max_concurrent_queries",
+        "KILN_LIMITS_MAX_CONCURRENT_QUERIES",
+    ),
+    ("limits.query_timeout", "KILN_LIMITS_QUERY_TIMEOUT"),
+    (
+        "limits.header_read_timeout",
+        "KILN_LIMITS_HEADER_READ_TIMEOUT",
+    ),
+    ("limits.body_read_timeout", "KILN_LIMITS_BODY_READ_TIMEOUT"),
 ];
 
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
@@ -373,8 +418,21 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
     // Paths, addresses and durations stay strings even when they look like numbers.
     let value = match (name, value) {
         (
-            "path" | "dir" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval"
-            | "max_unapplied_age" | "type",
+            "path"
+            | "dir"
+            | "listen"
+            | "base_url"
+            | "log_level"
+            | "retention"
+            | "flush_interval"
+            | "max_unapplied_age"
+            | "type"
+            | "cert_file"
+            | "key_file"
+            | "client_ca_file"
+            | "query_timeout"
+            | "header_read_timeout"
+            | "body_read_timeout",
             v,
         ) => toml::Value::String(match v {
             toml::Value::String(s) => s,
@@ -408,6 +466,15 @@ impl Config {
         if self.wal.max_unapplied_age < self.server.flush_interval * 2 {
             bail!("in [wal], key `max_unapplied_age`: must be at least twice server.flush_interval, or every push would be refused between flushes");
         }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => bail!("in [tls], key `key_file`: required with cert_file"),
+            (None, Some(_)) => bail!("in [tls], key `cert_file`: required with key_file"),
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                bail!("in [tls], key `client_ca_file`: needs cert_file and key_file (mutual TLS is TLS)")
+            }
+            _ => {}
+        }
+        self.limits.validate()?;
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
             if t.kind == "relabel" {
@@ -564,6 +631,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[auth]") && err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_limits_are_read_and_checked() {
+        let c = load_str("", &[]).unwrap();
+        assert!(!c.tls.enabled());
+        assert_eq!(c.limits.max_concurrent_queries, 64);
+        let c = load_str(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[limits]\nquery_timeout = \"5s\"\n[limits.tenants.big]\nmax_series = 7\n",
+            &[("limits.max_series", "3".into())],
+        )
+        .unwrap();
+        assert!(c.tls.enabled());
+        assert_eq!(c.limits.query_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.for_tenant("big").max_series, 7);
+        assert_eq!(c.limits.for_tenant("small").max_series, 3);
+        for (text, needle) in [
+            ("[tls]\ncert_file = \"c.pem\"\n", "key_file"),
+            ("[tls]\nclient_ca_file = \"ca.pem\"\n", "client_ca_file"),
+            ("[limits]\nquery_timeout = \"0s\"\n", "query_timeout"),
+            ("[limits]\nmax_series_typo = 1\n", "max_series_typo"),
+            (
+                "[limits.tenants.big]\nmax_stack_depth = 1\n",
+                "limits.tenants.big",
+            ),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -74,7 +74,10 @@ impl From<ApiError> for ConnectError {
     fn from(e: ApiError) -> Self {
         Self {
             code: match e.status {
-                StatusCode::PAYLOAD_TOO_LARGE => "resource_exhausted",
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+                    "resource_exhausted"
+                }
+                StatusCode::REQUEST_TIMEOUT => "deadline_exceeded",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 s if s.is_client_error() => "invalid_argument",
                 _ => "internal",
@@ -187,6 +190,10 @@ async fn push_inner(
     body: Bytes,
 ) -> Result<bool, ConnectError> {
     let wire_bytes = body.len();
+    state
+        .limits
+        .admit_ingest(&principal.tenant, wire_bytes)
+        .map_err(ApiError::from)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

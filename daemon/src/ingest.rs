@@ -226,6 +226,7 @@ async fn ingest_inner(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let wire_bytes = body.len();
+    state.limits.admit_ingest(&principal.tenant, wire_bytes)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

@@ -20,6 +20,7 @@ mod durable;
 mod flamebearer;
 mod html_export;
 mod ingest;
+mod limits;
 mod metrics;
 mod otlp;
 mod pipeline;
@@ -30,6 +31,7 @@ mod selfprof;
 mod server;
 mod sink_queue;
 mod time;
+mod tls;
 mod ui;
 
 use std::path::PathBuf;
@@ -99,6 +101,15 @@ struct ServerArgs {
     /// Serve /metrics without a key when auth is on (auth.open_metrics).
     #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     auth_open_metrics: Option<bool>,
+    /// PEM certificate chain: serve HTTPS (tls.cert_file).
+    #[arg(long, global = true)]
+    tls_cert_file: Option<String>,
+    /// PEM private key of the certificate (tls.key_file).
+    #[arg(long, global = true)]
+    tls_key_file: Option<String>,
+    /// PEM CA certificates clients must present a certificate of (tls.client_ca_file).
+    #[arg(long, global = true)]
+    tls_client_ca_file: Option<String>,
 }
 
 impl ServerArgs {
@@ -135,6 +146,9 @@ impl ServerArgs {
             "auth.open_metrics",
             self.auth_open_metrics.map(|b| b.to_string()),
         );
+        push("tls.cert_file", self.tls_cert_file.clone());
+        push("tls.key_file", self.tls_key_file.clone());
+        push("tls.client_ca_file", self.tls_client_ca_file.clone());
         v
     }
 
@@ -161,6 +175,8 @@ enum Command {
         /// Admin API key, when the daemon has auth on.
         #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
         auth_token: Option<String>,
+        #[command(flatten)]
+        tls: client::ClientTls,
     },
     /// Administration: API keys.
     Admin {
@@ -281,7 +297,11 @@ fn main() -> anyhow::Result<()> {
                 }))
         }
         Command::Plugins { action } => plugins_command(action, &cli.server),
-        Command::Reload { server, auth_token } => client::reload(&server, auth_token.as_deref()),
+        Command::Reload {
+            server,
+            auth_token,
+            tls,
+        } => client::reload(&server, auth_token.as_deref(), &tls),
         Command::Admin { action } => {
             init_logging("warn");
             auth::cli::run(action, || Ok(cli.server.load()?.storage.path))

@@ -48,6 +48,17 @@ struct Refusal {
     tenant: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitRefusal {
+    limit: String,
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -73,6 +84,8 @@ pub struct Metrics {
     dictionary_loads: Counter,
     dictionary_evictions: Counter,
     auth_refused: Family<Refusal, Counter>,
+    limit_refused: Family<LimitRefusal, Counter>,
+    stacks_truncated: Family<TenantLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -182,6 +195,18 @@ impl Default for Metrics {
             "Requests refused by the auth layer, by cause (unauthenticated, malformed_credentials, unknown_key, revoked_key, expired_key, forbidden, tenant_mismatch, bad_tenant, remote_unauthenticated) and tenant (empty when no credential named one)",
             auth_refused.clone(),
         );
+        let limit_refused = Family::<LimitRefusal, Counter>::default();
+        registry.register(
+            "limit_refused",
+            "Requests refused by a limit, by limit (limits.ingest_bytes_per_second, limits.max_series, limits.max_label_name_length, limits.max_label_value_length, limits.max_label_count, limits.max_samples_per_profile, limits.max_concurrent_queries, limits.query_timeout, limits.body_read_timeout) and tenant",
+            limit_refused.clone(),
+        );
+        let stacks_truncated = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "stacks_truncated",
+            "Stacks deeper than limits.max_stack_depth cut to their leaf-side frames under a [truncated] frame, by tenant",
+            stacks_truncated.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             profiles,
@@ -201,6 +226,8 @@ impl Default for Metrics {
             dictionary_loads,
             dictionary_evictions,
             auth_refused,
+            limit_refused,
+            stacks_truncated,
         }
     }
 }
@@ -229,6 +256,24 @@ impl Metrics {
                 tenant: tenant.into(),
             })
             .inc();
+    }
+
+    /// A request a limit refused (`limit` is `limits.NAME`).
+    pub fn limit_refused(&self, limit: &str, tenant: &str) {
+        self.limit_refused
+            .get_or_create(&LimitRefusal {
+                limit: limit.into(),
+                tenant: tenant.into(),
+            })
+            .inc();
+    }
+
+    pub fn stacks_truncated(&self, tenant: &str, stacks: u64) {
+        self.stacks_truncated
+            .get_or_create(&TenantLabel {
+                tenant: tenant.into(),
+            })
+            .inc_by(stacks);
     }
 
     pub fn query(&self, endpoint: &str, took: Duration) {

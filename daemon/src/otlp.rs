@@ -40,6 +40,7 @@ async fn export_inner(
     body: Bytes,
 ) -> Result<(), ApiError> {
     let wire_bytes = body.len();
+    state.limits.admit_ingest(&principal.tenant, wire_bytes)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

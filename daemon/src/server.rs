@@ -116,6 +116,9 @@ pub struct AppState {
     pub ingestion: ArcSwap<Ingestion>,
     config_source: Option<ConfigSource>,
     pub metrics: Metrics,
+    pub limits: Arc<crate::limits::Limits>,
+    /// HTTPS settings when `[tls]` names a certificate.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl AppState {
@@ -129,10 +132,24 @@ impl AppState {
             listen: config.server.listen.clone(),
             keys: Arc::new(keys),
         };
+        let tls = match config.tls.enabled() {
+            true => Some(Arc::new(
+                crate::tls::Tls::load(&config.tls)
+                    .with_context(|| config.path.display().to_string())?,
+            )),
+            false => None,
+        };
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits, metrics.clone()));
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
-        let durable = Durability::start(&config, storage, &ingestion, metrics.clone())?;
+        let durable = Durability::start(
+            &config,
+            storage,
+            &ingestion,
+            metrics.clone(),
+            limits.clone(),
+        )?;
         let storage = Arc::new(ReadAfterAck {
             durability: durable.clone(),
             timeout: config.wal.max_unapplied_age,
@@ -145,19 +162,30 @@ impl AppState {
             ingestion: ArcSwap::from_pointee(ingestion),
             config_source,
             metrics,
+            limits,
+            tls,
         }))
     }
 
     /// Re-reads the configuration and the plugins directory and swaps in new decoders,
-    /// pipelines and renderers; requests in flight finish on the old ones. On any error nothing changes.
-    /// Listen address and storage settings need a restart.
+    /// pipelines, renderers and per-tenant limits; requests in flight finish on the old ones.
+    /// On any error nothing changes. Listen address, storage settings, `[tls]` file names and
+    /// the per-daemon limits need a restart.
+    ///
+    /// The TLS certificate, key and client CAs are re-read from their files first, on their
+    /// own: a certificate that does not load keeps the previous one serving (logged) while
+    /// the rest of the configuration still reloads.
     pub fn reload(&self) -> anyhow::Result<()> {
+        if let Some(Err(e)) = self.tls.as_ref().map(|t| t.reload()) {
+            tracing::error!(error = %e, "TLS certificate not reloaded; the previous one keeps serving");
+        }
         let source = self.config_source.as_ref().ok_or_else(|| {
             anyhow::anyhow!("this daemon was not started from a configuration it can re-read")
         })?;
         let config = source()?;
         let ingestion = Ingestion::build(&config, &self.metrics)?;
         self.ingestion.store(Arc::new(ingestion));
+        self.limits.reload(&config.limits);
         self.metrics.plugins_reloaded();
         tracing::info!("configuration and plugins reloaded");
         Ok(())
@@ -179,16 +207,28 @@ pub fn open_storage(config: &Config, plugins: &Registry) -> anyhow::Result<Arc<d
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.server.max_body_bytes as usize;
+    // Reads: a slot of limits.max_concurrent_queries each, within limits.query_timeout.
+    let q =
+        axum::middleware::from_fn_with_state(state.limits.clone(), crate::limits::http::queries);
     Router::new()
         .route("/ingest", post(ingest::ingest))
         .route("/pyroscope/ingest", post(ingest::ingest))
         .route("/push.v1.PusherService/Push", post(crate::connect::push))
         .route("/v1development/profiles", post(crate::otlp::export))
-        .route("/render", get(query::render))
-        .route("/render-diff", get(query::render_diff))
-        .route("/labels", get(query::labels))
-        .route("/label-values", get(query::label_values))
-        .route("/api/apps", get(query::apps).delete(query::delete_app))
+        .route("/render", get(query::render).route_layer(q.clone()))
+        .route(
+            "/render-diff",
+            get(query::render_diff).route_layer(q.clone()),
+        )
+        .route("/labels", get(query::labels).route_layer(q.clone()))
+        .route(
+            "/label-values",
+            get(query::label_values).route_layer(q.clone()),
+        )
+        .route(
+            "/api/apps",
+            get(query::apps).route_layer(q).delete(query::delete_app),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/-/reload", post(reload))
         .route("/metrics", get(metrics))
@@ -203,6 +243,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(crate::ui::index))
         .route("/ui/{*path}", get(crate::ui::asset))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Bodies arrive within limits.body_read_timeout, after auth (a refused request's
+        // body is never read).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::http::body,
+        ))
         // Outermost: nothing runs for a request the auth layer refuses.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -250,7 +296,13 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, auth = state.auth.config.enabled, "kiln listening");
+    tracing::info!(
+        %address,
+        auth = state.auth.config.enabled,
+        tls = state.tls.is_some(),
+        mutual_tls = state.tls.as_ref().is_some_and(|t| t.mutual()),
+        "kiln listening"
+    );
     if !state.auth.config.enabled && !address.ip().is_loopback() {
         if state.auth.config.allow_unauthenticated {
             tracing::warn!(%address, "auth is off and auth.allow_unauthenticated = true: every host that reaches this address may push, read and delete without credentials");
@@ -266,13 +318,7 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
         self_profiling.then(|| tokio::spawn(crate::selfprof::run_heap(state.clone())));
     let hangup = tokio::spawn(reload_on_sighup(state.clone()));
 
-    axum::serve(
-        listener,
-        router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving HTTP")?;
+    serve(listener, state.clone(), shutdown_signal()).await;
 
     flusher.abort();
     retention.abort();
@@ -285,6 +331,89 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     state.durable.close().await.context("final flush")?;
     tracing::info!("kiln stopped; data flushed");
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, then lets open ones finish (10 s at most). Plain
+/// HTTP/1.1, or HTTPS with the TLS configuration current at each accept; a client gets
+/// `limits.header_read_timeout` for the TLS handshake and for each request's headers.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let header_timeout = state.limits.config().header_read_timeout;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let app = router(state.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            },
+        );
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let tls = state.tls.as_ref().map(|t| t.acceptor());
+        tokio::spawn(async move {
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out (limits.header_read_timeout)");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
 }
 
 async fn flush_loop(state: Arc<AppState>, every: Duration) {

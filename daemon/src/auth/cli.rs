@@ -61,6 +61,9 @@ pub struct Remote {
     /// Admin API key for --server.
     #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// TLS options for an `https://` --server.
+    #[command(flatten)]
+    tls: crate::client::ClientTls,
 }
 
 /// Runs an admin command; `data_dir` loads the configuration for offline use.
@@ -76,7 +79,8 @@ pub fn run(
     };
     if let Some(server) = remote.server.clone() {
         let token = remote.auth_token.clone();
-        return run_remote(action, &server, token.as_deref());
+        let agent = remote.tls.agent(None)?;
+        return run_remote(action, &server, token.as_deref(), agent);
     }
     let dir = data_dir()?;
     let store = KeyStore::open(&dir).context("opening the API key store")?;
@@ -161,11 +165,12 @@ fn print_list(keys: Vec<Value>) {
     }
 }
 
-fn run_remote(action: ApikeyCommand, server: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+fn run_remote(
+    action: ApikeyCommand,
+    server: &str,
+    token: Option<&str>,
+    agent: ureq::Agent,
+) -> anyhow::Result<()> {
     let base = format!("{}/api/admin/apikeys", server.trim_end_matches('/'));
     let auth = token.map(|t| format!("Bearer {t}"));
     let send = |method: &str, url: &str, body: Option<Value>| -> anyhow::Result<Value> {

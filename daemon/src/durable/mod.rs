@@ -120,6 +120,9 @@ pub fn decode_units(ingestion: &Ingestion, units: &[Unit]) -> Result<Vec<Batch>,
 pub enum AcceptError {
     #[error(transparent)]
     Unit(#[from] UnitError),
+    /// A per-tenant limit refused the push (nothing of it was kept).
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     /// Storage lags the log by more than the configured bound: retry later.
     #[error("{why}; retry after {}s", retry_after.as_secs())]
     Behind { why: String, retry_after: Duration },
@@ -185,6 +188,7 @@ pub struct Durability {
     max_unapplied_age: Duration,
     retry_after: Duration,
     metrics: Metrics,
+    limits: Arc<crate::limits::Limits>,
 }
 
 impl Durability {
@@ -195,6 +199,7 @@ impl Durability {
         storage: Arc<dyn Storage>,
         ingestion: &Ingestion,
         metrics: Metrics,
+        limits: Arc<crate::limits::Limits>,
     ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let wal = if config.wal.enabled {
@@ -240,6 +245,7 @@ impl Durability {
             max_unapplied_age: config.wal.max_unapplied_age,
             retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
             metrics,
+            limits,
         }))
     }
 
@@ -277,12 +283,14 @@ impl Durability {
         units: Vec<Unit>,
     ) -> Result<Accepted, AcceptError> {
         self.check_backlog()?;
+        self.limits.seed_series(tenant, self.storage.as_ref()).await;
         let this = self.clone();
         let logged_tenant = tenant.clone();
         // Runs to completion even if the client goes away: a logged record always reaches the
         // applier.
         let (for_sinks, unlogged, stored) = tokio::task::spawn_blocking(move || {
-            let batches = decode_units(&ingestion, &units)?;
+            let mut batches = decode_units(&ingestion, &units)?;
+            this.limits.admit_profiles(&logged_tenant, &mut batches)?;
             let mut for_sinks = Vec::new();
             let mut profiles = Vec::new();
             for b in batches {
@@ -429,7 +437,12 @@ fn replay(
         let profiles = record::decode(payload, max_body)
             .map_err(|e| anyhow::anyhow!(e))
             .and_then(|(tenant, units)| {
-                Ok((tenant, decode_units(ingestion, &units)?))
+                let mut batches = decode_units(ingestion, &units)?;
+                crate::limits::truncate(
+                    &mut batches,
+                    config.limits.for_tenant(tenant.as_str()).max_stack_depth,
+                );
+                Ok((tenant, batches))
             });
         match profiles {
             Ok((tenant, batches)) => {

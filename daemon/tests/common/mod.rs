@@ -32,15 +32,20 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts a daemon with a fresh data directory under `dir`.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut d = Self {
+        let mut d = Self::start_later(dir, extra);
+        d.spawn();
+        d
+    }
+
+    /// A daemon to be started with [`Daemon::launch`] or [`Daemon::spawn`].
+    pub fn start_later(dir: &Path, extra: &[&str]) -> Self {
+        Self {
             url: String::new(),
             data: dir.join("data"),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts the process without waiting for it to listen.
