@@ -225,6 +225,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/label-values",
             get(query::label_values).route_layer(q.clone()),
         )
+        // The same reads where Grafana Pyroscope serves them (its Profiles Drilldown app and
+        // tools written against it call these paths).
+        .route(
+            "/pyroscope/render",
+            get(query::render).route_layer(q.clone()),
+        )
+        .route(
+            "/pyroscope/render-diff",
+            get(query::render_diff).route_layer(q.clone()),
+        )
+        .route(
+            "/pyroscope/labels",
+            get(query::labels).route_layer(q.clone()),
+        )
+        .route(
+            "/pyroscope/label-values",
+            get(query::label_values).route_layer(q.clone()),
+        )
         .route(
             "/api/apps",
             get(query::apps).route_layer(q).delete(query::delete_app),

@@ -783,3 +783,31 @@ fn dictionaries_leave_memory_past_their_budget_and_answers_stay_the_same() {
     check(&d);
     assert!(metric(&d, "kiln_storage_dictionary_loads_total") >= 5);
 }
+
+#[test]
+fn grafana_pyroscope_paths_answer_the_same_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    let (status, body) = d.ingest(
+        "name=legacy.cpu%7Benv%3Dprod%7D&format=folded",
+        "text/plain",
+        b"main;a 3\nmain;b 4\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let q = format!("query={}&from=now-1h&until=now%2B1m", enc("legacy.cpu"));
+    let ours = d.get_json(&format!("/render?{q}"));
+    let theirs = d.get_json(&format!("/pyroscope/render?{q}"));
+    assert_eq!(ours["flamebearer"], theirs["flamebearer"]);
+    assert_eq!(theirs["flamebearer"]["numTicks"], 7);
+    let diff = d.get_json(&format!(
+        "/pyroscope/render-diff?leftQuery={0}&rightQuery={0}&leftFrom=now-1h&leftUntil=now%2B1m&rightFrom=now-1h&rightUntil=now%2B1m",
+        enc("legacy.cpu")
+    ));
+    assert_eq!(diff["leftTicks"], 7);
+    let labels = d.get_json("/pyroscope/labels?query=legacy.cpu").to_string();
+    assert!(labels.contains("env"), "{labels}");
+    let values = d
+        .get_json("/pyroscope/label-values?label=env&query=legacy.cpu")
+        .to_string();
+    assert!(values.contains("prod"), "{values}");
+}
