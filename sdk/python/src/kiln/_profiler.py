@@ -54,7 +54,11 @@ class Profiler:
                 config.retry_initial_delay, config.retry_max_delay, config.max_upload_attempts
             ),
         )
-        self._stop = threading.Event()
+        # Held while running; stop() releases it. The sampling thread waits between ticks by
+        # trying to take it with a timeout: one C call, where Event.wait runs a dozen lines of
+        # Python per tick.
+        self._running = threading.Lock()
+        self._running.acquire()
         self._thread = threading.Thread(target=self._run, name="kiln-sampler", daemon=True)
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -75,7 +79,7 @@ class Profiler:
                 return True
             self._stopped = True
         deadline = time.monotonic() + timeout
-        self._stop.set()
+        self._running.release()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self._flush()
@@ -105,7 +109,7 @@ class Profiler:
         next_flush = next_tick + self.config.upload_interval
         while True:
             now = time.monotonic()
-            if self._stop.wait(max(0.0, next_tick - now)):
+            if self._running.acquire(True, max(0.0, next_tick - now)):
                 return
             now = time.monotonic()
             self._sample(now)
