@@ -10,6 +10,10 @@ peak resident set (both from wait4). With a fixed amount of work the extra CPU i
 cost; with a time-bound workload it is only a lower bound when the machine is busy (a busy main
 thread gets less CPU when something else takes it).
 
+A workload that also prints a line `steady-cpu-seconds: S` (its own CPU time over a fixed part
+of the work after a warm-up, without start-up costs) gets two more columns: that time and its
+difference from the baseline's, the steady-state cost of a profiler that runs for long.
+
 The noise floor is half the spread (max − min) of the baseline's own runs: a difference below it
 is not a measurement. Environment variables go in front as `env NAME=VALUE command`.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -33,6 +38,7 @@ class Run:
     wall: float
     max_rss_mb: float
     output: str = ""
+    steady_cpu: float | None = None  # from the workload's `steady-cpu-seconds:` line, if any
 
 
 @dataclass
@@ -42,6 +48,9 @@ class Variant:
     env: dict[str, str] | None = None
     runs: list[Run] = field(default_factory=list)
 
+    def has(self, attr: str) -> bool:
+        return bool(self.runs) and all(getattr(r, attr) is not None for r in self.runs)
+
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
@@ -50,15 +59,14 @@ class Variant:
         return (max(values) - min(values)) / 2
 
 
-def run_once(command: list[str], env: dict[str, str] | None = None, capture: bool = False) -> Run:
+STEADY = re.compile(r"^steady-cpu-seconds: ([0-9.]+)\s*$", re.MULTILINE)
+
+
+def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
     started = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    output = proc.stdout.read().decode(errors="replace") if capture else ""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode(errors="replace")
     # wait4 rather than wait: it returns the child's own CPU time and peak RSS.
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
@@ -66,17 +74,25 @@ def run_once(command: list[str], env: dict[str, str] | None = None, capture: boo
     if code != 0:
         sys.exit(f"{shlex.join(command)!r} exited with {code}")
     rss_kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
-    return Run(usage.ru_utime + usage.ru_stime, wall, rss_kib / 1024, output)
+    steady = STEADY.search(output)
+    return Run(
+        usage.ru_utime + usage.ru_stime,
+        wall,
+        rss_kib / 1024,
+        output,
+        float(steady.group(1)) if steady else None,
+    )
 
 
-def measure(variants: list[Variant], repeat: int, capture: bool = False) -> None:
+def measure(variants: list[Variant], repeat: int) -> None:
     """Runs every variant ``repeat`` times, in turns; results go to ``variant.runs``."""
     for i in range(repeat):
         for v in variants:
-            run = run_once(v.command, v.env, capture)
+            run = run_once(v.command, v.env)
             v.runs.append(run)
+            steady = "" if run.steady_cpu is None else f" ({run.steady_cpu:.2f} s after warm-up)"
             print(
-                f"  [{i + 1}/{repeat}] {v.name}: {run.cpu:.2f} s CPU, {run.wall:.2f} s wall,"
+                f"  [{i + 1}/{repeat}] {v.name}: {run.cpu:.2f} s CPU{steady}, {run.wall:.2f} s wall,"
                 f" max RSS {run.max_rss_mb:.0f} MB",
                 file=sys.stderr,
             )
@@ -86,7 +102,18 @@ def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = Non
     """The comparison table; ``extra[column][variant name]`` adds columns."""
     base = variants[0]
     base_cpu, base_rss = base.median("cpu"), base.median("max_rss_mb")
-    extra = extra or {}
+    extra = dict(extra or {})
+    if all(v.has("steady_cpu") for v in variants):
+        steady_base = base.median("steady_cpu")
+        extra["CPU s after warm-up"] = {
+            v.name: f"{v.median('steady_cpu'):.2f} ± {v.half_spread('steady_cpu'):.2f}"
+            for v in variants
+        }
+        extra["after warm-up vs baseline"] = {
+            v.name: f"{100 * (v.median('steady_cpu') - steady_base) / steady_base:+.1f} %"
+            for v in variants[1:]
+        }
+        extra["after warm-up vs baseline"][base.name] = "—"
     head = ["variant", "runs", "CPU s", "CPU vs baseline", "max RSS MB", "RSS vs baseline", *extra]
     rows = [head]
     for v in variants:
@@ -107,9 +134,15 @@ def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = Non
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     noise_cpu = 100 * base.half_spread("cpu") / base_cpu if base_cpu else 0.0
+    noise_steady = ""
+    if base.has("steady_cpu") and base.median("steady_cpu"):
+        noise_steady = (
+            f", ±{100 * base.half_spread('steady_cpu') / base.median('steady_cpu'):.1f} %"
+            " CPU after warm-up"
+        )
     lines.append(
         f"noise floor (half the spread of the baseline's {len(base.runs)} runs):"
-        f" ±{noise_cpu:.1f} % CPU, ±{base.half_spread('max_rss_mb'):.0f} MB RSS"
+        f" ±{noise_cpu:.1f} % CPU, ±{base.half_spread('max_rss_mb'):.0f} MB RSS{noise_steady}"
         + ("" if len(base.runs) > 1 else " — one run has no noise floor; use --repeat 3 or more")
     )
     return "\n".join(lines)

@@ -1,3 +1,5 @@
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.util.ArrayList;
 import java.util.List;
@@ -6,7 +8,11 @@ import java.util.List;
  * The workload of examples/java-app/JavaApp.java (a SHA-256 hot path and a 16 KiB allocation
  * hot path, about 70/30 of the time) as a fixed amount of work instead of a fixed time, so that
  * whatever CPU a profiler adds shows in the process's CPU time even when the machine is busy.
- * Usage: java OverheadApp ROUNDS
+ * Usage: java OverheadApp ROUNDS [WARMUP_SECONDS]
+ *
+ * <p>With a warm-up, it first runs rounds for that many seconds (JIT, a profiler's start-up and
+ * its first uploads), then ROUNDS counted rounds, and prints the process CPU time of those
+ * rounds as {@code steady-cpu-seconds: S}: the steady-state cost without the one-time start-up.
  */
 public class OverheadApp {
     static byte[] sink;
@@ -26,11 +32,26 @@ public class OverheadApp {
         }
     }
 
+    /** User+system CPU seconds of this process so far (Linux; clock ticks of 10 ms). */
+    static double processCpu() throws Exception {
+        String stat = Files.readString(Path.of("/proc/self/stat"));
+        String[] f = stat.substring(stat.lastIndexOf(')') + 2).split(" ");
+        return (Long.parseLong(f[11]) + Long.parseLong(f[12])) / 100.0;
+    }
+
     public static void main(String[] args) throws Exception {
         int rounds = args.length > 0 ? Integer.parseInt(args[0]) : 200;
+        double warmup = args.length > 1 ? Double.parseDouble(args[1]) : 0;
+        long warmEnd = System.nanoTime() + (long) (warmup * 1e9);
+        while (System.nanoTime() < warmEnd) {
+            hashLoop(14000);
+            allocLoop(8000);
+        }
+        double cpu0 = warmup > 0 ? processCpu() : 0;
         for (int r = 0; r < rounds; r++) {
             hashLoop(14000);
             allocLoop(8000);
         }
+        if (warmup > 0) System.out.printf("steady-cpu-seconds: %.2f%n", processCpu() - cpu0);
     }
 }

@@ -1,9 +1,8 @@
 package dev.kiln;
 
 import java.io.IOException;
+import java.io.InputStream;
 import java.lang.instrument.Instrumentation;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.concurrent.Executors;
@@ -12,6 +11,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.logging.Logger;
 
 import jdk.jfr.Recording;
+import jdk.jfr.RecordingState;
 
 /**
  * Profiles the JVM with JDK Flight Recorder and pushes each interval's recording to Kiln's
@@ -81,7 +81,7 @@ public final class KilnAgent {
         r.enable("jdk.ObjectAllocationSample").with("throttle", "150/s");
         r.enable("jdk.JavaMonitorEnter").withThreshold(Duration.ofMillis(10)).withStackTrace();
         r.enable("jdk.ThreadPark").withThreshold(Duration.ofMillis(10)).withStackTrace();
-        // On disk: dumping a stopped in-memory recording is not supported by the JDK.
+        // On disk: the data of a stopped in-memory recording cannot be read back.
         r.setToDisk(true);
         r.start();
         return r;
@@ -103,23 +103,17 @@ public final class KilnAgent {
         recording = next;
         from = until;
         if (done == null) return;
-        done.stop();
-        Path file = null;
         try {
-            file = Files.createTempFile("kiln-", ".jfr");
-            done.dump(file);
-            uploader.enqueue(new Uploader.Upload(Files.readAllBytes(file), start, until));
-        } catch (IOException e) {
+            // At exit the JDK's own shutdown hook may have stopped it already.
+            if (done.getState() == RecordingState.RUNNING) done.stop();
+            // Read the recording's chunks where JFR wrote them rather than dumping a copy first.
+            try (InputStream in = done.getStream(null, null)) {
+                if (in != null) uploader.enqueue(new Uploader.Upload(in.readAllBytes(), start, until));
+            }
+        } catch (IOException | IllegalStateException e) {
             LOG.warning("kiln: reading the recording failed: " + e);
         } finally {
             done.close();
-            if (file != null) {
-                try {
-                    Files.deleteIfExists(file);
-                } catch (IOException ignored) {
-                    // a leftover temp file is harmless
-                }
-            }
         }
     }
 
