@@ -10,9 +10,11 @@ peak resident set (both from wait4). With a fixed amount of work the extra CPU i
 cost; with a time-bound workload it is only a lower bound when the machine is busy (a busy main
 thread gets less CPU when something else takes it).
 
-A workload that also prints a line `steady-cpu-seconds: S` (its own CPU time over a fixed part
-of the work after a warm-up, without start-up costs) gets two more columns: that time and its
-difference from the baseline's, the steady-state cost of a profiler that runs for long.
+A workload may instead warm up for a fixed time and then print `steady-cpu-seconds: S` (its
+own CPU time over a fixed amount of work after the warm-up) and `startup-cpu-seconds: U` (CPU
+time before that, less what its warm-up work costs at the steady rate). Its whole run is then
+not a fixed amount of work, so the table compares those two instead: the steady-state cost of a
+profiler that runs for long (in %) and its one-time start-up cost (in CPU seconds).
 
 The noise floor is half the spread (max − min) of the baseline's own runs: a difference below it
 is not a measurement. Environment variables go in front as `env NAME=VALUE command`.
@@ -39,6 +41,7 @@ class Run:
     max_rss_mb: float
     output: str = ""
     steady_cpu: float | None = None  # from the workload's `steady-cpu-seconds:` line, if any
+    startup_cpu: float | None = None  # from its `startup-cpu-seconds:` line, if any
 
 
 @dataclass
@@ -59,7 +62,10 @@ class Variant:
         return (max(values) - min(values)) / 2
 
 
-STEADY = re.compile(r"^steady-cpu-seconds: ([0-9.]+)\s*$", re.MULTILINE)
+def reported(output: str, name: str) -> float | None:
+    """The value of a `NAME: SECONDS` line printed by the workload."""
+    found = re.search(rf"^{name}: (-?[0-9.]+)\s*$", output, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
@@ -74,13 +80,13 @@ def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
     if code != 0:
         sys.exit(f"{shlex.join(command)!r} exited with {code}")
     rss_kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
-    steady = STEADY.search(output)
     return Run(
         usage.ru_utime + usage.ru_stime,
         wall,
         rss_kib / 1024,
         output,
-        float(steady.group(1)) if steady else None,
+        reported(output, "steady-cpu-seconds"),
+        reported(output, "startup-cpu-seconds"),
     )
 
 
@@ -90,7 +96,9 @@ def measure(variants: list[Variant], repeat: int) -> None:
         for v in variants:
             run = run_once(v.command, v.env)
             v.runs.append(run)
-            steady = "" if run.steady_cpu is None else f" ({run.steady_cpu:.2f} s after warm-up)"
+            steady = "" if run.steady_cpu is None else (
+                f" ({run.steady_cpu:.2f} s after warm-up, start-up {run.startup_cpu} s)"
+            )
             print(
                 f"  [{i + 1}/{repeat}] {v.name}: {run.cpu:.2f} s CPU{steady}, {run.wall:.2f} s wall,"
                 f" max RSS {run.max_rss_mb:.0f} MB",
@@ -101,48 +109,43 @@ def measure(variants: list[Variant], repeat: int) -> None:
 def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = None) -> str:
     """The comparison table; ``extra[column][variant name]`` adds columns."""
     base = variants[0]
-    base_cpu, base_rss = base.median("cpu"), base.median("max_rss_mb")
-    extra = dict(extra or {})
-    if all(v.has("steady_cpu") for v in variants):
-        steady_base = base.median("steady_cpu")
-        extra["CPU s after warm-up"] = {
-            v.name: f"{v.median('steady_cpu'):.2f} ± {v.half_spread('steady_cpu'):.2f}"
-            for v in variants
-        }
-        extra["after warm-up vs baseline"] = {
-            v.name: f"{100 * (v.median('steady_cpu') - steady_base) / steady_base:+.1f} %"
-            for v in variants[1:]
-        }
-        extra["after warm-up vs baseline"][base.name] = "—"
-    head = ["variant", "runs", "CPU s", "CPU vs baseline", "max RSS MB", "RSS vs baseline", *extra]
+    steady = all(v.has("steady_cpu") and v.has("startup_cpu") for v in variants)
+    cpu_attr = "steady_cpu" if steady else "cpu"
+    base_cpu, base_rss = base.median(cpu_attr), base.median("max_rss_mb")
+    head = ["variant", "runs"]
+    head += ["CPU s after warm-up", "vs baseline", "start-up CPU s", "vs baseline"] if steady else [
+        "CPU s", "CPU vs baseline"]
+    head += ["max RSS MB", "RSS vs baseline", *(extra or {})]
     rows = [head]
     for v in variants:
-        cpu, rss = v.median("cpu"), v.median("max_rss_mb")
+        cpu, rss = v.median(cpu_attr), v.median("max_rss_mb")
         first = v is base
-        rows.append(
-            [
-                v.name,
-                str(len(v.runs)),
-                f"{cpu:.2f} ± {v.half_spread('cpu'):.2f}",
-                "—" if first else f"{100 * (cpu - base_cpu) / base_cpu:+.1f} %",
-                f"{rss:.0f} ± {v.half_spread('max_rss_mb'):.0f}",
-                "—" if first else f"{rss - base_rss:+.0f} MB",
-                *(col.get(v.name, "") for col in extra.values()),
+        row = [v.name, str(len(v.runs))]
+        row += [
+            f"{cpu:.2f} ± {v.half_spread(cpu_attr):.2f}",
+            "—" if first else f"{100 * (cpu - base_cpu) / base_cpu:+.1f} %",
+        ]
+        if steady:
+            up = v.median("startup_cpu")
+            row += [
+                f"{up:.2f} ± {v.half_spread('startup_cpu'):.2f}",
+                "—" if first else f"{up - base.median('startup_cpu'):+.2f} s",
             ]
-        )
+        row += [
+            f"{rss:.0f} ± {v.half_spread('max_rss_mb'):.0f}",
+            "—" if first else f"{rss - base_rss:+.0f} MB",
+            *(col.get(v.name, "") for col in (extra or {}).values()),
+        ]
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    noise_cpu = 100 * base.half_spread("cpu") / base_cpu if base_cpu else 0.0
-    noise_steady = ""
-    if base.has("steady_cpu") and base.median("steady_cpu"):
-        noise_steady = (
-            f", ±{100 * base.half_spread('steady_cpu') / base.median('steady_cpu'):.1f} %"
-            " CPU after warm-up"
-        )
+    noise_cpu = 100 * base.half_spread(cpu_attr) / base_cpu if base_cpu else 0.0
+    startup_noise = f", ±{base.half_spread('startup_cpu'):.2f} s start-up CPU" if steady else ""
     lines.append(
         f"noise floor (half the spread of the baseline's {len(base.runs)} runs):"
-        f" ±{noise_cpu:.1f} % CPU, ±{base.half_spread('max_rss_mb'):.0f} MB RSS{noise_steady}"
+        f" ±{noise_cpu:.1f} % CPU{' after warm-up' if steady else ''}{startup_noise},"
+        f" ±{base.half_spread('max_rss_mb'):.0f} MB RSS"
         + ("" if len(base.runs) > 1 else " — one run has no noise floor; use --repeat 3 or more")
     )
     return "\n".join(lines)

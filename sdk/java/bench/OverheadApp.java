@@ -13,6 +13,8 @@ import java.util.List;
  * <p>With a warm-up, it first runs rounds for that many seconds (JIT, a profiler's start-up and
  * its first uploads), then ROUNDS counted rounds, and prints the process CPU time of those
  * rounds as {@code steady-cpu-seconds: S}: the steady-state cost without the one-time start-up.
+ * It also prints {@code startup-cpu-seconds: U}, the CPU time before the counted rounds less what
+ * the warm-up rounds cost at the steady rate: JVM start-up, JIT, and a profiler's own start-up.
  */
 public class OverheadApp {
     static byte[] sink;
@@ -43,7 +45,8 @@ public class OverheadApp {
         int rounds = args.length > 0 ? Integer.parseInt(args[0]) : 200;
         double warmup = args.length > 1 ? Double.parseDouble(args[1]) : 0;
         long warmEnd = System.nanoTime() + (long) (warmup * 1e9);
-        while (System.nanoTime() < warmEnd) {
+        int warmRounds = 0;
+        for (; System.nanoTime() < warmEnd; warmRounds++) {
             hashLoop(14000);
             allocLoop(8000);
         }
@@ -52,6 +55,10 @@ public class OverheadApp {
             hashLoop(14000);
             allocLoop(8000);
         }
-        if (warmup > 0) System.out.printf("steady-cpu-seconds: %.2f%n", processCpu() - cpu0);
+        if (warmup > 0) {
+            double steady = processCpu() - cpu0;
+            System.out.printf("steady-cpu-seconds: %.2f%n", steady);
+            System.out.printf("startup-cpu-seconds: %.2f%n", cpu0 - warmRounds * steady / Math.max(1, rounds));
+        }
     }
 }
