@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU and memory overhead of the Java agent: the same fixed amount of work (bench/OverheadApp.java,
 # the example app's hash and allocation hot paths) without an agent, with the Kiln agent at its
-# defaults and, when it can be had from Maven, with the official io.pyroscope:agent at its
+# defaults (async-profiler) and with its JDK Flight Recorder fallback (engine=jfr), and, when it
+# can be had from Maven, with the official io.pyroscope:agent at its
 # defaults and with the same profile types as Kiln's (CPU, allocations, locks), all pushing to a
 # real daemon. Table and noise floor from scripts/lib/overhead.py: whole-run CPU (start-up
 # included: JIT of the agent's and the profiler's own code) and CPU of ROUNDS rounds done after
@@ -25,8 +26,9 @@ start_kiln "$kiln" "$work/data"
 javac -d "$work/classes" "$here/bench/OverheadApp.java"
 app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
 
-names=(--name "no agent" --name "kiln agent (defaults)")
-commands=("java $app" "java -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app")
+names=(--name "no agent" --name "kiln agent (defaults)" --name "kiln agent (engine=jfr)")
+commands=("java $app" "java -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app"
+  "java -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench-jfr,engine=jfr $app")
 if [[ $official != none ]]; then
   jar=$HOME/.m2/repository/io/pyroscope/agent/$official/agent-$official.jar
   [[ -f $jar ]] || mvn -q -B dependency:get -Dartifact="io.pyroscope:agent:$official" -Dtransitive=false || true
