@@ -128,8 +128,10 @@ class Profiler:
         try:
             # The tags of each thread as of the frames: copies of the tag table taken just
             # before and just after the frames (each copy is one C call). A thread whose tags
-            # changed in between is left out of this tick rather than sampled under the wrong
-            # tags.
+            # changed in between sits out this tick rather than being sampled under the wrong
+            # tags; it keeps its CPU reference, so the next tick credits it only what it used
+            # since this one (leaving it out of the frames made it look new: all its CPU since
+            # it started went to one sample's stack).
             before = dict(_tags._active)
             frames = sys._current_frames()
             after = dict(_tags._active)
@@ -138,11 +140,9 @@ class Profiler:
             same = len(before) == len(after) and all(
                 map(operator.is_, before.values(), map(after.get, before))
             )
-            if not same:
-                for ident in [i for i in frames if before.get(i) is not after.get(i)]:
-                    del frames[ident]
+            skip = frozenset() if same else {i for i in frames if before.get(i) is not after.get(i)}
             try:
-                self._sampler.tick(frames, now, tags=after)
+                self._sampler.tick(frames, now, tags=after, skip=skip)
             finally:
                 del frames  # do not keep other threads' frames (and locals) alive
         except Exception:  # keep sampling; a persistent failure is logged once per upload

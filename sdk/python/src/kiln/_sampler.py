@@ -183,12 +183,15 @@ class Sampler:
         now: float,
         native_ids: Mapping[int, int | None] | None = None,
         tags: Mapping[int, _tags.Tags] | None = None,
+        skip: AbstractSet[int] = frozenset(),
     ) -> None:
         """Samples every thread of ``frames`` (ident → innermost frame) at monotonic time ``now``.
 
         ``native_ids`` maps idents to kernel thread ids (cpu mode with clocks); by default it is
         read from ``threading.enumerate()``. ``tags`` maps idents to their tags as of ``frames``;
-        by default each thread's tags are read when it is sampled.
+        by default each thread's tags are read when it is sampled. Threads in ``skip`` are not
+        sampled this tick, but keep their CPU reference: the next tick credits them what they
+        used since the last one.
         """
         self._ticks += 1
         elapsed_periods = self._wall_periods(now)
@@ -196,7 +199,7 @@ class Sampler:
         if use_clocks and native_ids is None:
             native_ids = self._native_ids(frames)
         for ident, frame in frames.items():
-            if ident in self.ignored_idents:
+            if ident in self.ignored_idents or ident in skip:
                 continue
             weight: int | None = None
             if self._mode == WALL:
