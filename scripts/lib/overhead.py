@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -68,17 +69,25 @@ def reported(output: str, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+class RunFailed(Exception):
+    pass
+
+
 def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
+    """One run; raises RunFailed (with the end of its stderr) if the command fails."""
     started = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode(errors="replace")
-    # wait4 rather than wait: it returns the child's own CPU time and peak RSS.
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"{shlex.join(command)!r} exited with {code}")
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode(errors="replace")
+        # wait4 rather than wait: it returns the child's own CPU time and peak RSS.
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace").strip().splitlines()[-10:]
+            raise RunFailed(f"{shlex.join(command)!r} exited with {code}:\n  " + "\n  ".join(tail))
     rss_kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
     return Run(
         usage.ru_utime + usage.ru_stime,
@@ -91,10 +100,20 @@ def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
 
 
 def measure(variants: list[Variant], repeat: int) -> None:
-    """Runs every variant ``repeat`` times, in turns; results go to ``variant.runs``."""
+    """Runs every variant ``repeat`` times, in turns; results go to ``variant.runs``.
+
+    A failed run is reported and left out (the table shows how many runs counted); a baseline
+    that fails stops the measurement.
+    """
     for i in range(repeat):
         for v in variants:
-            run = run_once(v.command, v.env)
+            try:
+                run = run_once(v.command, v.env)
+            except RunFailed as failure:
+                if v is variants[0]:
+                    sys.exit(str(failure))
+                print(f"  [{i + 1}/{repeat}] {v.name}: failed, left out: {failure}", file=sys.stderr)
+                continue
             v.runs.append(run)
             steady = "" if run.steady_cpu is None else (
                 f" ({run.steady_cpu:.2f} s after warm-up, start-up {run.startup_cpu} s)"
@@ -108,6 +127,8 @@ def measure(variants: list[Variant], repeat: int) -> None:
 
 def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = None) -> str:
     """The comparison table; ``extra[column][variant name]`` adds columns."""
+    failed = [v.name for v in variants if not v.runs]
+    variants = [v for v in variants if v.runs]
     base = variants[0]
     steady = all(v.has("steady_cpu") and v.has("startup_cpu") for v in variants)
     cpu_attr = "steady_cpu" if steady else "cpu"
@@ -148,6 +169,7 @@ def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = Non
         f" ±{base.half_spread('max_rss_mb'):.0f} MB RSS"
         + ("" if len(base.runs) > 1 else " — one run has no noise floor; use --repeat 3 or more")
     )
+    lines += [f"{name}: every run failed" for name in failed]
     return "\n".join(lines)
 
 

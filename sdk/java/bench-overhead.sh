@@ -20,7 +20,8 @@ rounds=${ROUNDS:-300}
 official=${PYROSCOPE_AGENT_VERSION:-2.9.2}
 (cd "$here" && mvn -q -B package -DskipTests)
 work=$(mktemp -d)
-trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+# Let the daemon finish its shutdown flush before its data directory goes.
+trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
 start_kiln "$kiln" "$work/data"
 javac -d "$work/classes" "$here/bench/OverheadApp.java"

@@ -10,7 +10,8 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 (cd "$here" && mvn -q -B package)
 
 work=$(mktemp -d)
-trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+# Let the daemon finish its shutdown flush before its data directory goes.
+trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
 start_kiln "$kiln" "$work/data"
 # Each engine names its allocation profile after the JFR event it records.
