@@ -20,10 +20,12 @@ public final class KilnAgent {
     private final Config config;
     private final Uploader uploader;
     private final ScheduledExecutorService timer;
-    private Engine engine;
+    private final Engine engine;
     private Instant from;
-    private KilnAgent(Config config) {
+
+    private KilnAgent(Config config, Engine engine) {
         this.config = config;
+        this.engine = engine;
         this.uploader = new Uploader(config);
         this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
             Thread t = new Thread(r, "kiln-recorder");
@@ -43,8 +45,14 @@ public final class KilnAgent {
     /** Starts profiling; a second call while running is ignored. */
     public static synchronized void start(Config config) {
         if (running != null) return;
-        KilnAgent agent = new KilnAgent(config);
-        agent.engine = Engine.start(config, LOG);
+        Engine engine;
+        try {
+            engine = Engine.start(config, LOG);
+        } catch (RuntimeException | Error e) { // e.g. a JVM without Flight Recorder: run unprofiled
+            LOG.warning("kiln: cannot profile this JVM: " + e);
+            return;
+        }
+        KilnAgent agent = new KilnAgent(config, engine);
         agent.from = Instant.now();
         long every = config.uploadInterval.toMillis();
         agent.timer.scheduleAtFixedRate(() -> agent.rotate(true), every, every, TimeUnit.MILLISECONDS);
