@@ -9,7 +9,9 @@
 # WARMUP seconds (the steady state of a long-running service).
 #
 #   sdk/java/bench-overhead.sh            ROUNDS (default 300, ~20 s of CPU), WARMUP (default 20 s),
-#                                         REPEAT (default 3),
+#                                         REPEAT (default 3), JAVA_OPTS (default: a fixed, pre-touched
+#                                         512 MB heap, so that max RSS tells the agent's own memory
+#                                         apart from how far the JVM chose to grow its heap),
 #                                         KILN_BIN (default target/debug/kiln),
 #                                         PYROSCOPE_AGENT_VERSION (default 2.9.2; "none" skips it)
 set -euo pipefail
@@ -26,18 +28,19 @@ trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EX
 start_kiln "$kiln" "$work/data"
 javac -d "$work/classes" "$here/bench/OverheadApp.java"
 app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
+opts=${JAVA_OPTS--Xms512m -Xmx512m -XX:+AlwaysPreTouch}
 
 names=(--name "no agent" --name "kiln agent (defaults)" --name "kiln agent (engine=jfr)")
-commands=("java $app" "java -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app"
-  "java -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench-jfr,engine=jfr $app")
+commands=("java $opts $app" "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app"
+  "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench-jfr,engine=jfr $app")
 if [[ $official != none ]]; then
   jar=$HOME/.m2/repository/io/pyroscope/agent/$official/agent-$official.jar
   [[ -f $jar ]] || mvn -q -B dependency:get -Dartifact="io.pyroscope:agent:$official" -Dtransitive=false || true
   if [[ -f $jar ]]; then
     env="env PYROSCOPE_SERVER_ADDRESS=$kiln_url PYROSCOPE_LOG_LEVEL=error"
     names+=(--name "official $official (defaults: cpu)" --name "official $official (cpu+alloc+lock)")
-    commands+=("$env PYROSCOPE_APPLICATION_NAME=java-official java -javaagent:$jar $app"
-      "$env PYROSCOPE_APPLICATION_NAME=java-official-all PYROSCOPE_PROFILER_ALLOC=512k PYROSCOPE_PROFILER_LOCK=10ms java -javaagent:$jar $app")
+    commands+=("$env PYROSCOPE_APPLICATION_NAME=java-official java $opts -javaagent:$jar $app"
+      "$env PYROSCOPE_APPLICATION_NAME=java-official-all PYROSCOPE_PROFILER_ALLOC=512k PYROSCOPE_PROFILER_LOCK=10ms java $opts -javaagent:$jar $app")
   else
     echo "io.pyroscope:agent:$official could not be had; comparing without it" >&2
   fi
