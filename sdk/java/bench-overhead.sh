@@ -1,17 +1,48 @@
 #!/usr/bin/env bash
-# CPU and memory overhead of the Java agent on the example workload: the same run without and
-# with -javaagent pushing to a real daemon; user+sys CPU and max RSS of each JVM.
+# CPU and memory overhead of the Java agent: the same fixed amount of work (bench/OverheadApp.java,
+# the example app's hash and allocation hot paths) without an agent, with the Kiln agent at its
+# defaults (async-profiler) and with its JDK Flight Recorder fallback (engine=jfr), and, when it
+# can be had from Maven, with the official io.pyroscope:agent at its
+# defaults and with the same profile types as Kiln's (CPU, allocations, locks), all pushing to a
+# real daemon. Table and noise floor from scripts/lib/overhead.py: whole-run CPU (start-up
+# included: JIT of the agent's and the profiler's own code) and CPU of ROUNDS rounds done after
+# WARMUP seconds (the steady state of a long-running service).
+#
+#   sdk/java/bench-overhead.sh            ROUNDS (default 300, ~20 s of CPU), WARMUP (default 20 s),
+#                                         REPEAT (default 3), JAVA_OPTS (default: a fixed, pre-touched
+#                                         512 MB heap, so that max RSS tells the agent's own memory
+#                                         apart from how far the JVM chose to grow its heap),
+#                                         KILN_BIN (default target/debug/kiln),
+#                                         PYROSCOPE_AGENT_VERSION (default 2.9.2; "none" skips it)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 kiln=${KILN_BIN:-$root/target/debug/kiln}
+rounds=${ROUNDS:-300}
+official=${PYROSCOPE_AGENT_VERSION:-2.9.2}
 (cd "$here" && mvn -q -B package -DskipTests)
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$kiln" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$work/data" --self-profiling false --log-level warn &
-pid=$!
-trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
-# Compile once so both runs measure the workload, not the source launcher.
-javac -d "$work/classes" "$root/examples/java-app/JavaApp.java"
-app="-cp $work/classes JavaApp ${DURATION:-20}"
-python3 "$root/scripts/lib/overhead.py" "java $app" "java -javaagent:$here/target/kiln-agent.jar=server=http://127.0.0.1:$port,app=java-bench $app"
+# Let the daemon finish its shutdown flush before its data directory goes.
+trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+. "$root/scripts/lib/daemon.sh"
+start_kiln "$kiln" "$work/data"
+javac -d "$work/classes" "$here/bench/OverheadApp.java"
+app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
+opts=${JAVA_OPTS--Xms512m -Xmx512m -XX:+AlwaysPreTouch}
+
+names=(--name "no agent" --name "kiln agent (defaults)" --name "kiln agent (engine=jfr)")
+commands=("java $opts $app" "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app"
+  "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench-jfr,engine=jfr $app")
+if [[ $official != none ]]; then
+  jar=$HOME/.m2/repository/io/pyroscope/agent/$official/agent-$official.jar
+  [[ -f $jar ]] || mvn -q -B dependency:get -Dartifact="io.pyroscope:agent:$official" -Dtransitive=false || true
+  if [[ -f $jar ]]; then
+    env="env PYROSCOPE_SERVER_ADDRESS=$kiln_url PYROSCOPE_LOG_LEVEL=error"
+    names+=(--name "official $official (defaults: cpu)" --name "official $official (cpu+alloc+lock)")
+    commands+=("$env PYROSCOPE_APPLICATION_NAME=java-official java $opts -javaagent:$jar $app"
+      "$env PYROSCOPE_APPLICATION_NAME=java-official-all PYROSCOPE_PROFILER_ALLOC=512k PYROSCOPE_PROFILER_LOCK=10ms java $opts -javaagent:$jar $app")
+  else
+    echo "io.pyroscope:agent:$official could not be had; comparing without it" >&2
+  fi
+fi
+python3 "$root/scripts/lib/overhead.py" --repeat "${REPEAT:-3}" "${names[@]}" "${commands[@]}"

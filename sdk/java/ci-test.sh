@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Java agent: unit tests and jar (Maven), then the example app with -javaagent against a real
-# daemon, checked through /render, /label-values and /api/apps.
+# daemon, once with each engine (async-profiler, the default, and the JDK Flight Recorder
+# fallback), checked through /render, /label-values and /api/apps.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -9,24 +10,29 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 (cd "$here" && mvn -q -B package)
 
 work=$(mktemp -d)
-trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
+# Let the daemon finish its shutdown flush before its data directory goes.
+trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
 start_kiln "$kiln" "$work/data"
-java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:e2e,uploadInterval=3" \
-  "$root/examples/java-app/JavaApp.java" 12
-python3 - "$kiln_url" <<'PY'
+# Each engine names its allocation profile after the JFR event it records.
+for run in "async-profiler java-app alloc_in_new_tlab_bytes" "jfr java-app-jfr alloc_sample_bytes"; do
+  read -r engine app alloc <<<"$run"
+  java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=$app,tags=env:e2e,uploadInterval=3,engine=$engine" \
+    "$root/examples/java-app/JavaApp.java" 12
+  python3 - "$kiln_url" "$app" "$alloc" "$engine" <<'PY'
 import json, sys, urllib.parse, urllib.request
-base = sys.argv[1]
+base, app, alloc_type, engine = sys.argv[1:]
 def get(path, **params):
     with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
         return json.load(r)
-r = get("/render", query='java-app.cpu{env="e2e"}', **{"from": "now-10m", "until": "now+1m"})
+r = get("/render", query=f'{app}.cpu{{env="e2e"}}', **{"from": "now-10m", "until": "now+1m"})
 names = r["flamebearer"]["names"]
 assert any(n.endswith("JavaApp.hashLoop") for n in names), f"hashLoop missing: {names[:30]}"
 assert "e2e" in get("/label-values", label="env")
 apps = {a["name"] for a in get("/api/apps")}
-assert "java-app.cpu" in apps and "java-app.alloc_sample_bytes" in apps, sorted(apps)
-alloc = get("/render", query='java-app.alloc_sample_bytes{env="e2e"}', **{"from": "now-10m", "until": "now+1m"})
+assert f"{app}.cpu" in apps and f"{app}.{alloc_type}" in apps, sorted(apps)
+alloc = get("/render", query=f'{app}.{alloc_type}{{env="e2e"}}', **{"from": "now-10m", "until": "now+1m"})
 assert any(n.endswith("JavaApp.allocLoop") for n in alloc["flamebearer"]["names"]), "allocLoop missing from allocations"
-print("java e2e: 1 passed, 0 failed")
+print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
+done

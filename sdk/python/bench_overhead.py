@@ -1,21 +1,22 @@
 #!/usr/bin/env python3
 """Overhead of the Python SDK: the example workload with and without profiling.
 
-Runs ``examples/python-app/app.py --rounds N`` (a fixed amount of work) alternately without the
-SDK (``--no-profiling``) and with it (100 Hz sampling, uploads every 10 s to a local sink that
-answers 200 like the daemon), and prints, per variant, the median wall time, CPU time (user +
-system), peak RSS and minor page faults of the child process, the CPU time of the SDK's own
-threads, then the relative overhead.
+Runs ``examples/python-app/app.py --rounds N`` (a fixed amount of work, tagged per hot path)
+without the SDK (``--no-profiling``), with it (100 Hz, uploads every 10 s to a local sink that
+answers 200 like the daemon) and, when the ``pyroscope-io`` package is installed, with the
+official agent at 100 Hz on the same workload and tags (its ``tag_wrapper`` in place of Kiln's).
+The runs take turns and are compared by ``scripts/lib/overhead.py``: median CPU time (user +
+system) and peak RSS of the child against the baseline, the noise floor, and the CPU time of the
+Kiln SDK's own threads as it reports it (the part of its cost that does not depend on noise in
+the rest of the process).
 
 Whole-process figures include side effects on the workload: with pymalloc, objects the SDK
 allocates while the workload runs keep some allocator arenas in use, so ``alloc_loop`` returns
-fewer of them to the OS and faults fewer back in every round (see the minor faults column),
-which can make the profiled run *faster*.
-``--pythonmalloc malloc`` runs both variants without pymalloc to take that effect out; the SDK
-threads' own CPU time is unaffected by it.
+fewer of them to the OS and faults fewer back in every round, which can make the profiled run
+*faster*. ``--pythonmalloc malloc`` runs all variants without pymalloc to take that effect out.
 
     python3 sdk/python/bench_overhead.py [--rounds 800] [--repeat 3] [--mode cpu|wall]
-                                         [--pythonmalloc pymalloc|malloc]
+                                         [--pythonmalloc pymalloc|malloc] [--no-official]
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+APP = os.path.join(ROOT, "examples", "python-app", "app.py")
+sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
+
+import overhead  # noqa: E402  (scripts/lib, put on the path above)
+
 STATS_PREFIX = "kiln stats: "
-APP = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "python-app", "app.py"
-)
 
 
 class Sink:
@@ -47,6 +48,8 @@ class Sink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 sink.requests += 1
@@ -59,6 +62,7 @@ class Sink:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_port}"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
@@ -66,43 +70,27 @@ class Sink:
         self._httpd.shutdown()
 
 
-@dataclass
-class Run:
-    wall: float
-    cpu: float
-    max_rss_mib: float
-    minor_faults: int
-    sdk_threads_cpu: float  # the sampling and upload threads' own CPU time (0 without the SDK)
+def run_official(server: str, rounds: int) -> None:
+    """The workload of app.py under the official agent (run in the child process)."""
+    import pyroscope
+
+    sys.path.insert(0, os.path.dirname(APP))
+    import app
+
+    pyroscope.configure(
+        application_name="python-bench-official", server_address=server, sample_rate=100
+    )
+    app.kiln.tag_wrapper = pyroscope.tag_wrapper  # the same tags, set through the official API
+    app.run_workload(0.0, rounds)
+    pyroscope.shutdown()
 
 
-def run_once(args: list[str], env: dict[str, str]) -> Run:
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        started = time.monotonic()
-        process = subprocess.Popen(
-            [sys.executable, APP, *args], stdout=stdout, stderr=stderr, env=env
-        )
-        # wait4, not wait: it also returns the child's own CPU time and peak RSS
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.monotonic() - started
-        if process.returncode != 0:
-            stderr.seek(0)
-            sys.exit(f"app.py {' '.join(args)} failed:\n{stderr.read().decode()}")
-        stdout.seek(0)
-        output = stdout.read().decode()
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss_kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss
-    sdk_ms = 0
-    for line in output.splitlines():
+def sdk_threads_cpu(run: overhead.Run) -> float | None:
+    for line in run.output.splitlines():
         if line.startswith(STATS_PREFIX):
             stats = json.loads(line[len(STATS_PREFIX) :])
-            sdk_ms = stats["sampler_cpu_ms"] + stats["uploader_cpu_ms"]
-    cpu = usage.ru_utime + usage.ru_stime
-    return Run(wall, cpu, rss_kib / 1024, usage.ru_minflt, sdk_ms / 1000)
-
-
-def median(runs: list[Run], field: str) -> float:
-    return statistics.median(getattr(r, field) for r in runs)
+            return (stats["sampler_cpu_ms"] + stats["uploader_cpu_ms"]) / 1000
+    return None
 
 
 def main() -> int:
@@ -114,47 +102,58 @@ def main() -> int:
         "--pythonmalloc",
         choices=["pymalloc", "malloc"],
         default="pymalloc",
-        help="allocator of both runs (PYTHONMALLOC); 'malloc' removes pymalloc's arena effect",
+        help="allocator of all runs (PYTHONMALLOC); 'malloc' removes pymalloc's arena effect",
     )
+    parser.add_argument("--no-official", action="store_true", help="leave out pyroscope-io")
+    parser.add_argument("--run-official", metavar="SERVER", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.run_official:
+        run_official(options.run_official, options.rounds)
+        return 0
 
     sink = Sink()
     env = {**os.environ, "PYTHONMALLOC": options.pythonmalloc}
-    common = ["--rounds", str(options.rounds)]
-    variants = {
-        "without SDK": [*common, "--no-profiling"],
-        "with SDK": [*common, "--server", sink.url, "--mode", options.mode, "--print-stats"],
-    }
-    results: dict[str, list[Run]] = {name: [] for name in variants}
-    for _ in range(options.repeat):
-        for name, args in variants.items():  # alternate, so load changes hit both alike
-            results[name].append(run_once(args, env))
+    common = [sys.executable, APP, "--rounds", str(options.rounds)]
+    variants = [
+        overhead.Variant("no SDK", [*common, "--no-profiling"], env),
+        overhead.Variant(
+            "kiln SDK",
+            [*common, "--server", sink.url, "--mode", options.mode, "--print-stats"],
+            env,
+        ),
+    ]
+    official = None
+    if not options.no_official:
+        try:
+            from importlib.metadata import version
+
+            official = version("pyroscope-io")
+        except Exception:
+            print("pyroscope-io is not installed: comparing without it", file=sys.stderr)
+    if official:
+        variants.append(
+            overhead.Variant(
+                f"pyroscope-io {official}",
+                [sys.executable, os.path.abspath(__file__), "--rounds", str(options.rounds),
+                 "--run-official", sink.url],
+                env,
+            )
+        )
+    overhead.measure(variants, options.repeat)
     sink.close()
 
+    sdk_cpu = {}
+    for v in variants:
+        values = [c for c in map(sdk_threads_cpu, v.runs) if c is not None]
+        if values:
+            share = statistics.median(values) / v.median("wall")
+            sdk_cpu[v.name] = f"{statistics.median(values):.3f} s = {share:.2%} of a core"
     print(
         f"python {sys.version.split()[0]}, PYTHONMALLOC={options.pythonmalloc},"
-        f" {options.rounds} rounds, median of {options.repeat}"
+        f" {options.rounds} rounds, mode {options.mode}, median of {options.repeat}"
     )
-    print(
-        f"{'variant':<12} {'wall s':>8} {'CPU s':>8} {'max RSS MiB':>12} {'minor faults':>13}"
-        f" {'SDK threads CPU s':>18}"
-    )
-    for name, runs in results.items():
-        print(
-            f"{name:<12} {median(runs, 'wall'):>8.2f} {median(runs, 'cpu'):>8.2f}"
-            f" {median(runs, 'max_rss_mib'):>12.1f} {median(runs, 'minor_faults'):>13.0f}"
-            f" {median(runs, 'sdk_threads_cpu'):>18.3f}"
-        )
-    base, profiled = results["without SDK"], results["with SDK"]
-    cpu_overhead = median(profiled, "cpu") / median(base, "cpu") - 1
-    wall_overhead = median(profiled, "wall") / median(base, "wall") - 1
-    rss_delta = median(profiled, "max_rss_mib") - median(base, "max_rss_mib")
-    sdk_share = median(profiled, "sdk_threads_cpu") / median(profiled, "wall")
-    print(
-        f"overhead: process CPU {cpu_overhead:+.1%}, wall {wall_overhead:+.1%},"
-        f" RSS {rss_delta:+.1f} MiB; SDK threads {sdk_share:.2%} of one core;"
-        f" {sink.requests} uploads, {sink.bytes / 1024:.1f} KiB received"
-    )
+    print(overhead.table(variants, {"SDK threads' own CPU": sdk_cpu}))
+    print(f"{sink.requests} uploads, {sink.bytes / 1024:.1f} KiB received by the sink")
     return 0
 
 

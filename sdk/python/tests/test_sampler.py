@@ -139,6 +139,22 @@ def test_cpu_credit_turns_partial_periods_into_whole_samples():
     assert weights == [0, 0, 1, 0, 0, 1, 0, 1]
 
 
+def test_a_thread_left_out_of_a_tick_keeps_its_cpu_reference():
+    # A thread whose tags changed while the frames were taken sits out that tick; at the next
+    # one it is credited the CPU used since the tick before, not all it ever used.
+    clocks = ScriptedClocks()
+    sampler = Sampler(Aggregator(), FrameFormatter(), 0.25, CPU, clocks)  # type: ignore[arg-type]
+    frame = sys._getframe()
+    clocks.cpu[70] = 100.0
+    sampler.tick({7: frame}, 0.0, native_ids={7: 70})
+    clocks.cpu[70] += 0.25
+    sampler.tick({7: frame}, 0.25, native_ids={7: 70}, skip={7})
+    assert sampler.samples == 0
+    clocks.cpu[70] += 0.25
+    sampler.tick({7: frame}, 0.5, native_ids={7: 70})
+    assert sampler.samples == 2
+
+
 def test_cpu_credit_is_not_charged_to_a_blocking_wait():
     clocks = ScriptedClocks()
     aggregator = Aggregator()

@@ -65,6 +65,13 @@ class FrameFormatter:
         self.line_numbers = line_numbers
         self._paths = PathShortener()
         self._cache: dict[CodeType | tuple[CodeType, int], str] = {}
+        # id(code) -> (code, text): looked up per frame and sample. Keyed by id because hashing
+        # a code object hashes its bytecode and constants every time; the code object is kept
+        # in the value so that its id is not reused while the entry exists.
+        self._by_id: dict[int, tuple[CodeType, str]] = {}
+        # tuple of id(code), leaf first -> folded stack; valid while ``_by_id`` keeps those
+        # code objects alive, so both are cleared together.
+        self._stacks: dict[tuple[int, ...], str] = {}
 
     def _text(self, code: CodeType, line: int) -> str:
         name = getattr(code, "co_qualname", code.co_name)
@@ -89,10 +96,42 @@ class FrameFormatter:
 
     def stack(self, leaf: FrameType) -> str:
         """The folded stack ``root;...;leaf`` ending at ``leaf``."""
+        if self.line_numbers:
+            names = []
+            frame: FrameType | None = leaf
+            while frame is not None:
+                names.append(self.frame(frame))
+                frame = frame.f_back
+            names.reverse()
+            return ";".join(names)
+        # Called for every sample: walk the frames collecting code ids only, and format a
+        # stack once per distinct stack rather than once per sample.
+        ids = []
+        frame = leaf
+        while frame is not None:
+            ids.append(id(frame.f_code))
+            frame = frame.f_back
+        key = tuple(ids)
+        text = self._stacks.get(key)
+        if text is None:
+            text = self._format(leaf)
+        return text
+
+    def _format(self, leaf: FrameType) -> str:
+        if len(self._by_id) >= _CACHE_LIMIT or len(self._stacks) >= _CACHE_LIMIT:
+            self._by_id.clear()
+            self._stacks.clear()
         names = []
+        ids = []
         frame: FrameType | None = leaf
         while frame is not None:
-            names.append(self.frame(frame))
+            code = frame.f_code
+            entry = self._by_id.get(id(code))
+            if entry is None:
+                entry = self._by_id[id(code)] = (code, self.frame(frame))
+            names.append(entry[1])
+            ids.append(id(code))
             frame = frame.f_back
         names.reverse()
-        return ";".join(names)
+        text = self._stacks[tuple(ids)] = ";".join(names)
+        return text

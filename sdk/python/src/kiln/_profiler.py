@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import sys
 import threading
 import time
@@ -54,7 +55,11 @@ class Profiler:
                 config.retry_initial_delay, config.retry_max_delay, config.max_upload_attempts
             ),
         )
-        self._stop = threading.Event()
+        # Held while running; stop() releases it. The sampling thread waits between ticks by
+        # trying to take it with a timeout: one C call, where Event.wait runs a dozen lines of
+        # Python per tick.
+        self._running = threading.Lock()
+        self._running.acquire()
         self._thread = threading.Thread(target=self._run, name="kiln-sampler", daemon=True)
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -75,7 +80,7 @@ class Profiler:
                 return True
             self._stopped = True
         deadline = time.monotonic() + timeout
-        self._stop.set()
+        self._running.release()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self._flush()
@@ -105,7 +110,7 @@ class Profiler:
         next_flush = next_tick + self.config.upload_interval
         while True:
             now = time.monotonic()
-            if self._stop.wait(max(0.0, next_tick - now)):
+            if self._running.acquire(True, max(0.0, next_tick - now)):
                 return
             now = time.monotonic()
             self._sample(now)
@@ -123,16 +128,21 @@ class Profiler:
         try:
             # The tags of each thread as of the frames: copies of the tag table taken just
             # before and just after the frames (each copy is one C call). A thread whose tags
-            # changed in between is left out of this tick rather than sampled under the wrong
-            # tags.
+            # changed in between sits out this tick rather than being sampled under the wrong
+            # tags; it keeps its CPU reference, so the next tick credits it only what it used
+            # since this one (leaving it out of the frames made it look new: all its CPU since
+            # it started went to one sample's stack).
             before = dict(_tags._active)
             frames = sys._current_frames()
             after = dict(_tags._active)
-            changed = [i for i in frames if before.get(i) is not after.get(i)]
-            for ident in changed:
-                del frames[ident]
+            # Usually no thread entered or left a block meanwhile: check that at C speed
+            # (same entries, each value the same object) before looking thread by thread.
+            same = len(before) == len(after) and all(
+                map(operator.is_, before.values(), map(after.get, before))
+            )
+            skip = frozenset() if same else {i for i in frames if before.get(i) is not after.get(i)}
             try:
-                self._sampler.tick(frames, now, tags=after)
+                self._sampler.tick(frames, now, tags=after, skip=skip)
             finally:
                 del frames  # do not keep other threads' frames (and locals) alive
         except Exception:  # keep sampling; a persistent failure is logged once per upload

@@ -92,7 +92,7 @@ class ThreadCpuClocks:
     def read(self, native_id: int) -> float | None:
         """Seconds of CPU used by the thread so far, or None if it is gone."""
         try:
-            return time.clock_gettime(self.clock_id(native_id))
+            return time.clock_gettime((~native_id << 3) | 6)  # clock_id(), inlined: every tick
         except (OSError, OverflowError, ValueError):
             return None
 
@@ -172,6 +172,10 @@ class Sampler:
         # in the child, on Python < 3.12)
         self.native_id_corrections: dict[int, int] = {}
         self.samples = 0
+        # Per-tick caches, so a tick runs little Python code (each one wakes a thread 100 times
+        # a second): ident -> (Thread, native id), and id(code) -> (code, looks idle).
+        self._threads: dict[int, tuple[object, int | None]] = {}
+        self._idle_codes: dict[int, tuple[object, bool]] = {}
 
     def tick(
         self,
@@ -179,30 +183,32 @@ class Sampler:
         now: float,
         native_ids: Mapping[int, int | None] | None = None,
         tags: Mapping[int, _tags.Tags] | None = None,
+        skip: AbstractSet[int] = frozenset(),
     ) -> None:
         """Samples every thread of ``frames`` (ident → innermost frame) at monotonic time ``now``.
 
         ``native_ids`` maps idents to kernel thread ids (cpu mode with clocks); by default it is
         read from ``threading.enumerate()``. ``tags`` maps idents to their tags as of ``frames``;
-        by default each thread's tags are read when it is sampled.
+        by default each thread's tags are read when it is sampled. Threads in ``skip`` are not
+        sampled this tick, but keep their CPU reference: the next tick credits them what they
+        used since the last one.
         """
         self._ticks += 1
         elapsed_periods = self._wall_periods(now)
         use_clocks = self._mode == CPU and self._clocks is not None
         if use_clocks and native_ids is None:
-            native_ids = {t.ident: t.native_id for t in threading.enumerate() if t.ident}
-            native_ids.update(self.native_id_corrections)
+            native_ids = self._native_ids(frames)
         for ident, frame in frames.items():
-            if ident in self.ignored_idents:
+            if ident in self.ignored_idents or ident in skip:
                 continue
             weight: int | None = None
             if self._mode == WALL:
                 weight = elapsed_periods
             elif use_clocks and native_ids and native_ids.get(ident):
                 native_id: int = native_ids[ident]  # type: ignore[assignment]
-                weight = self._cpu_weight(ident, native_id, looks_idle(frame))
+                weight = self._cpu_weight(ident, native_id, self._looks_idle(frame))
             if weight is None:  # no CPU clock for this thread: judge by its innermost frame
-                weight = 0 if looks_idle(frame) else elapsed_periods
+                weight = 0 if self._looks_idle(frame) else elapsed_periods
             if weight > 0:
                 stack = self._formatter.stack(frame)
                 thread_tags = (
@@ -210,9 +216,47 @@ class Sampler:
                 )
                 self._aggregator.add(thread_tags, stack, weight)
                 self.samples += weight
-        if use_clocks:
+        # Forget ended threads now and then: a stale entry is harmless meanwhile, as a new
+        # thread that reuses its ident has another native id or Thread.
+        if use_clocks and (self._ticks % 128 == 0 or len(self._cpu_state) > len(frames)):
             for ident in [i for i in self._cpu_state if i not in frames]:
                 del self._cpu_state[ident]
+            for ident in [i for i in self._threads if i not in frames]:
+                del self._threads[ident]
+
+    def _native_ids(self, frames: Mapping[int, FrameType]) -> dict[int, int | None]:
+        """Kernel thread ids of the threads of ``frames``.
+
+        ``threading.enumerate()`` every tick would build a list of all threads under a lock;
+        instead each ident's Thread is looked up in the table it reads, and its native id read
+        again only when that Thread changed (a new thread that reuses an ended thread's ident).
+        """
+        table = getattr(threading, "_active", None)
+        if not isinstance(table, dict):
+            ids = {t.ident: t.native_id for t in threading.enumerate() if t.ident}
+            ids.update(self.native_id_corrections)
+            return ids  # type: ignore[return-value]
+        cached = self._threads
+        ids: dict[int, int | None] = {}
+        for ident in frames:
+            thread = table.get(ident)
+            entry = cached.get(ident)
+            if entry is None or entry[0] is not thread:
+                native = self.native_id_corrections.get(ident) or getattr(thread, "native_id", None)
+                entry = cached[ident] = (thread, native)
+            ids[ident] = entry[1]
+        return ids
+
+    def _looks_idle(self, frame: FrameType) -> bool:
+        """:func:`looks_idle`, cached per code object."""
+        code = frame.f_code
+        entry = self._idle_codes.get(id(code))
+        if entry is None:
+            if len(self._idle_codes) >= 10_000:
+                self._idle_codes.clear()
+            # the code object is kept in the entry so its id is not reused while cached
+            entry = self._idle_codes[id(code)] = (code, looks_idle(frame))
+        return entry[1]
 
     def _wall_periods(self, now: float) -> int:
         """Whole periods elapsed since the last tick (1 on the first tick), carrying the rest."""

@@ -14,6 +14,8 @@ public final class Config {
     final Duration uploadInterval;
     final Duration samplingInterval;
     final int maxQueued;
+    /** {@code auto} (async-profiler, else JFR), {@code async-profiler} or {@code jfr}. */
+    final String engine;
 
     private Config(Builder b) {
         this.applicationName = b.applicationName;
@@ -23,6 +25,7 @@ public final class Config {
         this.uploadInterval = b.uploadInterval;
         this.samplingInterval = b.samplingInterval;
         this.maxQueued = b.maxQueued;
+        this.engine = b.engine;
     }
 
     public static Builder builder() {
@@ -30,10 +33,10 @@ public final class Config {
     }
 
     /**
-     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T},
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr},
      * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
-     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}) and system properties
-     * ({@code kiln.server}, {@code kiln.app}, …).
+     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE}) and system
+     * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}).
      */
     public static Config fromAgentArgs(String args, Map<String, String> env) {
         Map<String, String> kv = new TreeMap<>();
@@ -61,6 +64,8 @@ public final class Config {
         }
         String every = pick(kv.get("uploadInterval"), System.getProperty("kiln.uploadInterval"), env.get("KILN_UPLOAD_INTERVAL"));
         if (every != null) b.uploadInterval(Duration.ofSeconds(Long.parseLong(every)));
+        String engine = pick(kv.get("engine"), System.getProperty("kiln.engine"), env.get("KILN_ENGINE"));
+        if (engine != null) b.engine(engine);
         return b.build();
     }
 
@@ -89,6 +94,7 @@ public final class Config {
         private Duration uploadInterval = Duration.ofSeconds(10);
         private Duration samplingInterval = Duration.ofMillis(10);
         private int maxQueued = 32;
+        private String engine = "auto";
 
         public Builder applicationName(String v) { this.applicationName = v; return this; }
         public Builder serverAddress(String v) { this.serverAddress = v; return this; }
@@ -98,6 +104,7 @@ public final class Config {
         public Builder uploadInterval(Duration v) { this.uploadInterval = v; return this; }
         public Builder samplingInterval(Duration v) { this.samplingInterval = v; return this; }
         public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
+        public Builder engine(String v) { this.engine = v; return this; }
 
         public Config build() {
             if (applicationName == null || !applicationName.matches("[A-Za-z0-9_./-]+")) {
@@ -110,6 +117,9 @@ public final class Config {
                 if (!e.getKey().matches("[A-Za-z0-9_.]+") || e.getValue().contains(",") || e.getValue().contains("}")) {
                     throw new IllegalArgumentException("tag " + e.getKey() + "=" + e.getValue() + " cannot be carried in a series name");
                 }
+            }
+            if (!engine.equals("auto") && !engine.equals("async-profiler") && !engine.equals("jfr")) {
+                throw new IllegalArgumentException("engine must be auto, async-profiler or jfr, got " + engine);
             }
             if (uploadInterval.isZero() || uploadInterval.isNegative()) {
                 throw new IllegalArgumentException("upload interval must be positive");

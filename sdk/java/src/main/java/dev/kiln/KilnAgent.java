@@ -1,9 +1,6 @@
 package dev.kiln;
 
-import java.io.IOException;
 import java.lang.instrument.Instrumentation;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.concurrent.Executors;
@@ -11,12 +8,10 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Logger;
 
-import jdk.jfr.Recording;
-
 /**
- * Profiles the JVM with JDK Flight Recorder and pushes each interval's recording to Kiln's
- * {@code /ingest?format=jfr}. Use as {@code -javaagent:kiln-agent.jar=server=…,app=…} or call
- * {@link #start(Config)} / {@link #stop()}.
+ * Profiles the JVM (async-profiler when it loads here, else JDK Flight Recorder; see {@link Engine})
+ * and pushes each interval's JFR to Kiln's {@code /ingest?format=jfr}. Use as
+ * {@code -javaagent:kiln-agent.jar=server=…,app=…} or call {@link #start(Config)} / {@link #stop()}.
  */
 public final class KilnAgent {
     private static final Logger LOG = Logger.getLogger("dev.kiln");
@@ -25,11 +20,12 @@ public final class KilnAgent {
     private final Config config;
     private final Uploader uploader;
     private final ScheduledExecutorService timer;
-    private Recording recording;
+    private final Engine engine;
     private Instant from;
 
-    private KilnAgent(Config config) {
+    private KilnAgent(Config config, Engine engine) {
         this.config = config;
+        this.engine = engine;
         this.uploader = new Uploader(config);
         this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
             Thread t = new Thread(r, "kiln-recorder");
@@ -49,14 +45,21 @@ public final class KilnAgent {
     /** Starts profiling; a second call while running is ignored. */
     public static synchronized void start(Config config) {
         if (running != null) return;
-        KilnAgent agent = new KilnAgent(config);
-        agent.recording = agent.newRecording();
+        Engine engine;
+        try {
+            engine = Engine.start(config, LOG);
+        } catch (RuntimeException | Error e) { // e.g. a JVM without Flight Recorder: run unprofiled
+            LOG.warning("kiln: cannot profile this JVM: " + e);
+            return;
+        }
+        KilnAgent agent = new KilnAgent(config, engine);
         agent.from = Instant.now();
         long every = config.uploadInterval.toMillis();
-        agent.timer.scheduleAtFixedRate(agent::rotate, every, every, TimeUnit.MILLISECONDS);
+        agent.timer.scheduleAtFixedRate(() -> agent.rotate(true), every, every, TimeUnit.MILLISECONDS);
         Runtime.getRuntime().addShutdownHook(new Thread(KilnAgent::stop, "kiln-shutdown"));
         running = agent;
-        LOG.info("kiln: profiling " + config.applicationName + ", pushing to " + config.serverAddress + " every " + config.uploadInterval);
+        LOG.info("kiln: profiling " + config.applicationName + " with " + agent.engine.name() + ", pushing to "
+                + config.serverAddress + " every " + config.uploadInterval);
     }
 
     /** Takes the last recording and sends what is queued (for up to 5 s). */
@@ -67,59 +70,23 @@ public final class KilnAgent {
         agent.timer.shutdown();
         try {
             agent.timer.awaitTermination(5, TimeUnit.SECONDS);
-            agent.rotateTo(null);
+            agent.rotate(false);
             agent.uploader.close(Duration.ofSeconds(5));
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
     }
 
-    private Recording newRecording() {
-        Recording r = new Recording();
-        r.setName("kiln");
-        r.enable("jdk.ExecutionSample").withPeriod(config.samplingInterval);
-        r.enable("jdk.ObjectAllocationSample").with("throttle", "150/s");
-        r.enable("jdk.JavaMonitorEnter").withThreshold(Duration.ofMillis(10)).withStackTrace();
-        r.enable("jdk.ThreadPark").withThreshold(Duration.ofMillis(10)).withStackTrace();
-        // On disk: dumping a stopped in-memory recording is not supported by the JDK.
-        r.setToDisk(true);
-        r.start();
-        return r;
-    }
-
-    private void rotate() {
-        try {
-            rotateTo(newRecording());
-        } catch (RuntimeException e) {
-            LOG.warning("kiln: rotating the recording failed: " + e);
-        }
-    }
-
-    /** Stops the current recording, queues its data, and continues with {@code next}. */
-    private synchronized void rotateTo(Recording next) {
-        Recording done = recording;
+    /** Ends the interval, queues its data, and starts the next one if {@code next}. */
+    private synchronized void rotate(boolean next) {
         Instant until = Instant.now();
         Instant start = from;
-        recording = next;
         from = until;
-        if (done == null) return;
-        done.stop();
-        Path file = null;
         try {
-            file = Files.createTempFile("kiln-", ".jfr");
-            done.dump(file);
-            uploader.enqueue(new Uploader.Upload(Files.readAllBytes(file), start, until));
-        } catch (IOException e) {
-            LOG.warning("kiln: reading the recording failed: " + e);
-        } finally {
-            done.close();
-            if (file != null) {
-                try {
-                    Files.deleteIfExists(file);
-                } catch (IOException ignored) {
-                    // a leftover temp file is harmless
-                }
-            }
+            byte[] jfr = engine.rotate(next);
+            if (jfr != null) uploader.enqueue(new Uploader.Upload(jfr, start, until));
+        } catch (Exception e) {
+            LOG.warning("kiln: reading the profile failed: " + e);
         }
     }
 

@@ -1,11 +1,10 @@
 package dev.kiln;
 
 import java.io.IOException;
+import java.io.OutputStream;
+import java.net.HttpURLConnection;
 import java.net.URI;
 import java.net.URLEncoder;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.time.Instant;
@@ -14,14 +13,17 @@ import java.util.concurrent.atomic.AtomicLong;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
-/** Sends recordings from a bounded queue on one daemon thread, retrying with backoff. */
+/**
+ * Sends recordings from a bounded queue on one daemon thread, retrying with backoff. Uses
+ * {@link HttpURLConnection}: one request every interval does not need java.net.http's client,
+ * whose first requests cost the host JVM more JIT compilation than the whole send path here.
+ */
 final class Uploader {
     private static final Logger LOG = Logger.getLogger("dev.kiln");
 
     record Upload(byte[] jfr, Instant from, Instant until) {}
 
     private final Config config;
-    private final HttpClient client;
     private final ArrayDeque<Upload> queue = new ArrayDeque<>();
     private final Thread thread;
     final AtomicLong sent = new AtomicLong();
@@ -33,7 +35,6 @@ final class Uploader {
 
     Uploader(Config config) {
         this.config = config;
-        this.client = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
         this.thread = new Thread(this::run, "kiln-uploader");
         this.thread.setDaemon(true);
         this.thread.start();
@@ -128,11 +129,23 @@ final class Uploader {
                 + "&format=jfr&spyName=javaspy"
                 + "&sampleRate=" + Math.max(1, 1000 / Math.max(1, config.samplingInterval.toMillis()))
                 + "&from=" + u.from().getEpochSecond() + "&until=" + u.until().getEpochSecond();
-        HttpRequest.Builder req = HttpRequest.newBuilder(URI.create(url))
-                .timeout(Duration.ofSeconds(30))
-                .header("Content-Type", "application/octet-stream")
-                .POST(HttpRequest.BodyPublishers.ofByteArray(u.jfr()));
-        if (config.authToken != null) req.header("Authorization", "Bearer " + config.authToken);
-        return client.send(req.build(), HttpResponse.BodyHandlers.discarding()).statusCode();
+        HttpURLConnection c = (HttpURLConnection) URI.create(url).toURL().openConnection();
+        try {
+            c.setConnectTimeout(5_000);
+            c.setReadTimeout(30_000);
+            c.setRequestMethod("POST");
+            c.setDoOutput(true);
+            c.setFixedLengthStreamingMode(u.jfr().length);
+            c.setRequestProperty("Content-Type", "application/octet-stream");
+            if (config.authToken != null) c.setRequestProperty("Authorization", "Bearer " + config.authToken);
+            try (OutputStream out = c.getOutputStream()) {
+                out.write(u.jfr());
+            }
+            int status = c.getResponseCode();
+            if (Thread.interrupted()) throw new InterruptedException();
+            return status;
+        } finally {
+            c.disconnect(); // one request per interval: no point keeping the connection
+        }
     }
 }

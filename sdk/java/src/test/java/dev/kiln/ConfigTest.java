@@ -14,6 +14,8 @@ class ConfigTest {
         assertEquals("shop{a=2,z=1}", c.seriesName());
         assertEquals(Duration.ofSeconds(3), c.uploadInterval);
         assertEquals("t", c.authToken);
+        assertEquals("auto", c.engine);
+        assertEquals("jfr", Config.fromAgentArgs("app=a,engine=jfr", Map.of()).engine);
     }
 
     @Test
@@ -30,5 +32,6 @@ class ConfigTest {
         assertThrows(IllegalArgumentException.class, () -> Config.fromAgentArgs("app=a,tags=k", Map.of()));
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").serverAddress("ftp://x").build());
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").tag("k", "a,b").build());
+        assertThrows(IllegalArgumentException.class, () -> Config.fromAgentArgs("app=a,engine=perf", Map.of()));
     }
 }

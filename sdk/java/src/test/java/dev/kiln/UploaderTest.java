@@ -71,9 +71,18 @@ class UploaderTest {
     }
 
     @Test
-    void agentRecordsAndPushesRealJfr() throws Exception {
+    void agentRecordsAndPushesRealJfrWithAsyncProfiler() throws Exception {
+        recordsAndPushes("async-profiler");
+    }
+
+    @Test
+    void agentRecordsAndPushesRealJfrWithFlightRecorder() throws Exception {
+        recordsAndPushes("jfr");
+    }
+
+    private void recordsAndPushes(String engine) throws Exception {
         String url = start(0);
-        KilnAgent.start(Config.builder().applicationName("self").serverAddress(url).uploadInterval(Duration.ofMillis(700)).build());
+        KilnAgent.start(Config.builder().applicationName("self").serverAddress(url).engine(engine).uploadInterval(Duration.ofMillis(700)).build());
         long end = System.currentTimeMillis() + 1500;
         long x = 0;
         while (System.currentTimeMillis() < end) x += Long.toString(x).hashCode();
