@@ -161,8 +161,8 @@ impl Default for WalConfig {
     }
 }
 
-/// `[auth]`: API keys and tenants (see `docs/security.md`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[auth]`: API keys, users, sessions and tenants (see `docs/security.md`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Require an API key on every request but `/healthz` and the UI's static files; the
@@ -173,6 +173,27 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
     /// Serve `/metrics` without a key when auth is on.
     pub open_metrics: bool,
+    /// How long a UI session lasts after sign-in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure`. Unset: only when the request came over TLS.
+    pub secure_cookies: Option<bool>,
+    /// Failed sign-ins allowed per user name and per client address within a minute; past
+    /// it, 429 with `Retry-After`. 0: no limit.
+    pub login_failures_per_minute: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow_unauthenticated: false,
+            open_metrics: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            secure_cookies: None,
+            login_failures_per_minute: 5,
+        }
+    }
 }
 
 /// A named component (`[transforms.NAME]`, `[sinks.NAME]`): its `type` and the settings that
@@ -292,6 +313,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "KILN_AUTH_ALLOW_UNAUTHENTICATED",
     ),
     ("auth.open_metrics", "KILN_AUTH_OPEN_METRICS"),
+    ("auth.session_ttl", "KILN_AUTH_SESSION_TTL"),
 ];
 
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
@@ -374,7 +396,7 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
     let value = match (name, value) {
         (
             "path" | "dir" | "listen" | "base_url" | "log_level" | "retention" | "flush_interval"
-            | "max_unapplied_age" | "type",
+            | "max_unapplied_age" | "type" | "session_ttl",
             v,
         ) => toml::Value::String(match v {
             toml::Value::String(s) => s,

@@ -162,7 +162,7 @@ enum Command {
         #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
         auth_token: Option<String>,
     },
-    /// Administration: API keys.
+    /// Administration: API keys and users.
     Admin {
         #[command(subcommand)]
         action: auth::cli::AdminCommand,

@@ -121,14 +121,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::default();
-        let keys = crate::auth::KeyStore::open(&config.storage.path)
-            .context("opening the API key store")?;
-        let auth = crate::auth::Auth {
-            config: config.auth.clone(),
-            loopback_only: crate::auth::is_loopback_listen(&config.server.listen),
-            listen: config.server.listen.clone(),
-            keys: Arc::new(keys),
-        };
+        let auth = crate::auth::Auth::open(
+            config.auth.clone(),
+            &config.server.listen,
+            &config.storage.path,
+        )?;
+        if auth.config.enabled {
+            crate::auth::users::bootstrap(&auth.users).context("creating the first admin user")?;
+        }
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
@@ -200,6 +200,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/apikeys/{id}",
             delete(crate::auth::admin::revoke),
         )
+        .route(
+            "/api/admin/users",
+            get(crate::auth::admin::list_users).post(crate::auth::admin::add_user),
+        )
+        .route(
+            "/api/admin/users/{name}",
+            delete(crate::auth::admin::delete_user),
+        )
+        .route(
+            "/api/admin/users/{name}/password",
+            post(crate::auth::admin::reset_password),
+        )
+        .route("/api/login", post(crate::auth::session::login))
+        .route("/api/logout", post(crate::auth::session::logout))
+        .route("/api/session", get(crate::auth::session::session))
         .route("/", get(crate::ui::index))
         .route("/ui/{*path}", get(crate::ui::asset))
         .layer(DefaultBodyLimit::max(body_limit))
