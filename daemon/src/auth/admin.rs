@@ -209,14 +209,13 @@ fn user_visible(p: &Principal, u: &UserRecord) -> bool {
 }
 
 /// A user this admin may manage, else "not found" (another tenant's users do not exist for it).
-async fn managed_user(
-    state: &AppState,
-    principal: &Principal,
-    name: &str,
-) -> Result<(), ApiError> {
+async fn managed_user(state: &AppState, principal: &Principal, name: &str) -> Result<(), ApiError> {
     let store = state.auth.users.clone();
     let all = blocking_users(move || store.list()).await?;
-    if all.iter().any(|u| u.name == name && user_visible(principal, u)) {
+    if all
+        .iter()
+        .any(|u| u.name == name && user_visible(principal, u))
+    {
         Ok(())
     } else {
         Err(UserStoreError::NoSuchUser(name.to_string()).into())

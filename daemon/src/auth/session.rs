@@ -107,7 +107,10 @@ pub(super) fn resolve(
         (Some(own), Some(asked)) => {
             return Err(Refusal::forbidden(
                 "tenant_mismatch",
-                format!("user {:?} belongs to tenant {own:?}; X-Scope-OrgID names {asked:?}", user.name),
+                format!(
+                    "user {:?} belongs to tenant {own:?}; X-Scope-OrgID names {asked:?}",
+                    user.name
+                ),
                 &label,
             ))
         }
@@ -253,7 +256,12 @@ pub async fn login(
         .sessions
         .open(&user.name)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    audit("login", &format!("user:{}", user.name), &user.tenant_name(), &user.name);
+    audit(
+        "login",
+        &format!("user:{}", user.name),
+        &user.tenant_name(),
+        &user.name,
+    );
     let principal = Principal {
         tenant: user.tenant.clone().unwrap_or_default(),
         role: user.role.principal_role(),
@@ -322,5 +330,10 @@ pub async fn session(
             .to_string(),
         None => principal.role.as_str().to_string(),
     };
-    Json(describe(&principal, &role, csrf.as_deref(), auth.config.enabled))
+    Json(describe(
+        &principal,
+        &role,
+        csrf.as_deref(),
+        auth.config.enabled,
+    ))
 }

@@ -125,7 +125,10 @@ impl LoginLimiter {
     fn keys(user: &str, peer: Option<IpAddr>) -> [String; 2] {
         [
             format!("user:{user}"),
-            format!("addr:{}", peer.map_or_else(|| "-".into(), |p| p.to_string())),
+            format!(
+                "addr:{}",
+                peer.map_or_else(|| "-".into(), |p| p.to_string())
+            ),
         ]
     }
 
@@ -139,7 +142,10 @@ impl LoginLimiter {
         let mut wait = None;
         for k in Self::keys(user, peer) {
             if let Some(q) = map.get_mut(&k) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     q.pop_front();
                 }
                 if q.len() >= self.max {
@@ -157,7 +163,10 @@ impl LoginLimiter {
         let mut map = self.failures.lock();
         // Forget idle entries now and then, so the map stays small.
         if map.len() > 10_000 {
-            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < self.window));
+            map.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
         }
         for k in Self::keys(user, peer) {
             let q = map.entry(k).or_default();

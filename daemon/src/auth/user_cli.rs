@@ -114,7 +114,12 @@ pub fn run(
             };
             let (pw, generated) = password(&src)?;
             let u = store.add(&name, &pw, role, tenant)?;
-            audit("user.add", "cli", &u.tenant_name(), &format!("{} ({})", u.name, u.role));
+            audit(
+                "user.add",
+                "cli",
+                &u.tenant_name(),
+                &format!("{} ({})", u.name, u.role),
+            );
             eprintln!(
                 "added {} {} for tenant {} in {}",
                 u.role,
@@ -140,7 +145,10 @@ pub fn run(
             let (pw, generated) = password(&src)?;
             let u = store.reset_password(&name, &pw)?;
             audit("user.reset_password", "cli", &u.tenant_name(), &u.name);
-            eprintln!("set a new password for {}; their sessions have ended", u.name);
+            eprintln!(
+                "set a new password for {}; their sessions have ended",
+                u.name
+            );
             show_generated(&u.name, &pw, generated);
         }
     }

@@ -394,7 +394,12 @@ mod tests {
         let store = UserStore::open(dir.path()).unwrap();
         assert!(store.is_empty());
         store
-            .add("ann", "correct horse", UserRole::Editor, Some(Tenant::default()))
+            .add(
+                "ann",
+                "correct horse",
+                UserRole::Editor,
+                Some(Tenant::default()),
+            )
             .unwrap();
         let on_disk = std::fs::read_to_string(dir.path().join("auth/users.json")).unwrap();
         assert!(on_disk.contains("$argon2id$") && !on_disk.contains("correct horse"));
@@ -402,16 +407,28 @@ mod tests {
         assert!(store.verify("ann", "wrong horse").is_none());
         assert!(store.verify("bob", "correct horse").is_none());
         assert!(matches!(
-            store.add("ann", "whatever1", UserRole::Viewer, Some(Tenant::default())),
+            store.add(
+                "ann",
+                "whatever1",
+                UserRole::Viewer,
+                Some(Tenant::default())
+            ),
             Err(UserStoreError::Exists(_))
         ));
         assert!(store
             .add("x", "short", UserRole::Viewer, Some(Tenant::default()))
             .is_err());
         assert!(store
-            .add("a b", "long enough", UserRole::Viewer, Some(Tenant::default()))
+            .add(
+                "a b",
+                "long enough",
+                UserRole::Viewer,
+                Some(Tenant::default())
+            )
             .is_err());
-        assert!(store.add("v", "long enough", UserRole::Viewer, None).is_err());
+        assert!(store
+            .add("v", "long enough", UserRole::Viewer, None)
+            .is_err());
 
         let other = UserStore::open(dir.path()).unwrap();
         let before = other.get("ann").unwrap().password_set_at;
