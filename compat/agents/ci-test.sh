@@ -14,20 +14,11 @@ trap 'rm -rf "$work"' EXIT
 
 . "$root/scripts/lib/daemon.sh"
 
-# Makes a writer and a reader key on a fresh data directory, then starts a daemon with auth on
-# there; sets $url, $pid, $write_key and $read_key.
+# A fresh daemon with auth on and a writer and a reader key (scripts/lib/daemon.sh); sets $url,
+# $pid, $write_key and $read_key.
 daemon() {
-  local data="$work/data-$1" key=("$kiln" admin apikey create --config /dev/null --storage-path "$data")
-  write_key=$("${key[@]}" --name "agent-$1" --role writer 2>/dev/null) &&
-    read_key=$("${key[@]}" --name "check-$1" --role reader 2>/dev/null) &&
-    KILN_AUTH_ENABLED=true KILN_ADMIN_PASSWORD="unused-$RANDOM$RANDOM$RANDOM" start_kiln "$kiln" "$data" &&
-    url=$kiln_url && pid=$kiln_pid
-}
-
-# The daemon's count of pushes refused for want of a credential.
-unauthenticated() {
-  curl -sf -H "Authorization: Bearer $read_key" "$url/metrics" |
-    awk '/^kiln_auth_refused_total\{/ && /cause="unauthenticated"/ { n += $NF } END { print n + 0 }'
+  start_kiln_auth "$kiln" "$work/data-$1" &&
+    url=$kiln_url && pid=$kiln_pid && write_key=$kiln_write_key && read_key=$kiln_read_key
 }
 
 # Pushes with the writer key, checks what came back; then runs the agent again without a key
@@ -38,9 +29,9 @@ with_and_without_key() {
   shift
   KILN_AGENT_KEY=$write_key "$run" 12 &&
     KILN_READ_KEY=$read_key python3 "$here/check.py" "$url" "$@" || return 1
-  before=$(unauthenticated)
+  before=$(kiln_unauthenticated)
   "$run" 5 >/dev/null 2>&1 || true
-  after=$(unauthenticated)
+  after=$(kiln_unauthenticated)
   ((after > before)) || { echo "the push without a key was not refused with 401 ($before → $after)"; return 1; }
 }
 

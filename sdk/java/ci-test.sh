@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Java agent: unit tests and jar (Maven), then the example app with -javaagent against a real
-# daemon, checked through /render, /label-values and /api/apps.
+# daemon with auth on, pushing with a writer key (authToken=) and checked through /render,
+# /label-values and /api/apps with a reader key; the same push without the key must get 401.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -11,14 +12,16 @@ kiln=${KILN_BIN:-$root/target/debug/kiln}
 work=$(mktemp -d)
 trap 'kill $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
-start_kiln "$kiln" "$work/data"
-java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:e2e,uploadInterval=3" \
+start_kiln_auth "$kiln" "$work/data"
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:e2e,uploadInterval=3,authToken=$kiln_write_key" \
   "$root/examples/java-app/JavaApp.java" 12
-python3 - "$kiln_url" <<'PY'
+python3 - "$kiln_url" "$kiln_read_key" <<'PY'
 import json, sys, urllib.parse, urllib.request
-base = sys.argv[1]
+base, key = sys.argv[1:3]
 def get(path, **params):
-    with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
+    req = urllib.request.Request(base + path + "?" + urllib.parse.urlencode(params))
+    req.add_header("Authorization", "Bearer " + key)
+    with urllib.request.urlopen(req) as r:
         return json.load(r)
 r = get("/render", query='java-app.cpu{env="e2e"}', **{"from": "now-10m", "until": "now+1m"})
 names = r["flamebearer"]["names"]
@@ -30,3 +33,9 @@ alloc = get("/render", query='java-app.alloc_sample_bytes{env="e2e"}', **{"from"
 assert any(n.endswith("JavaApp.allocLoop") for n in alloc["flamebearer"]["names"]), "allocLoop missing from allocations"
 print("java e2e: 1 passed, 0 failed")
 PY
+before=$(kiln_unauthenticated)
+KILN_AUTH_TOKEN= java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:nokey,uploadInterval=2" \
+  "$root/examples/java-app/JavaApp.java" 4 >/dev/null 2>&1 || true
+after=$(kiln_unauthenticated)
+((after > before)) || { echo "sdk/java: the push without a key was not refused ($before → $after)"; exit 1; }
+echo "sdk/java: pushes without a key refused with 401 ($((after - before)))"
