@@ -67,10 +67,12 @@ node_agent() {
     with_and_without_key run_node agent-node pyroscopeNodeBurn agent=pyroscope-nodejs wall wall_samples inuse_space
 }
 
-run_rust() { "$root/target/compat-agent-rust/debug/kiln-compat-rust-agent" "$url" "$1"; }
+# Its own target dir under the workspace's (or $KILN_AGENT_RUST_TARGET), kept between runs: the
+# first build takes minutes.
+rust_target=${KILN_AGENT_RUST_TARGET:-$root/target/compat-agent-rust}
+run_rust() { "$rust_target/debug/kiln-compat-rust-agent" "$url" "$1"; }
 rust_agent() {
-  # Its own target dir under the workspace's, kept between runs: the first build takes minutes.
-  CARGO_TARGET_DIR="$root/target/compat-agent-rust" cargo build --quiet --manifest-path "$here/rust/Cargo.toml" &&
+  CARGO_TARGET_DIR="$rust_target" cargo build --quiet --manifest-path "$here/rust/Cargo.toml" &&
     with_and_without_key run_rust agent-rust pyroscope_rust_burn agent=pyroscope-rs cpu
 }
 
