@@ -165,6 +165,17 @@ fn sessions_login_logout_fixation_csrf_roles_and_expiry() {
     );
     assert!(r.header("set-cookie").is_none());
     assert_eq!(login(&d, "ghost", "whatever-1", &[]).status, 401);
+    // A malformed body is refused without quoting it back (it may hold a password).
+    let json = ("Content-Type", "application/json".to_string());
+    let r = call(
+        &d,
+        "POST",
+        "/api/login",
+        &[json],
+        r#"{"username":"ed","password":918273645}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("918273645"), "{}", r.body);
 
     // Cookie attributes; no Secure over plain HTTP.
     let r = login(&d, "ed", "editor-password-1", &[]);

@@ -256,7 +256,7 @@ pub async fn add_user(
     let req: AddUser = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "bad_body",
-            format!("expected {{\"name\": …, \"role\": \"viewer|editor|admin\", \"tenant\"?: …, \"password\": …}}: {e}"),
+            format!("expected {{\"name\": …, \"role\": \"viewer|editor|admin\", \"tenant\"?: …, \"password\": …}}: {}", super::session::body_error(&e)),
         )
     })?;
     let tenant = req
@@ -326,7 +326,13 @@ pub async fn reset_password(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ResetPassword = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("bad_body", format!("expected {{\"password\": …}}: {e}"))
+        ApiError::bad_request(
+            "bad_body",
+            format!(
+                "expected {{\"password\": …}}: {}",
+                super::session::body_error(&e)
+            ),
+        )
     })?;
     managed_user(&state, &principal, &name).await?;
     let store = state.auth.users.clone();

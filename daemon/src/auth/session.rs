@@ -139,6 +139,16 @@ struct Login {
     password: String,
 }
 
+/// Where a JSON body went wrong, without quoting it: the value may be a password.
+pub fn body_error(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 fn secure(auth: &Auth, tls: bool) -> bool {
     auth.config.secure_cookies.unwrap_or(tls)
 }
@@ -209,9 +219,9 @@ pub async fn login(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     let req: Login = if is_form {
-        serde_urlencoded::from_bytes(&body).map_err(|e| e.to_string())
+        serde_urlencoded::from_bytes(&body).map_err(|_| "not a valid form".to_string())
     } else {
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(|e| body_error(&e))
     }
     .map_err(|e| {
         ApiError::bad_request(
