@@ -2,7 +2,7 @@
 # Kiln web UI tests in headless Chromium: installs the test dependencies (npm ci), starts the real
 # daemon ($KILN_BIN, else target/debug/kiln) on a free loopback port with a temporary storage dir,
 # pushes the testdata profiles at two times (so a diff has two sides), then runs every test under
-# ui-tests/tests with Node's test runner. Screenshots and exported files go to artifacts/ui/.
+# ui-tests/tests with Node's test runner (login.e2e starts a second daemon of its own, with auth on). Screenshots and exported files go to artifacts/ui/.
 # Needs: Node >= 20, Debian's chromium (/usr/bin/chromium or $KILN_CHROMIUM), curl, and Go for
 # `go tool pprof`. Works from any directory; exits non-zero on any failure.
 set -euo pipefail
@@ -70,6 +70,6 @@ ingest "uitest-folded.cpu%7Benv%3Dci%2Cregion%3Dus%7D&format=folded" "$later" \
 mkdir -p "$repo/artifacts/ui"
 cp "$workdir/kiln.log" "$repo/artifacts/ui/kiln.log" 2>/dev/null || true
 status=0
-KILN_URL="$url" node --test --test-concurrency=1 tests/ || status=$?
+KILN_URL="$url" KILN_BIN="$kiln_bin" node --test --test-concurrency=1 tests/ || status=$?
 cp "$workdir/kiln.log" "$repo/artifacts/ui/kiln.log" 2>/dev/null || true
 exit "$status"

@@ -2,9 +2,11 @@
 
 usage: check.py BASE_URL APP FUNCTION TAG=VALUE [TYPE…]
 
-FUNCTION must appear in the first TYPE's flamegraph (default: cpu).
+FUNCTION must appear in the first TYPE's flamegraph (default: cpu). Reads with the API key in
+KILN_READ_KEY when set (a daemon with auth on).
 """
 import json
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -15,7 +17,10 @@ key, value = tag.split("=", 1)
 
 
 def get(path, **params):
-    with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
+    req = urllib.request.Request(base + path + "?" + urllib.parse.urlencode(params))
+    if os.environ.get("KILN_READ_KEY"):
+        req.add_header("Authorization", "Bearer " + os.environ["KILN_READ_KEY"])
+    with urllib.request.urlopen(req) as r:
         return json.load(r)
 
 

@@ -165,8 +165,8 @@ impl Default for WalConfig {
     }
 }
 
-/// `[auth]`: API keys and tenants (see `docs/security.md`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[auth]`: API keys, users, sessions and tenants (see `docs/security.md`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Require an API key on every request but `/healthz` and the UI's static files; the
@@ -177,6 +177,27 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
     /// Serve `/metrics` without a key when auth is on.
     pub open_metrics: bool,
+    /// How long a UI session lasts after sign-in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure`. Unset: only when the request came over TLS.
+    pub secure_cookies: Option<bool>,
+    /// Failed sign-ins allowed per user name and per client address within a minute; past
+    /// it, 429 with `Retry-After`. 0: no limit.
+    pub login_failures_per_minute: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow_unauthenticated: false,
+            open_metrics: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            secure_cookies: None,
+            login_failures_per_minute: 5,
+        }
+    }
 }
 
 /// `[tls]`: HTTPS instead of HTTP (see `docs/security.md`).
@@ -337,6 +358,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "KILN_LIMITS_HEADER_READ_TIMEOUT",
     ),
     ("limits.body_read_timeout", "KILN_LIMITS_BODY_READ_TIMEOUT"),
+    ("auth.session_ttl", "KILN_AUTH_SESSION_TTL"),
 ];
 
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
@@ -432,7 +454,8 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
             | "client_ca_file"
             | "query_timeout"
             | "header_read_timeout"
-            | "body_read_timeout",
+            | "body_read_timeout"
+            | "session_ttl",
             v,
         ) => toml::Value::String(match v {
             toml::Value::String(s) => s,

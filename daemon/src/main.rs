@@ -178,7 +178,7 @@ enum Command {
         #[command(flatten)]
         tls: client::ClientTls,
     },
-    /// Administration: API keys.
+    /// Administration: API keys and users.
     Admin {
         #[command(subcommand)]
         action: auth::cli::AdminCommand,

@@ -124,14 +124,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_source: Option<ConfigSource>) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::default();
-        let keys = crate::auth::KeyStore::open(&config.storage.path)
-            .context("opening the API key store")?;
-        let auth = crate::auth::Auth {
-            config: config.auth.clone(),
-            loopback_only: crate::auth::is_loopback_listen(&config.server.listen),
-            listen: config.server.listen.clone(),
-            keys: Arc::new(keys),
-        };
+        let auth = crate::auth::Auth::open(
+            config.auth.clone(),
+            &config.server.listen,
+            &config.storage.path,
+        )?;
+        if auth.config.enabled {
+            crate::auth::users::bootstrap(&auth.users).context("creating the first admin user")?;
+        }
         let tls = match config.tls.enabled() {
             true => Some(Arc::new(
                 crate::tls::Tls::load(&config.tls)
@@ -258,6 +258,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/apikeys/{id}",
             delete(crate::auth::admin::revoke),
         )
+        .route(
+            "/api/admin/users",
+            get(crate::auth::admin::list_users).post(crate::auth::admin::add_user),
+        )
+        .route(
+            "/api/admin/users/{name}",
+            delete(crate::auth::admin::delete_user),
+        )
+        .route(
+            "/api/admin/users/{name}/password",
+            post(crate::auth::admin::reset_password),
+        )
+        .route("/api/login", post(crate::auth::session::login))
+        .route("/api/logout", post(crate::auth::session::logout))
+        .route("/api/session", get(crate::auth::session::session))
         .route("/", get(crate::ui::index))
         .route("/ui/{*path}", get(crate::ui::asset))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -384,16 +399,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let tls = state.tls.as_ref().map(|t| t.acceptor());
+        let over_tls = tls.is_some();
         let service = hyper::service::service_fn(
             move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
+                // Session cookies are marked Secure on requests that came over TLS.
+                if over_tls {
+                    req.extensions_mut().insert(crate::auth::OverTls);
+                }
                 app.clone().oneshot(req.map(axum::body::Body::new))
             },
         );
         let http = http.clone();
         let watcher = graceful.watcher();
-        let tls = state.tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let result = match tls {
                 None => {

@@ -322,3 +322,50 @@ fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(fresh(&second).unwrap(), 200);
 }
+
+#[test]
+fn session_cookies_are_secure_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("kiln test CA");
+    let (cert, key) = server_files(dir.path(), &ca);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["admin", "user", "add", "ada", "--role", "viewer"])
+        .args(["--config", "/dev/null", "--storage-path"])
+        .arg(dir.path().join("data"))
+        .env_remove("KILN_AUTH_TOKEN")
+        .env("KILN_USER_PASSWORD", "correct horse battery staple")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let client = agent(&ca, None);
+    let d = start_https(
+        dir.path(),
+        &[
+            "--auth=true",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+        &client,
+    );
+    let r = client
+        .post(format!("{}/api/login", d.url))
+        .header("Content-Type", "application/json")
+        .send(r#"{"username":"ada","password":"correct horse battery staple"}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(cookie.starts_with("kiln_session="), "{cookie}");
+    assert!(cookie.contains("Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+}

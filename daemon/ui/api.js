@@ -16,13 +16,58 @@ function headers() {
   return h;
 }
 
-/** On a 401, asks once for an API key (kept in this browser's localStorage) and says whether to retry. */
-function askForKey(res) {
-  if (res.status !== 401 || typeof globalThis.prompt !== 'function') return false;
-  const key = globalThis.prompt('This Kiln needs an API key (reader role or above):');
-  if (!key) return false;
-  globalThis.localStorage?.setItem(KEY_ITEM, key.trim());
-  return true;
+// The CSRF token of the signed-in session (from /api/session or /api/login): sent with every
+// state-changing request, never kept in a cookie.
+let csrfToken = null;
+
+/** On a 401 (signed out, or the session ended) the app shows the login page. */
+function unauthorized(res) {
+  if (res.status === 401) globalThis.dispatchEvent?.(new CustomEvent('kiln:unauthorized'));
+}
+
+/** Who this browser is: the daemon's /api/session, or null when it must sign in first. */
+export async function fetchSession() {
+  const res = await fetch('api/session', { headers: headers() });
+  if (res.status === 401) return null;
+  if (!res.ok) throw new ApiError(`api/session: ${res.status} ${res.statusText}`);
+  const session = await res.json();
+  csrfToken = session.csrf_token || null;
+  return session;
+}
+
+async function send(method, path, body) {
+  const h = { ...headers(), 'content-type': 'application/json' };
+  if (csrfToken) h['x-csrf-token'] = csrfToken;
+  const res = await fetch(path, { method, headers: h, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (!res.ok) {
+    const text = (await res.text()).trim();
+    let message = text;
+    try {
+      message = JSON.parse(text).message || text;
+    } catch {
+      // not JSON: the text as is
+    }
+    const err = new ApiError(message || `${res.status} ${res.statusText}`);
+    err.status = res.status;
+    throw err;
+  }
+  return res;
+}
+
+export async function login(username, password) {
+  const session = await (await send('POST', 'api/login', { username, password })).json();
+  csrfToken = session.csrf_token || null;
+  return session;
+}
+
+export async function logout() {
+  await send('POST', 'api/logout');
+  csrfToken = null;
+}
+
+/** Deletes every series of an application (`app.cpu` names its application). */
+export function deleteApp(name) {
+  return send('DELETE', 'api/apps', { name });
 }
 
 /** GET a JSON endpoint; identical requests share one response while it is cached. */
@@ -31,7 +76,7 @@ export function getJSON(path, params = {}) {
   if (cache.has(url)) return cache.get(url);
   const call = () => fetch(url, { headers: headers() });
   const promise = call().then(async (res) => {
-    if (askForKey(res)) res = await call();
+    unauthorized(res);
     if (!res.ok) {
       const text = (await res.text()).trim();
       throw new ApiError(`${path}: ${res.status} ${res.statusText}${text ? ` — ${text.slice(0, 300)}` : ''}`);

@@ -2,7 +2,7 @@
 // routing of URL state to the active view.
 
 import { h } from './dom.js';
-import { fetchApps, fetchAppNames, clearCache } from './api.js';
+import { fetchApps, fetchAppNames, clearCache, fetchSession, login, logout, deleteApp } from './api.js';
 import { parseQuery, formatQuery, splitAppName, parseTime, describeTime, RANGE_PRESETS } from './query.js';
 import { readState, navigate, stateToSearch } from './state.js';
 import { SelectorEditor } from './selector.js';
@@ -46,9 +46,58 @@ function preferredType(types) {
   return PREFERRED_TYPES.find((t) => types.includes(t)) || types[0];
 }
 
+/** The login page: shown when the daemon has auth on and this browser is not signed in. */
+function showLogin(root, notice = '') {
+  const user = h('input', { id: 'login-user', name: 'username', type: 'text', autocomplete: 'username', required: true, 'aria-label': 'user name' });
+  const password = h('input', { id: 'login-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, 'aria-label': 'password' });
+  const error = h('p', { id: 'login-error', class: 'message error', hidden: true, role: 'alert' });
+  const submit = h('button', { id: 'login-submit', type: 'submit' }, 'Sign in');
+  const form = h(
+    'form',
+    {
+      id: 'login-form',
+      class: 'login-form',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        try {
+          await login(user.value.trim(), password.value);
+          location.reload();
+        } catch (err) {
+          error.textContent = err.message || String(err);
+          error.hidden = false;
+          password.value = '';
+          submit.disabled = false;
+        }
+      },
+    },
+    h('h1', { class: 'brand' }, 'Kiln'),
+    notice ? h('p', { id: 'login-notice', class: 'message warning' }, notice) : null,
+    h('label', {}, 'User name', user),
+    h('label', {}, 'Password', password),
+    submit,
+    error,
+  );
+  root.replaceChildren(h('div', { class: 'login-page' }, form));
+  document.body.dataset.state = 'login';
+  user.focus();
+}
+
+/** Who is signed in, with a logout button (only for a signed-in user of a daemon with auth on). */
+function userBar(session) {
+  if (!session || !session.user) return null;
+  return h(
+    'span',
+    { class: 'user-bar', id: 'user-bar', dataset: { role: session.role } },
+    h('span', { id: 'user-name', class: 'muted' }, `${session.user} (${session.role})`),
+    h('button', { type: 'button', id: 'logout', onclick: async () => (await logout().catch(() => {}), location.reload()) }, 'Sign out'),
+  );
+}
+
 class Header {
-  constructor(apps) {
+  constructor(apps, session) {
     this.apps = apps;
+    this.session = session;
     this.tabs = VIEW_TABS.map(([view, label]) =>
       h('a', { class: 'tab', dataset: { view }, href: '?', onclick: (e) => (e.preventDefault(), navigate({ view })) }, label),
     );
@@ -96,8 +145,34 @@ class Header {
           h('button', { type: 'button', id: 'apply-range', onclick: () => this.applyRange() }, 'Apply'),
           h('button', { type: 'button', id: 'refresh', title: 'Fetch again', onclick: () => (clearCache(), window.dispatchEvent(new CustomEvent('kiln:statechange'))) }, 'Refresh'),
         ),
+        userBar(session),
       ),
-      h('div', { class: 'querybar' }, this.appSelect, this.typeSelect, this.selector.el, this.queryInput),
+      h('div', { class: 'querybar' }, this.appSelect, this.typeSelect, this.selector.el, this.queryInput, this.deleteButton()),
+    );
+  }
+
+  /** "Delete app" for a signed-in editor or admin; a viewer is not offered it. */
+  deleteButton() {
+    if (!this.session || !this.session.user || !this.session.can_delete) return null;
+    return h(
+      'button',
+      {
+        type: 'button',
+        id: 'delete-app',
+        class: 'danger',
+        title: 'Delete every profile of this application',
+        onclick: async () => {
+          const { app, type } = parseQuery(this.state.query);
+          if (!app || !globalThis.confirm(`Delete every profile of ${app}?`)) return;
+          try {
+            await deleteApp(`${app}.${type}`);
+            location.assign(location.pathname);
+          } catch (err) {
+            globalThis.alert(`Delete failed: ${err.message || err}`);
+          }
+        },
+      },
+      'Delete app',
     );
   }
 
@@ -154,9 +229,9 @@ class Header {
 }
 
 class App {
-  constructor(root, apps) {
+  constructor(root, apps, session) {
     this.root = root;
-    this.header = new Header(apps);
+    this.header = new Header(apps, session);
     this.views = {};
     this.main = h('main', { class: 'app-main' });
     this.errorSlot = h('div', { class: 'error-slot' });
@@ -189,7 +264,8 @@ class App {
       this.errorSlot.replaceChildren();
       document.body.dataset.state = 'ready';
     } catch (err) {
-      if (!isCurrent()) return;
+      // Signed out meanwhile: the login page has replaced the app.
+      if (!isCurrent() || document.getElementById('login-form')) return;
       this.errorSlot.replaceChildren(messageBox(String(err && err.message ? err.message : err), 'error'));
       document.body.dataset.state = 'error';
       console.error(err);
@@ -199,12 +275,20 @@ class App {
 
 async function start() {
   const root = document.getElementById('app');
+  const session = await fetchSession();
+  if (session === null) {
+    showLogin(root);
+    return;
+  }
+  // A 401 later on: the session expired or was ended elsewhere.
+  window.addEventListener('kiln:unauthorized', () => showLogin(root, 'Your session has ended: sign in again.'), { once: true });
+  if (session.user) document.body.dataset.role = session.role;
   const apps = await loadApps();
   const state = readState();
   if (!state.query) {
     if (apps.size === 0) {
       root.replaceChildren(
-        h('header', { class: 'app-header' }, h('div', { class: 'topbar' }, h('span', { class: 'brand' }, 'Kiln'))),
+        h('header', { class: 'app-header' }, h('div', { class: 'topbar' }, h('span', { class: 'brand' }, 'Kiln'), h('span', { class: 'spacer' }), userBar(session))),
         messageBox('No profiles yet. Send one to /ingest (for example with one of the Kiln SDKs) and reload this page.'),
       );
       document.body.dataset.state = 'empty';
@@ -213,7 +297,7 @@ async function start() {
     const [app, types] = apps.entries().next().value;
     history.replaceState(null, '', `${location.pathname}${stateToSearch({ ...state, query: formatQuery({ app, type: preferredType(types), matchers: [] }) })}`);
   }
-  await new App(root, apps).update();
+  await new App(root, apps, session).update();
 }
 
 start().catch((err) => {

@@ -50,6 +50,7 @@ func main() {
 	rate := flag.Duration("upload-rate", 10*time.Second, "upload interval")
 	tag := flag.String("tag", "env=demo", "static tag KEY=VALUE")
 	noProfiling := flag.Bool("no-profiling", false, "run the workload without the SDK (overhead baseline)")
+	authToken := flag.String("auth-token", os.Getenv("KILN_AUTH_TOKEN"), "API key, when the daemon has auth on")
 	flag.Parse()
 
 	if !*noProfiling {
@@ -59,6 +60,7 @@ func main() {
 			ServerAddress:   *server,
 			Tags:            map[string]string{k: v},
 			UploadRate:      *rate,
+			AuthToken:       *authToken,
 			Logger:          stdLogger{log.New(os.Stderr, "", log.LstdFlags)},
 		})
 		if err != nil {

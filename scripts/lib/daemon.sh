@@ -60,3 +60,20 @@ start_pyroscope() {
   tail -20 "$dir.log" >&2
   return 1
 }
+
+#   start_kiln_auth BINARY DATA_DIR → as start_kiln, with auth on; first makes a writer and a
+#                                     reader API key (tenant anonymous) in DATA_DIR, in
+#                                     $kiln_write_key and $kiln_read_key
+#   kiln_unauthenticated            → how many requests that daemon refused for want of a
+#                                     credential (kiln_auth_refused_total{cause="unauthenticated"})
+start_kiln_auth() {
+  local bin=$1 data=$2
+  kiln_write_key=$("$bin" admin apikey create --config /dev/null --storage-path "$data" --name writer --role writer 2>/dev/null) &&
+    kiln_read_key=$("$bin" admin apikey create --config /dev/null --storage-path "$data" --name reader --role reader 2>/dev/null) &&
+    KILN_AUTH_ENABLED=true KILN_ADMIN_PASSWORD="unused-$RANDOM$RANDOM$RANDOM" start_kiln "$bin" "$data"
+}
+
+kiln_unauthenticated() {
+  curl -sf -H "Authorization: Bearer $kiln_read_key" "$kiln_url/metrics" |
+    awk '/^kiln_auth_refused_total\{/ && /cause="unauthenticated"/ { n += $NF } END { print n + 0 }'
+}

@@ -1,5 +1,7 @@
-"""Asserts the Go example's profiles came back through the query API."""
+"""Asserts the Go example's profiles came back through the query API (with the API key in
+KILN_READ_KEY when set)."""
 import json
+import os
 import sys
 import urllib.parse
 import urllib.request
@@ -8,7 +10,10 @@ base = sys.argv[1]
 
 
 def get(path, **params):
-    with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
+    req = urllib.request.Request(base + path + "?" + urllib.parse.urlencode(params))
+    if os.environ.get("KILN_READ_KEY"):
+        req.add_header("Authorization", "Bearer " + os.environ["KILN_READ_KEY"])
+    with urllib.request.urlopen(req) as r:
         return json.load(r)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Java agent: unit tests and jar (Maven), then the example app with -javaagent against a real
-# daemon, once with each engine (async-profiler, the default, and the JDK Flight Recorder
-# fallback), checked through /render, /label-values and /api/apps.
+# daemon with auth on, once with each engine (async-profiler, the default, and the JDK Flight
+# Recorder fallback), pushing with a writer key (authToken=) and checked through /render,
+# /label-values and /api/apps with a reader key; the same push without the key must get 401.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -13,17 +14,19 @@ work=$(mktemp -d)
 # Let the daemon finish its shutdown flush before its data directory goes.
 trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
-start_kiln "$kiln" "$work/data"
+start_kiln_auth "$kiln" "$work/data"
 # Each engine names its allocation profile after the JFR event it records.
 for run in "async-profiler java-app alloc_in_new_tlab_bytes" "jfr java-app-jfr alloc_sample_bytes"; do
   read -r engine app alloc <<<"$run"
-  java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=$app,tags=env:e2e,uploadInterval=3,engine=$engine" \
+  java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=$app,tags=env:e2e,uploadInterval=3,engine=$engine,authToken=$kiln_write_key" \
     "$root/examples/java-app/JavaApp.java" 12
-  python3 - "$kiln_url" "$app" "$alloc" "$engine" <<'PY'
+  python3 - "$kiln_url" "$kiln_read_key" "$app" "$alloc" "$engine" <<'PY'
 import json, sys, urllib.parse, urllib.request
-base, app, alloc_type, engine = sys.argv[1:]
+base, key, app, alloc_type, engine = sys.argv[1:]
 def get(path, **params):
-    with urllib.request.urlopen(base + path + "?" + urllib.parse.urlencode(params)) as r:
+    req = urllib.request.Request(base + path + "?" + urllib.parse.urlencode(params))
+    req.add_header("Authorization", "Bearer " + key)
+    with urllib.request.urlopen(req) as r:
         return json.load(r)
 r = get("/render", query=f'{app}.cpu{{env="e2e"}}', **{"from": "now-10m", "until": "now+1m"})
 names = r["flamebearer"]["names"]
@@ -36,3 +39,9 @@ assert any(n.endswith("JavaApp.allocLoop") for n in alloc["flamebearer"]["names"
 print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
 done
+before=$(kiln_unauthenticated)
+KILN_AUTH_TOKEN= java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:nokey,uploadInterval=2" \
+  "$root/examples/java-app/JavaApp.java" 4 >/dev/null 2>&1 || true
+after=$(kiln_unauthenticated)
+((after > before)) || { echo "sdk/java: the push without a key was not refused ($before → $after)"; exit 1; }
+echo "sdk/java: pushes without a key refused with 401 ($((after - before)))"

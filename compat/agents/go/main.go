@@ -43,6 +43,8 @@ func main() {
 	p, err := pyroscope.Start(pyroscope.Config{
 		ApplicationName: "agent-go",
 		ServerAddress:   *server,
+		// Empty without KILN_AGENT_KEY: then the push carries no credential.
+		AuthToken: os.Getenv("KILN_AGENT_KEY"),
 		Tags:            map[string]string{"agent": "pyroscope-go"},
 		Logger:          pyroscope.StandardLogger,
 		UploadRate:      3 * time.Second,

@@ -16,6 +16,8 @@ Pyroscope.init({
   appName: 'agent-node',
   tags: { agent: 'pyroscope-nodejs' },
   flushIntervalMs: 3000,
+  // The API key as the Basic password; no credential without KILN_AGENT_KEY.
+  ...(process.env.KILN_AGENT_KEY ? { basicAuthUser: 'agent', basicAuthPassword: process.env.KILN_AGENT_KEY } : {}),
 });
 Pyroscope.start();
 

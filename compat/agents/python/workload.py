@@ -1,5 +1,6 @@
 """A workload profiled by the official Pyroscope Python agent (pyroscope-io), pointed at Kiln."""
 import hashlib
+import os
 import sys
 import time
 
@@ -18,6 +19,9 @@ def main():
     pyroscope.configure(
         application_name="agent-python",
         server_address=server,
+        # Grafana Cloud style: the API key as the Basic password (none without KILN_AGENT_KEY).
+        basic_auth_username="agent" if os.environ.get("KILN_AGENT_KEY") else "",
+        basic_auth_password=os.environ.get("KILN_AGENT_KEY", ""),
         tags={"agent": "pyroscope-io"},
         sample_rate=100,
     )

@@ -1,4 +1,5 @@
-//! `kiln admin apikey create|list|revoke`: on the data directory (`--config` /
+//! `kiln admin apikey create|list|revoke` and `kiln admin user add|list|delete|reset-password`:
+//! on the data directory (`--config` /
 //! `--storage-path`), or through a running daemon's admin API (`--server URL` with an admin
 //! key). A created key is printed once, alone on one line of stdout; everything else goes to
 //! stderr, so `KEY=$(kiln admin apikey create …)` captures just the key.
@@ -17,6 +18,11 @@ pub enum AdminCommand {
     Apikey {
         #[command(subcommand)]
         action: ApikeyCommand,
+    },
+    /// Users of the UI: add, list, delete, reset-password.
+    User {
+        #[command(subcommand)]
+        action: super::user_cli::UserCommand,
     },
 }
 
@@ -57,10 +63,10 @@ pub struct Remote {
     /// A running daemon to manage through its admin API; without it the data directory is
     /// changed directly (a running daemon picks the change up within a second).
     #[arg(long)]
-    server: Option<String>,
+    pub server: Option<String>,
     /// Admin API key for --server.
     #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
-    auth_token: Option<String>,
+    pub auth_token: Option<String>,
     /// TLS options for an `https://` --server.
     #[command(flatten)]
     tls: crate::client::ClientTls,
@@ -71,7 +77,10 @@ pub fn run(
     command: AdminCommand,
     data_dir: impl FnOnce() -> anyhow::Result<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let AdminCommand::Apikey { action } = command;
+    let action = match command {
+        AdminCommand::Apikey { action } => action,
+        AdminCommand::User { action } => return super::user_cli::run(action, data_dir),
+    };
     let remote = match &action {
         ApikeyCommand::Create { remote, .. }
         | ApikeyCommand::List { remote }

@@ -167,14 +167,14 @@ pub fn now_s() -> i64 {
         .unwrap_or(0)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
     move |source| KeyStoreError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn random<const N: usize>() -> Result<[u8; N], KeyStoreError> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], KeyStoreError> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| KeyStoreError::Random(e.to_string()))?;
     Ok(b)
@@ -433,7 +433,7 @@ impl KeyStore {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -442,7 +442,7 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
 }
 
 /// Writes `path` through a temporary file (mode 0600), fsync and rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut o = std::fs::OpenOptions::new();

@@ -11,11 +11,17 @@
 //!   `auth.allow_unauthenticated` says otherwise.
 //! * Auth on: an API key as `Authorization: Bearer KEY`, or HTTP Basic with the key as the
 //!   password. The tenant is the key's; `X-Scope-OrgID` can only repeat it (an admin key made
-//!   for every tenant picks one with it).
+//!   for every tenant picks one with it). Or, from the UI, the `kiln_session` cookie of a
+//!   signed-in user (see [`session`]); a state-changing request made with the cookie must
+//!   carry the session's CSRF token and come from this daemon's own origin.
 
 pub mod admin;
 pub mod cli;
 pub mod keys;
+pub mod session;
+pub mod sessions;
+pub mod user_cli;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -42,8 +48,10 @@ pub struct Principal {
     /// The tenant every read and write of the request is confined to.
     pub tenant: Tenant,
     pub role: Role,
-    /// The API key's id (never the key); `None` with auth off.
+    /// The API key's id (never the key); `None` with auth off or for a user.
     pub key_id: Option<String>,
+    /// The signed-in user, when the credential is a session cookie.
+    pub user: Option<String>,
     /// May act for any tenant: auth off, or an admin key made without `--tenant`.
     pub all_tenants: bool,
 }
@@ -72,6 +80,8 @@ pub enum Access {
     Metrics,
     Read,
     Write,
+    /// Deleting data: an admin key, or an editor (or admin) user.
+    Delete,
     Admin,
 }
 
@@ -83,11 +93,12 @@ impl Access {
             "/healthz" | "/" => Access::Open,
             p if p.starts_with("/ui/") => Access::Open,
             "/metrics" => Access::Metrics,
+            "/api/login" | "/api/logout" => Access::Open,
             "/ingest"
             | "/pyroscope/ingest"
             | "/push.v1.PusherService/Push"
             | "/v1development/profiles" => Access::Write,
-            "/api/apps" if method == Method::DELETE => Access::Admin,
+            "/api/apps" if method == Method::DELETE => Access::Delete,
             "/-/reload" => Access::Admin,
             p if p.starts_with("/api/admin/") || p == "/api/admin" => Access::Admin,
             _ => Access::Read,
@@ -98,7 +109,15 @@ impl Access {
         match self {
             Access::Open | Access::Metrics | Access::Read => Role::Reader,
             Access::Write => Role::Writer,
-            Access::Admin => Role::Admin,
+            Access::Delete | Access::Admin => Role::Admin,
+        }
+    }
+
+    /// What a user's role must be: an editor (a writer) may delete in its tenant.
+    fn needs_for_user(self) -> Role {
+        match self {
+            Access::Delete => Role::Writer,
+            other => other.needs(),
         }
     }
 
@@ -106,6 +125,7 @@ impl Access {
         match self {
             Access::Open | Access::Metrics | Access::Read => "read",
             Access::Write => "push profiles",
+            Access::Delete => "delete",
             Access::Admin => "do this",
         }
     }
@@ -166,14 +186,47 @@ impl Refusal {
     }
 }
 
-/// The auth settings and key store of a running daemon.
+/// The auth settings, key and user stores and sessions of a running daemon.
 pub struct Auth {
     pub config: AuthConfig,
     /// The daemon listens on loopback only: with auth off, every peer is this host.
     pub loopback_only: bool,
     pub listen: String,
     pub keys: Arc<KeyStore>,
+    pub users: Arc<users::UserStore>,
+    pub sessions: sessions::Sessions,
+    pub login_limiter: sessions::LoginLimiter,
 }
+
+impl Auth {
+    /// Opens the stores of data directory `data_dir`.
+    pub fn open(
+        config: AuthConfig,
+        listen: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let keys = KeyStore::open(data_dir).context("opening the API key store")?;
+        let users = users::UserStore::open(data_dir).context("opening the user store")?;
+        Ok(Self {
+            sessions: sessions::Sessions::new(config.session_ttl),
+            login_limiter: sessions::LoginLimiter::new(
+                config.login_failures_per_minute,
+                std::time::Duration::from_secs(60),
+            ),
+            loopback_only: is_loopback_listen(listen),
+            listen: listen.to_string(),
+            keys: Arc::new(keys),
+            users: Arc::new(users),
+            config,
+        })
+    }
+}
+
+/// A request extension the listener adds to requests that came over TLS: session cookies
+/// are then marked `Secure`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
 
 /// Whether `listen` (`host:port`) resolves to loopback addresses only.
 pub fn is_loopback_listen(listen: &str) -> bool {
@@ -291,6 +344,7 @@ pub fn resolve(
             tenant: header_tenant(headers)?.unwrap_or_default(),
             role: Role::Admin,
             key_id: None,
+            user: None,
             all_tenants: true,
         }));
     }
@@ -299,6 +353,9 @@ pub fn resolve(
     }
     let key = match credential(headers) {
         Credential::Key(k) => k,
+        Credential::None if session::cookie(headers).is_some() => {
+            return session::resolve(auth, access, method, headers);
+        }
         Credential::None => {
             return Err(Refusal::unauthorized(
                 "unauthenticated",
@@ -372,6 +429,7 @@ pub fn resolve(
         role: record.role,
         all_tenants: record.tenant.is_none(),
         key_id: Some(record.id),
+        user: None,
     }))
 }
 
@@ -454,15 +512,11 @@ mod tests {
     }
 
     fn auth(dir: &std::path::Path, enabled: bool, listen: &str) -> Auth {
-        Auth {
-            config: AuthConfig {
-                enabled,
-                ..AuthConfig::default()
-            },
-            loopback_only: is_loopback_listen(listen),
-            listen: listen.into(),
-            keys: Arc::new(KeyStore::open(dir).unwrap()),
-        }
+        let config = AuthConfig {
+            enabled,
+            ..AuthConfig::default()
+        };
+        Auth::open(config, listen, dir).unwrap()
     }
 
     #[test]

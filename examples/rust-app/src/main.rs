@@ -50,13 +50,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let running = if args.iter().any(|a| a == "--no-profiling") {
         None
     } else {
-        Some(
-            kiln_sdk::Agent::builder(server, "rust-app")
-                .tags([(k, v)])
-                .upload_interval(interval)
-                .build()?
-                .start()?,
-        )
+        let mut builder = kiln_sdk::Agent::builder(server, "rust-app")
+            .tags([(k, v)])
+            .upload_interval(interval);
+        // An API key, when the daemon has auth on.
+        if let Some(token) =
+            arg(&args, "--auth-token").or_else(|| std::env::var("KILN_AUTH_TOKEN").ok())
+        {
+            builder = builder.auth_token(token);
+        }
+        Some(builder.build()?.start()?)
     };
     let end = Instant::now() + duration;
     while Instant::now() < end {

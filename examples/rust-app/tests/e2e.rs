@@ -1,4 +1,6 @@
-//! The example app against a real daemon: its hot function and tags come back through the API.
+//! The example app against a real daemon with auth on: pushing with a writer key, its hot
+//! function and tags come back through the API (read with a reader key); the same push without
+//! a key is refused with 401.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,9 +18,46 @@ fn kiln_bin() -> std::path::PathBuf {
     p
 }
 
+/// The reader key of the daemon under test.
+static READ_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn get_text(url: &str) -> String {
+    let key = READ_KEY.get().expect("keys made");
+    let mut r = ureq::get(url)
+        .header("Authorization", &format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    r.body_mut().read_to_string().unwrap()
+}
+
 fn get(url: &str) -> serde_json::Value {
-    let mut r = ureq::get(url).call().unwrap();
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    serde_json::from_str(&get_text(url)).unwrap()
+}
+
+fn create_key(dir: &std::path::Path, role: &str) -> String {
+    let out = Command::new(kiln_bin())
+        .args(["admin", "apikey", "create", "--name", role, "--role", role])
+        .args(["--config", "/dev/null", "--storage-path"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Requests the daemon refused for want of a credential.
+fn unauthenticated(base: &str) -> f64 {
+    get_text(&format!("{base}/metrics"))
+        .lines()
+        .filter(|l| {
+            l.starts_with("kiln_auth_refused_total{") && l.contains("cause=\"unauthenticated\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn enc(s: &str) -> String {
@@ -39,6 +78,8 @@ fn example_profiles_reach_the_daemon() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
+    let write_key = create_key(&dir, "writer");
+    READ_KEY.set(create_key(&dir, "reader")).unwrap();
     let mut daemon = Command::new(kiln_bin())
         .args([
             "server",
@@ -53,6 +94,11 @@ fn example_profiles_reach_the_daemon() {
         ])
         .arg("--storage-path")
         .arg(&dir)
+        .env("KILN_AUTH_ENABLED", "true")
+        .env(
+            "KILN_ADMIN_PASSWORD",
+            format!("unused-{}", std::process::id()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -71,7 +117,10 @@ fn example_profiles_reach_the_daemon() {
             "2",
             "--tag",
             "env=e2e",
+            "--auth-token",
+            &write_key,
         ])
+        .env_remove("KILN_AUTH_TOKEN")
         .status()
         .unwrap();
     let result = std::panic::catch_unwind(|| {
@@ -105,6 +154,25 @@ fn example_profiles_reach_the_daemon() {
             .unwrap()
             .iter()
             .any(|v| v == "e2e"));
+        // The same push without a key: refused.
+        let before = unauthenticated(&base);
+        let _ = Command::new(env!("CARGO_BIN_EXE_rust-app"))
+            .args([
+                "--server",
+                &base,
+                "--duration",
+                "3",
+                "--upload-interval",
+                "1",
+            ])
+            .args(["--tag", "env=nokey"])
+            .env_remove("KILN_AUTH_TOKEN")
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            unauthenticated(&base) > before,
+            "the push without a key was not refused"
+        );
     });
     let _ = daemon.kill();
     let _ = daemon.wait();

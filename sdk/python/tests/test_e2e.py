@@ -1,4 +1,5 @@
-"""End to end: the example app profiled into the real daemon, read back over the query API.
+"""End to end: the example app profiled into the real daemon (auth on: it pushes with a writer
+key), read back over the query API with a reader key; the same push without a key gets 401.
 
 Runs only with KILN_E2E=1 (``sdk/python/ci-test.sh`` sets it); then the daemon binary is taken
 from KILN_BIN (or ``target/debug/kiln`` of the repository) and every problem starting or
@@ -38,9 +39,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The API keys of the daemon under test: (writer, reader), set by the `daemon` fixture.
+KEYS: dict[str, str] = {}
+
+
 def get(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    request = urllib.request.Request(url)
+    if KEYS.get("reader"):
+        request.add_header("Authorization", f"Bearer {KEYS['reader']}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, response.read()
+
+
+def create_key(binary: pathlib.Path, storage: pathlib.Path, role: str) -> str:
+    out = subprocess.run(
+        [str(binary), "admin", "apikey", "create", "--name", f"e2e-{role}", "--role", role,
+         "--config", "/dev/null", "--storage-path", str(storage)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
 
 
 def get_json(base: str, path: str, **params: str):
@@ -58,12 +75,16 @@ def daemon(tmp_path_factory):
     log_path = storage.parent / "kiln.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    KEYS["writer"] = create_key(binary, storage, "writer")
+    KEYS["reader"] = create_key(binary, storage, "reader")
+    env = {**os.environ, "KILN_AUTH_ENABLED": "true", "KILN_ADMIN_PASSWORD": uuid.uuid4().hex}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(binary), "server", "--listen", f"127.0.0.1:{port}", "--storage-path",
-             str(storage), "--self-profiling", "false"],
+             str(storage), "--self-profiling", "false", "--config", "/dev/null"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -94,7 +115,7 @@ def profiled_run(daemon):
     run_id = uuid.uuid4().hex[:12]
     result = subprocess.run(
         [sys.executable, str(APP), "--server", daemon, "--duration", str(RUN_SECONDS),
-         "--upload-interval", "2", "--tag", f"run={run_id}"],
+         "--upload-interval", "2", "--tag", f"run={run_id}", "--auth-token", KEYS["writer"]],
         capture_output=True, text=True, timeout=RUN_SECONDS + 60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"example failed:\n{result.stdout}\n{result.stderr}"
@@ -139,3 +160,25 @@ def test_tag_values_are_listed(profiled_run):
     assert {"hash", "alloc"} <= set(workloads), workloads
     apps = {app["name"]: app for app in get_json(base, "/api/apps")}
     assert apps["python-app.cpu"]["spyName"] == "pyspy"
+
+
+def unauthenticated(base: str) -> float:
+    """The daemon's count of requests refused for want of a credential."""
+    _, body = get(f"{base}/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith("kiln_auth_refused_total{") and 'cause="unauthenticated"' in line
+    )
+
+
+def test_the_same_push_without_a_key_gets_401(profiled_run):
+    base, _ = profiled_run
+    before = unauthenticated(base)
+    result = subprocess.run(
+        [sys.executable, str(APP), "--server", base, "--duration", "3",
+         "--upload-interval", "1", "--tag", "run=nokey"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unauthenticated(base) > before, result.stderr
+    assert "nokey" not in get_json(base, "/label-values", label="run")

@@ -21,9 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (server, seconds): (&str, u64) = (&args[1], args[2].parse()?);
     let backend = pprof_backend(PprofConfig::default(), BackendConfig::default());
-    let agent = PyroscopeAgentBuilder::new(server, "agent-rust", 100, "pyroscope-rs", "2.1", backend)
-        .tags([("agent", "pyroscope-rs")].to_vec())
-        .build()?;
+    let mut builder =
+        PyroscopeAgentBuilder::new(server, "agent-rust", 100, "pyroscope-rs", "2.1", backend)
+            .tags([("agent", "pyroscope-rs")].to_vec());
+    // The API key as the Basic password; no credential without KILN_AGENT_KEY.
+    if let Ok(key) = std::env::var("KILN_AGENT_KEY") {
+        builder = builder.basic_auth("agent", key);
+    }
+    let agent = builder.build()?;
     let running = agent.start()?;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
