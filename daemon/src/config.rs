@@ -116,6 +116,8 @@ pub struct StorageConfig {
     /// Memory for services' frame and stack dictionaries; past it the least recently used are
     /// dropped from memory (they stay on disk).
     pub dictionary_cache_bytes: u64,
+    /// How a new data directory compresses: `values` (default) or `sled`.
+    pub compression: kiln_storage_sled::Compression,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
     pub options: toml::Table,
 }
@@ -130,6 +132,7 @@ impl Default for StorageConfig {
             cache_capacity_bytes: 64 << 20,
             query_budget_bytes: 64 << 20,
             dictionary_cache_bytes: 64 << 20,
+            compression: kiln_storage_sled::Compression::default(),
             options: toml::Table::new(),
         }
     }
@@ -551,6 +554,7 @@ impl Config {
             cache_capacity_bytes: self.storage.cache_capacity_bytes,
             query_budget_bytes: self.storage.query_budget_bytes,
             dictionary_cache_bytes: self.storage.dictionary_cache_bytes,
+            compression: self.storage.compression,
         }
     }
 }

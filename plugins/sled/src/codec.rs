@@ -43,8 +43,9 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// The codec of the data directory at `path`: what its sled `conf` says, packed when new.
-    pub fn of_directory(path: &Path) -> Self {
+    /// The codec of the data directory at `path`: what its sled `conf` says; `for_new` when
+    /// the directory is new.
+    pub fn of_directory(path: &Path, for_new: Codec) -> Self {
         // The file ends in a binary checksum: read it as bytes.
         match std::fs::read(path.join("conf")) {
             Ok(conf)
@@ -54,7 +55,8 @@ impl Codec {
             {
                 Codec::SledCompressed
             }
-            _ => Codec::Packed,
+            Ok(_) => Codec::Packed,
+            Err(_) => for_new,
         }
     }
 

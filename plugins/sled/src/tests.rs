@@ -857,4 +857,12 @@ fn data_directories_where_sled_compresses_keep_that_and_new_ones_pack_values() {
     let conf =
         String::from_utf8_lossy(&std::fs::read(new.path().join("conf")).unwrap()).into_owned();
     assert!(conf.contains("use_compression: false"), "{conf}");
+    // A new directory made with `compression = "sled"` keeps sled's compression, and reopens
+    // with it whatever the setting says later.
+    let chosen = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(chosen.path());
+    cfg.compression = Compression::Sled;
+    drop(reopen_with(&cfg));
+    let s = reopen(chosen.path());
+    assert_eq!(s.inner.codec, Codec::SledCompressed);
 }
