@@ -178,8 +178,14 @@ fn deep_stacks_are_truncated_under_a_marker_and_counted() {
 #[test]
 fn a_query_past_query_timeout_gets_503_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path(), "query_timeout = \"1ns\"\n");
-    assert_eq!(push(&d, "anonymous", "q.cpu", "main 1\n").0, 200);
+    // A timeout below the timer's 1 ms resolution, and a query that cannot finish within it:
+    // 50,000 distinct stacks to merge and render (a query of a tiny profile can answer before
+    // the timer first fires).
+    let d = daemon(dir.path(), "query_timeout = \"1ms\"\n");
+    let wide: String = (0..50_000)
+        .map(|i| format!("main;f{};g{} 1\n", i % 97, i))
+        .collect();
+    assert_eq!(push(&d, "anonymous", "q.cpu", &wide).0, 200);
     let (s, b) = d.get(&format!(
         "/render?query={}&from=now-1h&until=now",
         enc("q.cpu{}")
