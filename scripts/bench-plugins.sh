@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a Wasm sink adds to ingest: the ingest benchmark's load (scripts/bench-ingest.sh) at a
 # fixed rate (RATE pushes/s, default 2,000 — the core target; each push is a Go CPU
-# pprof stored as two profile types), run twice on a release daemon — without, then with the
-# `top-functions` example sink in the default pipeline — printing the daemon's CPU for each.
+# pprof stored as two profile types), run three times on a release daemon — without a sink,
+# with the `top-functions` example sink in the default pipeline receiving every profile, and
+# with it asking for the `cpu` type only — printing the daemon's CPU for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,7 +44,9 @@ dir = "$work/out"
 [pipelines.default]
 sinks = ["top"]
 TOML
+sed 's/^type = "top-functions"$/type = "top-functions"\ntypes = ["cpu"]/' "$work/sink.toml" > "$work/sink-cpu.toml"
 
 run "without a sink" "$work/plain.toml"
-run "with the Wasm sink top-functions" "$work/sink.toml"
+run "with the Wasm sink top-functions, every profile" "$work/sink.toml"
+run "with the Wasm sink top-functions, types = [\"cpu\"]" "$work/sink-cpu.toml"
 echo "sink output: $(wc -l < "$work/out/top-functions.jsonl") JSON lines"

@@ -328,8 +328,8 @@ fn refused_plugin_files_name_the_file_and_the_cause() {
     let future = line("kiln_test_future_version.wasm");
     assert!(
         future.contains("refused")
-            && future.contains("kiln:plugin@0.2.0")
-            && future.contains("kiln:plugin@0.1.0"),
+            && future.contains("kiln:plugin@0.3.0")
+            && future.contains("kiln:plugin@0.2.0"),
         "{future}"
     );
     let notes = line("notes.wasm");

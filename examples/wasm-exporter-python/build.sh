@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the `top-functions-py` sink into target/top-functions-py.wasm (a WebAssembly component
-# targeting the `sink` world of wit/plugin.wit). Also writes the Python bindings of that world to
+# targeting the `sink` world of wit/0.1.0/plugin.wit: built against the 0.1.0 contract, which the
+# daemon still loads, so CI keeps that promise tested). Also writes the Python bindings of that world to
 # build/bindings, for editors and type checkers; neither directory is committed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-wit="$here/../../wit"
+wit="$here/../../wit/0.1.0"
 wanted="0.25."
 out="$here/target/top-functions-py.wasm"
 

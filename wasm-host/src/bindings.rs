@@ -40,5 +40,19 @@ pub mod render {
     });
 }
 
+/// The 0.1.0 contract (`wit/0.1.0/plugin.wit`), kept so components built against it still
+/// load. Only its `sink` world differs from 0.2.0; its records are the current ones (the
+/// component model compares types by structure), and its `host` interface is served by the
+/// same implementation under its own versioned name.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "sink",
+        with: {
+            "kiln:plugin/types": super::decoder::kiln::plugin::types,
+        },
+    });
+}
+
 pub use decoder::kiln::plugin::host;
 pub use decoder::kiln::plugin::types;

@@ -14,6 +14,7 @@ use wasmtime::Store;
 
 use crate::bindings::{self, types as wit};
 use crate::convert;
+use crate::intern::{SinkInterest, StringTable};
 use crate::runtime::{Pre, Runtime, WasmPlugin, EPOCH_TICK};
 use crate::sandbox::{HostState, Sandbox};
 use crate::WasmError;
@@ -75,6 +76,7 @@ enum Exports {
     Decoder(bindings::decoder::Decoder),
     Transform(bindings::transform::Transform),
     Sink(bindings::sink::Sink),
+    SinkV0_1(bindings::v0_1::Sink),
     Render(bindings::render::Render),
 }
 
@@ -99,6 +101,7 @@ impl Live {
             Pre::Decoder(p) => Exports::Decoder(p.instantiate(&mut store).map_err(failed)?),
             Pre::Transform(p) => Exports::Transform(p.instantiate(&mut store).map_err(failed)?),
             Pre::Sink(p) => Exports::Sink(p.instantiate(&mut store).map_err(failed)?),
+            Pre::SinkV0_1(p) => Exports::SinkV0_1(p.instantiate(&mut store).map_err(failed)?),
             Pre::Render(p) => Exports::Render(p.instantiate(&mut store).map_err(failed)?),
         };
         Ok(Self {
@@ -115,6 +118,7 @@ impl Live {
             Exports::Decoder(e) => e.call_info(s),
             Exports::Transform(e) => e.call_info(s),
             Exports::Sink(e) => e.call_info(s),
+            Exports::SinkV0_1(e) => e.call_info(s),
             Exports::Render(e) => e.call_info(s),
         }
         .map_err(|e| format!("{e:#}"))
@@ -127,9 +131,28 @@ impl Live {
             Exports::Decoder(e) => e.call_init(s, options),
             Exports::Transform(e) => e.call_init(s, options),
             Exports::Sink(e) => e.call_init(s, options),
+            Exports::SinkV0_1(e) => e.call_init(s, options),
             Exports::Render(e) => e.call_init(s, options),
         }
     }
+
+    /// What a 0.2.0 sink wants; `None` for every other kind.
+    fn sink_interest(&mut self) -> Result<Option<wit::SinkInterest>, String> {
+        self.store.set_epoch_deadline(self.ticks);
+        match &self.exports {
+            Exports::Sink(e) => e
+                .call_interest(&mut self.store)
+                .map(Some)
+                .map_err(|e| format!("asking what it wants: {e:#}")),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A 0.2.0 sink's feed: what it wants and the strings its instance holds.
+struct SinkFeed {
+    interest: SinkInterest,
+    strings: StringTable,
 }
 
 /// One configured instance of a Wasm plugin, usable as the component of its kind.
@@ -145,6 +168,9 @@ struct Inner {
     consecutive_faults: AtomicU32,
     disabled: AtomicBool,
     observer: Arc<dyn FaultObserver>,
+    /// For a 0.2.0 sink. An async lock: it is held across the call, so batches reach the
+    /// instance in the order their string deltas were made.
+    sink: tokio::sync::Mutex<Option<SinkFeed>>,
 }
 
 impl WasmPlugin {
@@ -168,11 +194,22 @@ impl WasmPlugin {
             consecutive_faults: AtomicU32::new(0),
             disabled: AtomicBool::new(false),
             observer,
+            sink: tokio::sync::Mutex::new(None),
         };
-        let live = inner.start().map_err(|e| WasmError::Config {
+        let config_error = |message: String| WasmError::Config {
             plugin: self.name.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut live = inner.start().map_err(|e| config_error(e.to_string()))?;
+        if let Some(interest) = live.sink_interest().map_err(config_error)? {
+            // The instance keeps the strings it is sent; an eighth of its memory cap bounds them
+            // (a guest `String` and its table slot take about twice the bytes).
+            let limit = usize::try_from(inner.sandbox.max_memory_mb << 17).unwrap_or(usize::MAX);
+            *inner.sink.try_lock().expect("not shared yet") = Some(SinkFeed {
+                interest: interest.into(),
+                strings: StringTable::new(limit),
+            });
+        }
         *inner.live.lock() = Some(live);
         Ok(WasmInstance {
             inner: Arc::new(inner),
@@ -331,13 +368,45 @@ impl Transform for WasmInstance {
 #[async_trait]
 impl SinkExporter for WasmInstance {
     async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
-        let batch: Vec<wit::Profile> = profiles.iter().map(convert::profile_to_wit).collect();
+        let mut feed = self.inner.sink.lock().await;
+        let Some(feed) = feed.as_mut() else {
+            return self.export_v0_1(profiles).await;
+        };
+        let batch = feed.strings.batch(profiles, &feed.interest);
+        if batch.profiles.is_empty() {
+            return Ok(());
+        }
         let inner = self.inner.clone();
         // Plugin code may block (files, HTTP): keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let plugin = &inner.plugin;
             inner.call(|store, exports| match exports {
                 Exports::Sink(e) => e.call_consume(store, &batch),
+                _ => Err(wrong_world(plugin, "sink")),
+            })
+        })
+        .await
+        .map_err(|e| ExportError(format!("sink task failed: {e}")))?;
+        if matches!(
+            result,
+            Err(CallError::Fault { .. } | CallError::Disabled { .. })
+        ) {
+            // The instance is rebuilt empty (or never saw the batch): resend every string.
+            feed.strings.reset();
+        }
+        result.map_err(|e| ExportError(e.to_string()))
+    }
+}
+
+impl WasmInstance {
+    /// A sink built against 0.1.0: every profile crosses whole.
+    async fn export_v0_1(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+        let batch: Vec<wit::Profile> = profiles.iter().map(convert::profile_to_wit).collect();
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let plugin = &inner.plugin;
+            inner.call(|store, exports| match exports {
+                Exports::SinkV0_1(e) => e.call_consume(store, &batch),
                 _ => Err(wrong_world(plugin, "sink")),
             })
         })

@@ -12,13 +12,14 @@
 mod bindings;
 mod convert;
 mod instance;
+mod intern;
 mod runtime;
 mod sandbox;
 
 use std::path::PathBuf;
 
 pub use instance::{CallError, FaultKind, FaultObserver, NoObserver, WasmInstance};
-pub use runtime::{WasmPlugin, WIT_VERSION};
+pub use runtime::{WasmPlugin, WIT_VERSION, WIT_VERSIONS_ACCEPTED};
 pub use sandbox::{Sandbox, GUEST_DIR};
 
 /// Why a Wasm plugin could not be loaded or configured.
@@ -28,7 +29,7 @@ pub enum WasmError {
     Engine(String),
     #[error("{file}: {reason}")]
     Load { file: PathBuf, reason: String },
-    #[error("{file}: built against kiln:plugin@{found}, this daemon speaks kiln:plugin@{}; rebuild it against wit/plugin.wit of this release", WIT_VERSION)]
+    #[error("{file}: built against kiln:plugin@{found}, this daemon speaks kiln:plugin@{} (and loads components built against {}); rebuild it against wit/plugin.wit of this release", WIT_VERSION, WIT_VERSIONS_ACCEPTED[1..].join(", "))]
     WitVersion { file: PathBuf, found: String },
     #[error("plugin {plugin}: sandbox: {reason}")]
     Sandbox { plugin: String, reason: String },

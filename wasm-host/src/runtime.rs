@@ -15,7 +15,9 @@ use crate::sandbox::{HostState, Sandbox};
 use crate::WasmError;
 
 /// The version of the `kiln:plugin` WIT package this host speaks.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+/// Earlier versions whose components still load: 0.1.0 differs only in its `sink` world.
+pub const WIT_VERSIONS_ACCEPTED: &[&str] = &["0.2.0", "0.1.0"];
 const WIT_PACKAGE: &str = "kiln:plugin";
 
 /// One epoch tick; call timeouts are counted in ticks.
@@ -50,6 +52,10 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::v0_1::kiln::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
         let ticker = engine.clone();
         std::thread::Builder::new()
             .name("kiln-wasm-epoch".into())
@@ -94,6 +100,8 @@ pub(crate) enum Pre {
     Decoder(bindings::decoder::DecoderPre<HostState>),
     Transform(bindings::transform::TransformPre<HostState>),
     Sink(bindings::sink::SinkPre<HostState>),
+    /// A sink built against 0.1.0: profiles cross whole, strings and all.
+    SinkV0_1(bindings::v0_1::SinkPre<HostState>),
     Render(bindings::render::RenderPre<HostState>),
 }
 
@@ -163,13 +171,13 @@ impl WasmPlugin {
             file: file.to_path_buf(),
             reason,
         };
-        match wit_version(&runtime.engine, &component) {
+        let wit = match wit_version(&runtime.engine, &component) {
             None => {
                 return Err(refuse(format!(
                     "not a Kiln plugin: it imports no {WIT_PACKAGE} interface"
                 )))
             }
-            Some(v) if v != WIT_VERSION => {
+            Some(v) if !WIT_VERSIONS_ACCEPTED.contains(&v.as_str()) => {
                 return Err(WasmError::WitVersion {
                     file: file.to_path_buf(),
                     found: if v.is_empty() {
@@ -179,8 +187,8 @@ impl WasmPlugin {
                     },
                 })
             }
-            Some(_) => {}
-        }
+            Some(v) => v,
+        };
         let kind = world_kind(&runtime.engine, &component)
             .ok_or_else(|| refuse("exports none of decode, transform, consume or render".into()))?;
         let instance_pre = runtime
@@ -196,6 +204,9 @@ impl WasmPlugin {
             ComponentKind::Transform => Pre::Transform(
                 bindings::transform::TransformPre::new(instance_pre).map_err(world_error)?,
             ),
+            ComponentKind::Sink if wit == "0.1.0" => {
+                Pre::SinkV0_1(bindings::v0_1::SinkPre::new(instance_pre).map_err(world_error)?)
+            }
             ComponentKind::Sink => {
                 Pre::Sink(bindings::sink::SinkPre::new(instance_pre).map_err(world_error)?)
             }

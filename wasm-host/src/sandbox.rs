@@ -182,3 +182,26 @@ impl host::Host for HostState {
             .map_err(|e| format!("POST {url}: {e}"))
     }
 }
+
+/// The same host functions under the 0.1.0 interface name, for components built against it.
+impl crate::bindings::v0_1::kiln::plugin::host::Host for HostState {
+    fn log(&mut self, level: crate::bindings::v0_1::kiln::plugin::host::LogLevel, message: String) {
+        use crate::bindings::v0_1::kiln::plugin::host::LogLevel as Old;
+        let level = match level {
+            Old::Error => host::LogLevel::Error,
+            Old::Warn => host::LogLevel::Warn,
+            Old::Info => host::LogLevel::Info,
+            Old::Debug => host::LogLevel::Debug,
+        };
+        host::Host::log(self, level, message);
+    }
+
+    fn http_post(
+        &mut self,
+        url: String,
+        content_type: String,
+        body: Vec<u8>,
+    ) -> Result<u16, String> {
+        host::Host::http_post(self, url, content_type, body)
+    }
+}

@@ -9,7 +9,11 @@
 //! Lines are appended to `/data/<file>` when the sandbox grants a directory, and POSTed
 //! (`application/x-ndjson`, one request per batch) to `webhook` when set and allow-listed.
 //!
-//! Options: `top` (default 10), `file` (default `top-functions.jsonl`), `webhook` (none).
+//! Options: `top` (default 10), `file` (default `top-functions.jsonl`), `webhook` (none),
+//! `types` (profile type names to receive, such as `["cpu"]`; default every type).
+//!
+//! Built against `kiln:plugin@0.2.0`: profiles arrive with their strings as ids into a table
+//! this instance keeps ([`Strings`]), each string sent once.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 wit_bindgen::generate!({ path: "../../wit", world: "sink" });
 
 use kiln::plugin::host::{self, LogLevel};
+use kiln::plugin::types::{InternedProfile, StringDelta};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +33,7 @@ struct Options {
     top: usize,
     file: String,
     webhook: Option<String>,
+    types: Vec<String>,
 }
 
 impl Default for Options {
@@ -36,6 +42,7 @@ impl Default for Options {
             top: 10,
             file: "top-functions.jsonl".into(),
             webhook: None,
+            types: Vec::new(),
         }
     }
 }
@@ -60,7 +67,27 @@ struct Entry<'a> {
     share: f64,
 }
 
+/// The instance's string table: what the host sent so far, by id.
+#[derive(Default)]
+struct Strings(Vec<String>);
+
+impl Strings {
+    /// Applies a batch's delta; done first, so the table follows the host even if the batch
+    /// then fails.
+    fn apply(&mut self, delta: StringDelta) {
+        if delta.reset {
+            self.0.clear();
+        }
+        self.0.extend(delta.added);
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.0.get(id as usize).map_or("", String::as_str)
+    }
+}
+
 thread_local! {
+    static STRINGS: RefCell<Strings> = RefCell::new(Strings::default());
     static OPTIONS: RefCell<Options> = RefCell::new(Options::default());
     /// The output file, opened on first use and kept open (in append mode, so `copytruncate`
     /// rotation works); `None` inside when the sandbox grants no directory.
@@ -93,26 +120,34 @@ fn append_to_file(file: &str, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The top `n` functions of `p` by self value (ties by name, so output is stable).
-fn top_functions(p: &Profile, n: usize) -> Vec<Entry<'_>> {
-    // Self value per frame first (an array index per sample), then per function name: several
-    // frames may share a function (different lines), and hashing once per frame is cheaper.
-    let mut by_frame = vec![0i64; p.frames.len()];
+fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec<Entry<'a>> {
+    // Self value per frame first (an array index per sample), then per function: several
+    // frames may share a function (different lines). Functions are string ids, so no hashing
+    // of names.
+    let mut by_frame = vec![0i64; p.frame_functions.len()];
     let mut end = 0usize;
     for (&len, &value) in p.stack_lens.iter().zip(&p.values) {
         end += len as usize;
-        let leaf = if len == 0 { None } else { p.stacks.get(end - 1) };
+        let leaf = if len == 0 {
+            None
+        } else {
+            p.stacks.get(end - 1)
+        };
         if let Some(slot) = leaf.and_then(|&leaf| by_frame.get_mut(leaf as usize)) {
             *slot += value;
         }
     }
-    let mut by_function: HashMap<&str, i64> = HashMap::new();
-    for (frame, &value) in p.frames.iter().zip(&by_frame) {
+    let mut by_function: HashMap<u32, i64> = HashMap::new();
+    for (&function, &value) in p.frame_functions.iter().zip(&by_frame) {
         if value != 0 {
-            *by_function.entry(frame.function.as_str()).or_default() += value;
+            *by_function.entry(function).or_default() += value;
         }
     }
     let total: i64 = p.values.iter().sum();
-    let mut entries: Vec<(&str, i64)> = by_function.into_iter().collect();
+    let mut entries: Vec<(&str, i64)> = by_function
+        .into_iter()
+        .map(|(id, value)| (strings.get(id), value))
+        .collect();
     entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     entries
         .into_iter()
@@ -129,26 +164,25 @@ fn top_functions(p: &Profile, n: usize) -> Vec<Entry<'_>> {
         .collect()
 }
 
-fn to_line(p: &Profile, n: usize) -> Result<String, String> {
-    let labels: HashMap<&str, &str> = p
-        .labels
-        .iter()
-        .filter(|l| l.name != "service_name")
-        .map(|l| (l.name.as_str(), l.value.as_str()))
-        .collect();
-    let service = p
-        .labels
-        .iter()
-        .find(|l| l.name == "service_name")
-        .map_or("", |l| l.value.as_str());
+fn to_line(p: &InternedProfile, strings: &Strings, n: usize) -> Result<String, String> {
+    let mut labels = HashMap::new();
+    let mut service = "";
+    for pair in p.labels.chunks_exact(2) {
+        let (name, value) = (strings.get(pair[0]), strings.get(pair[1]));
+        if name == "service_name" {
+            service = value;
+        } else {
+            labels.insert(name, value);
+        }
+    }
     let line = Line {
         service,
-        profile_type: &p.profile_type.name,
+        profile_type: strings.get(p.profile_type.name),
         labels,
         start_ns: p.start_ns,
         end_ns: p.end_ns,
         total: p.values.iter().sum(),
-        top: top_functions(p, n),
+        top: top_functions(p, strings, n),
     };
     serde_json::to_string(&line).map_err(|e| e.to_string())
 }
@@ -172,23 +206,34 @@ impl Guest for TopFunctions {
         Ok(())
     }
 
-    fn consume(profiles: Vec<Profile>) -> Result<(), String> {
-        OPTIONS.with(|o| {
-            let o = o.borrow();
-            let mut body = String::new();
-            for p in &profiles {
-                body.push_str(&to_line(p, o.top)?);
-                body.push('\n');
-            }
-            append_to_file(&o.file, body.as_bytes())?;
-            if let Some(url) = &o.webhook {
-                let status = host::http_post(url, "application/x-ndjson", body.as_bytes())?;
-                if !(200..300).contains(&status) {
-                    host::log(LogLevel::Warn, &format!("webhook {url} answered {status}"));
-                    return Err(format!("webhook {url} answered {status}"));
+    fn interest() -> SinkInterest {
+        SinkInterest {
+            profile_types: OPTIONS.with(|o| o.borrow().types.clone()),
+            files_and_lines: false,
+        }
+    }
+
+    fn consume(batch: SinkBatch) -> Result<(), String> {
+        STRINGS.with(|strings| {
+            let mut strings = strings.borrow_mut();
+            strings.apply(batch.strings);
+            OPTIONS.with(|o| {
+                let o = o.borrow();
+                let mut body = String::new();
+                for p in &batch.profiles {
+                    body.push_str(&to_line(p, &strings, o.top)?);
+                    body.push('\n');
                 }
-            }
-            Ok(())
+                append_to_file(&o.file, body.as_bytes())?;
+                if let Some(url) = &o.webhook {
+                    let status = host::http_post(url, "application/x-ndjson", body.as_bytes())?;
+                    if !(200..300).contains(&status) {
+                        host::log(LogLevel::Warn, &format!("webhook {url} answered {status}"));
+                        return Err(format!("webhook {url} answered {status}"));
+                    }
+                }
+                Ok(())
+            })
         })
     }
 }
