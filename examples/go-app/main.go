@@ -51,6 +51,9 @@ func main() {
 	tag := flag.String("tag", "env=demo", "static tag KEY=VALUE")
 	noProfiling := flag.Bool("no-profiling", false, "run the workload without the SDK (overhead baseline)")
 	authToken := flag.String("auth-token", os.Getenv("KILN_AUTH_TOKEN"), "API key, when the daemon has auth on")
+	caFile := flag.String("ca-file", "", "PEM CA file trusted for an https server (default: system roots)")
+	clientCert := flag.String("client-cert", "", "PEM client certificate, for a daemon with mutual TLS")
+	clientKey := flag.String("client-key", "", "PEM private key of -client-cert")
 	flag.Parse()
 
 	if !*noProfiling {
@@ -61,6 +64,9 @@ func main() {
 			Tags:            map[string]string{k: v},
 			UploadRate:      *rate,
 			AuthToken:       *authToken,
+			CAFile:          *caFile,
+			ClientCertFile:  *clientCert,
+			ClientKeyFile:   *clientKey,
 			Logger:          stdLogger{log.New(os.Stderr, "", log.LstdFlags)},
 		})
 		if err != nil {

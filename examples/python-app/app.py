@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "--upload-interval", type=float, default=10.0, help="seconds between uploads (default 10)"
     )
     parser.add_argument("--auth-token", default=None, help="bearer token for the daemon")
+    parser.add_argument("--ca-file", default=None, help="PEM CA file trusted for an https server")
+    parser.add_argument("--client-cert", default=None, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--client-key", default=None, help="PEM key of --client-cert")
     parser.add_argument("--mode", choices=["cpu", "wall"], default="cpu")
     parser.add_argument(
         "--print-stats", action="store_true", help="print the SDK's counters as JSON at exit"
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 application_name=args.app_name,
                 server_address=args.server,
                 auth_token=args.auth_token,
+                ca_file=args.ca_file,
+                client_cert_file=args.client_cert,
+                client_key_file=args.client_key,
                 tags=dict(args.tag),
                 upload_interval=args.upload_interval,
                 mode=args.mode,

@@ -77,3 +77,60 @@ kiln_unauthenticated() {
   curl -sf -H "Authorization: Bearer $kiln_read_key" "$kiln_url/metrics" |
     awk '/^kiln_auth_refused_total\{/ && /cause="unauthenticated"/ { n += $NF } END { print n + 0 }'
 }
+
+#   make_test_certs DIR             → a throwaway CA (ca.pem), a server certificate for 127.0.0.1
+#                                     and localhost signed by it (server.pem, server.key), a client
+#                                     certificate for mutual TLS (client.pem, client.key) and an
+#                                     unrelated CA (other-ca.pem) that must not be trusted
+#   start_kiln_tls_auth BINARY DATA_DIR CERT_DIR
+#                                   → as start_kiln_auth, serving HTTPS with CERT_DIR's server
+#                                     certificate and, when CERT_DIR/client-ca.pem exists, mutual
+#                                     TLS; $kiln_url is https://127.0.0.1:PORT
+make_test_certs() {
+  local dir=$1 ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  mkdir -p "$dir"
+  for ca in ca other-ca; do
+    openssl req -x509 "${ec[@]}" -keyout "$dir/$ca.key" -out "$dir/$ca.pem" -days 2 -subj "/CN=kiln test $ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  done
+  local leaf usage
+  for leaf in server client; do
+    usage=serverAuth
+    [[ $leaf == client ]] && usage=clientAuth
+    openssl req "${ec[@]}" -keyout "$dir/$leaf.key" -out "$dir/$leaf.csr" -subj "/CN=kiln test $leaf" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' "$usage" >"$dir/$leaf.ext"
+    openssl x509 -req -in "$dir/$leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+      -out "$dir/$leaf.pem" -days 2 -extfile "$dir/$leaf.ext" 2>/dev/null
+  done
+}
+
+start_kiln_tls_auth() {
+  local bin=$1 data=$2 certs=$3 port mtls=()
+  [[ -f $certs/client-ca.pem ]] && mtls=(--tls-client-ca-file "$certs/client-ca.pem")
+  kiln_write_key=$("$bin" admin apikey create --config /dev/null --storage-path "$data" --name writer --role writer 2>/dev/null) &&
+    kiln_read_key=$("$bin" admin apikey create --config /dev/null --storage-path "$data" --name reader --role reader 2>/dev/null) || return 1
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  KILN_AUTH_ENABLED=true KILN_ADMIN_PASSWORD="unused-$RANDOM$RANDOM$RANDOM" "$bin" server --config /dev/null \
+    --listen "127.0.0.1:$port" --storage-path "$data" --self-profiling false --log-level warn \
+    --tls-cert-file "$certs/server.pem" --tls-key-file "$certs/server.key" "${mtls[@]}" &
+  kiln_pid=$!
+  kiln_url="https://127.0.0.1:$port"
+  local client=()
+  [[ ${#mtls[@]} -gt 0 ]] && client=(--cert "$certs/client.pem" --key "$certs/client.key")
+  for _ in $(seq 1000); do
+    curl -sf --cacert "$certs/ca.pem" "${client[@]}" "$kiln_url/healthz" >/dev/null && return 0
+    sleep 0.02
+  done
+  echo "kiln did not become healthy at $kiln_url" >&2
+  return 1
+}
+
+#   kiln_ticks QUERY [CURL_ARGS...] → numTicks of /render for QUERY over the last 10 minutes,
+#                                     read with $kiln_read_key (CURL_ARGS e.g. --cacert FILE)
+kiln_ticks() {
+  local q=$1
+  shift
+  curl -sfG "$@" -H "Authorization: Bearer $kiln_read_key" --data-urlencode "query=$q" \
+    --data-urlencode from=now-10m --data-urlencode until=now+1m "$kiln_url/render" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["flamebearer"]["numTicks"])'
+}

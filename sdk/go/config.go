@@ -57,6 +57,12 @@ type Config struct {
 	ServerAddress string
 	// AuthToken, if set, is sent as "Authorization: Bearer AuthToken".
 	AuthToken string
+	// CAFile, if set, is a PEM file of CA certificates trusted for an https ServerAddress
+	// instead of the system roots (e.g. a private CA).
+	CAFile string
+	// ClientCertFile and ClientKeyFile, if set, are a PEM certificate chain and its private key
+	// presented to a daemon that requires mutual TLS. Both or neither.
+	ClientCertFile, ClientKeyFile string
 	// Tags are static labels added to every profile.
 	Tags map[string]string
 	// ProfileTypes to collect; DefaultProfileTypes when empty. Mutex and block profiling turn on

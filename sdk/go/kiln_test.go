@@ -7,6 +7,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,7 @@ func TestUploadsAreMultipartWithParamsAuthAndTags(t *testing.T) {
 
 func TestRetriesWithBackoffUntilTheServerAnswers(t *testing.T) {
 	srv, got := fakeServer(t, 2)
-	q := newUploader(Config{ServerAddress: srv.URL, Logger: noopLogger{}, MaxQueuedUploads: 4})
+	q := newUploader(Config{ServerAddress: srv.URL, Logger: noopLogger{}, MaxQueuedUploads: 4}, srv.Client())
 	q.minBackoff = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -156,7 +157,7 @@ func TestRetriesWithBackoffUntilTheServerAnswers(t *testing.T) {
 }
 
 func TestQueueDropsOldestWhenFull(t *testing.T) {
-	q := newUploader(Config{ServerAddress: "http://127.0.0.1:1", Logger: noopLogger{}, MaxQueuedUploads: 3})
+	q := newUploader(Config{ServerAddress: "http://127.0.0.1:1", Logger: noopLogger{}, MaxQueuedUploads: 3}, &http.Client{})
 	for i := 0; i < 5; i++ {
 		q.enqueue(upload{name: string(rune('a' + i)), profile: []byte{1}})
 	}
@@ -176,5 +177,24 @@ func TestTagWrapperLabelsSamples(t *testing.T) {
 	TagWrapper(context.Background(), Labels("route", "/checkout"), func(ctx context.Context) { ran = true })
 	if !ran {
 		t.Fatal("fn did not run")
+	}
+}
+
+func TestHTTPClientTLSOptions(t *testing.T) {
+	if c, err := newHTTPClient(Config{}); err != nil || c.Transport != nil {
+		t.Fatalf("without TLS options the default transport is used: %v %v", c, err)
+	}
+	if _, err := newHTTPClient(Config{CAFile: "/nonexistent/ca.pem"}); err == nil || !strings.Contains(err.Error(), "CAFile") {
+		t.Fatalf("a missing CA file is an error naming CAFile: %v", err)
+	}
+	notPEM := t.TempDir() + "/ca.pem"
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newHTTPClient(Config{CAFile: notPEM}); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("a file without a certificate is refused: %v", err)
+	}
+	if _, err := newHTTPClient(Config{ClientCertFile: notPEM}); err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Fatalf("a client certificate without its key is refused: %v", err)
 	}
 }

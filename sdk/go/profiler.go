@@ -33,9 +33,13 @@ func Start(cfg Config) (*Profiler, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
+	client, err := newHTTPClient(cfg)
+	if err != nil {
+		return nil, err
+	}
 	p := &Profiler{
 		cfg:    cfg,
-		up:     newUploader(cfg),
+		up:     newUploader(cfg, client),
 		types:  map[ProfileType]bool{},
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),

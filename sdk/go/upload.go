@@ -66,11 +66,11 @@ type uploader struct {
 	minBackoff, maxBackoff time.Duration
 }
 
-func newUploader(cfg Config) *uploader {
+func newUploader(cfg Config, client *http.Client) *uploader {
 	return &uploader{
 		server:     cfg.ServerAddress,
 		token:      cfg.AuthToken,
-		client:     &http.Client{Timeout: 10 * time.Second},
+		client:     client,
 		log:        cfg.Logger,
 		max:        cfg.MaxQueuedUploads,
 		wake:       make(chan struct{}, 1),

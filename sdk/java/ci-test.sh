@@ -45,3 +45,25 @@ KILN_AUTH_TOKEN= java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,a
 after=$(kiln_unauthenticated)
 ((after > before)) || { echo "sdk/java: the push without a key was not refused ($before → $after)"; exit 1; }
 echo "sdk/java: pushes without a key refused with 401 ($((after - before)))"
+
+# TLS: a daemon serving HTTPS with a throwaway CA and requiring client certificates (mutual
+# TLS). The push with caFile and the client certificate is stored; the push trusting another CA
+# is refused by the agent's certificate check, logged, and stores nothing.
+kill "$kiln_pid" && wait "$kiln_pid" 2>/dev/null || true
+certs=$work/certs
+make_test_certs "$certs"
+cp "$certs/ca.pem" "$certs/client-ca.pem"
+start_kiln_tls_auth "$kiln" "$work/tls-data" "$certs"
+client="clientCertFile=$certs/client.pem,clientKeyFile=$certs/client.key"
+read_tls=(--cacert "$certs/ca.pem" --cert "$certs/client.pem" --key "$certs/client.key")
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:tls,uploadInterval=2,engine=jfr,authToken=$kiln_write_key,caFile=$certs/ca.pem,$client" \
+  "$root/examples/java-app/JavaApp.java" 6 >"$work/tls.log" 2>&1
+ticks=$(kiln_ticks 'java-app.cpu{env="tls"}' "${read_tls[@]}")
+((ticks > 0)) || { echo "sdk/java: nothing stored from the push over TLS with caFile"; cat "$work/tls.log"; exit 1; }
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:wrongca,uploadInterval=2,engine=jfr,authToken=$kiln_write_key,caFile=$certs/other-ca.pem,$client" \
+  "$root/examples/java-app/JavaApp.java" 3 >"$work/wrongca.log" 2>&1
+grep -q "unable to find valid certification path" "$work/wrongca.log" ||
+  { echo "sdk/java: the push trusting another CA did not report a certificate error"; cat "$work/wrongca.log"; exit 1; }
+wrong=$(kiln_ticks 'java-app.cpu{env="wrongca"}' "${read_tls[@]}")
+((wrong == 0)) || { echo "sdk/java: a push trusting another CA was stored ($wrong ticks)"; exit 1; }
+echo "sdk/java: TLS with caFile and a client certificate stored ($ticks ticks); another CA refused by the agent"

@@ -1,6 +1,7 @@
 //! rust-app: burns CPU in `hash_loop` and allocates in `alloc_loop`, profiled by kiln-sdk.
 //!
 //! `cargo run -p rust-app -- --server http://127.0.0.1:4040 --duration 30`
+//! (TLS: `--ca-file CA.pem`, and `--client-cert C.pem --client-key K.pem` for mutual TLS)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -58,6 +59,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             arg(&args, "--auth-token").or_else(|| std::env::var("KILN_AUTH_TOKEN").ok())
         {
             builder = builder.auth_token(token);
+        }
+        // TLS: a private CA for an https server, a client certificate for mutual TLS.
+        if let Some(ca) = arg(&args, "--ca-file") {
+            builder = builder.ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (arg(&args, "--client-cert"), arg(&args, "--client-key")) {
+            builder = builder.client_cert(cert, key);
         }
         Some(builder.build()?.start()?)
     };

@@ -158,6 +158,9 @@ def test_shutdown_is_harmless_when_not_running():
         ({"mode": "gpu"}, "mode"),
         ({"max_queued_uploads": 0}, "max_queued_uploads"),
         ({"auth_token": "a", "basic_auth": ("u", "p")}, "not both"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file"),
+        ({"client_cert_file": "/nonexistent/client.pem"}, "together"),
+        ({"client_cert_file": "/nonexistent/c.pem", "client_key_file": "/x.key"}, "do not load"),
     ],
 )
 def test_configure_refuses_bad_options_and_starts_nothing(options, message):

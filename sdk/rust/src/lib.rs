@@ -21,6 +21,7 @@
 //! pushed as a series of their own, with those tags added. Logs go through the `log` crate.
 
 mod tags;
+mod tls;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 pub use tags::{tag_wrapper, TagGuard};
+use tls::TlsFiles;
 use upload::{Upload, Uploader};
 
 /// What can go wrong starting or stopping the agent.
@@ -52,6 +54,8 @@ pub struct AgentBuilder {
     upload_interval: Duration,
     auth_token: Option<String>,
     max_queued: usize,
+    tls_files: TlsFiles,
+    tls: Option<ureq::tls::TlsConfig>,
 }
 
 impl AgentBuilder {
@@ -83,13 +87,31 @@ impl AgentBuilder {
         self
     }
 
+    /// A PEM file of CA certificates trusted for an `https://` server instead of the default
+    /// roots (e.g. a private CA).
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_files.ca_file = Some(path.into());
+        self
+    }
+
+    /// A PEM certificate (chain) and its PEM private key, presented to a daemon that requires
+    /// mutual TLS.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls_files.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Profiles kept while the server is unreachable; beyond it the oldest is dropped (default 64).
     pub fn max_queued(mut self, n: usize) -> Self {
         self.max_queued = n.max(1);
         self
     }
 
-    pub fn build(self) -> Result<Agent, Error> {
+    pub fn build(mut self) -> Result<Agent, Error> {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.chars()
@@ -121,6 +143,7 @@ impl AgentBuilder {
         if !(1..=1000).contains(&self.sample_rate) {
             return Err(Error::Config("sample rate must be 1..=1000 Hz".into()));
         }
+        self.tls = self.tls_files.load()?;
         Ok(Agent { config: self })
     }
 }
@@ -141,6 +164,8 @@ impl Agent {
             upload_interval: Duration::from_secs(10),
             auth_token: None,
             max_queued: 64,
+            tls_files: TlsFiles::default(),
+            tls: None,
         }
     }
 
@@ -152,7 +177,12 @@ impl Agent {
             .blocklist(&["libc", "libgcc", "pthread", "vdso"])
             .build()
             .map_err(|e| Error::Profiler(e.to_string()))?;
-        let uploader = Uploader::start(c.server.clone(), c.auth_token.clone(), c.max_queued);
+        let uploader = Uploader::start(
+            c.server.clone(),
+            c.auth_token.clone(),
+            c.max_queued,
+            c.tls.clone(),
+        );
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let sampler = std::thread::Builder::new()
             .name("kiln-sampler".into())

@@ -91,15 +91,23 @@ fn send(agent: &ureq::Agent, server: &str, token: Option<&str>, u: &Upload) -> S
 }
 
 impl Uploader {
-    pub fn start(server: String, token: Option<String>, max: usize) -> Self {
+    /// `tls`: the TLS settings of https pushes; ureq's defaults when `None`.
+    pub fn start(
+        server: String,
+        token: Option<String>,
+        max: usize,
+        tls: Option<ureq::tls::TlsConfig>,
+    ) -> Self {
         let state: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
         let (s, d) = (state.clone(), deadline.clone());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .new_agent();
+            .timeout_global(Some(Duration::from_secs(10)));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        let agent: ureq::Agent = config.build().new_agent();
         let thread = std::thread::Builder::new()
             .name("kiln-uploader".into())
             .spawn(move || {
@@ -278,7 +286,7 @@ mod tests {
     #[test]
     fn pushes_with_params_and_auth_retrying_server_errors() {
         let (url, seen) = fake(vec![503, 503]);
-        let u = Uploader::start(url, Some("tok".into()), 8);
+        let u = Uploader::start(url, Some("tok".into()), 8, None);
         u.enqueue(upload("app.cpu{env=t}"));
         assert_eq!(u.finish(Duration::from_secs(10)), 1);
         let seen = seen.lock().unwrap();
@@ -307,7 +315,7 @@ mod tests {
     #[test]
     fn client_errors_are_not_retried() {
         let (url, seen) = fake(vec![400]);
-        let u = Uploader::start(url, None, 8);
+        let u = Uploader::start(url, None, 8, None);
         u.enqueue(upload("a.cpu{}"));
         assert_eq!(u.finish(Duration::from_secs(5)), 0);
         assert_eq!(seen.lock().unwrap().len(), 1);
@@ -316,7 +324,7 @@ mod tests {
     #[test]
     fn queue_drops_the_oldest_when_full() {
         // Port 9 (discard) on loopback refuses: nothing is sent, everything queues.
-        let u = Uploader::start("http://127.0.0.1:9".into(), None, 2);
+        let u = Uploader::start("http://127.0.0.1:9".into(), None, 2, None);
         // Hold the queue lock so the sender cannot take items while we fill it.
         {
             let (lock, _) = &*u.state;

@@ -7,6 +7,12 @@
 //! slot, slots spread over a past window (`--spread 24h`, 10 s each, the pprof's own time
 //! rewritten to the slot as an agent stamps it), and optionally stacks that churn (`--churn`).
 //!
+//! Tenants: `--tenants N` spreads the series over tenants `t0`…`tN-1` (series `s` belongs to
+//! `t{s % N}`), named by `X-Scope-OrgID`, or with `--key-file` by each tenant's API key. With
+//! `--window S` every request also carries `w=<index of the S-second window it was sent in>`
+//! and the JSON summary counts, per tenant and window, the requests acknowledged and when the
+//! last acknowledgement came: what a crash test compares with what the server still answers.
+//!
 //! With `--day`, it instead pushes one series' worth of a whole day (8,640 profiles stamped
 //! 10 s apart) as fast as it can, to measure disk use per profiled core per day; add
 //! `--strip-lines` to push the same profile without file and line numbers, to measure what
@@ -80,6 +86,71 @@ struct Args {
     /// Remove line numbers, function start lines and file names from the profile before pushing.
     #[arg(long)]
     strip_lines: bool,
+    /// Spread the series over this many tenants, `t0`…`tN-1` (0: no tenant is named).
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
+    /// API keys, one a line: line k is tenant `tk`'s, sent as `Authorization: Bearer`. Without
+    /// it, tenants are named with `X-Scope-OrgID`.
+    #[arg(long, requires = "tenants")]
+    key_file: Option<PathBuf>,
+    /// Label every request `w=<window>`, its send time in windows of this many seconds since the
+    /// start, and count acknowledgements per tenant and window in the JSON summary (0: off).
+    #[arg(long, default_value_t = 0)]
+    window: u64,
+}
+
+/// How a request names its tenant.
+enum TenantAuth {
+    None,
+    /// `X-Scope-OrgID: tK`.
+    OrgId(Vec<String>),
+    /// `Authorization: Bearer KEY` of tenant tK.
+    Keys(Vec<String>),
+}
+
+impl TenantAuth {
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        if args.tenants == 0 {
+            return Ok(Self::None);
+        }
+        let Some(path) = &args.key_file else {
+            return Ok(Self::OrgId(
+                (0..args.tenants).map(|k| format!("t{k}")).collect(),
+            ));
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let keys: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if keys.len() < args.tenants {
+            bail!(
+                "{} holds {} keys for {} tenants",
+                path.display(),
+                keys.len(),
+                args.tenants
+            );
+        }
+        Ok(Self::Keys(keys))
+    }
+
+    /// The header of series `series`'s tenant, if any.
+    fn header(&self, series: u64) -> Option<(&'static str, String)> {
+        match self {
+            Self::None => None,
+            Self::OrgId(names) => Some((
+                "X-Scope-OrgID",
+                names[(series % names.len() as u64) as usize].clone(),
+            )),
+            Self::Keys(keys) => Some((
+                "Authorization",
+                format!("Bearer {}", keys[(series % keys.len() as u64) as usize]),
+            )),
+        }
+    }
 }
 
 /// `24h`, `90m`, `3600s`, `1d` or plain seconds → seconds.
@@ -244,6 +315,7 @@ fn variant(series: u64, from: u64, variants: u32) -> u32 {
 
 struct Pusher<'a> {
     args: &'a Args,
+    tenants: &'a TenantAuth,
     fixtures: &'a [Fixture],
     agent: ureq::Agent,
     /// The first refusal's or failure's answer, printed once.
@@ -251,20 +323,31 @@ struct Pusher<'a> {
 }
 
 impl Pusher<'_> {
-    fn push(&self, plan: &Plan, name_app: Option<&str>, pod: &str) -> Outcome {
+    /// Pushes `plan`'s profile under series label `pod` (and `w=window`, when given).
+    fn push(&self, plan: &Plan, name_app: Option<&str>, pod: &str, window: Option<u64>) -> Outcome {
         let f = &self.fixtures[plan.fixture];
         let v = variant(plan.series, plan.from, self.args.churn_variants);
         let body = f.body(v, plan.from, SLOT_S);
         let app = name_app.unwrap_or(&f.app);
+        let tenant = self.tenants.header(plan.series);
+        let with_tenant = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| match &tenant {
+            Some((name, value)) => req.header(*name, value),
+            None => req,
+        };
+        let labels = match window {
+            Some(w) => format!("pod={pod},w={w}"),
+            None => format!("pod={pod}"),
+        };
         let result = if self.args.connect {
-            self.agent
-                .post(format!("{}/push.v1.PusherService/Push", self.args.url))
-                .header("Content-Type", "application/proto")
-                .send(&connect_body(&body, f.metric, service_of(app), pod)[..])
+            with_tenant(
+                self.agent
+                    .post(format!("{}/push.v1.PusherService/Push", self.args.url))
+                    .header("Content-Type", "application/proto"),
+            )
+            .send(&connect_body(&body, f.metric, service_of(app), pod)[..])
         } else {
-            self.agent
-                .post(format!("{}/ingest", self.args.url))
-                .query("name", format!("{app}{{pod={pod}}}"))
+            with_tenant(self.agent.post(format!("{}/ingest", self.args.url)))
+                .query("name", format!("{app}{{{labels}}}"))
                 .query("format", f.format)
                 .query(
                     "spyName",
@@ -311,8 +394,22 @@ impl Pusher<'_> {
     }
 }
 
+/// Requests of one tenant sent in one window.
+#[derive(Default, Clone, Copy)]
+struct WindowTally {
+    acked: u64,
+    /// Refused by status (counted, not stored).
+    refused: u64,
+    /// No answer: may or may not have been stored.
+    unanswered: u64,
+    /// When the last acknowledgement of this window arrived (unix ms).
+    last_ack_unix_ms: u64,
+}
+
 #[derive(Default)]
 struct Tally {
+    /// Per (tenant index, window), with `--window`.
+    windows: BTreeMap<(usize, u64), WindowTally>,
     accepted: u64,
     /// Accepted requests per fixture.
     by_fixture: Vec<u64>,
@@ -337,7 +434,27 @@ impl Tally {
         }
     }
 
+    /// Counts an outcome of a request of `tenant` sent in `window`.
+    fn add_window(&mut self, tenant: usize, window: u64, outcome: &Outcome) {
+        let w = self.windows.entry((tenant, window)).or_default();
+        match outcome {
+            Outcome::Accepted => {
+                w.acked += 1;
+                w.last_ack_unix_ms = unix_ms();
+            }
+            Outcome::Status(_) => w.refused += 1,
+            Outcome::Io => w.unanswered += 1,
+        }
+    }
+
     fn merge(&mut self, other: Tally) {
+        for (k, o) in other.windows {
+            let w = self.windows.entry(k).or_default();
+            w.acked += o.acked;
+            w.refused += o.refused;
+            w.unanswered += o.unanswered;
+            w.last_ack_unix_ms = w.last_ack_unix_ms.max(o.last_ack_unix_ms);
+        }
         self.accepted += other.accepted;
         if self.by_fixture.len() < other.by_fixture.len() {
             self.by_fixture.resize(other.by_fixture.len(), 0);
@@ -357,11 +474,22 @@ impl Tally {
     }
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.files.is_empty() {
         bail!("give at least one --file");
     }
+    if args.connect && args.window > 0 {
+        bail!("--window labels /ingest pushes only, not --connect");
+    }
+    let tenants = TenantAuth::from_args(&args)?;
     let fixtures = args
         .files
         .iter()
@@ -392,6 +520,7 @@ fn main() -> anyhow::Result<()> {
     let first_error = Mutex::new(None);
     let pusher = Pusher {
         args: &args,
+        tenants: &tenants,
         fixtures: &fixtures,
         agent: agent.clone(),
         first_error: &first_error,
@@ -407,7 +536,7 @@ fn main() -> anyhow::Result<()> {
                 from: start + i * 10,
             };
             if !matches!(
-                pusher.push(&plan, Some("loadgen-day.cpu"), "day"),
+                pusher.push(&plan, Some("loadgen-day.cpu"), "day", None),
                 Outcome::Accepted
             ) {
                 bail!(
@@ -430,6 +559,7 @@ fn main() -> anyhow::Result<()> {
     let before = args.pid.and_then(proc_stats);
     let peak_rss = AtomicU64::new(before.map(|b| b.1).unwrap_or(0));
     let started = Instant::now();
+    let started_unix_ms = unix_ms();
     std::thread::scope(|s| {
         for _ in 0..args.concurrency {
             let (pusher, planner, next, stop, total) = (&pusher, &planner, &next, &stop, &total);
@@ -449,8 +579,19 @@ fn main() -> anyhow::Result<()> {
                     let plan = planner.plan(next.fetch_add(1, Ordering::Relaxed));
                     let pod = format!("pod-{}", plan.series);
                     let t = Instant::now();
-                    let outcome = pusher.push(&plan, None, &pod);
+                    let window =
+                        (args.window > 0).then(|| started.elapsed().as_secs() / args.window);
+                    let outcome = pusher.push(&plan, None, &pod, window);
+                    if let Some(w) = window {
+                        let tenant = (plan.series % args.tenants.max(1) as u64) as usize;
+                        local.add_window(tenant, w, &outcome);
+                    }
+                    let unanswered = matches!(outcome, Outcome::Io);
                     local.add(plan.fixture, outcome, t.elapsed());
+                    if unanswered {
+                        // The server is down (or restarting): do not spin on refused connects.
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
                 total.lock().unwrap().merge(local);
             });
@@ -564,7 +705,30 @@ fn main() -> anyhow::Result<()> {
             "p50_ms": pct(0.5).as_secs_f64() * 1000.0,
             "p99_ms": pct(0.99).as_secs_f64() * 1000.0,
             "fixtures": fixtures_json,
+            "tenants": args.tenants,
+            "started_unix_ms": started_unix_ms,
         });
+        if args.window > 0 {
+            let mut by_tenant = serde_json::Map::new();
+            for ((tenant, window), w) in &tally.windows {
+                let name = if args.tenants > 0 {
+                    format!("t{tenant}")
+                } else {
+                    "default".to_string()
+                };
+                let entry = by_tenant
+                    .entry(name)
+                    .or_insert_with(|| serde_json::json!({}));
+                entry[window.to_string()] = serde_json::json!({
+                    "acked": w.acked,
+                    "refused": w.refused,
+                    "unanswered": w.unanswered,
+                    "last_ack_unix_ms": w.last_ack_unix_ms,
+                });
+            }
+            j["window_s"] = args.window.into();
+            j["windows"] = by_tenant.into();
+        }
         if let Some((cpu_s, per_profile_ms, peak, hwm)) = server {
             j["server_cpu_s"] = cpu_s.into();
             j["server_cpu_ms_per_profile"] = per_profile_ms.into();
@@ -616,6 +780,55 @@ mod tests {
         assert_eq!(variant(1, 0, 24), 1);
         assert_eq!(variant(0, 86_400, 24), 0);
         assert_eq!(variant(3, 5, 1), 0);
+    }
+
+    #[test]
+    fn tenants_follow_the_series_by_org_id_or_key() {
+        let mut args = Args::parse_from(["loadgen", "--tenants", "3"]);
+        let org = TenantAuth::from_args(&args).unwrap();
+        assert_eq!(org.header(4), Some(("X-Scope-OrgID", "t1".to_string())));
+        let path = std::env::temp_dir().join(format!("loadgen-keys-{}", std::process::id()));
+        std::fs::write(
+            &path, "k0
+k1
+",
+        )
+        .unwrap();
+        args.key_file = Some(path.clone());
+        let short = TenantAuth::from_args(&args).err().unwrap().to_string();
+        assert!(short.contains("2 keys for 3 tenants"), "{short}");
+        std::fs::write(
+            &path,
+            "k0
+k1
+k2
+",
+        )
+        .unwrap();
+        let keys = TenantAuth::from_args(&args).unwrap();
+        assert_eq!(
+            keys.header(5),
+            Some(("Authorization", "Bearer k2".to_string()))
+        );
+        std::fs::remove_file(&path).unwrap();
+        args.tenants = 0;
+        assert!(TenantAuth::from_args(&args).unwrap().header(1).is_none());
+    }
+
+    #[test]
+    fn window_tallies_merge() {
+        let mut a = Tally::default();
+        a.add_window(1, 0, &Outcome::Accepted);
+        a.add_window(1, 0, &Outcome::Status(429));
+        let mut b = Tally::default();
+        b.add_window(1, 0, &Outcome::Accepted);
+        b.add_window(1, 0, &Outcome::Io);
+        b.add_window(2, 3, &Outcome::Accepted);
+        a.merge(b);
+        let w = a.windows[&(1, 0)];
+        assert_eq!((w.acked, w.refused, w.unanswered), (2, 1, 1));
+        assert!(w.last_ack_unix_ms > 0);
+        assert_eq!(a.windows[&(2, 3)].acked, 1);
     }
 
     #[test]

@@ -50,6 +50,9 @@ def configure(
     basic_auth: tuple[str, str] | None = None,
     tenant_id: str | None = None,
     http_headers: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
+    client_cert_file: str | None = None,
+    client_key_file: str | None = None,
     max_queued_uploads: int = 64,
     upload_timeout: float = 10.0,
     retry_initial_delay: float = 1.0,
@@ -69,6 +72,10 @@ def configure(
         all the time, waits included (profile type ``wall``).
     line_numbers: one flamegraph node per sampled line instead of per function.
     tenant_id, http_headers: sent as ``X-Scope-OrgID`` and as extra headers with each upload.
+    ca_file: a PEM file of CA certificates trusted for an ``https://`` server instead of the
+        system's (e.g. a private CA).
+    client_cert_file, client_key_file: a PEM certificate (chain) and its key, presented to a
+        daemon that requires mutual TLS.
     max_queued_uploads: uploads kept while the server is unreachable; beyond, the oldest go.
     upload_timeout: seconds one HTTP request may take.
     retry_initial_delay, retry_max_delay, max_upload_attempts: the backoff of failed uploads.
@@ -85,6 +92,9 @@ def configure(
         basic_auth=tuple(basic_auth) if basic_auth is not None else None,
         tenant_id=tenant_id,
         http_headers=dict(http_headers or {}),
+        ca_file=ca_file,
+        client_cert_file=client_cert_file,
+        client_key_file=client_key_file,
         sample_rate=sample_rate,
         upload_interval=upload_interval,
         mode=mode,

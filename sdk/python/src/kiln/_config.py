@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +20,9 @@ class Config:
     basic_auth: tuple[str, str] | None = None
     tenant_id: str | None = None
     http_headers: Mapping[str, str] = field(default_factory=dict)
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
     tags: Tags = ()
     sample_rate: int = 100
     upload_interval: float = 10.0
@@ -66,6 +70,27 @@ class Config:
             raise ValueError("give either auth_token or basic_auth, not both")
         if self.basic_auth is not None and len(self.basic_auth) != 2:
             raise ValueError("basic_auth must be a (user, password) pair")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("give client_cert_file and client_key_file together")
+        self.ssl_context()  # a file that does not load fails configure, not every upload
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings of uploads: None (Python's defaults) unless a CA file or a client
+        certificate is configured. Raises ValueError when one of the files does not load."""
+        if self.ca_file is None and self.client_cert_file is None:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"ca_file {self.ca_file!r} does not load: {error}") from None
+        if self.client_cert_file is not None:
+            try:
+                context.load_cert_chain(self.client_cert_file, self.client_key_file)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(
+                    f"client_cert_file/client_key_file do not load: {error}"
+                ) from None
+        return context
 
     @property
     def profile_type(self) -> str:

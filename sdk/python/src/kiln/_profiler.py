@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import operator
@@ -14,7 +15,7 @@ from ._config import Config
 from ._frames import FrameFormatter
 from ._naming import Tags, ingest_name, ingest_url, merge_tags
 from ._sampler import CPU, Aggregator, Batch, Sampler, ThreadCpuClocks
-from ._uploader import RetryPolicy, Upload, Uploader
+from ._uploader import RetryPolicy, Upload, Uploader, post
 
 logger = logging.getLogger("kiln")
 
@@ -54,6 +55,7 @@ class Profiler:
             retry=RetryPolicy(
                 config.retry_initial_delay, config.retry_max_delay, config.max_upload_attempts
             ),
+            send=functools.partial(post, context=config.ssl_context()),
         )
         # Held while running; stop() releases it. The sampling thread waits between ticks by
         # trying to take it with a timeout: one C call, where Event.wait runs a dozen lines of

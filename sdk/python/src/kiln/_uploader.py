@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -84,13 +85,19 @@ class _RateLimitedLog:
             logger.debug(message, *args)
 
 
-def post(upload: Upload, headers: Mapping[str, str], timeout: float) -> None:
-    """Sends one upload; raises UploadError unless the server answers 2xx."""
+def post(
+    upload: Upload,
+    headers: Mapping[str, str],
+    timeout: float,
+    context: ssl.SSLContext | None = None,
+) -> None:
+    """Sends one upload (over ``context``'s TLS settings for https when given); raises
+    UploadError unless the server answers 2xx."""
     request = urllib.request.Request(upload.url, data=upload.body, method="POST")
     for name, value in headers.items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             response.read()
     except urllib.error.HTTPError as error:
         detail = error.read(500).decode("utf-8", "replace").strip()

@@ -16,6 +16,8 @@ public final class Config {
     final int maxQueued;
     /** {@code auto} (async-profiler, else JFR), {@code async-profiler} or {@code jfr}. */
     final String engine;
+    /** TLS settings from caFile / clientCertFile / clientKeyFile; null: the JVM's defaults. */
+    final javax.net.ssl.SSLSocketFactory sslSocketFactory;
 
     private Config(Builder b) {
         this.applicationName = b.applicationName;
@@ -26,6 +28,7 @@ public final class Config {
         this.samplingInterval = b.samplingInterval;
         this.maxQueued = b.maxQueued;
         this.engine = b.engine;
+        this.sslSocketFactory = TlsFiles.socketFactory(b.caFile, b.clientCertFile, b.clientKeyFile);
     }
 
     public static Builder builder() {
@@ -33,9 +36,10 @@ public final class Config {
     }
 
     /**
-     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr},
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
      * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
-     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE}) and system
+     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE}, {@code KILN_CA_FILE}, {@code KILN_CLIENT_CERT_FILE},
+     * {@code KILN_CLIENT_KEY_FILE}) and system
      * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}).
      */
     public static Config fromAgentArgs(String args, Map<String, String> env) {
@@ -66,6 +70,9 @@ public final class Config {
         if (every != null) b.uploadInterval(Duration.ofSeconds(Long.parseLong(every)));
         String engine = pick(kv.get("engine"), System.getProperty("kiln.engine"), env.get("KILN_ENGINE"));
         if (engine != null) b.engine(engine);
+        b.caFile(pick(kv.get("caFile"), System.getProperty("kiln.caFile"), env.get("KILN_CA_FILE")));
+        b.clientCertFile(pick(kv.get("clientCertFile"), System.getProperty("kiln.clientCertFile"), env.get("KILN_CLIENT_CERT_FILE")));
+        b.clientKeyFile(pick(kv.get("clientKeyFile"), System.getProperty("kiln.clientKeyFile"), env.get("KILN_CLIENT_KEY_FILE")));
         return b.build();
     }
 
@@ -95,6 +102,9 @@ public final class Config {
         private Duration samplingInterval = Duration.ofMillis(10);
         private int maxQueued = 32;
         private String engine = "auto";
+        private String caFile;
+        private String clientCertFile;
+        private String clientKeyFile;
 
         public Builder applicationName(String v) { this.applicationName = v; return this; }
         public Builder serverAddress(String v) { this.serverAddress = v; return this; }
@@ -105,6 +115,12 @@ public final class Config {
         public Builder samplingInterval(Duration v) { this.samplingInterval = v; return this; }
         public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
         public Builder engine(String v) { this.engine = v; return this; }
+        /** A PEM file of CA certificates trusted for an https server instead of the JVM's. */
+        public Builder caFile(String v) { this.caFile = v; return this; }
+        /** A PEM client certificate (chain) for a daemon with mutual TLS; with {@link #clientKeyFile}. */
+        public Builder clientCertFile(String v) { this.clientCertFile = v; return this; }
+        /** The unencrypted PKCS#8 PEM key of {@link #clientCertFile}. */
+        public Builder clientKeyFile(String v) { this.clientKeyFile = v; return this; }
 
         public Config build() {
             if (applicationName == null || !applicationName.matches("[A-Za-z0-9_./-]+")) {

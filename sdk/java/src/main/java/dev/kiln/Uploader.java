@@ -12,6 +12,7 @@ import java.util.ArrayDeque;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.logging.Level;
 import java.util.logging.Logger;
+import javax.net.ssl.HttpsURLConnection;
 
 /**
  * Sends recordings from a bounded queue on one daemon thread, retrying with backoff. Uses
@@ -130,6 +131,9 @@ final class Uploader {
                 + "&sampleRate=" + Math.max(1, 1000 / Math.max(1, config.samplingInterval.toMillis()))
                 + "&from=" + u.from().getEpochSecond() + "&until=" + u.until().getEpochSecond();
         HttpURLConnection c = (HttpURLConnection) URI.create(url).toURL().openConnection();
+        if (config.sslSocketFactory != null && c instanceof HttpsURLConnection https) {
+            https.setSSLSocketFactory(config.sslSocketFactory);
+        }
         try {
             c.setConnectTimeout(5_000);
             c.setReadTimeout(30_000);

@@ -33,5 +33,14 @@ class ConfigTest {
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").serverAddress("ftp://x").build());
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").tag("k", "a,b").build());
         assertThrows(IllegalArgumentException.class, () -> Config.fromAgentArgs("app=a,engine=perf", Map.of()));
+        IllegalArgumentException missing = assertThrows(IllegalArgumentException.class,
+                () -> Config.fromAgentArgs("app=a,caFile=/nonexistent/ca.pem", Map.of()));
+        assertTrue(missing.getMessage().contains("/nonexistent/ca.pem"), missing.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> Config.fromAgentArgs("app=a,clientCertFile=/x.pem", Map.of()));
+    }
+
+    @Test
+    void withoutTlsFilesTheJvmDefaultsStay() {
+        assertNull(Config.fromAgentArgs("app=a", Map.of()).sslSocketFactory);
     }
 }
