@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Pull mode at scale: one Go program serving net/http/pprof on TARGETS ports (a CPU-burning,
 # allocating, lock-contending workload), one Kiln scraping all of them every INTERVAL with the
-# default profiles (cpu, heap, goroutine, mutex, block), for SECONDS_TO_RUN. Reports the daemon's
-# CPU (user+system seconds, and cores used on average), its RSS at the end and its peak RSS
-# (goal: under 256 MB), and the scrapes by outcome.
+# default profiles (cpu, heap, goroutine, mutex, block), for SECONDS_TO_RUN. Go runs one CPU
+# profile at a time, so the program records one every 5 s and serves the latest to every
+# target (after the requested seconds). Reports the daemon's CPU (user+system seconds, and
+# cores used on average), its RSS at the end and its peak RSS (goal: under 256 MB), the targets
+# by health and the scrapes by outcome.
 #
 #   TARGETS=200 INTERVAL=15s SECONDS_TO_RUN=120 scripts/bench-scrape.sh
 #   KILN_BIN=path/to/kiln …   # use this binary instead of building a release one
@@ -30,7 +32,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )
 addrs=$(for p in $ports; do printf '127.0.0.1:%s,' "$p"; done)
-"$work/scrape-target" -addrs "${addrs%,}" 2>"$work/go.log" &
+"$work/scrape-target" -shared-cpu 5s -addrs "${addrs%,}" 2>"$work/go.log" &
 go_pid=$!
 
 listen=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

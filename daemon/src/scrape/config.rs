@@ -132,7 +132,11 @@ impl ScrapeSettings {
 impl ScrapeConfig {
     /// Checks one job; errors name the table (`scrape_configs[i]`) and the key.
     pub fn validate(&self, index: usize) -> anyhow::Result<()> {
-        let at = format!("[[scrape_configs]] #{} (job_name {:?})", index + 1, self.job_name);
+        let at = format!(
+            "[[scrape_configs]] #{} (job_name {:?})",
+            index + 1,
+            self.job_name
+        );
         if self.job_name.trim().is_empty() {
             bail!("in {at}, key `job_name`: must not be empty");
         }
@@ -143,7 +147,10 @@ impl ScrapeConfig {
             bail!("in {at}, key `scrape_timeout`: must be greater than zero");
         }
         if !matches!(self.scheme.as_str(), "http" | "https") {
-            bail!("in {at}, key `scheme`: {:?}: use http or https", self.scheme);
+            bail!(
+                "in {at}, key `scheme`: {:?}: use http or https",
+                self.scheme
+            );
         }
         if let Some(t) = &self.tenant {
             kiln_plugin_api::Tenant::new(t.clone())
@@ -201,7 +208,9 @@ impl ScrapeConfig {
             }
         }
         if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
-            bail!("in {at}, key `bearer_token_file`: set bearer_token or bearer_token_file, not both");
+            bail!(
+                "in {at}, key `bearer_token_file`: set bearer_token or bearer_token_file, not both"
+            );
         }
         if self.basic_auth.is_some()
             && (self.bearer_token.is_some() || self.bearer_token_file.is_some())

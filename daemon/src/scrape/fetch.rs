@@ -29,9 +29,15 @@ pub struct Client {
 
 impl Client {
     /// Reads the job's CA, client certificate and secrets; errors name the file.
-    pub fn new(job: &ScrapeConfig, max_redirects: u32, max_body_bytes: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        job: &ScrapeConfig,
+        max_redirects: u32,
+        max_body_bytes: u64,
+    ) -> anyhow::Result<Self> {
         use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
         let certs = |pem: &[u8]| -> Vec<Certificate<'static>> {
             ureq::tls::parse_pem(pem)
                 .filter_map(|item| match item {
@@ -44,12 +50,20 @@ impl Client {
         let mut tls = TlsConfig::builder().disable_verification(t.insecure_skip_verify);
         if let Some(path) = &t.ca_file {
             let found = certs(&read(path)?);
-            anyhow::ensure!(!found.is_empty(), "{}: no PEM certificate in the file", path.display());
+            anyhow::ensure!(
+                !found.is_empty(),
+                "{}: no PEM certificate in the file",
+                path.display()
+            );
             tls = tls.root_certs(RootCerts::new_with_certs(&found));
         }
         if let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) {
             let chain = certs(&read(cert)?);
-            anyhow::ensure!(!chain.is_empty(), "{}: no PEM certificate in the file", cert.display());
+            anyhow::ensure!(
+                !chain.is_empty(),
+                "{}: no PEM certificate in the file",
+                cert.display()
+            );
             let key = PrivateKey::from_pem(&read(key)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
             tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));

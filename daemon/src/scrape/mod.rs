@@ -329,7 +329,9 @@ async fn scrape_profile(
     check_pprof(&body, state.config.server.max_decompressed_bytes)?;
 
     let cumulative = spec.cumulative();
-    let type_config = spec.kind.and_then(profiles::ProfileKind::sample_type_config);
+    let type_config = spec
+        .kind
+        .and_then(profiles::ProfileKind::sample_type_config);
     // The first scrape of a running total is its own baseline: only its non-cumulative
     // types (in-use memory) are stored.
     let (prev_body, prev_ns) = match &prev {
@@ -405,8 +407,8 @@ fn check_pprof(body: &[u8], limit: u64) -> Result<(), ScrapeError> {
     if body.is_empty() {
         return Err(ScrapeError::Invalid("empty body".into()));
     }
-    let data =
-        kiln_pprof::gunzip_if_needed(body, limit).map_err(|e| ScrapeError::Invalid(e.to_string()))?;
+    let data = kiln_pprof::gunzip_if_needed(body, limit)
+        .map_err(|e| ScrapeError::Invalid(e.to_string()))?;
     let p = kiln_pprof::proto::Profile::decode(&data[..])
         .map_err(|e| ScrapeError::Invalid(e.to_string()))?;
     if p.string_table.first().is_none_or(|s| !s.is_empty()) || p.sample_type.is_empty() {

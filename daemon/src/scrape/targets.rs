@@ -26,8 +26,7 @@ pub struct BadAddress(pub String);
 
 pub fn check_address(address: &str) -> Result<(), BadAddress> {
     let bad = || BadAddress(address.to_string());
-    if address.contains("://") || address.contains('/') || address.contains(char::is_whitespace)
-    {
+    if address.contains("://") || address.contains('/') || address.contains(char::is_whitespace) {
         return Err(bad());
     }
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
@@ -82,8 +81,7 @@ impl FileCache {
 }
 
 fn read_file(path: &Path) -> Result<Vec<Group>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if matches!(ext, "yml" | "yaml") {
         return Err(format!(
@@ -91,8 +89,12 @@ fn read_file(path: &Path) -> Result<Vec<Group>, String> {
             path.display()
         ));
     }
-    let groups: Vec<FileGroup> = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a file_sd JSON list of {{targets, labels}}: {e}", path.display()))?;
+    let groups: Vec<FileGroup> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a file_sd JSON list of {{targets, labels}}: {e}",
+            path.display()
+        )
+    })?;
     let mut out = Vec::new();
     for g in groups {
         for t in g.targets {

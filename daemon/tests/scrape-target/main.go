@@ -3,12 +3,15 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"log"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
 	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,10 +56,58 @@ func kilnScrapeContender(mu *sync.Mutex) {
 	}
 }
 
+// sharedCPU records CPU profiles back to back and serves the latest one to every caller, so
+// that one process can stand for many targets (Go runs one CPU profile at a time).
+type sharedCPU struct {
+	mu     sync.Mutex
+	latest []byte
+}
+
+func (c *sharedCPU) record(window time.Duration) {
+	for {
+		var buf bytes.Buffer
+		if err := pprof.StartCPUProfile(&buf); err != nil {
+			log.Fatalf("cpu profile: %v", err)
+		}
+		time.Sleep(window)
+		pprof.StopCPUProfile()
+		c.mu.Lock()
+		c.latest = buf.Bytes()
+		c.mu.Unlock()
+	}
+}
+
+// ServeHTTP waits the requested seconds, as /debug/pprof/profile does, then answers the
+// latest recorded profile.
+func (c *sharedCPU) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s, err := strconv.Atoi(r.URL.Query().Get("seconds")); err == nil && s > 0 {
+		time.Sleep(time.Duration(s) * time.Second)
+	}
+	c.mu.Lock()
+	body := c.latest
+	c.mu.Unlock()
+	if body == nil {
+		http.Error(w, "no CPU profile recorded yet", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_, _ = w.Write(body)
+}
+
 func main() {
 	addrs := flag.String("addrs", "127.0.0.1:6060", "comma-separated listen addresses")
 	busy := flag.Bool("busy", true, "run the CPU-burning, allocating and contending goroutines")
+	shared := flag.Duration("shared-cpu", 0, "record CPU profiles of this length back to back and serve the latest to every caller (for many targets in one process)")
 	flag.Parse()
+	handler := http.Handler(http.DefaultServeMux)
+	if *shared > 0 {
+		cpu := &sharedCPU{}
+		go cpu.record(*shared)
+		mux := http.NewServeMux()
+		mux.Handle("/debug/pprof/profile", cpu)
+		mux.Handle("/", http.DefaultServeMux)
+		handler = mux
+	}
 	runtime.SetMutexProfileFraction(1)
 	runtime.SetBlockProfileRate(1000)
 	if *busy {
@@ -76,7 +127,7 @@ func main() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			log.Fatal(http.Serve(l, http.DefaultServeMux))
+			log.Fatal(http.Serve(l, handler))
 		}()
 	}
 	wg.Wait()
