@@ -47,11 +47,14 @@ struct FileGroup {
 /// A target address and the labels its group gives it.
 type Group = (String, BTreeMap<String, String>);
 
+/// A file's modification time when read, and its groups or why it could not be used.
+type CachedFile = (Option<SystemTime>, Result<Vec<Group>, String>);
+
 /// The `file_sd` files already read, by path and modification time, so unchanged files are
 /// not parsed again.
 #[derive(Default)]
 pub struct FileCache {
-    files: BTreeMap<PathBuf, (Option<SystemTime>, Result<Vec<Group>, String>)>,
+    files: BTreeMap<PathBuf, CachedFile>,
 }
 
 impl FileCache {
