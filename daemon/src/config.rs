@@ -33,6 +33,12 @@ pub struct Config {
     /// Options and sandboxes of plugins the daemon starts by themselves (decoders, renderers).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// Settings shared by the scrape jobs.
+    #[serde(default)]
+    pub scrape: crate::scrape::ScrapeSettings,
+    /// Pull mode: pprof endpoints the daemon scrapes (see `docs/pull-mode.md`).
+    #[serde(default)]
+    pub scrape_configs: Vec<crate::scrape::ScrapeConfig>,
     /// The file this configuration was read from, for error messages.
     #[serde(skip)]
     pub path: PathBuf,
@@ -501,6 +507,18 @@ impl Config {
             _ => {}
         }
         self.limits.validate()?;
+        self.scrape.validate()?;
+        let mut jobs = std::collections::BTreeSet::new();
+        for (i, job) in self.scrape_configs.iter().enumerate() {
+            job.validate(i)?;
+            if !jobs.insert(&job.job_name) {
+                bail!(
+                    "in [[scrape_configs]] #{}, key `job_name`: {:?} is already the name of another job",
+                    i + 1,
+                    job.job_name
+                );
+            }
+        }
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
             if t.kind == "relabel" {

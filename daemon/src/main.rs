@@ -27,6 +27,7 @@ mod pipeline;
 mod plugins;
 mod query;
 mod relabel;
+mod scrape;
 mod selfprof;
 mod server;
 mod sink_queue;

@@ -59,6 +59,17 @@ struct TenantLabel {
     tenant: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrapeOutcome {
+    job: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrapeJob {
+    job: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -86,6 +97,8 @@ pub struct Metrics {
     auth_refused: Family<Refusal, Counter>,
     limit_refused: Family<LimitRefusal, Counter>,
     stacks_truncated: Family<TenantLabel, Counter>,
+    scrapes: Family<ScrapeOutcome, Counter>,
+    scrape_duration: Family<ScrapeJob, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -102,6 +115,21 @@ impl Default for Metrics {
         let sink_dropped = Family::<Sink, Counter>::default();
         let plugin_faults = Family::<PluginFault, Counter>::default();
         let plugins_disabled = Family::<PluginName, Gauge>::default();
+        let scrapes = Family::<ScrapeOutcome, Counter>::default();
+        let scrape_duration =
+            Family::<ScrapeJob, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "scrapes",
+            "Profiles pulled from scrape targets, by job and outcome",
+            scrapes.clone(),
+        );
+        registry.register(
+            "scrape_duration_seconds",
+            "Time of one scrape of one profile of a target (a CPU profile lasts its window), by job",
+            scrape_duration.clone(),
+        );
         let wal_backlog = Gauge::default();
         let wal_disk = Gauge::default();
         registry.register(
@@ -214,6 +242,8 @@ impl Default for Metrics {
             bytes,
             errors,
             query_latency,
+            scrapes,
+            scrape_duration,
             sink_errors,
             sink_dropped,
             plugin_faults,
@@ -233,6 +263,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One scrape of one profile of a `job` target ended with `outcome` after `took`.
+    pub fn scraped(&self, job: &str, outcome: &str, took: Duration) {
+        self.scrapes
+            .get_or_create(&ScrapeOutcome {
+                job: job.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.scrape_duration
+            .get_or_create(&ScrapeJob {
+                job: job.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     pub fn ingested(&self, profiles: usize, bytes: usize) {
         self.requests.inc();
         self.profiles.inc_by(profiles as u64);

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use kiln_plugin_api::{labels::SERVICE_NAME, Profile, Transform, TransformError};
+use kiln_plugin_api::{labels::SERVICE_NAME, Labels, Profile, Transform, TransformError};
 use serde::Deserialize;
 
 /// `[transforms.NAME] type = "relabel"`. Steps run in the order of the fields below.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelabelConfig {
     /// Labels to rename, `old = "new"`.
@@ -19,6 +19,28 @@ pub struct RelabelConfig {
     pub add: BTreeMap<String, String>,
 }
 
+impl RelabelConfig {
+    /// Renames, drops, keeps and adds, in that order (`service_name` is never dropped).
+    pub fn apply(&self, labels: &mut Labels) {
+        for (old, new) in &self.rename {
+            if let Some(v) = labels.remove(old) {
+                labels.insert(new.clone(), v);
+            }
+        }
+        for name in &self.drop {
+            if name != SERVICE_NAME {
+                labels.remove(name);
+            }
+        }
+        if !self.keep_only.is_empty() {
+            labels.retain(|k, _| k == SERVICE_NAME || self.keep_only.iter().any(|x| x == k));
+        }
+        for (k, v) in &self.add {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Relabel(pub RelabelConfig);
 
@@ -26,23 +48,7 @@ impl Transform for Relabel {
     fn transform(&self, mut profiles: Vec<Profile>) -> Result<Vec<Profile>, TransformError> {
         let c = &self.0;
         for p in &mut profiles {
-            for (old, new) in &c.rename {
-                if let Some(v) = p.labels.remove(old) {
-                    p.labels.insert(new.clone(), v);
-                }
-            }
-            for name in &c.drop {
-                if name != SERVICE_NAME {
-                    p.labels.remove(name);
-                }
-            }
-            if !c.keep_only.is_empty() {
-                p.labels
-                    .retain(|k, _| k == SERVICE_NAME || c.keep_only.iter().any(|x| x == k));
-            }
-            for (k, v) in &c.add {
-                p.labels.insert(k.clone(), v.clone());
-            }
+            c.apply(&mut p.labels);
             if p.labels.service_name().is_none_or(str::is_empty) {
                 return Err(TransformError(
                     "relabel left a profile without service_name".into(),
@@ -56,7 +62,7 @@ impl Transform for Relabel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_plugin_api::{Labels, ProfileMeta, ProfileType};
+    use kiln_plugin_api::{ProfileMeta, ProfileType};
 
     #[test]
     fn applies_rename_drop_keep_add_in_order() {

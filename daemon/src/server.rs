@@ -119,6 +119,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// HTTPS settings when `[tls]` names a certificate.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Pull mode: scrape jobs and targets.
+    pub scrape: crate::scrape::Scraper,
 }
 
 impl AppState {
@@ -140,6 +142,7 @@ impl AppState {
             false => None,
         };
         let limits = Arc::new(crate::limits::Limits::new(&config.limits, metrics.clone()));
+        let scrape = crate::scrape::Scraper::new(&config)?;
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
@@ -164,6 +167,7 @@ impl AppState {
             metrics,
             limits,
             tls,
+            scrape,
         }))
     }
 
@@ -184,6 +188,7 @@ impl AppState {
         })?;
         let config = source()?;
         let ingestion = Ingestion::build(&config, &self.metrics)?;
+        self.scrape.reload(&config)?;
         self.ingestion.store(Arc::new(ingestion));
         self.limits.reload(&config.limits);
         self.metrics.plugins_reloaded();
@@ -247,6 +252,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/apps",
             get(query::apps).route_layer(q).delete(query::delete_app),
         )
+        .route("/api/targets", get(crate::scrape::api_targets))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/-/reload", post(reload))
         .route("/metrics", get(metrics))
@@ -350,12 +356,14 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     let heap_profiler =
         self_profiling.then(|| tokio::spawn(crate::selfprof::run_heap(state.clone())));
     let hangup = tokio::spawn(reload_on_sighup(state.clone()));
+    let scraper = tokio::spawn(crate::scrape::run(state.clone()));
 
     serve(listener, state.clone(), shutdown_signal()).await;
 
     flusher.abort();
     retention.abort();
     hangup.abort();
+    scraper.abort();
     for p in [profiler, heap_profiler].into_iter().flatten() {
         p.abort();
     }

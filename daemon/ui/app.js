@@ -9,6 +9,7 @@ import { SelectorEditor } from './selector.js';
 import { ExploreView } from './views/explore.js';
 import { CompareView } from './views/compare.js';
 import { TagsView } from './views/tags.js';
+import { TargetsView } from './views/targets.js';
 import { messageBox } from './views/common.js';
 
 const VIEW_TABS = [
@@ -16,12 +17,14 @@ const VIEW_TABS = [
   ['compare', 'Compare'],
   ['diff', 'Diff'],
   ['tags', 'Tag explorer'],
+  ['targets', 'Targets'],
 ];
 const VIEW_FACTORIES = {
   explore: () => new ExploreView(),
   compare: () => new CompareView('compare'),
   diff: () => new CompareView('diff'),
   tags: () => new TagsView(),
+  targets: () => new TargetsView(),
 };
 const PREFERRED_TYPES = ['cpu', 'itimer', 'wall', 'inuse_space', 'alloc_space'];
 

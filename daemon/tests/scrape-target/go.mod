@@ -1,0 +1,3 @@
+module kiln.test/scrapetarget
+
+go 1.21
