@@ -63,7 +63,7 @@ fn bad_input_unknown_types_and_max_nodes() {
     let (status, text) = d.ingest(
         &format!(
             "name={}&from={}&until={}",
-            enc("querier-app.cpu{env=\"ci\"}"),
+            enc("querier-app.cpu{env=ci}"),
             now - 10,
             now
         ),
