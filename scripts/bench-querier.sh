@@ -76,8 +76,9 @@ for window in $windows; do
   : >"$work/render.txt"; : >"$work/connect.txt"
   # Interleaved, after one warm-up each, so caches and background work hit both alike.
   curl -sf -o /dev/null "$render_url"
-  curl -sf -o /dev/null -X POST -H 'Content-Type: application/proto' --data-binary @"$work/req.bin" \
-    "$kiln_url/querier.v1.QuerierService/SelectMergeStacktraces"
+  size=$(curl -sf -o /dev/null -w '%{size_download}' -X POST -H 'Content-Type: application/proto' \
+    --data-binary @"$work/req.bin" "$kiln_url/querier.v1.QuerierService/SelectMergeStacktraces")
+  ((size > 100)) || { echo "SelectMergeStacktraces answered $size bytes: no data selected"; exit 1; }
   for _ in $(seq "$runs"); do
     curl -sf -o /dev/null -w '%{time_total}\n' "$render_url" >>"$work/render.txt"
     curl -sf -o /dev/null -w '%{time_total}\n' -X POST -H 'Content-Type: application/proto' \
