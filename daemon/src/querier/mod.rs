@@ -542,7 +542,7 @@ async fn select_series(call: &Call<'_>) -> Result<Response, ConnectError> {
         .filter(|(_, s)| !s.points.is_empty())
         .collect();
     // `limit`: the series with the largest totals.
-    series.sort_by(|a, b| b.0.cmp(&a.0));
+    series.sort_by_key(|s| std::cmp::Reverse(s.0));
     if let Some(limit) = req.limit.filter(|l| *l > 0) {
         series.truncate(limit as usize);
     }
