@@ -16,6 +16,7 @@ suites=(
   ui-tests/ci-test.sh
   compat/agents/ci-test.sh
   compat/conformance/ci-test.sh
+  compat/grafana-client/ci-test.sh
   examples/wasm-exporter-python/ci-test.sh
 )
 

@@ -51,7 +51,7 @@ struct JsonSample {
 }
 
 /// A Connect error: `{"code": …, "message": …}` with the matching HTTP status.
-struct ConnectError {
+pub(crate) struct ConnectError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -59,10 +59,28 @@ struct ConnectError {
 }
 
 impl ConnectError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_argument",
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn unimplemented(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "unimplemented",
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
             message: message.into(),
             retry_after: None,
         }

@@ -25,6 +25,7 @@ mod metrics;
 mod otlp;
 mod pipeline;
 mod plugins;
+mod querier;
 mod query;
 mod relabel;
 mod scrape;

@@ -152,14 +152,26 @@ fn timeline_json(t: &Timeline) -> Value {
 }
 
 /// The merged tree of a selection, aggregated as its type says, plus what is known of it.
-struct Selection {
+pub(crate) struct Selection {
     /// Grouped by function: what every view shows.
-    tree: Tree,
+    pub tree: Tree,
     /// With source lines, when the stored frames have them: for exports that carry lines.
-    lines: Option<Tree>,
-    series: Vec<SeriesInfo>,
+    pub lines: Option<Tree>,
+    pub series: Vec<SeriesInfo>,
     /// Stack nodes folded into `other` by the storage's query budget (0: exact).
-    pruned_nodes: u64,
+    pub pruned_nodes: u64,
+}
+
+impl Selection {
+    /// Nothing selected.
+    pub fn empty() -> Self {
+        Self {
+            tree: Tree::default(),
+            lines: None,
+            series: Vec::new(),
+            pruned_nodes: 0,
+        }
+    }
 }
 
 /// Says on a response that the storage's query budget folded part of the tree into `other`.
@@ -180,7 +192,8 @@ fn pruned_json(pruned_nodes: u64) -> Value {
     }
 }
 
-async fn select(
+/// The merge `/render` and the Connect querier share.
+pub(crate) async fn select(
     state: &AppState,
     tenant: &Tenant,
     selector: &Selector,

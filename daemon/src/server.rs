@@ -253,6 +253,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(query::apps).route_layer(q).delete(query::delete_app),
         )
         .route("/api/targets", get(crate::scrape::api_targets))
+        // Grafana's Pyroscope data source (Connect querier API).
+        .merge(crate::querier::routes(state.limits.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/-/reload", post(reload))
         .route("/metrics", get(metrics))
