@@ -5,15 +5,19 @@
 #
 #   SECONDS_TO_RUN  seconds per run (default 20)    SERIES       series (default 200)
 #   CONCURRENCY     loadgen connections (default 4)  BUILD=debug  use the debug build
+#   NO_BUILD=1      use the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/bench.sh
 
 profile=${BUILD:-release}
-if [[ $profile == release ]]; then
+if [[ -n ${NO_BUILD:-} ]]; then
+  :
+elif [[ $profile == release ]]; then
   cargo build --release -p kiln -p kiln-loadgen
 else
-  cargo build -p kiln -p kiln-loadgen
+  # The workspace build the test command makes: nothing rebuilt with other features.
+  cargo build --workspace --locked
 fi
 bin=${CARGO_TARGET_DIR:-target}/$profile
 work=$(mktemp -d)

@@ -68,10 +68,10 @@ impl Prometheus {
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while agent()
+        while !agent()
             .get(format!("{}/-/ready", p.url))
             .call()
-            .map_or(true, |r| r.status() != 200)
+            .is_ok_and(|r| r.status() == 200)
         {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(100));
