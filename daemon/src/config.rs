@@ -30,6 +30,9 @@ pub struct Config {
     pub sinks: BTreeMap<String, ComponentConfig>,
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Recording rules: counters derived from stored profiles, exported at `/metrics`.
+    #[serde(default)]
+    pub metrics_rules: BTreeMap<String, crate::rules::RuleConfig>,
     /// Options and sandboxes of plugins the daemon starts by themselves (decoders, renderers).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
@@ -287,7 +290,7 @@ fn deserialize_table<T: serde::de::DeserializeOwned>(
 /// Transform types built in.
 pub const BUILTIN_TRANSFORMS: &[&str] = &["relabel"];
 /// Sink types built in.
-pub const BUILTIN_SINKS: &[&str] = &["log"];
+pub const BUILTIN_SINKS: &[&str] = &["log", "forward"];
 
 /// Options of the built-in `log` sink (none).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -519,6 +522,7 @@ impl Config {
                 );
             }
         }
+        crate::rules::RuleSet::compile(&self.metrics_rules, None)?;
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
             if t.kind == "relabel" {
@@ -527,8 +531,15 @@ impl Config {
         }
         // Other sink types may come from plugins: checked when pipelines are built.
         for (name, s) in &self.sinks {
-            if s.kind == "log" {
-                s.options::<LogSinkConfig>(&format!("sinks.{name}"))?;
+            let table = format!("sinks.{name}");
+            match s.kind.as_str() {
+                "log" => {
+                    s.options::<LogSinkConfig>(&table)?;
+                }
+                "forward" => s
+                    .options::<crate::forward::ForwardConfig>(&table)?
+                    .check(&table)?,
+                _ => {}
             }
         }
         for (name, p) in &self.pipelines {
@@ -594,6 +605,40 @@ mod tests {
         let c = load(&path, true, &[]).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:4040");
         assert!(c.pipelines.contains_key("default"));
+    }
+
+    #[test]
+    fn bad_metrics_rules_and_forward_sinks_name_file_table_and_key() {
+        for (text, needle) in [
+            (
+                "[metrics_rules.tls]\nquery = 'api.cpu'\nfunction = '(crypto'\n",
+                "in [metrics_rules.tls], key `function`: invalid regex",
+            ),
+            (
+                "[metrics_rules.tls]\nquery = 'api.cpu{env=~\"[\"}'\n",
+                "in [metrics_rules.tls], key `query`: regex",
+            ),
+            (
+                "[metrics_rules.tls]\nquery = 'api.cpu'\nlimit = 3\n",
+                "unknown field `limit`",
+            ),
+            (
+                "[sinks.c]\ntype = \"forward\"\nurl = \"central:4040\"\n",
+                "in [sinks.c], key `url`",
+            ),
+            (
+                "[sinks.c]\ntype = \"forward\"\nurl = \"http://c\"\ntimeout = \"soon\"\n",
+                "in [sinks.c], key `timeout`",
+            ),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.contains("kiln.toml: "), "{err}");
+            assert!(err.contains(needle), "{err} (wanted {needle})");
+        }
+        let ok =
+            "[metrics_rules.tls]\nquery = 'api.cpu{env=\"prod\"}'\nfunction = 'crypto/tls\\..*'\n\
+                  group_by = [\"env\"]\n[sinks.c]\ntype = \"forward\"\nurl = \"http://c:4040\"\n";
+        load_str(ok, &[]).unwrap();
     }
 
     #[test]

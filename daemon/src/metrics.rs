@@ -99,6 +99,8 @@ pub struct Metrics {
     stacks_truncated: Family<TenantLabel, Counter>,
     scrapes: Family<ScrapeOutcome, Counter>,
     scrape_duration: Family<ScrapeJob, Histogram, fn() -> Histogram>,
+    /// The `[metrics_rules]` in force, rendered after the daemon's own metrics.
+    rules: Arc<arc_swap::ArcSwapOption<crate::rules::RuleSet>>,
 }
 
 impl Default for Metrics {
@@ -258,6 +260,7 @@ impl Default for Metrics {
             auth_refused,
             limit_refused,
             stacks_truncated,
+            rules: Arc::default(),
         }
     }
 }
@@ -367,6 +370,15 @@ impl Metrics {
         self.plugins_disabled.clear();
     }
 
+    /// The `[metrics_rules]` whose counters `/metrics` shows (set at start and on reload).
+    pub fn set_rules(&self, rules: Arc<crate::rules::RuleSet>) {
+        self.rules.store(Some(rules));
+    }
+
+    pub fn rules(&self) -> Option<Arc<crate::rules::RuleSet>> {
+        self.rules.load_full()
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         // Decoders count what they skip in a process-wide table (they know nothing of the
@@ -389,6 +401,13 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
+        if let Some(rules) = self.rules.load_full() {
+            // Before the closing `# EOF` the encoder writes.
+            let eof = out.rfind("# EOF").unwrap_or(out.len());
+            let tail = out.split_off(eof);
+            rules.render(&mut out);
+            out.push_str(&tail);
+        }
         out
     }
 }

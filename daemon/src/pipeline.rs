@@ -111,7 +111,7 @@ impl Pipelines {
             .sinks
             .keys()
             .map(|name| {
-                let sink = build_sink(name, config, plugins)?;
+                let sink = build_sink(name, config, plugins, metrics)?;
                 Ok((name, Arc::new(SinkQueue::new(name, sink, metrics.clone()))))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -209,9 +209,19 @@ fn build_sink(
     name: &str,
     config: &Config,
     plugins: &Registry,
+    metrics: &Metrics,
 ) -> anyhow::Result<Arc<dyn SinkExporter>> {
     let c = &config.sinks[name];
     let table = format!("sinks.{name}");
+    if c.kind == "forward" {
+        let options: crate::forward::ForwardConfig = c.options(&table)?;
+        options.check(&table)?;
+        return Ok(Arc::new(crate::forward::ForwardSink::new(
+            name,
+            options,
+            metrics.clone(),
+        )));
+    }
     if c.kind == "log" {
         c.options::<crate::config::LogSinkConfig>(&table)?;
         return Ok(Arc::new(LogSink(name.to_string())));

@@ -28,6 +28,8 @@ pub struct Ingestion {
     pub pipelines: Pipelines,
     /// `/render?format=NAME` exporters: built in, then render plugins.
     pub renderers: BTreeMap<String, Arc<dyn RenderExporter>>,
+    /// `[metrics_rules]`, evaluated on every accepted profile.
+    pub rules: Arc<crate::rules::RuleSet>,
 }
 
 impl Ingestion {
@@ -94,10 +96,16 @@ impl Ingestion {
                 plugins.render(plugin, &settings(name), &table)?,
             );
         }
+        // Rules unchanged by a reload keep counting where they were.
+        let rules = Arc::new(crate::rules::RuleSet::compile(
+            &config.metrics_rules,
+            metrics.rules().as_deref(),
+        )?);
         Ok(Self {
             decoders,
             pipelines,
             renderers,
+            rules,
         })
     }
 }
@@ -146,6 +154,7 @@ impl AppState {
         let plugins = Registry::load_dir(&config.server.plugins_dir, metrics.clone());
         let storage = open_storage(&config, &plugins)?;
         let ingestion = Ingestion::build_with(&config, &plugins, &metrics)?;
+        metrics.set_rules(ingestion.rules.clone());
         let durable = Durability::start(
             &config,
             storage,
@@ -189,6 +198,7 @@ impl AppState {
         let config = source()?;
         let ingestion = Ingestion::build(&config, &self.metrics)?;
         self.scrape.reload(&config)?;
+        self.metrics.set_rules(ingestion.rules.clone());
         self.ingestion.store(Arc::new(ingestion));
         self.limits.reload(&config.limits);
         self.metrics.plugins_reloaded();

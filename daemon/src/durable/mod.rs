@@ -291,6 +291,11 @@ impl Durability {
         let (for_sinks, unlogged, stored) = tokio::task::spawn_blocking(move || {
             let mut batches = decode_units(&ingestion, &units)?;
             this.limits.admit_profiles(&logged_tenant, &mut batches)?;
+            if !ingestion.rules.is_empty() {
+                for p in batches.iter().flat_map(|b| &b.profiles) {
+                    ingestion.rules.observe(p);
+                }
+            }
             let mut for_sinks = Vec::new();
             let mut profiles = Vec::new();
             for b in batches {

@@ -13,6 +13,8 @@ pub struct Daemon {
     extra: Vec<String>,
     /// Where the daemon's log goes (inherited stderr when `None`).
     pub log: Option<PathBuf>,
+    /// Start again on the port of the previous start (for a client configured with the URL).
+    pub keep_port: bool,
 }
 
 pub fn testdata(name: &str) -> PathBuf {
@@ -45,12 +47,16 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
+            keep_port: false,
         }
     }
 
     /// Starts the process without waiting for it to listen.
     pub fn launch(&mut self) {
-        let port = free_port();
+        let port = match self.url.rsplit_once(':') {
+            Some((_, p)) if self.keep_port => p.parse().expect("a port"),
+            _ => free_port(),
+        };
         self.url = format!("http://127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.arg("server")
