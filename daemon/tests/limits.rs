@@ -125,6 +125,28 @@ fn max_series_refuses_new_series_and_accepts_existing_ones_across_restarts() {
 }
 
 #[test]
+fn max_series_frees_the_series_of_a_deleted_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "max_series = 2\n");
+    assert_eq!(push(&d, "t", "a.cpu", "main 1\n").0, 200);
+    assert_eq!(push(&d, "t", "b.cpu", "main 1\n").0, 200);
+    assert_eq!(push(&d, "t", "c.cpu", "main 1\n").0, 429);
+    let r = agent()
+        .delete(format!("{}/api/apps", d.url))
+        .header("X-Scope-OrgID", "t")
+        .force_send_body()
+        .send(r#"{"name":"a.cpu"}"#.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // a's series is gone: c takes its place, and then the tenant is full again.
+    let (s, _, b) = push(&d, "t", "c.cpu", "main 1\n");
+    assert_eq!(s, 200, "{b}");
+    assert!(folded(&d, "t", "c.cpu{}").contains("main 1"));
+    assert_eq!(push(&d, "t", "a.cpu", "main 1\n").0, 429);
+    assert_eq!(push(&d, "t", "b.cpu", "main 2\n").0, 200);
+}
+
+#[test]
 fn labels_and_samples_past_their_limits_are_refused_with_400() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(

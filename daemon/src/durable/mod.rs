@@ -555,7 +555,12 @@ impl Storage for ReadAfterAck {
     }
 
     async fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StorageError> {
-        self.inner().enforce_retention(now_ns).await
+        let report = self.inner().enforce_retention(now_ns).await?;
+        if report.chunks_deleted > 0 {
+            // Series whose data expired no longer count against limits.max_series.
+            self.durability.limits.forget_all_series();
+        }
+        Ok(report)
     }
 
     async fn delete_service(
@@ -568,6 +573,8 @@ impl Storage for ReadAfterAck {
         // Durable before it is answered, and with the log checkpointed past the pushes it
         // removed: a replay after a crash must not bring them back.
         self.durability.flush().await?;
+        // The deleted series no longer count against limits.max_series.
+        self.durability.limits.forget_series(tenant);
         Ok(deleted)
     }
 }

@@ -345,6 +345,18 @@ impl Limits {
             .extend(known.iter().map(|s| series_key(&s.labels, &s.profile_type)));
     }
 
+    /// Drops what is known of `tenant`'s series, after some of them were deleted: its next push
+    /// counts them again from storage. A push admitted but not yet stored while that happens is
+    /// counted again when its series next pushes, so the count may lag by those series.
+    pub fn forget_series(&self, tenant: &Tenant) {
+        self.series.lock().remove(tenant);
+    }
+
+    /// As [`Self::forget_series`] for every tenant, after a retention pass removed data.
+    pub fn forget_all_series(&self) {
+        self.series.lock().clear();
+    }
+
     /// Checks and shapes the profiles of one push before anything of it is kept: labels and
     /// sample counts (400), new series past `max_series` (429), deep stacks truncated.
     pub fn admit_profiles(
