@@ -33,6 +33,9 @@ pub struct Config {
     /// Recording rules: counters derived from stored profiles, exported at `/metrics`.
     #[serde(default)]
     pub metrics_rules: BTreeMap<String, crate::rules::RuleConfig>,
+    /// `[metrics_remote_write]`: the rules' counters pushed to a Prometheus-compatible receiver.
+    #[serde(default)]
+    pub metrics_remote_write: Option<crate::rules::remote_write::RemoteWriteConfig>,
     /// Options and sandboxes of plugins the daemon starts by themselves (decoders, renderers).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
@@ -73,7 +76,8 @@ pub struct ServerConfig {
     /// The memory the daemon plans for. Bounds not set explicitly derive from it:
     /// `wal.max_unapplied_bytes` = ¼, `storage.cache_capacity_bytes` = ⅛,
     /// `server.max_decompressed_bytes` = ⅛, `storage.query_budget_bytes` = ⅛,
-    /// `storage.dictionary_cache_bytes` = ⅛ (see [`MEMORY_SHARES`]).
+    /// `storage.dictionary_cache_bytes` = ⅛, `storage.write_buffer_bytes` = ⅛ (see
+    /// [`MEMORY_SHARES`]).
     pub memory_limit: u64,
 }
 
@@ -84,6 +88,7 @@ pub const MEMORY_SHARES: &[(&str, u64)] = &[
     ("server.max_decompressed_bytes", 8),
     ("storage.query_budget_bytes", 8),
     ("storage.dictionary_cache_bytes", 8),
+    ("storage.write_buffer_bytes", 8),
 ];
 const DEFAULT_MEMORY_LIMIT: u64 = 512 << 20;
 
@@ -125,6 +130,9 @@ pub struct StorageConfig {
     /// Memory for services' frame and stack dictionaries; past it the least recently used are
     /// dropped from memory (they stay on disk).
     pub dictionary_cache_bytes: u64,
+    /// Memory for values written since storage last applied them to disk; past it the write
+    /// applies them first (writers slow down, and the backlog refuses pushes with 503).
+    pub write_buffer_bytes: u64,
     /// How a new data directory compresses: `values` (default) or `sled`.
     pub compression: kiln_storage_sled::Compression,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
@@ -141,6 +149,7 @@ impl Default for StorageConfig {
             cache_capacity_bytes: 64 << 20,
             query_budget_bytes: 64 << 20,
             dictionary_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
             compression: kiln_storage_sled::Compression::default(),
             options: toml::Table::new(),
         }
@@ -338,6 +347,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "storage.dictionary_cache_bytes",
         "KILN_DICTIONARY_CACHE_BYTES",
     ),
+    ("storage.write_buffer_bytes", "KILN_WRITE_BUFFER_BYTES"),
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
@@ -523,6 +533,9 @@ impl Config {
             }
         }
         crate::rules::RuleSet::compile(&self.metrics_rules, None)?;
+        if let Some(remote) = &self.metrics_remote_write {
+            remote.validate().map_err(anyhow::Error::msg)?;
+        }
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
             if t.kind == "relabel" {
@@ -583,6 +596,7 @@ impl Config {
             cache_capacity_bytes: self.storage.cache_capacity_bytes,
             query_budget_bytes: self.storage.query_budget_bytes,
             dictionary_cache_bytes: self.storage.dictionary_cache_bytes,
+            write_buffer_bytes: self.storage.write_buffer_bytes,
             compression: self.storage.compression,
         }
     }

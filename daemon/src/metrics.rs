@@ -16,6 +16,11 @@ struct Cause {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Endpoint {
     endpoint: String,
 }
@@ -94,10 +99,13 @@ pub struct Metrics {
     dictionary_resident: Gauge,
     dictionary_loads: Counter,
     dictionary_evictions: Counter,
+    write_buffer: Gauge,
+    early_applies: Counter,
     auth_refused: Family<Refusal, Counter>,
     limit_refused: Family<LimitRefusal, Counter>,
     stacks_truncated: Family<TenantLabel, Counter>,
     scrapes: Family<ScrapeOutcome, Counter>,
+    remote_writes: Family<Outcome, Counter>,
     scrape_duration: Family<ScrapeJob, Histogram, fn() -> Histogram>,
     /// The `[metrics_rules]` in force, rendered after the daemon's own metrics.
     rules: Arc<arc_swap::ArcSwapOption<crate::rules::RuleSet>>,
@@ -118,6 +126,12 @@ impl Default for Metrics {
         let plugin_faults = Family::<PluginFault, Counter>::default();
         let plugins_disabled = Family::<PluginName, Gauge>::default();
         let scrapes = Family::<ScrapeOutcome, Counter>::default();
+        let remote_writes = Family::<Outcome, Counter>::default();
+        registry.register(
+            "metrics_remote_writes",
+            "Remote-write requests of the metrics rules' counters, by outcome (ok, failed)",
+            remote_writes.clone(),
+        );
         let scrape_duration =
             Family::<ScrapeJob, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
@@ -149,6 +163,18 @@ impl Default for Metrics {
         let dictionary_resident = Gauge::default();
         let dictionary_loads = Counter::default();
         let dictionary_evictions = Counter::default();
+        let write_buffer = Gauge::default();
+        let early_applies = Counter::default();
+        registry.register(
+            "storage_write_buffer_bytes",
+            "Estimated bytes of values written since storage last applied them to disk (bounded by storage.write_buffer_bytes)",
+            write_buffer.clone(),
+        );
+        registry.register(
+            "storage_early_applies",
+            "Writes that applied the write buffer to disk themselves because it passed storage.write_buffer_bytes",
+            early_applies.clone(),
+        );
         registry.register(
             "storage_dictionary_bytes",
             "Bytes of services' frame and stack dictionaries resident in memory (bounded by storage.dictionary_cache_bytes, except a dictionary in use)",
@@ -245,6 +271,7 @@ impl Default for Metrics {
             errors,
             query_latency,
             scrapes,
+            remote_writes,
             scrape_duration,
             sink_errors,
             sink_dropped,
@@ -257,6 +284,8 @@ impl Default for Metrics {
             dictionary_resident,
             dictionary_loads,
             dictionary_evictions,
+            write_buffer,
+            early_applies,
             auth_refused,
             limit_refused,
             stacks_truncated,
@@ -266,6 +295,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One remote-write request of the rules' counters ended.
+    pub fn remote_write(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.remote_writes.get_or_create(&Outcome { outcome }).inc();
+    }
+
     /// One scrape of one profile of a `job` target ended with `outcome` after `took`.
     pub fn scraped(&self, job: &str, outcome: &str, took: Duration) {
         self.scrapes
@@ -390,6 +425,11 @@ impl Metrics {
             });
             c.inner().store(n, std::sync::atomic::Ordering::Relaxed);
         }
+        let buffer = kiln_storage_sled::write_buffer_stats();
+        self.write_buffer.set(buffer.bytes as i64);
+        self.early_applies
+            .inner()
+            .store(buffer.early_applies, std::sync::atomic::Ordering::Relaxed);
         let dict = kiln_storage_sled::dictionary_stats();
         self.dictionary_resident.set(dict.resident_bytes as i64);
         self.dictionary_loads

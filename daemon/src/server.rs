@@ -369,6 +369,7 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
         self_profiling.then(|| tokio::spawn(crate::selfprof::run_heap(state.clone())));
     let hangup = tokio::spawn(reload_on_sighup(state.clone()));
     let scraper = tokio::spawn(crate::scrape::run(state.clone()));
+    let remote_write = tokio::spawn(crate::rules::remote_write::run(state.clone()));
 
     serve(listener, state.clone(), shutdown_signal()).await;
 
@@ -376,6 +377,7 @@ pub async fn run(config: Config, config_source: ConfigSource) -> anyhow::Result<
     retention.abort();
     hangup.abort();
     scraper.abort();
+    remote_write.abort();
     for p in [profiler, heap_profiler].into_iter().flatten() {
         p.abort();
     }

@@ -28,29 +28,31 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Prometheus scraping `target` every second, with its data in `dir`.
+/// Prometheus on `port` with its data in `dir`, scraping `target` every second if given;
+/// `extra` flags added.
 struct Prometheus {
     url: String,
     child: Child,
 }
 
 impl Prometheus {
-    fn start(dir: &Path, target: &str) -> Self {
+    fn start(dir: &Path, target: Option<&str>, port: u16, extra: &[&str]) -> Self {
         assert!(
             Path::new(PROMETHEUS).exists(),
             "{PROMETHEUS} is missing: install it (apt-get install -y prometheus) to run this test"
         );
         let config = dir.join("prometheus.yml");
+        let scrape = target.map_or(String::new(), |target| {
+            format!(
+                "scrape_configs:\n  - job_name: kiln\n    scrape_interval: 1s\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            )
+        });
         std::fs::write(
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: kiln\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{scrape}"),
         )
         .unwrap();
-        let port = free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
@@ -59,6 +61,7 @@ impl Prometheus {
                 dir.join("tsdb").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -119,7 +122,12 @@ fn prometheus_rate_over_a_rule_matches_the_pushed_cpu() {
     )
     .unwrap();
     let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
-    let prom = Prometheus::start(dir.path(), d.url.trim_start_matches("http://"));
+    let prom = Prometheus::start(
+        dir.path(),
+        Some(d.url.trim_start_matches("http://")),
+        free_port(),
+        &[],
+    );
 
     // 10 pushes a second of 10 samples at 100 Hz: one CPU-second per second, paced on the
     // wall clock. Each push is logged with the time it was acknowledged.
@@ -186,5 +194,66 @@ fn prometheus_rate_over_a_rule_matches_the_pushed_cpu() {
     assert!(
         (increase - pushed_in).abs() <= 0.05 * pushed_in,
         "increase({METRIC}[10s]) = {increase}, pushed {pushed_in} CPU-s"
+    );
+}
+
+#[test]
+fn remote_write_delivers_the_rule_counters_to_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics_rules.cpu]\nquery = 'mr.cpu{{env=\"prod\"}}'\ngroup_by = [\"env\"]\n\
+             [metrics_remote_write]\nurl = \"http://127.0.0.1:{port}/api/v1/write\"\n\
+             interval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    // Prometheus does not scrape Kiln here: what it holds came by remote write.
+    let prom = Prometheus::start(
+        dir.path(),
+        None,
+        port,
+        &["--web.enable-remote-write-receiver"],
+    );
+
+    let until = now() as u64;
+    for pod in 0..20 {
+        for name in [
+            format!("mr.cpu{{env=prod,pod=p{pod}}}"),
+            "mr.cpu{env=dev}".into(),
+        ] {
+            let (status, msg) = d.ingest(
+                &format!(
+                    "name={}&sampleRate=100&from={}&until={until}&format=folded",
+                    enc(&name),
+                    until - 10
+                ),
+                "text/plain",
+                b"main;work 6\nmain;idle 4\n",
+            );
+            assert_eq!(status, 200, "{msg}");
+        }
+    }
+    // 20 pushes of 10 samples at 100 Hz in env=prod: 2 CPU-seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = prom.query(METRIC, now());
+        if value.is_some_and(|v| (v - 2.0).abs() < 1e-6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus holds {value:?} for {METRIC}, want 2.0 by remote write"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics.contains("kiln_metrics_remote_writes_total{outcome=\"ok\"}"),
+        "{metrics}"
     );
 }

@@ -7,6 +7,7 @@
 //! sample) and walks the samples without allocating.
 
 mod eval;
+pub mod remote_write;
 mod render;
 
 use std::collections::{BTreeMap, HashMap};
@@ -178,6 +179,35 @@ impl RuleSet {
     pub fn render(&self, out: &mut String) {
         render::render(&self.rules, out);
     }
+
+    /// Every series of every rule with its current value (for remote write).
+    pub fn values(&self) -> Vec<SeriesValue> {
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            let state = rule.state.lock().expect("not poisoned");
+            for (key, &value) in &state.series {
+                let names = std::iter::once(SERVICE_NAME)
+                    .chain(rule.config.group_by.iter().map(String::as_str));
+                out.push(SeriesValue {
+                    metric: rule.metric.clone(),
+                    labels: names
+                        .zip(key.split(SEP))
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .collect(),
+                    value,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One exported series and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesValue {
+    pub metric: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
 }
 
 impl Rule {

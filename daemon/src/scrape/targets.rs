@@ -86,18 +86,21 @@ impl FileCache {
 fn read_file(path: &Path) -> Result<Vec<Group>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if matches!(ext, "yml" | "yaml") {
-        return Err(format!(
-            "{}: YAML file_sd files are not supported; write the same groups as JSON",
-            path.display()
-        ));
-    }
-    let groups: Vec<FileGroup> = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: not a file_sd JSON list of {{targets, labels}}: {e}",
-            path.display()
-        )
-    })?;
+    let groups: Vec<FileGroup> = if matches!(ext, "yml" | "yaml") {
+        serde_yaml_ng::from_str(&text).map_err(|e| {
+            format!(
+                "{}: not a file_sd YAML list of {{targets, labels}}: {e}",
+                path.display()
+            )
+        })?
+    } else {
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}: not a file_sd JSON list of {{targets, labels}}: {e}",
+                path.display()
+            )
+        })?
+    };
     let mut out = Vec::new();
     for g in groups {
         for t in g.targets {
@@ -205,6 +208,38 @@ mod tests {
         assert!(wildcard("t-*-x.json", "t-1-x.json"));
         assert!(!wildcard("*.json", "a.yaml"));
         assert!(!wildcard("a*a", "a"));
+    }
+
+    #[test]
+    fn file_sd_files_in_json_and_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("a.json");
+        std::fs::write(
+            &json,
+            r#"[{"targets": ["h:1", "h:2"], "labels": {"env": "prod"}}]"#,
+        )
+        .unwrap();
+        let yaml = dir.path().join("b.yaml");
+        std::fs::write(
+            &yaml,
+            "- targets: ['h:3']\n  labels:\n    env: dev\n- targets: [h:4]\n",
+        )
+        .unwrap();
+        let from_json = read_file(&json).unwrap();
+        assert_eq!(from_json.len(), 2);
+        assert_eq!(from_json[1].0, "h:2");
+        assert_eq!(from_json[1].1.get("env").map(String::as_str), Some("prod"));
+        let from_yaml = read_file(&yaml).unwrap();
+        assert_eq!(from_yaml.len(), 2);
+        assert_eq!(from_yaml[0].0, "h:3");
+        assert_eq!(from_yaml[0].1.get("env").map(String::as_str), Some("dev"));
+        assert!(from_yaml[1].1.is_empty());
+
+        std::fs::write(&yaml, "targets: [h:1]\n").unwrap();
+        let e = read_file(&yaml).unwrap_err();
+        assert!(e.contains("b.yaml") && e.contains("YAML"), "{e}");
+        std::fs::write(&yaml, "- targets: ['http://h:1']\n").unwrap();
+        assert!(read_file(&yaml).is_err());
     }
 
     #[test]

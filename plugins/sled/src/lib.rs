@@ -77,6 +77,12 @@ pub struct SledConfig {
     /// service is next written or queried. A dictionary in use stays, whatever its size.
     #[serde(default = "default_dictionary_cache")]
     pub dictionary_cache_bytes: u64,
+    /// Memory for values written since the last apply to sled (the write buffer, estimated).
+    /// Past it, the write that crossed it applies the buffer to sled before returning, so
+    /// writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
+    /// growing: timestamps spread over a day put each profile in buckets of its own.
+    #[serde(default = "default_write_buffer")]
+    pub write_buffer_bytes: u64,
     /// How a new data directory compresses (an existing one keeps what it was created with).
     #[serde(default)]
     pub compression: Compression,
@@ -98,6 +104,15 @@ pub enum Compression {
 fn default_dictionary_cache() -> u64 {
     64 << 20
 }
+
+fn default_write_buffer() -> u64 {
+    64 << 20
+}
+
+/// Estimated bytes of one buffered chunk (its key, its `Pending`, the map's slot) and of one
+/// value in it (a hash map entry at its load factor).
+const PENDING_BYTES: usize = 96;
+const PENDING_VALUE_BYTES: usize = 24;
 
 fn default_cache() -> u64 {
     64 << 20
@@ -139,6 +154,7 @@ impl SledConfig {
             cache_capacity_bytes: default_cache(),
             query_budget_bytes: default_query_budget(),
             dictionary_cache_bytes: default_dictionary_cache(),
+            write_buffer_bytes: default_write_buffer(),
             compression: Compression::default(),
         }
     }
@@ -224,6 +240,8 @@ struct State {
     series: Vec<SeriesRecord>,
     series_ids: FxHashMap<(Tenant, Labels, ProfileType), u32>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
+    /// Estimated bytes of `buffer` ([`PENDING_BYTES`], [`PENDING_VALUE_BYTES`]).
+    buffer_bytes: usize,
     dirty_series: FxHashSet<u32>,
     /// The last write-ahead log record in `buffer`.
     buffered_log_seq: Option<u64>,
@@ -258,6 +276,8 @@ struct Inner {
     query_max_nodes: usize,
     /// Bytes of dictionaries kept resident ([`SledConfig::dictionary_cache_bytes`]).
     dictionary_budget: usize,
+    /// [`SledConfig::write_buffer_bytes`].
+    write_buffer_limit: usize,
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
@@ -269,6 +289,24 @@ struct Inner {
 static DICTIONARY_RESIDENT: AtomicU64 = AtomicU64::new(0);
 static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
 static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
+static WRITE_BUFFER_BYTES: AtomicU64 = AtomicU64::new(0);
+static EARLY_APPLIES: AtomicU64 = AtomicU64::new(0);
+
+/// The process's sled write buffers: for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteBufferStats {
+    /// Estimated bytes buffered since the last apply, all storages of the process.
+    pub bytes: u64,
+    /// Applies a write made because the buffer passed `write_buffer_bytes`.
+    pub early_applies: u64,
+}
+
+pub fn write_buffer_stats() -> WriteBufferStats {
+    WriteBufferStats {
+        bytes: WRITE_BUFFER_BYTES.load(Ordering::Relaxed),
+        early_applies: EARLY_APPLIES.load(Ordering::Relaxed),
+    }
+}
 
 /// The process's sled dictionaries: for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -298,7 +336,9 @@ fn report_resident(reported: &mut usize, now: usize) {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        report_resident(&mut self.state.get_mut().reported_resident, 0);
+        let st = self.state.get_mut();
+        report_resident(&mut st.reported_resident, 0);
+        WRITE_BUFFER_BYTES.fetch_sub(st.buffer_bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -402,6 +442,7 @@ impl SledStorage {
             query_max_nodes: ((config.query_budget_bytes / MERGED_NODE_BYTES) as usize)
                 .max(MIN_NODES_PER_TREE),
             dictionary_budget: config.dictionary_cache_bytes as usize,
+            write_buffer_limit: usize::try_from(config.write_buffer_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
             applied_log_seq: AtomicU64::new(0),
@@ -670,17 +711,33 @@ impl Inner {
             }
             let t = (p.start_ns.max(0) / NS) as u64;
             let finest = t / self.levels[0].0 * self.levels[0].0;
+            let mut added = 0;
             for (level, &(res, _)) in self.levels.iter().enumerate() {
                 let pending = st
                     .buffer
                     .entry((series, level as u8, t / res * res))
                     .or_default();
+                if pending.profiles == 0 {
+                    added += PENDING_BYTES;
+                }
                 pending.add_profile(finest);
+                let before = pending.values.len();
                 for (&node, &v) in &stacks {
                     *pending.values.entry(node).or_default() += v;
                 }
+                added += (pending.values.len() - before) * PENDING_VALUE_BYTES;
             }
+            st.buffer_bytes += added;
+            WRITE_BUFFER_BYTES.fetch_add(added as u64, Ordering::Relaxed);
             previous = Some(p);
+        }
+        let full = st.buffer_bytes > self.write_buffer_limit;
+        drop(guard);
+        if full {
+            // Bounded by construction: this writer pays for the apply, so the writers behind it
+            // wait rather than the buffer growing.
+            EARLY_APPLIES.fetch_add(1, Ordering::Relaxed);
+            self.apply()?;
         }
         Ok(())
     }
@@ -735,6 +792,8 @@ impl Inner {
                 series.insert(&id.to_be_bytes(), self.codec.pack(&rec));
             }
             migrate = std::mem::take(&mut st.migrate_legacy);
+            WRITE_BUFFER_BYTES.fetch_sub(st.buffer_bytes as u64, Ordering::Relaxed);
+            st.buffer_bytes = 0;
             (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
         };
         // Dictionaries first: a chunk never refers to a stack that is not on disk.

@@ -866,3 +866,52 @@ fn data_directories_where_sled_compresses_keep_that_and_new_ones_pack_values() {
     let s = reopen(chosen.path());
     assert_eq!(s.inner.codec, Codec::SledCompressed);
 }
+
+#[test]
+fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    // A few chunks' worth: profiles spread over a day never merge in memory.
+    cfg.write_buffer_bytes = 4 * 1024;
+    let s = SledStorage::open(&cfg).unwrap();
+    let t0 = now_s() - 86_400;
+    let before = write_buffer_stats();
+    for i in 0..200i64 {
+        s.write_blocking(
+            &T,
+            vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + i * 400,
+                &[(&["main", &format!("work{}", i % 7)], 1), (&["main"], 2)],
+            )],
+        )
+        .unwrap();
+        let st = s.inner.state.lock();
+        assert!(
+            st.buffer_bytes <= cfg.write_buffer_bytes as usize,
+            "write {i}: {} bytes buffered past the {} bound",
+            st.buffer_bytes,
+            cfg.write_buffer_bytes
+        );
+    }
+    let after = write_buffer_stats();
+    assert!(
+        after.early_applies >= before.early_applies + 10,
+        "{before:?} → {after:?}"
+    );
+    // Nothing applied early is lost or counted twice, before and after the flush.
+    let total = |s: &SledStorage| {
+        s.inner
+            .select_merge(&T, &query("app.cpu", t0 - 10, now_s()), now_s())
+            .unwrap()
+            .tree
+            .total()
+    };
+    assert_eq!(total(&s), 600);
+    s.flush_blocking().unwrap();
+    assert_eq!(total(&s), 600);
+    drop(s);
+    assert_eq!(total(&reopen_with(&cfg)), 600);
+}
