@@ -143,6 +143,19 @@ struct Applied {
     seq: u64,
     tenant: Tenant,
     profiles: Vec<Profile>,
+    /// [`decoded_bytes`] of `profiles`.
+    bytes: u64,
+}
+
+/// Estimated memory of a decoded profile: its strings, frames, stacks and labels.
+fn decoded_bytes(p: &Profile) -> u64 {
+    let frames: usize = p
+        .frames
+        .iter()
+        .map(|f| f.function.len() + f.file.len() + 64)
+        .sum();
+    let samples: usize = p.samples.iter().map(|s| s.stack.len() * 4 + 40).sum();
+    (frames + samples + p.labels.len() * 64 + 256) as u64
 }
 
 /// Logged pushes whose profiles storage has not yet made durable, oldest first.
@@ -150,6 +163,9 @@ struct Applied {
 struct Backlog {
     records: Mutex<VecDeque<(u64, u64, Instant)>>,
     bytes: AtomicU64,
+    /// Estimated bytes of decoded profiles handed to the applier and not yet in storage: what
+    /// the backlog holds in memory (a compressed push decodes to many times its size).
+    queued: AtomicU64,
 }
 
 impl Backlog {
@@ -234,13 +250,20 @@ impl Durability {
         };
         let start = wal.as_ref().map(|w| w.durable_seq()).unwrap_or(0);
         let (applied_tx, applied) = watch::channel(start);
-        tokio::spawn(apply_loop(rx, storage.clone(), applied_tx, metrics.clone()));
+        let backlog = Arc::new(Backlog::default());
+        tokio::spawn(apply_loop(
+            rx,
+            storage.clone(),
+            applied_tx,
+            backlog.clone(),
+            metrics.clone(),
+        ));
         Ok(Arc::new(Self {
             wal,
             storage,
             applier: tx,
             applied,
-            backlog: Arc::default(),
+            backlog,
             max_unapplied_bytes: config.wal.max_unapplied_bytes,
             max_unapplied_age: config.wal.max_unapplied_age,
             retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
@@ -252,7 +275,13 @@ impl Durability {
     /// Refuses new pushes while storage is too far behind the log.
     pub fn check_backlog(&self) -> Result<(), AcceptError> {
         let bytes = self.backlog.bytes.load(Ordering::Relaxed);
-        let why = if bytes > self.max_unapplied_bytes {
+        let queued = self.backlog.queued.load(Ordering::Relaxed);
+        let why = if queued > self.max_unapplied_bytes {
+            format!(
+                "storage is {queued} bytes of decoded pushes behind (wal.max_unapplied_bytes = {})",
+                self.max_unapplied_bytes
+            )
+        } else if bytes > self.max_unapplied_bytes {
             format!(
                 "storage is {bytes} bytes of pushes behind (wal.max_unapplied_bytes = {})",
                 self.max_unapplied_bytes
@@ -310,13 +339,16 @@ impl Durability {
             };
             let payload = record::encode(&logged_tenant, &units);
             let bytes = payload.len() as u64;
+            let decoded = profiles.iter().map(decoded_bytes).sum();
             let (applier, backlog) = (this.applier.clone(), this.backlog.clone());
             wal.append_then(&payload, move |seq| {
                 backlog.push(seq, bytes);
+                backlog.queued.fetch_add(decoded, Ordering::Relaxed);
                 let _ = applier.send(Applied {
                     seq,
                     tenant: logged_tenant,
                     profiles,
+                    bytes: decoded,
                 });
             })?;
             Ok((for_sinks, None, stored))
@@ -385,12 +417,14 @@ async fn apply_loop(
     mut rx: mpsc::UnboundedReceiver<Applied>,
     storage: Arc<dyn Storage>,
     applied: watch::Sender<u64>,
+    backlog: Arc<Backlog>,
     metrics: Metrics,
 ) {
     while let Some(Applied {
         seq,
         tenant,
         profiles,
+        bytes,
     }) = rx.recv().await
     {
         // The record is in the log: keep trying rather than lose it. While this fails the
@@ -402,6 +436,7 @@ async fn apply_loop(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+        backlog.queued.fetch_sub(bytes, Ordering::Relaxed);
         applied.send_replace(seq);
     }
 }
