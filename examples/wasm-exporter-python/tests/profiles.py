@@ -6,7 +6,8 @@ from topn import ProfileData
 
 EXAMPLE = Path(__file__).resolve().parent.parent
 REPO = EXAMPLE.parent.parent
-WIT = REPO / "wit"
+# The sink is built against the 0.1.0 contract (see build.sh), which the daemon still loads.
+WIT = REPO / "wit" / "0.1.0"
 TESTDATA = REPO / "testdata"
 
 
