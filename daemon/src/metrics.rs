@@ -100,6 +100,8 @@ pub struct Metrics {
     dictionary_loads: Counter,
     dictionary_evictions: Counter,
     write_buffer: Gauge,
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
     early_applies: Counter,
     auth_refused: Family<Refusal, Counter>,
     limit_refused: Family<LimitRefusal, Counter>,
@@ -165,6 +167,18 @@ impl Default for Metrics {
         let dictionary_evictions = Counter::default();
         let write_buffer = Gauge::default();
         let early_applies = Counter::default();
+        let heap_allocated = Gauge::default();
+        let heap_resident = Gauge::default();
+        registry.register(
+            "memory_allocated_bytes",
+            "Bytes the daemon's allocator has handed out and not had back (jemalloc stats.allocated)",
+            heap_allocated.clone(),
+        );
+        registry.register(
+            "memory_resident_bytes",
+            "Bytes of the allocator's pages resident in memory, including freed pages not yet returned to the system (jemalloc stats.resident)",
+            heap_resident.clone(),
+        );
         registry.register(
             "storage_write_buffer_bytes",
             "Estimated bytes of values written since storage last applied them to disk (bounded by storage.write_buffer_bytes)",
@@ -286,6 +300,8 @@ impl Default for Metrics {
             dictionary_evictions,
             write_buffer,
             early_applies,
+            heap_allocated,
+            heap_resident,
             auth_refused,
             limit_refused,
             stacks_truncated,
@@ -430,6 +446,10 @@ impl Metrics {
         self.early_applies
             .inner()
             .store(buffer.early_applies, std::sync::atomic::Ordering::Relaxed);
+        if let Some((allocated, resident)) = allocator_stats() {
+            self.heap_allocated.set(allocated as i64);
+            self.heap_resident.set(resident as i64);
+        }
         let dict = kiln_storage_sled::dictionary_stats();
         self.dictionary_resident.set(dict.resident_bytes as i64);
         self.dictionary_loads
@@ -464,4 +484,13 @@ impl kiln_wasm_host::FaultObserver for Metrics {
             })
             .set(1);
     }
+}
+
+/// jemalloc's allocated and resident byte counts, refreshed (they are cached until an epoch
+/// advance). `None` if the allocator cannot say.
+fn allocator_stats() -> Option<(usize, usize)> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    let allocated = tikv_jemalloc_ctl::stats::allocated::read().ok()?;
+    let resident = tikv_jemalloc_ctl::stats::resident::read().ok()?;
+    Some((allocated, resident))
 }
