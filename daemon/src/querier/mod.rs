@@ -479,11 +479,6 @@ async fn select_series(call: &Call<'_>) -> Result<Response, ConnectError> {
             req.step
         )));
     }
-    if req.group_by.len() > 1 {
-        return Err(ConnectError::invalid(
-            "group_by: Kiln groups by one label at a time",
-        ));
-    }
     let average = req.aggregation == Some(AGGREGATION_AVERAGE);
     let q = Query {
         selector,
@@ -499,23 +494,12 @@ async fn select_series(call: &Call<'_>) -> Result<Response, ConnectError> {
     if known.is_empty() {
         return Ok(call.codec.encode(&SelectSeriesResponse::default()));
     }
-    let group_by = req.group_by.first().map(String::as_str);
-    let lines = storage
-        .select_timeline(call.tenant, &q, step_ns, group_by)
-        .await
-        .map_err(crate::api_error::ApiError::from)?;
+    let lines = grouped_timelines(call, &q, step_ns, &req.group_by, &known).await?;
     let mut series: Vec<(i64, Series)> = lines
         .into_iter()
-        .map(|(group, t)| {
+        .map(|(labels, members, t)| {
             // The average of a group: its total over the number of its series.
-            let members = match group_by {
-                Some(label) => known
-                    .iter()
-                    .filter(|s| s.labels.get(label).unwrap_or("") == group)
-                    .count(),
-                None => known.len(),
-            }
-            .max(1) as f64;
+            let members = members.max(1) as f64;
             let points: Vec<Point> = t
                 .points
                 .iter()
@@ -530,13 +514,6 @@ async fn select_series(call: &Call<'_>) -> Result<Response, ConnectError> {
                     timestamp: (t.start_ns + i as i64 * t.step_ns) / 1_000_000,
                 })
                 .collect();
-            let labels = match group_by {
-                Some(label) if !group.is_empty() => vec![LabelPair {
-                    name: label.to_string(),
-                    value: group,
-                }],
-                _ => Vec::new(),
-            };
             (t.points.iter().sum(), Series { labels, points })
         })
         .filter(|(_, s)| !s.points.is_empty())
@@ -549,6 +526,89 @@ async fn select_series(call: &Call<'_>) -> Result<Response, ConnectError> {
     Ok(call.codec.encode(&SelectSeriesResponse {
         series: series.into_iter().map(|(_, s)| s).collect(),
     }))
+}
+
+/// Most groups one `SelectSeries` with several `group_by` labels may make: each is one
+/// timeline query.
+const MAX_SERIES_GROUPS: usize = 1_000;
+
+/// The timelines of `q`, one per distinct combination of the `group_by` labels' values among
+/// the `known` series (absent labels read as `""` and are left out of the answer's labels),
+/// each with its labels and the number of series in it.
+///
+/// One label is grouped by storage in one pass. Several are grouped here: the known series
+/// give the combinations that exist, and each combination is one timeline query narrowed by
+/// equality matchers.
+async fn grouped_timelines(
+    call: &Call<'_>,
+    q: &Query,
+    step_ns: i64,
+    group_by: &[String],
+    known: &[kiln_plugin_api::SeriesInfo],
+) -> Result<Vec<(Vec<LabelPair>, usize, kiln_plugin_api::Timeline)>, ConnectError> {
+    let storage = &call.state.storage;
+    let labels_of = |values: &[String]| -> Vec<LabelPair> {
+        group_by
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(name, value)| LabelPair {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    };
+    let mut groups: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for s in known {
+        let values = group_by
+            .iter()
+            .map(|l| s.labels.get(l).unwrap_or("").to_string())
+            .collect();
+        *groups.entry(values).or_default() += 1;
+    }
+    if group_by.len() <= 1 {
+        let label = group_by.first().map(String::as_str);
+        let lines = storage
+            .select_timeline(call.tenant, q, step_ns, label)
+            .await
+            .map_err(crate::api_error::ApiError::from)?;
+        return Ok(lines
+            .into_iter()
+            .map(|(group, t)| {
+                let values = match label {
+                    Some(_) => vec![group],
+                    None => Vec::new(),
+                };
+                let members = groups.get(&values).copied().unwrap_or(0);
+                (labels_of(&values), members, t)
+            })
+            .collect());
+    }
+    if groups.len() > MAX_SERIES_GROUPS {
+        return Err(ConnectError::invalid(format!(
+            "group_by {group_by:?} makes {} groups; at most {MAX_SERIES_GROUPS} are answered \
+             (narrow the selector or group by fewer labels)",
+            groups.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (values, members) in groups {
+        let mut narrowed = q.clone();
+        narrowed.selector.matchers.extend(
+            group_by
+                .iter()
+                .zip(&values)
+                .map(|(name, value)| kiln_plugin_api::Matcher::eq(name, value)),
+        );
+        let lines = storage
+            .select_timeline(call.tenant, &narrowed, step_ns, None)
+            .await
+            .map_err(crate::api_error::ApiError::from)?;
+        if let Some((_, t)) = lines.into_iter().next() {
+            out.push((labels_of(&values), members, t));
+        }
+    }
+    Ok(out)
 }
 
 async fn diff(call: &Call<'_>) -> Result<Response, ConnectError> {
