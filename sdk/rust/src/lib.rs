@@ -36,6 +36,10 @@ mod sampler;
 #[cfg(target_os = "linux")]
 mod symbols;
 mod tags;
+#[cfg(not(target_os = "linux"))]
+mod unsupported;
+#[cfg(not(target_os = "linux"))]
+use unsupported::{sampler, symbols};
 mod tls;
 mod upload;
 

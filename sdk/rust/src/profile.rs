@@ -42,12 +42,12 @@ impl Aggregate {
     /// Takes the counts out, grouped by tag-set id: (stack, count) pairs.
     pub(crate) fn take_by_tag(&mut self) -> HashMap<u32, Vec<(Box<[usize]>, u64)>> {
         let mut out: HashMap<u32, Vec<(Box<[usize]>, u64)>> = HashMap::new();
-        for (mut key, n) in std::mem::take(&mut self.counts) {
-            let tag = key[key.len() - 1] as u32;
+        for (key, n) in std::mem::take(&mut self.counts) {
             let mut stack = key.into_vec();
-            stack.pop();
-            key = stack.into_boxed_slice();
-            out.entry(tag).or_default().push((key, n));
+            let tag = stack.pop().unwrap_or_default() as u32;
+            out.entry(tag)
+                .or_default()
+                .push((stack.into_boxed_slice(), n));
         }
         self.dropped = 0;
         out
@@ -226,7 +226,8 @@ mod tests {
         let mut symbols = Symbolizer::new();
         symbols.refresh();
         // The caller's frame holds a return address: just past the start of `caller`.
-        let stack: Box<[usize]> = vec![leaf as *const () as usize, caller as *const () as usize + 1].into();
+        let stack: Box<[usize]> =
+            vec![leaf as *const () as usize, caller as *const () as usize + 1].into();
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let body = encode(
             &[(stack, 3)],

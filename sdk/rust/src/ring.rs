@@ -60,7 +60,11 @@ impl Ring {
 
     /// Stores one sample: `fill` writes its frames into the slot and returns how many it wrote.
     /// Async-signal-safe as long as `fill` is. Returns false (and counts a drop) when full.
-    pub(crate) fn push(&self, tag: u32, fill: impl FnOnce(&mut [usize; MAX_DEPTH]) -> usize) -> bool {
+    pub(crate) fn push(
+        &self,
+        tag: u32,
+        fill: impl FnOnce(&mut [usize; MAX_DEPTH]) -> usize,
+    ) -> bool {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
@@ -120,7 +124,9 @@ mod tests {
         let mut got = Vec::new();
         ring.drain(|frames, tag| got.push((frames.to_vec(), tag)));
         got.sort();
-        let want: Vec<_> = (0..4usize).map(|i| (vec![100 + i, 200], i as u32)).collect();
+        let want: Vec<_> = (0..4usize)
+            .map(|i| (vec![100 + i, 200], i as u32))
+            .collect();
         assert_eq!(got, want);
         // Drained slots are free again.
         assert!(ring.push(9, |_| 0));

@@ -183,6 +183,10 @@ fn unwind(pc: usize, frames: &mut [usize; MAX_DEPTH]) -> usize {
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             let ip = frame.ip() as usize;
+            // The outermost frame's return address is 0.
+            if ip == 0 {
+                return false;
+            }
             if !found {
                 found = ip == pc;
                 skipped += 1;
@@ -279,7 +283,10 @@ mod tests {
         // per scheduler tick (100..1000 Hz), and the shared machine may give less CPU.
         eprintln!("{hot} of {total} samples in the hot function");
         assert!(total >= 20, "only {total} samples");
-        assert!(hot * 2 > total, "{hot} of {total} samples in the hot function");
+        assert!(
+            hot * 2 > total,
+            "{hot} of {total} samples in the hot function"
+        );
         assert_eq!(tagged, hot, "samples under the guard carry its tag set");
     }
 }

@@ -147,7 +147,10 @@ impl SymbolTable {
 
     /// The raw (mangled) name of the function holding link-time address `addr`.
     fn lookup(&self, addr: u64) -> Option<String> {
-        let i = self.syms.partition_point(|s| s.addr <= addr).checked_sub(1)?;
+        let i = self
+            .syms
+            .partition_point(|s| s.addr <= addr)
+            .checked_sub(1)?;
         let s = self.syms[i];
         // A symbol without a size extends to the next one.
         if s.size != 0 && addr >= s.addr + s.size as u64 {
@@ -265,7 +268,6 @@ impl Symbolizer {
     /// of those still loaded at the same place. Called once per report.
     pub(crate) fn refresh(&mut self) {
         let mut old = std::mem::take(&mut self.objects);
-        let mut unloaded = false;
         for (path, bias, ranges) in loaded_objects() {
             let table = old
                 .iter()
@@ -278,8 +280,7 @@ impl Symbolizer {
                 table,
             });
         }
-        unloaded |= !old.is_empty();
-        if unloaded || self.cache.len() > MAX_CACHED {
+        if !old.is_empty() || self.cache.len() > MAX_CACHED {
             // Cached names of addresses in an unloaded object could now be wrong.
             self.cache.clear();
             self.cache.shrink_to_fit();
@@ -352,7 +353,9 @@ mod tests {
         let mut s = Symbolizer::new();
         s.refresh();
         assert_eq!(&*s.name(0x10, false), "0x10");
-        let err = SymbolTable::load(Path::new("/proc/self/status")).err().unwrap();
+        let err = SymbolTable::load(Path::new("/proc/self/status"))
+            .err()
+            .unwrap();
         assert!(matches!(err, SymbolError::NotElf(_)), "{err}");
         assert!(SymbolTable::load(Path::new("/nonexistent/lib.so")).is_err());
     }
