@@ -12,6 +12,9 @@ use crate::symbols::Symbolizer;
 /// counted as dropped.
 const MAX_STACKS: usize = 64 * 1024;
 
+/// Stacks (innermost address first) and their sample counts.
+pub(crate) type Stacks = Vec<(Box<[usize]>, u64)>;
+
 /// Sample counts by raw stack (innermost address first) and tag-set id.
 #[derive(Default)]
 pub(crate) struct Aggregate {
@@ -40,8 +43,8 @@ impl Aggregate {
     }
 
     /// Takes the counts out, grouped by tag-set id: (stack, count) pairs.
-    pub(crate) fn take_by_tag(&mut self) -> HashMap<u32, Vec<(Box<[usize]>, u64)>> {
-        let mut out: HashMap<u32, Vec<(Box<[usize]>, u64)>> = HashMap::new();
+    pub(crate) fn take_by_tag(&mut self) -> HashMap<u32, Stacks> {
+        let mut out: HashMap<u32, Stacks> = HashMap::new();
         for (key, n) in std::mem::take(&mut self.counts) {
             let mut stack = key.into_vec();
             let tag = stack.pop().unwrap_or_default() as u32;

@@ -198,14 +198,21 @@ impl Object {
     }
 }
 
-/// The loaded objects of this process, as the dynamic loader lists them.
-fn loaded_objects() -> Vec<(PathBuf, usize, Vec<(usize, usize)>)> {
+/// A loaded object as the dynamic loader lists it: file, load bias, runtime address ranges.
+struct Loaded {
+    path: PathBuf,
+    bias: usize,
+    ranges: Vec<(usize, usize)>,
+}
+
+/// The loaded objects of this process.
+fn loaded_objects() -> Vec<Loaded> {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         out: *mut libc::c_void,
     ) -> libc::c_int {
-        let out = &mut *(out as *mut Vec<(PathBuf, usize, Vec<(usize, usize)>)>);
+        let out = &mut *(out as *mut Vec<Loaded>);
         let info = &*info;
         let bias = info.dlpi_addr as usize;
         let name = if info.dlpi_name.is_null() {
@@ -228,10 +235,10 @@ fn loaded_objects() -> Vec<(PathBuf, usize, Vec<(usize, usize)>)> {
                 (lo, lo.wrapping_add(p.p_memsz as usize))
             })
             .collect();
-        out.push((path, bias, ranges));
+        out.push(Loaded { path, bias, ranges });
         0
     }
-    let mut out: Vec<(PathBuf, usize, Vec<(usize, usize)>)> = Vec::new();
+    let mut out: Vec<Loaded> = Vec::new();
     // SAFETY: the callback only reads the loader's entries and writes to `out`.
     unsafe { libc::dl_iterate_phdr(Some(each), &mut out as *mut _ as *mut libc::c_void) };
     out
@@ -242,10 +249,10 @@ fn loaded_objects() -> Vec<(PathBuf, usize, Vec<(usize, usize)>)> {
 pub(crate) fn object_range(needle: &str) -> Option<(usize, usize)> {
     loaded_objects()
         .into_iter()
-        .find(|(p, _, _)| p.to_string_lossy().contains(needle))
-        .and_then(|(_, _, r)| {
-            let lo = r.iter().map(|x| x.0).min()?;
-            let hi = r.iter().map(|x| x.1).max()?;
+        .find(|o| o.path.to_string_lossy().contains(needle))
+        .and_then(|o| {
+            let lo = o.ranges.iter().map(|x| x.0).min()?;
+            let hi = o.ranges.iter().map(|x| x.1).max()?;
             Some((lo, hi))
         })
 }
@@ -268,7 +275,7 @@ impl Symbolizer {
     /// of those still loaded at the same place. Called once per report.
     pub(crate) fn refresh(&mut self) {
         let mut old = std::mem::take(&mut self.objects);
-        for (path, bias, ranges) in loaded_objects() {
+        for Loaded { path, bias, ranges } in loaded_objects() {
             let table = old
                 .iter()
                 .position(|o| o.path == path && o.bias == bias)
