@@ -285,7 +285,8 @@ fn report_loop(
         report(&c, &mut counts, &mut symbols, from, until, &uploader);
         tags::forget_unused();
         from = until;
-        next_report += c.upload_interval;
+        // After a stall (a suspended machine), the next report is one interval from now.
+        next_report = (next_report + c.upload_interval).max(Instant::now());
         if stopping {
             drop(sampler);
             return uploader.finish(Duration::from_secs(5));

@@ -228,12 +228,24 @@ mod tests {
     use crate::symbols::Symbolizer;
     use std::time::{Duration, Instant};
 
+    /// CPU time of the calling thread.
+    fn thread_cpu() -> Duration {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+
+    /// Burns `cpu` of this thread's CPU time (however long a busy machine makes that take,
+    /// up to 30 s).
     #[inline(never)]
-    fn burn_in_a_known_function(d: Duration) -> u64 {
-        let end = Instant::now() + d;
+    fn burn_in_a_known_function(cpu: Duration) -> u64 {
+        let (start, give_up) = (thread_cpu(), Instant::now() + Duration::from_secs(30));
         let mut x = 1u64;
-        while Instant::now() < end {
-            for _ in 0..1000 {
+        while thread_cpu() - start < cpu && Instant::now() < give_up {
+            for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
         }
@@ -252,7 +264,7 @@ mod tests {
         ));
         let guard = crate::tags::tag_wrapper([("phase", "burn")]);
         let tag = crate::tags::current();
-        burn_in_a_known_function(Duration::from_millis(800));
+        burn_in_a_known_function(Duration::from_millis(500));
         drop(guard);
         sampler.stop();
         let mut symbols = Symbolizer::new();
@@ -279,8 +291,8 @@ mod tests {
             }
         });
         drop(sampler);
-        // 800 ms of CPU asked at 1000 Hz: the kernel delivers CPU-timer signals at most once
-        // per scheduler tick (100..1000 Hz), and the shared machine may give less CPU.
+        // 500 ms of CPU at 1000 Hz: the kernel delivers CPU-timer signals at most once per
+        // scheduler tick (100..1000 Hz), so 50 samples or more.
         eprintln!("{hot} of {total} samples in the hot function");
         assert!(total >= 20, "only {total} samples");
         assert!(
