@@ -16,12 +16,23 @@ const MAX_STACKS: usize = 64 * 1024;
 pub(crate) type Stacks = Vec<(Box<[usize]>, u64)>;
 
 /// Sample counts by raw stack (innermost address first) and tag-set id.
-#[derive(Default)]
 pub(crate) struct Aggregate {
     /// Key: the stack's addresses followed by the tag-set id, so that a borrowed slice finds it.
     counts: HashMap<Box<[usize]>, u64>,
     scratch: Vec<usize>,
+    max_stacks: usize,
     pub(crate) dropped: u64,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Aggregate {
+            counts: HashMap::new(),
+            scratch: Vec::new(),
+            max_stacks: MAX_STACKS,
+            dropped: 0,
+        }
+    }
 }
 
 impl Aggregate {
@@ -31,7 +42,7 @@ impl Aggregate {
         self.scratch.push(tag as usize);
         if let Some(n) = self.counts.get_mut(&self.scratch[..]) {
             *n += 1;
-        } else if self.counts.len() < MAX_STACKS {
+        } else if self.counts.len() < self.max_stacks {
             self.counts.insert(self.scratch.as_slice().into(), 1);
         } else {
             self.dropped += 1;
@@ -222,6 +233,23 @@ mod tests {
         );
         assert_eq!(by_tag.remove(&7).unwrap(), vec![(vec![1, 2, 3].into(), 1)]);
         assert!(by_tag.is_empty());
+    }
+
+    #[test]
+    fn new_stacks_beyond_the_bound_are_dropped_and_counted() {
+        let mut agg = Aggregate {
+            max_stacks: 2,
+            ..Aggregate::default()
+        };
+        agg.add(&[1], 0);
+        agg.add(&[2], 0);
+        agg.add(&[3], 0); // a third stack: dropped
+        agg.add(&[1], 0); // a known one still counts
+        assert_eq!(agg.dropped, 1);
+        let mut got = agg.take_by_tag().remove(&0).unwrap();
+        got.sort();
+        assert_eq!(got, vec![(vec![1].into(), 2), (vec![2].into(), 1)]);
+        assert_eq!(agg.dropped, 0);
     }
 
     #[test]
