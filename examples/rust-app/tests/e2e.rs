@@ -69,6 +69,30 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
+/// The share of a flamegraph's samples under a function named `…::name`, and its sample count.
+/// Levels hold `[x offset, total, self, name index]` per node.
+fn share_of(render: &serde_json::Value, name: &str) -> (f64, i64) {
+    let fb = &render["flamebearer"];
+    let names = fb["names"].as_array().unwrap();
+    let ticks = fb["numTicks"].as_i64().unwrap();
+    let suffix = format!("::{name}");
+    let mut under = 0;
+    for level in fb["levels"].as_array().unwrap() {
+        let level: Vec<i64> = level
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        for node in level.chunks_exact(4) {
+            if names[node[3] as usize].as_str().unwrap().ends_with(&suffix) {
+                under += node[1];
+            }
+        }
+    }
+    (under as f64 / ticks.max(1) as f64, ticks)
+}
+
 #[test]
 fn example_profiles_reach_the_daemon() {
     let dir = std::env::temp_dir().join(format!("kiln-rust-e2e-{}", std::process::id()));
@@ -144,10 +168,29 @@ fn example_profiles_reach_the_daemon() {
             cpu.iter().any(|n| n.contains("hash_loop")),
             "hash_loop missing: {cpu:?}"
         );
+        // The workload spends 70 % of each 100 ms in hash_loop (under the scoped tag) and 30 %
+        // in alloc_loop: hash_loop must dominate, and all but the samples at the scope's edges
+        // of the tagged series must be in it.
+        let (share, ticks) = share_of(&render(r#"rust-app.cpu{env="e2e"}"#), "hash_loop");
+        assert!(
+            ticks >= 50,
+            "{ticks} samples in 8 s of a busy program at 100 Hz"
+        );
+        assert!(share > 0.5, "hash_loop holds {share:.2} of {ticks} samples");
+        let (alloc, _) = share_of(&render(r#"rust-app.cpu{env="e2e"}"#), "alloc_loop");
+        assert!(alloc > 0.05 && alloc < share, "alloc_loop holds {alloc:.2}");
         let tagged = names(r#"rust-app.cpu{env="e2e",path="hash"}"#);
         assert!(
             tagged.iter().any(|n| n.contains("hash_loop")),
             "scoped tag path=hash: {tagged:?}"
+        );
+        let (tagged_share, tagged_ticks) = share_of(
+            &render(r#"rust-app.cpu{env="e2e",path="hash"}"#),
+            "hash_loop",
+        );
+        assert!(
+            tagged_share > 0.9,
+            "hash_loop holds {tagged_share:.2} of the {tagged_ticks} samples tagged path=hash"
         );
         assert!(get(&format!("{base}/label-values?label=env"))
             .as_array()

@@ -1,8 +1,13 @@
 //! # kiln-sdk
 //!
-//! Samples the process's CPU with [pprof-rs](https://docs.rs/pprof) and pushes gzip'd pprof to
+//! Samples the process's CPU with its own SIGPROF sampler (Linux) and pushes gzip'd pprof to
 //! Kiln's `/ingest` every upload interval — the format Pyroscope's agents use, so it also works
 //! against a Pyroscope server.
+//!
+//! The signal handler only records raw return addresses into a fixed buffer; a reporter thread
+//! drains it every second, counts samples by (stack, tags), and names only the distinct addresses
+//! from the ELF symbol tables once per report. Function names only: inlined functions show as
+//! their caller, and there are no line numbers.
 //!
 //! ```no_run
 //! let agent = kiln_sdk::Agent::builder("http://127.0.0.1:4040", "my-app")
@@ -19,15 +24,29 @@
 //!
 //! Scoped tags are per thread: samples a thread takes while a [`TagGuard`] of it is alive are
 //! pushed as a series of their own, with those tags added. Logs go through the `log` crate.
+//!
+//! If the sampler cannot start (another SIGPROF handler, a platform without it), the agent logs
+//! one line and the program runs unprofiled.
 
+mod profile;
+#[cfg(target_os = "linux")]
+mod ring;
+#[cfg(target_os = "linux")]
+mod sampler;
+#[cfg(target_os = "linux")]
+mod symbols;
 mod tags;
+#[cfg(not(target_os = "linux"))]
+mod unsupported;
+#[cfg(not(target_os = "linux"))]
+use unsupported::{sampler, symbols};
 mod tls;
 mod upload;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use tags::{tag_wrapper, TagGuard};
 use tls::TlsFiles;
@@ -169,14 +188,20 @@ impl Agent {
         }
     }
 
-    /// Starts sampling and pushing. Only one agent can sample a process at a time.
+    /// Starts sampling and pushing. Only one agent can sample a process at a time; if the
+    /// sampler cannot start for another reason, this logs it and the agent runs without samples.
     pub fn start(self) -> Result<RunningAgent, Error> {
         let c = self.config;
-        let guard = pprof::ProfilerGuardBuilder::default()
-            .frequency(c.sample_rate)
-            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-            .build()
-            .map_err(|e| Error::Profiler(e.to_string()))?;
+        let sampler = match sampler::Sampler::start(c.sample_rate) {
+            Ok(s) => Some(s),
+            Err(e @ sampler::StartError::AlreadyRunning) => {
+                return Err(Error::Profiler(e.to_string()))
+            }
+            Err(e) => {
+                log::warn!("kiln: {e}; the program runs unprofiled");
+                None
+            }
+        };
         let uploader = Uploader::start(
             c.server.clone(),
             c.auth_token.clone(),
@@ -184,13 +209,13 @@ impl Agent {
             c.tls.clone(),
         );
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let sampler = std::thread::Builder::new()
-            .name("kiln-sampler".into())
-            .spawn(move || sample_loop(c, guard, stop_rx, uploader))
+        let reporter = std::thread::Builder::new()
+            .name("kiln-reporter".into())
+            .spawn(move || report_loop(c, sampler, stop_rx, uploader))
             .map_err(|e| Error::Profiler(e.to_string()))?;
         Ok(RunningAgent {
             stop: Some(stop_tx),
-            sampler: Some(sampler),
+            sampler: Some(reporter),
         })
     }
 }
@@ -222,55 +247,80 @@ impl Drop for RunningAgent {
     }
 }
 
-fn sample_loop(
+/// How often the reporter empties the sample buffer into its counts.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+fn report_loop(
     c: AgentBuilder,
-    mut guard: pprof::ProfilerGuard<'static>,
+    sampler: Option<sampler::Sampler>,
     stop: mpsc::Receiver<()>,
     uploader: Uploader,
 ) -> u64 {
+    let mut counts = profile::Aggregate::default();
+    let mut symbols = symbols::Symbolizer::new();
     let mut from = SystemTime::now();
+    let mut next_report = Instant::now() + c.upload_interval;
     loop {
+        let wait = next_report
+            .saturating_duration_since(Instant::now())
+            .min(DRAIN_EVERY);
         let stopping = matches!(
-            stop.recv_timeout(c.upload_interval),
+            stop.recv_timeout(wait),
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected)
         );
-        let until = SystemTime::now();
-        match guard.report().build() {
-            Ok(report) => {
-                for (extra, part) in tags::split_by_tags(report) {
-                    let mut all = c.tags.clone();
-                    all.extend(extra);
-                    match upload::gzip_pprof(&part) {
-                        Ok(body) => uploader.enqueue(Upload {
-                            name: upload::series_name(&c.app, &all),
-                            from,
-                            until,
-                            sample_rate: c.sample_rate,
-                            body,
-                        }),
-                        Err(e) => log::error!("kiln: encoding the profile failed: {e}"),
-                    }
-                }
+        if let Some(s) = &sampler {
+            if stopping {
+                s.stop();
             }
-            Err(e) => log::error!("kiln: taking the profile failed: {e}"),
+            s.drain(|stack, tag| counts.add(stack, tag));
         }
+        if !stopping && Instant::now() < next_report {
+            continue;
+        }
+        let until = SystemTime::now();
+        let lost = counts.dropped + sampler.as_ref().map_or(0, |s| s.take_dropped());
+        if lost > 0 {
+            log::warn!("kiln: {lost} samples dropped (sample buffer or stack table full)");
+        }
+        report(&c, &mut counts, &mut symbols, from, until, &uploader);
+        tags::forget_unused();
         from = until;
+        // After a stall (a suspended machine), the next report is one interval from now.
+        next_report = (next_report + c.upload_interval).max(Instant::now());
         if stopping {
-            drop(guard);
+            drop(sampler);
             return uploader.finish(Duration::from_secs(5));
         }
-        // A fresh guard per interval resets the sample counts.
-        drop(guard);
-        guard = match pprof::ProfilerGuardBuilder::default()
-            .frequency(c.sample_rate)
-            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-            .build()
-        {
-            Ok(g) => g,
-            Err(e) => {
-                log::error!("kiln: restarting the profiler failed, profiling stops: {e}");
-                return uploader.finish(Duration::from_secs(5));
-            }
-        };
+    }
+}
+
+/// Names, encodes and queues the samples counted since the last report: one profile per tag set.
+fn report(
+    c: &AgentBuilder,
+    counts: &mut profile::Aggregate,
+    symbols: &mut symbols::Symbolizer,
+    from: SystemTime,
+    until: SystemTime,
+    uploader: &Uploader,
+) {
+    if counts.is_empty() {
+        return;
+    }
+    symbols.refresh();
+    let duration = until.duration_since(from).unwrap_or_default();
+    for (tag_set, stacks) in counts.take_by_tag() {
+        let mut all = c.tags.clone();
+        all.extend(tags::tags_of(tag_set));
+        let pprof = profile::encode(&stacks, symbols, c.sample_rate, from, duration);
+        match upload::gzip(&pprof) {
+            Ok(body) => uploader.enqueue(Upload {
+                name: upload::series_name(&c.app, &all),
+                from,
+                until,
+                sample_rate: c.sample_rate,
+                body,
+            }),
+            Err(e) => log::error!("kiln: compressing the profile failed: {e}"),
+        }
     }
 }
