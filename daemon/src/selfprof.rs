@@ -1,94 +1,109 @@
-//! Self-profiling: the daemon samples its own CPU with the `pprof` crate, and its heap with
-//! jemalloc's sampling profiler, and ingests the results into its own pipeline as the
-//! application `kiln.server`, under the default tenant.
+//! Self-profiling: the daemon samples its own CPU with the Rust SDK's sampler (SIGPROF, a
+//! fixed 1 MB buffer, names from the ELF symbol tables) and its heap with jemalloc's sampling
+//! profiler, and ingests the results into its own pipeline as the application `kiln.server`,
+//! under the default tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_plugin_api::{
-    Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample, Tenant,
-};
-use rustc_hash::FxHashMap;
+use kiln_plugin_api::{Decoder, IngestMeta, Labels, Profile, ProfileType, Tenant};
 
 use crate::server::AppState;
 
 const APP: &str = "kiln.server";
 const HZ: i32 = 100;
 const PERIOD: Duration = Duration::from_secs(10);
+/// How often the sampling thread empties the signal handler's buffer (it holds a few seconds).
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs until the daemon stops.
+/// Runs until the daemon stops: a thread samples and encodes, this task decodes and stores.
 pub async fn run(state: Arc<AppState>) {
-    loop {
-        let guard = match pprof::ProfilerGuardBuilder::default()
-            .frequency(HZ)
-            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-            .build()
-        {
-            Ok(g) => g,
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, i64, i64)>(2);
+    let started = std::thread::Builder::new()
+        .name("kiln-selfprof".into())
+        .spawn(move || sample(tx));
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "self-profiling could not start; disabled");
+        return;
+    }
+    let decoder = kiln_pprof::PprofDecoder::default();
+    while let Some((pprof, start_ns, end_ns)) = rx.recv().await {
+        let meta = meta(start_ns, end_ns);
+        let profiles = match decoder.decode(&pprof, &meta) {
+            Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "self-profiling could not start; disabled");
-                return;
-            }
-        };
-        let start_ns = crate::time::now_ns();
-        tokio::time::sleep(PERIOD).await;
-        let report = match guard.report().build() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "self-profiling report failed");
+                tracing::warn!(error = %e, "CPU self-profile did not decode");
                 continue;
             }
         };
-        drop(guard);
-        let profile = to_profile(&report, start_ns, crate::time::now_ns());
-        if profile.samples.is_empty() {
-            continue;
+        store(&state, &meta, profiles, "CPU").await;
+    }
+}
+
+/// The sampling thread: drains every second, hands over a profile every period, and stops
+/// (with the sampler's timer) once the receiving task is gone.
+fn sample(tx: tokio::sync::mpsc::Sender<(Vec<u8>, i64, i64)>) {
+    let mut profiler = match kiln_sdk::LocalProfiler::start(HZ) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "self-profiling could not start; disabled");
+            return;
         }
-        let pipeline = state.ingestion.load().pipelines.route(APP, &profile.labels);
-        if let Err(e) = pipeline
-            .store(state.storage.as_ref(), &Tenant::default(), vec![profile])
-            .await
+    };
+    loop {
+        let mut waited = Duration::ZERO;
+        while waited < PERIOD {
+            std::thread::sleep(DRAIN_EVERY);
+            waited += DRAIN_EVERY;
+            profiler.drain();
+        }
+        if tx.is_closed() {
+            return;
+        }
+        let Some((pprof, from, lost)) = profiler.collect() else {
+            continue;
+        };
+        if lost > 0 {
+            tracing::debug!(lost, "self-profiling samples dropped (buffer full)");
+        }
+        let start_ns = from
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        // A full channel means storing is behind: this period's profile is skipped.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+            tx.try_send((pprof, start_ns, crate::time::now_ns()))
         {
-            tracing::warn!(error = %e, "storing the self-profile failed");
+            return;
         }
     }
 }
 
-fn to_profile(report: &pprof::Report, start_ns: i64, end_ns: i64) -> Profile {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut ids: FxHashMap<String, u32> = FxHashMap::default();
-    let mut samples = Vec::new();
-    for (stack, &count) in &report.data {
-        let mut ids_root_first: Vec<u32> = Vec::new();
-        // pprof-rs lists frames leaf first, each possibly with inlined symbols.
-        for symbols in stack.frames.iter().rev() {
-            for sym in symbols.iter().rev() {
-                let name = sym.name();
-                let id = *ids.entry(name.clone()).or_insert_with(|| {
-                    frames.push(Frame::named(name));
-                    frames.len() as u32 - 1
-                });
-                ids_root_first.push(id);
-            }
-        }
-        if count > 0 {
-            samples.push(Sample {
-                stack: ids_root_first,
-                value: count as i64,
-            });
-        }
-    }
-    Profile {
+fn meta(start_ns: i64, end_ns: i64) -> IngestMeta {
+    IngestMeta {
+        format: Some("pprof".into()),
+        app: APP.into(),
         labels: Labels::from_pairs([("service_name", APP)]),
-        profile_type: ProfileType::well_known("cpu").expect("cpu is well known"),
         start_ns,
         end_ns,
-        frames,
-        samples,
-        meta: ProfileMeta {
-            spy_name: "kiln".into(),
-            sample_rate: HZ as u32,
-        },
+        spy_name: "kiln".into(),
+        ..IngestMeta::default()
+    }
+}
+
+async fn store(state: &AppState, meta: &IngestMeta, profiles: Vec<Profile>, what: &str) {
+    let profiles: Vec<Profile> = profiles
+        .into_iter()
+        .filter(|p| !p.samples.is_empty())
+        .collect();
+    if profiles.is_empty() {
+        return;
+    }
+    let pipeline = state.ingestion.load().pipelines.route(APP, &meta.labels);
+    if let Err(e) = pipeline
+        .store(state.storage.as_ref(), &Tenant::default(), profiles)
+        .await
+    {
+        tracing::warn!(error = %e, "storing the {what} self-profile failed");
     }
 }
 
@@ -118,15 +133,7 @@ pub async fn run_heap(state: Arc<AppState>) {
                 continue;
             }
         };
-        let meta = IngestMeta {
-            format: Some("pprof".into()),
-            app: APP.into(),
-            labels: Labels::from_pairs([("service_name", APP)]),
-            start_ns,
-            end_ns: crate::time::now_ns(),
-            spy_name: "kiln".into(),
-            ..IngestMeta::default()
-        };
+        let meta = meta(start_ns, crate::time::now_ns());
         let profiles = match decoder.decode(&pprof, &meta) {
             Ok(p) => p,
             Err(e) => {
@@ -136,22 +143,16 @@ pub async fn run_heap(state: Arc<AppState>) {
         };
         let profiles: Vec<Profile> = profiles
             .into_iter()
-            .filter_map(|mut p| {
+            .map(|mut p| {
                 let name = if p.profile_type.sample_unit == "bytes" {
                     "inuse_space"
                 } else {
                     "inuse_objects"
                 };
                 p.profile_type = ProfileType::well_known(name).expect("well known");
-                (!p.samples.is_empty()).then_some(p)
+                p
             })
             .collect();
-        let pipeline = state.ingestion.load().pipelines.route(APP, &meta.labels);
-        if let Err(e) = pipeline
-            .store(state.storage.as_ref(), &Tenant::default(), profiles)
-            .await
-        {
-            tracing::warn!(error = %e, "storing the heap self-profile failed");
-        }
+        store(&state, &meta, profiles, "heap").await;
     }
 }

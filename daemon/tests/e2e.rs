@@ -500,6 +500,14 @@ fn self_profiling_shows_the_daemon_at_once() {
         {
             let r = render(&d, "kiln.server.cpu");
             assert!(r["flamebearer"]["numTicks"].as_i64().unwrap() > 0);
+            // Frames are the daemon's own functions, named (not bare addresses).
+            let names = r["flamebearer"]["names"].as_array().unwrap();
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.as_str().is_some_and(|n| n.contains("kiln"))),
+                "no function of the daemon in its own profile: {names:?}"
+            );
             return;
         }
         assert!(

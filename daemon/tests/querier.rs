@@ -195,7 +195,7 @@ fn select_series_groups_by_several_labels() {
             .unwrap_or_default()
             .iter()
             .map(|s| {
-                let labels = s["labels"]
+                let labels: Vec<(String, String)> = s["labels"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default()

@@ -28,6 +28,7 @@
 //! If the sampler cannot start (another SIGPROF handler, a platform without it), the agent logs
 //! one line and the program runs unprofiled.
 
+mod local;
 mod profile;
 #[cfg(target_os = "linux")]
 mod ring;
@@ -48,6 +49,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use local::LocalProfiler;
 pub use tags::{tag_wrapper, TagGuard};
 use tls::TlsFiles;
 use upload::{Upload, Uploader};

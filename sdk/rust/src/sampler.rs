@@ -17,6 +17,10 @@ use crate::ring::{Ring, MAX_DEPTH};
 /// Slots of the sample buffer: at 100 Hz and a drain every second, room for 10 busy cores.
 const SLOTS: usize = 1024;
 
+/// Unit tests that start the process's one sampler take turns through this.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One sampler per process.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// Set once and never freed: a late signal may still read it.
@@ -257,6 +261,7 @@ mod tests {
     /// is refused while one runs.
     #[test]
     fn samples_the_hot_function_with_its_tags() {
+        let _serial = TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let sampler = Sampler::start(1000).expect("sampler starts");
         assert!(matches!(
             Sampler::start(100),
