@@ -11,7 +11,8 @@
 //! * Writes accumulate in memory and are applied to sled in one pass per flush interval (and
 //!   before every query, so a query sees every accepted profile); a crash loses at most what was
 //!   accepted since the last flush.
-//! * Retention is by age, per level.
+//! * Retention is by age, per level, and by size ([`usage`]): past a byte bound, the oldest
+//!   buckets of the finest level go first, then of coarser ones.
 //! * Every series and dictionary belongs to a [`Tenant`]. The default tenant (`anonymous`)
 //!   keeps the layout of data directories written before tenants existed; the dictionaries of
 //!   other tenants' services are named `tenant NUL service` in their own tree, and their series
@@ -23,6 +24,7 @@ mod codec;
 mod column;
 mod dict;
 mod error;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, SourceLine, Storage, StorageError, Tenant, Timeline, Tree, TreeNode,
+    SeriesInfo, SourceLine, Storage, StorageError, StorageUsage, Tenant, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -1189,14 +1191,15 @@ impl Inner {
     }
 
     /// Before the finest chunk `key` of `series` expires, the coarse chunks that refer to it get
-    /// its column.
+    /// its column. Returns the bytes that adds.
     fn materialize_references(
         &self,
         series: u32,
         key: &[u8],
         column: &[u8],
         batch: &mut sled::Batch,
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
+        let mut added = 0u64;
         let bucket = u64::from_be_bytes(
             key.get(5..13)
                 .and_then(|b| b.try_into().ok())
@@ -1208,10 +1211,11 @@ impl Inner {
                 if matches!(Stored::decode(&self.codec.unpack(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
                     batch.insert(&coarse, column);
+                    added += (column.len() as u64).saturating_sub(v.len() as u64);
                 }
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
@@ -1456,6 +1460,18 @@ impl Storage for SledStorage {
     ) -> Result<u64, StorageError> {
         let (t, s) = (tenant.clone(), service_name.to_string());
         self.blocking(move |i| i.delete_service(&t, &s)).await
+    }
+    async fn usage(&self) -> Result<StorageUsage, StorageError> {
+        self.blocking(|i| i.usage()).await
+    }
+
+    async fn enforce_size(
+        &self,
+        max_bytes: u64,
+        target_bytes: u64,
+    ) -> Result<RetentionReport, StorageError> {
+        self.blocking(move |i| i.enforce_size(max_bytes, target_bytes))
+            .await
     }
 }
 

@@ -1,0 +1,185 @@
+//! What the data directory holds, per tenant, service and level, and retention by size.
+//!
+//! Bytes are counted as sled stores them: each chunk's key plus its value (packed by Kiln, or
+//! as they are when sled compresses pages). That is the logical size of what is live; the files
+//! on disk follow it with a lag, because sled frees space by rewriting segments whose pages
+//! went stale, not when a key is removed (see `docs/storage.md`). Retention by size decides on
+//! these logical bytes, which deletes change at once, so one pass never deletes more than it
+//! must while the files catch up.
+
+use kiln_plugin_api::{RetentionReport, StorageError, StorageUsage, UsageEntry};
+use rustc_hash::FxHashMap;
+
+use crate::error::io;
+use crate::{chunk_key, Inner, LOG_SEQ_KEY};
+
+/// A chunk key's parts: series id, level, bucket (seconds).
+fn parse_key(k: &[u8]) -> Option<(u32, u8, u64)> {
+    if k.len() != 13 || k == LOG_SEQ_KEY {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(k[..4].try_into().ok()?),
+        k[4],
+        u64::from_be_bytes(k[5..13].try_into().ok()?),
+    ))
+}
+
+/// `10s`, `100s`, `1000s`: a level's name is its resolution.
+fn level_name(resolution_s: u64) -> String {
+    format!("{resolution_s}s")
+}
+
+fn tree_bytes(tree: &sled::Tree) -> Result<u64, StorageError> {
+    let mut bytes = 0u64;
+    for kv in tree.iter() {
+        let (k, v) = kv.map_err(io)?;
+        bytes += (k.len() + v.len()) as u64;
+    }
+    Ok(bytes)
+}
+
+impl Inner {
+    /// Scans every chunk (keys and values) and the dictionaries. Linear in what is stored; see
+    /// BENCHMARKS.md for what it costs on a day of data.
+    pub(crate) fn usage(&self) -> Result<StorageUsage, StorageError> {
+        self.apply()?;
+        let owners: Vec<(String, String)> = {
+            let st = self.state.lock();
+            st.series
+                .iter()
+                .map(|r| (r.tenant.as_str().to_string(), r.service.clone()))
+                .collect()
+        };
+        let mut per: FxHashMap<(u32, u8), (u64, u64)> = FxHashMap::default();
+        let mut total = 0u64;
+        for kv in self.chunks.iter() {
+            let (k, v) = kv.map_err(io)?;
+            let bytes = (k.len() + v.len()) as u64;
+            total += bytes;
+            if let Some((series, level, _)) = parse_key(&k) {
+                let e = per.entry((series, level)).or_default();
+                e.0 += bytes;
+                e.1 += 1;
+            }
+        }
+        // Shared by a service's levels: counted in the total, not in any entry.
+        for tree in [
+            &self.series_tree,
+            &self.services_tree,
+            &self.tenant_services,
+            &self.frame_blocks,
+            &self.node_blocks,
+            &self.legacy_frames,
+            &self.legacy_nodes,
+        ] {
+            total += tree_bytes(tree)?;
+        }
+        let mut grouped: FxHashMap<(&str, &str, u8), (u64, u64)> = FxHashMap::default();
+        for ((series, level), (bytes, chunks)) in per {
+            let Some((tenant, service)) = owners.get(series as usize) else {
+                return Err(StorageError::Corrupt(format!(
+                    "a chunk belongs to unknown series {series}"
+                )));
+            };
+            let e = grouped
+                .entry((tenant.as_str(), service.as_str(), level))
+                .or_default();
+            e.0 += bytes;
+            e.1 += chunks;
+        }
+        let mut entries: Vec<UsageEntry> = grouped
+            .into_iter()
+            .map(|((tenant, service, level), (bytes, chunks))| UsageEntry {
+                tenant: tenant.to_string(),
+                service: service.to_string(),
+                level: self
+                    .levels
+                    .get(level as usize)
+                    .map(|l| level_name(l.0))
+                    .unwrap_or_else(|| format!("level {level}")),
+                bytes,
+                chunks,
+            })
+            .collect();
+        // By tenant, service, then finest level first.
+        let order: FxHashMap<String, usize> = self
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (level_name(l.0), i))
+            .collect();
+        entries.sort_by(|a, b| {
+            (&a.tenant, &a.service, order.get(&a.level)).cmp(&(
+                &b.tenant,
+                &b.service,
+                order.get(&b.level),
+            ))
+        });
+        Ok(StorageUsage {
+            supported: true,
+            total_bytes: total,
+            disk_bytes: self.db.size_on_disk().ok(),
+            entries,
+        })
+    }
+
+    /// Retention by size: past `max_bytes`, deletes the oldest buckets of the finest level
+    /// (every series' chunks of a bucket together), then of the next level, until at most
+    /// `target_bytes` are left or no chunk is.
+    pub(crate) fn enforce_size(
+        &self,
+        max_bytes: u64,
+        target_bytes: u64,
+    ) -> Result<RetentionReport, StorageError> {
+        let mut report = RetentionReport::default();
+        let mut total = self.usage()?.total_bytes;
+        if total <= max_bytes {
+            return Ok(report);
+        }
+        // Writes keep buffering meanwhile; applying them waits, so no apply resolves a
+        // reference to a finest chunk this pass removes.
+        let _apply = self.apply_lock.lock();
+        let series = self.state.lock().series.len() as u32;
+        for level in 0..self.levels.len() as u8 {
+            if total <= target_bytes {
+                break;
+            }
+            // Every chunk of the level, oldest bucket first.
+            let mut chunks: Vec<(u64, u32, u64)> = Vec::new();
+            for id in 0..series {
+                for kv in self
+                    .chunks
+                    .range(chunk_key(id, level, 0)..=chunk_key(id, level, u64::MAX))
+                {
+                    let (k, v) = kv.map_err(io)?;
+                    if let Some((_, _, bucket)) = parse_key(&k) {
+                        chunks.push((bucket, id, (k.len() + v.len()) as u64));
+                    }
+                }
+            }
+            chunks.sort_unstable();
+            let mut batch = sled::Batch::default();
+            let mut i = 0;
+            while i < chunks.len() && total > target_bytes {
+                let bucket = chunks[i].0;
+                // The whole bucket: no series keeps a time that another one lost.
+                while i < chunks.len() && chunks[i].0 == bucket {
+                    let (_, id, bytes) = chunks[i];
+                    let key = chunk_key(id, level, bucket);
+                    if level == 0 {
+                        if let Some(column) = self.chunks.get(key).map_err(io)? {
+                            total += self.materialize_references(id, &key, &column, &mut batch)?;
+                        }
+                    }
+                    batch.remove(&key);
+                    total = total.saturating_sub(bytes);
+                    report.chunks_deleted += 1;
+                    i += 1;
+                }
+            }
+            self.chunks.apply_batch(batch).map_err(io)?;
+        }
+        Ok(report)
+    }
+}
