@@ -112,6 +112,8 @@ fn size_retention_deletes_the_oldest_finest_data_and_shrinks_storage() {
     let whole = |d: &Daemon| ticks(d, "sized.cpu", t0, now_s() + 60);
     let all_ticks = whole(&d);
     assert!(all_ticks > 0);
+    let oldest_ticks = ticks(&d, "sized.cpu", t0, t0 + 10);
+    assert_eq!(oldest_ticks * pushes as u64, all_ticks);
     let before = storage(&d);
     let total = before["total_bytes"].as_u64().unwrap();
     let (fine_chunks, fine_bytes) = level(&before, "sized", "10s");
@@ -155,6 +157,8 @@ fn size_retention_deletes_the_oldest_finest_data_and_shrinks_storage() {
     let last = t0 + (pushes - 1) * 20;
     assert!(ticks(&d, "sized.cpu", last, last + 10) > 0);
     assert_eq!(whole(&d), all_ticks, "nothing lost at coarser resolution");
+    // A time whose 10 s chunk went reads the 100 s bucket around it (five pushes), not nothing.
+    assert_eq!(ticks(&d, "sized.cpu", t0, t0 + 10), 5 * oldest_ticks);
     let deleted = metric(&d, "kiln_storage_size_retention_deleted_chunks_total").unwrap();
     assert!(deleted > 0.0);
     assert!(metric(&d, "kiln_storage_bytes").unwrap() > 0.0);

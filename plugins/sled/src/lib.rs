@@ -27,7 +27,7 @@ mod error;
 mod usage;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -283,6 +283,11 @@ struct Inner {
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
+    /// Per level, where retention by size stopped: every bucket of the level before it was
+    /// deleted, so queries read those times from coarser levels ([`usage`]). Kept in
+    /// `size_floors_tree`, level → seconds.
+    size_floors: Vec<AtomicI64>,
+    size_floors_tree: sled::Tree,
     /// The last write-ahead log record applied to sled (kept in `chunks` under
     /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
@@ -434,6 +439,8 @@ impl SledStorage {
             legacy_frames: db.open_tree("frames").map_err(io)?,
             legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
+            size_floors_tree: db.open_tree("size_floors").map_err(io)?,
+            size_floors: config.levels.iter().map(|_| AtomicI64::new(0)).collect(),
             codec,
             db,
             levels: config
@@ -498,6 +505,17 @@ impl SledStorage {
 
 impl Inner {
     fn load(&self) -> Result<(), StorageError> {
+        for kv in self.size_floors_tree.iter() {
+            let (k, v) = kv.map_err(io)?;
+            let floor = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("size floor is not 8 bytes".into()))?;
+            if let Some(f) = k.first().and_then(|&l| self.size_floors.get(l as usize)) {
+                f.store(floor, Ordering::Relaxed);
+            }
+        }
         if let Some(v) = self.chunks.get(LOG_SEQ_KEY).map_err(io)? {
             let seq = self
                 .codec
@@ -973,12 +991,18 @@ impl Inner {
         }
         let a = start_s.div_euclid(res) * res + if start_s.rem_euclid(res) == 0 { 0 } else { res };
         let b = end_s.div_euclid(res) * res;
+        let finer_from = (now_s - self.levels[level - 1].1 as i64).max(self.size_floor(level - 1));
         if a >= b {
-            self.plan(level - 1, start_s, end_s, now_s, out);
+            if start_s >= finer_from {
+                self.plan(level - 1, start_s, end_s, now_s, out);
+            } else {
+                // The finer level no longer holds this time: the coarse buckets around it.
+                let first = start_s.div_euclid(res) * res;
+                out.push((level, first, (end_s + res - 1).div_euclid(res) * res));
+            }
             return;
         }
         out.push((level, a, b));
-        let finer_from = now_s - self.levels[level - 1].1 as i64;
         if start_s < a {
             if start_s >= finer_from {
                 self.plan(level - 1, start_s, a, now_s, out);
@@ -1117,7 +1141,9 @@ impl Inner {
                 let from = if level + 1 == self.levels.len() {
                     start_s
                 } else {
-                    start_s.max(now_s - retention as i64)
+                    start_s
+                        .max(now_s - retention as i64)
+                        .max(self.size_floor(level))
                 };
                 if from < covered_until {
                     let lo = chunk_key(

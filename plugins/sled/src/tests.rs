@@ -917,6 +917,10 @@ fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
 }
 
 fn two_levels(dir: &std::path::Path) -> SledStorage {
+    SledStorage::open(&two_levels_config(dir)).unwrap()
+}
+
+fn two_levels_config(dir: &std::path::Path) -> SledConfig {
     let mut cfg = SledConfig::new(dir);
     cfg.levels = vec![
         Level {
@@ -928,7 +932,7 @@ fn two_levels(dir: &std::path::Path) -> SledStorage {
             retention: Duration::from_secs(30 * 86_400),
         },
     ];
-    SledStorage::open(&cfg).unwrap()
+    cfg
 }
 
 #[test]
@@ -1027,4 +1031,53 @@ fn size_retention_deletes_the_oldest_finest_data_first() {
     assert!(r.chunks_deleted > 0);
     let empty = s.inner.usage().unwrap();
     assert!(empty.entries.is_empty(), "{:?}", empty.entries);
+}
+
+#[test]
+fn times_whose_finest_chunks_size_retention_deleted_are_read_from_coarser_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_levels_config(dir.path());
+    let s = SledStorage::open(&cfg).unwrap();
+    let start = (now_s() - 86_400) / 1000 * 1000;
+    // Two profiles in each 1000 s bucket, 500 s apart, for ten buckets.
+    s.inner
+        .write(
+            &T,
+            (0..20)
+                .map(|i| profile("app", "a", "cpu", start + i * 500, &[(&["m"], 1)]))
+                .collect(),
+        )
+        .unwrap();
+    s.flush_blocking().unwrap();
+    let narrow = |s: &SledStorage, t: i64| {
+        let q = query("app.cpu", t, t + 10);
+        s.inner.select_merge(&T, &q, now_s()).unwrap().tree.total()
+    };
+    let timeline_total = |s: &SledStorage| -> i64 {
+        let q = query("app.cpu", start, start + 10_000);
+        s.inner
+            .select_timeline(&T, &q, 10 * NS, None, now_s())
+            .unwrap()
+            .iter()
+            .flat_map(|(_, t)| t.points.iter())
+            .sum()
+    };
+    assert_eq!(narrow(&s, start), 1, "read from its 10 s chunk");
+    assert_eq!(timeline_total(&s), 20);
+    // Half of the 10 s chunks go.
+    let u = s.inner.usage().unwrap();
+    let fine: u64 = u.entries.iter().filter(|e| e.level == "10s").map(|e| e.bytes).sum();
+    let target = u.total_bytes - fine / 2;
+    assert!(s.inner.enforce_size(target, target).unwrap().chunks_deleted >= 10);
+    assert!(s.inner.chunks.get(chunk_key(0, 0, start as u64)).unwrap().is_none());
+    // A narrow range over a deleted time reads the 1000 s bucket around it (both profiles),
+    // rather than nothing; a timeline counts every profile once.
+    assert_eq!(narrow(&s, start), 2);
+    assert_eq!(timeline_total(&s), 20);
+    assert_eq!(narrow(&s, start + 19 * 500), 1, "recent times keep 10 s");
+    // Where size retention stopped survives a restart.
+    drop(s);
+    let s = reopen_with(&cfg);
+    assert_eq!(narrow(&s, start), 2);
+    assert_eq!(timeline_total(&s), 20);
 }

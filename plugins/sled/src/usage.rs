@@ -7,6 +7,8 @@
 //! these logical bytes, which deletes change at once, so one pass never deletes more than it
 //! must while the files catch up.
 
+use std::sync::atomic::Ordering;
+
 use kiln_plugin_api::{RetentionReport, StorageError, StorageUsage, UsageEntry};
 use rustc_hash::FxHashMap;
 
@@ -40,6 +42,24 @@ fn tree_bytes(tree: &sled::Tree) -> Result<u64, StorageError> {
 }
 
 impl Inner {
+    /// Where retention by size stopped at `level` (0: it never ran there).
+    pub(crate) fn size_floor(&self, level: usize) -> i64 {
+        self.size_floors
+            .get(level)
+            .map_or(0, |f| f.load(Ordering::Relaxed))
+    }
+
+    /// Records that every bucket of `level` before `floor_s` is gone.
+    fn raise_size_floor(&self, level: usize, floor_s: i64) -> Result<(), StorageError> {
+        if floor_s > self.size_floor(level) {
+            self.size_floors_tree
+                .insert([level as u8], &floor_s.to_be_bytes())
+                .map_err(io)?;
+            self.size_floors[level].store(floor_s, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Scans every chunk (keys and values) and the dictionaries. Linear in what is stored; see
     /// BENCHMARKS.md for what it costs on a day of data.
     pub(crate) fn usage(&self) -> Result<StorageUsage, StorageError> {
@@ -161,6 +181,7 @@ impl Inner {
             chunks.sort_unstable();
             let mut batch = sled::Batch::default();
             let mut i = 0;
+            let mut deleted_until = None;
             while i < chunks.len() && total > target_bytes {
                 let bucket = chunks[i].0;
                 // The whole bucket: no series keeps a time that another one lost.
@@ -177,8 +198,13 @@ impl Inner {
                     report.chunks_deleted += 1;
                     i += 1;
                 }
+                deleted_until = Some(bucket + self.levels[level as usize].0);
             }
             self.chunks.apply_batch(batch).map_err(io)?;
+            // Queries read what is before it from coarser levels, as for retention by age.
+            if let Some(until) = deleted_until {
+                self.raise_size_floor(level as usize, until as i64)?;
+            }
         }
         Ok(report)
     }
