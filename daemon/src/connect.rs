@@ -94,9 +94,7 @@ impl From<ApiError> for ConnectError {
             code: match e.status {
                 StatusCode::PAYLOAD_TOO_LARGE
                 | StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::INSUFFICIENT_STORAGE => {
-                    "resource_exhausted"
-                }
+                | StatusCode::INSUFFICIENT_STORAGE => "resource_exhausted",
                 StatusCode::REQUEST_TIMEOUT => "deadline_exceeded",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 s if s.is_client_error() => "invalid_argument",

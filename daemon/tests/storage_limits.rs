@@ -129,7 +129,10 @@ fn size_retention_deletes_the_oldest_finest_data_and_shrinks_storage() {
     // A bound a third of the 10 s level must go to meet (90 % of it is the target).
     let max = total - fine_bytes / 4;
     let max_arg = max.to_string();
-    let mut d = Daemon::start(dir.path(), &["--config", &cfg, "--max-disk-bytes", &max_arg]);
+    let mut d = Daemon::start(
+        dir.path(),
+        &["--config", &cfg, "--max-disk-bytes", &max_arg],
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
         let r = storage(&d);
@@ -140,7 +143,10 @@ fn size_retention_deletes_the_oldest_finest_data_and_shrinks_storage() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let left = after["total_bytes"].as_u64().unwrap();
-    assert!(left <= max - max / 10, "down to 90 % of the bound: {left} > {max}");
+    assert!(
+        left <= max - max / 10,
+        "down to 90 % of the bound: {left} > {max}"
+    );
     assert_eq!(after["max_disk_bytes"].as_u64(), Some(max));
     let (fine_left, _) = level(&after, "sized", "10s");
     assert!(
@@ -200,7 +206,8 @@ fn below_the_disk_floor_every_push_path_gets_507_and_nothing_is_lost() {
     let floor = free - GIB;
     let floor_arg = floor.to_string();
     let d = Daemon::start(dir.path(), &["--min-free-disk-bytes", &floor_arg]);
-    let t = now_s() - 120;
+    // On a 10 s boundary: the second push below lands in the next 10 s bucket.
+    let t = (now_s() - 120) / 10 * 10;
     assert_eq!(push_cpu(&d, "floor.cpu", t, &[]).0, 200);
     let before = ticks(&d, "floor.cpu", t - 10, t + 20);
     assert!(before > 0);
@@ -346,7 +353,11 @@ fn create_key(data: &Path, name: &str, role: &str, extra: &[&str]) -> String {
         .env_remove("KILN_AUTH_TOKEN")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -403,7 +414,12 @@ fn api_storage_shows_a_tenant_its_own_data_and_an_admin_every_tenant() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["tenant"].as_str().unwrap(), s["service"].as_str().unwrap()))
+        .map(|s| {
+            (
+                s["tenant"].as_str().unwrap(),
+                s["service"].as_str().unwrap(),
+            )
+        })
         .collect();
     services.sort();
     assert_eq!(services, vec![("t1", "one"), ("t2", "two")]);

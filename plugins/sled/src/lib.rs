@@ -288,6 +288,9 @@ struct Inner {
     /// `size_floors_tree`, level → seconds.
     size_floors: Vec<AtomicI64>,
     size_floors_tree: sled::Tree,
+    /// Bytes and chunks per series and level, kept up to date by every change to `chunks` once
+    /// the first [`Storage::usage`] built it ([`usage`]).
+    accounting: Mutex<Option<usage::Accounting>>,
     /// The last write-ahead log record applied to sled (kept in `chunks` under
     /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
@@ -441,6 +444,7 @@ impl SledStorage {
             chunks: db.open_tree("chunks").map_err(io)?,
             size_floors_tree: db.open_tree("size_floors").map_err(io)?,
             size_floors: config.levels.iter().map(|_| AtomicI64::new(0)).collect(),
+            accounting: Mutex::new(None),
             codec,
             db,
             levels: config
@@ -832,9 +836,12 @@ impl Inner {
         // finest chunk's old column, to which this batch adds the same profiles as to the
         // coarse one.
         let mut chunks = sled::Batch::default();
+        let mut changes = usage::Changes::default();
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
-            let old = match self.chunks.get(key).map_err(io)? {
+            let old_raw = self.chunks.get(key).map_err(io)?;
+            let old_len = old_raw.as_ref().map(|v| v.len());
+            let old = match old_raw {
                 Some(v) => Some(Stored::decode(&self.codec.unpack(&v)?)?),
                 None => None,
             };
@@ -862,11 +869,11 @@ impl Inner {
                     _ => None,
                 };
                 if let Some((b, profiles, total)) = reference {
-                    chunks.insert(
-                        &key,
-                        self.codec
-                            .pack(&Stored::encode_same_as_finest(b, profiles, total)),
-                    );
+                    let value = self
+                        .codec
+                        .pack(&Stored::encode_same_as_finest(b, profiles, total));
+                    changes.push(key, old_len, Some(value.len()));
+                    chunks.insert(&key, value);
                     continue;
                 }
             }
@@ -878,12 +885,15 @@ impl Inner {
                     old
                 }
             };
-            chunks.insert(&key, self.codec.pack(&merged.encode()));
+            let value = self.codec.pack(&merged.encode());
+            changes.push(key, old_len, Some(value.len()));
+            chunks.insert(&key, value);
         }
         if let Some(seq) = log_seq {
             chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
         }
         self.chunks.apply_batch(chunks).map_err(io)?;
+        self.account(changes);
         if let Some(seq) = log_seq {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
@@ -1193,11 +1203,14 @@ impl Inner {
 
     fn enforce_retention(&self, now_s: i64) -> Result<RetentionReport, StorageError> {
         self.apply()?;
+        // Applies wait meanwhile: none reads a chunk this pass removes.
+        let _apply = self.apply_lock.lock();
         let series = self.state.lock().series.len() as u32;
         let mut report = RetentionReport::default();
         for (level, &(res, retention)) in self.levels.iter().enumerate() {
             let cutoff = (now_s - retention as i64 - res as i64).max(0) as u64;
             let mut batch = sled::Batch::default();
+            let mut changes = usage::Changes::default();
             for id in 0..series {
                 for kv in self
                     .chunks
@@ -1205,13 +1218,15 @@ impl Inner {
                 {
                     let (k, v) = kv.map_err(io)?;
                     if level == 0 {
-                        self.materialize_references(id, &k, &v, &mut batch)?;
+                        self.materialize_references(id, &k, &v, &mut batch, &mut changes)?;
                     }
+                    changes.push_removed(&k, v.len());
                     batch.remove(k);
                     report.chunks_deleted += 1;
                 }
             }
             self.chunks.apply_batch(batch).map_err(io)?;
+            self.account(changes);
         }
         Ok(report)
     }
@@ -1224,6 +1239,7 @@ impl Inner {
         key: &[u8],
         column: &[u8],
         batch: &mut sled::Batch,
+        changes: &mut usage::Changes,
     ) -> Result<u64, StorageError> {
         let mut added = 0u64;
         let bucket = u64::from_be_bytes(
@@ -1237,6 +1253,7 @@ impl Inner {
                 if matches!(Stored::decode(&self.codec.unpack(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
                     batch.insert(&coarse, column);
+                    changes.push(coarse, Some(v.len()), Some(column.len()));
                     added += (column.len() as u64).saturating_sub(v.len() as u64);
                 }
             }
@@ -1246,6 +1263,7 @@ impl Inner {
 
     fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
         self.apply()?;
+        let _apply = self.apply_lock.lock();
         let ids: Vec<u32> = {
             let st = self.state.lock();
             st.series
@@ -1258,14 +1276,18 @@ impl Inner {
         let mut deleted = 0;
         for id in ids {
             let mut batch = sled::Batch::default();
+            let mut changes = usage::Changes::default();
             for kv in self
                 .chunks
                 .range(chunk_key(id, 0, 0)..chunk_key(id, u8::MAX, u64::MAX))
             {
-                batch.remove(kv.map_err(io)?.0);
+                let (k, v) = kv.map_err(io)?;
+                changes.push_removed(&k, v.len());
+                batch.remove(k);
                 deleted += 1;
             }
             self.chunks.apply_batch(batch).map_err(io)?;
+            self.account(changes);
             // The series keeps its id (ids are dense) but no longer matches anything.
             let mut st = self.state.lock();
             st.series[id as usize].last_ns = i64::MIN / 2;

@@ -969,7 +969,10 @@ fn usage_counts_bytes_per_tenant_service_and_level() {
     assert_eq!(u.entries.len(), 6);
     assert!(u.entries.iter().all(|e| e.bytes >= 13 * e.chunks));
     let chunk_bytes: u64 = u.entries.iter().map(|e| e.bytes).sum();
-    assert!(u.total_bytes > chunk_bytes, "dictionaries count in the total");
+    assert!(
+        u.total_bytes > chunk_bytes,
+        "dictionaries count in the total"
+    );
     // Deleting a service removes its entries, and its bytes from the total.
     s.inner.delete_service(&T, "app").unwrap();
     let after = s.inner.usage().unwrap();
@@ -977,7 +980,10 @@ fn usage_counts_bytes_per_tenant_service_and_level() {
         .entries
         .iter()
         .all(|e| !(e.tenant == "anonymous" && e.service == "app")));
-    assert!(after.entries.iter().any(|e| e.tenant == "team-b" && e.service == "app"));
+    assert!(after
+        .entries
+        .iter()
+        .any(|e| e.tenant == "team-b" && e.service == "app"));
     assert!(after.total_bytes < u.total_bytes);
 }
 
@@ -991,24 +997,44 @@ fn size_retention_deletes_the_oldest_finest_data_first() {
         .map(|i| {
             let names: Vec<String> = (0..20).map(|f| format!("f{}", (i * 7 + f) % 97)).collect();
             let stack: Vec<&str> = names.iter().map(String::as_str).collect();
-            profile("app", "a", "cpu", start + i * 60, &[(&stack, 10), (&stack[..5], 3)])
+            profile(
+                "app",
+                "a",
+                "cpu",
+                start + i * 60,
+                &[(&stack, 10), (&stack[..5], 3)],
+            )
         })
         .collect();
     s.inner.write(&T, profiles).unwrap();
     s.flush_blocking().unwrap();
     let before = s.inner.usage().unwrap();
     let everything = query("app.cpu", start - 1, now_s());
-    let total_before = s.inner.select_merge(&T, &everything, now_s()).unwrap().tree.total();
+    let total_before = s
+        .inner
+        .select_merge(&T, &everything, now_s())
+        .unwrap()
+        .tree
+        .total();
     // Under the bound: nothing happens.
     let r = s.inner.enforce_size(before.total_bytes, 0).unwrap();
     assert_eq!(r.chunks_deleted, 0);
     // A bound that a quarter of the 10 s chunks must go to meet.
-    let fine: u64 = before.entries.iter().filter(|e| e.level == "10s").map(|e| e.bytes).sum();
+    let fine: u64 = before
+        .entries
+        .iter()
+        .filter(|e| e.level == "10s")
+        .map(|e| e.bytes)
+        .sum();
     let target = before.total_bytes - fine / 4;
     let r = s.inner.enforce_size(target + 1, target).unwrap();
     assert!(r.chunks_deleted > 0);
     let after = s.inner.usage().unwrap();
-    assert!(after.total_bytes <= target, "{} > {target}", after.total_bytes);
+    assert!(
+        after.total_bytes <= target,
+        "{} > {target}",
+        after.total_bytes
+    );
     // The oldest 10 s buckets went, the newest stayed; the coarse level kept every profile.
     let first_fine = s
         .inner
@@ -1019,10 +1045,22 @@ fn size_retention_deletes_the_oldest_finest_data_first() {
         .unwrap()
         .0;
     let first_bucket = u64::from_be_bytes(first_fine[5..13].try_into().unwrap()) as i64;
-    assert!(first_bucket > start + 60, "the oldest 10 s buckets are gone");
-    assert!(s.inner.chunks.get(chunk_key(0, 0, (start + 599 * 60) as u64)).unwrap().is_some());
+    assert!(
+        first_bucket > start + 60,
+        "the oldest 10 s buckets are gone"
+    );
+    assert!(s
+        .inner
+        .chunks
+        .get(chunk_key(0, 0, (start + 599 * 60) as u64))
+        .unwrap()
+        .is_some());
     assert_eq!(
-        s.inner.select_merge(&T, &everything, now_s()).unwrap().tree.total(),
+        s.inner
+            .select_merge(&T, &everything, now_s())
+            .unwrap()
+            .tree
+            .total(),
         total_before,
         "coarse chunks still hold what the deleted fine ones held"
     );
@@ -1066,10 +1104,20 @@ fn times_whose_finest_chunks_size_retention_deleted_are_read_from_coarser_levels
     assert_eq!(timeline_total(&s), 20);
     // Half of the 10 s chunks go.
     let u = s.inner.usage().unwrap();
-    let fine: u64 = u.entries.iter().filter(|e| e.level == "10s").map(|e| e.bytes).sum();
+    let fine: u64 = u
+        .entries
+        .iter()
+        .filter(|e| e.level == "10s")
+        .map(|e| e.bytes)
+        .sum();
     let target = u.total_bytes - fine / 2;
     assert!(s.inner.enforce_size(target, target).unwrap().chunks_deleted >= 10);
-    assert!(s.inner.chunks.get(chunk_key(0, 0, start as u64)).unwrap().is_none());
+    assert!(s
+        .inner
+        .chunks
+        .get(chunk_key(0, 0, start as u64))
+        .unwrap()
+        .is_none());
     // A narrow range over a deleted time reads the 1000 s bucket around it (both profiles),
     // rather than nothing; a timeline counts every profile once.
     assert_eq!(narrow(&s, start), 2);
@@ -1080,4 +1128,54 @@ fn times_whose_finest_chunks_size_retention_deleted_are_read_from_coarser_levels
     let s = reopen_with(&cfg);
     assert_eq!(narrow(&s, start), 2);
     assert_eq!(timeline_total(&s), 20);
+}
+
+#[test]
+fn kept_counts_match_a_full_scan_after_writes_retention_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_levels_config(dir.path());
+    let s = SledStorage::open(&cfg).unwrap();
+    let now = now_s();
+    let write = |from: i64, n: i64, service: &str| {
+        s.inner
+            .write(
+                &T,
+                (0..n)
+                    .map(|i| {
+                        let f = format!("f{}", i % 7);
+                        profile(
+                            service,
+                            "a",
+                            "cpu",
+                            from + i * 70,
+                            &[(&["main", &f], 1 + i)],
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap();
+    };
+    write(now - 40 * 86_400, 30, "app");
+    write(now - 7200, 50, "app");
+    write(now - 7200, 20, "gone");
+    // The first usage builds the counts; everything after adjusts them.
+    let first = s.inner.usage().unwrap();
+    let exact = |s: &SledStorage| usage::scan_chunks(&s.inner.chunks).unwrap();
+    let kept = |s: &SledStorage| s.inner.accounting.lock().clone().unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    write(now - 7000, 40, "app"); // merges into existing chunks and references
+    s.flush_blocking().unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    assert!(s.inner.enforce_retention(now).unwrap().chunks_deleted > 0);
+    assert_eq!(kept(&s), exact(&s));
+    let u = s.inner.usage().unwrap();
+    s.inner
+        .enforce_size(u.total_bytes - 1, u.total_bytes * 3 / 4)
+        .unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    s.inner.delete_service(&T, "gone").unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    let last = s.inner.usage().unwrap();
+    assert!(last.entries.iter().all(|e| e.service != "gone"));
+    assert!(last.total_bytes < first.total_bytes);
 }

@@ -6,6 +6,10 @@
 //! went stale, not when a key is removed (see `docs/storage.md`). Retention by size decides on
 //! these logical bytes, which deletes change at once, so one pass never deletes more than it
 //! must while the files catch up.
+//!
+//! The first [`Inner::usage`] scans every chunk once; from then on every change to `chunks`
+//! (applies, retention, deletes) adjusts the counts by the lengths it replaced, under the apply
+//! lock, so later calls read the counts and scan only the dictionaries and series records.
 
 use std::sync::atomic::Ordering;
 
@@ -27,6 +31,44 @@ fn parse_key(k: &[u8]) -> Option<(u32, u8, u64)> {
     ))
 }
 
+/// Bytes and chunks per `(series, level)`.
+pub(crate) type Accounting = FxHashMap<(u32, u8), (i64, i64)>;
+
+/// Value lengths a batch replaced in `chunks`: `(key, before, after)`, `None` for no value.
+#[derive(Default)]
+pub(crate) struct Changes(Vec<([u8; 13], Option<usize>, Option<usize>)>);
+
+impl Changes {
+    pub(crate) fn push(&mut self, key: [u8; 13], before: Option<usize>, after: Option<usize>) {
+        self.0.push((key, before, after));
+    }
+
+    pub(crate) fn push_removed(&mut self, key: &[u8], before: usize) {
+        if let Ok(key) = key.try_into() {
+            self.0.push((key, Some(before), None));
+        }
+    }
+}
+
+/// Bytes a chunk of a value of `len` bytes takes: its key and its value.
+fn chunk_bytes(len: Option<usize>) -> (i64, i64) {
+    len.map_or((0, 0), |l| ((13 + l) as i64, 1))
+}
+
+/// Every chunk's bytes, by series and level.
+pub(crate) fn scan_chunks(chunks: &sled::Tree) -> Result<Accounting, StorageError> {
+    let mut per = Accounting::default();
+    for kv in chunks.iter() {
+        let (k, v) = kv.map_err(io)?;
+        if let Some((series, level, _)) = parse_key(&k) {
+            let e = per.entry((series, level)).or_default();
+            e.0 += (k.len() + v.len()) as i64;
+            e.1 += 1;
+        }
+    }
+    Ok(per)
+}
+
 /// `10s`, `100s`, `1000s`: a level's name is its resolution.
 fn level_name(resolution_s: u64) -> String {
     format!("{resolution_s}s")
@@ -42,6 +84,37 @@ fn tree_bytes(tree: &sled::Tree) -> Result<u64, StorageError> {
 }
 
 impl Inner {
+    /// Adjusts the counts by what a batch applied to `chunks` replaced. Call with the apply lock
+    /// held, after the batch is applied.
+    pub(crate) fn account(&self, changes: Changes) {
+        let mut accounting = self.accounting.lock();
+        let Some(per) = accounting.as_mut() else {
+            return;
+        };
+        for (key, before, after) in changes.0 {
+            let Some((series, level, _)) = parse_key(&key) else {
+                continue;
+            };
+            let (b0, c0) = chunk_bytes(before);
+            let (b1, c1) = chunk_bytes(after);
+            let e = per.entry((series, level)).or_default();
+            e.0 += b1 - b0;
+            e.1 += c1 - c0;
+            if e.1 <= 0 {
+                per.remove(&(series, level));
+            }
+        }
+    }
+
+    /// The counts per series and level, built by a scan the first time.
+    fn chunk_accounting(&self) -> Result<Accounting, StorageError> {
+        let mut accounting = self.accounting.lock();
+        if accounting.is_none() {
+            *accounting = Some(scan_chunks(&self.chunks)?);
+        }
+        Ok(accounting.clone().unwrap_or_default())
+    }
+
     /// Where retention by size stopped at `level` (0: it never ran there).
     pub(crate) fn size_floor(&self, level: usize) -> i64 {
         self.size_floors
@@ -60,10 +133,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Scans every chunk (keys and values) and the dictionaries. Linear in what is stored; see
-    /// BENCHMARKS.md for what it costs on a day of data.
+    /// What is stored per tenant, service and level. The first call scans every chunk; later
+    /// ones read the counts kept since, and scan the dictionaries and series records.
     pub(crate) fn usage(&self) -> Result<StorageUsage, StorageError> {
         self.apply()?;
+        // No apply, retention or delete changes `chunks` while this reads the counts.
+        let _apply = self.apply_lock.lock();
+        let per = self.chunk_accounting()?;
         let owners: Vec<(String, String)> = {
             let st = self.state.lock();
             st.series
@@ -71,18 +147,7 @@ impl Inner {
                 .map(|r| (r.tenant.as_str().to_string(), r.service.clone()))
                 .collect()
         };
-        let mut per: FxHashMap<(u32, u8), (u64, u64)> = FxHashMap::default();
-        let mut total = 0u64;
-        for kv in self.chunks.iter() {
-            let (k, v) = kv.map_err(io)?;
-            let bytes = (k.len() + v.len()) as u64;
-            total += bytes;
-            if let Some((series, level, _)) = parse_key(&k) {
-                let e = per.entry((series, level)).or_default();
-                e.0 += bytes;
-                e.1 += 1;
-            }
-        }
+        let mut total: u64 = per.values().map(|&(b, _)| b.max(0) as u64).sum();
         // Shared by a service's levels: counted in the total, not in any entry.
         for tree in [
             &self.series_tree,
@@ -92,6 +157,7 @@ impl Inner {
             &self.node_blocks,
             &self.legacy_frames,
             &self.legacy_nodes,
+            &self.size_floors_tree,
         ] {
             total += tree_bytes(tree)?;
         }
@@ -105,8 +171,8 @@ impl Inner {
             let e = grouped
                 .entry((tenant.as_str(), service.as_str(), level))
                 .or_default();
-            e.0 += bytes;
-            e.1 += chunks;
+            e.0 += bytes.max(0) as u64;
+            e.1 += chunks.max(0) as u64;
         }
         let mut entries: Vec<UsageEntry> = grouped
             .into_iter()
@@ -166,7 +232,7 @@ impl Inner {
                 break;
             }
             // Every chunk of the level, oldest bucket first.
-            let mut chunks: Vec<(u64, u32, u64)> = Vec::new();
+            let mut chunks: Vec<(u64, u32, usize)> = Vec::new();
             for id in 0..series {
                 for kv in self
                     .chunks
@@ -174,33 +240,42 @@ impl Inner {
                 {
                     let (k, v) = kv.map_err(io)?;
                     if let Some((_, _, bucket)) = parse_key(&k) {
-                        chunks.push((bucket, id, (k.len() + v.len()) as u64));
+                        chunks.push((bucket, id, v.len()));
                     }
                 }
             }
             chunks.sort_unstable();
             let mut batch = sled::Batch::default();
+            let mut changes = Changes::default();
             let mut i = 0;
             let mut deleted_until = None;
             while i < chunks.len() && total > target_bytes {
                 let bucket = chunks[i].0;
                 // The whole bucket: no series keeps a time that another one lost.
                 while i < chunks.len() && chunks[i].0 == bucket {
-                    let (_, id, bytes) = chunks[i];
+                    let (_, id, len) = chunks[i];
                     let key = chunk_key(id, level, bucket);
                     if level == 0 {
                         if let Some(column) = self.chunks.get(key).map_err(io)? {
-                            total += self.materialize_references(id, &key, &column, &mut batch)?;
+                            total += self.materialize_references(
+                                id,
+                                &key,
+                                &column,
+                                &mut batch,
+                                &mut changes,
+                            )?;
                         }
                     }
+                    changes.push(key, Some(len), None);
                     batch.remove(&key);
-                    total = total.saturating_sub(bytes);
+                    total = total.saturating_sub((key.len() + len) as u64);
                     report.chunks_deleted += 1;
                     i += 1;
                 }
                 deleted_until = Some(bucket + self.levels[level as usize].0);
             }
             self.chunks.apply_batch(batch).map_err(io)?;
+            self.account(changes);
             // Queries read what is before it from coarser levels, as for retention by age.
             if let Some(until) = deleted_until {
                 self.raise_size_floor(level as usize, until as i64)?;
