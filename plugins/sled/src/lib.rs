@@ -1203,15 +1203,16 @@ impl Inner {
 
     fn enforce_retention(&self, now_s: i64) -> Result<RetentionReport, StorageError> {
         self.apply()?;
-        // Applies wait meanwhile: none reads a chunk this pass removes.
-        let _apply = self.apply_lock.lock();
         let series = self.state.lock().series.len() as u32;
         let mut report = RetentionReport::default();
         for (level, &(res, retention)) in self.levels.iter().enumerate() {
             let cutoff = (now_s - retention as i64 - res as i64).max(0) as u64;
-            let mut batch = sled::Batch::default();
-            let mut changes = usage::Changes::default();
             for id in 0..series {
+                // Applies wait for one series at a time: none reads a chunk this batch removes,
+                // and pushes are not held up by a long pass.
+                let _apply = self.apply_lock.lock();
+                let mut batch = sled::Batch::default();
+                let mut changes = usage::Changes::default();
                 for kv in self
                     .chunks
                     .range(chunk_key(id, level as u8, 0)..chunk_key(id, level as u8, cutoff))
@@ -1224,9 +1225,11 @@ impl Inner {
                     batch.remove(k);
                     report.chunks_deleted += 1;
                 }
+                if !changes.is_empty() {
+                    self.chunks.apply_batch(batch).map_err(io)?;
+                    self.account(changes);
+                }
             }
-            self.chunks.apply_batch(batch).map_err(io)?;
-            self.account(changes);
         }
         Ok(report)
     }
@@ -1263,7 +1266,6 @@ impl Inner {
 
     fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
         self.apply()?;
-        let _apply = self.apply_lock.lock();
         let ids: Vec<u32> = {
             let st = self.state.lock();
             st.series
@@ -1275,6 +1277,7 @@ impl Inner {
         };
         let mut deleted = 0;
         for id in ids {
+            let _apply = self.apply_lock.lock();
             let mut batch = sled::Batch::default();
             let mut changes = usage::Changes::default();
             for kv in self

@@ -43,6 +43,10 @@ impl Changes {
         self.0.push((key, before, after));
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(crate) fn push_removed(&mut self, key: &[u8], before: usize) {
         if let Ok(key) = key.try_into() {
             self.0.push((key, Some(before), None));
