@@ -65,6 +65,12 @@ impl From<crate::durable::AcceptError> for ApiError {
                 message: format!("{why}; retry later"),
                 retry_after: Some(retry_after.as_secs().max(1)),
             },
+            AcceptError::DiskFull(e) => Self {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                cause: "disk_full",
+                message: e.to_string(),
+                retry_after: None,
+            },
             AcceptError::Storage(e) => e.into(),
             AcceptError::Limit(e) => e.into(),
             e @ (AcceptError::Log(_) | AcceptError::Task(_)) => Self::internal(e.to_string()),

@@ -113,6 +113,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// Default `storage.min_free_disk_bytes`: 1 GiB, room for sled to rewrite segments and for
+/// the write-ahead log to take a burst after pushes are refused.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -139,6 +143,16 @@ pub struct StorageConfig {
     pub write_buffer_bytes: u64,
     /// How a new data directory compresses: `values` (default) or `sled`.
     pub compression: kiln_storage_sled::Compression,
+    /// Bound on the bytes storage holds (its accounted size, see `docs/storage.md`); past it
+    /// the retention pass deletes the oldest data, finest level first, down to 90 % of it.
+    /// 0: no bound.
+    pub max_disk_bytes: u64,
+    /// Free space the data directory's filesystem (and the write-ahead log's) must keep:
+    /// below it pushes are refused with 507 until space is back. 0: no floor.
+    pub min_free_disk_bytes: u64,
+    /// How often retention (by age, then by size) runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
     pub options: toml::Table,
 }
@@ -155,6 +169,9 @@ impl Default for StorageConfig {
             dictionary_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
             compression: kiln_storage_sled::Compression::default(),
+            max_disk_bytes: 0,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK,
+            retention_interval: Duration::from_secs(600),
             options: toml::Table::new(),
         }
     }
@@ -352,6 +369,9 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
         "KILN_DICTIONARY_CACHE_BYTES",
     ),
     ("storage.write_buffer_bytes", "KILN_WRITE_BUFFER_BYTES"),
+    ("storage.max_disk_bytes", "KILN_MAX_DISK_BYTES"),
+    ("storage.min_free_disk_bytes", "KILN_MIN_FREE_DISK_BYTES"),
+    ("storage.retention_interval", "KILN_RETENTION_INTERVAL"),
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
@@ -472,6 +492,7 @@ fn set(table: &mut toml::Table, key: &str, raw: &str) {
             | "base_url"
             | "log_level"
             | "retention"
+            | "retention_interval"
             | "flush_interval"
             | "max_unapplied_age"
             | "type"
@@ -502,6 +523,9 @@ impl Config {
             if !self.storage.options.is_empty() {
                 bail!("in [storage], key `options`: the built-in sled storage takes no options");
             }
+        }
+        if self.storage.retention_interval < Duration::from_secs(1) {
+            bail!("in [storage], key `retention_interval`: must be at least 1s");
         }
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");

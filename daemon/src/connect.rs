@@ -92,9 +92,9 @@ impl From<ApiError> for ConnectError {
     fn from(e: ApiError) -> Self {
         Self {
             code: match e.status {
-                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
-                    "resource_exhausted"
-                }
+                StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::INSUFFICIENT_STORAGE => "resource_exhausted",
                 StatusCode::REQUEST_TIMEOUT => "deadline_exceeded",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",
                 s if s.is_client_error() => "invalid_argument",

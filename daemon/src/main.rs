@@ -19,6 +19,7 @@ mod auth;
 mod client;
 mod config;
 mod connect;
+mod disk;
 mod durable;
 mod flamebearer;
 mod forward;
@@ -37,6 +38,7 @@ mod scrape;
 mod selfprof;
 mod server;
 mod sink_queue;
+mod storage_api;
 mod time;
 mod tls;
 mod ui;
@@ -74,6 +76,12 @@ struct ServerArgs {
     /// Maximum age of data (storage.retention), e.g. 30d.
     #[arg(long, global = true)]
     retention: Option<String>,
+    /// Bound on stored bytes; oldest data goes first past it (storage.max_disk_bytes).
+    #[arg(long, global = true)]
+    max_disk_bytes: Option<u64>,
+    /// Free disk below which pushes get 507 (storage.min_free_disk_bytes).
+    #[arg(long, global = true)]
+    min_free_disk_bytes: Option<u64>,
     /// How often data is made durable (server.flush_interval), e.g. 1s.
     #[arg(long, global = true)]
     flush_interval: Option<String>,
@@ -130,6 +138,14 @@ impl ServerArgs {
         push("server.listen", self.listen.clone());
         push("storage.path", self.storage_path.clone());
         push("storage.retention", self.retention.clone());
+        push(
+            "storage.max_disk_bytes",
+            self.max_disk_bytes.map(|n| n.to_string()),
+        );
+        push(
+            "storage.min_free_disk_bytes",
+            self.min_free_disk_bytes.map(|n| n.to_string()),
+        );
         push("server.flush_interval", self.flush_interval.clone());
         push("server.log_level", self.log_level.clone());
         push(

@@ -105,6 +105,11 @@ pub struct Metrics {
     early_applies: Counter,
     auth_refused: Family<Refusal, Counter>,
     limit_refused: Family<LimitRefusal, Counter>,
+    disk_free: Gauge,
+    storage_bytes: Gauge,
+    storage_disk_bytes: Gauge,
+    size_deleted: Counter,
+    storage_refused: Family<Cause, Counter>,
     stacks_truncated: Family<TenantLabel, Counter>,
     scrapes: Family<ScrapeOutcome, Counter>,
     remote_writes: Family<Outcome, Counter>,
@@ -265,6 +270,36 @@ impl Default for Metrics {
             "Requests refused by the auth layer, by cause (unauthenticated, malformed_credentials, unknown_key, revoked_key, expired_key, forbidden, tenant_mismatch, bad_tenant, remote_unauthenticated) and tenant (empty when no credential named one)",
             auth_refused.clone(),
         );
+        let disk_free = Gauge::default();
+        registry.register(
+            "storage_disk_free_bytes",
+            "Free bytes on the filesystem of the data directory (and of the write-ahead log, the smaller); pushes get 507 below storage.min_free_disk_bytes",
+            disk_free.clone(),
+        );
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "storage_bytes",
+            "Bytes storage holds as it accounts them (live chunks and dictionaries), at the last retention pass; storage.max_disk_bytes bounds this",
+            storage_bytes.clone(),
+        );
+        let storage_disk_bytes = Gauge::default();
+        registry.register(
+            "storage_disk_bytes",
+            "Bytes the storage's files take on disk, at the last retention pass (follows storage_bytes with a lag)",
+            storage_disk_bytes.clone(),
+        );
+        let size_deleted = Counter::default();
+        registry.register(
+            "storage_size_retention_deleted_chunks",
+            "Chunks deleted by retention by size (storage.max_disk_bytes)",
+            size_deleted.clone(),
+        );
+        let storage_refused = Family::<Cause, Counter>::default();
+        registry.register(
+            "storage_writes_refused",
+            "Pushes refused to protect storage, by cause (min_free_disk_bytes)",
+            storage_refused.clone(),
+        );
         let limit_refused = Family::<LimitRefusal, Counter>::default();
         registry.register(
             "limit_refused",
@@ -304,6 +339,11 @@ impl Default for Metrics {
             heap_resident,
             auth_refused,
             limit_refused,
+            disk_free,
+            storage_bytes,
+            storage_disk_bytes,
+            size_deleted,
+            storage_refused,
             stacks_truncated,
             rules: Arc::default(),
         }
@@ -404,6 +444,32 @@ impl Metrics {
             .get_or_create(&PluginFault {
                 plugin: plugin.into(),
                 kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn disk_free(&self, bytes: u64) {
+        self.disk_free.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// What the last retention pass found storage to hold.
+    pub fn storage_size(&self, bytes: u64, disk_bytes: Option<u64>) {
+        self.storage_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if let Some(d) = disk_bytes {
+            self.storage_disk_bytes
+                .set(i64::try_from(d).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn size_retention_deleted(&self, chunks: u64) {
+        self.size_deleted.inc_by(chunks);
+    }
+
+    pub fn storage_write_refused(&self, cause: &str) {
+        self.storage_refused
+            .get_or_create(&Cause {
+                cause: cause.into(),
             })
             .inc();
     }

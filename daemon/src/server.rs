@@ -263,6 +263,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(query::apps).route_layer(q).delete(query::delete_app),
         )
         .route("/api/targets", get(crate::scrape::api_targets))
+        .route("/api/storage", get(crate::storage_api::usage))
         // Grafana's Pyroscope data source (Connect querier API).
         .merge(crate::querier::routes(state.limits.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -324,6 +325,9 @@ async fn reload(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if let Some((free, _)) = state.durable.disk().measure() {
+        state.metrics.disk_free(free);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -488,7 +492,8 @@ async fn flush_loop(state: Arc<AppState>, every: Duration) {
 }
 
 async fn retention_loop(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(state.config.storage.retention_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match state.storage.enforce_retention(crate::time::now_ns()).await {
@@ -498,6 +503,7 @@ async fn retention_loop(state: Arc<AppState>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "retention pass failed"),
         }
+        crate::storage_api::size_retention(&state).await;
     }
 }
 

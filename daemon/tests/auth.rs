@@ -195,6 +195,7 @@ fn endpoints() -> Vec<(&'static str, String, Vec<u8>, &'static str)> {
             "read",
         ),
         ("GET", "/api/apps".into(), vec![], "read"),
+        ("GET", "/api/storage".into(), vec![], "read"),
         ("GET", "/metrics".into(), vec![], "read"),
         (
             "DELETE",

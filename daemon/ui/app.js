@@ -10,6 +10,7 @@ import { ExploreView } from './views/explore.js';
 import { CompareView } from './views/compare.js';
 import { TagsView } from './views/tags.js';
 import { TargetsView } from './views/targets.js';
+import { StorageView } from './views/storage.js';
 import { messageBox } from './views/common.js';
 
 const VIEW_TABS = [
@@ -18,6 +19,7 @@ const VIEW_TABS = [
   ['diff', 'Diff'],
   ['tags', 'Tag explorer'],
   ['targets', 'Targets'],
+  ['storage', 'Storage'],
 ];
 const VIEW_FACTORIES = {
   explore: () => new ExploreView(),
@@ -25,6 +27,7 @@ const VIEW_FACTORIES = {
   diff: () => new CompareView('diff'),
   tags: () => new TagsView(),
   targets: () => new TargetsView(),
+  storage: () => new StorageView(),
 };
 const PREFERRED_TYPES = ['cpu', 'itimer', 'wall', 'inuse_space', 'alloc_space'];
 

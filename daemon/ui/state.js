@@ -1,7 +1,7 @@
 // The whole view state lives in the page's query string, so a link reproduces the view and the
 // browser's back/forward buttons move between views.
 
-export const VIEWS = ['explore', 'compare', 'diff', 'tags', 'targets'];
+export const VIEWS = ['explore', 'compare', 'diff', 'tags', 'targets', 'storage'];
 export const LAYOUTS = ['both', 'flamegraph', 'table', 'sandwich'];
 
 const DEFAULTS = {

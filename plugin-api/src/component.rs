@@ -165,6 +165,31 @@ pub struct RetentionReport {
     pub chunks_deleted: u64,
 }
 
+/// Stored bytes of one service of one tenant at one time level.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub tenant: String,
+    pub service: String,
+    /// The level's resolution (`10s`, `100s`, …).
+    pub level: String,
+    /// Bytes of its chunks (keys and values as stored, before any page-level compression).
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// What a storage holds, in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageUsage {
+    /// Whether the storage reports its usage at all (the default implementation does not).
+    pub supported: bool,
+    /// Bytes the storage accounts for: every entry plus what is shared by a service's levels
+    /// (frame and stack dictionaries, series records).
+    pub total_bytes: u64,
+    /// Bytes its files take on disk, when it has files of its own.
+    pub disk_bytes: Option<u64>,
+    pub entries: Vec<UsageEntry>,
+}
+
 /// Where profiles are kept. One storage backs a pipeline; queries name the storage they read.
 ///
 /// Every read and write names its [`Tenant`]: a tenant sees only what was written under it,
@@ -232,6 +257,24 @@ pub trait Storage: Send + Sync {
         tenant: &Tenant,
         service_name: &str,
     ) -> Result<u64, StorageError>;
+
+    /// Bytes held, per tenant, service and level. The default reports nothing
+    /// ([`StorageUsage::supported`] false).
+    async fn usage(&self) -> Result<StorageUsage, StorageError> {
+        Ok(StorageUsage::default())
+    }
+
+    /// While [`StorageUsage::total_bytes`] exceeds `max_bytes`, deletes the oldest data of the
+    /// finest level first, then of coarser ones, until it is at most `target_bytes` (below
+    /// `max_bytes`, so one pass makes room for a while). The default deletes nothing.
+    async fn enforce_size(
+        &self,
+        max_bytes: u64,
+        target_bytes: u64,
+    ) -> Result<RetentionReport, StorageError> {
+        let _ = (max_bytes, target_bytes);
+        Ok(RetentionReport::default())
+    }
 }
 
 /// An exporter failure.

@@ -2,7 +2,8 @@
 //!
 //! Every push (`/ingest`, Connect, OTLP) goes the same way:
 //!
-//! 1. Refused with 503 + `Retry-After` while storage lags too far behind the log
+//! 1. Refused with 507 while the disk is below `storage.min_free_disk_bytes` ([`DiskGuard`]),
+//!    and with 503 + `Retry-After` while storage lags too far behind the log
 //!    (`wal.max_unapplied_bytes`, `wal.max_unapplied_age`): backpressure instead of a backlog.
 //! 2. Decoded and transformed, so bad input is refused before anything is kept.
 //! 3. Appended to the write-ahead log; the call returns once an fsync covers it (concurrent
@@ -28,7 +29,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use kiln_plugin_api::{
     DecodeError, Merged, Profile, Query, RetentionReport, Selector, SeriesInfo, Storage,
-    StorageError, Tenant, Timeline,
+    StorageError, StorageUsage, Tenant, Timeline,
 };
 use kiln_wal::{Wal, WalError};
 use parking_lot::Mutex;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 pub use record::Unit;
 
 use crate::config::Config;
+use crate::disk::{DiskFull, DiskGuard};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::server::Ingestion;
@@ -126,6 +128,9 @@ pub enum AcceptError {
     /// Storage lags the log by more than the configured bound: retry later.
     #[error("{why}; retry after {}s", retry_after.as_secs())]
     Behind { why: String, retry_after: Duration },
+    /// Free disk is below `storage.min_free_disk_bytes`: nothing of the push was kept.
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     #[error(transparent)]
     Log(#[from] WalError),
     #[error(transparent)]
@@ -205,6 +210,7 @@ pub struct Durability {
     retry_after: Duration,
     metrics: Metrics,
     limits: Arc<crate::limits::Limits>,
+    disk: Arc<DiskGuard>,
 }
 
 impl Durability {
@@ -218,6 +224,14 @@ impl Durability {
         limits: Arc<crate::limits::Limits>,
     ) -> anyhow::Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut disk_paths = vec![config.storage.path.clone()];
+        if config.wal.enabled && !config.wal_dir().starts_with(&config.storage.path) {
+            disk_paths.push(config.wal_dir());
+        }
+        let disk = Arc::new(DiskGuard::new(
+            disk_paths,
+            config.storage.min_free_disk_bytes,
+        ));
         let wal = if config.wal.enabled {
             let dir = config.wal_dir();
             let (wal, recovery) = Wal::open(kiln_wal::WalConfig {
@@ -269,7 +283,25 @@ impl Durability {
             retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
             metrics,
             limits,
+            disk,
         }))
+    }
+
+    /// The free-disk floor pushes are checked against.
+    pub fn disk(&self) -> &DiskGuard {
+        &self.disk
+    }
+
+    /// Refuses new pushes while free disk is below the floor.
+    fn check_disk(&self) -> Result<(), AcceptError> {
+        let checked = self.disk.check();
+        if let Some(free) = self.disk.last_free() {
+            self.metrics.disk_free(free);
+        }
+        checked.map_err(|e| {
+            self.metrics.storage_write_refused("min_free_disk_bytes");
+            e.into()
+        })
     }
 
     /// Refuses new pushes while storage is too far behind the log.
@@ -311,6 +343,8 @@ impl Durability {
         tenant: &Tenant,
         units: Vec<Unit>,
     ) -> Result<Accepted, AcceptError> {
+        // Before anything is decoded or logged: a refused push leaves no trace.
+        self.check_disk()?;
         self.check_backlog()?;
         self.limits.seed_series(tenant, self.storage.as_ref()).await;
         let this = self.clone();
@@ -593,6 +627,23 @@ impl Storage for ReadAfterAck {
         let report = self.inner().enforce_retention(now_ns).await?;
         if report.chunks_deleted > 0 {
             // Series whose data expired no longer count against limits.max_series.
+            self.durability.limits.forget_all_series();
+        }
+        Ok(report)
+    }
+
+    async fn usage(&self) -> Result<StorageUsage, StorageError> {
+        self.settle().await;
+        self.inner().usage().await
+    }
+
+    async fn enforce_size(
+        &self,
+        max_bytes: u64,
+        target_bytes: u64,
+    ) -> Result<RetentionReport, StorageError> {
+        let report = self.inner().enforce_size(max_bytes, target_bytes).await?;
+        if report.chunks_deleted > 0 {
             self.durability.limits.forget_all_series();
         }
         Ok(report)

@@ -11,7 +11,8 @@
 //! * Writes accumulate in memory and are applied to sled in one pass per flush interval (and
 //!   before every query, so a query sees every accepted profile); a crash loses at most what was
 //!   accepted since the last flush.
-//! * Retention is by age, per level.
+//! * Retention is by age, per level, and by size ([`usage`]): past a byte bound, the oldest
+//!   buckets of the finest level go first, then of coarser ones.
 //! * Every series and dictionary belongs to a [`Tenant`]. The default tenant (`anonymous`)
 //!   keeps the layout of data directories written before tenants existed; the dictionaries of
 //!   other tenants' services are named `tenant NUL service` in their own tree, and their series
@@ -23,16 +24,17 @@ mod codec;
 mod column;
 mod dict;
 mod error;
+mod usage;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
-    SeriesInfo, SourceLine, Storage, StorageError, Tenant, Timeline, Tree, TreeNode,
+    SeriesInfo, SourceLine, Storage, StorageError, StorageUsage, Tenant, Timeline, Tree, TreeNode,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -281,6 +283,14 @@ struct Inner {
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
+    /// Per level, where retention by size stopped: every bucket of the level before it was
+    /// deleted, so queries read those times from coarser levels ([`usage`]). Kept in
+    /// `size_floors_tree`, level → seconds.
+    size_floors: Vec<AtomicI64>,
+    size_floors_tree: sled::Tree,
+    /// Bytes and chunks per series and level, kept up to date by every change to `chunks` once
+    /// the first [`Storage::usage`] built it ([`usage`]).
+    accounting: Mutex<Option<usage::Accounting>>,
     /// The last write-ahead log record applied to sled (kept in `chunks` under
     /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
@@ -432,6 +442,9 @@ impl SledStorage {
             legacy_frames: db.open_tree("frames").map_err(io)?,
             legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
+            size_floors_tree: db.open_tree("size_floors").map_err(io)?,
+            size_floors: config.levels.iter().map(|_| AtomicI64::new(0)).collect(),
+            accounting: Mutex::new(None),
             codec,
             db,
             levels: config
@@ -496,6 +509,17 @@ impl SledStorage {
 
 impl Inner {
     fn load(&self) -> Result<(), StorageError> {
+        for kv in self.size_floors_tree.iter() {
+            let (k, v) = kv.map_err(io)?;
+            let floor = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("size floor is not 8 bytes".into()))?;
+            if let Some(f) = k.first().and_then(|&l| self.size_floors.get(l as usize)) {
+                f.store(floor, Ordering::Relaxed);
+            }
+        }
         if let Some(v) = self.chunks.get(LOG_SEQ_KEY).map_err(io)? {
             let seq = self
                 .codec
@@ -812,9 +836,12 @@ impl Inner {
         // finest chunk's old column, to which this batch adds the same profiles as to the
         // coarse one.
         let mut chunks = sled::Batch::default();
+        let mut changes = usage::Changes::default();
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
-            let old = match self.chunks.get(key).map_err(io)? {
+            let old_raw = self.chunks.get(key).map_err(io)?;
+            let old_len = old_raw.as_ref().map(|v| v.len());
+            let old = match old_raw {
                 Some(v) => Some(Stored::decode(&self.codec.unpack(&v)?)?),
                 None => None,
             };
@@ -842,11 +869,11 @@ impl Inner {
                     _ => None,
                 };
                 if let Some((b, profiles, total)) = reference {
-                    chunks.insert(
-                        &key,
-                        self.codec
-                            .pack(&Stored::encode_same_as_finest(b, profiles, total)),
-                    );
+                    let value = self
+                        .codec
+                        .pack(&Stored::encode_same_as_finest(b, profiles, total));
+                    changes.push(key, old_len, Some(value.len()));
+                    chunks.insert(&key, value);
                     continue;
                 }
             }
@@ -858,12 +885,15 @@ impl Inner {
                     old
                 }
             };
-            chunks.insert(&key, self.codec.pack(&merged.encode()));
+            let value = self.codec.pack(&merged.encode());
+            changes.push(key, old_len, Some(value.len()));
+            chunks.insert(&key, value);
         }
         if let Some(seq) = log_seq {
             chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
         }
         self.chunks.apply_batch(chunks).map_err(io)?;
+        self.account(changes);
         if let Some(seq) = log_seq {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
@@ -971,12 +1001,18 @@ impl Inner {
         }
         let a = start_s.div_euclid(res) * res + if start_s.rem_euclid(res) == 0 { 0 } else { res };
         let b = end_s.div_euclid(res) * res;
+        let finer_from = (now_s - self.levels[level - 1].1 as i64).max(self.size_floor(level - 1));
         if a >= b {
-            self.plan(level - 1, start_s, end_s, now_s, out);
+            if start_s >= finer_from {
+                self.plan(level - 1, start_s, end_s, now_s, out);
+            } else {
+                // The finer level no longer holds this time: the coarse buckets around it.
+                let first = start_s.div_euclid(res) * res;
+                out.push((level, first, (end_s + res - 1).div_euclid(res) * res));
+            }
             return;
         }
         out.push((level, a, b));
-        let finer_from = now_s - self.levels[level - 1].1 as i64;
         if start_s < a {
             if start_s >= finer_from {
                 self.plan(level - 1, start_s, a, now_s, out);
@@ -1115,7 +1151,9 @@ impl Inner {
                 let from = if level + 1 == self.levels.len() {
                     start_s
                 } else {
-                    start_s.max(now_s - retention as i64)
+                    start_s
+                        .max(now_s - retention as i64)
+                        .max(self.size_floor(level))
                 };
                 if from < covered_until {
                     let lo = chunk_key(
@@ -1169,34 +1207,44 @@ impl Inner {
         let mut report = RetentionReport::default();
         for (level, &(res, retention)) in self.levels.iter().enumerate() {
             let cutoff = (now_s - retention as i64 - res as i64).max(0) as u64;
-            let mut batch = sled::Batch::default();
             for id in 0..series {
+                // Applies wait for one series at a time: none reads a chunk this batch removes,
+                // and pushes are not held up by a long pass.
+                let _apply = self.apply_lock.lock();
+                let mut batch = sled::Batch::default();
+                let mut changes = usage::Changes::default();
                 for kv in self
                     .chunks
                     .range(chunk_key(id, level as u8, 0)..chunk_key(id, level as u8, cutoff))
                 {
                     let (k, v) = kv.map_err(io)?;
                     if level == 0 {
-                        self.materialize_references(id, &k, &v, &mut batch)?;
+                        self.materialize_references(id, &k, &v, &mut batch, &mut changes)?;
                     }
+                    changes.push_removed(&k, v.len());
                     batch.remove(k);
                     report.chunks_deleted += 1;
                 }
+                if !changes.is_empty() {
+                    self.chunks.apply_batch(batch).map_err(io)?;
+                    self.account(changes);
+                }
             }
-            self.chunks.apply_batch(batch).map_err(io)?;
         }
         Ok(report)
     }
 
     /// Before the finest chunk `key` of `series` expires, the coarse chunks that refer to it get
-    /// its column.
+    /// its column. Returns the bytes that adds.
     fn materialize_references(
         &self,
         series: u32,
         key: &[u8],
         column: &[u8],
         batch: &mut sled::Batch,
-    ) -> Result<(), StorageError> {
+        changes: &mut usage::Changes,
+    ) -> Result<u64, StorageError> {
+        let mut added = 0u64;
         let bucket = u64::from_be_bytes(
             key.get(5..13)
                 .and_then(|b| b.try_into().ok())
@@ -1208,10 +1256,12 @@ impl Inner {
                 if matches!(Stored::decode(&self.codec.unpack(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
                     batch.insert(&coarse, column);
+                    changes.push(coarse, Some(v.len()), Some(column.len()));
+                    added += (column.len() as u64).saturating_sub(v.len() as u64);
                 }
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     fn delete_service(&self, tenant: &Tenant, service: &str) -> Result<u64, StorageError> {
@@ -1227,15 +1277,20 @@ impl Inner {
         };
         let mut deleted = 0;
         for id in ids {
+            let _apply = self.apply_lock.lock();
             let mut batch = sled::Batch::default();
+            let mut changes = usage::Changes::default();
             for kv in self
                 .chunks
                 .range(chunk_key(id, 0, 0)..chunk_key(id, u8::MAX, u64::MAX))
             {
-                batch.remove(kv.map_err(io)?.0);
+                let (k, v) = kv.map_err(io)?;
+                changes.push_removed(&k, v.len());
+                batch.remove(k);
                 deleted += 1;
             }
             self.chunks.apply_batch(batch).map_err(io)?;
+            self.account(changes);
             // The series keeps its id (ids are dense) but no longer matches anything.
             let mut st = self.state.lock();
             st.series[id as usize].last_ns = i64::MIN / 2;
@@ -1456,6 +1511,18 @@ impl Storage for SledStorage {
     ) -> Result<u64, StorageError> {
         let (t, s) = (tenant.clone(), service_name.to_string());
         self.blocking(move |i| i.delete_service(&t, &s)).await
+    }
+    async fn usage(&self) -> Result<StorageUsage, StorageError> {
+        self.blocking(|i| i.usage()).await
+    }
+
+    async fn enforce_size(
+        &self,
+        max_bytes: u64,
+        target_bytes: u64,
+    ) -> Result<RetentionReport, StorageError> {
+        self.blocking(move |i| i.enforce_size(max_bytes, target_bytes))
+            .await
     }
 }
 

@@ -915,3 +915,267 @@ fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
     drop(s);
     assert_eq!(total(&reopen_with(&cfg)), 600);
 }
+
+fn two_levels(dir: &std::path::Path) -> SledStorage {
+    SledStorage::open(&two_levels_config(dir)).unwrap()
+}
+
+fn two_levels_config(dir: &std::path::Path) -> SledConfig {
+    let mut cfg = SledConfig::new(dir);
+    cfg.levels = vec![
+        Level {
+            resolution: Duration::from_secs(10),
+            retention: Duration::from_secs(30 * 86_400),
+        },
+        Level {
+            resolution: Duration::from_secs(1000),
+            retention: Duration::from_secs(30 * 86_400),
+        },
+    ];
+    cfg
+}
+
+#[test]
+fn usage_counts_bytes_per_tenant_service_and_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_levels(dir.path());
+    let other = Tenant::new("team-b").unwrap();
+    let t0 = now_s() - 3600;
+    // Three 10 s buckets of one 1000 s bucket for `app`, one for `db` and one for team-b.
+    s.inner
+        .write(
+            &T,
+            (0..3)
+                .map(|i| profile("app", "a", "cpu", t0 / 1000 * 1000 + i * 10, &[(&["m"], 5)]))
+                .chain([profile("db", "a", "cpu", t0, &[(&["q"], 1)])])
+                .collect(),
+        )
+        .unwrap();
+    s.inner
+        .write(&other, vec![profile("app", "a", "cpu", t0, &[(&["x"], 1)])])
+        .unwrap();
+    let u = s.inner.usage().unwrap();
+    assert!(u.supported);
+    let find = |tenant: &str, service: &str, level: &str| {
+        u.entries
+            .iter()
+            .find(|e| e.tenant == tenant && e.service == service && e.level == level)
+            .map(|e| (e.chunks, e.bytes))
+    };
+    assert_eq!(find("anonymous", "app", "10s").unwrap().0, 3);
+    assert_eq!(find("anonymous", "app", "1000s").unwrap().0, 1);
+    assert_eq!(find("anonymous", "db", "10s").unwrap().0, 1);
+    assert_eq!(find("team-b", "app", "10s").unwrap().0, 1);
+    assert_eq!(u.entries.len(), 6);
+    assert!(u.entries.iter().all(|e| e.bytes >= 13 * e.chunks));
+    let chunk_bytes: u64 = u.entries.iter().map(|e| e.bytes).sum();
+    assert!(
+        u.total_bytes > chunk_bytes,
+        "dictionaries count in the total"
+    );
+    // Deleting a service removes its entries, and its bytes from the total.
+    s.inner.delete_service(&T, "app").unwrap();
+    let after = s.inner.usage().unwrap();
+    assert!(after
+        .entries
+        .iter()
+        .all(|e| !(e.tenant == "anonymous" && e.service == "app")));
+    assert!(after
+        .entries
+        .iter()
+        .any(|e| e.tenant == "team-b" && e.service == "app"));
+    assert!(after.total_bytes < u.total_bytes);
+}
+
+#[test]
+fn size_retention_deletes_the_oldest_finest_data_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_levels(dir.path());
+    let start = (now_s() - 86_400) / 1000 * 1000;
+    // One profile a minute for 10 hours, each with stacks of its own.
+    let profiles: Vec<Profile> = (0..600)
+        .map(|i| {
+            let names: Vec<String> = (0..20).map(|f| format!("f{}", (i * 7 + f) % 97)).collect();
+            let stack: Vec<&str> = names.iter().map(String::as_str).collect();
+            profile(
+                "app",
+                "a",
+                "cpu",
+                start + i * 60,
+                &[(&stack, 10), (&stack[..5], 3)],
+            )
+        })
+        .collect();
+    s.inner.write(&T, profiles).unwrap();
+    s.flush_blocking().unwrap();
+    let before = s.inner.usage().unwrap();
+    let everything = query("app.cpu", start - 1, now_s());
+    let total_before = s
+        .inner
+        .select_merge(&T, &everything, now_s())
+        .unwrap()
+        .tree
+        .total();
+    // Under the bound: nothing happens.
+    let r = s.inner.enforce_size(before.total_bytes, 0).unwrap();
+    assert_eq!(r.chunks_deleted, 0);
+    // A bound that a quarter of the 10 s chunks must go to meet.
+    let fine: u64 = before
+        .entries
+        .iter()
+        .filter(|e| e.level == "10s")
+        .map(|e| e.bytes)
+        .sum();
+    let target = before.total_bytes - fine / 4;
+    let r = s.inner.enforce_size(target + 1, target).unwrap();
+    assert!(r.chunks_deleted > 0);
+    let after = s.inner.usage().unwrap();
+    assert!(
+        after.total_bytes <= target,
+        "{} > {target}",
+        after.total_bytes
+    );
+    // The oldest 10 s buckets went, the newest stayed; the coarse level kept every profile.
+    let first_fine = s
+        .inner
+        .chunks
+        .range(chunk_key(0, 0, 0)..chunk_key(0, 1, 0))
+        .next()
+        .unwrap()
+        .unwrap()
+        .0;
+    let first_bucket = u64::from_be_bytes(first_fine[5..13].try_into().unwrap()) as i64;
+    assert!(
+        first_bucket > start + 60,
+        "the oldest 10 s buckets are gone"
+    );
+    assert!(s
+        .inner
+        .chunks
+        .get(chunk_key(0, 0, (start + 599 * 60) as u64))
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        s.inner
+            .select_merge(&T, &everything, now_s())
+            .unwrap()
+            .tree
+            .total(),
+        total_before,
+        "coarse chunks still hold what the deleted fine ones held"
+    );
+    // A bound below what the coarse level holds: the coarse level goes too, oldest first.
+    let r = s.inner.enforce_size(1, 0).unwrap();
+    assert!(r.chunks_deleted > 0);
+    let empty = s.inner.usage().unwrap();
+    assert!(empty.entries.is_empty(), "{:?}", empty.entries);
+}
+
+#[test]
+fn times_whose_finest_chunks_size_retention_deleted_are_read_from_coarser_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_levels_config(dir.path());
+    let s = SledStorage::open(&cfg).unwrap();
+    let start = (now_s() - 86_400) / 1000 * 1000;
+    // Two profiles in each 1000 s bucket, 500 s apart, for ten buckets.
+    s.inner
+        .write(
+            &T,
+            (0..20)
+                .map(|i| profile("app", "a", "cpu", start + i * 500, &[(&["m"], 1)]))
+                .collect(),
+        )
+        .unwrap();
+    s.flush_blocking().unwrap();
+    let narrow = |s: &SledStorage, t: i64| {
+        let q = query("app.cpu", t, t + 10);
+        s.inner.select_merge(&T, &q, now_s()).unwrap().tree.total()
+    };
+    let timeline_total = |s: &SledStorage| -> i64 {
+        let q = query("app.cpu", start, start + 10_000);
+        s.inner
+            .select_timeline(&T, &q, 10 * NS, None, now_s())
+            .unwrap()
+            .iter()
+            .flat_map(|(_, t)| t.points.iter())
+            .sum()
+    };
+    assert_eq!(narrow(&s, start), 1, "read from its 10 s chunk");
+    assert_eq!(timeline_total(&s), 20);
+    // Half of the 10 s chunks go.
+    let u = s.inner.usage().unwrap();
+    let fine: u64 = u
+        .entries
+        .iter()
+        .filter(|e| e.level == "10s")
+        .map(|e| e.bytes)
+        .sum();
+    let target = u.total_bytes - fine / 2;
+    assert!(s.inner.enforce_size(target, target).unwrap().chunks_deleted >= 10);
+    assert!(s
+        .inner
+        .chunks
+        .get(chunk_key(0, 0, start as u64))
+        .unwrap()
+        .is_none());
+    // A narrow range over a deleted time reads the 1000 s bucket around it (both profiles),
+    // rather than nothing; a timeline counts every profile once.
+    assert_eq!(narrow(&s, start), 2);
+    assert_eq!(timeline_total(&s), 20);
+    assert_eq!(narrow(&s, start + 19 * 500), 1, "recent times keep 10 s");
+    // Where size retention stopped survives a restart.
+    drop(s);
+    let s = reopen_with(&cfg);
+    assert_eq!(narrow(&s, start), 2);
+    assert_eq!(timeline_total(&s), 20);
+}
+
+#[test]
+fn kept_counts_match_a_full_scan_after_writes_retention_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_levels_config(dir.path());
+    let s = SledStorage::open(&cfg).unwrap();
+    let now = now_s();
+    let write = |from: i64, n: i64, service: &str| {
+        s.inner
+            .write(
+                &T,
+                (0..n)
+                    .map(|i| {
+                        let f = format!("f{}", i % 7);
+                        profile(
+                            service,
+                            "a",
+                            "cpu",
+                            from + i * 70,
+                            &[(&["main", &f], 1 + i)],
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap();
+    };
+    write(now - 40 * 86_400, 30, "app");
+    write(now - 7200, 50, "app");
+    write(now - 7200, 20, "gone");
+    // The first usage builds the counts; everything after adjusts them.
+    let first = s.inner.usage().unwrap();
+    let exact = |s: &SledStorage| usage::scan_chunks(&s.inner.chunks).unwrap();
+    let kept = |s: &SledStorage| s.inner.accounting.lock().clone().unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    write(now - 7000, 40, "app"); // merges into existing chunks and references
+    s.flush_blocking().unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    assert!(s.inner.enforce_retention(now).unwrap().chunks_deleted > 0);
+    assert_eq!(kept(&s), exact(&s));
+    let u = s.inner.usage().unwrap();
+    s.inner
+        .enforce_size(u.total_bytes - 1, u.total_bytes * 3 / 4)
+        .unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    s.inner.delete_service(&T, "gone").unwrap();
+    assert_eq!(kept(&s), exact(&s));
+    let last = s.inner.usage().unwrap();
+    assert!(last.entries.iter().all(|e| e.service != "gone"));
+    assert!(last.total_bytes < first.total_bytes);
+}
