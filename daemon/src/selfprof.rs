@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_plugin_api::{Decoder, IngestMeta, Labels, Profile, ProfileType, Tenant};
+use kiln_plugin_api::{
+    Decoder, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample, Tenant,
+};
+use rustc_hash::FxHashMap;
 
 use crate::server::AppState;
 
@@ -107,8 +110,10 @@ async fn store(state: &AppState, meta: &IngestMeta, profiles: Vec<Profile>, what
     }
 }
 
-/// Every period, jemalloc's sampled in-use heap becomes the `inuse_space` and `inuse_objects`
-/// profiles of `kiln.server`: where the daemon's memory is, in its own UI.
+/// Every period, jemalloc's sampled in-use heap becomes the `inuse_space` profile of
+/// `kiln.server`: where the daemon's memory is, in its own UI. The dump's return addresses are
+/// named from the ELF symbol tables through the SDK's symbolizer; jemalloc_pprof's own
+/// symbolization parses DWARF and kept about 30 MB of it resident for good.
 pub async fn run_heap(state: Arc<AppState>) {
     let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
         tracing::warn!("jemalloc heap sampling is not available; no heap self-profile");
@@ -118,41 +123,79 @@ pub async fn run_heap(state: Arc<AppState>) {
         tracing::warn!(error = %e, "jemalloc heap sampling could not start; no heap self-profile");
         return;
     }
-    let decoder = kiln_pprof::PprofDecoder::default();
+    let mut names = kiln_sdk::AddressNames::default();
     loop {
         let start_ns = crate::time::now_ns();
         tokio::time::sleep(PERIOD).await;
-        let dumped = {
+        let stacks = {
             let mut ctl = ctl.lock().await;
-            tokio::task::block_in_place(|| ctl.dump_pprof())
+            tokio::task::block_in_place(|| {
+                let dump = std::io::BufReader::new(ctl.dump()?);
+                pprof_util::parse_jeheap(dump, None)
+            })
         };
-        let pprof = match dumped {
-            Ok(p) => p,
+        let stacks = match stacks {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "heap self-profile dump failed");
                 continue;
             }
         };
-        let meta = meta(start_ns, crate::time::now_ns());
-        let profiles = match decoder.decode(&pprof, &meta) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "heap self-profile did not decode");
-                continue;
-            }
-        };
-        let profiles: Vec<Profile> = profiles
-            .into_iter()
-            .map(|mut p| {
-                let name = if p.profile_type.sample_unit == "bytes" {
-                    "inuse_space"
-                } else {
-                    "inuse_objects"
-                };
-                p.profile_type = ProfileType::well_known(name).expect("well known");
-                p
+        let profile = tokio::task::block_in_place(|| {
+            heap_profile(&stacks, &mut names, start_ns, crate::time::now_ns())
+        });
+        store(
+            &state,
+            &meta(start_ns, profile.end_ns),
+            vec![profile],
+            "heap",
+        )
+        .await;
+    }
+}
+
+/// jemalloc's sampled stacks (root first, estimated bytes each) as an `inuse_space` profile.
+fn heap_profile(
+    stacks: &pprof_util::StackProfile,
+    names: &mut kiln_sdk::AddressNames,
+    start_ns: i64,
+    end_ns: i64,
+) -> Profile {
+    names.refresh();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut ids: FxHashMap<Arc<str>, u32> = FxHashMap::default();
+    let mut samples = Vec::new();
+    for (stack, _) in stacks.iter() {
+        let bytes = stack.weight.trunc() as i64;
+        if bytes <= 0 {
+            continue;
+        }
+        let stack = stack
+            .addrs
+            .iter()
+            .map(|&addr| {
+                let name = names.name(addr);
+                *ids.entry(name.clone()).or_insert_with(|| {
+                    frames.push(Frame::named(name.as_ref()));
+                    frames.len() as u32 - 1
+                })
             })
             .collect();
-        store(&state, &meta, profiles, "heap").await;
+        samples.push(Sample {
+            stack,
+            value: bytes,
+        });
+    }
+    Profile {
+        labels: Labels::from_pairs([("service_name", APP)]),
+        profile_type: ProfileType::well_known("inuse_space").expect("well known"),
+        start_ns,
+        end_ns,
+        frames,
+        samples,
+        meta: ProfileMeta {
+            spy_name: "kiln".into(),
+            sample_rate: 0,
+        },
     }
 }

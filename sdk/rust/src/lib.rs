@@ -49,7 +49,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use local::LocalProfiler;
+pub use local::{AddressNames, LocalProfiler};
 pub use tags::{tag_wrapper, TagGuard};
 use tls::TlsFiles;
 use upload::{Upload, Uploader};

@@ -61,6 +61,29 @@ impl LocalProfiler {
     }
 }
 
+/// Names code addresses of this process from the loaded objects' ELF symbol tables (no DWARF:
+/// function names only, a few bytes per function in memory), caching what it resolved.
+pub struct AddressNames(symbols::Symbolizer);
+
+impl Default for AddressNames {
+    fn default() -> Self {
+        Self(symbols::Symbolizer::new())
+    }
+}
+
+impl AddressNames {
+    /// Re-reads which objects are loaded where; call before naming a new batch of addresses.
+    pub fn refresh(&mut self) {
+        self.0.refresh();
+    }
+
+    /// The function containing the call that returns to `return_address`, or `0x…` when no
+    /// symbol covers it.
+    pub fn name(&mut self, return_address: usize) -> std::sync::Arc<str> {
+        self.0.name(return_address, true)
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -91,6 +114,10 @@ mod tests {
         assert!(total >= 10, "{total} samples in 300 ms of CPU at 100 Hz");
         let named_spin = decoded.string_table.iter().any(|s| s.contains("spin"));
         assert!(named_spin, "{:?}", decoded.string_table);
+        let mut names = AddressNames::default();
+        names.refresh();
+        let here = spin as usize + 1;
+        assert!(names.name(here).contains("spin"), "{}", names.name(here));
         // Nothing sampled since: nothing to collect.
         drop(p);
         let mut q = LocalProfiler::start(100).expect("restarts after the first stopped");
