@@ -236,3 +236,15 @@ def test_the_sampler_choice_is_checked_and_read_from_the_environment(monkeypatch
     monkeypatch.setenv("KILN_SAMPLER", "python")
     kiln.configure(application_name="a", server_address=server.url)
     assert kiln.stats()["native_sampler"] == 0
+
+
+def test_stats_are_read_while_the_sampler_runs(sampler_kind, server):
+    kiln.configure(
+        application_name="unit-app", server_address=server.url, sampler=sampler_kind, mode="wall"
+    )
+    deadline = time.monotonic() + 5
+    while kiln.stats()["samples"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = kiln.stats()
+    assert stats["samples"] >= 5 and stats["sampling_errors"] == 0, stats
+    assert stats["native_sampler"] == (sampler_kind == "native"), stats

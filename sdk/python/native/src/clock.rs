@@ -127,7 +127,11 @@ mod tests {
             if step == 4 {
                 cpu -= 0.125;
             }
-            weights.push(credit.weight(7, 70, Some(cpu), false, step == 0, 0.25).unwrap());
+            weights.push(
+                credit
+                    .weight(7, 70, Some(cpu), false, step == 0, 0.25)
+                    .unwrap(),
+            );
         }
         assert_eq!(weights, [0, 0, 1, 0, 0, 1, 0, 1]);
     }

@@ -4,6 +4,7 @@
 //! per upload) and falls back to its pure-Python sampler when this module is missing.
 
 mod clock;
+mod pacer;
 mod sampler;
 mod stacks;
 
@@ -12,6 +13,8 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _kiln_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<sampler::NativeSampler>()?;
-    module.add("ABI_VERSION", 1)?;
+    module.add_class::<sampler::Counters>()?;
+    module.add_class::<pacer::StopSignal>()?;
+    module.add("ABI_VERSION", 2)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! aggregated in Rust, and hands Python one dict per upload interval.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -13,10 +14,34 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
+use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
 
 /// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
 const IDLE_CACHE_LIMIT: usize = 10_000;
+
+/// Counters of a sampler, readable while it runs (the sampler itself is borrowed then).
+#[pyclass(module = "_kiln_native", frozen)]
+#[derive(Default)]
+pub struct Counters {
+    samples: AtomicU64,
+    overflowed_samples: AtomicU64,
+}
+
+#[pymethods]
+impl Counters {
+    /// Samples taken since the sampler was made.
+    #[getter]
+    fn samples(&self) -> u64 {
+        self.samples.load(Relaxed)
+    }
+
+    /// Samples counted under the overflow stack (too many distinct stacks in an interval).
+    #[getter]
+    fn overflowed_samples(&self) -> u64 {
+        self.overflowed_samples.load(Relaxed)
+    }
+}
 
 #[pyclass(module = "_kiln_native")]
 pub struct NativeSampler {
@@ -48,18 +73,23 @@ pub struct NativeSampler {
     native_id_corrections: HashMap<u64, i32>,
     ignored: HashSet<u64>,
     key: Vec<u32>,
-    samples: u64,
+    counters: Py<Counters>,
 }
 
 fn frame_code<'py>(frame: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     if frame.get_type().name()? != "frame" {
-        return Err(PyValueError::new_err("sys._current_frames() gave a non-frame value"));
+        return Err(PyValueError::new_err(
+            "sys._current_frames() gave a non-frame value",
+        ));
     }
     // SAFETY: `frame` is a live frame object (checked above); PyFrame_GetCode returns a new
     // reference and never fails for one.
     unsafe {
         let code = ffi::PyFrame_GetCode(frame.as_ptr() as *mut ffi::PyFrameObject);
-        Ok(Bound::from_owned_ptr(frame.py(), code as *mut ffi::PyObject))
+        Ok(Bound::from_owned_ptr(
+            frame.py(),
+            code as *mut ffi::PyObject,
+        ))
     }
 }
 
@@ -77,7 +107,10 @@ fn frame_back<'py>(frame: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
             }
             None
         } else {
-            Some(Bound::from_owned_ptr(frame.py(), back as *mut ffi::PyObject))
+            Some(Bound::from_owned_ptr(
+                frame.py(),
+                back as *mut ffi::PyObject,
+            ))
         }
     }
 }
@@ -106,9 +139,12 @@ impl NativeSampler {
         max_stacks: usize,
         overflow_text: String,
         frame_cache_limit: usize,
+        py: Python<'_>,
     ) -> PyResult<Self> {
-        if !(period > 0.0) {
-            return Err(PyValueError::new_err("period must be a positive number of seconds"));
+        if period.is_nan() || period <= 0.0 {
+            return Err(PyValueError::new_err(
+                "period must be a positive number of seconds",
+            ));
         }
         let cpu_mode = match mode {
             "cpu" => true,
@@ -141,7 +177,7 @@ impl NativeSampler {
             native_id_corrections: HashMap::new(),
             ignored: HashSet::new(),
             key: Vec::new(),
-            samples: 0,
+            counters: Py::new(py, Counters::default())?,
         })
     }
 
@@ -156,14 +192,33 @@ impl NativeSampler {
         self.native_ids.remove(&ident);
     }
 
+    /// The counters, to keep: they can be read while the sampler runs.
     #[getter]
-    fn samples(&self) -> u64 {
-        self.samples
+    fn counters(&self, py: Python<'_>) -> Py<Counters> {
+        self.counters.clone_ref(py)
     }
 
-    #[getter]
-    fn overflowed_samples(&self) -> u64 {
-        self.counts.overflowed_samples
+    /// Ticks every `period` seconds until monotonic time `until` (then returns false) or until
+    /// `stop` is signalled (then returns true at once). The GIL is released between ticks, so
+    /// a tick costs one GIL acquisition and no Python code. An error of a tick is raised.
+    fn run(&mut self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
+        let stop = stop.get();
+        let mut next = monotonic() + self.period;
+        loop {
+            if py.detach(|| stop.wait_until(next.min(until))) {
+                return Ok(true);
+            }
+            let now = monotonic();
+            if now >= until {
+                return Ok(false);
+            }
+            self.tick(py, now)?;
+            next += self.period;
+            if next < now {
+                // fell behind (a long GIL hold): resume from now
+                next = now + self.period;
+            }
+        }
     }
 
     /// Samples every thread at monotonic time `now` (seconds).
@@ -220,15 +275,18 @@ impl NativeSampler {
             key.push(self.counts.tags_index(&tags));
             let walked = self.walk(py, frame, code, &mut key);
             if walked.is_ok() {
-                self.counts.add(&mut key, weight);
-                self.samples += weight;
+                let counters = self.counters.get();
+                if !self.counts.add(&mut key, weight) {
+                    counters.overflowed_samples.fetch_add(weight, Relaxed);
+                }
+                counters.samples.fetch_add(weight, Relaxed);
             }
             self.key = key;
             walked?;
         }
         // Forget ended threads now and then (a stale entry is harmless meanwhile: a new
         // thread that reuses its ident has another native id or Thread).
-        if use_clocks && (self.ticks % 128 == 0 || self.credit.len() > frames.len()) {
+        if use_clocks && (self.ticks.is_multiple_of(128) || self.credit.len() > frames.len()) {
             let mut alive = HashSet::with_capacity(frames.len());
             for ident_obj in frames.keys() {
                 alive.insert(ident_obj.extract::<u64>()?);

@@ -52,7 +52,6 @@ pub struct Counts {
     tags: Vec<Py<PyAny>>,
     tags_index: HashMap<usize, u32>,
     max_stacks: usize,
-    pub overflowed_samples: u64,
 }
 
 impl Counts {
@@ -62,7 +61,6 @@ impl Counts {
             tags: Vec::new(),
             tags_index: HashMap::new(),
             max_stacks,
-            overflowed_samples: 0,
         }
     }
 
@@ -80,20 +78,20 @@ impl Counts {
     }
 
     /// Adds `samples` to `key` (`[tags, leaf..root]`); past `max_stacks` distinct keys, a new
-    /// one goes to the overflow stack of its tags instead.
-    pub fn add(&mut self, key: &mut Vec<u32>, samples: u64) {
+    /// one goes to the overflow stack of its tags instead (then returns false).
+    pub fn add(&mut self, key: &mut Vec<u32>, samples: u64) -> bool {
         if let Some(count) = self.counts.get_mut(key.as_slice()) {
             *count += samples;
-            return;
+            return true;
         }
         if self.counts.len() >= self.max_stacks {
-            self.overflowed_samples += samples;
             key.truncate(1);
             key.push(OVERFLOW);
             *self.counts.entry(key.clone()).or_insert(0) += samples;
-            return;
+            return false;
         }
         self.counts.insert(key.clone(), samples);
+        true
     }
 
     /// `{tags: {"root;...;leaf": count}}` of everything counted; starts a new interval.

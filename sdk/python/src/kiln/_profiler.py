@@ -44,11 +44,6 @@ class Profiler:
             ),
             send=functools.partial(post, context=config.ssl_context()),
         )
-        # Held while running; stop() releases it. The sampling thread waits between ticks by
-        # trying to take it with a timeout: one C call, where Event.wait runs a dozen lines of
-        # Python per tick.
-        self._running = threading.Lock()
-        self._running.acquire()
         self._thread = threading.Thread(target=self._run, name="kiln-sampler", daemon=True)
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -69,7 +64,7 @@ class Profiler:
                 return True
             self._stopped = True
         deadline = time.monotonic() + timeout
-        self._running.release()
+        self._sampling.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self._flush()
@@ -96,31 +91,20 @@ class Profiler:
         if self._uploader.ident is not None:
             own.add(self._uploader.ident)
         self._sampling.ignore(own)
-        next_tick = time.monotonic()
-        next_flush = next_tick + self.config.upload_interval
-        while True:
+        next_flush = time.monotonic() + self.config.upload_interval
+        while not self._sampling.run(next_flush, self._sampling_failed):
             now = time.monotonic()
-            if self._running.acquire(True, max(0.0, next_tick - now)):
-                return
-            now = time.monotonic()
-            self._sample(now)
-            next_tick += self._period
-            if next_tick < now:  # fell behind (a long GIL hold): resume from now
-                next_tick = now + self._period
-            if now >= next_flush:
-                next_flush += self.config.upload_interval
-                if next_flush < now:
-                    next_flush = now + self.config.upload_interval
-                self._flush()
-                self._sampler_cpu = time.thread_time()
+            next_flush += self.config.upload_interval
+            if next_flush < now:
+                next_flush = now + self.config.upload_interval
+            self._flush()
+            self._sampler_cpu = time.thread_time()
 
-    def _sample(self, now: float) -> None:
-        try:
-            self._sampling.tick(now)
-        except Exception:  # keep sampling; a persistent failure is logged once per upload
-            self.sampling_errors += 1
-            if self.sampling_errors == 1:
-                logger.exception("sampling failed")
+    def _sampling_failed(self) -> None:
+        """Called in an ``except`` block: sampling goes on; the first failure is logged."""
+        self.sampling_errors += 1
+        if self.sampling_errors == 1:
+            logger.exception("sampling failed")
 
     def _flush(self) -> None:
         batch = self._sampling.drain()

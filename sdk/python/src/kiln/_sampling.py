@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from typing import Callable
 
 from . import _tags
 from ._frames import _CACHE_LIMIT, FrameFormatter
@@ -30,7 +31,7 @@ SAMPLERS = (AUTO, NATIVE, PYTHON)
 SAMPLER_ENV = "KILN_SAMPLER"
 
 #: The extension's interface version this package drives.
-NATIVE_ABI_VERSION = 1
+NATIVE_ABI_VERSION = 2
 
 
 class PythonSampling:
@@ -54,6 +55,13 @@ class PythonSampling:
             mode=mode,
             cpu_clocks=clocks,
         )
+        self._period = period
+        self._next_tick: float | None = None
+        # Held until stop() releases it. run() waits between ticks by trying to take it with a
+        # timeout: one C call, where Event.wait runs a dozen lines of Python per tick.
+        self._running = threading.Lock()
+        self._running.acquire()
+        self._stopped = False
 
     @property
     def samples(self) -> int:
@@ -68,6 +76,37 @@ class PythonSampling:
 
     def correct_native_id(self, ident: int, native_id: int) -> None:
         self._sampler.native_id_corrections[ident] = native_id
+
+    def run(self, until: float, on_error: Callable[[], None]) -> bool:
+        """Ticks every period until monotonic time ``until`` (returns False) or :meth:`stop`
+        (returns True). A failed tick calls ``on_error`` (in the ``except`` block)."""
+        if self._next_tick is None:
+            self._next_tick = time.monotonic()
+        while not self._stopped:
+            wait = min(self._next_tick, until) - time.monotonic()
+            if self._running.acquire(True, max(0.0, wait)):
+                self._stopped = True
+                break
+            now = time.monotonic()
+            if now >= self._next_tick:
+                try:
+                    self.tick(now)
+                except Exception:
+                    on_error()
+                self._next_tick += self._period
+                if self._next_tick < now:  # fell behind (a long GIL hold): resume from now
+                    self._next_tick = now + self._period
+            if now >= until:
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Makes :meth:`run` return True, now or when next called; only the first call counts."""
+        if not self._stopped:
+            try:
+                self._running.release()
+            except RuntimeError:  # already released
+                pass
 
     def tick(self, now: float) -> None:
         # The tags of each thread as of the frames: copies of the tag table taken just before
@@ -124,7 +163,9 @@ class NativeSampling:
             overflow_text=Aggregator.OVERFLOW_STACK,
             frame_cache_limit=_CACHE_LIMIT,
         )
-        # tick and drain run on different threads (sampling thread, shutdown); the native
+        self._counters = self._sampler.counters
+        self._stop = native.StopSignal()  # type: ignore[attr-defined]
+        # run/tick and drain run on different threads (sampling thread, shutdown); the native
         # object refuses concurrent use, so they take turns. A thread waiting here releases
         # the GIL, so the holder can finish even when it calls back into Python.
         self._lock = threading.Lock()
@@ -132,11 +173,11 @@ class NativeSampling:
 
     @property
     def samples(self) -> int:
-        return self._sampler.samples  # type: ignore[no-any-return]
+        return self._counters.samples  # type: ignore[no-any-return]
 
     @property
     def overflowed_samples(self) -> int:
-        return self._sampler.overflowed_samples  # type: ignore[no-any-return]
+        return self._counters.overflowed_samples  # type: ignore[no-any-return]
 
     def ignore(self, idents: Iterable[int]) -> None:
         with self._lock:
@@ -145,6 +186,19 @@ class NativeSampling:
     def correct_native_id(self, ident: int, native_id: int) -> None:
         with self._lock:
             self._sampler.correct_native_id(ident, native_id)
+
+    def run(self, until: float, on_error: Callable[[], None]) -> bool:
+        """As :meth:`PythonSampling.run`; the loop and the waits are in Rust, with the GIL
+        released between ticks."""
+        with self._lock:
+            while True:
+                try:
+                    return self._sampler.run(until, self._stop)  # type: ignore[no-any-return]
+                except Exception:  # the next run waits a period before its first tick
+                    on_error()
+
+    def stop(self) -> None:
+        self._stop.stop()
 
     def tick(self, now: float) -> None:
         with self._lock:
