@@ -104,7 +104,8 @@ def test_the_hot_function_dominates_with_its_whole_stack(sampler_kind):
 
 @linux_only
 def test_cpu_mode_counts_only_threads_that_use_cpu(sampler_kind):
-    counts = by_function(sample_while_running(make(sampler_kind, CPU), [hot_caller, sleeper, waiter]))
+    sampling = make(sampler_kind, CPU)
+    counts = by_function(sample_while_running(sampling, [hot_caller, sleeper, waiter]))
     # the spinner shares the GIL with the ticking thread, so it gets well under 100 %
     assert counts.get("hot_leaf", 0) >= 5, counts
     # its many short wake-ups add up to a little CPU, caught now and then
@@ -160,8 +161,8 @@ def test_distinct_stacks_are_bounded_per_interval(sampler_kind):
     at_depth(sampling, 4, 0.05)  # a new interval has room again
     (stack,) = sampling.drain().counts[()]
     frame = FrameFormatter().code_text(at_depth.__code__, 0)
-    assert stack.endswith(f";{frame}" * 5 + f";{sampling.__class__.__name__}.tick (kiln/_sampling.py:"
-                          + stack.rsplit(":", 1)[1]), stack
+    leaf = f";{type(sampling).__name__}.tick (kiln/_sampling.py:{stack.rsplit(':', 1)[1]}"
+    assert stack.endswith(f";{frame}" * 5 + leaf), stack
 
 
 def test_line_numbers_name_the_running_line(sampler_kind):
