@@ -77,7 +77,8 @@ pub struct NativeSampler {
 }
 
 fn frame_code<'py>(frame: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    if frame.get_type().name()? != "frame" {
+    // SAFETY: PyFrame_Check only reads the object's type.
+    if unsafe { ffi::PyFrame_Check(frame.as_ptr()) } == 0 {
         return Err(PyValueError::new_err(
             "sys._current_frames() gave a non-frame value",
         ));
