@@ -252,3 +252,41 @@ def test_stats_are_read_while_the_sampler_runs(sampler_kind, server):
     stats = kiln.stats()
     assert stats["samples"] >= 5 and stats["sampling_errors"] == 0, stats
     assert stats["native_sampler"] == (sampler_kind == "native"), stats
+
+
+def run_for(sampling, seconds: float) -> None:
+    """Runs ``sampling`` on a thread of its own for ``seconds``, as the profiler does."""
+    errors: list[BaseException] = []
+
+    def on_error() -> None:
+        errors.append(sys.exc_info()[1])  # type: ignore[arg-type]
+
+    thread = threading.Thread(
+        target=lambda: sampling.run(time.monotonic() + seconds, on_error), name="runner"
+    )
+    thread.start()
+    sampling.ignore({thread.ident, threading.get_ident()})
+    thread.join(seconds + 5)
+    assert not errors, errors
+
+
+@linux_only
+def test_native_cpu_mode_skips_the_gil_while_no_thread_uses_cpu():
+    native_or_skip()
+    stop = threading.Event()
+    idle = threading.Thread(target=waiter, args=(stop,))
+    idle.start()
+    try:
+        quiet = make("native", CPU)
+        run_for(quiet, 1.0)  # 100 periods, nothing running but this thread, which is ignored
+        assert 5 <= quiet.ticks <= 25, quiet.ticks  # one tick in 10 periods, to find new threads
+        busy = make("native", CPU)
+        spinner = threading.Thread(target=hot_caller, args=(stop,))
+        spinner.start()
+        run_for(busy, 1.0)
+        # the spinner shares the GIL with the runner and this thread; it gets about half of
+        # a core, so there are samples to take in about every other period
+        assert busy.ticks >= 2 * quiet.ticks and busy.samples >= 10, (busy.ticks, busy.samples)
+    finally:
+        stop.set()
+        idle.join(5)

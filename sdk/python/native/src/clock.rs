@@ -75,6 +75,18 @@ impl CpuCredit {
         Some(samples)
     }
 
+    /// Whether a tick now would take a sample of some known thread: one has a full period of
+    /// credit, counting the CPU it used since the last tick, or its clock no longer reads.
+    /// Reads only CPU clocks, so it runs without the GIL.
+    pub fn any_due(&self, period: f64) -> bool {
+        self.threads
+            .values()
+            .any(|state| match thread_cpu_seconds(state.native_id) {
+                Some(cpu) => state.credit + (cpu - state.cpu).max(0.0) >= period,
+                None => true,
+            })
+    }
+
     pub fn len(&self) -> usize {
         self.threads.len()
     }
@@ -134,6 +146,25 @@ mod tests {
             );
         }
         assert_eq!(weights, [0, 0, 1, 0, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_thread_is_due_once_it_has_a_period_of_credit() {
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        let mut credit = CpuCredit::default();
+        assert!(!credit.any_due(0.01));
+        let now = thread_cpu_seconds(me).unwrap();
+        credit.weight(1, me, Some(now), false, true, 0.01);
+        assert!(!credit.any_due(3600.0));
+        let spin_until = now + 0.02;
+        while thread_cpu_seconds(me).unwrap() < spin_until {}
+        assert!(credit.any_due(0.01));
+        credit.weight(2, i32::MAX - 1, Some(1.0), false, true, 0.01);
+        assert!(
+            credit.any_due(3600.0),
+            "a thread whose clock no longer reads is due"
+        );
     }
 
     #[test]

@@ -20,16 +20,27 @@ use crate::stacks::{Counts, FrameTable};
 /// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
 const IDLE_CACHE_LIMIT: usize = 10_000;
 
+/// In `cpu` mode, `run` skips a tick (and the GIL) when no known thread has a full period of
+/// CPU credit; every this many periods it ticks anyway, to find threads that started.
+const FULL_TICK_EVERY: u32 = 10;
+
 /// Counters of a sampler, readable while it runs (the sampler itself is borrowed then).
 #[pyclass(module = "_kiln_native", frozen)]
 #[derive(Default)]
 pub struct Counters {
+    ticks: AtomicU64,
     samples: AtomicU64,
     overflowed_samples: AtomicU64,
 }
 
 #[pymethods]
 impl Counters {
+    /// Ticks run (each takes the GIL once) since the sampler was made.
+    #[getter]
+    fn ticks(&self) -> u64 {
+        self.ticks.load(Relaxed)
+    }
+
     /// Samples taken since the sampler was made.
     #[getter]
     fn samples(&self) -> u64 {
@@ -74,6 +85,10 @@ pub struct NativeSampler {
     ignored: HashSet<u64>,
     key: Vec<u32>,
     counters: Py<Counters>,
+    /// Every thread of the last tick had a CPU clock (so skipping ticks loses nothing).
+    all_clocked: bool,
+    /// Ticks skipped in a row.
+    skipped: u32,
 }
 
 fn frame_code<'py>(frame: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -179,6 +194,8 @@ impl NativeSampler {
             ignored: HashSet::new(),
             key: Vec::new(),
             counters: Py::new(py, Counters::default())?,
+            all_clocked: false,
+            skipped: 0,
         })
     }
 
@@ -201,23 +218,42 @@ impl NativeSampler {
 
     /// Ticks every `period` seconds until monotonic time `until` (then returns false) or until
     /// `stop` is signalled (then returns true at once). The GIL is released between ticks, so
-    /// a tick costs one GIL acquisition and no Python code. An error of a tick is raised.
+    /// a tick costs one GIL acquisition and no Python code; in `cpu` mode a tick that would
+    /// sample nothing (no thread used a period of CPU) is skipped without taking the GIL, at
+    /// most `FULL_TICK_EVERY - 1` in a row. An error of a tick is raised.
     fn run(&mut self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
         let stop = stop.get();
-        let mut next = monotonic() + self.period;
+        let period = self.period;
+        let mut next = monotonic() + period;
         loop {
-            if py.detach(|| stop.wait_until(next.min(until))) {
+            let may_skip = self.cpu_mode
+                && self.use_clocks
+                && self.all_clocked
+                && self.skipped + 1 < FULL_TICK_EVERY;
+            let credit = &self.credit;
+            let (stopped, due) = py.detach(|| {
+                if stop.wait_until(next.min(until)) {
+                    return (true, true);
+                }
+                (false, !may_skip || credit.any_due(period))
+            });
+            if stopped {
                 return Ok(true);
             }
             let now = monotonic();
             if now >= until {
                 return Ok(false);
             }
-            self.tick(py, now)?;
-            next += self.period;
+            if due {
+                self.skipped = 0;
+                self.tick(py, now)?;
+            } else {
+                self.skipped += 1;
+            }
+            next += period;
             if next < now {
                 // fell behind (a long GIL hold): resume from now
-                next = now + self.period;
+                next = now + period;
             }
         }
     }
@@ -225,6 +261,8 @@ impl NativeSampler {
     /// Samples every thread at monotonic time `now` (seconds).
     fn tick(&mut self, py: Python<'_>, now: f64) -> PyResult<()> {
         self.ticks += 1;
+        self.counters.get().ticks.fetch_add(1, Relaxed);
+        self.all_clocked = true;
         let elapsed = self.wall.elapsed(now, self.period);
         // The tags of each thread as of the frames: copies of the tag table just before and
         // just after taking them. A thread whose tags changed in between (taking the frames
@@ -261,6 +299,9 @@ impl NativeSampler {
                             .weight(ident, native_id, cpu, waiting, first_tick, self.period);
                 }
             }
+            if weight.is_none() {
+                self.all_clocked = false;
+            }
             let weight = match weight {
                 Some(weight) => weight,
                 // No CPU clock for this thread: judge by its innermost frame.
@@ -287,7 +328,8 @@ impl NativeSampler {
         }
         // Forget ended threads now and then (a stale entry is harmless meanwhile: a new
         // thread that reuses its ident has another native id or Thread).
-        if use_clocks && (self.ticks.is_multiple_of(128) || self.credit.len() > frames.len()) {
+        let known = self.credit.len() + self.ignored.len();
+        if use_clocks && (self.ticks.is_multiple_of(128) || known > frames.len()) {
             let mut alive = HashSet::with_capacity(frames.len());
             for ident_obj in frames.keys() {
                 alive.insert(ident_obj.extract::<u64>()?);

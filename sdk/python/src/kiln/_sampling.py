@@ -179,6 +179,11 @@ class NativeSampling:
     def overflowed_samples(self) -> int:
         return self._counters.overflowed_samples  # type: ignore[no-any-return]
 
+    @property
+    def ticks(self) -> int:
+        """Ticks run, each one GIL acquisition (idle periods in ``cpu`` mode are skipped)."""
+        return self._counters.ticks  # type: ignore[no-any-return]
+
     def ignore(self, idents: Iterable[int]) -> None:
         with self._lock:
             self._sampler.set_ignored(list(idents))
