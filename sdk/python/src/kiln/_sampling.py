@@ -167,8 +167,10 @@ class NativeSampling:
         self._stop = native.StopSignal()  # type: ignore[attr-defined]
         # run/tick and drain run on different threads (sampling thread, shutdown); the native
         # object refuses concurrent use, so they take turns. A thread waiting here releases
-        # the GIL, so the holder can finish even when it calls back into Python.
-        self._lock = threading.Lock()
+        # the GIL, so the holder can finish even when it calls back into Python. Reentrant:
+        # code run by a tick on the sampling thread (a finalizer) that stops profiling gets
+        # an error from the borrowed native object rather than a deadlock.
+        self._lock = threading.RLock()
         self._start = time.time()
 
     @property
