@@ -3,7 +3,9 @@
 
 Runs ``examples/python-app/app.py --rounds N`` (a fixed amount of work, tagged per hot path)
 without the SDK (``--no-profiling``), with it (100 Hz, uploads every 10 s to a local sink that
-answers 200 like the daemon) and, when the ``pyroscope-io`` package is installed, with the
+answers 200 like the daemon) once with the native sampler (when the ``_kiln_native`` extension
+imports: install ``sdk/python/native`` with pip, or put an unpacked wheel on PYTHONPATH) and once
+with the pure-Python sampler, and, when the ``pyroscope-io`` package is installed, with the
 official agent at 100 Hz on the same workload and tags (its ``tag_wrapper`` in place of Kiln's).
 The runs take turns and are compared by ``scripts/lib/overhead.py``: median CPU time (user +
 system) and peak RSS of the child against the baseline, the noise floor, and the CPU time of the
@@ -17,6 +19,7 @@ fewer of them to the OS and faults fewer back in every round, which can make the
 
     python3 sdk/python/bench_overhead.py [--rounds 800] [--repeat 3] [--mode cpu|wall]
                                          [--pythonmalloc pymalloc|malloc] [--no-official]
+                                         [--sampler both|native|python]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,12 +89,24 @@ def run_official(server: str, rounds: int) -> None:
     pyroscope.shutdown()
 
 
-def sdk_threads_cpu(run: overhead.Run) -> float | None:
+def sdk_stats(run: overhead.Run) -> dict | None:
     for line in run.output.splitlines():
         if line.startswith(STATS_PREFIX):
-            stats = json.loads(line[len(STATS_PREFIX) :])
-            return (stats["sampler_cpu_ms"] + stats["uploader_cpu_ms"]) / 1000
+            return json.loads(line[len(STATS_PREFIX) :])  # type: ignore[no-any-return]
     return None
+
+
+def sdk_threads_cpu(run: overhead.Run) -> float | None:
+    stats = sdk_stats(run)
+    if stats is None:
+        return None
+    return (stats["sampler_cpu_ms"] + stats["uploader_cpu_ms"]) / 1000
+
+
+def native_loads(env: dict[str, str]) -> bool:
+    """Whether the native sampler imports in the children's environment."""
+    probe = [sys.executable, "-c", "import _kiln_native"]
+    return subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0
 
 
 def main() -> int:
@@ -105,6 +121,12 @@ def main() -> int:
         help="allocator of all runs (PYTHONMALLOC); 'malloc' removes pymalloc's arena effect",
     )
     parser.add_argument("--no-official", action="store_true", help="leave out pyroscope-io")
+    parser.add_argument(
+        "--sampler",
+        choices=["both", "native", "python"],
+        default="both",
+        help="the Kiln samplers to measure (native only where the extension imports)",
+    )
     parser.add_argument("--run-official", metavar="SERVER", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.run_official:
@@ -114,14 +136,19 @@ def main() -> int:
     sink = Sink()
     env = {**os.environ, "PYTHONMALLOC": options.pythonmalloc}
     common = [sys.executable, APP, "--rounds", str(options.rounds)]
-    variants = [
-        overhead.Variant("no SDK", [*common, "--no-profiling"], env),
-        overhead.Variant(
-            "kiln SDK",
-            [*common, "--server", sink.url, "--mode", options.mode, "--print-stats"],
-            env,
-        ),
-    ]
+    variants = [overhead.Variant("no SDK", [*common, "--no-profiling"], env)]
+    samplers = ["native", "python"] if options.sampler == "both" else [options.sampler]
+    if "native" in samplers and not native_loads(env):
+        print("the native sampler (_kiln_native) does not import: leaving it out", file=sys.stderr)
+        samplers.remove("native")
+    for sampler in samplers:
+        variants.append(
+            overhead.Variant(
+                f"kiln SDK, {sampler} sampler",
+                [*common, "--server", sink.url, "--mode", options.mode, "--print-stats"],
+                {**env, "KILN_SAMPLER": sampler},
+            )
+        )
     official = None
     if not options.no_official:
         try:
@@ -144,6 +171,9 @@ def main() -> int:
 
     sdk_cpu = {}
     for v in variants:
+        natives = {s.get("native_sampler") for s in map(sdk_stats, v.runs) if s is not None}
+        if "native" in v.name and natives != {1}:
+            print(f"{v.name}: the native sampler did not run in every run", file=sys.stderr)
         values = [c for c in map(sdk_threads_cpu, v.runs) if c is not None]
         if values:
             share = statistics.median(values) / v.median("wall")

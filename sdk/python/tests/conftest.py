@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -109,3 +110,25 @@ def closed_port_url() -> str:
 def _no_profiler_left_running():
     yield
     kiln.shutdown(timeout=2)
+
+
+def native_or_skip() -> None:
+    """Skips the calling test when the ``_kiln_native`` extension is not importable, unless
+    ``KILN_NATIVE_REQUIRED=1`` (``sdk/python/ci-test.sh`` builds the extension and sets it):
+    then its absence fails the test."""
+    from kiln._sampling import load_native
+
+    try:
+        load_native()
+    except ImportError as error:
+        if os.environ.get("KILN_NATIVE_REQUIRED") == "1":
+            pytest.fail(f"the native sampler is required but does not load: {error}")
+        pytest.skip(f"native sampler not built ({error}); sdk/python/ci-test.sh builds it")
+
+
+@pytest.fixture(params=["python", "native"])
+def sampler_kind(request) -> str:
+    """Runs a test once per sampler."""
+    if request.param == "native":
+        native_or_skip()
+    return request.param

@@ -22,6 +22,7 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
+from conftest import native_or_skip
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KILN_E2E") != "1",
@@ -109,17 +110,25 @@ def daemon(tmp_path_factory):
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def profiled_run(daemon):
-    """Runs the example for RUN_SECONDS with a unique tag; returns (daemon URL, tag value)."""
+@pytest.fixture(scope="module", params=["native", "python"])
+def profiled_run(daemon, request):
+    """Runs the example for RUN_SECONDS with a unique tag, with each sampler (the native one
+    must load: ``sdk/python/ci-test.sh`` builds it); returns (daemon URL, tag value)."""
+    if request.param == "native":
+        native_or_skip()
     run_id = uuid.uuid4().hex[:12]
     result = subprocess.run(
         [sys.executable, str(APP), "--server", daemon, "--duration", str(RUN_SECONDS),
-         "--upload-interval", "2", "--tag", f"run={run_id}", "--auth-token", KEYS["writer"]],
+         "--upload-interval", "2", "--tag", f"run={run_id}", "--auth-token", KEYS["writer"],
+         "--print-stats"],
         capture_output=True, text=True, timeout=RUN_SECONDS + 60, check=False,
+        env={**os.environ, "KILN_SAMPLER": request.param},
     )  # fmt: skip
     assert result.returncode == 0, f"example failed:\n{result.stdout}\n{result.stderr}"
     assert "some profiles were not delivered" not in result.stderr, result.stderr
+    stats = json.loads(result.stdout.split("kiln stats: ", 1)[1].splitlines()[0])
+    assert stats["native_sampler"] == (request.param == "native"), stats
+    assert stats["sampling_errors"] == 0, stats
     return daemon, run_id
 
 

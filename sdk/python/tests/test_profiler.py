@@ -18,6 +18,14 @@ import kiln
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
+@pytest.fixture(autouse=True)
+def _each_sampler(sampler_kind, monkeypatch):
+    """Every test here runs with each sampler, chosen through the environment so the scripts
+    these tests start use it too."""
+    monkeypatch.setenv("KILN_SAMPLER", sampler_kind)
+    yield
+
+
 def busy_hashing(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     digest = b"x"

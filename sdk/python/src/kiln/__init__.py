@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from ._config import Config
 from ._profiler import Profiler
+from ._sampling import AUTO, SAMPLER_ENV
 from ._tags import tag_wrapper
 from ._version import __version__
 
@@ -47,6 +48,7 @@ def configure(
     upload_interval: float = 10.0,
     mode: str = "cpu",
     line_numbers: bool = False,
+    sampler: str | None = None,
     basic_auth: tuple[str, str] | None = None,
     tenant_id: str | None = None,
     http_headers: Mapping[str, str] | None = None,
@@ -71,6 +73,10 @@ def configure(
     mode: ``"cpu"`` counts CPU time only (profile type ``cpu``); ``"wall"`` counts every thread
         all the time, waits included (profile type ``wall``).
     line_numbers: one flamegraph node per sampled line instead of per function.
+    sampler: ``"auto"`` (default: the native sampler of the optional ``kiln-profiler-native``
+        package when it loads, else the pure-Python one, with one log line), ``"native"``
+        (the same, the fallback logged as a warning) or ``"python"``; when not given, the
+        ``KILN_SAMPLER`` environment variable, else ``"auto"``.
     tenant_id, http_headers: sent as ``X-Scope-OrgID`` and as extra headers with each upload.
     ca_file: a PEM file of CA certificates trusted for an ``https://`` server instead of the
         system's (e.g. a private CA).
@@ -99,6 +105,7 @@ def configure(
         upload_interval=upload_interval,
         mode=mode,
         line_numbers=line_numbers,
+        sampler=sampler if sampler is not None else os.environ.get(SAMPLER_ENV) or AUTO,
         max_queued_uploads=max_queued_uploads,
         upload_timeout=upload_timeout,
         retry_initial_delay=retry_initial_delay,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ._naming import Tags, normalize_server_address, validate_app_name, validate_tags
 from ._sampler import MODES
+from ._sampling import SAMPLER_ENV, SAMPLERS
 from ._version import __version__
 
 
@@ -28,6 +29,7 @@ class Config:
     upload_interval: float = 10.0
     mode: str = "cpu"
     line_numbers: bool = False
+    sampler: str = "auto"
     max_queued_uploads: int = 64
     upload_timeout: float = 10.0
     retry_initial_delay: float = 1.0
@@ -47,6 +49,11 @@ class Config:
         object.__setattr__(self, "server_address", normalize_server_address(self.server_address))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {', '.join(SAMPLERS)} (from the argument or"
+                f" ${SAMPLER_ENV}), not {self.sampler!r}"
+            )
         if not isinstance(self.sample_rate, int) or not 1 <= self.sample_rate <= 1000:
             raise ValueError(
                 f"sample_rate must be an integer from 1 to 1000 Hz, not {self.sample_rate!r}"

@@ -78,6 +78,11 @@ class FrameFormatter:
         path = self._paths.shorten(code.co_filename)
         return _sanitize(f"{name} ({path}:{line})")
 
+    def code_text(self, code: CodeType, line: int) -> str:
+        """The text of a frame running ``code``: at ``line`` with ``line_numbers``, else at the
+        function's ``def`` line (``line`` is then ignored). Not cached (the caller caches)."""
+        return self._text(code, line if self.line_numbers else code.co_firstlineno)
+
     def frame(self, frame: FrameType) -> str:
         code = frame.f_code
         key: CodeType | tuple[CodeType, int]

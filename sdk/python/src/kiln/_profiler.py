@@ -5,16 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import operator
 import sys
 import threading
 import time
 
-from . import _tags
+from . import _sampling, _tags
 from ._config import Config
-from ._frames import FrameFormatter
 from ._naming import Tags, ingest_name, ingest_url, merge_tags
-from ._sampler import CPU, Aggregator, Batch, Sampler, ThreadCpuClocks
+from ._sampler import CPU, Batch
 from ._uploader import RetryPolicy, Upload, Uploader, post
 
 logger = logging.getLogger("kiln")
@@ -30,24 +28,13 @@ class Profiler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._period = 1.0 / config.sample_rate
-        self._aggregator = Aggregator()
-        clocks = ThreadCpuClocks() if config.mode == CPU and ThreadCpuClocks.available() else None
-        if config.mode == CPU and clocks is None:
-            logger.info(
-                "per-thread CPU clocks are not available here: threads count as busy unless "
-                "waiting in a known blocking call"
-            )
-        self._sampler = Sampler(
-            self._aggregator,
-            FrameFormatter(line_numbers=config.line_numbers),
-            self._period,
-            mode=config.mode,
-            cpu_clocks=clocks,
+        self._sampling = _sampling.create(
+            config.sampler, self._period, config.mode, config.line_numbers
         )
-        if clocks is not None:
+        if config.mode == CPU:
             current = threading.current_thread()
             if current.native_id != threading.get_native_id():  # in a forked child
-                self._sampler.native_id_corrections[current.ident or 0] = threading.get_native_id()
+                self._sampling.correct_native_id(current.ident or 0, threading.get_native_id())
         self._uploader = Uploader(
             config.headers(),
             timeout=config.upload_timeout,
@@ -57,11 +44,6 @@ class Profiler:
             ),
             send=functools.partial(post, context=config.ssl_context()),
         )
-        # Held while running; stop() releases it. The sampling thread waits between ticks by
-        # trying to take it with a timeout: one C call, where Event.wait runs a dozen lines of
-        # Python per tick.
-        self._running = threading.Lock()
-        self._running.acquire()
         self._thread = threading.Thread(target=self._run, name="kiln-sampler", daemon=True)
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -82,7 +64,7 @@ class Profiler:
                 return True
             self._stopped = True
         deadline = time.monotonic() + timeout
-        self._running.release()
+        self._sampling.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self._flush()
@@ -90,9 +72,10 @@ class Profiler:
 
     def stats(self) -> dict[str, int]:
         stats = self._uploader.stats.as_dict()
-        stats["samples"] = self._sampler.samples
+        stats["samples"] = self._sampling.samples
         stats["sampling_errors"] = self.sampling_errors
-        stats["overflowed_samples"] = self._aggregator.overflowed_samples
+        stats["overflowed_samples"] = self._sampling.overflowed_samples
+        stats["native_sampler"] = int(self._sampling.name == _sampling.NATIVE)
         stats["queued_uploads"] = self._uploader.pending()
         stats["sampler_cpu_ms"] = round(self._sampler_cpu * 1000)
         return stats
@@ -107,53 +90,24 @@ class Profiler:
         own = {threading.get_ident()}
         if self._uploader.ident is not None:
             own.add(self._uploader.ident)
-        self._sampler.ignored_idents = frozenset(own)
-        next_tick = time.monotonic()
-        next_flush = next_tick + self.config.upload_interval
-        while True:
+        self._sampling.ignore(own)
+        next_flush = time.monotonic() + self.config.upload_interval
+        while not self._sampling.run(next_flush, self._sampling_failed):
             now = time.monotonic()
-            if self._running.acquire(True, max(0.0, next_tick - now)):
-                return
-            now = time.monotonic()
-            self._sample(now)
-            next_tick += self._period
-            if next_tick < now:  # fell behind (a long GIL hold): resume from now
-                next_tick = now + self._period
-            if now >= next_flush:
-                next_flush += self.config.upload_interval
-                if next_flush < now:
-                    next_flush = now + self.config.upload_interval
-                self._flush()
-                self._sampler_cpu = time.thread_time()
+            next_flush += self.config.upload_interval
+            if next_flush < now:
+                next_flush = now + self.config.upload_interval
+            self._flush()
+            self._sampler_cpu = time.thread_time()
 
-    def _sample(self, now: float) -> None:
-        try:
-            # The tags of each thread as of the frames: copies of the tag table taken just
-            # before and just after the frames (each copy is one C call). A thread whose tags
-            # changed in between sits out this tick rather than being sampled under the wrong
-            # tags; it keeps its CPU reference, so the next tick credits it only what it used
-            # since this one (leaving it out of the frames made it look new: all its CPU since
-            # it started went to one sample's stack).
-            before = dict(_tags._active)
-            frames = sys._current_frames()
-            after = dict(_tags._active)
-            # Usually no thread entered or left a block meanwhile: check that at C speed
-            # (same entries, each value the same object) before looking thread by thread.
-            same = len(before) == len(after) and all(
-                map(operator.is_, before.values(), map(after.get, before))
-            )
-            skip = frozenset() if same else {i for i in frames if before.get(i) is not after.get(i)}
-            try:
-                self._sampler.tick(frames, now, tags=after, skip=skip)
-            finally:
-                del frames  # do not keep other threads' frames (and locals) alive
-        except Exception:  # keep sampling; a persistent failure is logged once per upload
-            self.sampling_errors += 1
-            if self.sampling_errors == 1:
-                logger.exception("sampling failed")
+    def _sampling_failed(self) -> None:
+        """Called in an ``except`` block: sampling goes on; the first failure is logged."""
+        self.sampling_errors += 1
+        if self.sampling_errors == 1:
+            logger.exception("sampling failed")
 
     def _flush(self) -> None:
-        batch = self._aggregator.drain()
+        batch = self._sampling.drain()
         _tags.prune_ended_threads(set(sys._current_frames()))
         for upload in self.uploads_of(batch):
             self._uploader.submit(upload)

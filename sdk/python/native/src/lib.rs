@@ -1,0 +1,20 @@
+//! Native sampler of the Kiln Python SDK, imported as `_kiln_native` when installed.
+//!
+//! The `kiln` package drives it from its sampling thread (one `tick` per period, one `drain`
+//! per upload) and falls back to its pure-Python sampler when this module is missing.
+
+mod clock;
+mod pacer;
+mod sampler;
+mod stacks;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _kiln_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<sampler::NativeSampler>()?;
+    module.add_class::<sampler::Counters>()?;
+    module.add_class::<pacer::StopSignal>()?;
+    module.add("ABI_VERSION", 2)?;
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! `NativeSampler`: one tick of the sampling thread, run in Rust while the caller holds the GIL.
+//!
+//! It reads the same things as the pure-Python sampler (`sys._current_frames()`, the table of
+//! dynamic tags, `threading._active` for kernel thread ids) and applies the same rules, but
+//! walks frames through the C API, keeps frame names interned by code object and sample counts
+//! aggregated in Rust, and hands Python one dict per upload interval.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
+use crate::pacer::{monotonic, StopSignal};
+use crate::stacks::{Counts, FrameTable};
+
+/// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
+const IDLE_CACHE_LIMIT: usize = 10_000;
+
+/// In `cpu` mode, `run` skips a tick (and the GIL) when no known thread has a full period of
+/// CPU credit; every this many periods it ticks anyway, to find threads that started.
+const FULL_TICK_EVERY: u32 = 10;
+
+/// Counters of a sampler, readable while it runs (the sampler itself is borrowed then).
+#[pyclass(module = "_kiln_native", frozen)]
+#[derive(Default)]
+pub struct Counters {
+    ticks: AtomicU64,
+    samples: AtomicU64,
+    overflowed_samples: AtomicU64,
+}
+
+#[pymethods]
+impl Counters {
+    /// Ticks run (each takes the GIL once) since the sampler was made.
+    #[getter]
+    fn ticks(&self) -> u64 {
+        self.ticks.load(Relaxed)
+    }
+
+    /// Samples taken since the sampler was made.
+    #[getter]
+    fn samples(&self) -> u64 {
+        self.samples.load(Relaxed)
+    }
+
+    /// Samples counted under the overflow stack (too many distinct stacks in an interval).
+    #[getter]
+    fn overflowed_samples(&self) -> u64 {
+        self.overflowed_samples.load(Relaxed)
+    }
+}
+
+#[pyclass(module = "_kiln_native")]
+pub struct NativeSampler {
+    period: f64,
+    cpu_mode: bool,
+    use_clocks: bool,
+    line_numbers: bool,
+    /// `code_text(code, line) -> str`: the text of a frame, asked once per code object.
+    code_text: Py<PyAny>,
+    /// `(file basename, function name)` of innermost frames that mean "blocked".
+    idle_frames: HashSet<(String, String)>,
+    /// ident -> tags tuple of the thread now (`kiln._tags._active`).
+    tags_table: Py<PyDict>,
+    /// ident -> `threading.Thread` (`threading._active`).
+    threads_table: Py<PyDict>,
+    /// `sys._current_frames`.
+    current_frames: Py<PyAny>,
+    overflow_text: String,
+    frame_cache_limit: usize,
+
+    ticks: u64,
+    wall: WallPeriods,
+    credit: CpuCredit,
+    frames: FrameTable,
+    counts: Counts,
+    idle_codes: HashMap<usize, (Py<PyAny>, bool)>,
+    /// ident -> (the Thread its native id was read from, that native id)
+    native_ids: HashMap<u64, (Option<Py<PyAny>>, Option<i32>)>,
+    native_id_corrections: HashMap<u64, i32>,
+    ignored: HashSet<u64>,
+    key: Vec<u32>,
+    counters: Py<Counters>,
+    /// Every thread of the last tick had a CPU clock (so skipping ticks loses nothing).
+    all_clocked: bool,
+    /// Ticks skipped in a row.
+    skipped: u32,
+}
+
+fn frame_code<'py>(frame: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: PyFrame_Check only reads the object's type.
+    if unsafe { ffi::PyFrame_Check(frame.as_ptr()) } == 0 {
+        return Err(PyValueError::new_err(
+            "sys._current_frames() gave a non-frame value",
+        ));
+    }
+    // SAFETY: `frame` is a live frame object (checked above); PyFrame_GetCode returns a new
+    // reference and never fails for one.
+    unsafe {
+        let code = ffi::PyFrame_GetCode(frame.as_ptr() as *mut ffi::PyFrameObject);
+        Ok(Bound::from_owned_ptr(
+            frame.py(),
+            code as *mut ffi::PyObject,
+        ))
+    }
+}
+
+/// The caller of `frame`, or None at the root.
+fn frame_back<'py>(frame: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    // SAFETY: `frame` is a live frame object (its code was read by `frame_code`);
+    // PyFrame_GetBack returns a new reference or NULL.
+    unsafe {
+        let back = ffi::PyFrame_GetBack(frame.as_ptr() as *mut ffi::PyFrameObject);
+        if back.is_null() {
+            // NULL at the root; or the caller's frame object could not be created (no
+            // memory): the stack is cut there, and the error must not leak to Python.
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+            }
+            None
+        } else {
+            Some(Bound::from_owned_ptr(
+                frame.py(),
+                back as *mut ffi::PyObject,
+            ))
+        }
+    }
+}
+
+fn frame_line(frame: &Bound<'_, PyAny>) -> i32 {
+    // SAFETY: `frame` is a live frame object.
+    unsafe { ffi::PyFrame_GetLineNumber(frame.as_ptr() as *mut ffi::PyFrameObject) }
+}
+
+#[pymethods]
+impl NativeSampler {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, period, mode, use_clocks, line_numbers, code_text, idle_frames,
+        tags_table, threads_table, current_frames, max_stacks, overflow_text, frame_cache_limit))]
+    fn new(
+        period: f64,
+        mode: &str,
+        use_clocks: bool,
+        line_numbers: bool,
+        code_text: Py<PyAny>,
+        idle_frames: Vec<(String, String)>,
+        tags_table: Py<PyDict>,
+        threads_table: Py<PyDict>,
+        current_frames: Py<PyAny>,
+        max_stacks: usize,
+        overflow_text: String,
+        frame_cache_limit: usize,
+        py: Python<'_>,
+    ) -> PyResult<Self> {
+        if period.is_nan() || period <= 0.0 {
+            return Err(PyValueError::new_err(
+                "period must be a positive number of seconds",
+            ));
+        }
+        let cpu_mode = match mode {
+            "cpu" => true,
+            "wall" => false,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "mode must be 'cpu' or 'wall', not {other:?}"
+                )))
+            }
+        };
+        Ok(NativeSampler {
+            period,
+            cpu_mode,
+            use_clocks,
+            line_numbers,
+            code_text,
+            idle_frames: idle_frames.into_iter().collect(),
+            tags_table,
+            threads_table,
+            current_frames,
+            overflow_text,
+            frame_cache_limit,
+            ticks: 0,
+            wall: WallPeriods::default(),
+            credit: CpuCredit::default(),
+            frames: FrameTable::default(),
+            counts: Counts::new(max_stacks),
+            idle_codes: HashMap::new(),
+            native_ids: HashMap::new(),
+            native_id_corrections: HashMap::new(),
+            ignored: HashSet::new(),
+            key: Vec::new(),
+            counters: Py::new(py, Counters::default())?,
+            all_clocked: false,
+            skipped: 0,
+        })
+    }
+
+    /// Threads never sampled (the SDK's own).
+    fn set_ignored(&mut self, idents: Vec<u64>) {
+        self.ignored = idents.into_iter().collect();
+    }
+
+    /// Kernel thread id of `ident` where `threading` records a wrong one (after a fork).
+    fn correct_native_id(&mut self, ident: u64, native_id: i32) {
+        self.native_id_corrections.insert(ident, native_id);
+        self.native_ids.remove(&ident);
+    }
+
+    /// The counters, to keep: they can be read while the sampler runs.
+    #[getter]
+    fn counters(&self, py: Python<'_>) -> Py<Counters> {
+        self.counters.clone_ref(py)
+    }
+
+    /// Ticks every `period` seconds until monotonic time `until` (then returns false) or until
+    /// `stop` is signalled (then returns true at once). The GIL is released between ticks, so
+    /// a tick costs one GIL acquisition and no Python code; in `cpu` mode a tick that would
+    /// sample nothing (no thread used a period of CPU) is skipped without taking the GIL, at
+    /// most `FULL_TICK_EVERY - 1` in a row. An error of a tick is raised.
+    fn run(&mut self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
+        let stop = stop.get();
+        let period = self.period;
+        let mut next = monotonic() + period;
+        loop {
+            let may_skip = self.cpu_mode
+                && self.use_clocks
+                && self.all_clocked
+                && self.skipped + 1 < FULL_TICK_EVERY;
+            let credit = &self.credit;
+            let (stopped, due) = py.detach(|| {
+                if stop.wait_until(next.min(until)) {
+                    return (true, true);
+                }
+                (false, !may_skip || credit.any_due(period))
+            });
+            if stopped {
+                return Ok(true);
+            }
+            let now = monotonic();
+            if now >= until {
+                return Ok(false);
+            }
+            if due {
+                self.skipped = 0;
+                self.tick(py, now)?;
+            } else {
+                self.skipped += 1;
+            }
+            next += period;
+            if next < now {
+                // fell behind (a long GIL hold): resume from now
+                next = now + period;
+            }
+        }
+    }
+
+    /// Samples every thread at monotonic time `now` (seconds).
+    fn tick(&mut self, py: Python<'_>, now: f64) -> PyResult<()> {
+        self.ticks += 1;
+        self.counters.get().ticks.fetch_add(1, Relaxed);
+        self.all_clocked = true;
+        let elapsed = self.wall.elapsed(now, self.period);
+        // The tags of each thread as of the frames: copies of the tag table just before and
+        // just after taking them. A thread whose tags changed in between (taking the frames
+        // can run a garbage collection, and so Python code) sits out this tick, keeping its
+        // CPU reference.
+        let tags_table = self.tags_table.bind(py);
+        let before = tags_table.copy()?;
+        let frames = self.current_frames.call0(py)?.into_bound(py);
+        let frames = frames.cast_into::<PyDict>()?;
+        let after = tags_table.copy()?;
+        let no_tags = PyTuple::empty(py).into_any();
+        let use_clocks = self.cpu_mode && self.use_clocks;
+        for (ident_obj, frame) in frames.iter() {
+            let ident: u64 = ident_obj.extract()?;
+            if self.ignored.contains(&ident) {
+                continue;
+            }
+            let tags_then = before.get_item(&ident_obj)?;
+            let tags_now = after.get_item(&ident_obj)?;
+            if tags_then.as_ref().map(|t| t.as_ptr()) != tags_now.as_ref().map(|t| t.as_ptr()) {
+                continue;
+            }
+            let code = frame_code(&frame)?;
+            let mut weight = None;
+            if !self.cpu_mode {
+                weight = Some(elapsed);
+            } else if use_clocks {
+                if let Some(native_id) = self.native_id(py, ident, &ident_obj)? {
+                    let waiting = self.looks_idle(&code)?;
+                    let cpu = thread_cpu_seconds(native_id);
+                    let first_tick = self.ticks == 1;
+                    weight =
+                        self.credit
+                            .weight(ident, native_id, cpu, waiting, first_tick, self.period);
+                }
+            }
+            if weight.is_none() {
+                self.all_clocked = false;
+            }
+            let weight = match weight {
+                Some(weight) => weight,
+                // No CPU clock for this thread: judge by its innermost frame.
+                None if self.looks_idle(&code)? => 0,
+                None => elapsed,
+            };
+            if weight == 0 {
+                continue;
+            }
+            let tags = tags_now.unwrap_or_else(|| no_tags.clone());
+            let mut key = std::mem::take(&mut self.key);
+            key.clear();
+            key.push(self.counts.tags_index(&tags));
+            let walked = self.walk(py, frame, code, &mut key);
+            if walked.is_ok() {
+                let counters = self.counters.get();
+                if !self.counts.add(&mut key, weight) {
+                    counters.overflowed_samples.fetch_add(weight, Relaxed);
+                }
+                counters.samples.fetch_add(weight, Relaxed);
+            }
+            self.key = key;
+            walked?;
+        }
+        // Forget ended threads now and then (a stale entry is harmless meanwhile: a new
+        // thread that reuses its ident has another native id or Thread).
+        let known = self.credit.len() + self.ignored.len();
+        if use_clocks && (self.ticks.is_multiple_of(128) || known > frames.len()) {
+            let mut alive = HashSet::with_capacity(frames.len());
+            for ident_obj in frames.keys() {
+                alive.insert(ident_obj.extract::<u64>()?);
+            }
+            self.credit.retain(|ident| alive.contains(&ident));
+            self.native_ids.retain(|ident, _| alive.contains(ident));
+        }
+        Ok(())
+    }
+
+    /// `{tags: {"root;...;leaf": samples}}` since the last drain; starts a new interval.
+    fn drain<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = self.counts.drain(py, &self.frames, &self.overflow_text);
+        // Emptied between intervals only, when no count refers to a frame index.
+        if self.frames.len() >= self.frame_cache_limit {
+            self.frames.clear();
+        }
+        out
+    }
+}
+
+impl NativeSampler {
+    /// Pushes the frame indexes of the stack from `leaf` (whose code is `code`) to the root.
+    fn walk<'py>(
+        &mut self,
+        py: Python<'py>,
+        leaf: Bound<'py, PyAny>,
+        code: Bound<'py, PyAny>,
+        key: &mut Vec<u32>,
+    ) -> PyResult<()> {
+        let mut frame = leaf;
+        let mut code = code;
+        loop {
+            let line = if self.line_numbers {
+                frame_line(&frame)
+            } else {
+                0
+            };
+            let index = match self.frames.get(code.as_ptr() as usize, line) {
+                Some(index) => index,
+                None => {
+                    let text: String = self.code_text.call1(py, (&code, line))?.extract(py)?;
+                    self.frames.insert(code.unbind(), line, text)
+                }
+            };
+            key.push(index);
+            match frame_back(&frame) {
+                Some(back) => {
+                    frame = back;
+                    code = frame_code(&frame)?;
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether the innermost frame running `code` is a known blocking wait; cached per code.
+    fn looks_idle(&mut self, code: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = code.as_ptr() as usize;
+        if let Some((_, idle)) = self.idle_codes.get(&key) {
+            return Ok(*idle);
+        }
+        let filename: String = code.getattr("co_filename")?.extract()?;
+        let name: String = code.getattr("co_name")?.extract()?;
+        let basename = filename.rsplit('/').next().unwrap_or_default().to_owned();
+        let idle = self.idle_frames.contains(&(basename, name));
+        if self.idle_codes.len() >= IDLE_CACHE_LIMIT {
+            self.idle_codes.clear();
+        }
+        self.idle_codes.insert(key, (code.clone().unbind(), idle));
+        Ok(idle)
+    }
+
+    /// The kernel thread id of `ident`, read again only when its Thread object changed.
+    fn native_id(
+        &mut self,
+        py: Python<'_>,
+        ident: u64,
+        ident_obj: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<i32>> {
+        let thread = self.threads_table.bind(py).get_item(ident_obj)?;
+        if let Some((cached_thread, native_id)) = self.native_ids.get(&ident) {
+            let cached_ptr = cached_thread.as_ref().map(|t| t.as_ptr());
+            if cached_ptr == thread.as_ref().map(|t| t.as_ptr()) {
+                return Ok(*native_id);
+            }
+        }
+        let native_id = match self.native_id_corrections.get(&ident) {
+            Some(corrected) => Some(*corrected),
+            None => match &thread {
+                Some(thread) => thread.getattr("native_id")?.extract::<Option<i32>>()?,
+                None => None,
+            },
+        };
+        self.native_ids
+            .insert(ident, (thread.map(Bound::unbind), native_id));
+        Ok(native_id)
+    }
+}
