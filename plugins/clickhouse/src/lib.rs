@@ -27,6 +27,8 @@ pub mod schema;
 pub mod test_server;
 mod write;
 
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -55,6 +57,8 @@ pub enum OpenError {
     Credentials(ClickHouseError),
     #[error("{0}")]
     Schema(ClickHouseError),
+    #[error("keeping this daemon's ClickHouse id: {0}")]
+    State(String),
 }
 
 pub struct ClickHouseStorage {
@@ -70,14 +74,25 @@ struct Inner {
     levels: Vec<(u64, u64)>,
     buffer: Mutex<Buffer>,
     known: Mutex<Known>,
-    /// Rows of each table of [`TABLES`] taken from the buffer and not yet accepted.
-    unsent: Mutex<[RowWriter; 5]>,
+    /// Rows of each table of [`TABLES`] taken from the buffer and not yet accepted, and the
+    /// last write-ahead log record they hold.
+    unsent: Mutex<([RowWriter; 5], Option<u64>)>,
+    /// This daemon's name in the `delivered` table, when it has a state directory.
+    daemon: Option<String>,
+    /// The last write-ahead log record wholly in ClickHouse.
+    delivered: AtomicU64,
 }
 
 impl ClickHouseStorage {
     /// Connects, creates or upgrades the schema, and refuses a schema newer than this Kiln's.
-    /// `levels` are `(resolution, retention)` in seconds, finest first.
-    pub fn open(config: &ClickHouseConfig, levels: Vec<(u64, u64)>) -> Result<Self, OpenError> {
+    /// `levels` are `(resolution, retention)` in seconds, finest first. `state_dir` keeps this
+    /// daemon's id, under which ClickHouse records the last write-ahead log record it holds
+    /// (so a restart replays only what it lacks); without it a crash may deliver a flush twice.
+    pub fn open(
+        config: &ClickHouseConfig,
+        levels: Vec<(u64, u64)>,
+        state_dir: Option<&Path>,
+    ) -> Result<Self, OpenError> {
         config.validate().map_err(OpenError::Config)?;
         if levels.is_empty() {
             return Err(OpenError::Config("levels`: at least one level".into()));
@@ -88,6 +103,11 @@ impl ClickHouseStorage {
             e @ ClickHouseError::Credentials { .. } => OpenError::Credentials(e),
             e => OpenError::Schema(e),
         })?;
+        let daemon = state_dir.map(daemon_id).transpose()?;
+        let delivered = match &daemon {
+            Some(id) => delivered_seq(&client, &config.database, id).map_err(OpenError::Schema)?,
+            None => 0,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -97,6 +117,8 @@ impl ClickHouseStorage {
                 buffer: Mutex::new(Buffer::default()),
                 known: Mutex::new(Known::default()),
                 unsent: Mutex::new(Default::default()),
+                daemon,
+                delivered: AtomicU64::new(delivered),
             }),
         })
     }
@@ -130,7 +152,12 @@ impl Inner {
         format!("{}.{name}", self.db)
     }
 
-    fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
+    fn write(
+        &self,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+        seq: Option<u64>,
+    ) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
         for p in &profiles {
             p.validate().map_err(StorageError::Invalid)?;
@@ -142,6 +169,9 @@ impl Inner {
         let due = {
             let mut b = self.buffer.lock();
             b.add(&mut self.known.lock(), &self.levels, tenant, &profiles);
+            if seq.is_some() {
+                b.seq = seq;
+            }
             b.rows() >= self.config.batch_rows
                 || b.since
                     .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
@@ -156,13 +186,17 @@ impl Inner {
     }
 
     fn pending_rows(&self) -> usize {
-        self.buffer.lock().rows() + self.unsent.lock().iter().map(|w| w.rows).sum::<usize>()
+        self.buffer.lock().rows() + self.unsent.lock().0.iter().map(|w| w.rows).sum::<usize>()
     }
 
     /// Sends everything buffered, tables in dependency order; what fails stays queued.
     fn send(&self) -> Result<(), StorageError> {
-        let mut unsent = self.unsent.lock();
+        let mut guard = self.unsent.lock();
+        let (unsent, seq) = &mut *guard;
         let taken = std::mem::take(&mut *self.buffer.lock());
+        if taken.seq.is_some() {
+            *seq = taken.seq;
+        }
         for (queued, rows) in unsent.iter_mut().zip(taken.encode()) {
             queued.append(rows);
         }
@@ -173,6 +207,13 @@ impl Inner {
             self.client.insert(&self.table(table), &rows.bytes)?;
             *rows = RowWriter::default();
         }
+        if let (Some(daemon), Some(s)) = (&self.daemon, *seq) {
+            let mut row = RowWriter::default();
+            row.str(daemon).u64(s).end_row();
+            self.client.insert(&self.table("delivered"), &row.bytes)?;
+            self.delivered.store(s, Ordering::Relaxed);
+            *seq = None;
+        }
         Ok(())
     }
 }
@@ -181,7 +222,25 @@ impl Inner {
 impl Storage for ClickHouseStorage {
     async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
         let t = tenant.clone();
-        self.blocking(move |i| i.write(&t, profiles)).await
+        self.blocking(move |i| i.write(&t, profiles, None)).await
+    }
+
+    async fn write_logged(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: Vec<Profile>,
+    ) -> Result<(), StorageError> {
+        let t = tenant.clone();
+        self.blocking(move |i| i.write(&t, profiles, Some(seq)))
+            .await
+    }
+
+    fn logged_seq(&self) -> Option<u64> {
+        self.inner
+            .daemon
+            .as_ref()
+            .map(|_| self.inner.delivered.load(Ordering::Relaxed))
     }
 
     async fn select_merge(&self, tenant: &Tenant, query: &Query) -> Result<Merged, StorageError> {
@@ -251,6 +310,41 @@ impl Storage for ClickHouseStorage {
         })
         .await
     }
+}
+
+/// This daemon's id, kept in `state_dir` (created on first use).
+fn daemon_id(state_dir: &Path) -> Result<String, OpenError> {
+    let path = state_dir.join("clickhouse-daemon-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let seed = format!(
+        "{:?} {} {}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        state_dir.display()
+    );
+    let id = blake3::hash(seed.as_bytes()).to_hex()[..32].to_string();
+    std::fs::create_dir_all(state_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .map_err(|e| OpenError::State(format!("{}: {e}", path.display())))?;
+    Ok(id)
+}
+
+/// The last write-ahead log record of `daemon` that ClickHouse holds (0: none).
+fn delivered_seq(client: &Client, db: &str, daemon: &str) -> Result<u64, ClickHouseError> {
+    let rows = client.query(&format!(
+        "SELECT max(seq) FROM {db}.delivered WHERE daemon = {} FORMAT RowBinary",
+        client::quote(daemon)
+    ))?;
+    let mut r = rowbinary::RowReader::new(&rows);
+    if r.at_end() {
+        return Ok(0);
+    }
+    r.u64()
 }
 
 fn now_s() -> i64 {

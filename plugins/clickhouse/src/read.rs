@@ -39,7 +39,7 @@ impl Inner {
             .map(|s| format!(" AND service = {}", quote(s)))
             .unwrap_or_default();
         // Hour rows bound where a series has data: [first hour, last hour + 1 h).
-        let first_before = (end_ns + NS - 1).div_euclid(NS);
+        let first_before = end_ns.saturating_add(NS - 1).div_euclid(NS);
         let last_from = start_ns.div_euclid(NS) - LOOKBACK_S - 3600;
         let rows = self.client.query(&format!(
             "SELECT series, any(service), any(labels), any(profile_type), any(spy_name), \
@@ -106,7 +106,7 @@ impl Inner {
         let plan = plan(
             &self.levels,
             q.start_ns.div_euclid(NS),
-            (q.end_ns + NS - 1).div_euclid(NS),
+            q.end_ns.saturating_add(NS - 1).div_euclid(NS),
             now_s,
         );
         let filter = format!(
@@ -251,7 +251,7 @@ impl Inner {
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
         let step_s = (step_ns / NS).max(1);
         let start_s = q.start_ns.div_euclid(NS).div_euclid(step_s) * step_s;
-        let end_s = (q.end_ns + NS - 1).div_euclid(NS);
+        let end_s = q.end_ns.saturating_add(NS - 1).div_euclid(NS);
         let points = ((end_s - start_s + step_s - 1) / step_s).max(1) as usize;
         let series = self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns)?;
         let mut out: FxHashMap<String, Vec<i64>> = FxHashMap::default();

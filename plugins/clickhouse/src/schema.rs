@@ -46,6 +46,10 @@ const MIGRATIONS: &[(u32, &[&str])] = &[(
          level UInt8, bucket Int64, profiles UInt64, total Int64) \
          ENGINE = SummingMergeTree((profiles, total)) PARTITION BY (level, intDiv(bucket, 86400)) \
          ORDER BY (tenant, service, level, series, bucket)",
+        // The last write-ahead log record of each daemon whose rows are all in: a daemon
+        // restarted after a crash replays only what came after it.
+        "CREATE TABLE IF NOT EXISTS {db}.delivered (daemon String, seq UInt64) \
+         ENGINE = ReplacingMergeTree(seq) ORDER BY daemon",
     ],
 )];
 

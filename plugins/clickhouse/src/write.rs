@@ -51,6 +51,8 @@ pub struct Buffer {
     samples: FxHashMap<(u32, u64, u8, i64, u64), i64>,
     profiles: FxHashMap<(u32, u64, u8, i64), (u64, i64)>,
     pub since: Option<Instant>,
+    /// The last write-ahead log record in this buffer.
+    pub seq: Option<u64>,
 }
 
 impl Buffer {
