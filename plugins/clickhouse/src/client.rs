@@ -25,7 +25,7 @@ impl Client {
         let mut tls = TlsConfig::builder();
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path)
-                .map_err(|e| format!("ca_file: reading {}: {e}", path.display()))?;
+                .map_err(|e| format!("ca_file`: reading {}: {e}", path.display()))?;
             let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(PemItem::Certificate(c)) => Some(c),
@@ -34,7 +34,7 @@ impl Client {
                 .collect();
             if certs.is_empty() {
                 return Err(format!(
-                    "ca_file: {} holds no PEM certificate",
+                    "ca_file`: {} holds no PEM certificate",
                     path.display()
                 ));
             }

@@ -51,18 +51,19 @@ impl Default for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
-    /// Checks what can be checked without the server; the error names the key.
+    /// Checks what can be checked without the server; the error starts with the key and a
+    /// backquote (`` url`: … ``), to follow "key `".
     pub fn validate(&self) -> Result<(), String> {
         let https = self.url.starts_with("https://");
         if !https && !self.url.starts_with("http://") {
             return Err(format!(
-                "url: `{}` is not an http:// or https:// URL",
+                "url`: `{}` is not an http:// or https:// URL",
                 self.url
             ));
         }
         if self.tls != https {
             return Err(format!(
-                "tls: `tls = {}` but the url is `{}`; use https:// exactly when tls = true",
+                "tls`: `tls = {}` but the url is `{}`; use https:// exactly when tls = true",
                 self.tls, self.url
             ));
         }
@@ -73,18 +74,18 @@ impl ClickHouseConfig {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return Err(format!(
-                "database: `{}` must be letters, digits and `_`",
+                "database`: `{}` must be letters, digits and `_`",
                 self.database
             ));
         }
         if self.batch_rows == 0 {
-            return Err("batch_rows: must be at least 1".into());
+            return Err("batch_rows`: must be at least 1".into());
         }
         if self.max_buffered_rows < self.batch_rows {
-            return Err("max_buffered_rows: must be at least batch_rows".into());
+            return Err("max_buffered_rows`: must be at least batch_rows".into());
         }
         if self.flush_interval.is_zero() || self.timeout.is_zero() {
-            return Err("flush_interval and timeout must be greater than zero".into());
+            return Err("flush_interval` and `timeout: must be greater than zero".into());
         }
         Ok(())
     }
@@ -102,16 +103,16 @@ mod tests {
             tls: true,
             ..ok.clone()
         };
-        assert!(e.validate().unwrap_err().starts_with("tls:"));
+        assert!(e.validate().unwrap_err().starts_with("tls`:"));
         let e = ClickHouseConfig {
             database: "kiln; DROP".into(),
             ..ok.clone()
         };
-        assert!(e.validate().unwrap_err().starts_with("database:"));
+        assert!(e.validate().unwrap_err().starts_with("database`:"));
         let e = ClickHouseConfig {
             url: "127.0.0.1:8123".into(),
             ..ok
         };
-        assert!(e.validate().unwrap_err().starts_with("url:"));
+        assert!(e.validate().unwrap_err().starts_with("url`:"));
     }
 }
