@@ -3,13 +3,21 @@
 # loopback ports), then
 #   1. ingest profiles/s with 1 daemon, then with 2 daemons sharing the database (one load
 #      generator each, replaying the Go CPU fixture over SERIES series spread over SPREAD);
-#   2. /render of one service over 24 h and 30 days, and of every service merged;
+#   2. /render of one series over 24 h and 30 days, and of every series merged;
 #   3. ClickHouse bytes on disk per stored profile.
-# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h). A quick check that
-# the script works: SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
+# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h). Figures come from
+# release binaries; a quick check that the script works, on the debug ones:
+#   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p kiln -p kiln-loadgen
+profile=${PROFILE:-release}
+target=${CARGO_TARGET_DIR:-target}
+if [ "$profile" = release ]; then
+  cargo build --release -p kiln -p kiln-loadgen
+else
+  cargo build -p kiln -p kiln-loadgen
+fi
+bin="$target/$profile"
 secs=${SECONDS_TO_RUN:-15}
 series=${SERIES:-200}
 conc=${CONCURRENCY:-4}
@@ -49,7 +57,7 @@ ch_pid=$!; pids+=("$ch_pid")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ch_http/ping" >/dev/null && break; sleep 0.1; done
 sql() { curl -sf -u kiln:bench "http://127.0.0.1:$ch_http/" --data-binary "$1"; }
 
-# start_daemon NAME DATABASE: prints the port.
+# start_daemon NAME DATABASE: its port goes to $work/NAME/port, its pid to $work/NAME/pid.
 start_daemon() {
   local port; port=$(free_port)
   mkdir -p "$work/$1"
@@ -62,24 +70,25 @@ database = "$2"
 user = "kiln"
 password = "bench"
 TOML
-  ./target/release/kiln server --config "$work/$1/kiln.toml" --listen "127.0.0.1:$port" \
-    --storage-path "$work/$1/data" --self-profiling false --log-level warn &
-  pids+=("$!"); echo "$!" > "$work/$1/pid"
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-  echo "$port"
+  "$bin/kiln" server --config "$work/$1/kiln.toml" --listen "127.0.0.1:$port" \
+    --storage-path "$work/$1/data" --self-profiling false --log-level warn >"$work/$1/log" 2>&1 &
+  pids+=("$!"); echo "$!" > "$work/$1/pid"; echo "$port" > "$work/$1/port"
+  for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "kiln $1 did not start:"; cat "$work/$1/log"; exit 1
 }
 
 loadgen() { # PORT PID JSON
-  ./target/release/kiln-loadgen --url "http://127.0.0.1:$1" --series "$series" --concurrency "$conc" \
+  "$bin/kiln-loadgen" --url "http://127.0.0.1:$1" --series "$series" --concurrency "$conc" \
     --seconds "$secs" --spread "$spread" --pid "$2" --json "$3"
 }
 
 echo "== 1 daemon"
-p1=$(start_daemon one bench1)
+start_daemon one bench1; p1=$(cat "$work/one/port")
 loadgen "$p1" "$(cat "$work/one/pid")" "$work/one.json"
 
 echo "== 2 daemons, one database"
-pa=$(start_daemon a bench2); pb=$(start_daemon b bench2)
+start_daemon a bench2; start_daemon b bench2
+pa=$(cat "$work/a/port"); pb=$(cat "$work/b/port")
 loadgen "$pa" "$(cat "$work/a/pid")" "$work/a.json" & la=$!
 loadgen "$pb" "$(cat "$work/b/pid")" "$work/b.json" & lb=$!
 wait $la $lb
@@ -93,12 +102,12 @@ echo "== /render (database of the 1-daemon run)"
 now=$(date +%s)
 render() { # LABEL QUERY FROM
   local t
-  t=$(curl -sf -o /dev/null -w '%{time_total}' \
+  t=$(curl -s -o "$work/render.json" -w 'HTTP %{http_code}, %{time_total}s' \
     "http://127.0.0.1:$p1/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now")
-  echo "$1: ${t}s"
+  echo "$1: $t"
 }
-render "one service, 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
-render "one service, 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
+render "one series (pod-0), 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
+render "one series (pod-0), 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
 render "all series merged, 24h" 'loadgen.cpu' $((now - 86400))
 render "all series merged, 30d" 'loadgen.cpu' $((now - 30 * 86400))
 
