@@ -26,7 +26,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Daemons first (they flush on SIGTERM), ClickHouse (the first pid) last.
+cleanup() {
+  for ((i = ${#pids[@]} - 1; i >= 1; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 1; i--)); do wait "${pids[$i]}" 2>/dev/null || true; done
+  kill "${pids[0]}" 2>/dev/null || true; wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 ch_http=$(free_port); ch_tcp=$(free_port); ch_inter=$(free_port)

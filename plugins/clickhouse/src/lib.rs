@@ -75,7 +75,8 @@ struct Inner {
     buffer: Mutex<Buffer>,
     known: Mutex<Known>,
     /// Rows of each table of [`TABLES`] taken from the buffer and not yet accepted, and the
-    /// last write-ahead log record they hold.
+    /// last write-ahead log record they hold. Lock order: `unsent`, then `buffer`, then `known`;
+    /// never `unsent` while holding `buffer`.
     unsent: Mutex<([RowWriter; 5], Option<u64>)>,
     /// This daemon's name in the `delivered` table, when it has a state directory.
     daemon: Option<String>,
@@ -186,7 +187,10 @@ impl Inner {
     }
 
     fn pending_rows(&self) -> usize {
-        self.buffer.lock().rows() + self.unsent.lock().0.iter().map(|w| w.rows).sum::<usize>()
+        // One lock at a time: `send` takes `unsent` then `buffer`.
+        let buffered = self.buffer.lock().rows();
+        let unsent: usize = self.unsent.lock().0.iter().map(|w| w.rows).sum();
+        buffered + unsent
     }
 
     /// Sends everything buffered, tables in dependency order; what fails stays queued.

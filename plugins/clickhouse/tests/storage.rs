@@ -189,6 +189,47 @@ async fn clickhouse_storage_end_to_end() {
         "one row per stack, whichever daemon wrote it"
     );
 
+    // Writes that send (a tiny batch) racing flushes and queries: no deadlock, nothing lost.
+    let busy = Arc::new(
+        ClickHouseStorage::open(
+            &ClickHouseConfig {
+                batch_rows: 1,
+                max_buffered_rows: 1,
+                ..config(&server, "kiln_a")
+            },
+            levels(),
+            None,
+        )
+        .unwrap(),
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let (w, t) = (busy.clone(), t.clone());
+            tokio::spawn(async move {
+                for j in 0..10 {
+                    let at = base + i * 100 + j;
+                    w.write(&t, vec![profile("busy", "x", at, &[(&["f"], 1)])])
+                        .await
+                        .unwrap();
+                    w.flush().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let run = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("concurrent writes and flushes finish");
+    let m = busy
+        .select_merge(&t, &query("busy.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!((m.tree.total(), m.profiles), (40, 40));
+
     // Tenants do not see each other; deletes touch one tenant's service.
     let other_tenant = Tenant::new("team-b").unwrap();
     s.write(
@@ -221,7 +262,8 @@ async fn clickhouse_storage_end_to_end() {
             .await
             .unwrap()
             .len(),
-        2
+        3,
+        "cart, race and busy are left"
     );
     // Pushed again after the delete, it is back (the dictionary was kept).
     s.write(
