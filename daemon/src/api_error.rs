@@ -82,6 +82,12 @@ impl From<kiln_plugin_api::StorageError> for ApiError {
     fn from(e: kiln_plugin_api::StorageError) -> Self {
         match e {
             kiln_plugin_api::StorageError::Invalid(m) => Self::bad_request("invalid", m),
+            e if e.is_unavailable() => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                cause: "storage_unavailable",
+                message: e.to_string(),
+                retry_after: Some(5),
+            },
             other => Self::internal(other.to_string()),
         }
     }

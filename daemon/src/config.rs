@@ -155,6 +155,8 @@ pub struct StorageConfig {
     pub retention_interval: Duration,
     /// Options of a storage plugin (`type` other than `sled`), handed to it as JSON.
     pub options: toml::Table,
+    /// The ClickHouse server of `type = "clickhouse"`.
+    pub clickhouse: kiln_storage_clickhouse::ClickHouseConfig,
 }
 
 impl Default for StorageConfig {
@@ -173,6 +175,7 @@ impl Default for StorageConfig {
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK,
             retention_interval: Duration::from_secs(600),
             options: toml::Table::new(),
+            clickhouse: Default::default(),
         }
     }
 }
@@ -407,6 +410,54 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("auth.session_ttl", "KILN_AUTH_SESSION_TTL"),
 ];
 
+/// `[storage.clickhouse]` keys that have an environment variable (no flag: passwords do not
+/// belong on a command line).
+pub const CLICKHOUSE_ENV: &[(&str, &str)] = &[
+    ("url", "KILN_CLICKHOUSE_URL"),
+    ("database", "KILN_CLICKHOUSE_DATABASE"),
+    ("user", "KILN_CLICKHOUSE_USER"),
+    ("password", "KILN_CLICKHOUSE_PASSWORD"),
+];
+
+/// Sets `[storage.clickhouse]` keys from their environment variables, and for the ClickHouse
+/// backend a longer default `wal.max_unapplied_age`: the log is its spool while the server is
+/// unreachable, and pushes should keep being accepted through a short outage.
+fn clickhouse_defaults(table: &mut toml::Table) {
+    let storage = table
+        .entry("storage")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(storage) = storage.as_table_mut() else {
+        return;
+    };
+    let is_clickhouse = storage.get("type").and_then(toml::Value::as_str) == Some("clickhouse");
+    let mut from_env = CLICKHOUSE_ENV
+        .iter()
+        .filter_map(|(key, var)| Some((*key, std::env::var(var).ok()?)))
+        .peekable();
+    if from_env.peek().is_some() {
+        let section = storage
+            .entry("clickhouse")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(section) = section.as_table_mut() {
+            for (key, value) in from_env {
+                section.insert(key.to_string(), toml::Value::String(value));
+            }
+        }
+    }
+    if is_clickhouse {
+        let wal = table
+            .entry("wal")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(wal) = wal.as_table_mut() {
+            wal.entry("max_unapplied_age")
+                .or_insert(toml::Value::String(CLICKHOUSE_MAX_UNAPPLIED_AGE.into()));
+        }
+    }
+}
+
+/// `wal.max_unapplied_age` when `storage.type = "clickhouse"` and it is not set.
+pub const CLICKHOUSE_MAX_UNAPPLIED_AGE: &str = "5m";
+
 /// Loads the configuration. `explicit` says whether the path was given by the user (then it
 /// must exist); `flags` holds `(toml path, value)` pairs from the command line.
 pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Result<Config> {
@@ -427,6 +478,7 @@ pub fn load(path: &Path, explicit: bool, flags: &[(&str, String)]) -> anyhow::Re
         set(&mut table, key, v);
     }
     derive_memory_bounds(&mut table);
+    clickhouse_defaults(&mut table);
     let mut config: Config =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let at = e.path().to_string();
@@ -527,6 +579,12 @@ impl Config {
         if self.storage.retention_interval < Duration::from_secs(1) {
             bail!("in [storage], key `retention_interval`: must be at least 1s");
         }
+        if self.storage.kind == "clickhouse" {
+            self.storage
+                .clickhouse
+                .validate()
+                .map_err(|e| anyhow::anyhow!("in [storage.clickhouse], key `{e}"))?;
+        }
         if self.server.flush_interval.is_zero() {
             bail!("in [server], key `flush_interval`: must be greater than zero");
         }
@@ -612,6 +670,15 @@ impl Config {
         }
     }
 
+    /// `(resolution, retention)` of each level in seconds, retention capped as for sled.
+    pub fn level_seconds(&self) -> Vec<(u64, u64)> {
+        self.sled_config()
+            .levels
+            .iter()
+            .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
+            .collect()
+    }
+
     /// The sled configuration, with every level's retention capped by `storage.retention`.
     pub fn sled_config(&self) -> kiln_storage_sled::SledConfig {
         let mut levels = self.storage.levels.clone();
@@ -647,6 +714,48 @@ mod tests {
         let c = load(&path, true, &[]).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:4040");
         assert!(c.pipelines.contains_key("default"));
+    }
+
+    #[test]
+    fn clickhouse_storage_keys() {
+        let c = load_str(
+            "[storage]\ntype = \"clickhouse\"\n[storage.clickhouse]\nurl = \"http://ch:8123\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.storage.clickhouse.url, "http://ch:8123");
+        assert_eq!(
+            c.wal.max_unapplied_age,
+            Duration::from_secs(300),
+            "a longer spool"
+        );
+        let c = load_str(
+            "[storage]\ntype = \"clickhouse\"\n[wal]\nmax_unapplied_age = \"20s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.wal.max_unapplied_age,
+            Duration::from_secs(20),
+            "explicit wins"
+        );
+        assert_eq!(
+            load_str("", &[]).unwrap().wal.max_unapplied_age,
+            Duration::from_secs(10)
+        );
+        for (text, needle) in [
+            (
+                "[storage]\ntype = \"clickhouse\"\n[storage.clickhouse]\nurl = \"ch:8123\"\n",
+                "in [storage.clickhouse], key `url`",
+            ),
+            (
+                "[storage]\ntype = \"clickhouse\"\n[storage.clickhouse]\nuser = 5\n",
+                "in [storage.clickhouse], key `user`",
+            ),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} (wanted {needle})");
+        }
     }
 
     #[test]

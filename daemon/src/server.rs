@@ -214,6 +214,21 @@ pub fn open_storage(config: &Config, plugins: &Registry) -> anyhow::Result<Arc<d
             .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
         return Ok(Arc::new(sled));
     }
+    if config.storage.kind == "clickhouse" {
+        // Built in: several daemons share it, so it is the scale-out path and ships with
+        // every build rather than as a separate library to deploy next to each daemon.
+        let levels = config.level_seconds();
+        if let Err(e) = config.sled_config().validate() {
+            anyhow::bail!("{}: in [storage], key `{e}", config.path.display());
+        }
+        let ch = kiln_storage_clickhouse::ClickHouseStorage::open(
+            &config.storage.clickhouse,
+            levels,
+            Some(&config.storage.path),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.path.display()))?;
+        return Ok(Arc::new(ch));
+    }
     let options = serde_json::to_string(&config.storage.options).expect("TOML serializes as JSON");
     plugins
         .storage(&config.storage.kind, &options)

@@ -102,6 +102,23 @@ pub enum StorageError {
     Invalid(String),
 }
 
+/// How an [`StorageError::Io`] message says that storage cannot be reached right now (a
+/// database server down), so the API answers 503 with `Retry-After` rather than 500. It stays
+/// an `Io` error so that it crosses the native plugin ABI unchanged.
+const UNAVAILABLE: &str = "storage unavailable: ";
+
+impl StorageError {
+    /// Storage cannot be reached right now; `why` names the cause.
+    pub fn unavailable(why: impl std::fmt::Display) -> Self {
+        Self::Io(format!("{UNAVAILABLE}{why}"))
+    }
+
+    /// Whether this is [`StorageError::unavailable`]: worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Io(m) if m.starts_with(UNAVAILABLE))
+    }
+}
+
 /// A query over stored profiles: every series matching `selector`, in `[start_ns, end_ns)`.
 #[derive(Debug, Clone)]
 pub struct Query {

@@ -237,7 +237,8 @@ impl Registry {
                 anyhow::bail!("in [storage], key `type`: {name:?} is a Wasm plugin; storage plugins must be native")
             }
             None => {
-                let available: Vec<&str> = std::iter::once("sled")
+                let available: Vec<&str> = ["sled", "clickhouse"]
+                    .into_iter()
                     .chain(self.of_kind(ComponentKind::Storage).map(|p| p.name()))
                     .collect();
                 anyhow::bail!(

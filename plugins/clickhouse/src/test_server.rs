@@ -1,0 +1,198 @@
+//! A throwaway `clickhouse-server` for tests: a plain process in a temporary directory, its
+//! own config, free loopback ports, logs in that directory. Needs `clickhouse-server` on the
+//! `PATH` (Debian's package).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The user tests connect as, and its password.
+pub const USER: &str = "kiln";
+pub const PASSWORD: &str = "kiln-test-password";
+
+pub struct TestServer {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub http_port: u16,
+    tcp_port: u16,
+    interserver_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl TestServer {
+    /// Starts a server and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut s = Self {
+            dir,
+            child: None,
+            http_port: free_port(),
+            tcp_port: free_port(),
+            interserver_port: free_port(),
+        };
+        s.write_config();
+        s.spawn();
+        s
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `[storage]` section using this server and `database`.
+    pub fn storage_toml(&self, database: &str) -> String {
+        format!(
+            "[storage]\ntype = \"clickhouse\"\n[storage.clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+            self.url()
+        )
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path();
+        let p = |name: &str| -> PathBuf { d.join(name) };
+        for sub in ["data", "tmp", "user_files", "format_schemas"] {
+            std::fs::create_dir_all(p(sub)).expect("creating the server's directories");
+        }
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{log}</log><errorlog>{err}</errorlog></logger>
+  <http_port>{http}</http_port>
+  <tcp_port>{tcp}</tcp_port>
+  <interserver_http_port>{inter}</interserver_http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{data}/</path>
+  <tmp_path>{tmp}/</tmp_path>
+  <user_files_path>{files}/</user_files_path>
+  <format_schema_path>{schemas}/</format_schema_path>
+  <users_config>{users}</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>5368709</mark_cache_size>
+  <uncompressed_cache_size>8388608</uncompressed_cache_size>
+</yandex>
+"#,
+            log = p("server.log").display(),
+            err = p("error.log").display(),
+            http = self.http_port,
+            tcp = self.tcp_port,
+            inter = self.interserver_port,
+            data = p("data").display(),
+            tmp = p("tmp").display(),
+            files = p("user_files").display(),
+            schemas = p("format_schemas").display(),
+            users = p("users.xml").display(),
+        );
+        let users = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users>
+    <{USER}><password>{PASSWORD}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></{USER}>
+  </users>
+  <quotas><default></default></quotas>
+</yandex>
+"#
+        );
+        std::fs::write(p("config.xml"), config).expect("writing config.xml");
+        std::fs::write(p("users.xml"), users).expect("writing users.xml");
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log file");
+        let child = Command::new("clickhouse-server")
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("starting clickhouse-server (install Debian's clickhouse-server package)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .new_agent();
+        loop {
+            if let Ok(r) = agent.get(format!("{}/ping", self.url())).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("spawned")
+                .try_wait()
+                .ok()
+                .flatten()
+            {
+                panic!(
+                    "clickhouse-server exited at start ({status}); its log: {}",
+                    std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clickhouse-server did not answer on {} within 60 s",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (SIGKILL: as abrupt as a crash); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs `sql` as the test user; panics on error. Returns the answer as text.
+    pub fn sql(&self, sql: &str) -> String {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut r = agent
+            .post(format!("{}/", self.url()))
+            .query("user", USER)
+            .query("password", PASSWORD)
+            .send(sql.as_bytes())
+            .expect("ClickHouse answers");
+        let status = r.status();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(status, 200, "{sql}: {text}");
+        text
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,194 @@
+//! The write buffer: profiles become rows of the five tables here, and are sent in one insert
+//! per table when the buffer is large or old enough, and at every flush.
+//!
+//! Rows not yet accepted by ClickHouse stay queued per table and are sent again, tables in
+//! dependency order (frames, stacks, series, then samples and profiles), so a sample never
+//! lands before the stack it refers to, and a table already sent is not sent twice.
+
+use std::time::Instant;
+
+use kiln_plugin_api::{Profile, Tenant};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::ids;
+use crate::rowbinary::RowWriter;
+
+const NS: i64 = 1_000_000_000;
+
+/// Tables in the order they are sent.
+pub const TABLES: [&str; 5] = ["frames", "stacks", "series", "samples", "profiles"];
+
+/// Frame and stack ids already written per service: skipped on later writes. Bounded: past
+/// [`Known::MAX`] entries it starts over (rewriting a row is harmless, the tables deduplicate).
+#[derive(Default)]
+pub struct Known {
+    frames: FxHashSet<(u64, u64)>,
+    stacks: FxHashSet<(u64, u64)>,
+}
+
+impl Known {
+    const MAX: usize = 4 << 20;
+
+    fn trim(&mut self) {
+        if self.frames.len() + self.stacks.len() > Self::MAX {
+            self.frames.clear();
+            self.stacks.clear();
+        }
+    }
+}
+
+/// What the writes since the last send produced.
+#[derive(Default)]
+pub struct Buffer {
+    services: Vec<(String, String)>,
+    service_index: FxHashMap<(String, String), u32>,
+    frames: RowWriter,
+    stacks: RowWriter,
+    series: RowWriter,
+    /// Series rows (service key, series, hour) in this buffer. Not kept across sends: a
+    /// service deleted by another daemon must get its series rows again.
+    series_seen: FxHashSet<(u64, u64, i64)>,
+    samples: FxHashMap<(u32, u64, u8, i64, u64), i64>,
+    profiles: FxHashMap<(u32, u64, u8, i64), (u64, i64)>,
+    pub since: Option<Instant>,
+    /// The last write-ahead log record in this buffer.
+    pub seq: Option<u64>,
+}
+
+impl Buffer {
+    pub fn rows(&self) -> usize {
+        self.frames.rows
+            + self.stacks.rows
+            + self.series.rows
+            + self.samples.len()
+            + self.profiles.len()
+    }
+
+    fn service(&mut self, tenant: &str, service: &str) -> u32 {
+        let key = (tenant.to_string(), service.to_string());
+        if let Some(&i) = self.service_index.get(&key) {
+            return i;
+        }
+        let i = self.services.len() as u32;
+        self.services.push(key.clone());
+        self.service_index.insert(key, i);
+        i
+    }
+
+    /// Adds validated `profiles` of `tenant`; `levels` are `(resolution, retention)` seconds.
+    pub fn add(
+        &mut self,
+        known: &mut Known,
+        levels: &[(u64, u64)],
+        tenant: &Tenant,
+        profiles: &[Profile],
+    ) {
+        let tenant = tenant.as_str();
+        self.since.get_or_insert_with(Instant::now);
+        known.trim();
+        let mut frame_ids: Vec<u64> = Vec::new();
+        let mut stack_frames: Vec<u64> = Vec::new();
+        let mut stacks: FxHashMap<u64, i64> = FxHashMap::default();
+        for p in profiles {
+            let service = p.labels.service_name().expect("validated");
+            let svc_key = ids::service(tenant, service);
+            let svc = self.service(tenant, service);
+            frame_ids.clear();
+            for f in &p.frames {
+                let id = ids::frame(f);
+                frame_ids.push(id);
+                if known.frames.insert((svc_key, id)) {
+                    self.frames
+                        .str(tenant)
+                        .str(service)
+                        .u64(id)
+                        .str(&f.function)
+                        .str(&f.file)
+                        .u32(f.line)
+                        .u32(f.start_line)
+                        .end_row();
+                }
+            }
+            stacks.clear();
+            for s in &p.samples {
+                stack_frames.clear();
+                stack_frames.extend(s.stack.iter().map(|&i| frame_ids[i as usize]));
+                let id = ids::stack(&stack_frames);
+                if known.stacks.insert((svc_key, id)) {
+                    self.stacks
+                        .str(tenant)
+                        .str(service)
+                        .u64(id)
+                        .array_u64(&stack_frames)
+                        .end_row();
+                }
+                *stacks.entry(id).or_default() += s.value;
+            }
+            let series = ids::series(&p.labels, &p.profile_type);
+            let t = p.start_ns.max(0) / NS;
+            let hour = t / 3600 * 3600;
+            if self.series_seen.insert((svc_key, series, hour)) {
+                let labels = serde_json::to_string(&p.labels).expect("labels serialize");
+                let profile_type =
+                    serde_json::to_string(&p.profile_type).expect("profile types serialize");
+                self.series
+                    .str(tenant)
+                    .str(service)
+                    .u64(series)
+                    .i64(hour)
+                    .str(&labels)
+                    .str(&profile_type)
+                    .str(&p.meta.spy_name)
+                    .u32(p.meta.sample_rate)
+                    .end_row();
+            }
+            let total: i64 = stacks.values().sum();
+            for (level, &(res, _)) in levels.iter().enumerate() {
+                let bucket = t / res as i64 * res as i64;
+                let e = self
+                    .profiles
+                    .entry((svc, series, level as u8, bucket))
+                    .or_default();
+                e.0 += 1;
+                e.1 += total;
+                for (&stack, &v) in &stacks {
+                    *self
+                        .samples
+                        .entry((svc, series, level as u8, bucket, stack))
+                        .or_default() += v;
+                }
+            }
+        }
+    }
+
+    /// The rows of each table of [`TABLES`], encoded.
+    pub fn encode(self) -> [RowWriter; 5] {
+        let mut samples = RowWriter::default();
+        for ((svc, series, level, bucket, stack), value) in self.samples {
+            let (t, s) = &self.services[svc as usize];
+            samples
+                .str(t)
+                .str(s)
+                .u64(series)
+                .u8(level)
+                .i64(bucket)
+                .u64(stack)
+                .i64(value)
+                .end_row();
+        }
+        let mut profiles = RowWriter::default();
+        for ((svc, series, level, bucket), (n, total)) in self.profiles {
+            let (t, s) = &self.services[svc as usize];
+            profiles
+                .str(t)
+                .str(s)
+                .u64(series)
+                .u8(level)
+                .i64(bucket)
+                .u64(n)
+                .i64(total)
+                .end_row();
+        }
+        [self.frames, self.stacks, self.series, samples, profiles]
+    }
+}

@@ -1,0 +1,411 @@
+//! The ClickHouse storage against a real clickhouse-server (started here, in a temporary
+//! directory on free loopback ports): merges, timelines, series, tenants, deletes, retention,
+//! the schema's version checks and concurrent writers.
+
+use std::sync::Arc;
+
+use kiln_plugin_api::{
+    Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector, Storage,
+    StorageError, Tenant,
+};
+use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
+use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, OpenError};
+
+const NS: i64 = 1_000_000_000;
+
+fn config(server: &TestServer, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url: server.url(),
+        database: database.into(),
+        user: USER.into(),
+        password: PASSWORD.into(),
+        ..ClickHouseConfig::default()
+    }
+}
+
+fn levels() -> Vec<(u64, u64)> {
+    vec![(10, 3 * 86_400), (100, 14 * 86_400), (1000, 365 * 86_400)]
+}
+
+fn open(server: &TestServer, database: &str) -> ClickHouseStorage {
+    ClickHouseStorage::open(&config(server, database), levels(), None).unwrap()
+}
+
+fn profile(service: &str, env: &str, at_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut samples = Vec::new();
+    for (stack, value) in stacks {
+        let mut ids = Vec::new();
+        for name in *stack {
+            let i = match frames.iter().position(|f| f.function == *name) {
+                Some(i) => i,
+                None => {
+                    frames.push(Frame::named(*name));
+                    frames.len() - 1
+                }
+            };
+            ids.push(i as u32);
+        }
+        samples.push(Sample {
+            stack: ids,
+            value: *value,
+        });
+    }
+    Profile {
+        labels: Labels::from_pairs([("service_name", service), ("env", env)]),
+        profile_type: ProfileType::well_known("cpu").unwrap(),
+        start_ns: at_s * NS,
+        end_ns: (at_s + 10) * NS,
+        frames,
+        samples,
+        meta: ProfileMeta {
+            spy_name: "gospy".into(),
+            sample_rate: 100,
+        },
+    }
+}
+
+fn query(sel: &str, from_s: i64, to_s: i64) -> Query {
+    Query {
+        selector: Selector::parse(sel).unwrap(),
+        start_ns: from_s * NS,
+        end_ns: to_s * NS,
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_storage_end_to_end() {
+    let mut server = TestServer::start();
+    // (Sections that drop partitions come after the one that kills the server: a hard kill
+    // within ClickHouse's old_parts_lifetime may bring dropped parts back until the next pass.)
+    let base = now_s() / 1000 * 1000 - 2000;
+    let t = Tenant::default();
+
+    // Merge, timeline, series.
+    let s = open(&server, "kiln_a");
+    s.write(
+        &t,
+        vec![
+            profile(
+                "shop",
+                "prod",
+                base,
+                &[(&["main", "hash"], 70), (&["main", "io"], 30)],
+            ),
+            profile("shop", "dev", base + 10, &[(&["main", "hash"], 5)]),
+            profile("shop", "prod", base + 100, &[(&["main", "io"], 11)]),
+            profile("cart", "prod", base + 20, &[(&["run"], 9)]),
+        ],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let m = s
+        .select_merge(&t, &query("shop.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!((m.tree.total(), m.profiles, m.series), (116, 3, 2));
+    assert_eq!(m.tree.to_folded(), "main;hash 75\nmain;io 41\n");
+    let m = s
+        .select_merge(
+            &t,
+            &query("shop.cpu{env=\"prod\"}", base - 1000, base + 1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.tree.total(), 111);
+    let tl = s
+        .select_timeline(
+            &t,
+            &query("shop.cpu", base, base + 200),
+            10 * NS,
+            Some("env"),
+        )
+        .await
+        .unwrap();
+    let groups: Vec<&str> = tl.iter().map(|(g, _)| g.as_str()).collect();
+    assert_eq!(groups, ["dev", "prod"]);
+    assert_eq!(tl[1].1.points[0], 100);
+    assert_eq!(tl[1].1.points[10], 11);
+    assert_eq!(tl[0].1.points[1], 5);
+    let series = s
+        .series(&t, None, (base - 1000) * NS, (base + 1000) * NS)
+        .await
+        .unwrap();
+    assert_eq!(series.len(), 3);
+    assert_eq!(series[0].spy_name, "gospy");
+
+    // A second storage on the same database (another daemon) sees it all, and its writes of
+    // the same stacks are not duplicated in the dictionary.
+    let other = open(&server, "kiln_a");
+    let m = other
+        .select_merge(&t, &query("cart.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "run 9\n");
+    let (a, b) = (
+        Arc::new(open(&server, "kiln_a")),
+        Arc::new(open(&server, "kiln_a")),
+    );
+    let writers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|w| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                w.write(
+                    &t,
+                    vec![profile("race", "x", base, &[(&["new", "stack"], 1)])],
+                )
+                .await
+                .unwrap();
+                w.flush().await.unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let m = a
+        .select_merge(&t, &query("race.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.tree.to_folded().as_str(), m.profiles),
+        ("new;stack 2\n", 2)
+    );
+    server.sql("OPTIMIZE TABLE kiln_a.stacks FINAL");
+    assert_eq!(
+        server
+            .sql("SELECT count() FROM kiln_a.stacks WHERE service = 'race'")
+            .trim(),
+        "1",
+        "one row per stack, whichever daemon wrote it"
+    );
+
+    // Writes that send (a tiny batch) racing flushes and queries: no deadlock, nothing lost.
+    let busy = Arc::new(
+        ClickHouseStorage::open(
+            &ClickHouseConfig {
+                batch_rows: 1,
+                max_buffered_rows: 1,
+                ..config(&server, "kiln_a")
+            },
+            levels(),
+            None,
+        )
+        .unwrap(),
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let (w, t) = (busy.clone(), t.clone());
+            tokio::spawn(async move {
+                for j in 0..10 {
+                    let at = base + i * 100 + j;
+                    w.write(&t, vec![profile("busy", "x", at, &[(&["f"], 1)])])
+                        .await
+                        .unwrap();
+                    w.flush().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let run = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("concurrent writes and flushes finish");
+    let m = busy
+        .select_merge(&t, &query("busy.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!((m.tree.total(), m.profiles), (40, 40));
+
+    // Tenants do not see each other; deletes touch one tenant's service.
+    let other_tenant = Tenant::new("team-b").unwrap();
+    s.write(
+        &other_tenant,
+        vec![profile("shop", "prod", base, &[(&["b"], 4)])],
+    )
+    .await
+    .unwrap();
+    let total = |t: Tenant| {
+        let s = &s;
+        async move {
+            s.select_merge(&t, &query("shop.cpu", base - 1000, base + 1000))
+                .await
+                .unwrap()
+                .tree
+                .total()
+        }
+    };
+    assert_eq!(
+        (total(t.clone()).await, total(other_tenant.clone()).await),
+        (116, 4)
+    );
+    assert!(other.delete_service(&t, "shop").await.unwrap() > 0);
+    assert_eq!(
+        (total(t.clone()).await, total(other_tenant.clone()).await),
+        (0, 4)
+    );
+    assert_eq!(
+        s.series(&t, None, (base - 1000) * NS, (base + 1000) * NS)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "cart, race and busy are left"
+    );
+    // Pushed again after the delete, it is back (the dictionary was kept).
+    s.write(
+        &t,
+        vec![profile("shop", "prod", base, &[(&["main", "io"], 3)])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(total(t.clone()).await, 3);
+
+    // Server down: writes keep buffering, queries fail at once as unavailable; back up, the
+    // buffer is delivered.
+    server.stop();
+    s.write(
+        &t,
+        vec![profile("shop", "prod", base + 30, &[(&["late"], 6)])],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = s
+        .select_merge(&t, &query("shop.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(started.elapsed().as_secs() < 5, "fails fast");
+    assert!(matches!(s.flush().await, Err(StorageError::Io(_))));
+    server.restart();
+    s.flush().await.unwrap();
+    assert_eq!(
+        total(t.clone()).await,
+        9,
+        "the write made while it was down arrived"
+    );
+    // Retention drops partitions wholly past each level's retention.
+    let old = base - 400 * 86_400;
+    s.write(&t, vec![profile("old", "prod", old, &[(&["x"], 1)])])
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let report = s.enforce_retention(now_s() * NS).await.unwrap();
+    assert!(report.chunks_deleted >= 3, "{report:?}");
+    assert_eq!(
+        server
+            .sql("SELECT count() FROM kiln_a.samples WHERE service = 'old'")
+            .trim(),
+        "0"
+    );
+    assert_eq!(total(t.clone()).await, 9, "recent data stays");
+
+    // Usage per tenant, service and level; size-based retention drops the finest level first.
+    let usage = s.usage_rows().await.unwrap();
+    assert!(
+        usage
+            .iter()
+            .any(|(tn, sv, l, b)| tn == "team-b" && sv == "shop" && l == "10s" && *b > 0),
+        "{usage:?}"
+    );
+    // The same through the Storage trait, as /api/storage and the retention loop call it.
+    let through_trait = Storage::usage(&s).await.unwrap();
+    assert!(through_trait.supported);
+    assert!(through_trait.disk_bytes.unwrap() > 0);
+    assert_eq!(
+        through_trait.total_bytes,
+        through_trait.entries.iter().map(|e| e.bytes).sum::<u64>()
+    );
+    assert!(through_trait
+        .entries
+        .iter()
+        .any(|e| e.tenant == "team-b" && e.service == "shop" && e.level == "10s"));
+    let unbounded = Storage::enforce_size(&s, u64::MAX, u64::MAX).await.unwrap();
+    assert_eq!(unbounded.chunks_deleted, 0, "under the bound nothing goes");
+    let dropped = Storage::enforce_size(&s, 1, 1)
+        .await
+        .unwrap()
+        .chunks_deleted;
+    assert!(dropped > 0);
+    assert_eq!(
+        server.sql("SELECT count() FROM kiln_a.samples").trim(),
+        "0",
+        "nothing fits in one byte"
+    );
+
+    // The last write-ahead log record delivered is kept per daemon: a restart replays after it.
+    let state = tempfile::tempdir().unwrap();
+    let logged =
+        ClickHouseStorage::open(&config(&server, "kiln_a"), levels(), Some(state.path())).unwrap();
+    assert_eq!(logged.logged_seq(), Some(0));
+    logged
+        .write_logged(7, &t, vec![profile("seq", "x", base, &[(&["a"], 1)])])
+        .await
+        .unwrap();
+    assert_eq!(logged.logged_seq(), Some(0), "buffered, not yet delivered");
+    logged.flush().await.unwrap();
+    assert_eq!(logged.logged_seq(), Some(7));
+    let again =
+        ClickHouseStorage::open(&config(&server, "kiln_a"), levels(), Some(state.path())).unwrap();
+    assert_eq!(again.logged_seq(), Some(7));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_daemon =
+        ClickHouseStorage::open(&config(&server, "kiln_a"), levels(), Some(elsewhere.path()))
+            .unwrap();
+    assert_eq!(other_daemon.logged_seq(), Some(0), "per daemon");
+
+    // Two storages racing on a new database's migration both open it.
+    let racers: Vec<_> = (0..3)
+        .map(|_| {
+            let c = config(&server, "kiln_race");
+            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap().unwrap();
+    }
+
+    // A schema from a newer Kiln is refused, with the versions.
+    server.sql("INSERT INTO kiln_race.schema_version VALUES (999, 'future', now())");
+    let e = ClickHouseStorage::open(&config(&server, "kiln_race"), levels(), None)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, OpenError::Schema(_)) && e.to_string().contains("999"),
+        "{e}"
+    );
+
+    // Wrong credentials name the keys.
+    let bad = ClickHouseConfig {
+        password: "wrong".into(),
+        ..config(&server, "kiln_a")
+    };
+    let e = ClickHouseStorage::open(&bad, levels(), None).err().unwrap();
+    assert!(e.to_string().contains("`password`"), "{e}");
+
+    let e = ClickHouseStorage::open(
+        &ClickHouseConfig {
+            url: "http://127.0.0.1:1".into(),
+            ..config(&server, "kiln_a")
+        },
+        levels(),
+        None,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("`url`"), "{e}");
+}

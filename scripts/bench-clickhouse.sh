@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# ClickHouse backend benchmark: one clickhouse-server (a plain process in a temp dir, free
+# loopback ports), then
+#   1. ingest profiles/s with 1 daemon, then with 2 daemons sharing the database (one load
+#      generator each, replaying the Go CPU fixture over SERIES series spread over SPREAD);
+#   2. /render of one series over 24 h and 30 days, and of every series merged;
+#   3. ClickHouse bytes on disk per stored profile.
+# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h). Figures come from
+# release binaries; a quick check that the script works, on the debug ones:
+#   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-release}
+target=${CARGO_TARGET_DIR:-target}
+if [ "$profile" = release ]; then
+  cargo build --release -p kiln -p kiln-loadgen
+else
+  cargo build -p kiln -p kiln-loadgen
+fi
+bin="$target/$profile"
+secs=${SECONDS_TO_RUN:-15}
+series=${SERIES:-200}
+conc=${CONCURRENCY:-4}
+spread=${SPREAD:-24h}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d)
+pids=()
+# Daemons first (they flush on SIGTERM), ClickHouse (the first pid) last.
+cleanup() {
+  for ((i = ${#pids[@]} - 1; i >= 1; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 1; i--)); do wait "${pids[$i]}" 2>/dev/null || true; done
+  kill "${pids[0]}" 2>/dev/null || true; wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ch_http=$(free_port); ch_tcp=$(free_port); ch_inter=$(free_port)
+mkdir -p "$work/ch/data" "$work/ch/tmp" "$work/ch/user_files" "$work/ch/format_schemas"
+cat > "$work/ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$work/ch/server.log</log><errorlog>$work/ch/error.log</errorlog></logger>
+  <http_port>$ch_http</http_port><tcp_port>$ch_tcp</tcp_port><interserver_http_port>$ch_inter</interserver_http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>$work/ch/data/</path><tmp_path>$work/ch/tmp/</tmp_path>
+  <user_files_path>$work/ch/user_files/</user_files_path><format_schema_path>$work/ch/format_schemas/</format_schema_path>
+  <users_config>$work/ch/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>536870912</mark_cache_size>
+</yandex>
+XML
+cat > "$work/ch/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><kiln><password>bench</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></kiln></users>
+  <quotas><default></default></quotas>
+</yandex>
+XML
+clickhouse-server --config-file="$work/ch/config.xml" >"$work/ch/stdout.log" 2>&1 &
+ch_pid=$!; pids+=("$ch_pid")
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ch_http/ping" >/dev/null && break; sleep 0.1; done
+sql() { curl -sf -u kiln:bench "http://127.0.0.1:$ch_http/" --data-binary "$1"; }
+
+# start_daemon NAME DATABASE: its port goes to $work/NAME/port, its pid to $work/NAME/pid.
+start_daemon() {
+  local port; port=$(free_port)
+  mkdir -p "$work/$1"
+  cat > "$work/$1/kiln.toml" <<TOML
+[storage]
+type = "clickhouse"
+[storage.clickhouse]
+url = "http://127.0.0.1:$ch_http"
+database = "$2"
+user = "kiln"
+password = "bench"
+TOML
+  "$bin/kiln" server --config "$work/$1/kiln.toml" --listen "127.0.0.1:$port" \
+    --storage-path "$work/$1/data" --self-profiling false --log-level warn >"$work/$1/log" 2>&1 &
+  pids+=("$!"); echo "$!" > "$work/$1/pid"; echo "$port" > "$work/$1/port"
+  for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done
+  echo "kiln $1 did not start:"; cat "$work/$1/log"; exit 1
+}
+
+loadgen() { # PORT PID JSON
+  "$bin/kiln-loadgen" --url "http://127.0.0.1:$1" --series "$series" --concurrency "$conc" \
+    --seconds "$secs" --spread "$spread" --pid "$2" --json "$3"
+}
+
+echo "== 1 daemon"
+start_daemon one bench1; p1=$(cat "$work/one/port")
+loadgen "$p1" "$(cat "$work/one/pid")" "$work/one.json"
+
+echo "== 2 daemons, one database"
+start_daemon a bench2; start_daemon b bench2
+pa=$(cat "$work/a/port"); pb=$(cat "$work/b/port")
+loadgen "$pa" "$(cat "$work/a/pid")" "$work/a.json" & la=$!
+loadgen "$pb" "$(cat "$work/b/pid")" "$work/b.json" & lb=$!
+wait $la $lb
+python3 - "$work/a.json" "$work/b.json" <<'PY'
+import json, sys
+rates = [json.load(open(f))["accepted_per_s"] for f in sys.argv[1:]]
+print(f"2 daemons: {sum(rates):.0f} profiles/s accepted in total ({', '.join(f'{r:.0f}' for r in rates)})")
+PY
+
+echo "== /render (database of the 1-daemon run)"
+now=$(date +%s)
+render() { # LABEL QUERY FROM
+  local t
+  t=$(curl -s -o "$work/render.json" -w 'HTTP %{http_code}, %{time_total}s' \
+    "http://127.0.0.1:$p1/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now")
+  echo "$1: $t"
+}
+render "one series (pod-0), 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
+render "one series (pod-0), 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
+render "all series merged, 24h" 'loadgen.cpu' $((now - 86400))
+render "all series merged, 30d" 'loadgen.cpu' $((now - 30 * 86400))
+
+echo "== bytes on disk"
+kill -TERM "$(cat "$work/one/pid")"; sleep 1
+sql "OPTIMIZE TABLE bench1.samples FINAL" || true
+profiles=$(sql "SELECT sum(profiles) FROM bench1.profiles WHERE level = 0")
+bytes=$(sql "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench1' AND active")
+echo "profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
