@@ -116,7 +116,7 @@ mod tests {
         assert!(named_spin, "{:?}", decoded.string_table);
         let mut names = AddressNames::default();
         names.refresh();
-        let here = spin as usize + 1;
+        let here = spin as *const () as usize + 1;
         assert!(names.name(here).contains("spin"), "{}", names.name(here));
         // Nothing sampled since: nothing to collect.
         drop(p);
