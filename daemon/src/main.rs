@@ -14,6 +14,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] =
     b"prof:true,prof_active:false,lg_prof_sample:19,background_thread:true,narenas:4,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+mod alloc;
 mod api_error;
 mod auth;
 mod client;

@@ -351,7 +351,7 @@ impl Durability {
         let logged_tenant = tenant.clone();
         // Runs to completion even if the client goes away: a logged record always reaches the
         // applier.
-        let (for_sinks, unlogged, stored) = tokio::task::spawn_blocking(move || {
+        let (for_sinks, unlogged, stored) = crate::alloc::spawn_blocking_released(move || {
             let mut batches = decode_units(&ingestion, &units)?;
             this.limits.admit_profiles(&logged_tenant, &mut batches)?;
             if !ingestion.rules.is_empty() {

@@ -311,7 +311,7 @@ async fn scrape_profile(
         .await
         .map_err(|e| ScrapeError::Refused(e.to_string()))?;
     let client = job.client.clone();
-    let fetched = tokio::task::spawn_blocking(move || client.get(&url, timeout));
+    let fetched = crate::alloc::spawn_blocking_released(move || client.get(&url, timeout));
     // The client enforces the timeout; this guards against a read that ignores it.
     let body = match tokio::time::timeout(timeout + Duration::from_secs(2), fetched).await {
         Ok(Ok(r)) => Bytes::from(r?),
