@@ -4,7 +4,9 @@
 //	grafana-client -kiln http://127.0.0.1:PORT -testdata ../../testdata
 //
 // Pushes two profiles (Go CPU and Go heap) under one tenant, then checks every method, the
-// binary and JSON encodings, and that a second tenant sees nothing. Exits 1 on any failure.
+// binary and JSON encodings, and that a second tenant sees nothing; then runs the official Go
+// agent (pyroscope-go) in this process and reads its profiles back the same way (agent.go).
+// Exits 1 on any failure.
 package main
 
 import (
@@ -387,6 +389,8 @@ func main() {
 		"profileTypeID": cpuType, "start": "soon"}, &bad)
 	check(err == nil && status == 400 && bad.Code == "invalid_argument" && bad.Message != "",
 		"plain HTTP JSON, bad int64: 400 invalid_argument %q", bad.Message)
+
+	realAgent(ctx, *base, q)
 
 	if failures > 0 {
 		fmt.Printf("%d check(s) failed\n", failures)
