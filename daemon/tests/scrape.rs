@@ -104,9 +104,15 @@ fn stub(
             let n = count.fetch_add(1, Ordering::SeqCst);
             match respond(n) {
                 Some((status, body)) => {
+                    // A redirect points back at the same path: a loop.
+                    let location = if (300..400).contains(&status) {
+                        "Location: /debug/pprof/goroutine\r\n"
+                    } else {
+                        ""
+                    };
                     let _ = write!(
                         s,
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "HTTP/1.1 {status} X\r\n{location}Content-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = s.write_all(&body);
@@ -202,6 +208,9 @@ fn scrapes_go_pprof_targets_and_reports_their_health() {
     let (hang, _) = stub(|_| None);
     let (fail, _) = stub(|_| Some((500, b"boom: profiling disabled".to_vec())));
     let (garbage, _) = stub(|_| Some((200, b"<html><body>not a profile</body></html>".to_vec())));
+    let (redirect_loop, _) = stub(|_| Some((302, Vec::new())));
+    // Past server.max_body_bytes (set to 4 MiB below): refused, not buffered.
+    let (huge, _) = stub(|_| Some((200, vec![b'x'; 5 << 20])));
     // Cumulative totals that grow as n², so stored totals and stored deltas differ.
     let frozen = Arc::new(AtomicBool::new(false));
     let last_value = Arc::new(AtomicUsize::new(0));
@@ -222,6 +231,9 @@ fn scrapes_go_pprof_targets_and_reports_their_health() {
         &config,
         format!(
             r#"
+[server]
+max_body_bytes = 4194304
+
 [[scrape_configs]]
 job_name = "api"
 scrape_interval = "2s"
@@ -240,7 +252,7 @@ scrape_interval = "1s"
 scrape_timeout = "1s"
 profiles = ["goroutine"]
 [[scrape_configs.static_configs]]
-targets = ["{hang}", "{fail}", "{garbage}"]
+targets = ["{hang}", "{fail}", "{garbage}", "{redirect_loop}", "{huge}"]
 
 [[scrape_configs]]
 job_name = "cumulative"
@@ -315,7 +327,7 @@ targets = ["{heap}"]
         Duration::from_secs(30),
         "the broken targets to be down",
         || {
-            [&hang, &fail, &garbage]
+            [&hang, &fail, &garbage, &redirect_loop, &huge]
                 .iter()
                 .all(|a| target_at(&d, a).is_some_and(|t| t["health"] == "down"))
         },
@@ -334,6 +346,12 @@ targets = ["{heap}"]
         "{}",
         cause(&garbage)
     );
+    assert!(
+        cause(&redirect_loop).contains("redirect"),
+        "{}",
+        cause(&redirect_loop)
+    );
+    assert!(cause(&huge).contains("exceeds"), "{}", cause(&huge));
     for a in [&static_addr, &sd_addr] {
         let t = target_at(&d, a).unwrap();
         assert_eq!(t["health"], "up", "{t}");
