@@ -13,7 +13,12 @@
 #                                         512 MB heap, so that max RSS tells the agent's own memory
 #                                         apart from how far the JVM chose to grow its heap),
 #                                         KILN_BIN (default target/debug/kiln),
-#                                         PYROSCOPE_AGENT_VERSION (default 2.9.2; "none" skips it)
+#                                         PYROSCOPE_AGENT_VERSION (default 2.9.2; "none" skips it),
+#                                         KILN_AGENT_ARGS (more agent arguments for the defaults row,
+#                                         e.g. allocInterval=4m),
+#                                         BREAKDOWN=1 (adds rows for each profile type on its own:
+#                                         CPU only, CPU + allocations at 2m and at 512k, CPU + locks;
+#                                         and the official agent with alloc=2m; skips the JFR row)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -30,9 +35,21 @@ javac -d "$work/classes" "$here/bench/OverheadApp.java"
 app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
 opts=${JAVA_OPTS--Xms512m -Xmx512m -XX:+AlwaysPreTouch}
 
-names=(--name "no agent" --name "kiln agent (defaults)" --name "kiln agent (engine=jfr)")
-commands=("java $opts $app" "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench $app"
-  "java $opts -javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-bench-jfr,engine=jfr $app")
+agent="-javaagent:$here/target/kiln-agent.jar=server=$kiln_url"
+extra=${KILN_AGENT_ARGS:+,$KILN_AGENT_ARGS}
+names=(--name "no agent" --name "kiln agent (defaults$extra)")
+commands=("java $opts $app" "java $opts $agent,app=java-bench$extra $app")
+if [[ ${BREAKDOWN:-0} == 1 ]]; then
+  # Which profile type costs what: each one alone, and allocations at the official agent's 512k.
+  for row in "cpu only:allocInterval=0,lockThreshold=0" "cpu+alloc 2m:lockThreshold=0" \
+    "cpu+alloc 512k:allocInterval=512k,lockThreshold=0" "cpu+lock 10ms:allocInterval=0"; do
+    names+=(--name "kiln agent (${row%%:*})")
+    commands+=("java $opts $agent,app=java-bench-${#names[@]},${row#*:} $app")
+  done
+else
+  names+=(--name "kiln agent (engine=jfr)")
+  commands+=("java $opts $agent,app=java-bench-jfr,engine=jfr $app")
+fi
 if [[ $official != none ]]; then
   jar=$HOME/.m2/repository/io/pyroscope/agent/$official/agent-$official.jar
   [[ -f $jar ]] || mvn -q -B dependency:get -Dartifact="io.pyroscope:agent:$official" -Dtransitive=false || true
@@ -41,6 +58,10 @@ if [[ $official != none ]]; then
     names+=(--name "official $official (defaults: cpu)" --name "official $official (cpu+alloc+lock)")
     commands+=("$env PYROSCOPE_APPLICATION_NAME=java-official java $opts -javaagent:$jar $app"
       "$env PYROSCOPE_APPLICATION_NAME=java-official-all PYROSCOPE_PROFILER_ALLOC=512k PYROSCOPE_PROFILER_LOCK=10ms java $opts -javaagent:$jar $app")
+    if [[ ${BREAKDOWN:-0} == 1 ]]; then
+      names+=(--name "official $official (cpu+alloc 2m+lock)")
+      commands+=("$env PYROSCOPE_APPLICATION_NAME=java-official-2m PYROSCOPE_PROFILER_ALLOC=2m PYROSCOPE_PROFILER_LOCK=10ms java $opts -javaagent:$jar $app")
+    fi
   else
     echo "io.pyroscope:agent:$official could not be had; comparing without it" >&2
   fi

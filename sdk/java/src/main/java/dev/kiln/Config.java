@@ -7,12 +7,22 @@ import java.util.TreeMap;
 
 /** What the agent profiles and where it sends it. Build with {@link #builder()} or {@link #fromAgentArgs}. */
 public final class Config {
+    /**
+     * {@code allocInterval=auto}, the default: the bytes per allocation sample follow the
+     * allocation rate, about 50 samples a second and never finer than 512 KiB ({@link AllocSampling}).
+     */
+    public static final long ALLOC_INTERVAL_AUTO = -1;
+
     final String applicationName;
     final String serverAddress;
     final String authToken;
     final Map<String, String> tags;
     final Duration uploadInterval;
     final Duration samplingInterval;
+    /** async-profiler: one allocation sample per this many bytes allocated; 0 turns allocation profiling off; {@link #ALLOC_INTERVAL_AUTO}. */
+    final long allocInterval;
+    /** Lock waits (and, with JFR, parks) shorter than this are not recorded; zero turns lock profiling off. */
+    final Duration lockThreshold;
     final int maxQueued;
     /** {@code auto} (async-profiler, else JFR), {@code async-profiler} or {@code jfr}. */
     final String engine;
@@ -26,6 +36,8 @@ public final class Config {
         this.tags = Collections.unmodifiableMap(new TreeMap<>(b.tags));
         this.uploadInterval = b.uploadInterval;
         this.samplingInterval = b.samplingInterval;
+        this.allocInterval = b.allocInterval;
+        this.lockThreshold = b.lockThreshold;
         this.maxQueued = b.maxQueued;
         this.engine = b.engine;
         this.sslSocketFactory = TlsFiles.socketFactory(b.caFile, b.clientCertFile, b.clientKeyFile);
@@ -36,11 +48,12 @@ public final class Config {
     }
 
     /**
-     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,samplingInterval=10ms,allocInterval=auto|BYTES|0,lockThreshold=10ms,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
      * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
-     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE}, {@code KILN_CA_FILE}, {@code KILN_CLIENT_CERT_FILE},
-     * {@code KILN_CLIENT_KEY_FILE}) and system
-     * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}).
+     * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE},
+     * {@code KILN_SAMPLING_INTERVAL}, {@code KILN_ALLOC_INTERVAL}, {@code KILN_LOCK_THRESHOLD},
+     * {@code KILN_CA_FILE}, {@code KILN_CLIENT_CERT_FILE}, {@code KILN_CLIENT_KEY_FILE}) and system
+     * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}, {@code kiln.allocInterval}).
      */
     public static Config fromAgentArgs(String args, Map<String, String> env) {
         Map<String, String> kv = new TreeMap<>();
@@ -70,6 +83,14 @@ public final class Config {
         if (every != null) b.uploadInterval(Duration.ofSeconds(Long.parseLong(every)));
         String engine = pick(kv.get("engine"), System.getProperty("kiln.engine"), env.get("KILN_ENGINE"));
         if (engine != null) b.engine(engine);
+        String sampling = pick(kv.get("samplingInterval"), System.getProperty("kiln.samplingInterval"), env.get("KILN_SAMPLING_INTERVAL"));
+        if (sampling != null) b.samplingInterval(Units.parseDuration("samplingInterval", sampling));
+        String alloc = pick(kv.get("allocInterval"), System.getProperty("kiln.allocInterval"), env.get("KILN_ALLOC_INTERVAL"));
+        if (alloc != null) {
+            b.allocInterval(alloc.trim().equalsIgnoreCase("auto") ? ALLOC_INTERVAL_AUTO : Units.parseBytes("allocInterval", alloc));
+        }
+        String lock = pick(kv.get("lockThreshold"), System.getProperty("kiln.lockThreshold"), env.get("KILN_LOCK_THRESHOLD"));
+        if (lock != null) b.lockThreshold(Units.parseDuration("lockThreshold", lock));
         b.caFile(pick(kv.get("caFile"), System.getProperty("kiln.caFile"), env.get("KILN_CA_FILE")));
         b.clientCertFile(pick(kv.get("clientCertFile"), System.getProperty("kiln.clientCertFile"), env.get("KILN_CLIENT_CERT_FILE")));
         b.clientKeyFile(pick(kv.get("clientKeyFile"), System.getProperty("kiln.clientKeyFile"), env.get("KILN_CLIENT_KEY_FILE")));
@@ -100,6 +121,8 @@ public final class Config {
         private final Map<String, String> tags = new TreeMap<>();
         private Duration uploadInterval = Duration.ofSeconds(10);
         private Duration samplingInterval = Duration.ofMillis(10);
+        private long allocInterval = ALLOC_INTERVAL_AUTO;
+        private Duration lockThreshold = Duration.ofMillis(10);
         private int maxQueued = 32;
         private String engine = "auto";
         private String caFile;
@@ -113,6 +136,10 @@ public final class Config {
         public Builder tags(Map<String, String> m) { this.tags.putAll(m); return this; }
         public Builder uploadInterval(Duration v) { this.uploadInterval = v; return this; }
         public Builder samplingInterval(Duration v) { this.samplingInterval = v; return this; }
+        /** Bytes allocated per allocation sample (async-profiler); 0 turns allocation profiling off; {@link #ALLOC_INTERVAL_AUTO} (the default) follows the allocation rate. */
+        public Builder allocInterval(long v) { this.allocInterval = v; return this; }
+        /** Shortest lock wait recorded; {@link Duration#ZERO} turns lock profiling off. */
+        public Builder lockThreshold(Duration v) { this.lockThreshold = v; return this; }
         public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
         public Builder engine(String v) { this.engine = v; return this; }
         /** A PEM file of CA certificates trusted for an https server instead of the JVM's. */
@@ -140,6 +167,13 @@ public final class Config {
             if (uploadInterval.isZero() || uploadInterval.isNegative()) {
                 throw new IllegalArgumentException("upload interval must be positive");
             }
+            if (samplingInterval.toMillis() < 1) {
+                throw new IllegalArgumentException("sampling interval must be at least 1ms, got " + samplingInterval.toNanos() + "ns");
+            }
+            if (allocInterval < 0 && allocInterval != ALLOC_INTERVAL_AUTO) {
+                throw new IllegalArgumentException("allocation interval must be auto, 0 (off) or positive");
+            }
+            if (lockThreshold.isNegative()) throw new IllegalArgumentException("lock threshold must be 0 (off) or positive");
             return new Config(this);
         }
     }

@@ -1,7 +1,6 @@
 package dev.kiln;
 
 import java.io.InputStream;
-import java.time.Duration;
 
 import jdk.jfr.Recording;
 import jdk.jfr.RecordingState;
@@ -30,9 +29,12 @@ final class JfrEngine implements Engine {
         Recording r = new Recording();
         r.setName("kiln");
         r.enable("jdk.ExecutionSample").withPeriod(config.samplingInterval);
-        r.enable("jdk.ObjectAllocationSample").with("throttle", "150/s");
-        r.enable("jdk.JavaMonitorEnter").withThreshold(Duration.ofMillis(10)).withStackTrace();
-        r.enable("jdk.ThreadPark").withThreshold(Duration.ofMillis(10)).withStackTrace();
+        // JFR bounds allocation samples by rate, not by bytes: allocInterval only turns them off.
+        if (config.allocInterval != 0) r.enable("jdk.ObjectAllocationSample").with("throttle", "150/s");
+        if (!config.lockThreshold.isZero()) {
+            r.enable("jdk.JavaMonitorEnter").withThreshold(config.lockThreshold).withStackTrace();
+            r.enable("jdk.ThreadPark").withThreshold(config.lockThreshold).withStackTrace();
+        }
         // On disk: the data of a stopped in-memory recording cannot be read back.
         r.setToDisk(true);
         r.start();
