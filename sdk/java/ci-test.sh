@@ -2,7 +2,9 @@
 # Java agent: unit tests and jar (Maven), then the example app with -javaagent against a real
 # daemon with auth on, once with each engine (async-profiler, the default, and the JDK Flight
 # Recorder fallback), pushing with a writer key (authToken=) and checked through /render,
-# /label-values and /api/apps with a reader key; the same push without the key must get 401.
+# /label-values and /api/apps with a reader key; then the profile settings (CPU only stores no
+# allocation series, a fixed allocInterval stores allocations, a bad value stops the start); the
+# same push without the key must get 401.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -39,6 +41,35 @@ assert any(n.endswith("JavaApp.allocLoop") for n in alloc["flamebearer"]["names"
 print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
 done
+# Profile types follow the settings: CPU only (allocInterval=0, lockThreshold=0) stores no
+# allocation series; a fixed allocInterval stores allocations from allocLoop; a bad value stops
+# the agent's start with a message naming the setting.
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-cpuonly,tags=env:e2e,uploadInterval=2,allocInterval=0,lockThreshold=0,authToken=$kiln_write_key" \
+  "$root/examples/java-app/JavaApp.java" 4
+java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-fixed,tags=env:e2e,uploadInterval=2,allocInterval=1m,samplingInterval=20ms,authToken=$kiln_write_key" \
+  "$root/examples/java-app/JavaApp.java" 4
+python3 - "$kiln_url" "$kiln_read_key" <<'PY'
+import json, sys, urllib.parse, urllib.request
+base, key = sys.argv[1:]
+def get(path, **params):
+    req = urllib.request.Request(base + path + "?" + urllib.parse.urlencode(params))
+    req.add_header("Authorization", "Bearer " + key)
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+apps = {a["name"] for a in get("/api/apps")}
+cpu_only = sorted(a for a in apps if a.startswith("java-app-cpuonly."))
+assert cpu_only == ["java-app-cpuonly.cpu"], f"allocInterval=0,lockThreshold=0 stored {cpu_only}"
+fixed = get("/render", query='java-app-fixed.alloc_in_new_tlab_bytes{env="e2e"}', **{"from": "now-10m", "until": "now+1m"})
+assert any(n.endswith("JavaApp.allocLoop") for n in fixed["flamebearer"]["names"]), "allocInterval=1m: allocLoop missing"
+print("java e2e (profile settings): cpu only stores only cpu; allocInterval=1m stores allocations")
+PY
+# The JVM aborts when an agent fails to start (bash reports "Aborted"): that is the expected outcome.
+if java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,allocInterval=lots" -version >"$work/bad.log" 2>&1; then
+  echo "sdk/java: the JVM started with allocInterval=lots"; exit 1
+fi
+grep -q "allocInterval must be a byte count" "$work/bad.log" || { echo "sdk/java: no message naming allocInterval"; cat "$work/bad.log"; exit 1; }
+echo "sdk/java: allocInterval=lots refused at start with a message naming it"
+
 before=$(kiln_unauthenticated)
 KILN_AUTH_TOKEN= java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app,tags=env:nokey,uploadInterval=2" \
   "$root/examples/java-app/JavaApp.java" 4 >/dev/null 2>&1 || true
