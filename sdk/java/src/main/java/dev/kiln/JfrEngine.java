@@ -25,6 +25,11 @@ final class JfrEngine implements Engine {
         return "JDK Flight Recorder";
     }
 
+    /** The running recording's event settings ({@code event#setting} → value). */
+    java.util.Map<String, String> settings() {
+        return recording.getSettings();
+    }
+
     private Recording newRecording() {
         Recording r = new Recording();
         r.setName("kiln");

@@ -61,4 +61,12 @@ class ProfilerSettingsTest {
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").allocInterval(-2).build());
         assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").lockThreshold(Duration.ofMillis(-1)).build());
     }
+
+    @Test
+    void startUpLogSaysWhatIsSampled() {
+        assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of())));
+        assertEquals("cpu 20ms, alloc off, lock off",
+                KilnAgent.settings(Config.fromAgentArgs("app=a,samplingInterval=20,allocInterval=0,lockThreshold=0", Map.of())));
+        assertEquals("cpu 10ms, alloc 524288 B, lock 5ms", KilnAgent.settings(Config.fromAgentArgs("app=a,allocInterval=512k,lockThreshold=5ms", Map.of())));
+    }
 }
