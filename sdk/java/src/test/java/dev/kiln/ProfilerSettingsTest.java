@@ -64,9 +64,10 @@ class ProfilerSettingsTest {
 
     @Test
     void startUpLogSaysWhatIsSampled() {
-        assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of())));
+        assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), false));
+        assertEquals("cpu 10ms, alloc 150/s, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), true));
         assertEquals("cpu 20ms, alloc off, lock off",
-                KilnAgent.settings(Config.fromAgentArgs("app=a,samplingInterval=20,allocInterval=0,lockThreshold=0", Map.of())));
-        assertEquals("cpu 10ms, alloc 524288 B, lock 5ms", KilnAgent.settings(Config.fromAgentArgs("app=a,allocInterval=512k,lockThreshold=5ms", Map.of())));
+                KilnAgent.settings(Config.fromAgentArgs("app=a,samplingInterval=20,allocInterval=0,lockThreshold=0", Map.of()), true));
+        assertEquals("cpu 10ms, alloc 524288 B, lock 5ms", KilnAgent.settings(Config.fromAgentArgs("app=a,allocInterval=512k,lockThreshold=5ms", Map.of()), false));
     }
 }
