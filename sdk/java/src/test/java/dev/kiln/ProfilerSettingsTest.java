@@ -9,10 +9,10 @@ import org.junit.jupiter.api.Test;
 /** allocInterval, lockThreshold and samplingInterval: parsing, defaults, and what the profiler is started with. */
 class ProfilerSettingsTest {
     @Test
-    void defaultsAreCpuAt10msAllocationsByRateAndLocksOver10ms() {
+    void defaultsAreCpuAt10msAllocationsEvery512KiBAndLocksOver10ms() {
         Config c = Config.fromAgentArgs("app=a", Map.of());
         assertEquals(Duration.ofMillis(10), c.samplingInterval);
-        assertEquals(Config.ALLOC_INTERVAL_AUTO, c.allocInterval);
+        assertEquals(512 << 10, c.allocInterval);
         assertEquals(Config.ALLOC_INTERVAL_AUTO, Config.fromAgentArgs("app=a,allocInterval=AUTO", Map.of()).allocInterval);
         assertEquals(Duration.ofMillis(10), c.lockThreshold);
         assertEquals("event=itimer,interval=10000000,alloc=2097152,lock=10000000,jfr", AsyncProfilerEngine.options(c, 2L << 20));
@@ -64,7 +64,8 @@ class ProfilerSettingsTest {
 
     @Test
     void startUpLogSaysWhatIsSampled() {
-        assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), false));
+        assertEquals("cpu 10ms, alloc 524288 B, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), false));
+        assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a,allocInterval=auto", Map.of()), false));
         assertEquals("cpu 10ms, alloc 150/s, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), true));
         assertEquals("cpu 20ms, alloc off, lock off",
                 KilnAgent.settings(Config.fromAgentArgs("app=a,samplingInterval=20,allocInterval=0,lockThreshold=0", Map.of()), true));
