@@ -291,3 +291,118 @@ def test_native_cpu_mode_skips_the_gil_while_no_thread_uses_cpu():
     finally:
         stop.set()
         idle.join(5)
+
+
+def spin_in_main_thread(sampling, seconds: float, tags=None, release_gil=False) -> None:
+    """Runs ``sampling`` on a thread of its own while this (the main) thread runs Python code,
+    releasing the GIL between small pieces of work when ``release_gil``."""
+    errors: list[BaseException] = []
+
+    def on_error() -> None:
+        errors.append(sys.exc_info()[1])  # type: ignore[arg-type]
+
+    def run() -> None:
+        # ignore() from here: from the main thread it would wait for run() to return
+        sampling.ignore({threading.get_ident()})
+        sampling.run(time.monotonic() + seconds, on_error)
+
+    runner = threading.Thread(target=run, name="runner")
+    runner.start()
+    with kiln.tag_wrapper(tags or {}):
+        while runner.is_alive():
+            sum(i * i for i in range(300))
+            if release_gil:
+                time.sleep(0)
+    runner.join(5)
+    assert not errors, errors
+
+
+#: Before 3.13, a pending call added by another thread waits until the main thread next takes
+#: the GIL: a main thread that never releases it is not handed ticks.
+PROMPT_PENDING_CALLS = sys.version_info >= (3, 13)
+
+
+@linux_only
+@pytest.mark.parametrize("mode", [CPU, WALL])
+@pytest.mark.parametrize("release_gil", [True, False], ids=["releasing-gil", "computing"])
+def test_native_ticks_run_in_the_main_thread_while_it_runs_python(mode, release_gil):
+    native_or_skip()
+    assert threading.current_thread() is threading.main_thread()
+    sampling = make("native", mode)
+    spin_in_main_thread(sampling, 1.0, tags={"handed": "yes"}, release_gil=release_gil)
+    assert sampling.ticks >= 20, sampling.ticks
+    if release_gil or PROMPT_PENDING_CALLS:
+        # (nearly) every tick ran in the main thread, and its CPU time is counted
+        assert sampling.main_thread_ticks >= sampling.ticks * 0.8, (
+            sampling.ticks,
+            sampling.main_thread_ticks,
+        )
+        assert sampling.cpu_elsewhere > 0
+    else:
+        # a handed tick that stays late is retried only after a backoff: the ticks ran on the
+        # sampling thread
+        assert sampling.main_thread_ticks <= sampling.ticks * 0.2, (
+            sampling.ticks,
+            sampling.main_thread_ticks,
+        )
+    # either way the main thread is sampled, under its tags
+    counts = sampling.drain().counts
+    tagged = counts.get((("handed", "yes"),), {})
+    main_samples = sum(n for stack, n in tagged.items() if "spin_in_main_thread" in stack)
+    assert main_samples >= 20, counts
+
+
+@linux_only
+def test_native_ticks_stay_on_the_sampling_thread_while_the_main_thread_blocks():
+    native_or_skip()
+    stop = threading.Event()
+    spinner = threading.Thread(target=hot_caller, args=(stop,))
+    spinner.start()
+    try:
+        sampling = make("native", WALL)
+        run_for(sampling, 1.0)  # the main thread waits in join(): pending calls cannot run
+    finally:
+        stop.set()
+        spinner.join(5)
+    assert sampling.ticks >= 20, sampling.ticks
+    assert sampling.main_thread_ticks <= 2, (sampling.ticks, sampling.main_thread_ticks)
+    assert by_function(sampling.drain().counts).get("hot_leaf", 0) >= 20
+
+
+def test_an_error_of_a_main_thread_tick_is_raised_by_run_not_in_the_main_thread():
+    native_or_skip()
+    calls = []
+
+    def broken_frames() -> dict:
+        calls.append(threading.get_ident())
+        raise RuntimeError("no frames today")
+
+    native = _sampling.load_native()
+    sampler = native.NativeSampler(
+        period=0.01,
+        mode=WALL,
+        use_clocks=False,
+        line_numbers=False,
+        code_text=FrameFormatter().code_text,
+        idle_frames=[],
+        tags_table={},
+        threads_table={},
+        current_frames=broken_frames,
+        max_stacks=100,
+        overflow_text=Aggregator.OVERFLOW_STACK,
+        frame_cache_limit=100,
+    )
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sampler.run(time.monotonic() + 5, native.StopSignal())
+        except RuntimeError as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    while runner.is_alive():  # Python code the pending tick interrupts: it must not raise here
+        sum(i * i for i in range(300))
+    assert [str(e) for e in raised] == ["no frames today"]
+    assert calls and calls[0] == threading.get_ident(), "the failing tick ran in the main thread"
