@@ -330,7 +330,9 @@ def test_native_ticks_run_in_the_main_thread_while_it_runs_python(mode, release_
     assert threading.current_thread() is threading.main_thread()
     sampling = make("native", mode)
     spin_in_main_thread(sampling, 1.0, tags={"handed": "yes"}, release_gil=release_gil)
-    assert sampling.ticks >= 20, sampling.ticks
+    # (in cpu mode, ticks while no thread has a period of CPU credit are skipped: a loaded
+    # machine gives fewer)
+    assert sampling.ticks >= 8, sampling.ticks
     if release_gil or PROMPT_PENDING_CALLS:
         # (nearly) every tick ran in the main thread, and its CPU time is counted
         assert sampling.main_thread_ticks >= sampling.ticks * 0.8, (
@@ -349,7 +351,7 @@ def test_native_ticks_run_in_the_main_thread_while_it_runs_python(mode, release_
     counts = sampling.drain().counts
     tagged = counts.get((("handed", "yes"),), {})
     main_samples = sum(n for stack, n in tagged.items() if "spin_in_main_thread" in stack)
-    assert main_samples >= 20, counts
+    assert main_samples >= 8, counts
 
 
 @linux_only

@@ -11,10 +11,12 @@
 //! Python 3.13 a call added by another thread is only noticed once the main thread next takes
 //! the GIL (it does not interrupt a main thread that keeps the GIL, e.g. one that computes in
 //! pure Python). So a tick is handed over only while the main thread uses CPU, one at a time,
-//! and only while handed ticks run promptly: one that has not run by the next due tick is
-//! voided (it does nothing when it finally runs), that tick and the next
-//! `HandOver::BACKOFF_TICKS` run on the sampling thread with the GIL, as without hand-over,
-//! then handing over is tried again.
+//! and only while handed ticks run promptly. While a handed tick waits, due ticks are left to it
+//! (it counts the periods or CPU time since the last tick, so no sample is lost) unless it is
+//! late: the main thread used a whole period of CPU without running it, or it waited
+//! `HandOver::MAX_WAIT_PERIODS`. A late tick is voided (it does nothing when it finally runs),
+//! and that tick and the next `HandOver::BACKOFF_TICKS` run on the sampling thread with the GIL,
+//! as without hand-over; then handing over is tried again.
 
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -104,11 +106,24 @@ impl Shared {
     }
 }
 
+/// Where a due tick runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Handed to the main thread.
+    Handed,
+    /// Left to the tick handed earlier, which has not run yet.
+    Left,
+    /// On the sampling thread, with the GIL.
+    Here,
+}
+
 /// The sampling thread's side of handing ticks over.
 #[derive(Default)]
 pub struct HandOver {
     /// Main thread CPU seconds at the last due tick.
     main_cpu: Option<f64>,
+    /// When the waiting tick was handed: monotonic seconds, main thread CPU seconds.
+    handed: (f64, Option<f64>),
     /// Due ticks left to run on the sampling thread before handing over is tried again.
     backoff: u32,
 }
@@ -117,26 +132,61 @@ impl HandOver {
     /// Due ticks run on the sampling thread after a handed tick was late (about half a second
     /// at 100 Hz: on a Python where it will stay late, the late tick costs little).
     const BACKOFF_TICKS: u32 = 50;
+    /// A handed tick is late after this many periods however little the main thread ran.
+    const MAX_WAIT_PERIODS: f64 = 10.0;
 
-    /// Hands a due tick to the main thread (true), or says to run it here (false). Needs no GIL.
-    pub fn hand(&mut self, shared: &Arc<Shared>) -> bool {
+    /// Where the tick due `now` runs; hands it over when it says so. Needs no GIL.
+    pub fn place(&mut self, shared: &Arc<Shared>, now: f64, period: f64) -> Place {
         let main_cpu = shared.main_thread_cpu();
-        // Unknown until a first tick was handed; then whether it ran since the last due tick.
-        let main_ran = match (self.main_cpu, main_cpu) {
-            (Some(before), Some(after)) => after > before,
-            _ => true,
-        };
+        let waiting = shared.waiting.load(Ordering::Acquire);
+        let main_ran = ran_since(self.main_cpu, main_cpu, 0.0);
         self.main_cpu = main_cpu;
-        if shared.waiting.load(Ordering::Acquire) {
-            // The last handed tick is late: this one runs here, and voids it.
+        let place = self.decide(waiting, main_ran, main_cpu, now, period);
+        if place == Place::Handed && !shared.request_main_thread_tick() {
+            return Place::Here;
+        }
+        if place == Place::Handed {
+            self.handed = (now, main_cpu);
+        }
+        place
+    }
+
+    fn decide(
+        &mut self,
+        waiting: bool,
+        main_ran: bool,
+        main_cpu: Option<f64>,
+        now: f64,
+        period: f64,
+    ) -> Place {
+        if waiting {
+            let (handed_at, cpu_then) = self.handed;
+            let late = ran_since(cpu_then, main_cpu, period)
+                || now - handed_at >= Self::MAX_WAIT_PERIODS * period;
+            if !late {
+                return Place::Left;
+            }
             self.backoff = Self::BACKOFF_TICKS;
-            return false;
+            return Place::Here;
         }
         if self.backoff > 0 {
             self.backoff -= 1;
-            return false;
+            return Place::Here;
         }
-        main_ran && shared.request_main_thread_tick()
+        if main_ran {
+            Place::Handed
+        } else {
+            Place::Here
+        }
+    }
+}
+
+/// Whether a thread whose CPU clock read `before` and now `after` used more than `more` seconds
+/// in between; true while either reading is unknown (the main thread is not known yet).
+fn ran_since(before: Option<f64>, after: Option<f64>, more: f64) -> bool {
+    match (before, after) {
+        (Some(before), Some(after)) => after - before > more,
+        _ => true,
     }
 }
 
@@ -210,4 +260,66 @@ fn own_cpu_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec; the clock always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: f64 = 0.01;
+
+    #[test]
+    fn a_running_main_thread_is_handed_ticks_and_an_idle_one_is_not() {
+        let mut hand_over = HandOver::default();
+        assert_eq!(
+            hand_over.decide(false, true, Some(1.0), 0.0, P),
+            Place::Handed
+        );
+        assert_eq!(
+            hand_over.decide(false, false, Some(1.0), 0.01, P),
+            Place::Here
+        );
+    }
+
+    #[test]
+    fn a_waiting_tick_is_left_alone_while_the_main_thread_does_not_run() {
+        let mut hand_over = HandOver {
+            handed: (10.0, Some(1.0)),
+            ..HandOver::default()
+        };
+        // preempted: half a period of CPU in 9 periods
+        assert_eq!(
+            hand_over.decide(true, true, Some(1.005), 10.09, P),
+            Place::Left
+        );
+        // waited too long
+        assert_eq!(
+            hand_over.decide(true, true, Some(1.005), 10.11, P),
+            Place::Here
+        );
+    }
+
+    #[test]
+    fn a_late_tick_makes_the_next_ticks_take_the_gil_then_hand_over_is_tried_again() {
+        let mut hand_over = HandOver {
+            handed: (10.0, Some(1.0)),
+            ..HandOver::default()
+        };
+        // the main thread ran a whole period without running the handed tick
+        assert_eq!(
+            hand_over.decide(true, true, Some(1.011), 10.01, P),
+            Place::Here
+        );
+        for i in 0..HandOver::BACKOFF_TICKS {
+            let now = 10.02 + f64::from(i) * P;
+            assert_eq!(
+                hand_over.decide(false, true, Some(2.0), now, P),
+                Place::Here
+            );
+        }
+        assert_eq!(
+            hand_over.decide(false, true, Some(2.0), 11.0, P),
+            Place::Handed
+        );
+    }
 }

@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
-use crate::main_thread::{lock_for_tick, HandOver, Shared};
+use crate::main_thread::{lock_for_tick, HandOver, Place, Shared};
 use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
 
@@ -284,7 +284,10 @@ impl NativeSampler {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .due();
-            if due && !(main_thread_ticks && hand_over.hand(shared)) {
+            let here = due
+                && (!main_thread_ticks
+                    || hand_over.place(shared, monotonic(), period) == Place::Here);
+            if here {
                 let ticked = Python::attach(|py| {
                     shared.void_main_thread_tick();
                     lock_for_tick(py, &shared.state).tick(py, monotonic())
