@@ -254,6 +254,21 @@ def test_stats_are_read_while_the_sampler_runs(sampler_kind, server):
     assert stats["native_sampler"] == (sampler_kind == "native"), stats
 
 
+def test_stats_count_the_ticks_handed_to_the_main_thread(sampler_kind, server):
+    kiln.configure(
+        application_name="unit-app", server_address=server.url, sampler=sampler_kind, mode="wall"
+    )
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and kiln.stats()["main_thread_ticks"] < 5:
+        sum(i * i for i in range(300))
+        time.sleep(0)  # releases the GIL: a handed tick runs at once on any Python
+    stats = kiln.stats()
+    if sampler_kind == "native":
+        assert stats["main_thread_ticks"] >= 5, stats
+    else:
+        assert stats["main_thread_ticks"] == 0 and stats["samples"] > 0, stats
+
+
 def run_for(sampling, seconds: float) -> None:
     """Runs ``sampling`` on a thread of its own for ``seconds``, as the profiler does."""
     errors: list[BaseException] = []

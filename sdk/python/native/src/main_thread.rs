@@ -161,8 +161,9 @@ impl HandOver {
     ) -> Place {
         if waiting {
             let (handed_at, cpu_then) = self.handed;
-            let late = ran_since(cpu_then, main_cpu, period)
-                || now - handed_at >= Self::MAX_WAIT_PERIODS * period;
+            // (a main thread not known yet when the tick was handed is judged by time alone)
+            let ran_a_period = cpu_then.is_some() && ran_since(cpu_then, main_cpu, period);
+            let late = ran_a_period || now - handed_at >= Self::MAX_WAIT_PERIODS * period;
             if !late {
                 return Place::Left;
             }
@@ -295,6 +296,23 @@ mod tests {
         // waited too long
         assert_eq!(
             hand_over.decide(true, true, Some(1.005), 10.11, P),
+            Place::Here
+        );
+    }
+
+    #[test]
+    fn the_first_handed_tick_is_judged_by_time_alone() {
+        // handed before the main thread's id was known (the first tick tells it)
+        let mut hand_over = HandOver {
+            handed: (10.0, None),
+            ..HandOver::default()
+        };
+        assert_eq!(
+            hand_over.decide(true, true, Some(5.0), 10.01, P),
+            Place::Left
+        );
+        assert_eq!(
+            hand_over.decide(true, true, Some(5.0), 10.11, P),
             Place::Here
         );
     }

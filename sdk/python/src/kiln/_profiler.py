@@ -80,6 +80,7 @@ class Profiler:
         # the sampling thread's CPU, and that of ticks it handed to the main thread
         sampler_cpu = self._sampler_cpu + self._sampling.cpu_elsewhere
         stats["sampler_cpu_ms"] = round(sampler_cpu * 1000)
+        stats["main_thread_ticks"] = self._sampling.main_thread_ticks
         return stats
 
     def _run(self) -> None:

@@ -76,6 +76,11 @@ class PythonSampling:
         """CPU seconds of sampling work done outside the sampling thread: none here."""
         return 0.0
 
+    @property
+    def main_thread_ticks(self) -> int:
+        """Ticks run in the main thread: none here (every tick runs on the sampling thread)."""
+        return 0
+
     def ignore(self, idents: Iterable[int]) -> None:
         self._sampler.ignored_idents = frozenset(idents)
 
