@@ -44,7 +44,7 @@ pub struct Counters {
 
 #[pymethods]
 impl Counters {
-    /// Ticks run (each takes the GIL once) since the sampler was made.
+    /// Ticks run since the sampler was made, on the sampling thread or the main thread.
     #[getter]
     fn ticks(&self) -> u64 {
         self.ticks.load(Relaxed)
@@ -255,12 +255,12 @@ impl NativeSampler {
     }
 
     /// Ticks every `period` seconds until monotonic time `until` (then returns false) or until
-    /// `stop` is signalled (then returns true at once). The GIL is released between ticks, so
-    /// a tick costs one GIL acquisition and no Python code; in `cpu` mode a tick that would
-    /// sample nothing (no thread used a period of CPU) is skipped without taking the GIL, at
-    /// most `FULL_TICK_EVERY - 1` in a row. A due tick is handed to the main thread as a
+    /// `stop` is signalled (then returns true at once). The loop runs with the GIL released; in
+    /// `cpu` mode a tick that would sample nothing (no thread used a period of CPU) is skipped,
+    /// at most `FULL_TICK_EVERY - 1` in a row. A due tick is handed to the main thread as a
     /// pending call while it runs Python code and handed ticks run promptly (see
-    /// `main_thread`), else run here with the GIL. An error of a tick is raised.
+    /// `main_thread`), else run here, taking the GIL once. An error of a tick, wherever it ran,
+    /// is raised here.
     fn run(&self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
         let stop = stop.get();
         let shared = &self.shared;
