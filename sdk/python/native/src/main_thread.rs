@@ -93,6 +93,11 @@ impl Shared {
         }
     }
 
+    /// A tick was handed to the main thread and has not run yet.
+    pub fn tick_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// Makes a handed tick that has not run yet do nothing when it does.
     pub fn void_main_thread_tick(&self) {
         self.handed.fetch_add(1, Ordering::AcqRel);

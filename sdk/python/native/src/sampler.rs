@@ -279,13 +279,14 @@ impl NativeSampler {
             if monotonic() >= until {
                 break Ok(false);
             }
-            let due = shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .due();
+            let (due, first) = {
+                let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+                (state.due(), state.ticks == 0)
+            };
+            // The first tick, which sets every thread's CPU reference, is never delayed.
             let here = due
-                && (!main_thread_ticks
+                && (first
+                    || !main_thread_ticks
                     || hand_over.place(shared, monotonic(), period) == Place::Here);
             if here {
                 let ticked = Python::attach(|py| {
@@ -304,7 +305,12 @@ impl NativeSampler {
             }
         });
         // A main-thread tick still pending runs after the caller's flush: it does nothing.
+        let waiting = shared.tick_waiting();
         shared.void_main_thread_tick();
+        if waiting && matches!(result, Ok(true)) {
+            // Stopped: take now the samples that the waiting tick would have taken.
+            lock_for_tick(py, &shared.state).tick(py, monotonic())?;
+        }
         result
     }
 
