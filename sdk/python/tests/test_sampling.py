@@ -391,8 +391,12 @@ def test_an_error_of_a_main_thread_tick_is_raised_by_run_not_in_the_main_thread(
     calls = []
 
     def broken_frames() -> dict:
+        # fails in the main thread only: the first tick, which always runs on the sampling
+        # thread, succeeds; the ticks handed over then fail
         calls.append(threading.get_ident())
-        raise RuntimeError("no frames today")
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("no frames today")
+        return sys._current_frames()
 
     native = _sampling.load_native()
     sampler = native.NativeSampler(
@@ -421,5 +425,38 @@ def test_an_error_of_a_main_thread_tick_is_raised_by_run_not_in_the_main_thread(
     runner.start()
     while runner.is_alive():  # Python code the pending tick interrupts: it must not raise here
         sum(i * i for i in range(300))
+        time.sleep(0)  # releases the GIL: a handed tick runs at once on any Python
     assert [str(e) for e in raised] == ["no frames today"]
-    assert calls and calls[0] == threading.get_ident(), "the failing tick ran in the main thread"
+    assert threading.get_ident() in calls, "the failing tick ran in the main thread"
+
+
+@linux_only
+def test_native_cpu_of_a_main_thread_that_computes_then_blocks_is_all_counted():
+    # On CPython before 3.13 the ticks handed to this computing main thread wait until it
+    # blocks; what they would have sampled must be taken by the sampling thread meanwhile.
+    native_or_skip()
+    sampling = make("native", CPU)
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def run() -> None:
+        sampling.ignore({threading.get_ident()})
+        started.set()
+        sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1]))
+
+    runner = threading.Thread(target=run, name="runner")
+    runner.start()
+    started.wait(5)
+    time.sleep(0.05)  # the first tick (every thread's CPU reference) has run
+    cpu_start = time.thread_time()
+    while time.thread_time() < cpu_start + 0.3:  # 30 periods of CPU, whatever the load
+        sum(i * i for i in range(300))
+    runner.join(5)  # blocked: a waiting handed tick cannot run here
+    assert not errors, errors
+    main_samples = sum(
+        n
+        for stacks in sampling.drain().counts.values()
+        for stack, n in stacks.items()
+        if "test_native_cpu_of_a_main_thread_that_computes_then_blocks" in stack
+    )
+    assert 20 <= main_samples <= 40, main_samples

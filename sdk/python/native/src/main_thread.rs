@@ -14,7 +14,8 @@
 //! and only while handed ticks run promptly. While a handed tick waits, due ticks are left to it
 //! (it counts the periods or CPU time since the last tick, so no sample is lost) unless it is
 //! late: the main thread used a whole period of CPU without running it, or it waited
-//! `HandOver::MAX_WAIT_PERIODS`. A late tick is voided (it does nothing when it finally runs),
+//! `HandOver::MAX_WAIT_PERIODS`, or no handed tick has run yet (the main thread's CPU clock is
+//! not known). A late tick is voided (it does nothing when it finally runs),
 //! and that tick and the next `HandOver::BACKOFF_TICKS` run on the sampling thread with the GIL,
 //! as without hand-over; then handing over is tried again.
 
@@ -166,9 +167,12 @@ impl HandOver {
     ) -> Place {
         if waiting {
             let (handed_at, cpu_then) = self.handed;
-            // (a main thread not known yet when the tick was handed is judged by time alone)
-            let ran_a_period = cpu_then.is_some() && ran_since(cpu_then, main_cpu, period);
-            let late = ran_a_period || now - handed_at >= Self::MAX_WAIT_PERIODS * period;
+            // Before a handed tick ever ran, the main thread's CPU clock is unknown: one that has
+            // not run by the next due tick is late (waiting longer would leave a computing main
+            // thread unsampled, and its CPU credit to whatever it does next).
+            let late = cpu_then.is_none()
+                || ran_since(cpu_then, main_cpu, period)
+                || now - handed_at >= Self::MAX_WAIT_PERIODS * period;
             if !late {
                 return Place::Left;
             }
@@ -306,20 +310,16 @@ mod tests {
     }
 
     #[test]
-    fn the_first_handed_tick_is_judged_by_time_alone() {
-        // handed before the main thread's id was known (the first tick tells it)
+    fn a_tick_handed_before_the_main_thread_is_known_is_late_at_the_next_due_tick() {
         let mut hand_over = HandOver {
             handed: (10.0, None),
             ..HandOver::default()
         };
         assert_eq!(
             hand_over.decide(true, true, Some(5.0), 10.01, P),
-            Place::Left
-        );
-        assert_eq!(
-            hand_over.decide(true, true, Some(5.0), 10.11, P),
             Place::Here
         );
+        assert_eq!(hand_over.backoff, HandOver::BACKOFF_TICKS);
     }
 
     #[test]
