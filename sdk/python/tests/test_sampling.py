@@ -254,6 +254,21 @@ def test_stats_are_read_while_the_sampler_runs(sampler_kind, server):
     assert stats["native_sampler"] == (sampler_kind == "native"), stats
 
 
+def test_stats_count_the_ticks_handed_to_the_main_thread(sampler_kind, server):
+    kiln.configure(
+        application_name="unit-app", server_address=server.url, sampler=sampler_kind, mode="wall"
+    )
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and kiln.stats()["main_thread_ticks"] < 5:
+        sum(i * i for i in range(300))
+        time.sleep(0)  # releases the GIL: a handed tick runs at once on any Python
+    stats = kiln.stats()
+    if sampler_kind == "native":
+        assert stats["main_thread_ticks"] >= 5, stats
+    else:
+        assert stats["main_thread_ticks"] == 0 and stats["samples"] > 0, stats
+
+
 def run_for(sampling, seconds: float) -> None:
     """Runs ``sampling`` on a thread of its own for ``seconds``, as the profiler does."""
     errors: list[BaseException] = []
@@ -291,3 +306,157 @@ def test_native_cpu_mode_skips_the_gil_while_no_thread_uses_cpu():
     finally:
         stop.set()
         idle.join(5)
+
+
+def spin_in_main_thread(sampling, seconds: float, tags=None, release_gil=False) -> None:
+    """Runs ``sampling`` on a thread of its own while this (the main) thread runs Python code,
+    releasing the GIL between small pieces of work when ``release_gil``."""
+    errors: list[BaseException] = []
+
+    def on_error() -> None:
+        errors.append(sys.exc_info()[1])  # type: ignore[arg-type]
+
+    def run() -> None:
+        # ignore() from here: from the main thread it would wait for run() to return
+        sampling.ignore({threading.get_ident()})
+        sampling.run(time.monotonic() + seconds, on_error)
+
+    runner = threading.Thread(target=run, name="runner")
+    runner.start()
+    with kiln.tag_wrapper(tags or {}):
+        while runner.is_alive():
+            sum(i * i for i in range(300))
+            if release_gil:
+                time.sleep(0)
+    runner.join(5)
+    assert not errors, errors
+
+
+#: Before 3.13, a pending call added by another thread waits until the main thread next takes
+#: the GIL: a main thread that never releases it is not handed ticks.
+PROMPT_PENDING_CALLS = sys.version_info >= (3, 13)
+
+
+@linux_only
+@pytest.mark.parametrize("mode", [CPU, WALL])
+@pytest.mark.parametrize("release_gil", [True, False], ids=["releasing-gil", "computing"])
+def test_native_ticks_run_in_the_main_thread_while_it_runs_python(mode, release_gil):
+    native_or_skip()
+    assert threading.current_thread() is threading.main_thread()
+    sampling = make("native", mode)
+    spin_in_main_thread(sampling, 1.0, tags={"handed": "yes"}, release_gil=release_gil)
+    # (in cpu mode, ticks while no thread has a period of CPU credit are skipped: a loaded
+    # machine gives fewer)
+    assert sampling.ticks >= 8, sampling.ticks
+    if release_gil or PROMPT_PENDING_CALLS:
+        # (nearly) every tick ran in the main thread, and its CPU time is counted
+        assert sampling.main_thread_ticks >= sampling.ticks * 0.8, (
+            sampling.ticks,
+            sampling.main_thread_ticks,
+        )
+        assert sampling.cpu_elsewhere > 0
+    else:
+        # a handed tick that stays late is retried only after a backoff: the ticks ran on the
+        # sampling thread
+        assert sampling.main_thread_ticks <= sampling.ticks * 0.2, (
+            sampling.ticks,
+            sampling.main_thread_ticks,
+        )
+    # either way the main thread is sampled, under its tags
+    counts = sampling.drain().counts
+    tagged = counts.get((("handed", "yes"),), {})
+    main_samples = sum(n for stack, n in tagged.items() if "spin_in_main_thread" in stack)
+    assert main_samples >= 8, counts
+
+
+@linux_only
+def test_native_ticks_stay_on_the_sampling_thread_while_the_main_thread_blocks():
+    native_or_skip()
+    stop = threading.Event()
+    spinner = threading.Thread(target=hot_caller, args=(stop,))
+    spinner.start()
+    try:
+        sampling = make("native", WALL)
+        run_for(sampling, 1.0)  # the main thread waits in join(): pending calls cannot run
+    finally:
+        stop.set()
+        spinner.join(5)
+    assert sampling.ticks >= 20, sampling.ticks
+    assert sampling.main_thread_ticks <= 2, (sampling.ticks, sampling.main_thread_ticks)
+    assert by_function(sampling.drain().counts).get("hot_leaf", 0) >= 20
+
+
+def test_an_error_of_a_main_thread_tick_is_raised_by_run_not_in_the_main_thread():
+    native_or_skip()
+    calls = []
+
+    def broken_frames() -> dict:
+        # fails in the main thread only: the first tick, which always runs on the sampling
+        # thread, succeeds; the ticks handed over then fail
+        calls.append(threading.get_ident())
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("no frames today")
+        return sys._current_frames()
+
+    native = _sampling.load_native()
+    sampler = native.NativeSampler(
+        period=0.01,
+        mode=WALL,
+        use_clocks=False,
+        line_numbers=False,
+        code_text=FrameFormatter().code_text,
+        idle_frames=[],
+        tags_table={},
+        threads_table={},
+        current_frames=broken_frames,
+        max_stacks=100,
+        overflow_text=Aggregator.OVERFLOW_STACK,
+        frame_cache_limit=100,
+    )
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sampler.run(time.monotonic() + 5, native.StopSignal())
+        except RuntimeError as error:
+            raised.append(error)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    while runner.is_alive():  # Python code the pending tick interrupts: it must not raise here
+        sum(i * i for i in range(300))
+        time.sleep(0)  # releases the GIL: a handed tick runs at once on any Python
+    assert [str(e) for e in raised] == ["no frames today"]
+    assert threading.get_ident() in calls, "the failing tick ran in the main thread"
+
+
+@linux_only
+def test_native_cpu_of_a_main_thread_that_computes_then_blocks_is_all_counted():
+    # On CPython before 3.13 the ticks handed to this computing main thread wait until it
+    # blocks; what they would have sampled must be taken by the sampling thread meanwhile.
+    native_or_skip()
+    sampling = make("native", CPU)
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def run() -> None:
+        sampling.ignore({threading.get_ident()})
+        started.set()
+        sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1]))
+
+    runner = threading.Thread(target=run, name="runner")
+    runner.start()
+    started.wait(5)
+    time.sleep(0.05)  # the first tick (every thread's CPU reference) has run
+    cpu_start = time.thread_time()
+    while time.thread_time() < cpu_start + 0.3:  # 30 periods of CPU, whatever the load
+        sum(i * i for i in range(300))
+    runner.join(5)  # blocked: a waiting handed tick cannot run here
+    assert not errors, errors
+    main_samples = sum(
+        n
+        for stacks in sampling.drain().counts.values()
+        for stack, n in stacks.items()
+        if "test_native_cpu_of_a_main_thread_that_computes_then_blocks" in stack
+    )
+    assert 20 <= main_samples <= 40, main_samples

@@ -4,6 +4,7 @@
 //! per upload) and falls back to its pure-Python sampler when this module is missing.
 
 mod clock;
+mod main_thread;
 mod pacer;
 mod sampler;
 mod stacks;
@@ -15,6 +16,6 @@ fn _kiln_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<sampler::NativeSampler>()?;
     module.add_class::<sampler::Counters>()?;
     module.add_class::<pacer::StopSignal>()?;
-    module.add("ABI_VERSION", 2)?;
+    module.add("ABI_VERSION", 3)?;
     Ok(())
 }

@@ -1,12 +1,18 @@
-//! `NativeSampler`: one tick of the sampling thread, run in Rust while the caller holds the GIL.
+//! `NativeSampler`: the sampling thread's loop, and one tick, run in Rust with the GIL held.
 //!
 //! It reads the same things as the pure-Python sampler (`sys._current_frames()`, the table of
 //! dynamic tags, `threading._active` for kernel thread ids) and applies the same rules, but
 //! walks frames through the C API, keeps frame names interned by code object and sample counts
 //! aggregated in Rust, and hands Python one dict per upload interval.
+//!
+//! A tick runs either on the sampling thread (which then takes the GIL) or, when the main
+//! thread is running Python code, in the main thread itself as a pending call (see
+//! `main_thread`): that spares the GIL hand-over, which costs the sampling thread two extra
+//! wake-ups per tick and the main thread two context switches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -14,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
+use crate::main_thread::{lock_for_tick, HandOver, Place, Shared};
 use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
 
@@ -31,11 +38,13 @@ pub struct Counters {
     ticks: AtomicU64,
     samples: AtomicU64,
     overflowed_samples: AtomicU64,
+    pub(crate) main_thread_ticks: AtomicU64,
+    pub(crate) main_thread_cpu_ns: AtomicU64,
 }
 
 #[pymethods]
 impl Counters {
-    /// Ticks run (each takes the GIL once) since the sampler was made.
+    /// Ticks run since the sampler was made, on the sampling thread or the main thread.
     #[getter]
     fn ticks(&self) -> u64 {
         self.ticks.load(Relaxed)
@@ -52,10 +61,30 @@ impl Counters {
     fn overflowed_samples(&self) -> u64 {
         self.overflowed_samples.load(Relaxed)
     }
+
+    /// Ticks of those run in the main thread (as a pending call) rather than the sampler's.
+    #[getter]
+    fn main_thread_ticks(&self) -> u64 {
+        self.main_thread_ticks.load(Relaxed)
+    }
+
+    /// CPU seconds the main thread spent in those ticks: the sampler's cost paid there.
+    #[getter]
+    fn main_thread_cpu(&self) -> f64 {
+        self.main_thread_cpu_ns.load(Relaxed) as f64 * 1e-9
+    }
 }
 
 #[pyclass(module = "_kiln_native")]
 pub struct NativeSampler {
+    period: f64,
+    /// Ticks may run in the main thread as pending calls.
+    main_thread_ticks: bool,
+    shared: Arc<Shared>,
+}
+
+/// What a tick reads and writes, behind the mutex of `Shared`.
+pub struct State {
     period: f64,
     cpu_mode: bool,
     use_clocks: bool,
@@ -84,7 +113,7 @@ pub struct NativeSampler {
     native_id_corrections: HashMap<u64, i32>,
     ignored: HashSet<u64>,
     key: Vec<u32>,
-    counters: Py<Counters>,
+    pub(crate) counters: Py<Counters>,
     /// Every thread of the last tick had a CPU clock (so skipping ticks loses nothing).
     all_clocked: bool,
     /// Ticks skipped in a row.
@@ -141,7 +170,8 @@ impl NativeSampler {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (*, period, mode, use_clocks, line_numbers, code_text, idle_frames,
-        tags_table, threads_table, current_frames, max_stacks, overflow_text, frame_cache_limit))]
+        tags_table, threads_table, current_frames, max_stacks, overflow_text, frame_cache_limit,
+        main_thread_ticks=true))]
     fn new(
         period: f64,
         mode: &str,
@@ -155,6 +185,7 @@ impl NativeSampler {
         max_stacks: usize,
         overflow_text: String,
         frame_cache_limit: usize,
+        main_thread_ticks: bool,
         py: Python<'_>,
     ) -> PyResult<Self> {
         if period.is_nan() || period <= 0.0 {
@@ -171,7 +202,8 @@ impl NativeSampler {
                 )))
             }
         };
-        Ok(NativeSampler {
+        let counters = Py::new(py, Counters::default())?;
+        let state = State {
             period,
             cpu_mode,
             use_clocks,
@@ -193,73 +225,132 @@ impl NativeSampler {
             native_id_corrections: HashMap::new(),
             ignored: HashSet::new(),
             key: Vec::new(),
-            counters: Py::new(py, Counters::default())?,
+            counters: counters.clone_ref(py),
             all_clocked: false,
             skipped: 0,
+        };
+        Ok(NativeSampler {
+            period,
+            main_thread_ticks,
+            shared: Arc::new(Shared::new(state, counters)),
         })
     }
 
     /// Threads never sampled (the SDK's own).
-    fn set_ignored(&mut self, idents: Vec<u64>) {
-        self.ignored = idents.into_iter().collect();
+    fn set_ignored(&self, py: Python<'_>, idents: Vec<u64>) {
+        lock_for_tick(py, &self.shared.state).ignored = idents.into_iter().collect();
     }
 
     /// Kernel thread id of `ident` where `threading` records a wrong one (after a fork).
-    fn correct_native_id(&mut self, ident: u64, native_id: i32) {
-        self.native_id_corrections.insert(ident, native_id);
-        self.native_ids.remove(&ident);
+    fn correct_native_id(&self, py: Python<'_>, ident: u64, native_id: i32) {
+        let mut state = lock_for_tick(py, &self.shared.state);
+        state.native_id_corrections.insert(ident, native_id);
+        state.native_ids.remove(&ident);
     }
 
     /// The counters, to keep: they can be read while the sampler runs.
     #[getter]
     fn counters(&self, py: Python<'_>) -> Py<Counters> {
-        self.counters.clone_ref(py)
+        self.shared.counters.clone_ref(py)
     }
 
     /// Ticks every `period` seconds until monotonic time `until` (then returns false) or until
-    /// `stop` is signalled (then returns true at once). The GIL is released between ticks, so
-    /// a tick costs one GIL acquisition and no Python code; in `cpu` mode a tick that would
-    /// sample nothing (no thread used a period of CPU) is skipped without taking the GIL, at
-    /// most `FULL_TICK_EVERY - 1` in a row. An error of a tick is raised.
-    fn run(&mut self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
+    /// `stop` is signalled (then returns true at once). The loop runs with the GIL released; in
+    /// `cpu` mode a tick that would sample nothing (no thread used a period of CPU) is skipped,
+    /// at most `FULL_TICK_EVERY - 1` in a row. A due tick is handed to the main thread as a
+    /// pending call while it runs Python code and handed ticks run promptly (see
+    /// `main_thread`), else run here, taking the GIL once. An error of a tick, wherever it ran,
+    /// is raised here.
+    fn run(&self, py: Python<'_>, until: f64, stop: Py<StopSignal>) -> PyResult<bool> {
         let stop = stop.get();
+        let shared = &self.shared;
         let period = self.period;
+        let main_thread_ticks = self.main_thread_ticks;
         let mut next = monotonic() + period;
-        loop {
-            let may_skip = self.cpu_mode
-                && self.use_clocks
-                && self.all_clocked
-                && self.skipped + 1 < FULL_TICK_EVERY;
-            let credit = &self.credit;
-            let (stopped, due) = py.detach(|| {
-                if stop.wait_until(next.min(until)) {
-                    return (true, true);
+        let mut hand_over = HandOver::default();
+        // The whole loop runs detached: a handed or skipped tick never takes the GIL here.
+        let result = py.detach(|| loop {
+            if stop.wait_until(next.min(until)) {
+                break Ok(true);
+            }
+            if let Some(error) = shared.take_error() {
+                break Err(error);
+            }
+            if monotonic() >= until {
+                break Ok(false);
+            }
+            let (due, first) = {
+                let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+                (state.due(), state.ticks == 0)
+            };
+            // The first tick, which sets every thread's CPU reference, is never delayed.
+            let here = due
+                && (first
+                    || !main_thread_ticks
+                    || hand_over.place(shared, monotonic(), period) == Place::Here);
+            if here {
+                let ticked = Python::attach(|py| {
+                    shared.void_main_thread_tick();
+                    lock_for_tick(py, &shared.state).tick(py, monotonic())
+                });
+                if let Err(error) = ticked {
+                    break Err(error);
                 }
-                (false, !may_skip || credit.any_due(period))
-            });
-            if stopped {
-                return Ok(true);
             }
             let now = monotonic();
-            if now >= until {
-                return Ok(false);
-            }
-            if due {
-                self.skipped = 0;
-                self.tick(py, now)?;
-            } else {
-                self.skipped += 1;
-            }
             next += period;
             if next < now {
                 // fell behind (a long GIL hold): resume from now
                 next = now + period;
             }
+        });
+        // A main-thread tick still pending runs after the caller's flush: it does nothing.
+        let waiting = shared.tick_waiting();
+        shared.void_main_thread_tick();
+        if waiting && matches!(result, Ok(true)) {
+            // Stopped: take now the samples that the waiting tick would have taken.
+            lock_for_tick(py, &shared.state).tick(py, monotonic())?;
+        }
+        result
+    }
+
+    /// Samples every thread at monotonic time `now` (seconds).
+    fn tick(&self, py: Python<'_>, now: f64) -> PyResult<()> {
+        lock_for_tick(py, &self.shared.state).tick(py, now)
+    }
+
+    /// `{tags: {"root;...;leaf": samples}}` since the last drain; starts a new interval.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut state = lock_for_tick(py, &self.shared.state);
+        let state = &mut *state;
+        let out = state.counts.drain(py, &state.frames, &state.overflow_text);
+        // Emptied between intervals only, when no count refers to a frame index.
+        if state.frames.len() >= state.frame_cache_limit {
+            state.frames.clear();
+        }
+        out
+    }
+}
+
+impl State {
+    /// Whether a tick now would sample anything; in `cpu` mode with every thread clocked, reads
+    /// CPU clocks only (no GIL needed), and says yes at least every `FULL_TICK_EVERY` periods.
+    fn due(&mut self) -> bool {
+        let may_skip = self.cpu_mode
+            && self.use_clocks
+            && self.all_clocked
+            && self.skipped + 1 < FULL_TICK_EVERY;
+        if !may_skip || self.credit.any_due(self.period) {
+            self.skipped = 0;
+            true
+        } else {
+            self.skipped += 1;
+            false
         }
     }
 
     /// Samples every thread at monotonic time `now` (seconds).
-    fn tick(&mut self, py: Python<'_>, now: f64) -> PyResult<()> {
+    pub fn tick(&mut self, py: Python<'_>, now: f64) -> PyResult<()> {
         self.ticks += 1;
         self.counters.get().ticks.fetch_add(1, Relaxed);
         self.all_clocked = true;
@@ -339,19 +430,9 @@ impl NativeSampler {
         }
         Ok(())
     }
-
-    /// `{tags: {"root;...;leaf": samples}}` since the last drain; starts a new interval.
-    fn drain<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = self.counts.drain(py, &self.frames, &self.overflow_text);
-        // Emptied between intervals only, when no count refers to a frame index.
-        if self.frames.len() >= self.frame_cache_limit {
-            self.frames.clear();
-        }
-        out
-    }
 }
 
-impl NativeSampler {
+impl State {
     /// Pushes the frame indexes of the stack from `leaf` (whose code is `code`) to the root.
     fn walk<'py>(
         &mut self,

@@ -77,7 +77,10 @@ class Profiler:
         stats["overflowed_samples"] = self._sampling.overflowed_samples
         stats["native_sampler"] = int(self._sampling.name == _sampling.NATIVE)
         stats["queued_uploads"] = self._uploader.pending()
-        stats["sampler_cpu_ms"] = round(self._sampler_cpu * 1000)
+        # the sampling thread's CPU, and that of ticks it handed to the main thread
+        sampler_cpu = self._sampler_cpu + self._sampling.cpu_elsewhere
+        stats["sampler_cpu_ms"] = round(sampler_cpu * 1000)
+        stats["main_thread_ticks"] = self._sampling.main_thread_ticks
         return stats
 
     def _run(self) -> None:

@@ -31,7 +31,7 @@ SAMPLERS = (AUTO, NATIVE, PYTHON)
 SAMPLER_ENV = "KILN_SAMPLER"
 
 #: The extension's interface version this package drives.
-NATIVE_ABI_VERSION = 2
+NATIVE_ABI_VERSION = 3
 
 
 class PythonSampling:
@@ -70,6 +70,16 @@ class PythonSampling:
     @property
     def overflowed_samples(self) -> int:
         return self._aggregator.overflowed_samples
+
+    @property
+    def cpu_elsewhere(self) -> float:
+        """CPU seconds of sampling work done outside the sampling thread: none here."""
+        return 0.0
+
+    @property
+    def main_thread_ticks(self) -> int:
+        """Ticks run in the main thread: none here (every tick runs on the sampling thread)."""
+        return 0
 
     def ignore(self, idents: Iterable[int]) -> None:
         self._sampler.ignored_idents = frozenset(idents)
@@ -144,6 +154,7 @@ class NativeSampling:
         clocks: ThreadCpuClocks | None,
         line_numbers: bool,
         max_stacks: int = 20_000,
+        main_thread_ticks: bool = True,
     ) -> None:
         threads_table = getattr(threading, "_active", None)
         if not isinstance(threads_table, dict):
@@ -162,6 +173,7 @@ class NativeSampling:
             max_stacks=max_stacks,
             overflow_text=Aggregator.OVERFLOW_STACK,
             frame_cache_limit=_CACHE_LIMIT,
+            main_thread_ticks=main_thread_ticks,
         )
         self._counters = self._sampler.counters
         self._stop = native.StopSignal()  # type: ignore[attr-defined]
@@ -183,8 +195,18 @@ class NativeSampling:
 
     @property
     def ticks(self) -> int:
-        """Ticks run, each one GIL acquisition (idle periods in ``cpu`` mode are skipped)."""
+        """Ticks run (idle periods in ``cpu`` mode are skipped), wherever they ran."""
         return self._counters.ticks  # type: ignore[no-any-return]
+
+    @property
+    def main_thread_ticks(self) -> int:
+        """Ticks of those run in the main thread (pending calls) instead of taking the GIL."""
+        return self._counters.main_thread_ticks  # type: ignore[no-any-return]
+
+    @property
+    def cpu_elsewhere(self) -> float:
+        """CPU seconds the main thread spent running ticks handed to it."""
+        return self._counters.main_thread_cpu  # type: ignore[no-any-return]
 
     def ignore(self, idents: Iterable[int]) -> None:
         with self._lock:
