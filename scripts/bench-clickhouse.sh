@@ -3,8 +3,11 @@
 # loopback ports), then
 #   1. ingest profiles/s with 1 daemon, then with 2 daemons sharing the database (one load
 #      generator each, replaying the Go CPU fixture over SERIES series spread over SPREAD);
-#   2. /render of one series over 24 h and 30 days, and of every series merged;
-#   3. ClickHouse bytes on disk per stored profile.
+#   2. /render of one series over 24 h and 30 days, and of every series merged, and ClickHouse
+#      bytes on disk per stored profile, after the 1-daemon run (1x) and again after pushing
+#      GROWTH-1 times as much more into the same database (GROWTH, default 10; 1 skips it);
+#   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
+#      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database.
 # SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h). Figures come from
 # release binaries; a quick check that the script works, on the debug ones:
 #   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
@@ -22,6 +25,7 @@ secs=${SECONDS_TO_RUN:-15}
 series=${SERIES:-200}
 conc=${CONCURRENCY:-4}
 spread=${SPREAD:-24h}
+growth=${GROWTH:-10}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 work=$(mktemp -d)
@@ -83,14 +87,52 @@ TOML
   echo "kiln $1 did not start:"; cat "$work/$1/log"; exit 1
 }
 
-loadgen() { # PORT PID JSON
+loadgen() { # PORT PID JSON [SECONDS]
   "$bin/kiln-loadgen" --url "http://127.0.0.1:$1" --series "$series" --concurrency "$conc" \
-    --seconds "$secs" --spread "$spread" --pid "$2" --json "$3"
+    --seconds "${4:-$secs}" --spread "$spread" --pid "$2" --json "$3"
+}
+
+# Rows, parts and bytes per table of DATABASE, after a flush.
+tables() {
+  sleep 2
+  sql "SELECT table, count() AS parts, sum(rows), sum(bytes_on_disk) FROM system.parts \
+       WHERE database = '$1' AND active GROUP BY table ORDER BY table FORMAT PrettyCompactNoEscapes"
+}
+
+# Bytes on disk of DATABASE once ClickHouse has merged it.
+merged_bytes() {
+  sleep 2
+  for t in buckets series stacks frames; do sql "OPTIMIZE TABLE $1.$t FINAL" || true; done
+  sql "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '$1' AND active"
+}
+
+render() { # LABEL QUERY FROM
+  local t now
+  now=$(date +%s)
+  t=$(curl -s -o "$work/render.json" -w 'HTTP %{http_code}, %{time_total}s' \
+    "http://127.0.0.1:$p1/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now")
+  echo "$1: $t"
+}
+
+# /render timings and bytes per profile of the 1-daemon database, labelled LABEL.
+figures() {
+  local now profiles bytes
+  echo "== /render and bytes on disk, $1 (database of the 1-daemon run)"
+  now=$(date +%s)
+  render "one series (pod-0), 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
+  render "one series (pod-0), 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
+  render "all series merged, 24h" 'loadgen.cpu' $((now - 86400))
+  render "all series merged, 30d" 'loadgen.cpu' $((now - 30 * 86400))
+  bytes=$(merged_bytes bench1)
+  profiles=$(sql "SELECT sum(profiles) FROM bench1.buckets WHERE level = 0")
+  echo "$1: profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
 }
 
 echo "== 1 daemon"
 start_daemon one bench1; p1=$(cat "$work/one/port")
 loadgen "$p1" "$(cat "$work/one/pid")" "$work/one.json"
+tables bench1
+figures 1x
 
 echo "== 2 daemons, one database"
 start_daemon a bench2; start_daemon b bench2
@@ -104,22 +146,16 @@ rates = [json.load(open(f))["accepted_per_s"] for f in sys.argv[1:]]
 print(f"2 daemons: {sum(rates):.0f} profiles/s accepted in total ({', '.join(f'{r:.0f}' for r in rates)})")
 PY
 
-echo "== /render (database of the 1-daemon run)"
-now=$(date +%s)
-render() { # LABEL QUERY FROM
-  local t
-  t=$(curl -s -o "$work/render.json" -w 'HTTP %{http_code}, %{time_total}s' \
-    "http://127.0.0.1:$p1/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now")
-  echo "$1: $t"
-}
-render "one series (pod-0), 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
-render "one series (pod-0), 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
-render "all series merged, 24h" 'loadgen.cpu' $((now - 86400))
-render "all series merged, 30d" 'loadgen.cpu' $((now - 30 * 86400))
+if [ "$growth" -gt 1 ]; then
+  echo "== $((growth - 1))x more into the 1-daemon database"
+  loadgen "$p1" "$(cat "$work/one/pid")" "$work/grow.json" $(((growth - 1) * secs))
+  figures "${growth}x"
+fi
 
-echo "== bytes on disk"
-kill -TERM "$(cat "$work/one/pid")"; sleep 1
-sql "OPTIMIZE TABLE bench1.samples FINAL" || true
-profiles=$(sql "SELECT sum(profiles) FROM bench1.profiles WHERE level = 0")
-bytes=$(sql "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench1' AND active")
-echo "profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
+echo "== one profiled core for one day (8,640 profiles of one series, fresh database)"
+start_daemon day bench_day; pd=$(cat "$work/day/port")
+"$bin/kiln-loadgen" --url "http://127.0.0.1:$pd" --day --concurrency "$conc" >"$work/day.out"
+tail -n 2 "$work/day.out"
+bytes=$(merged_bytes bench_day)
+profiles=$(sql "SELECT sum(profiles) FROM bench_day.buckets WHERE level = 0")
+echo "per profiled core per day: $bytes bytes on disk ($profiles profiles)"

@@ -12,7 +12,7 @@ use crate::Inner;
 const DAY: i64 = 86_400;
 
 /// The tables partitioned by `(level, day)`.
-const LEVELED: [&str; 2] = ["samples", "profiles"];
+const LEVELED: [&str; 1] = ["buckets"];
 
 /// One partition of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,11 +140,11 @@ impl Inner {
         );
         let rows = self.client.query(&format!(
             "SELECT toUInt64(count()) FROM {} WHERE {filter} FORMAT RowBinary",
-            self.table("profiles")
+            self.table("buckets")
         ))?;
         let mut r = RowReader::new(&rows);
         let deleted = if r.at_end() { 0 } else { r.u64()? };
-        for table in ["series", "samples", "profiles"] {
+        for table in ["series", "buckets"] {
             self.client.execute(&format!(
                 "ALTER TABLE {} DELETE WHERE {filter}",
                 self.table(table)
@@ -195,8 +195,7 @@ impl Inner {
         }
         let mut rows: Vec<(String, String, String, u64)> = Vec::new();
         let queries = [
-            ("samples", "toString(level)"),
-            ("profiles", "toString(level)"),
+            ("buckets", "toString(level)"),
             ("series", "'index'"),
             ("frames", "'dictionary'"),
             ("stacks", "'dictionary'"),

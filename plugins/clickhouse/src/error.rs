@@ -23,6 +23,9 @@ pub enum ClickHouseError {
         found: u32,
         known: u32,
     },
+    /// Another daemon claimed the upgrade of the schema and has not finished it.
+    #[error("the ClickHouse database `{database}` is being upgraded to this kiln's schema by another daemon, which has not finished: wait for it; if no daemon is upgrading it (one stopped half way), run `DROP TABLE IF EXISTS {database}.buckets` and `DROP TABLE {database}.upgrade_to_2`, then start kiln again")]
+    UpgradeStuck { database: String },
 }
 
 impl From<ClickHouseError> for StorageError {

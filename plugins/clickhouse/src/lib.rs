@@ -4,9 +4,9 @@
 //! and reads from the same database, so a profile pushed to one is visible from all of them
 //! after its next flush.
 //!
-//! * Profiles become rows of five tables ([`schema`]): frames and stacks keyed by a hash of
-//!   their content ([`ids`]), a series index, and values by stack per series and bucket of
-//!   each time level, as the sled storage keeps them.
+//! * Profiles become rows of four tables ([`schema`]): frames and stacks keyed by a hash of
+//!   their content ([`ids`]), a series index, and one row per series and bucket of each time
+//!   level holding the value of every stack in two arrays (summed by key on merge).
 //! * Writes are buffered ([`write`]) and sent per table in one RowBinary insert, when the
 //!   buffer is big or old enough and at every flush. Until ClickHouse accepts them they stay
 //!   buffered (up to `max_buffered_rows`), and the daemon's write-ahead log keeps the pushes:
@@ -77,7 +77,7 @@ struct Inner {
     /// Rows of each table of [`TABLES`] taken from the buffer and not yet accepted, and the
     /// last write-ahead log record they hold. Lock order: `unsent`, then `buffer`, then `known`;
     /// never `unsent` while holding `buffer`.
-    unsent: Mutex<([RowWriter; 5], Option<u64>)>,
+    unsent: Mutex<([RowWriter; TABLES.len()], Option<u64>)>,
     /// This daemon's name in the `delivered` table, when it has a state directory.
     daemon: Option<String>,
     /// The last write-ahead log record wholly in ClickHouse.
@@ -99,7 +99,7 @@ impl ClickHouseStorage {
             return Err(OpenError::Config("levels`: at least one level".into()));
         }
         let client = Client::new(config).map_err(OpenError::Config)?;
-        schema::migrate(&client, &config.database).map_err(|e| match e {
+        schema::migrate(&client, &config.database, config.timeout).map_err(|e| match e {
             e @ ClickHouseError::Unreachable { .. } => OpenError::Unreachable(e),
             e @ ClickHouseError::Credentials { .. } => OpenError::Credentials(e),
             e => OpenError::Schema(e),

@@ -114,11 +114,12 @@ impl Inner {
             self.series_filter(tenant, &series),
             condition(&plan)
         );
-        // The merge: one aggregation, the sum of each stack over the range.
+        // The merge: one aggregation, the sum of each stack over the range, from the arrays of
+        // the buckets' rows.
         let rows = self.client.query(&format!(
-            "SELECT stack, sum(value) AS v FROM {} WHERE {filter} GROUP BY stack HAVING v != 0 \
-             FORMAT RowBinary",
-            self.table("samples")
+            "SELECT stacksMap.stack AS stack, sum(stacksMap.value) AS v FROM {} \
+             ARRAY JOIN stacksMap WHERE {filter} GROUP BY stack HAVING v != 0 FORMAT RowBinary",
+            self.table("buckets")
         ))?;
         let mut values: Vec<(u64, i64)> = Vec::new();
         let mut r = RowReader::new(&rows);
@@ -127,7 +128,7 @@ impl Inner {
         }
         let rows = self.client.query(&format!(
             "SELECT toUInt64(sum(profiles)) FROM {} WHERE {filter} FORMAT RowBinary",
-            self.table("profiles")
+            self.table("buckets")
         ))?;
         let mut r = RowReader::new(&rows);
         let profiles = if r.at_end() { 0 } else { r.u64()? };
@@ -286,7 +287,7 @@ impl Inner {
             let rows = self.client.query(&format!(
                 "SELECT series, bucket, toUInt64(sum(profiles)), sum(total) FROM {} WHERE {} AND {} \
                  GROUP BY series, level, bucket FORMAT RowBinary",
-                self.table("profiles"),
+                self.table("buckets"),
                 self.series_filter(tenant, &series),
                 condition(&ranges)
             ))?;

@@ -71,6 +71,14 @@ impl RowWriter {
         }
         self
     }
+
+    pub fn array_i64(&mut self, v: &[i64]) -> &mut Self {
+        self.varint(v.len() as u64);
+        for &x in v {
+            self.i64(x);
+        }
+        self
+    }
 }
 
 /// Reads rows of a `FORMAT RowBinary` answer.
@@ -144,6 +152,12 @@ impl<'a> RowReader<'a> {
         let n = self.varint()? as usize;
         (0..n).map(|_| self.u64()).collect()
     }
+
+    #[cfg(test)]
+    pub fn array_i64(&mut self) -> Result<Vec<i64>, ClickHouseError> {
+        let n = self.varint()? as usize;
+        (0..n).map(|_| self.i64()).collect()
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +172,8 @@ mod tests {
             .u64(u64::MAX)
             .i64(-5)
             .str(&"é".repeat(100))
-            .array_u64(&[1, 2, 3]);
+            .array_u64(&[1, 2, 3])
+            .array_i64(&[-1, 2]);
         w.end_row();
         let mut r = RowReader::new(&w.bytes);
         assert_eq!(r.take(1).unwrap(), [7]);
@@ -167,6 +182,7 @@ mod tests {
         assert_eq!(r.i64().unwrap(), -5);
         assert_eq!(r.string().unwrap(), "é".repeat(100));
         assert_eq!(r.array_u64().unwrap(), vec![1, 2, 3]);
+        assert_eq!(r.array_i64().unwrap(), vec![-1, 2]);
         assert!(r.at_end());
         assert!(RowReader::new(&[3, b'a']).string().is_err(), "truncated");
     }

@@ -1,57 +1,60 @@
 //! Kiln's tables, created and upgraded by the daemon at start.
 //!
-//! Every step is idempotent (`IF NOT EXISTS`), so two daemons starting at once both run them
-//! and both succeed; `schema_version` records what was applied (a ReplacingMergeTree: the same
-//! version inserted twice is one row). A database whose version is newer than
-//! [`SCHEMA_VERSION`] was written by a newer Kiln: this one refuses to start on it.
+//! Every create is idempotent (`IF NOT EXISTS`), so two daemons starting at once on an empty
+//! database both run them and both succeed; `schema_version` records what was applied (a
+//! ReplacingMergeTree: the same version inserted twice is one row). A database whose version
+//! is newer than [`SCHEMA_VERSION`] was written by a newer Kiln: this one refuses to start on
+//! it. One at version 1 is upgraded in place by the one daemon that claims the upgrade (see
+//! [`upgrade_from_1`]); the others wait for it.
 //!
 //! The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: no
 //! TTL, no LowCardinality, no `mutations_sync`.
+
+use std::time::{Duration, Instant};
 
 use crate::client::{quote, Client};
 use crate::error::ClickHouseError;
 use crate::rowbinary::RowReader;
 
 /// The newest schema this Kiln knows.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Code of "table already exists", which a concurrent `CREATE … IF NOT EXISTS` can still
 /// answer on old servers, and of "database already exists".
 const ALREADY_EXISTS: [u32; 2] = [57, 82];
 
-/// The statements of each version, in order; `{db}` is the database.
-const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        // Frames and stacks of each service, keyed by a 64-bit hash of their content: every
-        // daemon computes the same id, so two inserting the same new stack insert the same row.
-        "CREATE TABLE IF NOT EXISTS {db}.frames (tenant String, service String, frame UInt64, \
-         function String, file String, line UInt32, start_line UInt32) \
-         ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, frame)",
-        "CREATE TABLE IF NOT EXISTS {db}.stacks (tenant String, service String, stack UInt64, \
-         frames Array(UInt64)) ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, stack)",
-        // The series index: one row per series and hour it has data in.
-        "CREATE TABLE IF NOT EXISTS {db}.series (tenant String, service String, series UInt64, \
-         hour Int64, labels String, profile_type String, spy_name String, sample_rate UInt32) \
-         ENGINE = ReplacingMergeTree() PARTITION BY intDiv(hour, 86400) \
-         ORDER BY (tenant, service, series, hour)",
-        // Values by stack, per series and bucket of each time level (the daemon writes every
-        // level, as sled does): a long range reads coarse rows. Summed on merge.
-        "CREATE TABLE IF NOT EXISTS {db}.samples (tenant String, service String, series UInt64, \
-         level UInt8, bucket Int64, stack UInt64, value Int64) \
-         ENGINE = SummingMergeTree((value)) PARTITION BY (level, intDiv(bucket, 86400)) \
-         ORDER BY (tenant, service, level, series, bucket, stack)",
-        // Profiles and their total per series and bucket: timelines and averages.
-        "CREATE TABLE IF NOT EXISTS {db}.profiles (tenant String, service String, series UInt64, \
-         level UInt8, bucket Int64, profiles UInt64, total Int64) \
-         ENGINE = SummingMergeTree((profiles, total)) PARTITION BY (level, intDiv(bucket, 86400)) \
-         ORDER BY (tenant, service, level, series, bucket)",
-        // The last write-ahead log record of each daemon whose rows are all in: a daemon
-        // restarted after a crash replays only what came after it.
-        "CREATE TABLE IF NOT EXISTS {db}.delivered (daemon String, seq UInt64) \
-         ENGINE = ReplacingMergeTree(seq) ORDER BY daemon",
-    ],
-)];
+/// The tables of the current version; `{db}` is the database.
+const TABLES: &[&str] = &[
+    // Frames and stacks of each service, keyed by a 64-bit hash of their content: every
+    // daemon computes the same id, so two inserting the same new stack insert the same row.
+    "CREATE TABLE IF NOT EXISTS {db}.frames (tenant String, service String, frame UInt64, \
+     function String, file String, line UInt32, start_line UInt32) \
+     ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, frame)",
+    "CREATE TABLE IF NOT EXISTS {db}.stacks (tenant String, service String, stack UInt64, \
+     frames Array(UInt64)) ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, stack)",
+    // The series index: one row per series and hour it has data in.
+    "CREATE TABLE IF NOT EXISTS {db}.series (tenant String, service String, series UInt64, \
+     hour Int64, labels String, profile_type String, spy_name String, sample_rate UInt32) \
+     ENGINE = ReplacingMergeTree() PARTITION BY intDiv(hour, 86400) \
+     ORDER BY (tenant, service, series, hour)",
+    BUCKETS,
+    // The last write-ahead log record of each daemon whose rows are all in: a daemon
+    // restarted after a crash replays only what came after it.
+    "CREATE TABLE IF NOT EXISTS {db}.delivered (daemon String, seq UInt64) \
+     ENGINE = ReplacingMergeTree(seq) ORDER BY daemon",
+];
+
+/// One row per series and bucket of each time level (the daemon writes every level, as sled
+/// does, so a long range reads coarse rows): how many profiles, their total, and the value of
+/// each stack as two arrays. A nested column whose name ends in `Map` is summed by key when
+/// SummingMergeTree merges rows, so rows of the same bucket (other flushes, other daemons)
+/// become one row whose arrays hold each stack once. A row per bucket, not per stack, is what
+/// makes inserts cheap: a few rows per profile to sort and merge instead of thousands.
+const BUCKETS: &str = "CREATE TABLE IF NOT EXISTS {db}.buckets (tenant String, service String, \
+     series UInt64, level UInt8, bucket Int64, profiles UInt64, total Int64, \
+     stacksMap Nested(stack UInt64, value Int64)) \
+     ENGINE = SummingMergeTree() PARTITION BY (level, intDiv(bucket, 86400)) \
+     ORDER BY (tenant, service, level, series, bucket)";
 
 fn tolerate_existing(r: Result<(), ClickHouseError>) -> Result<(), ClickHouseError> {
     match r {
@@ -72,8 +75,9 @@ pub fn version(client: &Client, database: &str) -> Result<u32, ClickHouseError> 
     r.u32()
 }
 
-/// Creates or upgrades the schema of `database`; refuses a newer one.
-pub fn migrate(client: &Client, database: &str) -> Result<u32, ClickHouseError> {
+/// Creates or upgrades the schema of `database`; refuses a newer one. `timeout` bounds the
+/// wait for another daemon's upgrade.
+pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32, ClickHouseError> {
     tolerate_existing(client.execute(&format!("CREATE DATABASE IF NOT EXISTS {database}")))?;
     tolerate_existing(client.execute(&format!(
         "CREATE TABLE IF NOT EXISTS {database}.schema_version (version UInt32, kiln String, \
@@ -87,15 +91,77 @@ pub fn migrate(client: &Client, database: &str) -> Result<u32, ClickHouseError> 
             known: SCHEMA_VERSION,
         });
     }
-    for &(v, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-        for s in statements {
-            tolerate_existing(client.execute(&s.replace("{db}", database)))?;
-        }
-        client.execute(&format!(
-            "INSERT INTO {database}.schema_version VALUES ({v}, {}, now())",
-            quote(env!("CARGO_PKG_VERSION"))
-        ))?;
-        tracing::info!(database, version = v, "ClickHouse schema migrated");
+    if found == SCHEMA_VERSION {
+        return Ok(found);
     }
-    Ok(found.max(SCHEMA_VERSION))
+    if found == 1 {
+        upgrade_from_1(client, database, timeout)?;
+        return Ok(SCHEMA_VERSION);
+    }
+    for s in TABLES {
+        tolerate_existing(client.execute(&s.replace("{db}", database)))?;
+    }
+    record(client, database, SCHEMA_VERSION)?;
+    Ok(SCHEMA_VERSION)
+}
+
+fn record(client: &Client, database: &str, v: u32) -> Result<(), ClickHouseError> {
+    client.execute(&format!(
+        "INSERT INTO {database}.schema_version VALUES ({v}, {}, now())",
+        quote(env!("CARGO_PKG_VERSION"))
+    ))?;
+    tracing::info!(database, version = v, "ClickHouse schema migrated");
+    Ok(())
+}
+
+/// Version 1 kept a row per stack in `samples` and the counts in `profiles`; version 2 keeps
+/// both in `buckets`. The copy must run once, so one daemon claims it by creating the
+/// `upgrade_to_2` table (a plain `CREATE TABLE` succeeds for one caller only); the others wait
+/// until version 2 is recorded. The old tables are dropped once the copy is in.
+fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), ClickHouseError> {
+    let claim = client.execute(&format!(
+        "CREATE TABLE {db}.upgrade_to_2 (started DateTime) ENGINE = TinyLog"
+    ));
+    match claim {
+        Ok(()) => {}
+        Err(ClickHouseError::Server { code, .. }) if ALREADY_EXISTS.contains(&code) => {
+            return wait_for_upgrade(client, db, timeout);
+        }
+        Err(e) => return Err(e),
+    }
+    tolerate_existing(client.execute(&BUCKETS.replace("{db}", db)))?;
+    // Each bucket's stacks summed, with its profile count and total from `profiles`.
+    client.execute(&format!(
+        "INSERT INTO {db}.buckets (tenant, service, series, level, bucket, profiles, total, \
+         `stacksMap.stack`, `stacksMap.value`) \
+         SELECT tenant, service, series, level, bucket, n, t, stack_ids, stack_values FROM \
+         (SELECT tenant, service, series, level, bucket, \
+          toUInt64(sum(profiles)) AS n, sum(total) AS t \
+          FROM {db}.profiles GROUP BY tenant, service, series, level, bucket) \
+         ANY LEFT JOIN \
+         (SELECT tenant, service, series, level, bucket, groupArray(stack) AS stack_ids, \
+          groupArray(v) AS stack_values FROM \
+          (SELECT tenant, service, series, level, bucket, stack, sum(value) AS v \
+           FROM {db}.samples GROUP BY tenant, service, series, level, bucket, stack) \
+          GROUP BY tenant, service, series, level, bucket) \
+         USING (tenant, service, series, level, bucket)"
+    ))?;
+    record(client, db, 2)?;
+    client.execute(&format!("DROP TABLE IF EXISTS {db}.samples"))?;
+    client.execute(&format!("DROP TABLE IF EXISTS {db}.profiles"))?;
+    client.execute(&format!("DROP TABLE IF EXISTS {db}.upgrade_to_2"))?;
+    Ok(())
+}
+
+fn wait_for_upgrade(client: &Client, db: &str, timeout: Duration) -> Result<(), ClickHouseError> {
+    let deadline = Instant::now() + timeout;
+    while version(client, db)? < 2 {
+        if Instant::now() > deadline {
+            return Err(ClickHouseError::UpgradeStuck {
+                database: db.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }

@@ -1,9 +1,12 @@
-//! The write buffer: profiles become rows of the five tables here, and are sent in one insert
+//! The write buffer: profiles become rows of the four tables here, and are sent in one insert
 //! per table when the buffer is large or old enough, and at every flush.
 //!
+//! Each profile adds its stacks' values to one bucket row per time level; profiles of the same
+//! series and bucket in one buffer share the row (coarse buckets gather many).
+//!
 //! Rows not yet accepted by ClickHouse stay queued per table and are sent again, tables in
-//! dependency order (frames, stacks, series, then samples and profiles), so a sample never
-//! lands before the stack it refers to, and a table already sent is not sent twice.
+//! dependency order (frames, stacks, series, then buckets), so a value never lands before the
+//! stack it refers to, and a table already sent is not sent twice.
 
 use std::time::Instant;
 
@@ -16,7 +19,7 @@ use crate::rowbinary::RowWriter;
 const NS: i64 = 1_000_000_000;
 
 /// Tables in the order they are sent.
-pub const TABLES: [&str; 5] = ["frames", "stacks", "series", "samples", "profiles"];
+pub const TABLES: [&str; 4] = ["frames", "stacks", "series", "buckets"];
 
 /// Frame and stack ids already written per service: skipped on later writes. Bounded: past
 /// [`Known::MAX`] entries it starts over (rewriting a row is harmless, the tables deduplicate).
@@ -37,6 +40,14 @@ impl Known {
     }
 }
 
+/// One row of `buckets`: profiles, their total, and the value of each stack.
+#[derive(Default)]
+struct Bucket {
+    profiles: u64,
+    total: i64,
+    stacks: FxHashMap<u64, i64>,
+}
+
 /// What the writes since the last send produced.
 #[derive(Default)]
 pub struct Buffer {
@@ -48,8 +59,10 @@ pub struct Buffer {
     /// Series rows (service key, series, hour) in this buffer. Not kept across sends: a
     /// service deleted by another daemon must get its series rows again.
     series_seen: FxHashSet<(u64, u64, i64)>,
-    samples: FxHashMap<(u32, u64, u8, i64, u64), i64>,
-    profiles: FxHashMap<(u32, u64, u8, i64), (u64, i64)>,
+    /// Rows of `buckets` by (service, series, level, bucket).
+    buckets: FxHashMap<(u32, u64, u8, i64), Bucket>,
+    /// Stack values in `buckets`: what a row costs ClickHouse, so what batch sizes count.
+    values: usize,
     pub since: Option<Instant>,
     /// The last write-ahead log record in this buffer.
     pub seq: Option<u64>,
@@ -57,11 +70,7 @@ pub struct Buffer {
 
 impl Buffer {
     pub fn rows(&self) -> usize {
-        self.frames.rows
-            + self.stacks.rows
-            + self.series.rows
-            + self.samples.len()
-            + self.profiles.len()
+        self.frames.rows + self.stacks.rows + self.series.rows + self.buckets.len() + self.values
     }
 
     fn service(&mut self, tenant: &str, service: &str) -> u32 {
@@ -145,50 +154,49 @@ impl Buffer {
             let total: i64 = stacks.values().sum();
             for (level, &(res, _)) in levels.iter().enumerate() {
                 let bucket = t / res as i64 * res as i64;
-                let e = self
-                    .profiles
+                let row = self
+                    .buckets
                     .entry((svc, series, level as u8, bucket))
                     .or_default();
-                e.0 += 1;
-                e.1 += total;
-                for (&stack, &v) in &stacks {
-                    *self
-                        .samples
-                        .entry((svc, series, level as u8, bucket, stack))
-                        .or_default() += v;
+                row.profiles += 1;
+                row.total += total;
+                let before = row.stacks.len();
+                if before == 0 {
+                    row.stacks.clone_from(&stacks);
+                } else {
+                    for (&stack, &v) in &stacks {
+                        *row.stacks.entry(stack).or_default() += v;
+                    }
                 }
+                self.values += row.stacks.len() - before;
             }
         }
     }
 
     /// The rows of each table of [`TABLES`], encoded.
-    pub fn encode(self) -> [RowWriter; 5] {
-        let mut samples = RowWriter::default();
-        for ((svc, series, level, bucket, stack), value) in self.samples {
+    pub fn encode(self) -> [RowWriter; TABLES.len()] {
+        let mut buckets = RowWriter::default();
+        let (mut ids, mut values) = (Vec::new(), Vec::new());
+        for ((svc, series, level, bucket), row) in self.buckets {
             let (t, s) = &self.services[svc as usize];
-            samples
+            ids.clear();
+            values.clear();
+            for (stack, v) in row.stacks {
+                ids.push(stack);
+                values.push(v);
+            }
+            buckets
                 .str(t)
                 .str(s)
                 .u64(series)
                 .u8(level)
                 .i64(bucket)
-                .u64(stack)
-                .i64(value)
+                .u64(row.profiles)
+                .i64(row.total)
+                .array_u64(&ids)
+                .array_i64(&values)
                 .end_row();
         }
-        let mut profiles = RowWriter::default();
-        for ((svc, series, level, bucket), (n, total)) in self.profiles {
-            let (t, s) = &self.services[svc as usize];
-            profiles
-                .str(t)
-                .str(s)
-                .u64(series)
-                .u8(level)
-                .i64(bucket)
-                .u64(n)
-                .i64(total)
-                .end_row();
-        }
-        [self.frames, self.stacks, self.series, samples, profiles]
+        [self.frames, self.stacks, self.series, buckets]
     }
 }

@@ -308,7 +308,7 @@ async fn clickhouse_storage_end_to_end() {
     assert!(report.chunks_deleted >= 3, "{report:?}");
     assert_eq!(
         server
-            .sql("SELECT count() FROM kiln_a.samples WHERE service = 'old'")
+            .sql("SELECT count() FROM kiln_a.buckets WHERE service = 'old'")
             .trim(),
         "0"
     );
@@ -342,7 +342,7 @@ async fn clickhouse_storage_end_to_end() {
         .chunks_deleted;
     assert!(dropped > 0);
     assert_eq!(
-        server.sql("SELECT count() FROM kiln_a.samples").trim(),
+        server.sql("SELECT count() FROM kiln_a.buckets").trim(),
         "0",
         "nothing fits in one byte"
     );

@@ -1,0 +1,247 @@
+//! A database written by schema version 1 (a row per stack in `samples`, counts in `profiles`)
+//! is upgraded in place to version 2 (a row per bucket in `buckets`) by the one daemon that
+//! claims the upgrade, while others starting at the same moment wait for it; every answer is
+//! the same after the upgrade as before. A half-done upgrade is refused with what to do.
+
+use std::time::Duration;
+
+use kiln_plugin_api::{
+    Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector, Storage, Tenant,
+};
+use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
+use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage};
+
+const NS: i64 = 1_000_000_000;
+
+fn config(server: &TestServer, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url: server.url(),
+        database: database.into(),
+        user: USER.into(),
+        password: PASSWORD.into(),
+        ..ClickHouseConfig::default()
+    }
+}
+
+fn levels() -> Vec<(u64, u64)> {
+    vec![(10, 3 * 86_400), (100, 14 * 86_400), (1000, 365 * 86_400)]
+}
+
+fn profile(service: &str, at_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut samples = Vec::new();
+    for (stack, value) in stacks {
+        let ids = stack
+            .iter()
+            .map(
+                |name| match frames.iter().position(|f| f.function == *name) {
+                    Some(i) => i as u32,
+                    None => {
+                        frames.push(Frame::named(*name));
+                        frames.len() as u32 - 1
+                    }
+                },
+            )
+            .collect();
+        samples.push(Sample {
+            stack: ids,
+            value: *value,
+        });
+    }
+    Profile {
+        labels: Labels::from_pairs([("service_name", service), ("env", "prod")]),
+        profile_type: ProfileType::well_known("cpu").unwrap(),
+        start_ns: at_s * NS,
+        end_ns: (at_s + 10) * NS,
+        frames,
+        samples,
+        meta: ProfileMeta {
+            spy_name: "gospy".into(),
+            sample_rate: 100,
+        },
+    }
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Flamegraphs and timelines of a short and a 30-day range, as text.
+async fn answers(s: &ClickHouseStorage, now: i64) -> Vec<String> {
+    let t = Tenant::default();
+    let mut out = Vec::new();
+    for (sel, from) in [
+        ("shop.cpu", now - 3600),
+        ("shop.cpu", now - 30 * 86_400),
+        ("cart.cpu", now - 30 * 86_400),
+    ] {
+        let q = Query {
+            selector: Selector::parse(sel).unwrap(),
+            start_ns: from * NS,
+            end_ns: now * NS,
+        };
+        let m = s.select_merge(&t, &q).await.unwrap();
+        out.push(format!(
+            "{} {} {}",
+            m.tree.to_folded(),
+            m.profiles,
+            m.series
+        ));
+        let line = s.select_timeline(&t, &q, 600 * NS, None).await.unwrap();
+        out.push(format!("{line:?}"));
+    }
+    out
+}
+
+/// The version 1 tables, as that version created them.
+const V1_TABLES: [&str; 2] = [
+    "CREATE TABLE {db}.samples (tenant String, service String, series UInt64, level UInt8, \
+     bucket Int64, stack UInt64, value Int64) ENGINE = SummingMergeTree((value)) \
+     PARTITION BY (level, intDiv(bucket, 86400)) ORDER BY (tenant, service, level, series, bucket, stack)",
+    "CREATE TABLE {db}.profiles (tenant String, service String, series UInt64, level UInt8, \
+     bucket Int64, profiles UInt64, total Int64) ENGINE = SummingMergeTree((profiles, total)) \
+     PARTITION BY (level, intDiv(bucket, 86400)) ORDER BY (tenant, service, level, series, bucket)",
+];
+
+/// Rewrites `db` (written by this version) as version 1 held it.
+fn downgrade_to_v1(server: &TestServer, db: &str) {
+    for s in V1_TABLES {
+        server.sql(&s.replace("{db}", db));
+    }
+    // Each stack's value in two rows, as two unmerged inserts leave it.
+    for half in [
+        "intDiv(stacksMap.value, 2)",
+        "stacksMap.value - intDiv(stacksMap.value, 2)",
+    ] {
+        server.sql(&format!(
+            "INSERT INTO {db}.samples SELECT tenant, service, series, level, bucket, \
+             stacksMap.stack, {half} FROM {db}.buckets ARRAY JOIN stacksMap"
+        ));
+    }
+    server.sql(&format!(
+        "INSERT INTO {db}.profiles SELECT tenant, service, series, level, bucket, profiles, \
+         total FROM {db}.buckets"
+    ));
+    server.sql(&format!("DROP TABLE {db}.buckets"));
+    server.sql(&format!("DROP TABLE {db}.schema_version"));
+    server.sql(&format!(
+        "CREATE TABLE {db}.schema_version (version UInt32, kiln String, applied DateTime) \
+         ENGINE = ReplacingMergeTree() ORDER BY version"
+    ));
+    server.sql(&format!(
+        "INSERT INTO {db}.schema_version VALUES (1, 'old', now())"
+    ));
+}
+
+fn tables(server: &TestServer, db: &str) -> String {
+    server
+        .sql(&format!(
+            "SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"
+        ))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_database_is_upgraded_once_with_the_same_answers() {
+    let server = TestServer::start();
+    let t = Tenant::default();
+    let now = now_s();
+    let s = ClickHouseStorage::open(&config(&server, "kiln_up"), levels(), None).unwrap();
+    let mut profiles = Vec::new();
+    for i in 0..40 {
+        // Every 12 h over 20 days, and a few in the last hour.
+        profiles.push(profile(
+            "shop",
+            now - i * 43_200 - 30,
+            &[(&["main", "hash"], 10 + i), (&["main", "io"], 3)],
+        ));
+    }
+    for i in 0..5 {
+        profiles.push(profile("cart", now - i * 600 - 30, &[(&["run"], 7)]));
+    }
+    s.write(&t, profiles).await.unwrap();
+    s.flush().await.unwrap();
+    let before = answers(&s, now).await;
+    assert!(before[2].contains("main;hash"), "{before:?}");
+    drop(s);
+
+    downgrade_to_v1(&server, "kiln_up");
+    // Three daemons start at once on the version 1 database: one upgrades, all open.
+    let racers: Vec<_> = (0..3)
+        .map(|_| {
+            let c = config(&server, "kiln_up");
+            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        server
+            .sql("SELECT max(version) FROM kiln_up.schema_version")
+            .trim(),
+        "2"
+    );
+    assert_eq!(
+        tables(&server, "kiln_up"),
+        "buckets delivered frames schema_version series stacks",
+        "the old tables and the claim are gone"
+    );
+    let s = ClickHouseStorage::open(&config(&server, "kiln_up"), levels(), None).unwrap();
+    assert_eq!(answers(&s, now).await, before, "copied once, nothing lost");
+
+    // More of the same buckets from another flush, then ClickHouse merges the rows: each
+    // bucket becomes one row whose arrays hold each stack once, summed.
+    s.write(
+        &t,
+        vec![profile("cart", now - 30, &[(&["run"], 1), (&["new"], 2)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let unmerged = answers(&s, now).await;
+    assert!(
+        unmerged[4].contains("run 36") && unmerged[4].contains("new 2"),
+        "{unmerged:?}"
+    );
+    server.sql("OPTIMIZE TABLE kiln_up.buckets FINAL");
+    assert_eq!(
+        answers(&s, now).await,
+        unmerged,
+        "merging changes no answer"
+    );
+    assert_eq!(
+        server
+            .sql(
+                "SELECT count() = uniqExact(tenant, service, series, level, bucket), \
+                 max(length(stacksMap.stack)) FROM kiln_up.buckets FORMAT TSV"
+            )
+            .trim(),
+        "1\t2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_upgrade_is_refused_with_what_to_do() {
+    let server = TestServer::start();
+    let s = ClickHouseStorage::open(&config(&server, "kiln_half"), levels(), None).unwrap();
+    drop(s);
+    downgrade_to_v1(&server, "kiln_half");
+    // A daemon claimed the upgrade and stopped before recording it.
+    server.sql("CREATE TABLE kiln_half.upgrade_to_2 (started DateTime) ENGINE = TinyLog");
+    let c = ClickHouseConfig {
+        timeout: Duration::from_secs(1),
+        ..config(&server, "kiln_half")
+    };
+    let e = ClickHouseStorage::open(&c, levels(), None).err().unwrap();
+    let e = e.to_string();
+    assert!(
+        e.contains("kiln_half") && e.contains("DROP TABLE kiln_half.upgrade_to_2"),
+        "{e}"
+    );
+}
