@@ -7,26 +7,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# Honours CARGO_TARGET_DIR like cargo does.
+target=${CARGO_TARGET_DIR:-$root/target}
 cargo build --release -p kiln -p kiln-loadgen
 (cd examples/wasm-exporter-rust &&
-  CARGO_TARGET_DIR="$root/target/wasm-guests" cargo build --release --target wasm32-wasip2)
+  CARGO_TARGET_DIR="$target/wasm-guests" cargo build --release --target wasm32-wasip2)
 
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/plugins" "$work/out"
-cp target/wasm-guests/wasm32-wasip2/release/kiln_top_functions.wasm "$work/plugins/"
+cp "$target"/wasm-guests/wasm32-wasip2/release/kiln_top_functions.wasm "$work/plugins/"
 
 run() {
   local label=$1 config=$2
   local data port
   data=$(mktemp -d -p "$work")
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  ./target/release/kiln server --config "$config" --listen "127.0.0.1:$port" --storage-path "$data" \
+  "$target"/release/kiln server --config "$config" --listen "127.0.0.1:$port" --storage-path "$data" \
     --self-profiling false --log-level warn &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   echo "== $label"
-  ./target/release/kiln-loadgen --url "http://127.0.0.1:$port" --series "${SERIES:-200}" \
+  "$target"/release/kiln-loadgen --url "http://127.0.0.1:$port" --series "${SERIES:-200}" \
     --concurrency "${CONCURRENCY:-4}" --seconds "${SECONDS_TO_RUN:-15}" --rate "${RATE:-2000}" --pid "$pid"
   kill -TERM "$pid"; wait "$pid" || true
 }

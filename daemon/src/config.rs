@@ -270,6 +270,11 @@ impl TlsConfig {
 pub struct ComponentConfig {
     #[serde(rename = "type")]
     pub kind: String,
+    /// Sinks only: how long a sink's worker waits for more profiles before calling the sink
+    /// with what has queued up (see `crate::sink_queue`); `0s` calls it as soon as a push
+    /// arrives. Read by the daemon, never passed to the plugin.
+    #[serde(default, with = "humantime_serde")]
+    pub batch_wait: Option<Duration>,
     #[serde(flatten)]
     pub settings: PluginSettings,
 }
@@ -624,6 +629,9 @@ impl Config {
         }
         // Other transform types may come from plugins: checked when pipelines are built.
         for (name, t) in &self.transforms {
+            if t.batch_wait.is_some() {
+                bail!("in [transforms.{name}], key `batch_wait`: only sinks batch their input");
+            }
             if t.kind == "relabel" {
                 t.options::<crate::relabel::RelabelConfig>(&format!("transforms.{name}"))?;
             }
@@ -631,6 +639,14 @@ impl Config {
         // Other sink types may come from plugins: checked when pipelines are built.
         for (name, s) in &self.sinks {
             let table = format!("sinks.{name}");
+            if s.batch_wait
+                .is_some_and(|w| w > crate::sink_queue::MAX_BATCH_WAIT)
+            {
+                bail!(
+                    "in [{table}], key `batch_wait`: at most {} (profiles wait that long in memory)",
+                    humantime::format_duration(crate::sink_queue::MAX_BATCH_WAIT)
+                );
+            }
             match s.kind.as_str() {
                 "log" => {
                     s.options::<LogSinkConfig>(&table)?;

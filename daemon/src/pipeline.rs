@@ -57,11 +57,9 @@ impl Pipeline {
         if profiles.is_empty() {
             return Ok(());
         }
-        let for_sinks = self.has_sinks().then(|| profiles.clone());
+        let for_sinks = self.copies_for_sinks(&profiles);
         storage.write(tenant, profiles).await?;
-        if let Some(p) = for_sinks {
-            self.deliver_to_sinks(p);
-        }
+        for_sinks.deliver();
         Ok(())
     }
 
@@ -69,13 +67,27 @@ impl Pipeline {
         !self.sinks.is_empty()
     }
 
-    /// Queues the profiles for every sink (delivered in the background).
-    pub fn deliver_to_sinks(&self, profiles: Vec<Profile>) {
-        if let Some((last, others)) = self.sinks.split_last() {
-            for queue in others {
-                queue.deliver(profiles.clone());
-            }
-            last.deliver(profiles);
+    /// Each sink's copy of the profiles it wants (CPU work: call from a blocking context).
+    pub fn copies_for_sinks(&self, profiles: &[Profile]) -> SinkCopies {
+        SinkCopies(
+            self.sinks
+                .iter()
+                .map(|queue| (queue.clone(), queue.copy_wanted(profiles)))
+                .filter(|(_, copy)| !copy.is_empty())
+                .collect(),
+        )
+    }
+}
+
+/// Profiles copied for each sink, to queue once they are stored.
+#[derive(Default)]
+pub struct SinkCopies(Vec<(Arc<SinkQueue>, Vec<Profile>)>);
+
+impl SinkCopies {
+    /// Queues every copy for its sink (delivered in the background).
+    pub fn deliver(self) {
+        for (queue, profiles) in self.0 {
+            queue.deliver(profiles);
         }
     }
 }
@@ -112,7 +124,13 @@ impl Pipelines {
             .keys()
             .map(|name| {
                 let sink = build_sink(name, config, plugins, metrics)?;
-                Ok((name, Arc::new(SinkQueue::new(name, sink, metrics.clone()))))
+                let wait = config.sinks[name]
+                    .batch_wait
+                    .unwrap_or(crate::sink_queue::DEFAULT_BATCH_WAIT);
+                Ok((
+                    name,
+                    Arc::new(SinkQueue::new(name, sink, wait, metrics.clone())),
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         let default = crate::config::PipelineConfig::default();

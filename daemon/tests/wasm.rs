@@ -442,3 +442,88 @@ fn reload_with_a_broken_plugin_keeps_the_old_one_serving() {
     ingest_folded(&d, "after.cpu");
     wait_for("the second line", || lines() == 2);
 }
+
+#[test]
+fn a_sink_gets_only_the_types_it_asked_for_and_pushes_batched_within_batch_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(dir.path(), &["kiln_top_functions.wasm"]);
+    let (url, posted) = webhook();
+    // The plugin refuses unknown options, so this also shows `batch_wait` never reaches it.
+    let cfg = config(
+        dir.path(),
+        &plugins,
+        &format!(
+            r#"
+[sinks.hook]
+type = "top-functions"
+types = ["cpu"]
+webhook = "{url}"
+batch_wait = "3s"
+[sinks.hook.sandbox]
+http_allow = ["{url}"]
+
+[pipelines.default]
+sinks = ["hook"]
+"#
+        ),
+    );
+    let d = Daemon::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let body = std::fs::read(root().join("testdata/go-cpu.pb.gz")).unwrap();
+    let start = Instant::now();
+    for pod in ["a", "b", "c"] {
+        let (s, m) = d.ingest(
+            &format!(
+                "name={}&format=pprof",
+                enc(&format!("batched{{pod={pod}}}"))
+            ),
+            "application/octet-stream",
+            &body,
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "pushes too slow for this check"
+    );
+    // Each push stores two profile types; the sink asked for `cpu` only. The three pushes,
+    // well within the wait, reach it as one call: one POST of three lines.
+    let posted_body = posted.recv_timeout(Duration::from_secs(20)).unwrap();
+    let lines: Vec<serde_json::Value> = posted_body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{posted_body}");
+    assert!(lines.iter().all(|l| l["type"] == "cpu"), "{posted_body}");
+    let mut pods: Vec<_> = lines
+        .iter()
+        .map(|l| l["labels"]["pod"].as_str().unwrap().to_string())
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["a", "b", "c"]);
+    assert!(posted.recv_timeout(Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn a_batch_wait_on_a_transform_or_past_its_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (table, want) in [
+        (
+            "[transforms.t]\ntype = \"relabel\"\nbatch_wait = \"1s\"\n",
+            "in [transforms.t], key `batch_wait`",
+        ),
+        (
+            "[sinks.s]\ntype = \"log\"\nbatch_wait = \"1h\"\n",
+            "in [sinks.s], key `batch_wait`: at most 10s",
+        ),
+        (
+            "[sinks.s]\ntype = \"log\"\nbatch_wait = \"soon\"\n",
+            "batch_wait",
+        ),
+    ] {
+        let cfg = dir.path().join("kiln.toml");
+        std::fs::write(&cfg, table).unwrap();
+        let (ok, err) = kiln(&["validate", "--config", cfg.to_str().unwrap()]);
+        assert!(!ok, "{table} was accepted");
+        assert!(err.contains(want), "{table}: {err}");
+    }
+}

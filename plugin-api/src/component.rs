@@ -303,6 +303,13 @@ pub struct ExportError(pub String);
 #[async_trait]
 pub trait SinkExporter: Send + Sync {
     async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError>;
+
+    /// Whether this sink wants `profile` at all. The daemon copies for a sink only the
+    /// profiles it wants, so a sink that reads one profile type does not pay for the others.
+    fn wants(&self, profile: &Profile) -> bool {
+        let _ = profile;
+        true
+    }
 }
 
 /// What a renderer knows about the tree it renders.

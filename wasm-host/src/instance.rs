@@ -149,9 +149,8 @@ impl Live {
     }
 }
 
-/// A 0.2.0 sink's feed: what it wants and the strings its instance holds.
+/// A 0.2.0 sink's feed: the strings its instance holds.
 struct SinkFeed {
-    interest: SinkInterest,
     strings: StringTable,
 }
 
@@ -171,6 +170,8 @@ struct Inner {
     /// For a 0.2.0 sink. An async lock: it is held across the call, so batches reach the
     /// instance in the order their string deltas were made.
     sink: tokio::sync::Mutex<Option<SinkFeed>>,
+    /// What a 0.2.0 sink asked for once; `None` for every other kind (they get everything).
+    interest: Option<SinkInterest>,
 }
 
 impl WasmPlugin {
@@ -186,7 +187,7 @@ impl WasmPlugin {
             plugin: self.name.clone(),
             reason,
         })?;
-        let inner = Inner {
+        let mut inner = Inner {
             plugin: self.clone(),
             options: options.to_string(),
             sandbox,
@@ -195,6 +196,7 @@ impl WasmPlugin {
             disabled: AtomicBool::new(false),
             observer,
             sink: tokio::sync::Mutex::new(None),
+            interest: None,
         };
         let config_error = |message: String| WasmError::Config {
             plugin: self.name.clone(),
@@ -205,10 +207,10 @@ impl WasmPlugin {
             // The instance keeps the strings it is sent; an eighth of its memory cap bounds them
             // (a guest `String` and its table slot take about twice the bytes).
             let limit = usize::try_from(inner.sandbox.max_memory_mb << 17).unwrap_or(usize::MAX);
-            *inner.sink.try_lock().expect("not shared yet") = Some(SinkFeed {
-                interest: interest.into(),
+            *inner.sink.get_mut() = Some(SinkFeed {
                 strings: StringTable::new(limit),
             });
+            inner.interest = Some(interest.into());
         }
         *inner.live.lock() = Some(live);
         Ok(WasmInstance {
@@ -369,10 +371,10 @@ impl Transform for WasmInstance {
 impl SinkExporter for WasmInstance {
     async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
         let mut feed = self.inner.sink.lock().await;
-        let Some(feed) = feed.as_mut() else {
+        let (Some(feed), Some(interest)) = (feed.as_mut(), &self.inner.interest) else {
             return self.export_v0_1(profiles).await;
         };
-        let batch = feed.strings.batch(profiles, &feed.interest);
+        let batch = feed.strings.batch(profiles, interest);
         if batch.profiles.is_empty() {
             return Ok(());
         }
@@ -395,6 +397,13 @@ impl SinkExporter for WasmInstance {
             feed.strings.reset();
         }
         result.map_err(|e| ExportError(e.to_string()))
+    }
+
+    fn wants(&self, profile: &Profile) -> bool {
+        self.inner
+            .interest
+            .as_ref()
+            .is_none_or(|i| i.wants(profile))
     }
 }
 

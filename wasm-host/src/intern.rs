@@ -27,7 +27,7 @@ impl From<wit::SinkInterest> for SinkInterest {
 }
 
 impl SinkInterest {
-    fn wants(&self, p: &Profile) -> bool {
+    pub fn wants(&self, p: &Profile) -> bool {
         self.types
             .as_ref()
             .is_none_or(|t| t.contains(&p.profile_type.name))

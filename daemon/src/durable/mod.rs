@@ -363,7 +363,7 @@ impl Durability {
             let mut profiles = Vec::new();
             for b in batches {
                 if b.pipeline.has_sinks() {
-                    for_sinks.push((b.pipeline, b.profiles.clone()));
+                    for_sinks.push(b.pipeline.copies_for_sinks(&b.profiles));
                 }
                 profiles.extend(b.profiles);
             }
@@ -392,8 +392,8 @@ impl Durability {
         if let Some(profiles) = unlogged {
             self.storage.write(tenant, profiles).await?;
         }
-        for (pipeline, profiles) in for_sinks {
-            pipeline.deliver_to_sinks(profiles);
+        for copies in for_sinks {
+            copies.deliver();
         }
         self.metrics
             .wal_backlog(self.backlog.bytes.load(Ordering::Relaxed));
