@@ -48,9 +48,10 @@ files=(testdata/go-cpu.pb.gz testdata/go-heap.pb.gz)
 count_queries=(soakgo.cpu soakheap.alloc_space)
 work=$(mktemp -d)
 query_pid=
+memory_pid=
 load_pid=
 daemon_pid=
-trap 'kill -9 $daemon_pid $load_pid $query_pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -9 $daemon_pid $load_pid $query_pid $memory_pid 2>/dev/null; rm -rf "$work"' EXIT
 
 # Per-tenant ingest rate: a tenth of the core target's bytes (the mean fixture size × 200/s).
 bytes=0
@@ -103,6 +104,25 @@ query_loop() {
   done
 }
 
+# Every 2 s until killed: "SECONDS RSS_MB ALLOCATED RESIDENT BACKLOG WRITE_BUFFER DICTIONARIES" (MB;
+# the last five from the daemon's /metrics), for whichever daemon serves DATA, so that the peak
+# can be told apart: what the allocator holds, what the bounds hold, and the slack between.
+memory_loop() {
+  local data=$1 t0 pid rss gauges
+  t0=$(now_ms)
+  while :; do
+    pid=$(pgrep -f -- "--storage-path $data --" | head -1)
+    if [[ -n $pid ]]; then
+      rss=$(awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo 0)
+      gauges=$(curl -s --max-time 2 -H "Authorization: Bearer $(key readers 0)" "$url/metrics" |
+        awk '/^kiln_(memory_allocated|memory_resident|wal_unapplied|storage_write_buffer|storage_dictionary)_bytes / {v[$1] = int($2 / 1048576)}
+          END {printf "%d %d %d %d %d", v["kiln_memory_allocated_bytes"], v["kiln_memory_resident_bytes"], v["kiln_wal_unapplied_bytes"], v["kiln_storage_write_buffer_bytes"], v["kiln_storage_dictionary_bytes"]}' || true)
+      echo "$((($(now_ms) - t0) / 1000)) $rss $gauges"
+    fi
+    sleep 2
+  done
+}
+
 load_args=(--concurrency "$concurrency" --series "$series" --spread 24h --tenants "$tenants")
 for i in "${!files[@]}"; do load_args+=(--file "${files[i]}@${apps[i]}"); done
 
@@ -131,6 +151,8 @@ done
 load_pid=$!
 query_loop >"$work/queries" 2>/dev/null &
 query_pid=$!
+memory_loop "$data" >"$work/memory" 2>/dev/null &
+memory_pid=$!
 
 kill_at=$((secs * 6 / 10))
 sleep "$kill_at"
@@ -144,9 +166,11 @@ restart_ms=$(($(now_ms) - restart_t0))
 wait "$load_pid" || { echo "soak: loadgen failed" >&2; cat "$work/soak.out" >&2; exit 1; }
 load_pid=
 peak_kb=$(($(vmhwm_kb "$daemon_pid") > peak_kb ? $(vmhwm_kb "$daemon_pid") : peak_kb))
-kill "$query_pid" 2>/dev/null || true
-wait "$query_pid" 2>/dev/null || true
-query_pid=
+kill "$query_pid" "$memory_pid" 2>/dev/null || true
+wait "$query_pid" "$memory_pid" 2>/dev/null || true
+query_pid= memory_pid=
+# The sample with the most RSS: when it was (the kill was at kill_at s) and what the daemon held.
+read -r m_t m_rss m_alloc m_res m_backlog m_wbuf m_dict < <(sort -k2,2n "$work/memory" | tail -1)
 sleep $((flush_ms * 2 / 1000 + 1))
 
 # Acknowledged before the cutoff vs what the restarted daemon answers, per tenant and window.
@@ -219,6 +243,7 @@ Soak: ${secs} s, ${tenants} tenants, ${series} series × $((secs / window)) wind
 | no answer (around the kill) | ${unanswered} | |
 | ingest p99, accepted | ${p99} ms | |
 | daemon peak RSS | $((peak_kb / 1024)) MB | < 512 MB |
+| largest 2 s sample: at / RSS / allocated / allocator resident / decoded backlog / write buffer / dictionaries | ${m_t} s (kill at ${kill_at} s) / ${m_rss} / ${m_alloc} / ${m_res} / ${m_backlog} / ${m_wbuf} / ${m_dict} MB | |
 | queries (1 h / 24 h /render) ok / failed / no answer (restart) | ${q_ok} / ${q_failed} / ${q_down} | |
 | query p50 / p99 | ${q50} / ${q99} ms | |
 | restart after kill -9 to /healthz | ${restart_ms} ms | |

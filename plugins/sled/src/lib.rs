@@ -24,6 +24,7 @@ mod codec;
 mod column;
 mod dict;
 mod error;
+mod series_index;
 mod usage;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ use codec::Codec;
 pub use column::{Column, Stored};
 use dict::ServiceDict;
 use error::io;
+use series_index::{SeriesIdentity, SeriesIndex};
 
 const NS: i64 = 1_000_000_000;
 
@@ -204,6 +206,12 @@ struct SeriesRecord {
 
 const BOUNDS_NS: i64 = 3600 * NS;
 
+impl SeriesIdentity for SeriesRecord {
+    fn identity(&self) -> (&Tenant, &Labels, &ProfileType) {
+        (&self.tenant, &self.info.labels, &self.info.profile_type)
+    }
+}
+
 impl SeriesRecord {
     /// Widens the bounds to cover `t_ns`; true if they changed.
     fn cover(&mut self, t_ns: i64) -> bool {
@@ -240,7 +248,7 @@ impl Pending {
 struct State {
     services: FxHashMap<(Tenant, String), ServiceDict>,
     series: Vec<SeriesRecord>,
-    series_ids: FxHashMap<(Tenant, Labels, ProfileType), u32>,
+    series_ids: SeriesIndex,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     /// Estimated bytes of `buffer` ([`PENDING_BYTES`], [`PENDING_VALUE_BYTES`]).
     buffer_bytes: usize,
@@ -621,15 +629,11 @@ impl Inner {
                     "series ids not dense at {id}"
                 )));
             }
-            st.series_ids.insert(
-                (
-                    rec.tenant.clone(),
-                    rec.info.labels.clone(),
-                    rec.info.profile_type.clone(),
-                ),
-                id,
-            );
             st.series.push(rec);
+            let State {
+                series, series_ids, ..
+            } = &mut *st;
+            series_ids.insert(series, id);
         }
         Ok(())
     }
@@ -708,9 +712,11 @@ impl Inner {
             for (s, &node) in p.samples.iter().zip(&sample_nodes) {
                 *stacks.entry(node).or_default() += s.value;
             }
-            let key = (tenant.clone(), p.labels.clone(), p.profile_type.clone());
-            let series = match st.series_ids.get(&key) {
-                Some(&id) => id,
+            let found = st
+                .series_ids
+                .get(&st.series, tenant, &p.labels, &p.profile_type);
+            let series = match found {
+                Some(id) => id,
                 None => {
                     let id = st.series.len() as u32;
                     st.series.push(SeriesRecord {
@@ -725,7 +731,10 @@ impl Inner {
                         first_ns: i64::MAX,
                         last_ns: i64::MIN,
                     });
-                    st.series_ids.insert(key, id);
+                    let State {
+                        series, series_ids, ..
+                    } = &mut *st;
+                    series_ids.insert(series, id);
                     st.dirty_series.insert(id);
                     id
                 }

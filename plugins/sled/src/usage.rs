@@ -31,8 +31,56 @@ fn parse_key(k: &[u8]) -> Option<(u32, u8, u64)> {
     ))
 }
 
-/// Bytes and chunks per `(series, level)`.
-pub(crate) type Accounting = FxHashMap<(u32, u8), (i64, i64)>;
+/// Bytes and chunks per `(series, level)`: a flat table indexed by series id (ids are dense),
+/// one cell per configured level. With tens of thousands of series a hash map of the same
+/// counts took several times the memory, and doubled it while growing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Accounting {
+    levels: usize,
+    cells: Vec<(i64, i64)>,
+    /// Levels past the configured ones (a data directory written with more levels).
+    other: FxHashMap<(u32, u8), (i64, i64)>,
+}
+
+impl Accounting {
+    pub(crate) fn new(levels: usize) -> Self {
+        Self {
+            levels,
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, series: u32, level: u8, bytes: i64, chunks: i64) {
+        if (level as usize) < self.levels {
+            let i = series as usize * self.levels + level as usize;
+            if i >= self.cells.len() {
+                self.cells.resize(i + 1, (0, 0));
+            }
+            let cell = &mut self.cells[i];
+            *cell = (cell.0 + bytes, cell.1 + chunks);
+            if cell.1 <= 0 {
+                *cell = (0, 0);
+            }
+        } else {
+            let cell = self.other.entry((series, level)).or_default();
+            *cell = (cell.0 + bytes, cell.1 + chunks);
+            if cell.1 <= 0 {
+                self.other.remove(&(series, level));
+            }
+        }
+    }
+
+    /// `((series, level), (bytes, chunks))` of every `(series, level)` holding chunks.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = ((u32, u8), (i64, i64))> + '_ {
+        let levels = self.levels.max(1);
+        self.cells
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.1 > 0)
+            .map(move |(i, &c)| (((i / levels) as u32, (i % levels) as u8), c))
+            .chain(self.other.iter().map(|(&k, &c)| (k, c)))
+    }
+}
 
 /// Value lengths a batch replaced in `chunks`: `(key, before, after)`, `None` for no value.
 #[derive(Default)]
@@ -60,14 +108,12 @@ fn chunk_bytes(len: Option<usize>) -> (i64, i64) {
 }
 
 /// Every chunk's bytes, by series and level.
-pub(crate) fn scan_chunks(chunks: &sled::Tree) -> Result<Accounting, StorageError> {
-    let mut per = Accounting::default();
+pub(crate) fn scan_chunks(chunks: &sled::Tree, levels: usize) -> Result<Accounting, StorageError> {
+    let mut per = Accounting::new(levels);
     for kv in chunks.iter() {
         let (k, v) = kv.map_err(io)?;
         if let Some((series, level, _)) = parse_key(&k) {
-            let e = per.entry((series, level)).or_default();
-            e.0 += (k.len() + v.len()) as i64;
-            e.1 += 1;
+            per.add(series, level, (k.len() + v.len()) as i64, 1);
         }
     }
     Ok(per)
@@ -101,22 +147,20 @@ impl Inner {
             };
             let (b0, c0) = chunk_bytes(before);
             let (b1, c1) = chunk_bytes(after);
-            let e = per.entry((series, level)).or_default();
-            e.0 += b1 - b0;
-            e.1 += c1 - c0;
-            if e.1 <= 0 {
-                per.remove(&(series, level));
-            }
+            per.add(series, level, b1 - b0, c1 - c0);
         }
     }
 
-    /// The counts per series and level, built by a scan the first time.
-    fn chunk_accounting(&self) -> Result<Accounting, StorageError> {
+    /// `read` of the counts per series and level, built by a scan the first time.
+    fn with_chunk_accounting<T>(
+        &self,
+        read: impl FnOnce(&Accounting) -> T,
+    ) -> Result<T, StorageError> {
         let mut accounting = self.accounting.lock();
         if accounting.is_none() {
-            *accounting = Some(scan_chunks(&self.chunks)?);
+            *accounting = Some(scan_chunks(&self.chunks, self.levels.len())?);
         }
-        Ok(accounting.clone().unwrap_or_default())
+        Ok(read(accounting.as_ref().expect("built above")))
     }
 
     /// Where retention by size stopped at `level` (0: it never ran there).
@@ -143,7 +187,6 @@ impl Inner {
         self.apply()?;
         // No apply, retention or delete changes `chunks` while this reads the counts.
         let _apply = self.apply_lock.lock();
-        let per = self.chunk_accounting()?;
         let owners: Vec<(String, String)> = {
             let st = self.state.lock();
             st.series
@@ -151,7 +194,26 @@ impl Inner {
                 .map(|r| (r.tenant.as_str().to_string(), r.service.clone()))
                 .collect()
         };
-        let mut total: u64 = per.values().map(|&(b, _)| b.max(0) as u64).sum();
+        // Bytes and chunks per tenant, service and level, and the chunks' total.
+        let (grouped, chunk_total) = self.with_chunk_accounting(|per| {
+            let mut grouped: FxHashMap<(&str, &str, u8), (u64, u64)> = FxHashMap::default();
+            let mut total = 0u64;
+            for ((series, level), (bytes, chunks)) in per.entries() {
+                let Some((tenant, service)) = owners.get(series as usize) else {
+                    return Err(StorageError::Corrupt(format!(
+                        "a chunk belongs to unknown series {series}"
+                    )));
+                };
+                let e = grouped
+                    .entry((tenant.as_str(), service.as_str(), level))
+                    .or_default();
+                e.0 += bytes.max(0) as u64;
+                e.1 += chunks.max(0) as u64;
+                total += bytes.max(0) as u64;
+            }
+            Ok((grouped, total))
+        })??;
+        let mut total = chunk_total;
         // Shared by a service's levels: counted in the total, not in any entry.
         for tree in [
             &self.series_tree,
@@ -164,19 +226,6 @@ impl Inner {
             &self.size_floors_tree,
         ] {
             total += tree_bytes(tree)?;
-        }
-        let mut grouped: FxHashMap<(&str, &str, u8), (u64, u64)> = FxHashMap::default();
-        for ((series, level), (bytes, chunks)) in per {
-            let Some((tenant, service)) = owners.get(series as usize) else {
-                return Err(StorageError::Corrupt(format!(
-                    "a chunk belongs to unknown series {series}"
-                )));
-            };
-            let e = grouped
-                .entry((tenant.as_str(), service.as_str(), level))
-                .or_default();
-            e.0 += bytes.max(0) as u64;
-            e.1 += chunks.max(0) as u64;
         }
         let mut entries: Vec<UsageEntry> = grouped
             .into_iter()
