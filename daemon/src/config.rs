@@ -74,7 +74,7 @@ pub struct ServerConfig {
     /// at start and on reload.
     pub plugins_dir: PathBuf,
     /// The memory the daemon plans for. Bounds not set explicitly derive from it:
-    /// `wal.max_unapplied_bytes` = ⅛, `storage.cache_capacity_bytes` = 1/16,
+    /// `wal.max_unapplied_bytes` = 1/16, `storage.cache_capacity_bytes` = 1/16,
     /// `server.max_decompressed_bytes` = ⅛, `storage.query_budget_bytes` = ⅛,
     /// `storage.dictionary_cache_bytes` = ⅛, `storage.write_buffer_bytes` = ⅛ (see
     /// [`MEMORY_SHARES`]).
@@ -82,12 +82,14 @@ pub struct ServerConfig {
 }
 
 /// What each memory bound gets of `server.memory_limit` when not set explicitly: `(key, 1/n)`.
-/// The shares add up to 11/16; the rest is for what has no bound of its own (connections,
+/// The shares add up to 10/16; the rest is for what has no bound of its own (connections,
 /// requests being decoded, self-profiling, the runtime) and for the allocator's slack. sled's
 /// cache gets 1/16 because sled counts pages by their encoded size: resident, they take two to
-/// three times that (measured under the soak load with the daemon's heap profile).
+/// three times that (measured under the soak load with the daemon's heap profile). The decoded
+/// backlog gets 1/16: under overload it sits at its bound, and 32 MiB of decoded pushes is still
+/// hundreds of pushes queued for the applier, which is all a queue can do for throughput.
 pub const MEMORY_SHARES: &[(&str, u64)] = &[
-    ("wal.max_unapplied_bytes", 8),
+    ("wal.max_unapplied_bytes", 16),
     ("storage.cache_capacity_bytes", 16),
     ("server.max_decompressed_bytes", 8),
     ("storage.query_budget_bytes", 8),
@@ -204,7 +206,7 @@ impl Default for WalConfig {
             enabled: true,
             dir: PathBuf::new(),
             segment_bytes: 64 << 20,
-            max_unapplied_bytes: 64 << 20,
+            max_unapplied_bytes: 32 << 20,
             max_unapplied_age: Duration::from_secs(10),
         }
     }
@@ -866,7 +868,7 @@ mod tests {
         assert_eq!(c.storage.query_budget_bytes, 128 << 20);
         assert_eq!(c.storage.dictionary_cache_bytes, 128 << 20);
         let d = load_str("", &[]).unwrap();
-        assert_eq!(d.wal.max_unapplied_bytes, 64 << 20);
+        assert_eq!(d.wal.max_unapplied_bytes, 32 << 20);
         assert_eq!(d.storage.cache_capacity_bytes, 32 << 20);
         let err = load_str("[server]\nmemory_limit = 5\n", &[])
             .unwrap_err()
