@@ -51,7 +51,7 @@ query_pid=
 memory_pid=
 load_pid=
 daemon_pid=
-trap 'kill -9 $daemon_pid $load_pid $query_pid $memory_pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -9 $daemon_pid $load_pid $query_pid $memory_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Per-tenant ingest rate: a tenth of the core target's bytes (the mean fixture size × 200/s).
 bytes=0
