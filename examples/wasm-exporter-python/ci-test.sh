@@ -252,7 +252,7 @@ print(f"ok: {len(records)} line(s); pyapp top {py['top'][0]['function']} "
 EOF
 
 # The plugin's debug lines reach the daemon's log through the host `log` import.
-grep -q 'consumed 1 profile(s) in' "$tmp/daemon.log" ||
+grep -Eq 'consumed [0-9]+ profile\(s\) in' "$tmp/daemon.log" ||
     fail "the plugin's host log line is missing from the daemon log"
 grep -o 'consumed [0-9]* profile(s) in [0-9.]* ms' "$tmp/daemon.log" | sed 's/^/plugin: /'
 
