@@ -190,12 +190,16 @@ impl SledConfig {
     }
 }
 
+/// A series as the storage keeps it in memory. Stored as [`StoredSeries`] (the same JSON as
+/// before); the profile type is shared by every series of that type (see [`State::intern`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredSeries", into = "StoredSeries")]
 struct SeriesRecord {
-    /// Absent (the default tenant) in records written before tenants, and kept absent for it.
-    #[serde(default, skip_serializing_if = "Tenant::is_default")]
     tenant: Tenant,
-    info: SeriesInfo,
+    labels: Labels,
+    profile_type: Arc<ProfileType>,
+    spy_name: String,
+    sample_rate: u32,
     service: String,
     /// Where the series has data, widened to whole [`BOUNDS_NS`]: a prefilter for queries. The
     /// record is rewritten when a profile lands outside, so rounding makes that hourly for a
@@ -204,11 +208,62 @@ struct SeriesRecord {
     last_ns: i64,
 }
 
+/// A series record on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredSeries {
+    /// Absent (the default tenant) in records written before tenants, and kept absent for it.
+    #[serde(default, skip_serializing_if = "Tenant::is_default")]
+    tenant: Tenant,
+    info: SeriesInfo,
+    service: String,
+    first_ns: i64,
+    last_ns: i64,
+}
+
+impl From<StoredSeries> for SeriesRecord {
+    fn from(s: StoredSeries) -> Self {
+        Self {
+            tenant: s.tenant,
+            labels: s.info.labels,
+            profile_type: Arc::new(s.info.profile_type),
+            spy_name: s.info.spy_name,
+            sample_rate: s.info.sample_rate,
+            service: s.service,
+            first_ns: s.first_ns,
+            last_ns: s.last_ns,
+        }
+    }
+}
+
+impl From<SeriesRecord> for StoredSeries {
+    fn from(r: SeriesRecord) -> Self {
+        let info = r.info();
+        Self {
+            tenant: r.tenant,
+            info,
+            service: r.service,
+            first_ns: r.first_ns,
+            last_ns: r.last_ns,
+        }
+    }
+}
+
+impl SeriesRecord {
+    fn info(&self) -> SeriesInfo {
+        SeriesInfo {
+            labels: self.labels.clone(),
+            profile_type: ProfileType::clone(&self.profile_type),
+            spy_name: self.spy_name.clone(),
+            sample_rate: self.sample_rate,
+        }
+    }
+}
+
 const BOUNDS_NS: i64 = 3600 * NS;
 
 impl SeriesIdentity for SeriesRecord {
     fn identity(&self) -> (&Tenant, &Labels, &ProfileType) {
-        (&self.tenant, &self.info.labels, &self.info.profile_type)
+        (&self.tenant, &self.labels, &self.profile_type)
     }
 }
 
@@ -249,6 +304,8 @@ struct State {
     services: FxHashMap<(Tenant, String), ServiceDict>,
     series: Vec<SeriesRecord>,
     series_ids: SeriesIndex,
+    /// Every profile type a series has, once: a few types across thousands of series.
+    profile_types: Vec<Arc<ProfileType>>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     /// Estimated bytes of `buffer` ([`PENDING_BYTES`], [`PENDING_VALUE_BYTES`]).
     buffer_bytes: usize,
@@ -261,6 +318,18 @@ struct State {
     uses: u64,
     /// Resident dictionary bytes last reported to [`dictionary_stats`].
     reported_resident: usize,
+}
+
+impl State {
+    /// The shared copy of `profile_type`.
+    fn intern(&mut self, profile_type: &ProfileType) -> Arc<ProfileType> {
+        if let Some(t) = self.profile_types.iter().find(|t| ***t == *profile_type) {
+            return t.clone();
+        }
+        let t = Arc::new(profile_type.clone());
+        self.profile_types.push(t.clone());
+        t
+    }
 }
 
 struct Inner {
@@ -622,8 +691,9 @@ impl Inner {
         for kv in self.series_tree.iter() {
             let (k, v) = kv.map_err(io)?;
             let id = u32_at(&k, 0)?;
-            let rec: SeriesRecord = serde_json::from_slice(&self.codec.unpack(&v)?)
+            let mut rec: SeriesRecord = serde_json::from_slice(&self.codec.unpack(&v)?)
                 .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
+            rec.profile_type = st.intern(&rec.profile_type);
             if id as usize != st.series.len() {
                 return Err(StorageError::Corrupt(format!(
                     "series ids not dense at {id}"
@@ -719,14 +789,13 @@ impl Inner {
                 Some(id) => id,
                 None => {
                     let id = st.series.len() as u32;
+                    let profile_type = st.intern(&p.profile_type);
                     st.series.push(SeriesRecord {
                         tenant: tenant.clone(),
-                        info: SeriesInfo {
-                            labels: p.labels.clone(),
-                            profile_type: p.profile_type.clone(),
-                            spy_name: p.meta.spy_name.clone(),
-                            sample_rate: p.meta.sample_rate,
-                        },
+                        labels: p.labels.clone(),
+                        profile_type,
+                        spy_name: p.meta.spy_name.clone(),
+                        sample_rate: p.meta.sample_rate,
                         service,
                         first_ns: i64::MAX,
                         last_ns: i64::MIN,
@@ -1053,7 +1122,7 @@ impl Inner {
                 r.tenant == *tenant
                     && r.last_ns >= start_ns - 100_000 * NS
                     && r.first_ns < end_ns
-                    && selector.is_none_or(|s| s.matches(&r.info.labels, &r.info.profile_type))
+                    && selector.is_none_or(|s| s.matches(&r.labels, &r.profile_type))
             })
             .map(|(i, r)| (i as u32, r.clone()))
             .collect()
@@ -1150,10 +1219,10 @@ impl Inner {
         let mut out: FxHashMap<String, Vec<i64>> = FxHashMap::default();
         for (id, rec) in self.matching_series(tenant, Some(&q.selector), q.start_ns, q.end_ns) {
             let group = group_by
-                .map(|g| rec.info.labels.get(g).unwrap_or("").to_string())
+                .map(|g| rec.labels.get(g).unwrap_or("").to_string())
                 .unwrap_or_default();
             let line = out.entry(group).or_insert_with(|| vec![0; points]);
-            let average = rec.info.profile_type.aggregation == Aggregation::Average;
+            let average = rec.profile_type.aggregation == Aggregation::Average;
             let mut covered_until = end_s;
             for level in first..self.levels.len() {
                 let (res, retention) = self.levels[level];
@@ -1495,7 +1564,7 @@ impl Storage for SledStorage {
             .inner
             .matching_series(tenant, selector, start_ns, end_ns)
             .into_iter()
-            .map(|(_, r)| r.info)
+            .map(|(_, r)| r.info())
             .collect())
     }
 

@@ -1182,3 +1182,23 @@ fn kept_counts_match_a_full_scan_after_writes_retention_and_deletes() {
     assert!(last.entries.iter().all(|e| e.service != "gone"));
     assert!(last.total_bytes < first.total_bytes);
 }
+
+#[test]
+fn series_records_keep_their_stored_form_and_share_profile_types() {
+    // The form written before profile types were shared: `info` holds labels and type.
+    let stored = r#"{"info":{"labels":[["service_name","app"]],"profile_type":{"name":"cpu","metric":"process_cpu","sample_type":"cpu","sample_unit":"nanoseconds","period_type":"cpu","period_unit":"nanoseconds","aggregation":"sum"},"spy_name":"gospy","sample_rate":100},"service":"app","first_ns":0,"last_ns":3600000000000}"#;
+    let rec: SeriesRecord = serde_json::from_str(stored).unwrap();
+    assert_eq!(rec.labels.service_name(), Some("app"));
+    assert_eq!(rec.spy_name, "gospy");
+    let again: serde_json::Value = serde_json::to_value(&rec).unwrap();
+    assert_eq!(
+        again,
+        serde_json::from_str::<serde_json::Value>(stored).unwrap()
+    );
+
+    let mut st = State::default();
+    let a = st.intern(&rec.profile_type);
+    let b = st.intern(&ProfileType::clone(&rec.profile_type));
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(st.profile_types.len(), 1);
+}
