@@ -1,6 +1,7 @@
 //! Pipelines: decoders → transforms → storage (+ sinks), built from the configuration.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use kiln_plugin_api::{ComponentKind, Labels, Profile, SinkExporter, Storage, Tenant, Transform};
@@ -9,7 +10,7 @@ use regex::Regex;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
-use crate::sink_queue::SinkQueue;
+use crate::sink_queue::{Selected, SinkQueue};
 
 pub struct Pipeline {
     pub name: String,
@@ -57,8 +58,13 @@ impl Pipeline {
         if profiles.is_empty() {
             return Ok(());
         }
-        let for_sinks = self.copies_for_sinks(&profiles);
-        storage.write(tenant, profiles).await?;
+        if !self.has_sinks() {
+            return storage.write(tenant, profiles).await;
+        }
+        // Rare (a sink on the daemon's own profiles): storage gets a copy.
+        let shared: Arc<[Profile]> = profiles.into();
+        let for_sinks = self.select_for_sinks(&shared, 0..shared.len());
+        storage.write(tenant, shared.to_vec()).await?;
         for_sinks.deliver();
         Ok(())
     }
@@ -67,27 +73,27 @@ impl Pipeline {
         !self.sinks.is_empty()
     }
 
-    /// Each sink's copy of the profiles it wants (CPU work: call from a blocking context).
-    pub fn copies_for_sinks(&self, profiles: &[Profile]) -> SinkCopies {
-        SinkCopies(
+    /// What each sink wants of `batch[range]` (this pipeline's profiles in a batch that storage
+    /// shares): a list of indices per sink, no copies.
+    pub fn select_for_sinks(&self, batch: &Arc<[Profile]>, range: Range<usize>) -> SinkDeliveries {
+        SinkDeliveries(
             self.sinks
                 .iter()
-                .map(|queue| (queue.clone(), queue.copy_wanted(profiles)))
-                .filter(|(_, copy)| !copy.is_empty())
+                .filter_map(|queue| Some((queue.clone(), queue.select(batch, range.clone())?)))
                 .collect(),
         )
     }
 }
 
-/// Profiles copied for each sink, to queue once they are stored.
+/// Profiles selected for each sink, to queue once they are stored.
 #[derive(Default)]
-pub struct SinkCopies(Vec<(Arc<SinkQueue>, Vec<Profile>)>);
+pub struct SinkDeliveries(Vec<(Arc<SinkQueue>, Selected)>);
 
-impl SinkCopies {
-    /// Queues every copy for its sink (delivered in the background).
+impl SinkDeliveries {
+    /// Queues every selection for its sink (delivered in the background).
     pub fn deliver(self) {
-        for (queue, profiles) in self.0 {
-            queue.deliver(profiles);
+        for (queue, selected) in self.0 {
+            queue.deliver(selected);
         }
     }
 }
@@ -261,7 +267,7 @@ struct LogSink(String);
 
 #[async_trait::async_trait]
 impl SinkExporter for LogSink {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), kiln_plugin_api::ExportError> {
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), kiln_plugin_api::ExportError> {
         for p in profiles {
             tracing::info!(
                 sink = %self.0,

@@ -9,6 +9,7 @@
 //! more before the call, unless a full batch is already there: a sink's output lags ingest by
 //! at most that long, and under a backlog it is called at once with full batches.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,17 +27,30 @@ pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// The longest `batch_wait` accepted: profiles wait in memory that long.
 pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
 
+/// The profiles of one stored batch that a sink wants, shared with storage rather than copied.
+pub struct Selected {
+    batch: Arc<[Profile]>,
+    /// Indices into `batch`, in order.
+    wanted: Vec<u32>,
+}
+
+impl Selected {
+    fn len(&self) -> usize {
+        self.wanted.len()
+    }
+
+    fn profiles(&self) -> impl Iterator<Item = &Profile> {
+        self.wanted.iter().map(|&i| &self.batch[i as usize])
+    }
+}
+
 /// The worker's inputs: its end of the queue, the sink it feeds and how long it waits.
-type Worker = (
-    mpsc::Receiver<Vec<Profile>>,
-    Arc<dyn SinkExporter>,
-    Duration,
-);
+type Worker = (mpsc::Receiver<Selected>, Arc<dyn SinkExporter>, Duration);
 
 pub struct SinkQueue {
     pub name: String,
-    tx: mpsc::Sender<Vec<Profile>>,
-    /// The sink, asked which profiles it wants before they are copied for it.
+    tx: mpsc::Sender<Selected>,
+    /// The sink, asked which profiles it wants before they are queued for it.
     sink: Arc<dyn SinkExporter>,
     /// The worker's end, until the first delivery starts the worker (building a configuration,
     /// as `kiln validate` does, needs no runtime).
@@ -62,18 +76,20 @@ impl SinkQueue {
         }
     }
 
-    /// The sink's copy of those of `profiles` it wants (CPU work: call from a blocking context
-    /// when the batch is large).
-    pub fn copy_wanted(&self, profiles: &[Profile]) -> Vec<Profile> {
-        profiles
-            .iter()
-            .filter(|p| self.sink.wants(p))
-            .cloned()
-            .collect()
+    /// Those of `batch[range]` the sink wants; None when it wants none of them.
+    pub fn select(&self, batch: &Arc<[Profile]>, range: Range<usize>) -> Option<Selected> {
+        let wanted: Vec<u32> = range
+            .filter(|&i| self.sink.wants(&batch[i]))
+            .map(|i| i as u32)
+            .collect();
+        (!wanted.is_empty()).then(|| Selected {
+            batch: batch.clone(),
+            wanted,
+        })
     }
 
-    /// Queues `profiles` for the sink without waiting; call from within the runtime.
-    pub fn deliver(&self, profiles: Vec<Profile>) {
+    /// Queues `selected` for the sink without waiting; call from within the runtime.
+    pub fn deliver(&self, selected: Selected) {
         if let Some((rx, sink, wait)) = self.pending_worker.lock().expect("not poisoned").take() {
             tokio::spawn(run_worker(
                 self.name.clone(),
@@ -83,7 +99,7 @@ impl SinkQueue {
                 self.metrics.clone(),
             ));
         }
-        if let Err(e) = self.tx.try_send(profiles) {
+        if let Err(e) = self.tx.try_send(selected) {
             let dropped = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
@@ -97,33 +113,43 @@ impl SinkQueue {
 /// over what was still queued.
 async fn run_worker(
     name: String,
-    mut rx: mpsc::Receiver<Vec<Profile>>,
+    mut rx: mpsc::Receiver<Selected>,
     sink: Arc<dyn SinkExporter>,
     batch_wait: Duration,
     metrics: Metrics,
 ) {
-    while let Some(mut batch) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + batch_wait;
+        let mut batch = vec![first];
         let closed = take_queued(&mut rx, &mut batch);
-        if !closed && batch.len() < MAX_BATCH_PROFILES && !batch_wait.is_zero() {
+        if !closed && queued_profiles(&batch) < MAX_BATCH_PROFILES && !batch_wait.is_zero() {
             // One timer wake-up rather than one per push; the queue holds what arrives
             // meanwhile (1,024 pushes deep, far more than a few milliseconds bring).
             tokio::time::sleep_until(deadline).await;
             take_queued(&mut rx, &mut batch);
         }
-        if let Err(e) = sink.export(&batch).await {
+        let profiles: Vec<&Profile> = batch.iter().flat_map(Selected::profiles).collect();
+        if let Err(e) = sink.export(&profiles).await {
             metrics.sink_error(&name);
-            tracing::warn!(sink = %name, error = %e, profiles = batch.len(), "sink export failed");
+            tracing::warn!(sink = %name, error = %e, profiles = profiles.len(), "sink export failed");
         }
     }
 }
 
+fn queued_profiles(batch: &[Selected]) -> usize {
+    batch.iter().map(Selected::len).sum()
+}
+
 /// Moves what has queued up into `batch`, until it holds `MAX_BATCH_PROFILES` (a push is not
 /// split, so a batch may end a little past it). Returns whether the sender is gone.
-fn take_queued(rx: &mut mpsc::Receiver<Vec<Profile>>, batch: &mut Vec<Profile>) -> bool {
-    while batch.len() < MAX_BATCH_PROFILES {
+fn take_queued(rx: &mut mpsc::Receiver<Selected>, batch: &mut Vec<Selected>) -> bool {
+    let mut profiles = queued_profiles(batch);
+    while profiles < MAX_BATCH_PROFILES {
         match rx.try_recv() {
-            Ok(more) => batch.extend(more),
+            Ok(more) => {
+                profiles += more.len();
+                batch.push(more);
+            }
             Err(mpsc::error::TryRecvError::Empty) => return false,
             Err(mpsc::error::TryRecvError::Disconnected) => return true,
         }
@@ -145,7 +171,7 @@ mod tests {
 
     #[async_trait]
     impl SinkExporter for Recorder {
-        async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+        async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
             let _permit = self.gate.acquire().await.unwrap();
             self.batches.lock().unwrap().push(profiles.len());
             Ok(())
@@ -164,6 +190,69 @@ mod tests {
         }
     }
 
+    /// Queues a push of `n` profiles for the sink.
+    fn push(queue: &SinkQueue, n: usize) {
+        let batch: Arc<[Profile]> = (0..n).map(|_| profile()).collect();
+        queue.deliver(
+            queue
+                .select(&batch, 0..n)
+                .expect("the sink wants every profile"),
+        );
+    }
+
+    /// Wants CPU profiles only.
+    struct CpuOnly(Mutex<Vec<(String, i64)>>);
+
+    #[async_trait]
+    impl SinkExporter for CpuOnly {
+        async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(
+                profiles
+                    .iter()
+                    .map(|p| (p.profile_type.name.clone(), p.start_ns)),
+            );
+            Ok(())
+        }
+
+        fn wants(&self, profile: &Profile) -> bool {
+            profile.profile_type.name == "cpu"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_gets_only_what_it_wants_of_its_range_in_order() {
+        let sink = Arc::new(CpuOnly(Mutex::new(Vec::new())));
+        let queue = SinkQueue::new("cpu", sink.clone(), Duration::ZERO, Metrics::default());
+        let typed = |name: &str, start_ns: i64| Profile {
+            profile_type: ProfileType::well_known(name).unwrap(),
+            start_ns,
+            ..profile()
+        };
+        let batch: Arc<[Profile]> = vec![
+            typed("cpu", 1),
+            typed("alloc_space", 2),
+            typed("cpu", 3),
+            typed("cpu", 4),
+        ]
+        .into();
+        // Another pipeline's profiles (index 3) are outside the range.
+        let selected = queue.select(&batch, 0..3).unwrap();
+        assert!(
+            queue.select(&batch, 1..2).is_none(),
+            "nothing wanted, nothing queued"
+        );
+        queue.deliver(selected);
+        for _ in 0..500 {
+            if !sink.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let seen = sink.0.lock().unwrap().clone();
+        assert_eq!(seen, vec![("cpu".to_string(), 1), ("cpu".to_string(), 3)]);
+    }
+
     #[tokio::test]
     async fn a_busy_sink_gets_what_queued_up_as_one_batch_and_overflow_is_counted() {
         let recorder = Arc::new(Recorder {
@@ -173,10 +262,10 @@ mod tests {
         let metrics = Metrics::default();
         let queue = SinkQueue::new("rec", recorder.clone(), DEFAULT_BATCH_WAIT, metrics.clone());
         // The first delivery starts the worker, which blocks in the sink on it.
-        queue.deliver(vec![profile()]);
+        push(&queue, 1);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         for _ in 0..QUEUE_REQUESTS + 3 {
-            queue.deliver(vec![profile(), profile()]);
+            push(&queue, 2);
         }
         recorder.gate.add_permits(1_000);
         drop(queue);
@@ -207,7 +296,7 @@ mod tests {
         });
         let queue = SinkQueue::new("rec", recorder.clone(), wait, Metrics::default());
         for _ in 0..5 {
-            queue.deliver(vec![profile(), profile()]);
+            push(&queue, 2);
             tokio::time::sleep(gap).await;
         }
         for _ in 0..500 {
@@ -240,7 +329,7 @@ mod tests {
         let wait = Duration::from_millis(100);
         let queue = SinkQueue::new("rec", recorder.clone(), wait, Metrics::default());
         let start = tokio::time::Instant::now();
-        queue.deliver(vec![profile()]);
+        push(&queue, 1);
         while recorder.batches.lock().unwrap().is_empty() {
             assert!(start.elapsed() < Duration::from_secs(10), "never delivered");
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -3,6 +3,8 @@
 //! Decoders and transforms are synchronous: they are pure CPU work over bytes and profiles, and
 //! the daemon runs them on its blocking pool. Storage and exporters do I/O and are async.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -223,14 +225,18 @@ pub trait Storage: Send + Sync {
     /// from [`Storage::logged_seq`], so that a replay after a crash skips what it already holds
     /// (exactly once). The default forgets `seq`: a crash between a flush and the daemon's
     /// checkpoint may then replay a record twice.
+    ///
+    /// The profiles are shared (with sinks, and with the daemon's retry should this fail), so a
+    /// storage that only reads them avoids a copy; the default copies them for
+    /// [`Storage::write`].
     async fn write_logged(
         &self,
         seq: u64,
         tenant: &Tenant,
-        profiles: Vec<Profile>,
+        profiles: Arc<[Profile]>,
     ) -> Result<(), StorageError> {
         let _ = seq;
-        self.write(tenant, profiles).await
+        self.write(tenant, profiles.to_vec()).await
     }
 
     /// The last log record whose profiles are durable here, if this storage keeps track.
@@ -302,9 +308,11 @@ pub struct ExportError(pub String);
 /// Receives every batch of profiles a pipeline stores.
 #[async_trait]
 pub trait SinkExporter: Send + Sync {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError>;
+    /// `profiles` are borrowed from the batches storage got: several pushes' worth, each
+    /// holding only the profiles [`SinkExporter::wants`] accepted.
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError>;
 
-    /// Whether this sink wants `profile` at all. The daemon copies for a sink only the
+    /// Whether this sink wants `profile` at all. The daemon queues for a sink only the
     /// profiles it wants, so a sink that reads one profile type does not pay for the others.
     fn wants(&self, profile: &Profile) -> bool {
         let _ = profile;

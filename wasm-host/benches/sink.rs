@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln_plugin_api::{Decoder, IngestMeta, Labels, SinkExporter};
+use kiln_plugin_api::{Decoder, IngestMeta, Labels, Profile, SinkExporter};
 use kiln_pprof::PprofDecoder;
 use kiln_wasm_host::{NoObserver, Sandbox, WasmPlugin};
 
@@ -67,10 +67,13 @@ fn bench(c: &mut Criterion) {
             "one /ingest batch ({} profiles, go-cpu.pb.gz)",
             profiles.len()
         ),
-        |b| b.iter(|| rt.block_on(sink.export(&profiles)).unwrap()),
+        |b| {
+            let refs: Vec<&Profile> = profiles.iter().collect();
+            b.iter(|| rt.block_on(sink.export(&refs)).unwrap())
+        },
     );
     // Sinks that buffer across requests: the per-call costs (thread hop, file open) amortize.
-    let batch: Vec<_> = profiles.iter().cycle().take(64).cloned().collect();
+    let batch: Vec<&Profile> = profiles.iter().cycle().take(64).collect();
     g.throughput(Throughput::Elements(batch.len() as u64));
     g.bench_function("a batch of 64 profiles", |b| {
         b.iter(|| rt.block_on(sink.export(&batch)).unwrap())

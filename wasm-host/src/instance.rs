@@ -369,12 +369,12 @@ impl Transform for WasmInstance {
 
 #[async_trait]
 impl SinkExporter for WasmInstance {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
         let mut feed = self.inner.sink.lock().await;
         let (Some(feed), Some(interest)) = (feed.as_mut(), &self.inner.interest) else {
             return self.export_v0_1(profiles).await;
         };
-        let batch = feed.strings.batch(profiles, interest);
+        let batch = feed.strings.batch(profiles.iter().copied(), interest);
         if batch.profiles.is_empty() {
             return Ok(());
         }
@@ -409,8 +409,11 @@ impl SinkExporter for WasmInstance {
 
 impl WasmInstance {
     /// A sink built against 0.1.0: every profile crosses whole.
-    async fn export_v0_1(&self, profiles: &[Profile]) -> Result<(), ExportError> {
-        let batch: Vec<wit::Profile> = profiles.iter().map(convert::profile_to_wit).collect();
+    async fn export_v0_1(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
+        let batch: Vec<wit::Profile> = profiles
+            .iter()
+            .map(|p| convert::profile_to_wit(p))
+            .collect();
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let plugin = &inner.plugin;

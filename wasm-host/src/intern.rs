@@ -72,7 +72,11 @@ impl StringTable {
     }
 
     /// The batch that hands `profiles` (those `interest` wants) to the instance.
-    pub fn batch(&mut self, profiles: &[Profile], interest: &SinkInterest) -> wit::SinkBatch {
+    pub fn batch<'a>(
+        &mut self,
+        profiles: impl IntoIterator<Item = &'a Profile>,
+        interest: &SinkInterest,
+    ) -> wit::SinkBatch {
         let reset = std::mem::take(&mut self.stale) || self.bytes > self.limit;
         if reset {
             self.ids.clear();
@@ -80,7 +84,7 @@ impl StringTable {
         }
         let mut added = Vec::new();
         let profiles = profiles
-            .iter()
+            .into_iter()
             .filter(|p| interest.wants(p))
             .map(|p| self.profile(p, interest.files_and_lines, &mut added))
             .collect();

@@ -147,7 +147,8 @@ pub struct Accepted {
 struct Applied {
     seq: u64,
     tenant: Tenant,
-    profiles: Vec<Profile>,
+    /// Shared with the sinks, and kept for a retry while storage fails.
+    profiles: Arc<[Profile]>,
     /// [`decoded_bytes`] of `profiles`.
     bytes: u64,
 }
@@ -359,17 +360,28 @@ impl Durability {
                     ingestion.rules.observe(p);
                 }
             }
-            let mut for_sinks = Vec::new();
+            // Each pipeline's share of the push, for its sinks.
+            let mut sink_ranges = Vec::new();
             let mut profiles = Vec::new();
             for b in batches {
-                if b.pipeline.has_sinks() {
-                    for_sinks.push(b.pipeline.copies_for_sinks(&b.profiles));
-                }
+                let start = profiles.len();
                 profiles.extend(b.profiles);
+                if b.pipeline.has_sinks() {
+                    sink_ranges.push((b.pipeline, start..profiles.len()));
+                }
             }
             let stored = profiles.len();
+            if this.wal.is_none() && sink_ranges.is_empty() {
+                return Ok::<_, AcceptError>((Vec::new(), Some(profiles), stored));
+            }
+            // Storage and sinks read the same profiles: no copy per sink.
+            let profiles: Arc<[Profile]> = profiles.into();
+            let for_sinks: Vec<_> = sink_ranges
+                .into_iter()
+                .map(|(pipeline, range)| pipeline.select_for_sinks(&profiles, range))
+                .collect();
             let Some(wal) = &this.wal else {
-                return Ok::<_, AcceptError>((for_sinks, Some(profiles), stored));
+                return Ok((for_sinks, Some(profiles.to_vec()), stored));
             };
             let payload = record::encode(&logged_tenant, &units);
             let bytes = payload.len() as u64;
@@ -520,7 +532,8 @@ fn replay(
             });
         match profiles {
             Ok((tenant, batches)) => {
-                let profiles = batches.into_iter().flat_map(|b| b.profiles).collect();
+                let profiles: Arc<[Profile]> =
+                    batches.into_iter().flat_map(|b| b.profiles).collect();
                 match rt.block_on(storage.write_logged(seq, &tenant, profiles)) {
                     Ok(()) => replayed += 1,
                     // Profiles storage refuses will be refused every time: skip, as below.

@@ -122,9 +122,9 @@ impl ForwardSink {
 
 /// The Connect push body for `profiles`: one series per profile, labelled as stored plus the
 /// profile type's `__name__`.
-pub fn push_request(profiles: &[Profile]) -> Vec<u8> {
+pub fn push_request<'a>(profiles: impl IntoIterator<Item = &'a Profile>) -> Vec<u8> {
     let series = profiles
-        .iter()
+        .into_iter()
         .map(|p| {
             let mut labels: Vec<LabelPair> =
                 p.labels.iter().map(|(k, v)| LabelPair::new(k, v)).collect();
@@ -146,11 +146,11 @@ pub fn push_request(profiles: &[Profile]) -> Vec<u8> {
 
 #[async_trait::async_trait]
 impl SinkExporter for ForwardSink {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
         if profiles.is_empty() {
             return Ok(());
         }
-        let body = push_request(profiles);
+        let body = push_request(profiles.iter().copied());
         let mut q = self.queue.lock().expect("not poisoned");
         if q.requests.len() >= self.config.max_queue_items
             || q.bytes + body.len() > self.config.max_queue_bytes

@@ -269,8 +269,8 @@ impl NativeAsync {
 
 #[async_trait]
 impl SinkExporter for NativeAsync {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
-        self.call(abi::wire::encode_profiles(profiles))
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
+        self.call(abi::wire::encode_profiles(profiles.iter().copied()))
             .await
             .map(drop)
             .map_err(ExportError)

@@ -393,9 +393,9 @@ pub mod wire {
         }
     }
 
-    pub fn encode_profiles(profiles: &[model::Profile]) -> Vec<u8> {
+    pub fn encode_profiles<'a>(profiles: impl IntoIterator<Item = &'a model::Profile>) -> Vec<u8> {
         prost::Message::encode_to_vec(&Profiles {
-            profiles: profiles.iter().map(Profile::from).collect(),
+            profiles: profiles.into_iter().map(Profile::from).collect(),
         })
     }
 
@@ -455,6 +455,7 @@ macro_rules! export_plugin {
     (sink, $name:literal, $version:literal, $ty:ty) => {
         $crate::export_plugin!(@common $crate::abi::KIND_SINK, $name, $version, $ty, |inst: &$ty, input: &[u8]| {
             let profiles = $crate::abi::wire::decode_profiles(input)?;
+            let profiles: Vec<&$crate::Profile> = profiles.iter().collect();
             $crate::abi::block_on($crate::SinkExporter::export(inst, &profiles)).map_err(|e| e.to_string())?;
             Ok(Vec::new())
         });

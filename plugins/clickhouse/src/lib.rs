@@ -156,11 +156,11 @@ impl Inner {
     fn write(
         &self,
         tenant: &Tenant,
-        profiles: Vec<Profile>,
+        profiles: &[Profile],
         seq: Option<u64>,
     ) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
-        for p in &profiles {
+        for p in profiles {
             p.validate().map_err(StorageError::Invalid)?;
         }
         if self.pending_rows() >= self.config.max_buffered_rows {
@@ -169,7 +169,7 @@ impl Inner {
         }
         let due = {
             let mut b = self.buffer.lock();
-            b.add(&mut self.known.lock(), &self.levels, tenant, &profiles);
+            b.add(&mut self.known.lock(), &self.levels, tenant, profiles);
             if seq.is_some() {
                 b.seq = seq;
             }
@@ -226,17 +226,17 @@ impl Inner {
 impl Storage for ClickHouseStorage {
     async fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
         let t = tenant.clone();
-        self.blocking(move |i| i.write(&t, profiles, None)).await
+        self.blocking(move |i| i.write(&t, &profiles, None)).await
     }
 
     async fn write_logged(
         &self,
         seq: u64,
         tenant: &Tenant,
-        profiles: Vec<Profile>,
+        profiles: Arc<[Profile]>,
     ) -> Result<(), StorageError> {
         let t = tenant.clone();
-        self.blocking(move |i| i.write(&t, profiles, Some(seq)))
+        self.blocking(move |i| i.write(&t, &profiles, Some(seq)))
             .await
     }
 

@@ -353,7 +353,11 @@ async fn clickhouse_storage_end_to_end() {
         ClickHouseStorage::open(&config(&server, "kiln_a"), levels(), Some(state.path())).unwrap();
     assert_eq!(logged.logged_seq(), Some(0));
     logged
-        .write_logged(7, &t, vec![profile("seq", "x", base, &[(&["a"], 1)])])
+        .write_logged(
+            7,
+            &t,
+            vec![profile("seq", "x", base, &[(&["a"], 1)])].into(),
+        )
         .await
         .unwrap();
     assert_eq!(logged.logged_seq(), Some(0), "buffered, not yet delivered");

@@ -709,7 +709,7 @@ impl Inner {
     }
 
     fn write(&self, tenant: &Tenant, profiles: Vec<Profile>) -> Result<(), StorageError> {
-        self.write_seq(tenant, profiles, None)
+        self.write_seq(tenant, &profiles, None)
     }
 
     /// Buffers `profiles` of `tenant`; `log_seq` is the write-ahead log record they come from,
@@ -717,11 +717,11 @@ impl Inner {
     fn write_seq(
         &self,
         tenant: &Tenant,
-        profiles: Vec<Profile>,
+        profiles: &[Profile],
         log_seq: Option<u64>,
     ) -> Result<(), StorageError> {
         // All or nothing: a bad profile must not leave half a batch behind.
-        for p in &profiles {
+        for p in profiles {
             p.validate().map_err(StorageError::Invalid)?;
         }
         let mut guard = self.state.lock();
@@ -744,7 +744,7 @@ impl Inner {
         // Stack node of each sample of the previous profile: a pprof with several sample types
         // arrives as consecutive profiles with identical frames and stacks, resolved once.
         let mut sample_nodes: Vec<u32> = Vec::new();
-        let mut previous: Option<Profile> = None;
+        let mut previous: Option<&Profile> = None;
         for p in profiles {
             let service = p.labels.service_name().expect("validated").to_string();
             let same_stacks = previous.as_ref().is_some_and(|q| {
@@ -1523,10 +1523,10 @@ impl Storage for SledStorage {
         &self,
         seq: u64,
         tenant: &Tenant,
-        profiles: Vec<Profile>,
+        profiles: Arc<[Profile]>,
     ) -> Result<(), StorageError> {
         let t = tenant.clone();
-        self.blocking(move |i| i.write_seq(&t, profiles, Some(seq)))
+        self.blocking(move |i| i.write_seq(&t, &profiles, Some(seq)))
             .await
     }
 

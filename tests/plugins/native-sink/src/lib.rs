@@ -21,7 +21,7 @@ impl FromConfig for LinePerProfile {
 
 #[async_trait::async_trait]
 impl SinkExporter for LinePerProfile {
-    async fn export(&self, profiles: &[Profile]) -> Result<(), ExportError> {
+    async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
