@@ -6,7 +6,8 @@
 #                                          attribute), reads the same in both files: the official
 #                                          variant must run the example's own hot paths
 #   cpu_ticks_stored URL APP              → numTicks of APP.cpu over the last 10 minutes
-#                                          (daemon without auth)
+#                                          (daemon without auth): samples, or nanoseconds of
+#                                          CPU time for an agent that sends those (pprof-rs)
 #   check_stored URL APP...               → prints each APP's stored CPU ticks; fails if one
 #                                          stored nothing (its pushes were refused or lost)
 
@@ -43,7 +44,7 @@ check_stored() {
   shift
   for app in "$@"; do
     ticks=$(cpu_ticks_stored "$url" "$app") || ticks=0
-    echo "stored by the daemon: $app.cpu $ticks samples" >&2
+    echo "stored by the daemon: $app.cpu $ticks (numTicks)" >&2
     ((ticks > 0)) || failed=1
   done
   return $failed
