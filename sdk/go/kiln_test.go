@@ -143,7 +143,7 @@ func TestRetriesWithBackoffUntilTheServerAnswers(t *testing.T) {
 	q.minBackoff = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { q.run(ctx); close(done) }()
+	go func() { q.run(ctx, ctx); close(done) }()
 	q.enqueue(upload{name: "a.cpu{}", from: time.Now(), until: time.Now(), profile: []byte{1}})
 	deadline := time.Now().Add(5 * time.Second)
 	for len(got()) == 0 && time.Now().Before(deadline) {
@@ -196,5 +196,70 @@ func TestHTTPClientTLSOptions(t *testing.T) {
 	}
 	if _, err := newHTTPClient(Config{ClientCertFile: notPEM}); err == nil || !strings.Contains(err.Error(), "go together") {
 		t.Fatalf("a client certificate without its key is refused: %v", err)
+	}
+}
+
+// A profile whose upload is in flight when Stop is called is sent once: the server may already
+// have stored it when its answer comes, so cutting the request short and sending it again from
+// the final flush would store it twice.
+func TestStopDoesNotResendTheUploadInFlight(t *testing.T) {
+	var mu sync.Mutex
+	cpuUploads := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if strings.HasPrefix(r.URL.Query().Get("name"), "svc.cpu") {
+			mu.Lock()
+			cpuUploads++
+			mu.Unlock()
+		}
+		time.Sleep(300 * time.Millisecond) // stored, but the answer is slow (a busy daemon)
+	}))
+	t.Cleanup(srv.Close)
+	p, err := Start(Config{
+		ApplicationName: "svc", ServerAddress: srv.URL, UploadRate: time.Hour,
+		ProfileTypes: []ProfileType{ProfileCPU, ProfileInuseSpace, ProfileGoroutines},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	burn(100 * time.Millisecond)
+	p.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if cpuUploads != 1 {
+		t.Fatalf("the CPU profile taken at Stop reached the server %d times, want once", cpuUploads)
+	}
+	if p.up.sent.Load() != 3 || p.up.pending() != 0 {
+		t.Fatalf("sent %d, pending %d: want all 3 profiles counted as sent", p.up.sent.Load(), p.up.pending())
+	}
+}
+
+// A server that never answers holds Stop for its 5 s deadline at most: the upload in flight is
+// cut short then.
+func TestStopIsBoundedWhenTheServerHangs(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done(): // the client gave up
+		case <-release:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: the handler must end for Close
+	p, err := Start(Config{
+		ApplicationName: "svc", ServerAddress: srv.URL, UploadRate: time.Hour,
+		ProfileTypes: []ProfileType{ProfileCPU},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	p.Stop()
+	if took := time.Since(started); took > 7*time.Second {
+		t.Fatalf("Stop took %s against a hung server, want about 5 s", took)
+	}
+	if p.up.sent.Load() != 0 || p.up.pending() != 1 {
+		t.Fatalf("sent %d, pending %d: the unanswered profile must not count as sent", p.up.sent.Load(), p.up.pending())
 	}
 }

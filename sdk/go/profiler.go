@@ -17,7 +17,8 @@ type Profiler struct {
 	types    map[ProfileType]bool
 	stop     chan struct{}
 	done     chan struct{}
-	cancel   context.CancelFunc
+	quit     context.CancelFunc // the uploader takes no new upload and stops retrying
+	abort    context.CancelFunc // the upload in flight is cut short (Stop's deadline)
 	upDone   chan struct{}
 	once     sync.Once
 	cpuBuf   bytes.Buffer
@@ -66,9 +67,10 @@ func Start(cfg Config) (*Profiler, error) {
 	p.prevHeap = lookup("heap")
 	p.prev["mutex"] = lookup("mutex")
 	p.prev["block"] = lookup("block")
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	go func() { p.up.run(ctx); close(p.upDone) }()
+	quit, stopTaking := context.WithCancel(context.Background())
+	send, abort := context.WithCancel(context.Background())
+	p.quit, p.abort = stopTaking, abort
+	go func() { p.up.run(quit, send); close(p.upDone) }()
 	go p.loop()
 	cfg.Logger.Infof("kiln: profiling %s, pushing to %s every %s", cfg.ApplicationName, cfg.ServerAddress, cfg.UploadRate)
 	return p, nil
@@ -80,10 +82,14 @@ func (p *Profiler) Stop() {
 	p.once.Do(func() {
 		close(p.stop)
 		<-p.done
-		p.cancel()
-		<-p.upDone
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		defer p.abort()
+		// The upload in flight is finished, not cut short and sent again by flush (the server
+		// may have stored it already), unless the deadline comes first.
+		context.AfterFunc(ctx, p.abort)
+		p.quit()
+		<-p.upDone
 		p.up.flush(ctx)
 		p.cfg.Logger.Infof("kiln: stopped; %d profiles sent, %d dropped", p.up.sent.Load(), p.up.dropped.Load())
 	})

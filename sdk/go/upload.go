@@ -101,8 +101,10 @@ func (q *uploader) pending() int {
 	return len(q.queue)
 }
 
-// run sends queued uploads until ctx ends; then it returns, leaving what is left queued.
-func (q *uploader) run(ctx context.Context) {
+// run sends queued uploads until quit ends; then it returns, leaving what is left queued for
+// flush. A send in flight when quit ends is finished, not cut short (only send's end aborts it):
+// the server may already have stored it, and flush would send it again.
+func (q *uploader) run(quit, send context.Context) {
 	backoff := q.minBackoff
 	for {
 		q.mu.Lock()
@@ -114,13 +116,16 @@ func (q *uploader) run(ctx context.Context) {
 		q.mu.Unlock()
 		if !has {
 			select {
-			case <-ctx.Done():
+			case <-quit.Done():
 				return
 			case <-q.wake:
 				continue
 			}
 		}
-		err := q.send(ctx, u)
+		if quit.Err() != nil {
+			return
+		}
+		err := q.send(send, u)
 		if err == nil || !retryable(err) {
 			if err != nil {
 				q.log.Errorf("kiln: dropping %s: %v", u.name, err)
@@ -135,12 +140,12 @@ func (q *uploader) run(ctx context.Context) {
 			backoff = q.minBackoff
 			continue
 		}
-		if ctx.Err() != nil {
+		if quit.Err() != nil {
 			return // shutting down: Stop's flush sends it
 		}
 		q.log.Errorf("kiln: upload of %s failed, retrying in %s: %v", u.name, backoff, err)
 		select {
-		case <-ctx.Done():
+		case <-quit.Done():
 			return
 		case <-time.After(backoff):
 		}
@@ -157,9 +162,13 @@ func (q *uploader) flush(ctx context.Context) {
 		q.mu.Lock()
 		u := q.queue[0]
 		q.mu.Unlock()
-		if err := q.send(ctx, u); err != nil && ctx.Err() != nil {
+		err := q.send(ctx, u)
+		if err != nil && ctx.Err() != nil {
 			q.log.Errorf("kiln: %d profiles not sent at shutdown: %v", q.pending(), err)
 			return
+		}
+		if err == nil {
+			q.sent.Add(1)
 		}
 		q.mu.Lock()
 		q.queue = q.queue[1:]
