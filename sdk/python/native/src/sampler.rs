@@ -23,6 +23,7 @@ use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
 use crate::main_thread::{lock_for_tick, HandOver, Place, Shared};
 use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
+use crate::tick_signal::{self, TickHandler};
 
 /// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
 const IDLE_CACHE_LIMIT: usize = 10_000;
@@ -248,6 +249,33 @@ impl NativeSampler {
         state.native_ids.remove(&ident);
     }
 
+    /// A handler for the tick signal (see `tick_signal`), to install with `signal.signal`
+    /// from the main thread before `use_tick_signal`.
+    fn tick_handler(&self) -> TickHandler {
+        TickHandler {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Hands ticks to the main thread `main_tid` (its kernel thread id) by sending it `signum`,
+    /// whose Python handler is now this sampler's `tick_handler()`; 0 goes back to pending
+    /// calls.
+    fn use_tick_signal(&self, signum: i32, main_tid: i32) -> PyResult<()> {
+        if signum != 0 {
+            tick_signal::restart_interrupted_calls(signum)?;
+            self.shared.main_tid.store(main_tid, Relaxed);
+        }
+        self.shared.signal.store(signum, Relaxed);
+        Ok(())
+    }
+
+    /// The signal through which ticks are handed to the main thread; 0 when they go as
+    /// pending calls (also after the program installed its own handler for the signal).
+    #[getter]
+    fn tick_signal(&self) -> i32 {
+        self.shared.signal.load(Relaxed)
+    }
+
     /// The counters, to keep: they can be read while the sampler runs.
     #[getter]
     fn counters(&self, py: Python<'_>) -> Py<Counters> {
@@ -288,8 +316,15 @@ impl NativeSampler {
                 && (first
                     || !main_thread_ticks
                     || hand_over.place(shared, monotonic(), period) == Place::Here);
+            // A late tick handed through the signal: the program may have taken the signal
+            // over or blocked it; then ticks go back to pending calls (checked with the GIL,
+            // taken anyway).
+            let check_signal = here && hand_over.take_late() && shared.signal.load(Relaxed) > 0;
             if here {
                 let ticked = Python::attach(|py| {
+                    if check_signal && !tick_signal::usable(py, shared)? {
+                        shared.signal.store(0, Relaxed);
+                    }
                     shared.void_main_thread_tick();
                     lock_for_tick(py, &shared.state).tick(py, monotonic())
                 });
