@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -31,7 +32,8 @@ needs_signal = pytest.mark.skipif(
 
 pytestmark = [linux_only, needs_signal]
 
-SIGNUM = signal.SIGRTMAX - 5 if hasattr(signal, "SIGRTMAX") else 0
+SIGNUM = signal.SIGURG
+OTHER = signal.SIGRTMAX - 1
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +65,45 @@ def test_ticks_reach_a_main_thread_that_computes_through_the_signal(mode):
     assert main_samples(sampling.drain().counts) >= 8
     sampling.stop()
     assert signal.getsignal(SIGNUM) is signal.SIG_DFL, "stop() puts the default back"
+
+
+def test_the_cpu_timer_sends_the_ticks_of_a_computing_main_thread():
+    native_or_skip()
+    sampling = make("native", CPU)
+    assert sampling.cpu_timer
+    spin_in_main_thread(sampling, 1.0)
+    assert sampling.main_thread_ticks >= sampling.ticks * 0.8, (
+        sampling.ticks,
+        sampling.main_thread_ticks,
+    )
+    sampling.stop()
+    assert not sampling.cpu_timer, "stop() deletes the timer"
+
+
+def test_a_program_that_resets_the_signal_to_the_default_is_not_disturbed():
+    # SIGURG's default action is to do nothing: a tick signal sent after the reset is lost,
+    # nothing else; the sampler then gives the signal up
+    native_or_skip()
+    sampling = make("native", CPU)
+    errors: list[BaseException] = []
+    runner = threading.Thread(
+        target=lambda: (
+            sampling.ignore({threading.get_ident()}),
+            sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1])),
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        sum(i * i for i in range(300))
+    signal.signal(SIGNUM, signal.SIG_DFL)
+    while runner.is_alive():
+        sum(i * i for i in range(300))
+    runner.join(5)
+    assert not errors, errors
+    assert sampling.tick_signal == 0 and not sampling.cpu_timer
+    assert sampling.ticks >= 30, sampling.ticks
+    sampling.stop()
 
 
 def test_ticks_go_on_while_the_main_thread_waits_in_a_join():
@@ -165,7 +206,7 @@ def test_started_outside_the_main_thread_ticks_go_as_pending_calls(caplog):
 
 @pytest.mark.parametrize(
     ("value", "expected", "warned"),
-    [("off", 0, False), (str(SIGNUM - 1), SIGNUM - 1, False), ("9", 0, True), ("x", 0, True)],
+    [("off", 0, False), (str(OTHER), OTHER, False), ("9", 0, True), ("x", 0, True)],
 )
 def test_the_signal_is_chosen_by_the_environment(monkeypatch, caplog, value, expected, warned):
     native_or_skip()
@@ -180,7 +221,7 @@ def test_the_signal_is_chosen_by_the_environment(monkeypatch, caplog, value, exp
         ) == warned
         sampling.stop()
     finally:
-        signal.signal(SIGNUM - 1, signal.SIG_DFL)
+        signal.signal(OTHER, signal.SIG_DFL)
 
 
 def test_stats_name_the_tick_signal_and_shutdown_puts_the_default_back(server):
@@ -202,3 +243,31 @@ def _tick_signal_handler_type() -> type:
 
 def _thread_clock(thread: threading.Thread) -> int:
     return (~thread.native_id << 3) | 6  # type: ignore[operator]
+
+
+def test_a_forked_child_and_an_exit_without_shutdown_keep_working(server):
+    native_or_skip()
+    from test_profiler import run_script
+
+    body = """
+    import json
+    spin(0.5)
+    pid = os.fork()
+    if pid == 0:
+        spin(0.5)
+        print("child", json.dumps(kiln.stats()), flush=True)
+        sys.exit(0)  # the interpreter's exit, with the timer and the handler in place
+    spin(0.5)
+    print("parent", json.dumps(kiln.stats()), flush=True)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+    """
+    result = run_script(body, server.url)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    for who in ("parent", "child"):
+        stats = json.loads(lines[who])
+        assert stats["native_sampler"] == 1 and stats["tick_signal"] == SIGNUM, (who, stats)
+        # (0.5 s of wall time: a loaded machine gives the child less CPU, so fewer ticks)
+        handed = stats["main_thread_ticks"]
+        assert handed >= stats["ticks"] * 0.5 and handed >= 5, (who, stats["ticks"], handed)

@@ -58,6 +58,10 @@ pub struct Shared {
     pub signal: AtomicI32,
     /// Number of the latest tick handed through the signal.
     signal_tick: AtomicU64,
+    /// A `CpuTimer` sends the tick signal: each one not handed over is a tick.
+    pub timer_ticks: AtomicBool,
+    /// Monotonic time of the latest tick run in the main thread (f64 bits).
+    last_main_tick: AtomicU64,
 }
 
 impl Shared {
@@ -71,7 +75,16 @@ impl Shared {
             main_tid: AtomicI32::new(0),
             signal: AtomicI32::new(0),
             signal_tick: AtomicU64::new(0),
+            timer_ticks: AtomicBool::new(false),
+            last_main_tick: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the main thread's CPU timer ran a tick within the last `periods` periods: then
+    /// the sampling thread need not wake up every period.
+    pub fn timer_ticking(&self, now: f64, period: f64, periods: f64) -> bool {
+        self.timer_ticks.load(Ordering::Acquire)
+            && now - f64::from_bits(self.last_main_tick.load(Ordering::Acquire)) < periods * period
     }
 
     /// Hands the next tick to the main thread; false when the last one handed has not run
@@ -271,6 +284,11 @@ impl Shared {
         if self.handed.load(Ordering::Acquire) != number {
             return;
         }
+        self.tick_in_main_thread(py);
+    }
+
+    /// Runs a tick in the main thread, counted as such.
+    fn tick_in_main_thread(&self, py: Python<'_>) {
         let before = own_cpu_ns();
         // Taken elsewhere: a tick of the sampling thread is under way, so this one is not
         // needed (and blocking here, with the GIL held, could deadlock).
@@ -279,8 +297,10 @@ impl Shared {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let result = state.tick(py, monotonic());
+        let now = monotonic();
+        let result = state.tick(py, now);
         drop(state);
+        self.last_main_tick.store(now.to_bits(), Ordering::Release);
         if let Err(error) = result {
             *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
         }
@@ -294,9 +314,14 @@ impl Shared {
     /// Runs the tick handed through the signal, if one waits (the handler may also be called
     /// by a real signal, or after the sampler stopped: then it does nothing).
     pub fn run_signalled_tick(&self, py: Python<'_>) {
-        if self.signal.load(Ordering::Acquire) > 0 && self.waiting.load(Ordering::Acquire) {
+        if self.signal.load(Ordering::Acquire) <= 0 {
+            return;
+        }
+        if self.waiting.load(Ordering::Acquire) {
             let number = self.signal_tick.load(Ordering::Acquire);
             self.run_handed_tick(py, number);
+        } else if self.timer_ticks.load(Ordering::Acquire) {
+            self.tick_in_main_thread(py);
         }
     }
 }

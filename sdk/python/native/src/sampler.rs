@@ -23,7 +23,7 @@ use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
 use crate::main_thread::{lock_for_tick, HandOver, Place, Shared};
 use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
-use crate::tick_signal::{self, TickHandler};
+use crate::tick_signal::{self, CpuTimer, TickHandler};
 
 /// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
 const IDLE_CACHE_LIMIT: usize = 10_000;
@@ -31,6 +31,12 @@ const IDLE_CACHE_LIMIT: usize = 10_000;
 /// In `cpu` mode, `run` skips a tick (and the GIL) when no known thread has a full period of
 /// CPU credit; every this many periods it ticks anyway, to find threads that started.
 const FULL_TICK_EVERY: u32 = 10;
+
+/// While the main thread's CPU timer ran a tick within this many periods, the sampling thread
+/// does not tick; it looks again every `TIMER_CHECK_PERIODS` periods. A main thread that stops
+/// using CPU is noticed within that time; the CPU credit of the other threads carries over.
+const TIMER_RECENT_PERIODS: f64 = 3.0;
+const TIMER_CHECK_PERIODS: f64 = 5.0;
 
 /// Counters of a sampler, readable while it runs (the sampler itself is borrowed then).
 #[pyclass(module = "_kiln_native", frozen)]
@@ -76,12 +82,16 @@ impl Counters {
     }
 }
 
-#[pyclass(module = "_kiln_native")]
+#[pyclass(module = "_kiln_native", weakref)]
 pub struct NativeSampler {
     period: f64,
     /// Ticks may run in the main thread as pending calls.
     main_thread_ticks: bool,
+    /// `cpu` mode with thread CPU clocks: a CPU timer of the main thread may send the ticks.
+    cpu_clocked: bool,
     shared: Arc<Shared>,
+    /// The main thread's CPU timer, when the tick signal is used in `cpu` mode.
+    timer: std::sync::Mutex<Option<CpuTimer>>,
 }
 
 /// What a tick reads and writes, behind the mutex of `Shared`.
@@ -233,6 +243,8 @@ impl NativeSampler {
         Ok(NativeSampler {
             period,
             main_thread_ticks,
+            cpu_clocked: cpu_mode && use_clocks,
+            timer: std::sync::Mutex::new(None),
             shared: Arc::new(Shared::new(state, counters)),
         })
     }
@@ -259,14 +271,31 @@ impl NativeSampler {
 
     /// Hands ticks to the main thread `main_tid` (its kernel thread id) by sending it `signum`,
     /// whose Python handler is now this sampler's `tick_handler()`; 0 goes back to pending
-    /// calls.
+    /// calls. In `cpu` mode a timer on the main thread's CPU clock also sends it `signum` every
+    /// period of CPU it uses, and each is a tick.
     fn use_tick_signal(&self, signum: i32, main_tid: i32) -> PyResult<()> {
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        *timer = None;
+        self.shared.timer_ticks.store(false, Relaxed);
         if signum != 0 {
             tick_signal::restart_interrupted_calls(signum)?;
             self.shared.main_tid.store(main_tid, Relaxed);
+            if self.cpu_clocked {
+                // Without the timer the signal is still sent each due tick: only cheaper.
+                if let Ok(started) = CpuTimer::start(main_tid, signum, self.period) {
+                    *timer = Some(started);
+                    self.shared.timer_ticks.store(true, Relaxed);
+                }
+            }
         }
         self.shared.signal.store(signum, Relaxed);
         Ok(())
+    }
+
+    /// Whether the main thread's CPU timer sends ticks (`cpu` mode with the tick signal).
+    #[getter]
+    fn cpu_timer(&self) -> bool {
+        self.shared.timer_ticks.load(Relaxed)
     }
 
     /// The signal through which ticks are handed to the main thread; 0 when they go as
@@ -304,8 +333,14 @@ impl NativeSampler {
             if let Some(error) = shared.take_error() {
                 break Err(error);
             }
-            if monotonic() >= until {
+            let now = monotonic();
+            if now >= until {
                 break Ok(false);
+            }
+            if shared.timer_ticking(now, period, TIMER_RECENT_PERIODS) {
+                // The main thread's CPU timer runs the ticks: look again a few periods later.
+                next = now + TIMER_CHECK_PERIODS * period;
+                continue;
             }
             let (due, first) = {
                 let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -323,7 +358,7 @@ impl NativeSampler {
             if here {
                 let ticked = Python::attach(|py| {
                     if check_signal && !tick_signal::usable(py, shared)? {
-                        shared.signal.store(0, Relaxed);
+                        self.give_up_tick_signal();
                     }
                     shared.void_main_thread_tick();
                     lock_for_tick(py, &shared.state).tick(py, monotonic())
@@ -364,6 +399,15 @@ impl NativeSampler {
             state.frames.clear();
         }
         out
+    }
+}
+
+impl NativeSampler {
+    /// Stops sending the tick signal (the program took it over): ticks go as pending calls.
+    fn give_up_tick_signal(&self) {
+        self.shared.signal.store(0, Relaxed);
+        self.shared.timer_ticks.store(false, Relaxed);
+        *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

@@ -102,6 +102,65 @@ pub fn blocked_in(tid: i32, signum: i32) -> bool {
         .is_some_and(|mask| signum >= 1 && mask & (1 << (signum - 1)) != 0)
 }
 
+/// A POSIX timer on the CPU clock of the main thread that sends it the tick signal every
+/// `period` of CPU time it uses: while the main thread computes, its ticks need no wake-up of
+/// the sampling thread at all. The kernel only counts the thread's CPU time, so the signal
+/// comes while it runs, not while it waits in a system call. Deleted when dropped, unless in
+/// a forked child, which has no such timer (and may have one of its own with the same id).
+pub struct CpuTimer {
+    id: libc::timer_t,
+    pid: libc::pid_t,
+}
+
+// SAFETY: a timer_t is the kernel's id of the timer, usable from any thread of the process.
+unsafe impl Send for CpuTimer {}
+
+impl CpuTimer {
+    pub fn start(tid: i32, signum: i32, period: f64) -> std::io::Result<Self> {
+        // SAFETY: an all-zero sigevent is a valid value to fill in.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = signum;
+        event.sigev_notify_thread_id = tid;
+        let clock: libc::clockid_t = ((!tid) << 3) | 6; // CPU clock of thread `tid`
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `timer` are valid for the call; a bad clock id only fails it.
+        if unsafe { libc::timer_create(clock, &mut event, &mut timer) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let timer = CpuTimer {
+            id: timer,
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
+        };
+        let nanos = (period * 1e9).round().max(1.0) as i64;
+        let every = libc::timespec {
+            tv_sec: nanos / 1_000_000_000,
+            tv_nsec: nanos % 1_000_000_000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: every,
+            it_value: every,
+        };
+        // SAFETY: `timer.id` was just created; `spec` is valid.
+        if unsafe { libc::timer_settime(timer.id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(timer)
+    }
+}
+
+impl Drop for CpuTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by `start` in this process and is deleted once.
+        unsafe {
+            if libc::getpid() == self.pid {
+                libc::timer_delete(self.id);
+            }
+        }
+    }
+}
+
 /// Whether the tick signal of `shared` still reaches its `TickHandler`: the program may have
 /// installed its own Python handler since, or blocked the signal in the main thread. Needs the
 /// GIL.

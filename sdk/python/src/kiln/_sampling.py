@@ -72,6 +72,11 @@ class PythonSampling:
         return self._aggregator.overflowed_samples
 
     @property
+    def ticks(self) -> int:
+        """Ticks run so far."""
+        return self._sampler.ticks
+
+    @property
     def cpu_elsewhere(self) -> float:
         """CPU seconds of sampling work done outside the sampling thread: none here."""
         return 0.0
@@ -257,7 +262,14 @@ class NativeSampling:
 
     def stop(self) -> None:
         self._stop.stop()
+        if self._tick_signal:
+            self._sampler.use_tick_signal(0, 0)  # also deletes the CPU timer, from any thread
         _tick_signal.release(self._tick_signal, self._tick_handler)
+
+    @property
+    def cpu_timer(self) -> bool:
+        """Whether a timer on the main thread's CPU clock sends it the ticks."""
+        return self._sampler.cpu_timer  # type: ignore[no-any-return]
 
     def tick(self, now: float) -> None:
         with self._lock:

@@ -8,21 +8,26 @@ the signal to the main thread alone, only while it is using CPU, and the handler
 runs the tick (see ``sdk/python/native/src/tick_signal.rs``, also for EINTR: the handler is
 flagged ``SA_RESTART``).
 
-The signal is a real-time signal that nothing else handles (``SIGRTMAX - 5`` unless
-``KILN_TICK_SIGNAL`` names another number; ``off`` disables this path). It is used only when
-the profiler starts from the main thread and the signal has neither a Python nor a C handler;
-otherwise ticks go as pending calls, as on 3.13. A program that installs its own handler for it
-(or blocks it) later keeps it: the sampler notices that its handed ticks stay late and stops
-using the signal.
+The signal is ``SIGURG`` unless ``KILN_TICK_SIGNAL`` names another number (``off`` disables
+this path): a signal whose default action is to do nothing, so one that arrives after its
+handler is gone (at interpreter exit, or after a program reset it to ``SIG_DFL``) is harmless;
+nothing in a Python program sends it (the kernel does only for sockets' out-of-band data to an
+owner set with ``F_SETOWN``, and the handler ignores a signal when no tick is due). It is used
+only when the profiler starts from the main thread and the signal has neither a Python nor a C
+handler; otherwise ticks go as pending calls, as on 3.13. A program that installs its own
+handler for it (or blocks it) later keeps it: the sampler notices that its handed ticks stay
+late and stops sending the signal (the program's handler may see a few calls first).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 import sys
 import threading
+import weakref
 
 logger = logging.getLogger("kiln")
 
@@ -37,25 +42,21 @@ def needed() -> bool:
 
 def wanted_signal() -> int | None:
     """The signal number to use, or None when disabled or not given correctly (logged)."""
-    default = getattr(signal, "SIGRTMAX", None)
+    default = getattr(signal, "SIGURG", None)
     value = os.environ.get(TICK_SIGNAL_ENV, "").strip()
     if not value:
-        return default - 5 if default is not None else None
+        return default
     if value.lower() == "off":
         return None
-    rt_min = getattr(signal, "SIGRTMIN", None)
     try:
         number = int(value)
     except ValueError:
         number = -1
-    if rt_min is None or default is None or not rt_min <= number <= default:
+    if not 1 <= number < signal.NSIG or number in (signal.SIGKILL, signal.SIGSTOP):
         logger.warning(
-            "%s=%r is not a real-time signal number (%s to %s) or 'off': "
-            "ticks go to the main thread as pending calls",
+            "%s=%r is not a signal number or 'off': ticks go to the main thread as pending calls",
             TICK_SIGNAL_ENV,
             value,
-            rt_min,
-            default,
         )
         return None
     return number
@@ -101,7 +102,15 @@ def install(native: object, sampler: object) -> tuple[int, object | None]:
     except (OSError, ValueError, RuntimeError) as error:
         logger.info("signal %d could not be installed (%s): using pending calls", signum, error)
         return 0, None
+    # Before the interpreter's exit resets signal handlers: no tick signal after that.
+    atexit.register(_stop_sending, weakref.ref(sampler))
     return signum, handler
+
+
+def _stop_sending(sampler_ref: weakref.ReferenceType[object]) -> None:
+    sampler = sampler_ref()
+    if sampler is not None:
+        sampler.use_tick_signal(0, 0)  # type: ignore[attr-defined]
 
 
 def release(signum: int, handler: object) -> None:
