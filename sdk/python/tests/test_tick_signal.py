@@ -172,7 +172,7 @@ def test_a_handler_the_program_installs_later_is_kept(caplog):
     assert sampling.ticks >= 50, "ticks went on, on the sampling thread"
     sampling.stop()
     assert signal.getsignal(SIGNUM) is mine
-    lines = [r.getMessage() for r in caplog.records if "got another handler" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
     assert len(lines) == 1, lines
 
 
@@ -224,12 +224,18 @@ def test_the_signal_is_chosen_by_the_environment(monkeypatch, caplog, value, exp
         signal.signal(OTHER, signal.SIG_DFL)
 
 
-def test_stats_name_the_tick_signal_and_shutdown_puts_the_default_back(server):
+def test_stats_name_the_tick_signal_and_shutdown_puts_the_default_back(server, caplog):
     native_or_skip()
+    caplog.set_level(logging.INFO, logger="kiln")
     kiln.configure(application_name="unit-app", server_address=server.url, sampler="native")
     assert kiln.stats()["tick_signal"] == SIGNUM
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        sum(i * i for i in range(300))
+    assert kiln.stats()["main_thread_ticks"] >= 5, kiln.stats()
     kiln.shutdown(timeout=2)
     assert signal.getsignal(SIGNUM) is signal.SIG_DFL
+    assert not [r for r in caplog.records if "taken over" in r.getMessage()]
     kiln.configure(application_name="unit-app", server_address=server.url, sampler="python")
     assert kiln.stats()["tick_signal"] == 0
     assert signal.getsignal(SIGNUM) is signal.SIG_DFL

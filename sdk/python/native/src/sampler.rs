@@ -6,9 +6,11 @@
 //! aggregated in Rust, and hands Python one dict per upload interval.
 //!
 //! A tick runs either on the sampling thread (which then takes the GIL) or, when the main
-//! thread is running Python code, in the main thread itself as a pending call (see
-//! `main_thread`): that spares the GIL hand-over, which costs the sampling thread two extra
-//! wake-ups per tick and the main thread two context switches.
+//! thread is running Python code, in the main thread itself, as a pending call or through the
+//! tick signal (see `main_thread` and `tick_signal`): that spares the GIL hand-over, which costs
+//! the sampling thread two extra wake-ups per tick and the main thread two context switches.
+//! In `cpu` mode with the tick signal, a timer on the main thread's CPU clock sends it its
+//! ticks, and the sampling thread only checks every few periods that they still come.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -92,6 +94,8 @@ pub struct NativeSampler {
     shared: Arc<Shared>,
     /// The main thread's CPU timer, when the tick signal is used in `cpu` mode.
     timer: std::sync::Mutex<Option<CpuTimer>>,
+    /// The tick signal was given up: the program took it over.
+    tick_signal_lost: std::sync::atomic::AtomicBool,
 }
 
 /// What a tick reads and writes, behind the mutex of `Shared`.
@@ -245,6 +249,7 @@ impl NativeSampler {
             main_thread_ticks,
             cpu_clocked: cpu_mode && use_clocks,
             timer: std::sync::Mutex::new(None),
+            tick_signal_lost: std::sync::atomic::AtomicBool::new(false),
             shared: Arc::new(Shared::new(state, counters)),
         })
     }
@@ -290,6 +295,12 @@ impl NativeSampler {
         }
         self.shared.signal.store(signum, Relaxed);
         Ok(())
+    }
+
+    /// Whether the tick signal was given up because the program took it over or blocked it.
+    #[getter]
+    fn tick_signal_lost(&self) -> bool {
+        self.tick_signal_lost.load(Relaxed)
     }
 
     /// Whether the main thread's CPU timer sends ticks (`cpu` mode with the tick signal).
@@ -405,6 +416,7 @@ impl NativeSampler {
 impl NativeSampler {
     /// Stops sending the tick signal (the program took it over): ticks go as pending calls.
     fn give_up_tick_signal(&self) {
+        self.tick_signal_lost.store(true, Relaxed);
         self.shared.signal.store(0, Relaxed);
         self.shared.timer_ticks.store(false, Relaxed);
         *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = None;

@@ -193,6 +193,7 @@ class NativeSampling:
             if main_thread_ticks and _tick_signal.needed()
             else (0, None)
         )
+        self._lost_logged = False
         # run/tick and drain run on different threads (sampling thread, shutdown); the native
         # object refuses concurrent use, so they take turns. A thread waiting here releases
         # the GIL, so the holder can finish even when it calls back into Python. Reentrant:
@@ -252,13 +253,13 @@ class NativeSampling:
 
     def _check_tick_signal(self) -> None:
         """Logs once that the program took the tick signal over (the sampler noticed)."""
-        if self._tick_signal and not self._sampler.tick_signal:
+        if self._tick_signal and not self._lost_logged and self._sampler.tick_signal_lost:
+            self._lost_logged = True
             _tick_signal.logger.info(
-                "signal %d got another handler: ticks go to the main thread only when it "
-                "releases the GIL",
+                "signal %d was taken over by the program (its own handler, reset or blocked): "
+                "ticks go to the main thread only when it releases the GIL",
                 self._tick_signal,
             )
-            self._tick_signal, self._tick_handler = 0, None
 
     def stop(self) -> None:
         self._stop.stop()
