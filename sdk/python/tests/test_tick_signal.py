@@ -106,6 +106,38 @@ def test_a_program_that_resets_the_signal_to_the_default_is_not_disturbed():
     sampling.stop()
 
 
+def test_a_c_level_handler_installed_later_makes_the_sampler_give_the_signal_up():
+    # C code (here libc's signal(), with SIG_IGN) replacing CPython's handler: the Python-level
+    # handler still reads as the sampler's, but handed ticks no longer run
+    native_or_skip()
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    sampling = make("native", CPU)
+    assert sampling.tick_signal == SIGNUM
+    errors: list[BaseException] = []
+    runner = threading.Thread(
+        target=lambda: (
+            sampling.ignore({threading.get_ident()}),
+            sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1])),
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        sum(i * i for i in range(300))
+    libc.signal(SIGNUM, 1)  # SIG_IGN
+    while runner.is_alive():
+        sum(i * i for i in range(300))
+    runner.join(5)
+    assert not errors, errors
+    assert sampling.tick_signal == 0 and not sampling.cpu_timer
+    assert sampling.ticks >= 30, sampling.ticks
+    sampling.stop()
+
+
 def test_ticks_go_on_while_the_main_thread_waits_in_a_join():
     native_or_skip()
     stop = threading.Event()

@@ -96,6 +96,8 @@ pub struct NativeSampler {
     timer: std::sync::Mutex<Option<CpuTimer>>,
     /// The tick signal was given up: the program took it over.
     tick_signal_lost: std::sync::atomic::AtomicBool,
+    /// Address of the process-level handler of the tick signal when it was installed.
+    os_handler: std::sync::atomic::AtomicUsize,
 }
 
 /// What a tick reads and writes, behind the mutex of `Shared`.
@@ -250,6 +252,7 @@ impl NativeSampler {
             cpu_clocked: cpu_mode && use_clocks,
             timer: std::sync::Mutex::new(None),
             tick_signal_lost: std::sync::atomic::AtomicBool::new(false),
+            os_handler: std::sync::atomic::AtomicUsize::new(0),
             shared: Arc::new(Shared::new(state, counters)),
         })
     }
@@ -283,7 +286,8 @@ impl NativeSampler {
         *timer = None;
         self.shared.timer_ticks.store(false, Relaxed);
         if signum != 0 {
-            tick_signal::restart_interrupted_calls(signum)?;
+            let os_handler = tick_signal::restart_interrupted_calls(signum)?;
+            self.os_handler.store(os_handler, Relaxed);
             self.shared.main_tid.store(main_tid, Relaxed);
             if self.cpu_clocked {
                 // Without the timer the signal is still sent each due tick: only cheaper.
@@ -368,7 +372,8 @@ impl NativeSampler {
             let check_signal = here && hand_over.take_late() && shared.signal.load(Relaxed) > 0;
             if here {
                 let ticked = Python::attach(|py| {
-                    if check_signal && !tick_signal::usable(py, shared)? {
+                    let os_handler = self.os_handler.load(Relaxed);
+                    if check_signal && !tick_signal::usable(py, shared, os_handler)? {
                         self.give_up_tick_signal();
                     }
                     shared.void_main_thread_tick();

@@ -48,11 +48,7 @@ impl TickHandler {
 /// by anyone, Python or C code), so the signal is free to use.
 #[pyfunction]
 pub fn signal_is_default(signum: i32) -> bool {
-    // SAFETY: an all-zero sigaction is a valid value to be overwritten.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only reads the current one into `current`.
-    let read = unsafe { libc::sigaction(signum, std::ptr::null(), &mut current) };
-    read == 0 && current.sa_sigaction == libc::SIG_DFL
+    os_handler(signum) == Some(libc::SIG_DFL)
 }
 
 /// Sends `signum` to the main thread `tid` of this process; false if it could not be sent.
@@ -67,8 +63,9 @@ pub fn send(tid: i32, signum: i32) -> bool {
 }
 
 /// Adds `SA_RESTART` to the handler of `signum` (installed by `signal.signal`, which leaves it
-/// out), so that system calls the kernel can restart are not interrupted by a tick.
-pub fn restart_interrupted_calls(signum: i32) -> PyResult<()> {
+/// out), so that system calls the kernel can restart are not interrupted by a tick. Returns the
+/// handler's address (CPython's C handler), to tell later whether someone replaced it.
+pub fn restart_interrupted_calls(signum: i32) -> PyResult<usize> {
     // SAFETY: an all-zero sigaction is a valid value to be overwritten.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: reads the current action into `action`, then writes it back with one more flag.
@@ -86,7 +83,16 @@ pub fn restart_interrupted_calls(signum: i32) -> PyResult<()> {
             return Err(std::io::Error::last_os_error().into());
         }
     }
-    Ok(())
+    Ok(action.sa_sigaction)
+}
+
+/// The address of the process-level handler of `signum` (`SIG_DFL` is 0), if it reads.
+fn os_handler(signum: i32) -> Option<usize> {
+    // SAFETY: an all-zero sigaction is a valid value to be overwritten.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `current`.
+    let read = unsafe { libc::sigaction(signum, std::ptr::null(), &mut current) };
+    (read == 0).then_some(current.sa_sigaction)
 }
 
 /// Whether thread `tid` of this process blocks `signum` (its mask in `/proc`): the signal then
@@ -162,11 +168,15 @@ impl Drop for CpuTimer {
 }
 
 /// Whether the tick signal of `shared` still reaches its `TickHandler`: the program may have
-/// installed its own Python handler since, or blocked the signal in the main thread. Needs the
-/// GIL.
-pub fn usable(py: Python<'_>, shared: &Arc<Shared>) -> PyResult<bool> {
+/// installed its own Python handler since, or C code its own process-level handler (`os`:
+/// the one installed with the tick handler), or blocked the signal in the main thread. Needs
+/// the GIL.
+pub fn usable(py: Python<'_>, shared: &Arc<Shared>, os: usize) -> PyResult<bool> {
     let signum = shared.signal.load(Ordering::Acquire);
-    if signum <= 0 || blocked_in(shared.main_tid.load(Ordering::Relaxed), signum) {
+    if signum <= 0
+        || os_handler(signum) != Some(os)
+        || blocked_in(shared.main_tid.load(Ordering::Relaxed), signum)
+    {
         return Ok(false);
     }
     let handler = py.import("signal")?.call_method1("getsignal", (signum,))?;
