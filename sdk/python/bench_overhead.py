@@ -178,6 +178,20 @@ def main() -> int:
         if values:
             share = statistics.median(values) / v.median("wall")
             sdk_cpu[v.name] = f"{statistics.median(values):.3f} s = {share:.2%} of a core"
+            # per tick: a loaded machine gives fewer ticks, which lowers the share above
+            per_tick = [
+                s["sampler_cpu_ms"] * 1000 / s["ticks"]
+                for s in map(sdk_stats, v.runs)
+                if s is not None and s.get("ticks")
+            ]
+            if per_tick:
+                sdk_cpu[v.name] += f", {statistics.median(per_tick):.0f} µs per tick"
+                handed = [
+                    s["main_thread_ticks"] / s["ticks"]
+                    for s in map(sdk_stats, v.runs)
+                    if s is not None and s.get("ticks")
+                ]
+                sdk_cpu[v.name] += f" ({statistics.median(handed):.0%} in the main thread)"
     print(
         f"python {sys.version.split()[0]}, PYTHONMALLOC={options.pythonmalloc},"
         f" {options.rounds} rounds, mode {options.mode}, median of {options.repeat}"

@@ -8,6 +8,7 @@ mod main_thread;
 mod pacer;
 mod sampler;
 mod stacks;
+mod tick_signal;
 
 use pyo3::prelude::*;
 
@@ -16,6 +17,8 @@ fn _kiln_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<sampler::NativeSampler>()?;
     module.add_class::<sampler::Counters>()?;
     module.add_class::<pacer::StopSignal>()?;
-    module.add("ABI_VERSION", 3)?;
+    module.add_class::<tick_signal::TickHandler>()?;
+    module.add_function(wrap_pyfunction!(tick_signal::signal_is_default, module)?)?;
+    module.add("ABI_VERSION", 4)?;
     Ok(())
 }

@@ -18,6 +18,11 @@
 //! not known). A late tick is voided (it does nothing when it finally runs),
 //! and that tick and the next `HandOver::BACKOFF_TICKS` run on the sampling thread with the GIL,
 //! as without hand-over; then handing over is tried again.
+//!
+//! Before 3.13 a tick is instead handed through CPython's signal machinery (see `tick_signal`):
+//! a signal sent to the main thread makes it check at its next bytecode boundary even while it
+//! keeps the GIL, and the Python-level handler of that signal, a `TickHandler`, runs the tick.
+//! The rules above (when to hand over, when a handed tick is late) are the same for both.
 
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,6 +35,7 @@ use pyo3::prelude::*;
 use crate::clock::thread_cpu_seconds;
 use crate::pacer::monotonic;
 use crate::sampler::{Counters, State};
+use crate::tick_signal;
 
 /// A sampler's state, shared by the sampling thread and the main thread's pending calls.
 ///
@@ -45,8 +51,17 @@ pub struct Shared {
     waiting: AtomicBool,
     /// The error of a tick run in the main thread, for the sampling thread to raise.
     error: Mutex<Option<PyErr>>,
-    /// Kernel thread id of the main thread, learnt by the first handed tick (0: not yet).
-    main_tid: AtomicI32,
+    /// Kernel thread id of the main thread, learnt by the first handed tick (0: not yet) or
+    /// given with the tick signal.
+    pub main_tid: AtomicI32,
+    /// The signal whose Python handler runs handed ticks (`tick_signal`); 0: pending calls.
+    pub signal: AtomicI32,
+    /// Number of the latest tick handed through the signal.
+    signal_tick: AtomicU64,
+    /// A `CpuTimer` sends the tick signal: each one not handed over is a tick.
+    pub timer_ticks: AtomicBool,
+    /// Monotonic time of the latest tick run in the main thread (f64 bits).
+    last_main_tick: AtomicU64,
 }
 
 impl Shared {
@@ -58,7 +73,18 @@ impl Shared {
             waiting: AtomicBool::new(false),
             error: Mutex::new(None),
             main_tid: AtomicI32::new(0),
+            signal: AtomicI32::new(0),
+            signal_tick: AtomicU64::new(0),
+            timer_ticks: AtomicBool::new(false),
+            last_main_tick: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the main thread's CPU timer ran a tick within the last `periods` periods: then
+    /// the sampling thread need not wake up every period.
+    pub fn timer_ticking(&self, now: f64, period: f64, periods: f64) -> bool {
+        self.timer_ticks.load(Ordering::Acquire)
+            && now - f64::from_bits(self.last_main_tick.load(Ordering::Acquire)) < periods * period
     }
 
     /// Hands the next tick to the main thread; false when the last one handed has not run
@@ -69,6 +95,15 @@ impl Shared {
         }
         let number = self.handed.fetch_add(1, Ordering::AcqRel) + 1;
         self.waiting.store(true, Ordering::Release);
+        let signum = self.signal.load(Ordering::Acquire);
+        if signum > 0 {
+            self.signal_tick.store(number, Ordering::Release);
+            if tick_signal::send(self.main_tid.load(Ordering::Relaxed), signum) {
+                return true;
+            }
+            self.waiting.store(false, Ordering::Release);
+            return false;
+        }
         let job = Box::into_raw(Box::new(Job {
             shared: self.clone(),
             number,
@@ -132,6 +167,8 @@ pub struct HandOver {
     handed: (f64, Option<f64>),
     /// Due ticks left to run on the sampling thread before handing over is tried again.
     backoff: u32,
+    /// A handed tick was found late since `take_late` was last called.
+    late: bool,
 }
 
 impl HandOver {
@@ -157,6 +194,11 @@ impl HandOver {
         place
     }
 
+    /// Whether a handed tick was found late since the last call.
+    pub fn take_late(&mut self) -> bool {
+        std::mem::take(&mut self.late)
+    }
+
     fn decide(
         &mut self,
         waiting: bool,
@@ -176,6 +218,7 @@ impl HandOver {
             if !late {
                 return Place::Left;
             }
+            self.late = true;
             self.backoff = Self::BACKOFF_TICKS;
             return Place::Here;
         }
@@ -211,7 +254,7 @@ pub fn lock_for_tick<'a>(py: Python<'_>, state: &'a Mutex<State>) -> MutexGuard<
     }
 }
 
-/// One tick handed to the main thread.
+/// One tick handed to the main thread as a pending call.
 struct Job {
     shared: Arc<Shared>,
     number: u64,
@@ -222,42 +265,64 @@ struct Job {
 extern "C" fn run_job(job: *mut c_void) -> c_int {
     // SAFETY: `job` is the Box that `request_main_thread_tick` leaked for this single call.
     let job = unsafe { Box::from_raw(job as *mut Job) };
+    // SAFETY: CPython runs pending calls in the main thread with the GIL held.
+    let py = unsafe { Python::assume_attached() };
     // A panic must not unwind into CPython; the tick is lost, nothing else.
-    let _ = catch_unwind(AssertUnwindSafe(|| job.run()));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        job.shared.run_handed_tick(py, job.number)
+    }));
     0
 }
 
-impl Job {
-    fn run(&self) {
-        let shared = &*self.shared;
+impl Shared {
+    /// Runs, in the main thread, the tick handed as number `number` (nothing if it was voided).
+    pub fn run_handed_tick(&self, py: Python<'_>, number: u64) {
         // SAFETY: gettid has no preconditions.
-        shared
-            .main_tid
+        self.main_tid
             .store(unsafe { libc::gettid() }, Ordering::Relaxed);
-        shared.waiting.store(false, Ordering::Release);
-        if shared.handed.load(Ordering::Acquire) != self.number {
+        self.waiting.store(false, Ordering::Release);
+        if self.handed.load(Ordering::Acquire) != number {
             return;
         }
-        // SAFETY: CPython runs pending calls in the main thread with the GIL held.
-        let py = unsafe { Python::assume_attached() };
+        self.tick_in_main_thread(py);
+    }
+
+    /// Runs a tick in the main thread, counted as such.
+    fn tick_in_main_thread(&self, py: Python<'_>) {
         let before = own_cpu_ns();
         // Taken elsewhere: a tick of the sampling thread is under way, so this one is not
         // needed (and blocking here, with the GIL held, could deadlock).
-        let mut state = match shared.state.try_lock() {
+        let mut state = match self.state.try_lock() {
             Ok(state) => state,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        let result = state.tick(py, monotonic());
+        let now = monotonic();
+        let result = state.tick(py, now);
         drop(state);
+        self.last_main_tick.store(now.to_bits(), Ordering::Release);
         if let Err(error) = result {
-            *shared.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+            *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
         }
-        let counters = shared.counters.get();
+        let counters = self.counters.get();
         counters.main_thread_ticks.fetch_add(1, Ordering::Relaxed);
         counters
             .main_thread_cpu_ns
             .fetch_add(own_cpu_ns().saturating_sub(before), Ordering::Relaxed);
+    }
+
+    /// Runs the tick handed through the signal, if one waits (the handler may also be called
+    /// by a real signal, or after the sampler stopped: then it does nothing).
+    pub fn run_signalled_tick(&self, py: Python<'_>) {
+        if self.signal.load(Ordering::Acquire) <= 0 {
+            return;
+        }
+        if self.waiting.load(Ordering::Acquire) {
+            let number = self.signal_tick.load(Ordering::Acquire);
+            self.run_handed_tick(py, number);
+        } else if self.timer_ticks.load(Ordering::Acquire) {
+            self.tick_in_main_thread(py);
+        }
     }
 }
 

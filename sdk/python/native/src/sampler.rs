@@ -6,9 +6,11 @@
 //! aggregated in Rust, and hands Python one dict per upload interval.
 //!
 //! A tick runs either on the sampling thread (which then takes the GIL) or, when the main
-//! thread is running Python code, in the main thread itself as a pending call (see
-//! `main_thread`): that spares the GIL hand-over, which costs the sampling thread two extra
-//! wake-ups per tick and the main thread two context switches.
+//! thread is running Python code, in the main thread itself, as a pending call or through the
+//! tick signal (see `main_thread` and `tick_signal`): that spares the GIL hand-over, which costs
+//! the sampling thread two extra wake-ups per tick and the main thread two context switches.
+//! In `cpu` mode with the tick signal, a timer on the main thread's CPU clock sends it its
+//! ticks, and the sampling thread only checks every few periods that they still come.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,6 +25,7 @@ use crate::clock::{thread_cpu_seconds, CpuCredit, WallPeriods};
 use crate::main_thread::{lock_for_tick, HandOver, Place, Shared};
 use crate::pacer::{monotonic, StopSignal};
 use crate::stacks::{Counts, FrameTable};
+use crate::tick_signal::{self, CpuTimer, TickHandler};
 
 /// Code objects whose "looks idle" answer is kept; the cache is emptied beyond.
 const IDLE_CACHE_LIMIT: usize = 10_000;
@@ -30,6 +33,12 @@ const IDLE_CACHE_LIMIT: usize = 10_000;
 /// In `cpu` mode, `run` skips a tick (and the GIL) when no known thread has a full period of
 /// CPU credit; every this many periods it ticks anyway, to find threads that started.
 const FULL_TICK_EVERY: u32 = 10;
+
+/// While the main thread's CPU timer ran a tick within this many periods, the sampling thread
+/// does not tick; it looks again every `TIMER_CHECK_PERIODS` periods. A main thread that stops
+/// using CPU is noticed within that time; the CPU credit of the other threads carries over.
+const TIMER_RECENT_PERIODS: f64 = 3.0;
+const TIMER_CHECK_PERIODS: f64 = 5.0;
 
 /// Counters of a sampler, readable while it runs (the sampler itself is borrowed then).
 #[pyclass(module = "_kiln_native", frozen)]
@@ -75,12 +84,20 @@ impl Counters {
     }
 }
 
-#[pyclass(module = "_kiln_native")]
+#[pyclass(module = "_kiln_native", weakref)]
 pub struct NativeSampler {
     period: f64,
     /// Ticks may run in the main thread as pending calls.
     main_thread_ticks: bool,
+    /// `cpu` mode with thread CPU clocks: a CPU timer of the main thread may send the ticks.
+    cpu_clocked: bool,
     shared: Arc<Shared>,
+    /// The main thread's CPU timer, when the tick signal is used in `cpu` mode.
+    timer: std::sync::Mutex<Option<CpuTimer>>,
+    /// The tick signal was given up: the program took it over.
+    tick_signal_lost: std::sync::atomic::AtomicBool,
+    /// Address of the process-level handler of the tick signal when it was installed.
+    os_handler: std::sync::atomic::AtomicUsize,
 }
 
 /// What a tick reads and writes, behind the mutex of `Shared`.
@@ -232,6 +249,10 @@ impl NativeSampler {
         Ok(NativeSampler {
             period,
             main_thread_ticks,
+            cpu_clocked: cpu_mode && use_clocks,
+            timer: std::sync::Mutex::new(None),
+            tick_signal_lost: std::sync::atomic::AtomicBool::new(false),
+            os_handler: std::sync::atomic::AtomicUsize::new(0),
             shared: Arc::new(Shared::new(state, counters)),
         })
     }
@@ -246,6 +267,57 @@ impl NativeSampler {
         let mut state = lock_for_tick(py, &self.shared.state);
         state.native_id_corrections.insert(ident, native_id);
         state.native_ids.remove(&ident);
+    }
+
+    /// A handler for the tick signal (see `tick_signal`), to install with `signal.signal`
+    /// from the main thread before `use_tick_signal`.
+    fn tick_handler(&self) -> TickHandler {
+        TickHandler {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Hands ticks to the main thread `main_tid` (its kernel thread id) by sending it `signum`,
+    /// whose Python handler is now this sampler's `tick_handler()`; 0 goes back to pending
+    /// calls. In `cpu` mode a timer on the main thread's CPU clock also sends it `signum` every
+    /// period of CPU it uses, and each is a tick.
+    fn use_tick_signal(&self, signum: i32, main_tid: i32) -> PyResult<()> {
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        *timer = None;
+        self.shared.timer_ticks.store(false, Relaxed);
+        if signum != 0 {
+            let os_handler = tick_signal::restart_interrupted_calls(signum)?;
+            self.os_handler.store(os_handler, Relaxed);
+            self.shared.main_tid.store(main_tid, Relaxed);
+            if self.cpu_clocked {
+                // Without the timer the signal is still sent each due tick: only cheaper.
+                if let Ok(started) = CpuTimer::start(main_tid, signum, self.period) {
+                    *timer = Some(started);
+                    self.shared.timer_ticks.store(true, Relaxed);
+                }
+            }
+        }
+        self.shared.signal.store(signum, Relaxed);
+        Ok(())
+    }
+
+    /// Whether the tick signal was given up because the program took it over or blocked it.
+    #[getter]
+    fn tick_signal_lost(&self) -> bool {
+        self.tick_signal_lost.load(Relaxed)
+    }
+
+    /// Whether the main thread's CPU timer sends ticks (`cpu` mode with the tick signal).
+    #[getter]
+    fn cpu_timer(&self) -> bool {
+        self.shared.timer_ticks.load(Relaxed)
+    }
+
+    /// The signal through which ticks are handed to the main thread; 0 when they go as
+    /// pending calls (also after the program installed its own handler for the signal).
+    #[getter]
+    fn tick_signal(&self) -> i32 {
+        self.shared.signal.load(Relaxed)
     }
 
     /// The counters, to keep: they can be read while the sampler runs.
@@ -276,8 +348,14 @@ impl NativeSampler {
             if let Some(error) = shared.take_error() {
                 break Err(error);
             }
-            if monotonic() >= until {
+            let now = monotonic();
+            if now >= until {
                 break Ok(false);
+            }
+            if shared.timer_ticking(now, period, TIMER_RECENT_PERIODS) {
+                // The main thread's CPU timer runs the ticks: look again a few periods later.
+                next = now + TIMER_CHECK_PERIODS * period;
+                continue;
             }
             let (due, first) = {
                 let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -288,8 +366,16 @@ impl NativeSampler {
                 && (first
                     || !main_thread_ticks
                     || hand_over.place(shared, monotonic(), period) == Place::Here);
+            // A late tick handed through the signal: the program may have taken the signal
+            // over or blocked it; then ticks go back to pending calls (checked with the GIL,
+            // taken anyway).
+            let check_signal = here && hand_over.take_late() && shared.signal.load(Relaxed) > 0;
             if here {
                 let ticked = Python::attach(|py| {
+                    let os_handler = self.os_handler.load(Relaxed);
+                    if check_signal && !tick_signal::usable(py, shared, os_handler)? {
+                        self.give_up_tick_signal();
+                    }
                     shared.void_main_thread_tick();
                     lock_for_tick(py, &shared.state).tick(py, monotonic())
                 });
@@ -329,6 +415,16 @@ impl NativeSampler {
             state.frames.clear();
         }
         out
+    }
+}
+
+impl NativeSampler {
+    /// Stops sending the tick signal (the program took it over): ticks go as pending calls.
+    fn give_up_tick_signal(&self) {
+        self.tick_signal_lost.store(true, Relaxed);
+        self.shared.signal.store(0, Relaxed);
+        self.shared.timer_ticks.store(false, Relaxed);
+        *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

@@ -81,6 +81,8 @@ class Profiler:
         sampler_cpu = self._sampler_cpu + self._sampling.cpu_elsewhere
         stats["sampler_cpu_ms"] = round(sampler_cpu * 1000)
         stats["main_thread_ticks"] = self._sampling.main_thread_ticks
+        stats["tick_signal"] = self._sampling.tick_signal
+        stats["ticks"] = self._sampling.ticks
         return stats
 
     def _run(self) -> None:

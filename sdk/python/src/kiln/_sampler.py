@@ -177,6 +177,11 @@ class Sampler:
         self._threads: dict[int, tuple[object, int | None]] = {}
         self._idle_codes: dict[int, tuple[object, bool]] = {}
 
+    @property
+    def ticks(self) -> int:
+        """Ticks run so far."""
+        return self._ticks
+
     def tick(
         self,
         frames: Mapping[int, FrameType],

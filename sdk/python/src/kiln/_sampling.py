@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Callable
 
-from . import _tags
+from . import _tags, _tick_signal
 from ._frames import _CACHE_LIMIT, FrameFormatter
 from ._sampler import _IDLE_FRAMES, CPU, Aggregator, Batch, Sampler, ThreadCpuClocks
 
@@ -31,7 +31,7 @@ SAMPLERS = (AUTO, NATIVE, PYTHON)
 SAMPLER_ENV = "KILN_SAMPLER"
 
 #: The extension's interface version this package drives.
-NATIVE_ABI_VERSION = 3
+NATIVE_ABI_VERSION = 4
 
 
 class PythonSampling:
@@ -72,6 +72,11 @@ class PythonSampling:
         return self._aggregator.overflowed_samples
 
     @property
+    def ticks(self) -> int:
+        """Ticks run so far."""
+        return self._sampler.ticks
+
+    @property
     def cpu_elsewhere(self) -> float:
         """CPU seconds of sampling work done outside the sampling thread: none here."""
         return 0.0
@@ -79,6 +84,11 @@ class PythonSampling:
     @property
     def main_thread_ticks(self) -> int:
         """Ticks run in the main thread: none here (every tick runs on the sampling thread)."""
+        return 0
+
+    @property
+    def tick_signal(self) -> int:
+        """No signal is used to hand ticks over."""
         return 0
 
     def ignore(self, idents: Iterable[int]) -> None:
@@ -177,6 +187,13 @@ class NativeSampling:
         )
         self._counters = self._sampler.counters
         self._stop = native.StopSignal()  # type: ignore[attr-defined]
+        # Before 3.13, ticks reach a main thread that keeps the GIL through a signal handler.
+        self._tick_signal, self._tick_handler = (
+            _tick_signal.install(native, self._sampler)
+            if main_thread_ticks and _tick_signal.needed()
+            else (0, None)
+        )
+        self._lost_logged = False
         # run/tick and drain run on different threads (sampling thread, shutdown); the native
         # object refuses concurrent use, so they take turns. A thread waiting here releases
         # the GIL, so the holder can finish even when it calls back into Python. Reentrant:
@@ -204,6 +221,11 @@ class NativeSampling:
         return self._counters.main_thread_ticks  # type: ignore[no-any-return]
 
     @property
+    def tick_signal(self) -> int:
+        """The signal through which ticks are handed to the main thread; 0: pending calls."""
+        return self._sampler.tick_signal  # type: ignore[no-any-return]
+
+    @property
     def cpu_elsewhere(self) -> float:
         """CPU seconds the main thread spent running ticks handed to it."""
         return self._counters.main_thread_cpu  # type: ignore[no-any-return]
@@ -222,12 +244,33 @@ class NativeSampling:
         with self._lock:
             while True:
                 try:
-                    return self._sampler.run(until, self._stop)  # type: ignore[no-any-return]
+                    stopped = self._sampler.run(until, self._stop)
                 except Exception:  # the next run waits a period before its first tick
                     on_error()
+                    continue
+                self._check_tick_signal()
+                return stopped  # type: ignore[no-any-return]
+
+    def _check_tick_signal(self) -> None:
+        """Logs once that the program took the tick signal over (the sampler noticed)."""
+        if self._tick_signal and not self._lost_logged and self._sampler.tick_signal_lost:
+            self._lost_logged = True
+            _tick_signal.logger.info(
+                "signal %d was taken over by the program (its own handler, reset or blocked): "
+                "ticks go to the main thread only when it releases the GIL",
+                self._tick_signal,
+            )
 
     def stop(self) -> None:
         self._stop.stop()
+        if self._tick_signal:
+            self._sampler.use_tick_signal(0, 0)  # also deletes the CPU timer, from any thread
+        _tick_signal.release(self._tick_signal, self._tick_handler)
+
+    @property
+    def cpu_timer(self) -> bool:
+        """Whether a timer on the main thread's CPU clock sends it the ticks."""
+        return self._sampler.cpu_timer  # type: ignore[no-any-return]
 
     def tick(self, now: float) -> None:
         with self._lock:
