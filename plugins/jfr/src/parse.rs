@@ -1,6 +1,9 @@
 //! The JFR chunk format: header, metadata (type definitions), constant pools and events.
 
 use kiln_plugin_api::DecodeError;
+use std::cell::OnceCell;
+use std::sync::{Arc, Mutex};
+
 use rustc_hash::FxHashMap;
 
 use crate::reader::{err, Reader};
@@ -133,9 +136,53 @@ pub struct Chunk<'a> {
     pub bytes: &'a [u8],
     pub start: usize,
     pub header: Header,
-    pub classes: FxHashMap<i64, Class>,
-    pub pools: FxHashMap<i64, FxHashMap<i64, Value>>,
+    pub classes: Arc<FxHashMap<i64, Class>>,
+    /// Constant pool entries by type and key: where each starts, and its value once asked for.
+    /// A recording's pools hold much that no profile needs (modules, packages, class loaders,
+    /// thread groups, stacks of events not profiled); they are skipped over, not built.
+    pools: FxHashMap<i64, FxHashMap<i64, PoolEntry>>,
     string_type: Option<i64>,
+}
+
+struct PoolEntry {
+    /// Offset of the value in `Chunk::bytes`.
+    at: usize,
+    value: OnceCell<Value>,
+}
+
+/// What a chunk's metadata event defines.
+#[derive(Default)]
+struct TypeSystem {
+    classes: Arc<FxHashMap<i64, Class>>,
+    string_type: Option<i64>,
+}
+
+/// The type systems of recently seen metadata events, most recent first. A JVM writes the
+/// same metadata into every recording it sends, and building the type system from it costs
+/// about a tenth of decoding a recording; the bytes are compared whole, so a hit is exact.
+static RECENT_TYPES: Mutex<Vec<RecentTypes>> = Mutex::new(Vec::new());
+/// A metadata event's bytes and the type system they define.
+type RecentTypes = (Box<[u8]>, Arc<TypeSystem>);
+/// Most metadata events kept, and most bytes of them (a JDK's is ~100 KB).
+const RECENT_TYPES_MAX: usize = 8;
+const RECENT_TYPES_MAX_BYTES: usize = 4 << 20;
+
+fn cached_types(metadata: &[u8]) -> Option<Arc<TypeSystem>> {
+    let mut recent = RECENT_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+    let i = recent.iter().position(|(b, _)| **b == *metadata)?;
+    let hit = recent.remove(i);
+    let types = hit.1.clone();
+    recent.insert(0, hit);
+    Some(types)
+}
+
+fn cache_types(metadata: &[u8], types: Arc<TypeSystem>) {
+    if metadata.len() > RECENT_TYPES_MAX_BYTES / RECENT_TYPES_MAX {
+        return;
+    }
+    let mut recent = RECENT_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+    recent.insert(0, (metadata.into(), types));
+    recent.truncate(RECENT_TYPES_MAX);
 }
 
 /// A metadata element; its strings borrow the metadata's string table.
@@ -159,7 +206,7 @@ impl<'a> Chunk<'a> {
             bytes: &bytes[..end],
             start,
             header,
-            classes: FxHashMap::default(),
+            classes: Arc::default(),
             pools: FxHashMap::default(),
             string_type: None,
         };
@@ -173,19 +220,41 @@ impl<'a> Chunk<'a> {
     }
 
     fn read_metadata(&mut self) -> Result<(), DecodeError> {
-        let mut r = self.reader(self.start + self.header.meta_offset as usize);
-        let _size = r.int(4)?;
+        let at = self.start + self.header.meta_offset as usize;
+        let mut r = self.reader(at);
+        let size = r.int(4)?;
+        let bytes = usize::try_from(size)
+            .ok()
+            .and_then(|n| self.bytes.get(at..at.checked_add(n)?))
+            .ok_or_else(|| err(at, format!("metadata size {size} runs past the chunk")))?;
+        let types = match cached_types(bytes) {
+            Some(types) => types,
+            None => {
+                let types = Arc::new(self.parse_metadata(r)?);
+                cache_types(bytes, types.clone());
+                types
+            }
+        };
+        self.classes = types.classes.clone();
+        self.string_type = types.string_type;
+        Ok(())
+    }
+
+    /// The classes the metadata event at `r` (past its size) defines.
+    fn parse_metadata(&self, mut r: Reader) -> Result<TypeSystem, DecodeError> {
         let at = r.pos;
         if r.int(8)? != 0 {
             return Err(err(at, "metadata event has the wrong type id"));
         }
         let (_start, _duration, _id) = (r.int(8)?, r.int(8)?, r.int(8)?);
         let n = r.count()?;
-        let mut strings = Vec::with_capacity(n);
+        let mut strings = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
             strings.push(read_plain_string(&mut r)?.unwrap_or_default());
         }
         let root = element(&mut r, &strings, 0)?;
+        let mut classes = FxHashMap::default();
+        let mut string_type = None;
         let mut stack = vec![&root];
         while let Some(e) = stack.pop() {
             if e.name == "class" {
@@ -211,13 +280,16 @@ impl<'a> Chunk<'a> {
                     });
                 }
                 if class.name == "java.lang.String" {
-                    self.string_type = Some(id);
+                    string_type = Some(id);
                 }
-                self.classes.insert(id, class);
+                classes.insert(id, class);
             }
             stack.extend(e.children.iter());
         }
-        Ok(())
+        Ok(TypeSystem {
+            classes: Arc::new(classes),
+            string_type,
+        })
     }
 
     fn read_constant_pools(&mut self) -> Result<(), DecodeError> {
@@ -245,10 +317,20 @@ impl<'a> Chunk<'a> {
             for _ in 0..pools {
                 let type_id = r.int(8)?;
                 let entries = r.count()?;
+                let pool = self.pools.entry(type_id).or_default();
+                pool.reserve(entries.min(1 << 16));
                 for _ in 0..entries {
                     let key = r.int(8)?;
-                    let value = self.value(&mut r, type_id, 0)?;
-                    self.pools.entry(type_id).or_default().insert(key, value);
+                    let at = r.pos;
+                    skip_value(&self.classes, &mut r, type_id, 0)?;
+                    // A later checkpoint's entry for the same key replaces the earlier one.
+                    pool.insert(
+                        key,
+                        PoolEntry {
+                            at,
+                            value: OnceCell::new(),
+                        },
+                    );
                 }
             }
             if delta == 0 {
@@ -324,9 +406,18 @@ impl<'a> Chunk<'a> {
         }
     }
 
-    /// The constant pool entry `key` of `type_id`.
+    /// The constant pool entry `key` of `type_id`, read the first time it is asked for. An
+    /// entry that was skipped over once reads again; should it not, it is null.
     pub fn pool(&self, type_id: i64, key: i64) -> Option<&Value> {
-        self.pools.get(&type_id)?.get(&key)
+        let entry = self.pools.get(&type_id)?.get(&key)?;
+        let value = entry.value.get_or_init(|| {
+            self.value(&mut self.reader(entry.at), type_id, 0)
+                .unwrap_or(Value::Null)
+        });
+        match value {
+            Value::Null => None,
+            v => Some(v),
+        }
     }
 
     /// Field `name` of `value`, an object of `type_id`: the value and the field's definition.
@@ -368,6 +459,72 @@ impl<'a> Chunk<'a> {
             _ => None,
         }
     }
+}
+
+/// Moves `r` past a value of `type_id` without building it.
+fn skip_value(
+    classes: &FxHashMap<i64, Class>,
+    r: &mut Reader,
+    type_id: i64,
+    depth: usize,
+) -> Result<(), DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(err(r.pos, "values nested too deeply"));
+    }
+    let class = classes
+        .get(&type_id)
+        .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
+    match class.layout {
+        Layout::Int(bytes) => {
+            r.int(bytes.into())?;
+        }
+        Layout::Byte | Layout::Bool => {
+            r.u8()?;
+        }
+        Layout::F32 => {
+            r.be_u32()?;
+        }
+        Layout::F64 => {
+            r.be_u64()?;
+        }
+        Layout::Str => skip_string(r)?,
+        Layout::Object => {
+            for f in &class.fields {
+                let n = if f.array { r.count()? } else { 1 };
+                for _ in 0..n {
+                    if f.constant_pool {
+                        r.int(8)?;
+                    } else {
+                        skip_value(classes, r, f.type_id, depth + 1)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves `r` past a string value (see [`read_string`]).
+fn skip_string(r: &mut Reader) -> Result<(), DecodeError> {
+    let at = r.pos;
+    match r.u8()? {
+        0 | 1 => {}
+        2 => {
+            r.int(8)?;
+        }
+        3 | 5 => {
+            let n = r.count()?;
+            r.take(n)?;
+        }
+        4 => {
+            let n = r.count()?;
+            for _ in 0..n {
+                r.int(2)?;
+            }
+        }
+        other => return Err(err(at, format!("unknown string encoding {other}"))),
+    }
+    Ok(())
 }
 
 fn element<'s>(

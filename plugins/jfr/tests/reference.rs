@@ -194,3 +194,17 @@ fn frames_keep_their_line_numbers() {
     }
     assert!(lines.values().any(|l| l.len() > 1));
 }
+
+/// Recordings whose metadata was seen before reuse its type system (`parse.rs`, `cached_types`):
+/// interleaving recordings of different JVMs and profilers, each decodes the same every time.
+#[test]
+fn recordings_decode_the_same_when_their_type_system_is_reused() {
+    let files = ["example.jfr.gz", "wall.jfr.gz", "jdk-two-chunks.jfr.gz"];
+    let first: Vec<Vec<Profile>> = files.iter().map(|f| decode(f)).collect();
+    for round in 0..2 {
+        for (f, expected) in files.iter().zip(&first) {
+            assert!(decode(f) == *expected, "{f} decoded differently in round {round}");
+        }
+    }
+    assert!(first.iter().all(|ps| !ps.is_empty()));
+}
