@@ -775,7 +775,7 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
             s.flush_blocking().unwrap();
             let st = s.inner.state.lock();
             assert!(
-                st.services.values().all(|d| !d.loaded),
+                st.services.values().all(|d| !d.is_resident()),
                 "every dictionary is on disk only after a flush"
             );
         }
@@ -811,7 +811,7 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
     }
     // A restart reads dictionaries only when they are used, and the answers are the same.
     let s = reopen_with(&cfg);
-    assert!(s.inner.state.lock().services.values().all(|d| !d.loaded));
+    assert!(s.inner.state.lock().services.values().all(|d| !d.is_resident()));
     let m = s
         .inner
         .select_merge(&T, &query("svc7.cpu", t0 - 10, t0 + 10), now_s())
