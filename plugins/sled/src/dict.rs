@@ -72,7 +72,12 @@ pub struct Disk<'a> {
 }
 
 impl Disk<'_> {
-    fn read(&self, tree: &sled::Tree, dict: u32, block: u32) -> Result<Option<Vec<u8>>, StorageError> {
+    fn read(
+        &self,
+        tree: &sled::Tree,
+        dict: u32,
+        block: u32,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         DICTIONARY_LOADS.fetch_add(1, Ordering::Relaxed);
         match tree.get(blocks::block_key(dict, block)).map_err(io)? {
             Some(v) => Ok(Some(self.codec.unpack(&v)?.into_owned())),
@@ -109,7 +114,12 @@ impl Disk<'_> {
     }
 
     /// How many entries `tree` holds for `dict`: from its last block.
-    fn len(&self, tree: &sled::Tree, dict: u32, decode: impl Fn(usize, &[u8]) -> Result<usize, StorageError>) -> Result<Option<usize>, StorageError> {
+    fn len(
+        &self,
+        tree: &sled::Tree,
+        dict: u32,
+        decode: impl Fn(usize, &[u8]) -> Result<usize, StorageError>,
+    ) -> Result<Option<usize>, StorageError> {
         let Some((k, v)) = tree
             .get_lt(blocks::block_key(dict.wrapping_add(1), 0))
             .map_err(io)?
@@ -124,7 +134,9 @@ impl Disk<'_> {
 }
 
 fn missing(what: &str, dict: u32, block: u32) -> StorageError {
-    StorageError::Corrupt(format!("dictionary {dict}: {what} block {block} is missing"))
+    StorageError::Corrupt(format!(
+        "dictionary {dict}: {what} block {block} is missing"
+    ))
 }
 
 const ROOT: (u32, u32) = (0, u32::MAX);
@@ -184,7 +196,9 @@ impl ServiceDict {
             return Ok(());
         }
         let frames = disk
-            .len(disk.frames, self.id, |_, b| Ok(blocks::decode_frames(b)?.len()))?
+            .len(disk.frames, self.id, |_, b| {
+                Ok(blocks::decode_frames(b)?.len())
+            })?
             .unwrap_or(0);
         let nodes = disk
             .len(disk.nodes, self.id, |first, b| {
@@ -309,7 +323,12 @@ impl ServiceDict {
     }
 
     /// `(parent, frame)` of node `id`, read from disk if its block is not resident.
-    pub fn node_at(&mut self, disk: Disk<'_>, id: u32, uses: u64) -> Result<(u32, u32), StorageError> {
+    pub fn node_at(
+        &mut self,
+        disk: Disk<'_>,
+        id: u32,
+        uses: u64,
+    ) -> Result<(u32, u32), StorageError> {
         let id = id as usize;
         if id >= self.nodes.len() {
             return Err(StorageError::Corrupt(format!(

@@ -1031,12 +1031,13 @@ impl Inner {
             blocks.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
             let mut blocks = blocks.into_iter();
             let mut evicted = 0u64;
-            let evict_block = |services: &mut FxHashMap<(Tenant, String), ServiceDict>,
-                               (_, kind, b, name): (u64, Kind, u32, (Tenant, String))| {
-                services
-                    .get_mut(&name)
-                    .map_or(0, |d| d.evict_block(kind, b))
-            };
+            let evict_block =
+                |services: &mut FxHashMap<(Tenant, String), ServiceDict>,
+                 (_, kind, b, name): (u64, Kind, u32, (Tenant, String))| {
+                    services
+                        .get_mut(&name)
+                        .map_or(0, |d| d.evict_block(kind, b))
+                };
             while pages + lookups > budget && pages > budget / 2 {
                 let Some(block) = blocks.next() else { break };
                 pages -= evict_block(&mut st.services, block);
@@ -1536,7 +1537,11 @@ fn build_tree(
             continue;
         }
         let (parent, frame) = wanted[&id];
-        let tree_parent = if parent == 0 { 0 } else { tree_of[pos[&parent]] };
+        let tree_parent = if parent == 0 {
+            0
+        } else {
+            tree_of[pos[&parent]]
+        };
         let k = frame_of[&frame];
         if let Some(&same) = children.get(&(tree_parent, k)) {
             tree_of[i] = same;
@@ -1577,7 +1582,11 @@ fn build_tree(
         tree.names.push("other".to_string());
         let mut folded: FxHashMap<u32, i64> = FxHashMap::default();
         for (parent, v) in other {
-            let tree_parent = if parent == 0 { 0 } else { tree_of[pos[&parent]] };
+            let tree_parent = if parent == 0 {
+                0
+            } else {
+                tree_of[pos[&parent]]
+            };
             *folded.entry(tree_parent).or_default() += v;
         }
         let mut folded: Vec<(u32, i64)> = folded.into_iter().collect();

@@ -180,7 +180,10 @@ mod tests {
         }
         assert_eq!(p.len(), BLOCK + 11);
         assert_eq!(p.clean().count(), 0);
-        assert_eq!(p.dirty().map(|(b, e)| (b, e.len())).collect::<Vec<_>>(), vec![(0, BLOCK), (1, 11)]);
+        assert_eq!(
+            p.dirty().map(|(b, e)| (b, e.len())).collect::<Vec<_>>(),
+            vec![(0, BLOCK), (1, 11)]
+        );
         p.mark_persisted();
         assert_eq!(p.clean().count(), 2);
         let before = p.bytes();
