@@ -4,7 +4,8 @@
 //!
 //! * Per service, frames are interned and stacks live in a parent-pointer tree: a stack id is a
 //!   node id, so a sample is just `(stack id, value)` and symbols are touched once per distinct
-//!   stack, not per sample.
+//!   stack, not per sample. Dictionaries are on disk in blocks ([`blocks`]); memory holds the
+//!   blocks last used ([`pages`]) and bounded maps to intern new entries ([`lookup`]).
 //! * Per series and time bucket, one chunk holds a sorted column of `(stack id, value)`
 //!   ([`column`]). Every profile is added to a bucket of each level (10 s, 100 s, 1000 s, … by
 //!   default), so a long range reads a few coarse chunks. Nothing is truncated on write.
@@ -78,12 +79,14 @@ pub struct SledConfig {
     /// ([`Merged::pruned_nodes`]).
     #[serde(default = "default_query_budget")]
     pub query_budget_bytes: u64,
-    /// Memory for services' frame and stack dictionaries. Past it, the least recently used
-    /// dictionaries that are wholly on disk are dropped from memory, and read back when their
-    /// service is next written or queried. A dictionary in use stays, whatever its size.
+    /// Memory for services' frame and stack dictionaries: blocks of entries read back from
+    /// disk, and the maps that intern new entries. Past it, after each apply and query, the
+    /// least recently used blocks wholly on disk leave memory, then the older generation of
+    /// the least recently used maps ([`lookup`]). Entries not yet on disk stay.
     #[serde(default = "default_dictionary_cache")]
     pub dictionary_cache_bytes: u64,
-    /// Memory for values written since the last apply to sled (the write buffer, estimated).
+    /// Memory for values written since the last apply to sled (the write buffer, estimated),
+    /// and for dictionary entries new since then.
     /// Past it, the write that crossed it applies the buffer to sled before returning, so
     /// writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
     /// growing: timestamps spread over a day put each profile in buckets of its own.
