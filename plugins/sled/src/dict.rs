@@ -15,7 +15,7 @@ use crate::codec::Codec;
 use crate::error::io;
 use crate::lookup::Lookup;
 use crate::pages::Pages;
-use crate::DICTIONARY_LOADS;
+use crate::{DICTIONARY_EVICTIONS, DICTIONARY_LOADS};
 
 /// Separates a frame's function, file and line in its stored form.
 const SEP: char = '\0';
@@ -400,6 +400,23 @@ impl ServiceDict {
         match kind {
             Kind::Frames => self.frames.evict(block),
             Kind::Nodes => self.nodes.evict(block),
+        }
+    }
+
+    /// Past `limit` bytes of blocks, drops this dictionary's least recently used clean blocks
+    /// down to ¾ of it: a query that reads much of a large dictionary does not hold it all.
+    pub fn trim_pages(&mut self, limit: usize) {
+        if self.page_bytes() <= limit {
+            return;
+        }
+        let mut clean: Vec<(u64, Kind, u32)> = self.clean_blocks().collect();
+        clean.sort_unstable();
+        for (_, kind, b) in clean {
+            if self.page_bytes() <= limit / 4 * 3 {
+                break;
+            }
+            self.evict_block(kind, b);
+            DICTIONARY_EVICTIONS.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -134,6 +134,9 @@ fn default_query_budget() -> u64 {
 /// What one node of a merged tree costs while it is built and answered: the node, its place in
 /// the index, its share of names, and the stack values read for it.
 const MERGED_NODE_BYTES: u64 = 64;
+/// Dictionary blocks a query may hold while it builds a tree, at least: below it, the query
+/// would read the same blocks over and over.
+const MIN_QUERY_PAGE_BYTES: usize = 8 << 20;
 /// Each service's tree keeps at least this many nodes, however little budget is left.
 const MIN_NODES_PER_TREE: usize = 1024;
 
@@ -380,7 +383,7 @@ struct Inner {
 
 static DICTIONARY_RESIDENT: AtomicU64 = AtomicU64::new(0);
 pub(crate) static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
-static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
 static WRITE_BUFFER_BYTES: AtomicU64 = AtomicU64::new(0);
 static EARLY_APPLIES: AtomicU64 = AtomicU64::new(0);
 
@@ -1226,6 +1229,7 @@ impl Inner {
                 uses,
                 &values,
                 nodes_left.max(MIN_NODES_PER_TREE),
+                (self.dictionary_budget / 2).max(MIN_QUERY_PAGE_BYTES),
             );
             drop(st);
             // What the query read back leaves memory again past the budget.
@@ -1444,6 +1448,7 @@ fn build_tree(
     uses: u64,
     values: &[i64],
     max_nodes: usize,
+    page_limit: usize,
 ) -> Result<(Tree, u64), StorageError> {
     let n = dict.node_count();
     if values.len() > n {
@@ -1464,6 +1469,7 @@ fn build_tree(
             wanted.insert(node, (parent, frame));
             node = parent;
         }
+        dict.trim_pages(page_limit);
     }
     let mut ids: Vec<u32> = wanted.keys().copied().collect();
     ids.sort_unstable();
@@ -1510,6 +1516,7 @@ fn build_tree(
         if !kept[i] || frame_of.contains_key(&frame) {
             continue;
         }
+        dict.trim_pages(page_limit);
         let key = dict.frame_at(disk, frame, uses)?;
         let k = match key_ids.get(key) {
             Some(&k) => k,
