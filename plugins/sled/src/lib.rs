@@ -1034,7 +1034,7 @@ impl Inner {
                 .iter()
                 .flat_map(|(name, d)| d.clean_blocks().map(|(u, k, b)| (u, k, b, name.clone())))
                 .collect();
-            blocks.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+            blocks.sort_unstable_by_key(|b| (b.0, b.1, b.2));
             let mut blocks = blocks.into_iter();
             let mut evicted = 0u64;
             let evict_block =

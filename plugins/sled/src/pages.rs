@@ -112,14 +112,14 @@ impl<T: EntryBytes> Pages<T> {
     /// it must be read before [`Pages::push`].
     pub fn block_to_read_for_push(&self) -> Option<u32> {
         let b = (self.len / BLOCK) as u32;
-        (self.len % BLOCK != 0 && !self.blocks.contains_key(&b)).then_some(b)
+        (!self.len.is_multiple_of(BLOCK) && !self.blocks.contains_key(&b)).then_some(b)
     }
 
     /// Appends an entry; its id is the old length. `None` if its block was not read first.
     pub fn push(&mut self, entry: T, uses: u64) -> Option<usize> {
         let id = self.len;
         let b = (id / BLOCK) as u32;
-        if id % BLOCK == 0 && !self.blocks.contains_key(&b) {
+        if id.is_multiple_of(BLOCK) && !self.blocks.contains_key(&b) {
             self.blocks.insert(
                 b,
                 Block {
