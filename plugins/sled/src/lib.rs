@@ -1457,44 +1457,53 @@ fn build_tree(
             values.len() - 1
         )));
     }
-    // The nodes with a value and their ancestors, in id order (a parent before its children).
-    let mut wanted: FxHashMap<u32, (u32, u32)> = FxHashMap::default();
+    // The nodes with a value and their ancestors, `(id, parent, frame)` in id order (a parent
+    // before its children). Millions of them in a long range of a churning service: a bitset
+    // and a sorted vector, not maps.
+    let mut seen = vec![0u64; n.div_ceil(64)];
+    let mut wanted: Vec<(u32, u32, u32)> = Vec::new();
     for (id, &v) in values.iter().enumerate().skip(1) {
         if v == 0 {
             continue;
         }
         let mut node = id as u32;
-        while node != 0 && !wanted.contains_key(&node) {
+        while node != 0 && seen[node as usize / 64] & (1 << (node % 64)) == 0 {
+            seen[node as usize / 64] |= 1 << (node % 64);
             let (parent, frame) = dict.node_at(disk, node, uses)?;
-            wanted.insert(node, (parent, frame));
+            wanted.push((node, parent, frame));
             node = parent;
         }
         dict.trim_pages(page_limit);
     }
-    let mut ids: Vec<u32> = wanted.keys().copied().collect();
-    ids.sort_unstable();
-    let pos: FxHashMap<u32, usize> = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    drop(seen);
+    wanted.sort_unstable_by_key(|w| w.0);
+    let pos = |id: u32| -> usize {
+        wanted
+            .binary_search_by_key(&id, |w| w.0)
+            .expect("a wanted node's parent is wanted")
+    };
     let value = |id: u32| values.get(id as usize).copied().unwrap_or(0);
-    let mut kept = vec![true; ids.len()];
+    let mut kept = vec![true; wanted.len()];
     // Over budget: keep the `max_nodes` largest subtrees (a parent's total is at least its
     // child's, so what is kept stays connected), fold the others into `other`.
     let mut other: FxHashMap<u32, i64> = FxHashMap::default();
     let mut pruned = 0u64;
-    if ids.len() > max_nodes {
-        let mut totals: Vec<i64> = ids.iter().map(|&id| value(id)).collect();
-        for i in (0..ids.len()).rev() {
-            let parent = wanted[&ids[i]].0;
+    if wanted.len() > max_nodes {
+        let mut totals: Vec<i64> = wanted.iter().map(|w| value(w.0)).collect();
+        for i in (0..wanted.len()).rev() {
+            let parent = wanted[i].1;
             if parent != 0 {
-                totals[pos[&parent]] += totals[i];
+                totals[pos(parent)] += totals[i];
             }
         }
         let mut ranked: Vec<i64> = totals.iter().map(|t| t.abs()).collect();
         let cut = max_nodes.saturating_sub(1).min(ranked.len() - 1);
         let (_, &mut threshold, _) = ranked.select_nth_unstable_by(cut, |a, b| b.cmp(a));
+        drop(ranked);
         let mut count = 0usize;
-        for i in 0..ids.len() {
-            let parent = wanted[&ids[i]].0;
-            let parent_kept = parent == 0 || kept[pos[&parent]];
+        for i in 0..wanted.len() {
+            let parent = wanted[i].1;
+            let parent_kept = parent == 0 || kept[pos(parent)];
             let t = totals[i].abs();
             if parent_kept && (t > threshold || (t == threshold && count < max_nodes)) {
                 count += 1;
@@ -1511,8 +1520,7 @@ fn build_tree(
     let mut frame_of: FxHashMap<u32, u32> = FxHashMap::default();
     let mut keys: Vec<String> = Vec::new();
     let mut key_ids: FxHashMap<String, u32> = FxHashMap::default();
-    for (i, &id) in ids.iter().enumerate() {
-        let frame = wanted[&id].1;
+    for (i, &(_, _, frame)) in wanted.iter().enumerate() {
         if !kept[i] || frame_of.contains_key(&frame) {
             continue;
         }
@@ -1540,18 +1548,13 @@ fn build_tree(
     let mut name_of_function: FxHashMap<&str, u32> = FxHashMap::default();
     let mut file_ids: FxHashMap<&str, u32> = FxHashMap::default();
     // Tree node of each kept node, and of each (tree parent, frame).
-    let mut tree_of: Vec<u32> = vec![0; ids.len()];
+    let mut tree_of: Vec<u32> = vec![0; wanted.len()];
     let mut children: FxHashMap<(u32, u32), u32> = FxHashMap::default();
-    for (i, &id) in ids.iter().enumerate() {
+    for (i, &(id, parent, frame)) in wanted.iter().enumerate() {
         if !kept[i] {
             continue;
         }
-        let (parent, frame) = wanted[&id];
-        let tree_parent = if parent == 0 {
-            0
-        } else {
-            tree_of[pos[&parent]]
-        };
+        let tree_parent = if parent == 0 { 0 } else { tree_of[pos(parent)] };
         let k = frame_of[&frame];
         if let Some(&same) = children.get(&(tree_parent, k)) {
             tree_of[i] = same;
@@ -1592,11 +1595,7 @@ fn build_tree(
         tree.names.push("other".to_string());
         let mut folded: FxHashMap<u32, i64> = FxHashMap::default();
         for (parent, v) in other {
-            let tree_parent = if parent == 0 {
-                0
-            } else {
-                tree_of[pos[&parent]]
-            };
+            let tree_parent = if parent == 0 { 0 } else { tree_of[pos(parent)] };
             *folded.entry(tree_parent).or_default() += v;
         }
         let mut folded: Vec<(u32, i64)> = folded.into_iter().collect();
