@@ -1021,7 +1021,9 @@ impl Inner {
 
     /// Past the dictionary budget: drops the least recently used blocks that are on disk down
     /// to half the budget, then the older generation of the least recently used dictionaries'
-    /// lookups, then more blocks. Entries not yet on disk stay.
+    /// lookups, then more blocks. Entries not yet on disk stay. Called with `apply_lock` held:
+    /// an apply marks blocks as on disk before its batch reaches sled, and a block dropped in
+    /// between would be read back stale.
     fn evict_dictionaries(&self) {
         let budget = self.dictionary_budget;
         let mut guard = self.state.lock();
@@ -1214,6 +1216,8 @@ impl Inner {
                     }
                 }
             }
+            // No apply runs while blocks are dropped: one it marked as on disk might not be yet.
+            let _apply = self.apply_lock.lock();
             let mut st = self.state.lock();
             st.uses += 1;
             let uses = st.uses;
