@@ -137,8 +137,9 @@ pub struct StorageConfig {
     /// Memory one merge query may use for its tree; past it the smallest stacks are folded
     /// into `other` and the answer says so.
     pub query_budget_bytes: u64,
-    /// Memory for services' frame and stack dictionaries; past it the least recently used are
-    /// dropped from memory (they stay on disk).
+    /// Memory for services' frame and stack dictionaries; past it the least recently used
+    /// blocks of entries, and maps that intern them, are dropped from memory (they stay on
+    /// disk), however large one service's dictionary grows.
     pub dictionary_cache_bytes: u64,
     /// Memory for values written since storage last applied them to disk; past it the write
     /// applies them first (writers slow down, and the backlog refuses pushes with 503).

@@ -196,17 +196,17 @@ impl Default for Metrics {
         );
         registry.register(
             "storage_dictionary_bytes",
-            "Bytes of services' frame and stack dictionaries resident in memory (bounded by storage.dictionary_cache_bytes, except a dictionary in use)",
+            "Bytes of services' frame and stack dictionaries resident in memory, estimated: blocks of entries and the maps that intern new ones (bounded by storage.dictionary_cache_bytes after each flush, except entries not yet on disk)",
             dictionary_resident.clone(),
         );
         registry.register(
             "storage_dictionary_loads",
-            "Service dictionaries read back from disk because their service was written or queried",
+            "Dictionary blocks read back from disk because a write or a query needed them",
             dictionary_loads.clone(),
         );
         registry.register(
             "storage_dictionary_evictions",
-            "Service dictionaries dropped from memory, least recently used first, to stay within storage.dictionary_cache_bytes",
+            "Dictionary blocks, and generations of the maps that intern new entries, dropped from memory (least recently used first) to stay within storage.dictionary_cache_bytes",
             dictionary_evictions.clone(),
         );
         registry.register(

@@ -4,7 +4,8 @@
 //!
 //! * Per service, frames are interned and stacks live in a parent-pointer tree: a stack id is a
 //!   node id, so a sample is just `(stack id, value)` and symbols are touched once per distinct
-//!   stack, not per sample.
+//!   stack, not per sample. Dictionaries are on disk in blocks ([`blocks`]); memory holds the
+//!   blocks last used ([`pages`]) and bounded maps to intern new entries ([`lookup`]).
 //! * Per series and time bucket, one chunk holds a sorted column of `(stack id, value)`
 //!   ([`column`]). Every profile is added to a bucket of each level (10 s, 100 s, 1000 s, … by
 //!   default), so a long range reads a few coarse chunks. Nothing is truncated on write.
@@ -24,6 +25,8 @@ mod codec;
 mod column;
 mod dict;
 mod error;
+mod lookup;
+mod pages;
 mod series_index;
 mod usage;
 
@@ -43,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use codec::Codec;
 pub use column::{Column, Stored};
-use dict::ServiceDict;
+use dict::{Disk, Kind, ServiceDict};
 use error::io;
 use series_index::{SeriesIdentity, SeriesIndex};
 
@@ -76,12 +79,14 @@ pub struct SledConfig {
     /// ([`Merged::pruned_nodes`]).
     #[serde(default = "default_query_budget")]
     pub query_budget_bytes: u64,
-    /// Memory for services' frame and stack dictionaries. Past it, the least recently used
-    /// dictionaries that are wholly on disk are dropped from memory, and read back when their
-    /// service is next written or queried. A dictionary in use stays, whatever its size.
+    /// Memory for services' frame and stack dictionaries: blocks of entries read back from
+    /// disk, and the maps that intern new entries. Past it, after each apply and query, the
+    /// least recently used blocks wholly on disk leave memory, then the older generation of
+    /// the least recently used maps ([`lookup`]). Entries not yet on disk stay.
     #[serde(default = "default_dictionary_cache")]
     pub dictionary_cache_bytes: u64,
-    /// Memory for values written since the last apply to sled (the write buffer, estimated).
+    /// Memory for values written since the last apply to sled (the write buffer, estimated),
+    /// and for dictionary entries new since then.
     /// Past it, the write that crossed it applies the buffer to sled before returning, so
     /// writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
     /// growing: timestamps spread over a day put each profile in buckets of its own.
@@ -129,6 +134,9 @@ fn default_query_budget() -> u64 {
 /// What one node of a merged tree costs while it is built and answered: the node, its place in
 /// the index, its share of names, and the stack values read for it.
 const MERGED_NODE_BYTES: u64 = 64;
+/// Dictionary blocks a query may hold while it builds a tree, at least: below it, the query
+/// would read the same blocks over and over.
+const MIN_QUERY_PAGE_BYTES: usize = 8 << 20;
 /// Each service's tree keeps at least this many nodes, however little budget is left.
 const MIN_NODES_PER_TREE: usize = 1024;
 
@@ -374,8 +382,8 @@ struct Inner {
 }
 
 static DICTIONARY_RESIDENT: AtomicU64 = AtomicU64::new(0);
-static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
-static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
 static WRITE_BUFFER_BYTES: AtomicU64 = AtomicU64::new(0);
 static EARLY_APPLIES: AtomicU64 = AtomicU64::new(0);
 
@@ -459,7 +467,7 @@ fn check_dense(expected: usize, block: u32, i: usize) -> Result<u32, StorageErro
 
 fn load_frame_block(dict: &mut ServiceDict, block: u32, bytes: &[u8]) -> Result<(), StorageError> {
     for (i, frame) in blocks::decode_frames(bytes)?.into_iter().enumerate() {
-        dict.load_frame(check_dense(dict.frames.len(), block, i)?, frame);
+        dict.load_frame(check_dense(dict.frame_count(), block, i)?, frame)?;
     }
     Ok(())
 }
@@ -470,7 +478,7 @@ fn load_node_block(dict: &mut ServiceDict, block: u32, bytes: &[u8]) -> Result<(
         if first + i == 0 {
             continue; // the root, which every dictionary starts with
         }
-        dict.load_node(check_dense(dict.nodes.len(), block, i)?, parent, frame);
+        dict.load_node(check_dense(dict.node_count(), block, i)?, parent, frame)?;
     }
     Ok(())
 }
@@ -585,6 +593,14 @@ impl SledStorage {
 }
 
 impl Inner {
+    fn disk(&self) -> Disk<'_> {
+        Disk {
+            frames: &self.frame_blocks,
+            nodes: &self.node_blocks,
+            codec: self.codec,
+        }
+    }
+
     fn load(&self) -> Result<(), StorageError> {
         for kv in self.size_floors_tree.iter() {
             let (k, v) = kv.map_err(io)?;
@@ -668,7 +684,7 @@ impl Inner {
             st.services
                 .get_mut(&name)
                 .expect("loaded above")
-                .load_frame(id, frame);
+                .load_frame(id, frame)?;
         }
         for kv in self.legacy_nodes.iter() {
             let (k, v) = kv.map_err(io)?;
@@ -678,13 +694,12 @@ impl Inner {
             st.services
                 .get_mut(&name)
                 .expect("loaded above")
-                .load_node(id, parent, frame);
+                .load_node(id, parent, frame)?;
         }
         if legacy {
             // Rewrite every dictionary as blocks at the next apply, then drop the old keys.
             for dict in st.services.values_mut() {
-                dict.persisted_frames = 0;
-                dict.persisted_nodes = 0;
+                dict.forget_persisted();
             }
             st.migrate_legacy = true;
         }
@@ -745,6 +760,7 @@ impl Inner {
         // arrives as consecutive profiles with identical frames and stacks, resolved once.
         let mut sample_nodes: Vec<u32> = Vec::new();
         let mut previous: Option<&Profile> = None;
+        let mut dictionary_added = 0usize;
         for p in profiles {
             let service = p.labels.service_name().expect("validated").to_string();
             let same_stacks = previous.as_ref().is_some_and(|q| {
@@ -767,16 +783,21 @@ impl Inner {
                         d.last_used = uses;
                         d
                     });
+                // New entries wait in memory for the next apply, as the buffer's values do.
+                let before = dict.resident_bytes();
                 frame_map.clear();
-                frame_map.extend(p.frames.iter().map(|f| dict.frame(f)));
+                for f in &p.frames {
+                    frame_map.push(dict.frame(f, uses)?);
+                }
                 sample_nodes.clear();
                 for s in &p.samples {
                     let mut node = 0;
                     for &f in &s.stack {
-                        node = dict.node(node, frame_map[f as usize]);
+                        node = dict.node(node, frame_map[f as usize], uses)?;
                     }
                     sample_nodes.push(node);
                 }
+                dictionary_added += dict.resident_bytes().saturating_sub(before);
             }
             stacks.clear();
             for (s, &node) in p.samples.iter().zip(&sample_nodes) {
@@ -833,6 +854,8 @@ impl Inner {
             WRITE_BUFFER_BYTES.fetch_add(added as u64, Ordering::Relaxed);
             previous = Some(p);
         }
+        st.buffer_bytes += dictionary_added;
+        WRITE_BUFFER_BYTES.fetch_add(dictionary_added as u64, Ordering::Relaxed);
         let full = st.buffer_bytes > self.write_buffer_limit;
         drop(guard);
         if full {
@@ -862,8 +885,8 @@ impl Inner {
             {
                 return Ok(());
             }
-            for ((tenant, name), dict) in st.services.iter_mut().filter(|(_, d)| d.loaded) {
-                if dict.persisted_frames == 0 && dict.persisted_nodes <= 1 {
+            for ((tenant, name), dict) in st.services.iter_mut() {
+                if !dict.registered {
                     if tenant.is_default() {
                         services.insert(name.as_bytes(), &dict.id.to_be_bytes());
                     } else {
@@ -871,22 +894,14 @@ impl Inner {
                         tenant_services.insert(key, &dict.id.to_be_bytes());
                     }
                 }
-                for (b, range) in blocks::dirty_blocks(dict.persisted_frames, dict.frames.len()) {
-                    frames.insert(
-                        &blocks::block_key(dict.id, b),
-                        self.codec.pack(&blocks::encode_frames(&dict.frames[range])),
-                    );
+                for (kind, b, bytes) in dict.dirty_blocks() {
+                    let batch = match kind {
+                        Kind::Frames => &mut frames,
+                        Kind::Nodes => &mut nodes,
+                    };
+                    batch.insert(&blocks::block_key(dict.id, b), self.codec.pack(&bytes));
                 }
-                for (b, range) in blocks::dirty_blocks(dict.persisted_nodes, dict.nodes.len()) {
-                    let first = range.start;
-                    nodes.insert(
-                        &blocks::block_key(dict.id, b),
-                        self.codec
-                            .pack(&blocks::encode_nodes(first, &dict.nodes[range])),
-                    );
-                }
-                dict.persisted_frames = dict.frames.len();
-                dict.persisted_nodes = dict.nodes.len();
+                dict.mark_persisted();
             }
             let dirty: Vec<u32> = st.dirty_series.drain().collect();
             for id in dirty {
@@ -979,7 +994,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Marks the dictionary of `service` used, reading it back from disk if it is not resident.
+    /// Marks the dictionary of `service` used and readies it for new entries: reads the
+    /// blocks they go to, and the whole dictionary when none of it can be found by content and
+    /// it is small beside the budget (so that writes find what is on disk rather than copy it).
     fn use_dictionary(
         &self,
         st: &mut State,
@@ -987,58 +1004,85 @@ impl Inner {
         service: &str,
     ) -> Result<(), StorageError> {
         st.uses += 1;
+        let uses = st.uses;
         let Some(dict) = st.services.get_mut(&(tenant.clone(), service.to_string())) else {
             return Ok(());
         };
-        dict.last_used = st.uses;
-        if dict.loaded {
-            return Ok(());
+        dict.last_used = uses;
+        dict.ensure_known(self.disk())?;
+        if dict.lookups_empty()
+            && dict.node_count() > 1
+            && dict.full_bytes() <= self.dictionary_budget / 4
+        {
+            dict.load_whole(self.disk(), uses)?;
         }
-        dict.begin_load();
-        let prefix = dict.id.to_be_bytes();
-        let read = |dict: &mut ServiceDict| -> Result<(), StorageError> {
-            for kv in self.frame_blocks.scan_prefix(prefix) {
-                let (k, v) = kv.map_err(io)?;
-                load_frame_block(dict, u32_at(&k, 4)?, &self.codec.unpack(&v)?)?;
-            }
-            for kv in self.node_blocks.scan_prefix(prefix) {
-                let (k, v) = kv.map_err(io)?;
-                load_node_block(dict, u32_at(&k, 4)?, &self.codec.unpack(&v)?)?;
-            }
-            Ok(())
-        };
-        if let Err(e) = read(dict) {
-            dict.unload();
-            return Err(e);
-        }
-        DICTIONARY_LOADS.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        dict.prepare_append(self.disk(), uses)
     }
 
-    /// Past the dictionary budget, drops the least recently used dictionaries that are wholly
-    /// on disk from memory.
+    /// Past the dictionary budget: drops the least recently used blocks that are on disk down
+    /// to half the budget, then the older generation of the least recently used dictionaries'
+    /// lookups, then more blocks. Entries not yet on disk stay. Called with `apply_lock` held:
+    /// an apply marks blocks as on disk before its batch reaches sled, and a block dropped in
+    /// between would be read back stale.
     fn evict_dictionaries(&self) {
-        let mut st = self.state.lock();
-        let mut resident: usize = st.services.values().map(ServiceDict::resident_bytes).sum();
-        if resident > self.dictionary_budget {
-            let mut candidates: Vec<(u64, (Tenant, String))> = st
+        let budget = self.dictionary_budget;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let mut pages: usize = st.services.values().map(ServiceDict::page_bytes).sum();
+        let mut lookups: usize = st.services.values().map(ServiceDict::lookup_bytes).sum();
+        if pages + lookups > budget {
+            let mut blocks: Vec<(u64, Kind, u32, (Tenant, String))> = st
                 .services
                 .iter()
-                .filter(|(_, d)| d.loaded && d.persisted())
-                .map(|(name, d)| (d.last_used, name.clone()))
+                .flat_map(|(name, d)| d.clean_blocks().map(|(u, k, b)| (u, k, b, name.clone())))
                 .collect();
-            candidates.sort_unstable();
-            for (_, name) in candidates {
-                if resident <= self.dictionary_budget {
-                    break;
-                }
-                let dict = st.services.get_mut(&name).expect("listed above");
-                resident -= dict.resident_bytes();
-                dict.unload();
-                DICTIONARY_EVICTIONS.fetch_add(1, Ordering::Relaxed);
+            blocks.sort_unstable_by_key(|b| (b.0, b.1, b.2));
+            let mut blocks = blocks.into_iter();
+            let mut evicted = 0u64;
+            let evict_block =
+                |services: &mut FxHashMap<(Tenant, String), ServiceDict>,
+                 (_, kind, b, name): (u64, Kind, u32, (Tenant, String))| {
+                    services
+                        .get_mut(&name)
+                        .map_or(0, |d| d.evict_block(kind, b))
+                };
+            while pages + lookups > budget && pages > budget / 2 {
+                let Some(block) = blocks.next() else { break };
+                pages -= evict_block(&mut st.services, block);
+                evicted += 1;
             }
+            if pages + lookups > budget {
+                let mut dicts: Vec<(u64, (Tenant, String))> = st
+                    .services
+                    .iter()
+                    .filter(|(_, d)| d.lookup_bytes() > 0)
+                    .map(|(name, d)| (d.last_used, name.clone()))
+                    .collect();
+                dicts.sort_unstable();
+                // First what was not used since the last ageing, then, if that is not enough,
+                // the rest too.
+                for round in 0..2 {
+                    for (_, name) in &dicts {
+                        if pages + lookups <= budget {
+                            break;
+                        }
+                        let dict = st.services.get_mut(name).expect("listed above");
+                        lookups -= dict.drop_cold_lookups();
+                        if round == 0 {
+                            dict.age_lookups();
+                        }
+                        evicted += 1;
+                    }
+                }
+            }
+            while pages + lookups > budget {
+                let Some(block) = blocks.next() else { break };
+                pages -= evict_block(&mut st.services, block);
+                evicted += 1;
+            }
+            DICTIONARY_EVICTIONS.fetch_add(evicted, Ordering::Relaxed);
         }
-        report_resident(&mut st.reported_resident, resident);
+        report_resident(&mut st.reported_resident, pages + lookups);
     }
 
     /// The column a stored chunk of `series` stands for.
@@ -1172,13 +1216,29 @@ impl Inner {
                     }
                 }
             }
+            // No apply runs while blocks are dropped: one it marked as on disk might not be yet.
+            let _apply = self.apply_lock.lock();
             let mut st = self.state.lock();
-            self.use_dictionary(&mut st, tenant, service)?;
+            st.uses += 1;
+            let uses = st.uses;
             let dict = st
                 .services
-                .get(&(tenant.clone(), service.to_string()))
+                .get_mut(&(tenant.clone(), service.to_string()))
                 .ok_or_else(|| StorageError::Corrupt(format!("no dictionary for {service}")))?;
-            let (tree, pruned) = build_tree(dict, &values, nodes_left.max(MIN_NODES_PER_TREE))?;
+            dict.last_used = uses;
+            dict.ensure_known(self.disk())?;
+            let built = build_tree(
+                dict,
+                self.disk(),
+                uses,
+                &values,
+                nodes_left.max(MIN_NODES_PER_TREE),
+                (self.dictionary_budget / 2).max(MIN_QUERY_PAGE_BYTES),
+            );
+            drop(st);
+            // What the query read back leaves memory again past the budget.
+            self.evict_dictionaries();
+            let (tree, pruned) = built?;
             nodes_left = nodes_left.saturating_sub(tree.nodes.len());
             merged.pruned_nodes += pruned;
             trees.push(tree);
@@ -1382,75 +1442,107 @@ impl Inner {
 /// Builds the tree of the nodes with a value and their ancestors; past `max_nodes`, the nodes
 /// with the smallest totals are folded into an `other` child of their nearest kept ancestor.
 /// Returns the tree and how many nodes were folded.
+///
+/// Reads only the dictionary blocks those nodes are in. A stack may have been written under
+/// two ids (its lookup entry had left memory, see [`lookup`]): nodes with the same frame under
+/// the same tree node are one node of the tree.
 fn build_tree(
-    dict: &ServiceDict,
+    dict: &mut ServiceDict,
+    disk: Disk<'_>,
+    uses: u64,
     values: &[i64],
     max_nodes: usize,
+    page_limit: usize,
 ) -> Result<(Tree, u64), StorageError> {
-    let n = dict.nodes.len();
+    let n = dict.node_count();
     if values.len() > n {
         return Err(StorageError::Corrupt(format!(
             "a chunk references stack {} but the service has {n}",
             values.len() - 1
         )));
     }
-    const UNSEEN: u32 = u32::MAX;
-    const WANTED: u32 = u32::MAX - 1;
-    let mut index = vec![UNSEEN; n];
-    index[0] = 0;
-    let mut wanted = 0usize;
-    for (id, &v) in values.iter().enumerate() {
+    // The nodes with a value and their ancestors, `(id, parent, frame)` in id order (a parent
+    // before its children). Millions of them in a long range of a churning service: a bitset
+    // and a sorted vector, not maps.
+    let mut seen = vec![0u64; n.div_ceil(64)];
+    let mut wanted: Vec<(u32, u32, u32)> = Vec::new();
+    for (id, &v) in values.iter().enumerate().skip(1) {
         if v == 0 {
             continue;
         }
-        let mut node = id;
-        while index[node] == UNSEEN {
-            index[node] = WANTED;
-            wanted += 1;
-            node = dict.nodes[node].0 as usize;
+        let mut node = id as u32;
+        while node != 0 && seen[node as usize / 64] & (1 << (node % 64)) == 0 {
+            seen[node as usize / 64] |= 1 << (node % 64);
+            let (parent, frame) = dict.node_at(disk, node, uses)?;
+            wanted.push((node, parent, frame));
+            node = parent;
         }
+        dict.trim_pages(page_limit);
     }
+    drop(seen);
+    wanted.sort_unstable_by_key(|w| w.0);
+    let pos = |id: u32| -> usize {
+        wanted
+            .binary_search_by_key(&id, |w| w.0)
+            .expect("a wanted node's parent is wanted")
+    };
+    let value = |id: u32| values.get(id as usize).copied().unwrap_or(0);
+    let mut kept = vec![true; wanted.len()];
     // Over budget: keep the `max_nodes` largest subtrees (a parent's total is at least its
     // child's, so what is kept stays connected), fold the others into `other`.
     let mut other: FxHashMap<u32, i64> = FxHashMap::default();
     let mut pruned = 0u64;
-    if wanted > max_nodes {
-        let mut totals: Vec<i64> = (0..n)
-            .map(|id| values.get(id).copied().unwrap_or(0))
-            .collect();
-        for id in (1..n).rev() {
-            let parent = dict.nodes[id].0 as usize;
-            totals[parent] += totals[id];
+    if wanted.len() > max_nodes {
+        let mut totals: Vec<i64> = wanted.iter().map(|w| value(w.0)).collect();
+        for i in (0..wanted.len()).rev() {
+            let parent = wanted[i].1;
+            if parent != 0 {
+                totals[pos(parent)] += totals[i];
+            }
         }
-        let mut ranked: Vec<i64> = (1..n)
-            .filter(|&id| index[id] == WANTED)
-            .map(|id| totals[id].abs())
-            .collect();
+        let mut ranked: Vec<i64> = totals.iter().map(|t| t.abs()).collect();
         let cut = max_nodes.saturating_sub(1).min(ranked.len() - 1);
         let (_, &mut threshold, _) = ranked.select_nth_unstable_by(cut, |a, b| b.cmp(a));
-        let mut kept = 0usize;
-        for id in 1..n {
-            if index[id] != WANTED {
-                continue;
-            }
-            let parent = dict.nodes[id].0 as usize;
-            let parent_kept = parent == 0 || index[parent] == WANTED;
-            let t = totals[id].abs();
-            if parent_kept && (t > threshold || (t == threshold && kept < max_nodes)) {
-                kept += 1;
+        drop(ranked);
+        let mut count = 0usize;
+        for i in 0..wanted.len() {
+            let parent = wanted[i].1;
+            let parent_kept = parent == 0 || kept[pos(parent)];
+            let t = totals[i].abs();
+            if parent_kept && (t > threshold || (t == threshold && count < max_nodes)) {
+                count += 1;
             } else {
                 if parent_kept {
-                    *other.entry(parent as u32).or_default() += totals[id];
+                    *other.entry(parent).or_default() += totals[i];
                 }
-                index[id] = UNSEEN;
+                kept[i] = false;
                 pruned += 1;
             }
         }
     }
+    // The frames of the kept nodes, each stored form once (a frame may have two ids too).
+    let mut frame_of: FxHashMap<u32, u32> = FxHashMap::default();
+    let mut keys: Vec<String> = Vec::new();
+    let mut key_ids: FxHashMap<String, u32> = FxHashMap::default();
+    for (i, &(_, _, frame)) in wanted.iter().enumerate() {
+        if !kept[i] || frame_of.contains_key(&frame) {
+            continue;
+        }
+        dict.trim_pages(page_limit);
+        let key = dict.frame_at(disk, frame, uses)?;
+        let k = match key_ids.get(key) {
+            Some(&k) => k,
+            None => {
+                keys.push(key.to_string());
+                key_ids.insert(key.to_string(), keys.len() as u32 - 1);
+                keys.len() as u32 - 1
+            }
+        };
+        frame_of.insert(frame, k);
+    }
     // Frames are function names, or (function, file, line) since lines are kept: the tree has
-    // lines when the service has located frames (see `Tree::by_function` for the grouped view).
-    // Each dict node is one (parent, frame), so each becomes one tree node.
-    let with_lines = dict.has_locations;
+    // lines when one of its frames has a location (see `Tree::by_function` for the grouped view).
+    let with_lines = keys.iter().any(|k| dict::is_located(k));
     let mut tree = Tree::default();
     tree.nodes[0].self_value = values.first().copied().unwrap_or(0);
     if with_lines {
@@ -1459,21 +1551,32 @@ fn build_tree(
     }
     let mut name_of_function: FxHashMap<&str, u32> = FxHashMap::default();
     let mut file_ids: FxHashMap<&str, u32> = FxHashMap::default();
-    for id in 1..n {
-        if index[id] != WANTED {
+    // Tree node of each kept node, and of each (tree parent, frame).
+    let mut tree_of: Vec<u32> = vec![0; wanted.len()];
+    let mut children: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+    for (i, &(id, parent, frame)) in wanted.iter().enumerate() {
+        if !kept[i] {
             continue;
         }
-        let (parent, frame) = dict.nodes[id];
-        let f = dict::split_frame_key(&dict.frames[frame as usize]);
+        let tree_parent = if parent == 0 { 0 } else { tree_of[pos(parent)] };
+        let k = frame_of[&frame];
+        if let Some(&same) = children.get(&(tree_parent, k)) {
+            tree_of[i] = same;
+            tree.nodes[same as usize].self_value += value(id);
+            continue;
+        }
+        let f = dict::split_frame_key(&keys[k as usize]);
         let name = *name_of_function.entry(f.function).or_insert_with(|| {
             tree.names.push(f.function.to_string());
             tree.names.len() as u32 - 1
         });
-        index[id] = tree.nodes.len() as u32;
+        let node = tree.nodes.len() as u32;
+        tree_of[i] = node;
+        children.insert((tree_parent, k), node);
         tree.nodes.push(TreeNode {
-            parent: index[parent as usize],
+            parent: tree_parent,
             name,
-            self_value: values.get(id).copied().unwrap_or(0),
+            self_value: value(id),
             total: 0,
         });
         if with_lines {
@@ -1494,11 +1597,16 @@ fn build_tree(
     if !other.is_empty() {
         let name = tree.names.len() as u32;
         tree.names.push("other".to_string());
-        let mut folded: Vec<(u32, i64)> = other.into_iter().collect();
+        let mut folded: FxHashMap<u32, i64> = FxHashMap::default();
+        for (parent, v) in other {
+            let tree_parent = if parent == 0 { 0 } else { tree_of[pos(parent)] };
+            *folded.entry(tree_parent).or_default() += v;
+        }
+        let mut folded: Vec<(u32, i64)> = folded.into_iter().collect();
         folded.sort_unstable();
         for (parent, value) in folded {
             tree.nodes.push(TreeNode {
-                parent: index[parent as usize],
+                parent,
                 name,
                 self_value: value,
                 total: 0,

@@ -775,7 +775,7 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
             s.flush_blocking().unwrap();
             let st = s.inner.state.lock();
             assert!(
-                st.services.values().all(|d| !d.loaded),
+                st.services.values().all(|d| !d.is_resident()),
                 "every dictionary is on disk only after a flush"
             );
         }
@@ -811,7 +811,13 @@ fn dictionaries_past_their_budget_leave_memory_and_come_back_when_used() {
     }
     // A restart reads dictionaries only when they are used, and the answers are the same.
     let s = reopen_with(&cfg);
-    assert!(s.inner.state.lock().services.values().all(|d| !d.loaded));
+    assert!(s
+        .inner
+        .state
+        .lock()
+        .services
+        .values()
+        .all(|d| !d.is_resident()));
     let m = s
         .inner
         .select_merge(&T, &query("svc7.cpu", t0 - 10, t0 + 10), now_s())
@@ -1201,4 +1207,154 @@ fn series_records_keep_their_stored_form_and_share_profile_types() {
     let b = st.intern(&ProfileType::clone(&rec.profile_type));
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(st.profile_types.len(), 1);
+}
+
+/// Stacks for round `round` of service `svc`: some the same every round, some seen again every
+/// fourth round, some new each round, at depths from 2 to 13.
+fn churned_stacks(svc: usize, round: usize) -> Vec<(Vec<String>, i64)> {
+    (0..90)
+        .map(|j| {
+            let generation = match j % 3 {
+                0 => 0,
+                1 => round % 4,
+                _ => round,
+            };
+            let depth = 2 + (j * 7 + round) % 12;
+            let stack = std::iter::once("main".to_string())
+                .chain((1..depth).map(|d| format!("s{svc}g{generation}f{}_{d}", j % 17)))
+                .collect();
+            (stack, (j + round + 1) as i64)
+        })
+        .collect()
+}
+
+/// Writes `rounds` rounds of three services' churned stacks from `t0`, 10 s apart, applying
+/// every second round.
+fn write_churned(s: &SledStorage, t0: i64, rounds: usize) {
+    for round in 0..rounds {
+        for svc in 0..3 {
+            let owned = churned_stacks(svc, round);
+            let refs: Vec<Vec<&str>> = owned
+                .iter()
+                .map(|(st, _)| st.iter().map(String::as_str).collect())
+                .collect();
+            let stacks: Vec<(&[&str], i64)> = refs
+                .iter()
+                .zip(&owned)
+                .map(|(r, (_, v))| (r.as_slice(), *v))
+                .collect();
+            let p = profile(
+                &format!("svc{svc}"),
+                "prod",
+                "cpu",
+                t0 + round as i64 * 10,
+                &stacks,
+            );
+            s.write_blocking(&T, vec![p]).unwrap();
+        }
+        if round % 2 == 1 {
+            s.flush_blocking().unwrap();
+        }
+    }
+    s.flush_blocking().unwrap();
+}
+
+/// Folded stacks, total and tree size of merges over several selectors and ranges.
+fn churned_answers(s: &SledStorage, t0: i64) -> Vec<(String, i64, usize)> {
+    let mut out = Vec::new();
+    for sel in ["svc0.cpu", "svc1.cpu", "svc2.cpu{env=\"prod\"}"] {
+        for (from, to) in [(t0 - 10, t0 + 2000), (t0 + 95, t0 + 205)] {
+            let m = s
+                .inner
+                .select_merge(&T, &query(sel, from, to), now_s())
+                .unwrap();
+            assert_eq!(m.pruned_nodes, 0);
+            out.push((m.tree.to_folded(), m.tree.total(), m.tree.nodes.len()));
+        }
+    }
+    out
+}
+
+fn resident(s: &SledStorage) -> usize {
+    let st = s.inner.state.lock();
+    st.services.values().map(ServiceDict::resident_bytes).sum()
+}
+
+fn nodes(s: &SledStorage) -> usize {
+    let st = s.inner.state.lock();
+    st.services.values().map(ServiceDict::node_count).sum()
+}
+
+#[test]
+fn answers_with_a_tiny_dictionary_budget_equal_those_with_everything_resident() {
+    let t0 = now_s() - 3600;
+    let roomy = tempfile::tempdir().unwrap();
+    let tiny = tempfile::tempdir().unwrap();
+    let mut tiny_cfg = SledConfig::new(tiny.path());
+    tiny_cfg.dictionary_cache_bytes = 16 << 10;
+    let (expected, roomy_nodes) = {
+        let s = open(roomy.path());
+        write_churned(&s, t0, 40);
+        let st = s.inner.state.lock();
+        assert!(
+            st.services.values().all(|d| d.node_count() > blocks::BLOCK),
+            "every dictionary spans several blocks"
+        );
+        drop(st);
+        (churned_answers(&s, t0), nodes(&s))
+    };
+    assert!(expected
+        .iter()
+        .all(|(f, total, _)| !f.is_empty() && *total > 0));
+    let before = dictionary_stats();
+    {
+        let s = SledStorage::open(&tiny_cfg).unwrap();
+        write_churned(&s, t0, 40);
+        assert!(resident(&s) <= 16 << 10, "{} bytes resident", resident(&s));
+        assert_eq!(churned_answers(&s, t0), expected);
+        assert!(
+            resident(&s) <= 16 << 10,
+            "{} bytes after queries",
+            resident(&s)
+        );
+        // Stacks written again after their lookup entries left memory were given new ids: the
+        // dictionaries hold copies, which the answers above merged.
+        assert!(nodes(&s) > roomy_nodes, "{} vs {roomy_nodes}", nodes(&s));
+    }
+    let after = dictionary_stats();
+    assert!(after.evictions > before.evictions, "{before:?} → {after:?}");
+    assert!(after.loads > before.loads, "{before:?} → {after:?}");
+    // After a restart nothing is resident: every answer is read back from disk, and writes
+    // extend the dictionaries where they end.
+    let s = reopen_with(&tiny_cfg);
+    assert_eq!(resident(&s), 0);
+    assert_eq!(churned_answers(&s, t0), expected);
+    write_churned(&s, t0 + 400, 8);
+    let roomy = reopen(roomy.path());
+    write_churned(&roomy, t0 + 400, 8);
+    assert_eq!(churned_answers(&s, t0), churned_answers(&roomy, t0));
+}
+
+#[test]
+fn a_budget_of_zero_keeps_only_what_is_not_on_disk_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.dictionary_cache_bytes = 0;
+    let s = SledStorage::open(&cfg).unwrap();
+    let t0 = now_s() - 600;
+    let p = |v| profile("app", "prod", "cpu", t0, &[(&["main", "work"], v)]);
+    s.write_blocking(&T, vec![p(1)]).unwrap();
+    assert!(resident(&s) > 0, "unwritten entries stay");
+    s.flush_blocking().unwrap();
+    assert_eq!(resident(&s), 0);
+    // The same stack again, its lookup gone: a copy, merged in the answer.
+    s.write_blocking(&T, vec![p(2)]).unwrap();
+    s.flush_blocking().unwrap();
+    let m = s
+        .inner
+        .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
+        .unwrap();
+    assert_eq!(m.tree.to_folded(), "main;work 3\n");
+    assert_eq!(m.tree.nodes.len(), 3);
+    assert_eq!(resident(&s), 0, "what the query read left memory again");
 }
