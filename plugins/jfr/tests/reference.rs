@@ -203,7 +203,10 @@ fn recordings_decode_the_same_when_their_type_system_is_reused() {
     let first: Vec<Vec<Profile>> = files.iter().map(|f| decode(f)).collect();
     for round in 0..2 {
         for (f, expected) in files.iter().zip(&first) {
-            assert!(decode(f) == *expected, "{f} decoded differently in round {round}");
+            assert!(
+                decode(f) == *expected,
+                "{f} decoded differently in round {round}"
+            );
         }
     }
     assert!(first.iter().all(|ps| !ps.is_empty()));
