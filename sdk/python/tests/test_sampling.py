@@ -308,9 +308,12 @@ def test_native_cpu_mode_skips_the_gil_while_no_thread_uses_cpu():
         idle.join(5)
 
 
-def spin_in_main_thread(sampling, seconds: float, tags=None, release_gil=False) -> None:
+def spin_in_main_thread(
+    sampling, seconds: float, tags=None, release_gil=False, then=None
+) -> None:
     """Runs ``sampling`` on a thread of its own while this (the main) thread runs Python code,
-    releasing the GIL between small pieces of work when ``release_gil``."""
+    releasing the GIL between small pieces of work when ``release_gil``. ``then``, an
+    ``(after, action)`` pair, calls ``action()`` once, ``after`` seconds in."""
     errors: list[BaseException] = []
 
     def on_error() -> None:
@@ -323,11 +326,15 @@ def spin_in_main_thread(sampling, seconds: float, tags=None, release_gil=False) 
 
     runner = threading.Thread(target=run, name="runner")
     runner.start()
+    due = time.monotonic() + then[0] if then else None
     with kiln.tag_wrapper(tags or {}):
         while runner.is_alive():
             sum(i * i for i in range(300))
             if release_gil:
                 time.sleep(0)
+            if due is not None and time.monotonic() >= due:
+                due = None
+                then[1]()
     runner.join(5)
     assert not errors, errors
 

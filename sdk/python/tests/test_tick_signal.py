@@ -85,22 +85,7 @@ def test_a_program_that_resets_the_signal_to_the_default_is_not_disturbed():
     # nothing else; the sampler then gives the signal up
     native_or_skip()
     sampling = make("native", CPU)
-    errors: list[BaseException] = []
-    runner = threading.Thread(
-        target=lambda: (
-            sampling.ignore({threading.get_ident()}),
-            sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1])),
-        )
-    )
-    runner.start()
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
-        sum(i * i for i in range(300))
-    signal.signal(SIGNUM, signal.SIG_DFL)
-    while runner.is_alive():
-        sum(i * i for i in range(300))
-    runner.join(5)
-    assert not errors, errors
+    spin_in_main_thread(sampling, 1.0, then=(0.3, lambda: signal.signal(SIGNUM, signal.SIG_DFL)))
     assert sampling.tick_signal == 0 and not sampling.cpu_timer
     assert sampling.ticks >= 30, sampling.ticks
     sampling.stop()
@@ -117,22 +102,7 @@ def test_a_c_level_handler_installed_later_makes_the_sampler_give_the_signal_up(
     libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
     sampling = make("native", CPU)
     assert sampling.tick_signal == SIGNUM
-    errors: list[BaseException] = []
-    runner = threading.Thread(
-        target=lambda: (
-            sampling.ignore({threading.get_ident()}),
-            sampling.run(time.monotonic() + 1.0, lambda: errors.append(sys.exc_info()[1])),
-        )
-    )
-    runner.start()
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
-        sum(i * i for i in range(300))
-    libc.signal(SIGNUM, 1)  # SIG_IGN
-    while runner.is_alive():
-        sum(i * i for i in range(300))
-    runner.join(5)
-    assert not errors, errors
+    spin_in_main_thread(sampling, 1.0, then=(0.3, lambda: libc.signal(SIGNUM, 1)))  # SIG_IGN
     assert sampling.tick_signal == 0 and not sampling.cpu_timer
     assert sampling.ticks >= 30, sampling.ticks
     sampling.stop()
@@ -180,25 +150,15 @@ def test_a_handler_the_program_installs_later_is_kept(caplog):
     mine = lambda signum, frame: calls.append(signum)  # noqa: E731
     sampling = make("native", WALL)
     assert sampling.tick_signal == SIGNUM
-    errors: list[BaseException] = []
-    runner = threading.Thread(
-        target=lambda: (
-            sampling.ignore({threading.get_ident()}),
-            sampling.run(time.monotonic() + 1.5, lambda: errors.append(sys.exc_info()[1])),
-        )
-    )
     caplog.set_level(logging.INFO, logger="kiln")
-    runner.start()
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        sum(i * i for i in range(300))
-    handed_before = sampling.main_thread_ticks
-    signal.signal(SIGNUM, mine)
-    while runner.is_alive():
-        sum(i * i for i in range(300))
-    runner.join(5)
-    assert not errors, errors
-    assert handed_before >= 10, handed_before
+    handed_before = []
+
+    def install_mine() -> None:
+        handed_before.append(sampling.main_thread_ticks)
+        signal.signal(SIGNUM, mine)
+
+    spin_in_main_thread(sampling, 1.5, then=(0.5, install_mine))
+    assert handed_before[0] >= 10, handed_before
     assert sampling.tick_signal == 0, "the sampler stopped sending the signal"
     assert len(calls) <= 2, calls  # at most the tick that was late, before it was noticed
     assert sampling.ticks >= 50, "ticks went on, on the sampling thread"
