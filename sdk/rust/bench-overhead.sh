@@ -18,7 +18,6 @@ official=${OFFICIAL:-0}
 cargo build --release -p rust-app
 if [[ $official == 1 ]]; then
   . scripts/lib/official-agent.sh
-  same_functions examples/rust-app/src/main.rs sdk/rust/bench-official/src/main.rs hash_loop alloc_loop
   if ! CARGO_TARGET_DIR=$target cargo build --release --locked --manifest-path sdk/rust/bench-official/Cargo.toml; then
     echo "the official agent's variant (sdk/rust/bench-official, the pyroscope crate) could not be built: see cargo's error above" >&2
     exit 1

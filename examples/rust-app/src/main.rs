@@ -3,34 +3,11 @@
 //! `cargo run -p rust-app -- --server http://127.0.0.1:4040 --duration 30`
 //! (TLS: `--ca-file CA.pem`, and `--client-cert C.pem --client-key K.pem` for mutual TLS)
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+mod workload;
 
-#[inline(never)]
-fn hash_loop(d: Duration) {
-    let end = Instant::now() + d;
-    let mut data = vec![0u8; 4096];
-    while Instant::now() < end {
-        let sum = Sha256::digest(&data);
-        data[0] = sum[0];
-    }
-    black_box(&data);
-}
-
-#[inline(never)]
-fn alloc_loop(d: Duration) {
-    let end = Instant::now() + d;
-    let mut keep: Vec<Vec<u8>> = Vec::new();
-    while Instant::now() < end {
-        keep.push(vec![1u8; 16 << 10]);
-        if keep.len() > 256 {
-            keep.clear();
-        }
-    }
-    black_box(&keep);
-}
+use workload::{alloc_loop, hash_loop};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()

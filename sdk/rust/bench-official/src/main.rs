@@ -1,40 +1,20 @@
 //! The Rust example's workload (examples/rust-app) profiled by the official Pyroscope crate
 //! instead of kiln-sdk: the official agent's side of `OFFICIAL=1 sdk/rust/bench-overhead.sh`.
 //!
-//! `hash_loop` and `alloc_loop` are copies of the example's (the script refuses to run when they
-//! differ); the loop around them, the flags, the static tag and the per-iteration `path=hash`
-//! tag are the same, set through the official crate's API (100 Hz, 10 s upload interval).
+//! `hash_loop` and `alloc_loop` are the example's own (`examples/rust-app/src/workload.rs`,
+//! compiled in here); the loop around them, the flags, the static tag and the per-iteration
+//! `path=hash` tag are the same, set through the official crate's API (100 Hz, 10 s upload
+//! interval).
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use pyroscope::backend::{pprof_backend, BackendConfig, PprofConfig};
 use pyroscope::pyroscope::PyroscopeAgentBuilder;
-use sha2::{Digest, Sha256};
 
-#[inline(never)]
-fn hash_loop(d: Duration) {
-    let end = Instant::now() + d;
-    let mut data = vec![0u8; 4096];
-    while Instant::now() < end {
-        let sum = Sha256::digest(&data);
-        data[0] = sum[0];
-    }
-    black_box(&data);
-}
+#[path = "../../../../examples/rust-app/src/workload.rs"]
+mod workload;
 
-#[inline(never)]
-fn alloc_loop(d: Duration) {
-    let end = Instant::now() + d;
-    let mut keep: Vec<Vec<u8>> = Vec::new();
-    while Instant::now() < end {
-        keep.push(vec![1u8; 16 << 10]);
-        if keep.len() > 256 {
-            keep.clear();
-        }
-    }
-    black_box(&keep);
-}
+use workload::{alloc_loop, hash_loop};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
