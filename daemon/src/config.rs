@@ -194,8 +194,14 @@ pub struct WalConfig {
     pub dir: PathBuf,
     /// Size at which a log segment is closed.
     pub segment_bytes: u64,
-    /// Logged bytes not yet durable in storage past which pushes get 503 + `Retry-After`.
+    /// Decoded profiles handed to storage and not yet written there (memory), past which
+    /// pushes get 503 + `Retry-After`.
     pub max_unapplied_bytes: u64,
+    /// Logged bytes not yet covered by a checkpoint (disk, and what a crash replays), past
+    /// which pushes get 503 + `Retry-After`. From half of it on, storage is flushed and the log
+    /// checkpointed sooner than `server.flush_interval` (at most four times per interval, and
+    /// at most every 5 s).
+    pub max_unflushed_bytes: u64,
     /// Age of the oldest logged push not yet durable in storage past which pushes get 503.
     #[serde(with = "humantime_serde")]
     pub max_unapplied_age: Duration,
@@ -208,6 +214,7 @@ impl Default for WalConfig {
             dir: PathBuf::new(),
             segment_bytes: 64 << 20,
             max_unapplied_bytes: 32 << 20,
+            max_unflushed_bytes: 256 << 20,
             max_unapplied_age: Duration::from_secs(10),
         }
     }
@@ -386,6 +393,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
+    ("wal.max_unflushed_bytes", "KILN_WAL_MAX_UNFLUSHED_BYTES"),
     ("wal.max_unapplied_age", "KILN_WAL_MAX_UNAPPLIED_AGE"),
     ("auth.enabled", "KILN_AUTH_ENABLED"),
     (
@@ -601,6 +609,9 @@ impl Config {
         }
         if self.wal.segment_bytes < 1 << 20 {
             bail!("in [wal], key `segment_bytes`: must be at least 1048576 (1 MiB)");
+        }
+        if self.wal.max_unflushed_bytes == 0 {
+            bail!("in [wal], key `max_unflushed_bytes`: must be greater than zero");
         }
         if self.wal.max_unapplied_age < self.server.flush_interval * 2 {
             bail!("in [wal], key `max_unapplied_age`: must be at least twice server.flush_interval, or every push would be refused between flushes");

@@ -94,6 +94,7 @@ pub struct Metrics {
     plugins_disabled: Family<PluginName, Gauge>,
     wal_backlog: Gauge,
     wal_disk: Gauge,
+    early_flushes: Counter,
     decode_skipped: Family<Skip, Counter>,
     queries_pruned: Counter,
     dictionary_resident: Gauge,
@@ -155,15 +156,21 @@ impl Default for Metrics {
         );
         let wal_backlog = Gauge::default();
         let wal_disk = Gauge::default();
+        let early_flushes = Counter::default();
         registry.register(
             "wal_unapplied_bytes",
-            "Logged push bytes not yet durable in storage (pushes get 503 past wal.max_unapplied_bytes)",
+            "Logged push bytes not yet checkpointed, that is not yet durable in storage (pushes get 503 past wal.max_unflushed_bytes)",
             wal_backlog.clone(),
         );
         registry.register(
             "wal_disk_bytes",
             "Bytes the write-ahead log's segments take on disk",
             wal_disk.clone(),
+        );
+        registry.register(
+            "wal_early_flushes",
+            "Flushes made before server.flush_interval because the log passed half of wal.max_unflushed_bytes",
+            early_flushes.clone(),
         );
         let decode_skipped = Family::<Skip, Counter>::default();
         let queries_pruned = Counter::default();
@@ -328,6 +335,7 @@ impl Default for Metrics {
             plugins_disabled,
             wal_backlog,
             wal_disk,
+            early_flushes,
             decode_skipped,
             queries_pruned,
             dictionary_resident,
@@ -480,6 +488,10 @@ impl Metrics {
 
     pub fn wal_disk_bytes(&self, bytes: u64) {
         self.wal_disk.set(bytes as i64);
+    }
+
+    pub fn early_flush(&self) {
+        self.early_flushes.inc();
     }
 
     /// Forgets disabled instances: a reload builds new ones.

@@ -498,11 +498,22 @@ pub async fn serve(
 async fn flush_loop(state: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A flush rewrites every coarse bucket touched since the last one: early flushes come at
+    // most four times per interval (and at least every 5 s, for long intervals).
+    let early_gap = (every / 4).min(Duration::from_secs(5));
+    let mut last = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.durable.flush_wanted() => {
+                tokio::time::sleep_until(last + early_gap).await;
+                state.metrics.early_flush();
+            }
+        }
         if let Err(e) = state.storage.flush().await {
             tracing::error!(error = %e, "flush failed");
         }
+        last = tokio::time::Instant::now();
     }
 }
 

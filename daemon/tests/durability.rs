@@ -211,7 +211,7 @@ fn a_crash_during_replay_loses_and_doubles_nothing() {
     let config = dir.path().join("kiln.toml");
     std::fs::write(
         &config,
-        "[server]\nflush_interval = \"1h\"\n[wal]\nmax_unapplied_age = \"3h\"\nmax_unapplied_bytes = 268435456\nsegment_bytes = 1048576\n",
+        "[server]\nflush_interval = \"1h\"\n[wal]\nmax_unapplied_age = \"3h\"\nmax_unapplied_bytes = 268435456\nmax_unflushed_bytes = 1073741824\nsegment_bytes = 1048576\n",
     )
     .unwrap();
     let mut d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
@@ -265,14 +265,73 @@ fn a_crash_during_replay_loses_and_doubles_nothing() {
     );
 }
 
+/// A metric's value in a `/metrics` text, 0 when absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_log_past_half_its_bound_is_flushed_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    let body = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    // Two pushes pass half the bound; the interval alone would not flush for an hour.
+    let bound = body.len() * 3;
+    std::fs::write(
+        &config,
+        format!("[server]\nflush_interval = \"1h\"\n[wal]\nmax_unapplied_age = \"3h\"\nmax_unflushed_bytes = {bound}\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    for app in ["early1.cpu", "early2.cpu"] {
+        let (status, text) = d.ingest(
+            &format!("name={app}&format=pprof"),
+            "application/octet-stream",
+            &body,
+        );
+        assert_eq!(status, 200, "{text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let text = d.get("/metrics").1;
+        if metric(&text, "kiln_wal_early_flushes_total") >= 1
+            && metric(&text, "kiln_wal_unapplied_bytes") == 0
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no early flush: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric(&metrics, "kiln_wal_early_flushes_total"),
+        1,
+        "{metrics}"
+    );
+    // The log has room again: a third push is taken, and all three are stored.
+    let (status, text) = d.ingest(
+        "name=early3.cpu&format=pprof",
+        "application/octet-stream",
+        &body,
+    );
+    assert_eq!(status, 200, "{text}");
+    let apps = d.get_json("/api/apps").to_string();
+    for app in ["early1.cpu", "early2.cpu", "early3.cpu"] {
+        assert!(apps.contains(app), "{app} missing: {apps}");
+    }
+}
+
 #[test]
 fn pushes_are_refused_with_retry_after_while_storage_lags() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kiln.toml");
-    // A tiny backlog bound and no flush for an hour: the second push finds storage behind.
+    // A tiny log bound and no flush for an hour (an early one 5 s after start at the soonest):
+    // the second push finds the log full.
     std::fs::write(
         &config,
-        "[server]\nflush_interval = \"1h\"\n[wal]\nmax_unapplied_age = \"3h\"\nmax_unapplied_bytes = 1000\n",
+        "[server]\nflush_interval = \"1h\"\n[wal]\nmax_unapplied_age = \"3h\"\nmax_unflushed_bytes = 1000\n",
     )
     .unwrap();
     let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);
@@ -293,7 +352,7 @@ fn pushes_are_refused_with_retry_after_while_storage_lags() {
         "3600"
     );
     let text = r.body_mut().read_to_string().unwrap();
-    assert!(text.contains("max_unapplied_bytes"), "{text}");
+    assert!(text.contains("max_unflushed_bytes"), "{text}");
     // Nothing of the refused push is stored; the accepted one is queryable right away.
     let apps = d.get_json("/api/apps").to_string();
     assert!(
@@ -314,7 +373,7 @@ fn the_ingest_cli_waits_out_backpressure_and_gets_every_file_in() {
     // Every push after the first in a flush interval finds storage behind (503, Retry-After 2).
     std::fs::write(
         &config,
-        "[server]\nflush_interval = \"2s\"\n[wal]\nmax_unapplied_age = \"1h\"\nmax_unapplied_bytes = 1000\n",
+        "[server]\nflush_interval = \"2s\"\n[wal]\nmax_unapplied_age = \"1h\"\nmax_unflushed_bytes = 1000\n",
     )
     .unwrap();
     let d = Daemon::start(dir.path(), &["--config", config.to_str().unwrap()]);

@@ -4,14 +4,16 @@
 //!
 //! 1. Refused with 507 while the disk is below `storage.min_free_disk_bytes` ([`DiskGuard`]),
 //!    and with 503 + `Retry-After` while storage lags too far behind the log
-//!    (`wal.max_unapplied_bytes`, `wal.max_unapplied_age`): backpressure instead of a backlog.
+//!    (`wal.max_unapplied_bytes` of decoded profiles in memory, `wal.max_unflushed_bytes` of
+//!    log not checkpointed, `wal.max_unapplied_age`): backpressure instead of a backlog.
 //! 2. Decoded and transformed, so bad input is refused before anything is kept.
 //! 3. Appended to the write-ahead log; the call returns once an fsync covers it (concurrent
 //!    pushes share fsyncs). Only then is it acknowledged.
 //! 4. One applier task writes the profiles to storage in log order. Queries wait until it has
 //!    caught up with every acknowledged push ([`ReadAfterAck`]).
 //! 5. The flush loop makes storage durable, then checkpoints the log up to what it covered, so
-//!    the log holds about one flush interval of pushes.
+//!    the log holds about one flush interval of pushes. A log that reaches half its bound asks
+//!    for the next flush early ([`Durability::flush_wanted`]).
 //!
 //! At start-up, what the checkpoint does not cover is decoded again and written before the
 //! daemon listens. Storage that records the last applied record atomically with its data
@@ -33,7 +35,7 @@ use kiln_plugin_api::{
 };
 use kiln_wal::{Wal, WalError};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 pub use record::Unit;
 
@@ -175,9 +177,10 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn push(&self, seq: u64, bytes: u64) {
+    /// Adds a logged record; returns the bytes now logged and not checkpointed.
+    fn push(&self, seq: u64, bytes: u64) -> u64 {
         self.records.lock().push_back((seq, bytes, Instant::now()));
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes
     }
 
     /// Drops what the checkpoint `seq` covers.
@@ -207,8 +210,11 @@ pub struct Durability {
     applied: watch::Receiver<u64>,
     backlog: Arc<Backlog>,
     max_unapplied_bytes: u64,
+    max_unflushed_bytes: u64,
     max_unapplied_age: Duration,
     retry_after: Duration,
+    /// Notified when the log passes half of `max_unflushed_bytes`.
+    flush_wanted: Arc<Notify>,
     metrics: Metrics,
     limits: Arc<crate::limits::Limits>,
     disk: Arc<DiskGuard>,
@@ -280,6 +286,8 @@ impl Durability {
             applied,
             backlog,
             max_unapplied_bytes: config.wal.max_unapplied_bytes,
+            max_unflushed_bytes: config.wal.max_unflushed_bytes,
+            flush_wanted: Arc::new(Notify::new()),
             max_unapplied_age: config.wal.max_unapplied_age,
             retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
             metrics,
@@ -314,10 +322,10 @@ impl Durability {
                 "storage is {queued} bytes of decoded pushes behind (wal.max_unapplied_bytes = {})",
                 self.max_unapplied_bytes
             )
-        } else if bytes > self.max_unapplied_bytes {
+        } else if bytes > self.max_unflushed_bytes {
             format!(
-                "storage is {bytes} bytes of pushes behind (wal.max_unapplied_bytes = {})",
-                self.max_unapplied_bytes
+                "the write-ahead log holds {bytes} bytes not yet flushed to storage (wal.max_unflushed_bytes = {})",
+                self.max_unflushed_bytes
             )
         } else {
             let age = self.backlog.oldest_age();
@@ -387,8 +395,12 @@ impl Durability {
             let bytes = payload.len() as u64;
             let decoded = profiles.iter().map(decoded_bytes).sum();
             let (applier, backlog) = (this.applier.clone(), this.backlog.clone());
+            let (flush_wanted, flush_from) =
+                (this.flush_wanted.clone(), this.max_unflushed_bytes / 2);
             wal.append_then(&payload, move |seq| {
-                backlog.push(seq, bytes);
+                if backlog.push(seq, bytes) > flush_from {
+                    flush_wanted.notify_one();
+                }
                 backlog.queued.fetch_add(decoded, Ordering::Relaxed);
                 let _ = applier.send(Applied {
                     seq,
@@ -410,6 +422,13 @@ impl Durability {
         self.metrics
             .wal_backlog(self.backlog.bytes.load(Ordering::Relaxed));
         Ok(Accepted { profiles: stored })
+    }
+
+    /// Resolves when the log has passed half of `wal.max_unflushed_bytes` since the last such
+    /// call: the flush loop should not wait for its interval. Under a load of large pushes (raw
+    /// JFR recordings) one interval's log can exceed the bound while storage keeps up.
+    pub async fn flush_wanted(&self) {
+        self.flush_wanted.notified().await
     }
 
     /// Waits (at most `timeout`) until storage holds every acknowledged push.
