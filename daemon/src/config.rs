@@ -194,6 +194,9 @@ pub struct WalConfig {
     pub dir: PathBuf,
     /// Size at which a log segment is closed.
     pub segment_bytes: u64,
+    /// LZ4-compress logged bodies that are not compressed already (raw JFR, text formats).
+    /// Off by default: a raw JFR recording only halves, for about a tenth of ingest CPU.
+    pub compress: bool,
     /// Decoded profiles handed to storage and not yet written there (memory), past which
     /// pushes get 503 + `Retry-After`.
     pub max_unapplied_bytes: u64,
@@ -213,6 +216,7 @@ impl Default for WalConfig {
             enabled: true,
             dir: PathBuf::new(),
             segment_bytes: 64 << 20,
+            compress: false,
             max_unapplied_bytes: 32 << 20,
             max_unflushed_bytes: 256 << 20,
             max_unapplied_age: Duration::from_secs(10),
@@ -392,6 +396,7 @@ pub const OVERRIDABLE: &[(&str, &str)] = &[
     ("storage.retention_interval", "KILN_RETENTION_INTERVAL"),
     ("wal.enabled", "KILN_WAL_ENABLED"),
     ("wal.dir", "KILN_WAL_DIR"),
+    ("wal.compress", "KILN_WAL_COMPRESS"),
     ("wal.max_unapplied_bytes", "KILN_WAL_MAX_UNAPPLIED_BYTES"),
     ("wal.max_unflushed_bytes", "KILN_WAL_MAX_UNFLUSHED_BYTES"),
     ("wal.max_unapplied_age", "KILN_WAL_MAX_UNAPPLIED_AGE"),

@@ -211,6 +211,8 @@ pub struct Durability {
     backlog: Arc<Backlog>,
     max_unapplied_bytes: u64,
     max_unflushed_bytes: u64,
+    /// `wal.compress`: LZ4 on bodies not compressed already.
+    compress_log: bool,
     max_unapplied_age: Duration,
     retry_after: Duration,
     /// Notified when the log passes half of `max_unflushed_bytes`.
@@ -287,6 +289,7 @@ impl Durability {
             backlog,
             max_unapplied_bytes: config.wal.max_unapplied_bytes,
             max_unflushed_bytes: config.wal.max_unflushed_bytes,
+            compress_log: config.wal.compress,
             flush_wanted: Arc::new(Notify::new()),
             max_unapplied_age: config.wal.max_unapplied_age,
             retry_after: config.server.flush_interval.max(Duration::from_secs(1)),
@@ -391,7 +394,7 @@ impl Durability {
             let Some(wal) = &this.wal else {
                 return Ok((for_sinks, Some(profiles.to_vec()), stored));
             };
-            let payload = record::encode(&logged_tenant, &units);
+            let payload = record::encode(&logged_tenant, &units, this.compress_log);
             let bytes = payload.len() as u64;
             let decoded = profiles.iter().map(decoded_bytes).sum();
             let (applier, backlog) = (this.applier.clone(), this.backlog.clone());

@@ -48,14 +48,16 @@ struct LoggedUnit {
     route_by_profile: bool,
 }
 
-/// Bodies smaller than this, or already gzip'd, are logged as they are.
+/// With `compress`, bodies smaller than this, or already gzip'd, are still logged as they are.
 const COMPRESS_FROM: usize = 4096;
 
 fn is_gzip(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
 }
 
-pub fn encode(tenant: &Tenant, units: &[Unit]) -> Vec<u8> {
+/// Encodes a push for the log; `compress` (`wal.compress`) LZ4-compresses bodies that are not
+/// compressed already.
+pub fn encode(tenant: &Tenant, units: &[Unit], compress: bool) -> Vec<u8> {
     LoggedPush {
         tenant: if tenant.is_default() {
             String::new()
@@ -65,7 +67,7 @@ pub fn encode(tenant: &Tenant, units: &[Unit]) -> Vec<u8> {
         units: units
             .iter()
             .map(|u| {
-                let lz4 = u.body.len() >= COMPRESS_FROM && !is_gzip(&u.body);
+                let lz4 = compress && u.body.len() >= COMPRESS_FROM && !is_gzip(&u.body);
                 LoggedUnit {
                     decoder: u.decoder.clone(),
                     meta_json: serde_json::to_string(&u.meta).expect("metadata serializes"),
@@ -150,14 +152,21 @@ mod tests {
                 route_by_profile: true,
             },
         ];
-        let enc = encode(&Tenant::default(), &units);
+        let enc = encode(&Tenant::default(), &units, true);
         assert!(enc.len() < 8000, "text is compressed: {}", enc.len());
         assert_eq!(
             decode(&enc, 1 << 20).unwrap(),
             (Tenant::default(), units.clone())
         );
+        // Records of either kind are read back whatever the setting is now.
+        let plain = encode(&Tenant::default(), &units, false);
+        assert!(plain.len() > 16_000, "logged as received: {}", plain.len());
+        assert_eq!(
+            decode(&plain, 1 << 20).unwrap(),
+            (Tenant::default(), units.clone())
+        );
         let b = Tenant::new("team-b").unwrap();
-        assert_eq!(decode(&encode(&b, &units), 1 << 20).unwrap().0, b);
+        assert_eq!(decode(&encode(&b, &units, true), 1 << 20).unwrap().0, b);
         // A record from before tenants (no field 2) is the default tenant's.
         let old = LoggedPush {
             units: vec![],
