@@ -123,6 +123,13 @@ fn default_write_buffer() -> u64 {
 const PENDING_BYTES: usize = 96;
 const PENDING_VALUE_BYTES: usize = 24;
 
+/// How often sled's background thread runs. Kiln makes data durable itself (`flush`); the
+/// thread matters for its other job, moving live pages out of half-empty log segments so they
+/// can be reused. Without it that happens only as pages are replaced, and the file held 4.75× the
+/// live data after the side-by-side load; at 50 ms, 1.97× (at 20 ms, 1.8×). The price is the
+/// idle daemon's CPU: 0.4 % of a core instead of 0.1 % (0.7 % at 20 ms).
+const SLED_GC_EVERY_MS: u64 = 50;
+
 fn default_cache() -> u64 {
     64 << 20
 }
@@ -510,7 +517,7 @@ impl SledStorage {
         let mut sled_config = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(None)
+            .flush_every_ms(Some(SLED_GC_EVERY_MS))
             .use_compression(codec.sled_compression());
         if codec.sled_compression() {
             sled_config = sled_config.compression_factor(3);
