@@ -21,17 +21,33 @@ use crate::{DICTIONARY_EVICTIONS, DICTIONARY_LOADS};
 const SEP: char = '\0';
 
 /// The stored form of a frame; `keep_lines = false` stores the function alone.
+#[cfg(test)]
 pub fn frame_key(f: &Frame, keep_lines: bool) -> String {
-    let function = if f.function.contains(SEP) {
-        std::borrow::Cow::Owned(f.function.replace(SEP, "\u{fffd}"))
-    } else {
-        std::borrow::Cow::Borrowed(f.function.as_str())
-    };
+    let mut key = String::new();
+    write_frame_key(&mut key, f, keep_lines);
+    key
+}
+
+/// [`frame_key`] into `out` (cleared first), so that a caller can reuse one buffer.
+pub fn write_frame_key(out: &mut String, f: &Frame, keep_lines: bool) {
+    use std::fmt::Write;
+    out.clear();
+    push_escaped(out, &f.function);
     if !keep_lines || (f.line == 0 && f.start_line == 0 && f.file.is_empty()) {
-        return function.into_owned();
+        return;
     }
-    let file = f.file.replace(SEP, "\u{fffd}");
-    format!("{function}{SEP}{file}{SEP}{}{SEP}{}", f.line, f.start_line)
+    out.push(SEP);
+    push_escaped(out, &f.file);
+    write!(out, "{SEP}{}{SEP}{}", f.line, f.start_line).expect("writing to a String");
+}
+
+/// `s` with the separator replaced, as stored keys never hold it inside a part.
+fn push_escaped(out: &mut String, s: &str) {
+    if s.contains(SEP) {
+        out.push_str(&s.replace(SEP, "\u{fffd}"));
+    } else {
+        out.push_str(s);
+    }
 }
 
 /// Whether a frame's stored form has a source location.
@@ -154,6 +170,9 @@ pub struct ServiceDict {
     nodes: Pages<(u32, u32)>,
     frame_ids: Lookup<String>,
     node_ids: Lookup<(u32, u32)>,
+    /// Where [`ServiceDict::frame`] builds the key it looks up: a frame already interned costs
+    /// no allocation.
+    key_buffer: String,
     /// When it was last used, in the storage's use counter: the least recent goes first.
     pub last_used: u64,
 }
@@ -175,6 +194,7 @@ impl ServiceDict {
             nodes: Pages::new(vec![ROOT]),
             frame_ids: Lookup::default(),
             node_ids: Lookup::default(),
+            key_buffer: String::new(),
             last_used: 0,
         }
     }
@@ -292,7 +312,15 @@ impl ServiceDict {
 
     /// The id of `frame` (function, file and line), interned.
     pub fn frame(&mut self, frame: &Frame, uses: u64) -> Result<u32, StorageError> {
-        self.frame_key(frame_key(frame, true), uses)
+        let mut key = std::mem::take(&mut self.key_buffer);
+        write_frame_key(&mut key, frame, true);
+        let found = self.frame_ids.get(key.as_str());
+        let id = match found {
+            Some(id) => Ok(id),
+            None => self.frame_key(key.clone(), uses),
+        };
+        self.key_buffer = key;
+        id
     }
 
     /// The id of a frame in its stored form, interned ([`ServiceDict::prepare_append`] first).

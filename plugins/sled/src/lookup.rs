@@ -6,6 +6,7 @@
 //! new id when it is next written: the dictionary then holds it twice, which queries merge
 //! (see `build_tree`), so answers do not change; only disk pays for the copy.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
@@ -47,7 +48,13 @@ impl<K> Default for Lookup<K> {
 }
 
 impl<K: Hash + Eq + KeyBytes> Lookup<K> {
-    pub fn get(&mut self, key: &K) -> Option<u32> {
+    /// By a borrowed form of the key (`&str` for `String`), so a lookup that hits allocates
+    /// nothing.
+    pub fn get<Q>(&mut self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if let Some(&id) = self.hot.get(key) {
             return Some(id);
         }
