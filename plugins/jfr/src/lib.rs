@@ -509,6 +509,50 @@ fn resolve_stack(
     stack_type: i64,
     key: i64,
 ) -> Option<Vec<u32>> {
+    match chunk.raw_stack_trace(stack_type, key) {
+        Some(raw) => Some(stack_from_raw(chunk, acc, cache, &raw)),
+        None => stack_from_values(chunk, acc, cache, stack_type, key),
+    }
+}
+
+/// [`resolve_stack`] from a trace read straight from the chunk's bytes.
+fn stack_from_raw(
+    chunk: &Chunk,
+    acc: &mut Acc,
+    cache: &mut ChunkCache,
+    raw: &parse::RawStackTrace,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(raw.frames.len() + 1);
+    if raw.truncated {
+        let truncated = acc.function("[truncated]".into());
+        out.push(acc.frame(truncated, 0));
+    }
+    for &(method, line) in raw.frames.iter().rev() {
+        let (Some(k), Some(method_field)) = (method, raw.method_field) else {
+            acc.skipped.missing_frames += 1;
+            continue;
+        };
+        let function = *cache
+            .methods
+            .entry(k)
+            .or_insert_with(|| method_function(chunk, acc, &Value::Ref(k), method_field));
+        match function {
+            Some(f) => out.push(acc.frame(f, u32::try_from(line).unwrap_or(0))),
+            None => acc.skipped.missing_frames += 1,
+        }
+    }
+    out
+}
+
+/// [`resolve_stack`] from the trace's values, for layouts [`Chunk::raw_stack_trace`] does not
+/// read.
+fn stack_from_values(
+    chunk: &Chunk,
+    acc: &mut Acc,
+    cache: &mut ChunkCache,
+    stack_type: i64,
+    key: i64,
+) -> Option<Vec<u32>> {
     let trace = chunk.pool(stack_type, key)?;
     let truncated = matches!(
         chunk.get(stack_type, trace, "truncated"),
@@ -617,4 +661,58 @@ fn profiles(mut acc: Acc, labels: Option<&LabelsSnapshot>, meta: &IngestMeta) ->
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stack trace of a JDK recording resolves to the same frames whether read straight
+    /// from the chunk's bytes or through its values (what other layouts still take).
+    #[test]
+    fn stack_traces_read_from_bytes_match_their_values() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/java-jdk.jfr");
+        let data = std::fs::read(path).unwrap();
+        let chunk = Chunk::open(&data, 0).unwrap();
+        let stack_type = chunk
+            .classes
+            .iter()
+            .find(|(_, c)| c.name == "jdk.types.StackTrace")
+            .map(|(&id, _)| id)
+            .expect("the recording has stack traces");
+        let mut keys = chunk.pool_keys(stack_type);
+        keys.sort_unstable();
+        assert!(keys.len() > 100, "{} stack traces", keys.len());
+        let (mut from_bytes, mut from_values) = (Acc::default(), Acc::default());
+        let (mut cache_b, mut cache_v) = (ChunkCache::default(), ChunkCache::default());
+        let mut frames = 0;
+        for key in keys {
+            let raw = chunk
+                .raw_stack_trace(stack_type, key)
+                .expect("a JDK stack trace reads from bytes");
+            let a = stack_from_raw(&chunk, &mut from_bytes, &mut cache_b, &raw);
+            let b = stack_from_values(&chunk, &mut from_values, &mut cache_v, stack_type, key)
+                .expect("and from values");
+            let names = |acc: &Acc, stack: &[u32]| -> Vec<(String, u32)> {
+                stack
+                    .iter()
+                    .map(|&f| {
+                        let f = &acc.frames[f as usize];
+                        (f.function.clone(), f.line)
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                names(&from_bytes, &a),
+                names(&from_values, &b),
+                "trace {key}"
+            );
+            frames += a.len();
+        }
+        assert!(frames > 1000, "{frames} frames in all");
+        assert_eq!(
+            from_bytes.skipped.missing_frames,
+            from_values.skipped.missing_frames
+        );
+    }
 }

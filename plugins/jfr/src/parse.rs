@@ -32,6 +32,15 @@ pub struct Field {
     pub array: bool,
 }
 
+/// A stack trace as [`Chunk::raw_stack_trace`] reads it.
+pub struct RawStackTrace<'c> {
+    pub truncated: bool,
+    /// The frames' `method` field (a constant-pool reference), if any frame has one.
+    pub method_field: Option<&'c Field>,
+    /// Leaf first, as recorded: each frame's method key (`None` without the field) and line.
+    pub frames: Vec<(Option<i64>, i64)>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Class {
     pub name: String,
@@ -420,6 +429,76 @@ impl<'a> Chunk<'a> {
         }
     }
 
+    /// Stack trace `key` of the pool of `type_id`, read straight from the chunk's bytes without
+    /// building values: most of a recording's constant pool is stack traces, read once each.
+    /// `None` when the entry is missing, damaged or laid out other than as the JDK and
+    /// async-profiler write it (`truncated` a boolean, `frames` an array of objects whose
+    /// `method` is a constant-pool reference); [`Chunk::pool`] reads those.
+    pub fn raw_stack_trace(&self, type_id: i64, key: i64) -> Option<RawStackTrace<'_>> {
+        let entry = self.pools.get(&type_id)?.get(&key)?;
+        let class = self.classes.get(&type_id)?;
+        let mut r = self.reader(entry.at);
+        let mut trace = RawStackTrace {
+            truncated: false,
+            method_field: None,
+            frames: Vec::new(),
+        };
+        let mut has_frames = false;
+        for f in &class.fields {
+            match f.name.as_str() {
+                "truncated" if !f.array && !f.constant_pool => {
+                    if !matches!(self.classes.get(&f.type_id)?.layout, Layout::Bool) {
+                        return None;
+                    }
+                    trace.truncated = r.u8().ok()? != 0;
+                }
+                "frames" => {
+                    if !f.array || f.constant_pool {
+                        return None;
+                    }
+                    has_frames = true;
+                    let frame_class = self.classes.get(&f.type_id)?;
+                    let n = r.count().ok()?;
+                    trace.frames.reserve(n.min(4096));
+                    for _ in 0..n {
+                        let (mut method, mut line) = (None, 0);
+                        for ff in &frame_class.fields {
+                            match ff.name.as_str() {
+                                "method" => {
+                                    if !ff.constant_pool || ff.array {
+                                        return None;
+                                    }
+                                    trace.method_field = Some(ff);
+                                    method = Some(r.int(8).ok()?);
+                                }
+                                "lineNumber" if !ff.array && !ff.constant_pool => {
+                                    let Layout::Int(width) = self.classes.get(&ff.type_id)?.layout
+                                    else {
+                                        return None;
+                                    };
+                                    line = r.int(width.into()).ok()?;
+                                }
+                                _ => skip_field(&self.classes, &mut r, ff, 1).ok()?,
+                            }
+                        }
+                        trace.frames.push((method, line));
+                    }
+                }
+                _ => skip_field(&self.classes, &mut r, f, 0).ok()?,
+            }
+        }
+        has_frames.then_some(trace)
+    }
+
+    /// The keys of the constant pool of `type_id`.
+    #[cfg(test)]
+    pub fn pool_keys(&self, type_id: i64) -> Vec<i64> {
+        self.pools
+            .get(&type_id)
+            .map(|p| p.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Field `name` of `value`, an object of `type_id`: the value and the field's definition.
     pub fn get<'v>(
         &'v self,
@@ -490,15 +569,26 @@ fn skip_value(
         Layout::Str => skip_string(r)?,
         Layout::Object => {
             for f in &class.fields {
-                let n = if f.array { r.count()? } else { 1 };
-                for _ in 0..n {
-                    if f.constant_pool {
-                        r.int(8)?;
-                    } else {
-                        skip_value(classes, r, f.type_id, depth + 1)?;
-                    }
-                }
+                skip_field(classes, r, f, depth)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Moves `r` past field `f` of an object at `depth`.
+fn skip_field(
+    classes: &FxHashMap<i64, Class>,
+    r: &mut Reader,
+    f: &Field,
+    depth: usize,
+) -> Result<(), DecodeError> {
+    let n = if f.array { r.count()? } else { 1 };
+    for _ in 0..n {
+        if f.constant_pool {
+            r.int(8)?;
+        } else {
+            skip_value(classes, r, f.type_id, depth + 1)?;
         }
     }
     Ok(())
