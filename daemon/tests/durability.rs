@@ -265,14 +265,6 @@ fn a_crash_during_replay_loses_and_doubles_nothing() {
     );
 }
 
-/// A metric's value in a `/metrics` text, 0 when absent.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_log_past_half_its_bound_is_flushed_before_the_interval() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,21 +287,17 @@ fn a_log_past_half_its_bound_is_flushed_before_the_interval() {
         assert_eq!(status, 200, "{text}");
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        let text = d.get("/metrics").1;
-        if metric(&text, "kiln_wal_early_flushes_total") >= 1
-            && metric(&text, "kiln_wal_unapplied_bytes") == 0
-        {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "no early flush: {text}");
+    while d.metric("kiln_wal_early_flushes_total").unwrap_or(0.0) < 1.0
+        || d.metric("kiln_wal_unapplied_bytes") != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no early flush: {}",
+            d.get("/metrics").1
+        );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        metric(&metrics, "kiln_wal_early_flushes_total"),
-        1,
-        "{metrics}"
-    );
+    }
+    assert_eq!(d.metric("kiln_wal_early_flushes_total"), Some(1.0));
     // The log has room again: a third push is taken, and all three are stored.
     let (status, text) = d.ingest(
         "name=early3.cpu&format=pprof",
@@ -370,7 +358,7 @@ fn pushes_are_refused_with_retry_after_while_storage_lags() {
 fn the_ingest_cli_waits_out_backpressure_and_gets_every_file_in() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kiln.toml");
-    // Every push after the first in a flush interval finds storage behind (503, Retry-After 2).
+    // Every push after the first in a flush interval finds the log full (503, Retry-After 2).
     std::fs::write(
         &config,
         "[server]\nflush_interval = \"2s\"\n[wal]\nmax_unapplied_age = \"1h\"\nmax_unflushed_bytes = 1000\n",
@@ -384,13 +372,11 @@ fn the_ingest_cli_waits_out_backpressure_and_gets_every_file_in() {
     ]);
     assert!(ok, "{out}");
     let metrics = d.get("/metrics").1;
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kiln_ingest_errors_total{cause=\"backpressure\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let refused = d
+        .metric("kiln_ingest_errors_total{cause=\"backpressure\"}")
+        .unwrap_or(0.0);
     assert!(
-        refused >= 1,
+        refused >= 1.0,
         "the CLI met backpressure at least once: {metrics}"
     );
     assert!(

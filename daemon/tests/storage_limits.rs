@@ -83,14 +83,6 @@ fn du(dir: &Path) -> u64 {
         .unwrap()
 }
 
-fn metric(d: &Daemon, line_start: &str) -> Option<f64> {
-    let (_, text) = d.get("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn config(dir: &Path, rest: &str) -> String {
     let path = dir.join("kiln.toml");
     std::fs::write(&path, rest).unwrap();
@@ -165,9 +157,11 @@ fn size_retention_deletes_the_oldest_finest_data_and_shrinks_storage() {
     assert_eq!(whole(&d), all_ticks, "nothing lost at coarser resolution");
     // A time whose 10 s chunk went reads the 100 s bucket around it (five pushes), not nothing.
     assert_eq!(ticks(&d, "sized.cpu", t0, t0 + 10), 5 * oldest_ticks);
-    let deleted = metric(&d, "kiln_storage_size_retention_deleted_chunks_total").unwrap();
+    let deleted = d
+        .metric("kiln_storage_size_retention_deleted_chunks_total")
+        .unwrap();
     assert!(deleted > 0.0);
-    assert!(metric(&d, "kiln_storage_bytes").unwrap() > 0.0);
+    assert!(d.metric("kiln_storage_bytes").unwrap() > 0.0);
     // Pushes keep working under the bound.
     assert_eq!(push_cpu(&d, "sized.cpu", now_s() - 30, &[]).0, 200);
     d.stop();
@@ -256,13 +250,11 @@ fn below_the_disk_floor_every_push_path_gets_507_and_nothing_is_lost() {
         .unwrap()
         .contains("min_free_disk_bytes"));
     // The gauge shows the cause, the counter the refusals; reads still work, data intact.
-    let gauge = metric(&d, "kiln_storage_disk_free_bytes").unwrap();
+    let gauge = d.metric("kiln_storage_disk_free_bytes").unwrap();
     assert!(gauge < floor as f64, "{gauge} ≥ {floor}");
-    let refused = metric(
-        &d,
-        "kiln_storage_writes_refused_total{cause=\"min_free_disk_bytes\"}",
-    )
-    .unwrap();
+    let refused = d
+        .metric("kiln_storage_writes_refused_total{cause=\"min_free_disk_bytes\"}")
+        .unwrap();
     assert_eq!(refused, 3.0);
     assert_eq!(ticks(&d, "floor.cpu", t - 10, t + 20), before);
     let report = storage(&d);
@@ -275,7 +267,7 @@ fn below_the_disk_floor_every_push_path_gets_507_and_nothing_is_lost() {
     assert_eq!(s, 200, "{m}");
     assert_eq!(ticks(&d, "floor.cpu", t - 10, t + 5), before);
     assert_eq!(ticks(&d, "floor.cpu", t - 10, t + 20), 2 * before);
-    assert!(metric(&d, "kiln_storage_disk_free_bytes").unwrap() >= floor as f64);
+    assert!(d.metric("kiln_storage_disk_free_bytes").unwrap() >= floor as f64);
 }
 
 #[test]

@@ -67,14 +67,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn metric(d: &Daemon, line_prefix: &str) -> Option<f64> {
-    let (_, text) = d.get("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 const FOLDED: &[u8] = b"main;hash 70\nmain;alloc 20\nmain;io 10\n";
 
 fn ingest_folded(d: &Daemon, name: &str) {
@@ -171,7 +163,7 @@ sinks = ["top", "hook", "forbidden"]
     let body = posted.recv_timeout(Duration::from_secs(20)).unwrap();
     assert!(body.contains("\"function\":\"hash\""), "{body}");
     wait_for("the refused webhook to count as a sink error", || {
-        metric(&d, "kiln_sink_errors_total{sink=\"forbidden\"}") == Some(1.0)
+        d.metric("kiln_sink_errors_total{sink=\"forbidden\"}") == Some(1.0)
     });
     assert!(posted.recv_timeout(Duration::from_millis(500)).is_err());
     // Nothing escapes the granted directory.
@@ -242,10 +234,9 @@ max_consecutive_faults = 3
         )
     };
     let fault_count = |kind: &str| {
-        metric(
-            &d,
-            &format!("kiln_plugin_faults_total{{plugin=\"faulty\",kind=\"{kind}\"}}"),
-        )
+        d.metric(&format!(
+            "kiln_plugin_faults_total{{plugin=\"faulty\",kind=\"{kind}\"}}"
+        ))
     };
 
     assert_eq!(faulty("ok").0, 200);
@@ -287,7 +278,7 @@ max_consecutive_faults = 3
     assert_eq!(s, 400);
     assert!(m.contains("disabled"), "{m}");
     assert_eq!(
-        metric(&d, "kiln_plugin_disabled{plugin=\"faulty\"}"),
+        d.metric("kiln_plugin_disabled{plugin=\"faulty\"}"),
         Some(1.0)
     );
     ingest_folded(&d, "healthy.cpu");
@@ -304,7 +295,7 @@ max_consecutive_faults = 3
     let (ok, out) = kiln(&["reload", "--server", &d.url]);
     assert!(ok, "{out}");
     assert_eq!(faulty("ok").0, 200);
-    assert_eq!(metric(&d, "kiln_plugin_disabled{plugin=\"faulty\"}"), None);
+    assert_eq!(d.metric("kiln_plugin_disabled{plugin=\"faulty\"}"), None);
 }
 
 #[test]

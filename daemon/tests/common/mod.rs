@@ -157,6 +157,16 @@ impl Daemon {
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
+    /// The value of the first `/metrics` line starting with `line_start` (a name, with its
+    /// labels if any).
+    pub fn metric(&self, line_start: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     pub fn get_bytes(&self, path_and_query: &str) -> (u16, Vec<u8>) {
         let mut r = agent()
             .get(format!("{}{path_and_query}", self.url))
