@@ -35,10 +35,20 @@ pub struct Field {
 /// A stack trace as [`Chunk::raw_stack_trace`] reads it.
 pub struct RawStackTrace<'c> {
     pub truncated: bool,
-    /// The frames' `method` field (a constant-pool reference), if any frame has one.
+    /// The frames' `method` field (a constant-pool reference), if their type has one.
     pub method_field: Option<&'c Field>,
     /// Leaf first, as recorded: each frame's method key (`None` without the field) and line.
     pub frames: Vec<(Option<i64>, i64)>,
+}
+
+/// What a field of a stack frame is to [`Chunk::raw_stack_trace`].
+enum FrameField<'c> {
+    /// `method`: a constant-pool reference.
+    Method,
+    /// `lineNumber`: an integer of this many bytes.
+    Line(u8),
+    /// Anything else, skipped.
+    Other(&'c Field),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -457,28 +467,39 @@ impl<'a> Chunk<'a> {
                         return None;
                     }
                     has_frames = true;
+                    // What each field of a frame is, decided once rather than per frame.
                     let frame_class = self.classes.get(&f.type_id)?;
+                    let mut roles = Vec::with_capacity(frame_class.fields.len());
+                    for ff in &frame_class.fields {
+                        roles.push(match ff.name.as_str() {
+                            "method" => {
+                                if !ff.constant_pool || ff.array {
+                                    return None;
+                                }
+                                trace.method_field = Some(ff);
+                                FrameField::Method
+                            }
+                            "lineNumber" if !ff.array && !ff.constant_pool => {
+                                let Layout::Int(width) = self.classes.get(&ff.type_id)?.layout
+                                else {
+                                    return None;
+                                };
+                                FrameField::Line(width)
+                            }
+                            _ => FrameField::Other(ff),
+                        });
+                    }
                     let n = r.count().ok()?;
                     trace.frames.reserve(n.min(4096));
                     for _ in 0..n {
                         let (mut method, mut line) = (None, 0);
-                        for ff in &frame_class.fields {
-                            match ff.name.as_str() {
-                                "method" => {
-                                    if !ff.constant_pool || ff.array {
-                                        return None;
-                                    }
-                                    trace.method_field = Some(ff);
-                                    method = Some(r.int(8).ok()?);
+                        for role in &roles {
+                            match *role {
+                                FrameField::Method => method = Some(r.int(8).ok()?),
+                                FrameField::Line(width) => line = r.int(width.into()).ok()?,
+                                FrameField::Other(ff) => {
+                                    skip_field(&self.classes, &mut r, ff, 1).ok()?
                                 }
-                                "lineNumber" if !ff.array && !ff.constant_pool => {
-                                    let Layout::Int(width) = self.classes.get(&ff.type_id)?.layout
-                                    else {
-                                        return None;
-                                    };
-                                    line = r.int(width.into()).ok()?;
-                                }
-                                _ => skip_field(&self.classes, &mut r, ff, 1).ok()?,
                             }
                         }
                         trace.frames.push((method, line));

@@ -317,7 +317,7 @@ impl ServiceDict {
         let found = self.frame_ids.get(key.as_str());
         let id = match found {
             Some(id) => Ok(id),
-            None => self.frame_key(key.clone(), uses),
+            None => self.add_frame(key.clone(), uses),
         };
         self.key_buffer = key;
         id
@@ -328,6 +328,11 @@ impl ServiceDict {
         if let Some(id) = self.frame_ids.get(&key) {
             return Ok(id);
         }
+        self.add_frame(key, uses)
+    }
+
+    /// Interns a frame key not found in the lookup.
+    fn add_frame(&mut self, key: String, uses: u64) -> Result<u32, StorageError> {
         let id = self
             .frames
             .push(key.clone(), uses)
