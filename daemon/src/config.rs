@@ -202,8 +202,8 @@ pub struct WalConfig {
     pub max_unapplied_bytes: u64,
     /// Logged bytes not yet covered by a checkpoint (disk, and what a crash replays), past
     /// which pushes get 503 + `Retry-After`. From half of it on, storage is flushed and the log
-    /// checkpointed sooner than `server.flush_interval` (at most four times per interval, and
-    /// at most every 5 s).
+    /// checkpointed sooner than `server.flush_interval`: a quarter interval after the last flush
+    /// (5 s for intervals over 20 s).
     pub max_unflushed_bytes: u64,
     /// Age of the oldest logged push not yet durable in storage past which pushes get 503.
     #[serde(with = "humantime_serde")]

@@ -498,8 +498,9 @@ pub async fn serve(
 async fn flush_loop(state: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A flush rewrites every coarse bucket touched since the last one: early flushes come at
-    // most four times per interval (and at least every 5 s, for long intervals).
+    // A flush rewrites every coarse bucket touched since the last one: an early flush comes a
+    // quarter interval after the last flush at the soonest (5 s at the latest, for long
+    // intervals).
     let early_gap = (every / 4).min(Duration::from_secs(5));
     let mut last = tokio::time::Instant::now();
     loop {
