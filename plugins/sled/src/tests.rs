@@ -697,6 +697,9 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
         .map(|(i, n)| (vec!["main", n.as_str()], i as i64 + 1))
         .collect();
     stacks.push((vec!["main", "hot", "loop"], 1_000_000));
+    // Kept nodes with children keep their own values: `main` and `hot` are samples too.
+    stacks.push((vec!["main"], 5));
+    stacks.push((vec!["main", "hot"], 7));
     let borrowed: Vec<(&[&str], i64)> = stacks.iter().map(|(s, v)| (s.as_slice(), *v)).collect();
     s.write_blocking(&T, vec![profile("app", "prod", "cpu", t0, &borrowed)])
         .unwrap();
@@ -704,7 +707,7 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
         .inner
         .select_merge(&T, &query("app.cpu", t0 - 10, t0 + 10), now_s())
         .unwrap();
-    let expected_total = 1_000_000 + (1..=3000).sum::<i64>();
+    let expected_total = 1_000_000 + 5 + 7 + (1..=3000).sum::<i64>();
     assert_eq!(
         m.tree.total(),
         expected_total,
@@ -721,6 +724,8 @@ fn a_merge_over_its_budget_folds_the_smallest_stacks_into_other_and_keeps_the_to
         folded.contains("main;hot;loop 1000000\n"),
         "the heavy stack stays exact"
     );
+    assert!(folded.contains("\nmain 5\n") || folded.starts_with("main 5\n"));
+    assert!(folded.contains("main;hot 7\n"), "{folded}");
     assert!(
         folded.contains("main;f2999 3000\n"),
         "the largest leaves stay"
