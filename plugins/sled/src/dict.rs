@@ -175,6 +175,9 @@ pub struct ServiceDict {
     key_buffer: String,
     /// When it was last used, in the storage's use counter: the least recent goes first.
     pub last_used: u64,
+    /// When it was last used, in unix seconds, and whether it was released since.
+    pub touched_s: i64,
+    pub released: bool,
 }
 
 /// A block's place: frames or nodes.
@@ -196,6 +199,8 @@ impl ServiceDict {
             node_ids: Lookup::default(),
             key_buffer: String::new(),
             last_used: 0,
+            touched_s: 0,
+            released: false,
         }
     }
 
@@ -451,6 +456,28 @@ impl ServiceDict {
             self.evict_block(kind, b);
             DICTIONARY_EVICTIONS.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Marks it used at `uses` (the storage's counter) and `now_s`.
+    pub fn touch(&mut self, uses: u64, now_s: i64) {
+        self.last_used = uses;
+        self.touched_s = now_s;
+        self.released = false;
+    }
+
+    /// Drops every block that is on disk and both generations of lookups: an idle dictionary
+    /// keeps only what is not on disk yet. Returns the bytes that left memory.
+    pub fn release(&mut self) -> usize {
+        let before = self.page_bytes() + self.lookup_bytes();
+        let clean: Vec<(u64, Kind, u32)> = self.clean_blocks().collect();
+        for (_, kind, b) in clean {
+            self.evict_block(kind, b);
+        }
+        self.drop_cold_lookups();
+        self.age_lookups();
+        self.drop_cold_lookups();
+        self.released = true;
+        before - (self.page_bytes() + self.lookup_bytes())
     }
 
     /// Drops the older generation of the lookups; returns the bytes that held.

@@ -388,7 +388,13 @@ struct Inner {
     /// The last write-ahead log record applied to sled (kept in `chunks` under
     /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
+    /// When [`Inner::release_idle_dictionaries`] looks next (unix seconds).
+    next_idle_check_s: AtomicI64,
 }
+
+/// A dictionary not used for this long keeps only what is not on disk yet: what a burst read
+/// in goes back to the operating system instead of staying until the budget pushes it out.
+const RELEASE_IDLE_AFTER_S: i64 = 30;
 
 static DICTIONARY_RESIDENT: AtomicU64 = AtomicU64::new(0);
 pub(crate) static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
@@ -553,6 +559,7 @@ impl SledStorage {
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
             applied_log_seq: AtomicU64::new(0),
+            next_idle_check_s: AtomicI64::new(0),
         };
         inner.load()?;
         Ok(Self {
@@ -789,7 +796,7 @@ impl Inner {
                     .entry((tenant.clone(), service.clone()))
                     .or_insert_with(|| {
                         let mut d = ServiceDict::new(next_service);
-                        d.last_used = uses;
+                        d.touch(uses, now_s());
                         d
                     });
                 // New entries wait in memory for the next apply, as the buffer's values do.
@@ -1017,7 +1024,7 @@ impl Inner {
         let Some(dict) = st.services.get_mut(&(tenant.clone(), service.to_string())) else {
             return Ok(());
         };
-        dict.last_used = uses;
+        dict.touch(uses, now_s());
         dict.ensure_known(self.disk())?;
         if dict.lookups_empty()
             && dict.node_count() > 1
@@ -1026,6 +1033,30 @@ impl Inner {
             dict.load_whole(self.disk(), uses)?;
         }
         dict.prepare_append(self.disk(), uses)
+    }
+
+    /// Releases the dictionaries not used for [`RELEASE_IDLE_AFTER_S`] (looking every 10 s).
+    /// Called with nothing waiting to be applied, as after a flush's apply.
+    fn release_idle_dictionaries(&self) {
+        let now = now_s();
+        if now < self.next_idle_check_s.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_idle_check_s.store(now + 10, Ordering::Relaxed);
+        // No apply runs while blocks are dropped: one it marked as on disk might not be yet.
+        let _apply = self.apply_lock.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let mut released = 0;
+        for dict in st.services.values_mut() {
+            if !dict.released && now - dict.touched_s >= RELEASE_IDLE_AFTER_S {
+                released += dict.release();
+            }
+        }
+        if released > 0 {
+            let resident = st.services.values().map(ServiceDict::resident_bytes).sum();
+            report_resident(&mut st.reported_resident, resident);
+        }
     }
 
     /// Past the dictionary budget: drops the least recently used blocks that are on disk down
@@ -1234,7 +1265,7 @@ impl Inner {
                 .services
                 .get_mut(&(tenant.clone(), service.to_string()))
                 .ok_or_else(|| StorageError::Corrupt(format!("no dictionary for {service}")))?;
-            dict.last_used = uses;
+            dict.touch(uses, now_s);
             dict.ensure_known(self.disk())?;
             let built = merge::build_tree(
                 dict,
@@ -1508,6 +1539,7 @@ impl Storage for SledStorage {
         self.blocking(|i| {
             i.apply()?;
             i.db.flush().map_err(io)?;
+            i.release_idle_dictionaries();
             Ok(())
         })
         .await

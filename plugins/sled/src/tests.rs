@@ -1363,3 +1363,31 @@ fn a_budget_of_zero_keeps_only_what_is_not_on_disk_yet() {
     assert_eq!(m.tree.nodes.len(), 3);
     assert_eq!(resident(&s), 0, "what the query read left memory again");
 }
+
+#[test]
+fn dictionaries_idle_for_a_while_leave_memory_and_answers_stay_the_same() {
+    let t0 = now_s() - 3600;
+    let roomy = tempfile::tempdir().unwrap();
+    let idle = tempfile::tempdir().unwrap();
+    let (s, r) = (open(idle.path()), open(roomy.path()));
+    write_churned(&s, t0, 40);
+    write_churned(&r, t0, 40);
+    s.flush_blocking().unwrap();
+    // Used just now: nothing is released.
+    s.inner.release_idle_dictionaries();
+    let resident_when_used = resident(&s);
+    assert!(resident_when_used > 0);
+    // Not used for a minute (as if): everything on disk leaves memory.
+    for d in s.inner.state.lock().services.values_mut() {
+        d.touched_s -= 60;
+    }
+    s.inner.next_idle_check_s.store(0, Ordering::Relaxed);
+    s.inner.release_idle_dictionaries();
+    assert_eq!(resident(&s), 0, "was {resident_when_used}");
+    // Answers are read back from disk; writes after the release find or extend what is there.
+    assert_eq!(churned_answers(&s, t0), churned_answers(&r, t0));
+    write_churned(&s, t0 + 400, 8);
+    write_churned(&r, t0 + 400, 8);
+    assert_eq!(churned_answers(&s, t0), churned_answers(&r, t0));
+    assert!(resident(&s) > 0, "used again, the dictionaries are back");
+}
