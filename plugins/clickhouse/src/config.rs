@@ -19,7 +19,10 @@ pub struct ClickHouseConfig {
     pub tls: bool,
     /// PEM file of the CA that signed the server's certificate; the system roots when empty.
     pub ca_file: Option<PathBuf>,
-    /// Rows buffered before a write sends them without waiting for the flush.
+    /// Rows buffered before a write sends them without waiting for the flush. A row here is a
+    /// stack's value in a bucket (about 16 B sent, 20–30 B while buffered). Fewer, larger
+    /// inserts make fewer parts for ClickHouse to merge: 1 M instead of 200 K took one daemon
+    /// from ~200 to ~250–320 profiles/s on the same ClickHouse.
     pub batch_rows: usize,
     /// Longest time a buffered row waits before a write sends it (the daemon's flush sends
     /// every `server.flush_interval` too).
@@ -42,9 +45,9 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             tls: false,
             ca_file: None,
-            batch_rows: 200_000,
+            batch_rows: 1_000_000,
             flush_interval: Duration::from_secs(1),
-            max_buffered_rows: 2_000_000,
+            max_buffered_rows: 4_000_000,
             timeout: Duration::from_secs(30),
         }
     }
