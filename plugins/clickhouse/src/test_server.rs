@@ -17,6 +17,8 @@ pub struct TestServer {
     pub http_port: u16,
     tcp_port: u16,
     interserver_port: u16,
+    /// The HTTPS port, when started with a certificate ([`TestServer::start_tls`]).
+    pub https_port: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -29,6 +31,16 @@ fn free_port() -> u16 {
 impl TestServer {
     /// Starts a server and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that also serves HTTPS with the certificate and key given as PEM (the
+    /// plain port stays, for the readiness check and [`TestServer::sql`]).
+    pub fn start_tls(certificate_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((certificate_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut s = Self {
             dir,
@@ -36,10 +48,20 @@ impl TestServer {
             http_port: free_port(),
             tcp_port: free_port(),
             interserver_port: free_port(),
+            https_port: tls.map(|_| free_port()),
         };
+        if let Some((certificate, key)) = tls {
+            std::fs::write(s.dir().join("server.crt"), certificate).expect("writing server.crt");
+            std::fs::write(s.dir().join("server.key"), key).expect("writing server.key");
+        }
         s.write_config();
         s.spawn();
         s
+    }
+
+    /// `https://127.0.0.1:PORT`, when started with [`TestServer::start_tls`].
+    pub fn https_url(&self) -> Option<String> {
+        self.https_port.map(|p| format!("https://127.0.0.1:{p}"))
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -65,6 +87,18 @@ impl TestServer {
         for sub in ["data", "tmp", "user_files", "format_schemas"] {
             std::fs::create_dir_all(p(sub)).expect("creating the server's directories");
         }
+        // No DH parameters file: the certificates tests make are ECDSA, for ECDHE.
+        let https = match self.https_port {
+            Some(port) => format!(
+                "<https_port>{port}</https_port>\n  <openSSL><server>\
+                 <certificateFile>{}</certificateFile><privateKeyFile>{}</privateKeyFile>\
+                 <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+                 <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols></server></openSSL>",
+                p("server.crt").display(),
+                p("server.key").display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"<?xml version="1.0"?>
 <yandex>
@@ -72,6 +106,7 @@ impl TestServer {
   <http_port>{http}</http_port>
   <tcp_port>{tcp}</tcp_port>
   <interserver_http_port>{inter}</interserver_http_port>
+  {https}
   <listen_host>127.0.0.1</listen_host>
   <path>{data}/</path>
   <tmp_path>{tmp}/</tmp_path>
