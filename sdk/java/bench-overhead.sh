@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CPU and memory overhead of the Java agent: the same fixed amount of work (bench/OverheadApp.java,
 # the example app's hash and allocation hot paths) without an agent, with the Kiln agent at its
-# defaults (async-profiler) and with its JDK Flight Recorder fallback (engine=jfr), and, when it
+# defaults (async-profiler, allocations from Flight Recorder's sampler), with async-profiler's own
+# allocation sampler (allocSampler=async-profiler) and with its JDK Flight Recorder fallback
+# (engine=jfr), and, when it
 # can be had from Maven, with the official io.pyroscope:agent at its
 # defaults and with the same profile types as Kiln's (CPU, allocations, locks), all pushing to a
 # real daemon. Table and noise floor from scripts/lib/overhead.py: whole-run CPU (start-up
@@ -47,8 +49,11 @@ if [[ ${BREAKDOWN:-0} == 1 ]]; then
     commands+=("java $opts $agent,app=java-bench-${#names[@]},${row#*:} $app")
   done
 else
-  names+=(--name "kiln agent (engine=jfr)")
-  commands+=("java $opts $agent,app=java-bench-jfr,engine=jfr $app")
+  # The defaults take allocations from Flight Recorder's sampler; this row keeps async-profiler's
+  # (JVMTI, every 512 KiB), what the defaults were before.
+  names+=(--name "kiln agent (allocSampler=async-profiler)" --name "kiln agent (engine=jfr)")
+  commands+=("java $opts $agent,app=java-bench-ap,allocSampler=async-profiler $app"
+    "java $opts $agent,app=java-bench-jfr,engine=jfr $app")
 fi
 if [[ $official != none ]]; then
   jar=$HOME/.m2/repository/io/pyroscope/agent/$official/agent-$official.jar

@@ -17,8 +17,10 @@ work=$(mktemp -d)
 trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EXIT
 . "$root/scripts/lib/daemon.sh"
 start_kiln_auth "$kiln" "$work/data"
-# Each engine names its allocation profile after the JFR event it records.
-for run in "async-profiler java-app alloc_in_new_tlab_bytes" "jfr java-app-jfr alloc_sample_bytes"; do
+# Each engine names its allocation profile after the JFR event it records. With async-profiler
+# (the default) allocations come from Flight Recorder's sampler, uploaded in the same JFR as
+# async-profiler's CPU samples; with a fixed allocInterval (below) from async-profiler's.
+for run in "async-profiler java-app alloc_sample_bytes" "jfr java-app-jfr alloc_sample_bytes"; do
   read -r engine app alloc <<<"$run"
   java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=$app,tags=env:e2e,uploadInterval=3,engine=$engine,authToken=$kiln_write_key" \
     "$root/examples/java-app/JavaApp.java" 12
@@ -42,8 +44,8 @@ print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
 done
 # Profile types follow the settings: CPU only (allocInterval=0, lockThreshold=0) stores no
-# allocation series; a fixed allocInterval stores allocations from allocLoop; a bad value stops
-# the agent's start with a message naming the setting.
+# allocation series; a fixed allocInterval stores async-profiler's allocation samples from
+# allocLoop; a bad value stops the agent's start with a message naming the setting.
 java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-cpuonly,tags=env:e2e,uploadInterval=2,allocInterval=0,lockThreshold=0,authToken=$kiln_write_key" \
   "$root/examples/java-app/JavaApp.java" 4
 java "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-fixed,tags=env:e2e,uploadInterval=2,allocInterval=1m,samplingInterval=20ms,authToken=$kiln_write_key" \

@@ -2,26 +2,36 @@ package dev.kiln;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.logging.Logger;
 
 import one.profiler.AsyncProfiler;
 
 /**
  * async-profiler, bundled in the agent jar: CPU samples from itimer signals (the official Java
- * agent's default), allocation samples every {@link Config#allocInterval} bytes (JVMTI's sampled
- * allocations on JDK 11+) and lock waits over {@link Config#lockThreshold}, written as JFR by the
- * native library. No JDK Flight Recorder, so none of its start-up cost in the host JVM.
+ * agent's default) and lock waits over {@link Config#lockThreshold}, written as JFR by the native
+ * library. Allocations come from JDK Flight Recorder's throttled sampler where the JVM has it
+ * (JDK 16+; see {@link Config#jfrAllocations}), else from async-profiler every
+ * {@link Config#allocInterval} bytes (JVMTI's sampled allocations on JDK 11+, whose bookkeeping
+ * on the JVM's slow allocation path costs allocation-heavy code a few percent at any interval).
+ * Each interval's upload is async-profiler's JFR chunk followed by Flight Recorder's chunks.
  */
 final class AsyncProfilerEngine implements Engine {
     private final AsyncProfiler profiler;
     private final Config config;
     /** Chooses each interval's allocation sampling interval; null unless {@code allocInterval=auto}. */
     private final AllocSampling allocSampling;
+    /** Flight Recorder's allocation samples; null when async-profiler samples allocations. */
+    private final JfrEngine allocations;
+    private final Logger log;
     private Path file;
 
-    private AsyncProfilerEngine(AsyncProfiler profiler, Config config) {
+    private AsyncProfilerEngine(AsyncProfiler profiler, Config config, JfrEngine allocations, Logger log) {
         this.profiler = profiler;
         this.config = config;
-        this.allocSampling = config.allocInterval == Config.ALLOC_INTERVAL_AUTO ? AllocSampling.forThisJvm() : null;
+        this.allocations = allocations;
+        this.log = log;
+        this.allocSampling = allocations == null && config.allocInterval == Config.ALLOC_INTERVAL_AUTO
+                ? AllocSampling.forThisJvm() : null;
     }
 
     /**
@@ -37,21 +47,42 @@ final class AsyncProfilerEngine implements Engine {
     }
 
     /** Loads the library (extracted from the jar by async-profiler) and starts profiling. */
-    static AsyncProfilerEngine start(Config config) throws Exception {
-        AsyncProfilerEngine e = new AsyncProfilerEngine(AsyncProfiler.getInstance(), config);
-        e.startInterval();
+    static AsyncProfilerEngine start(Config config, Logger log) throws Exception {
+        AsyncProfiler profiler = AsyncProfiler.getInstance();
+        JfrEngine allocations = null;
+        if (config.jfrAllocations(JfrEngine.hasAllocationSampler())) {
+            try {
+                allocations = JfrEngine.startAllocations(config, log);
+            } catch (RuntimeException | Error e) { // e.g. JFR disabled at run time: async-profiler's sampler
+                log.warning("kiln: Flight Recorder's allocation sampler unavailable (" + e + "); async-profiler samples allocations");
+            }
+        } else if ("jfr".equals(config.allocSampler) && config.allocInterval != 0) {
+            log.warning("kiln: allocSampler=jfr needs JDK 16+ with Flight Recorder; async-profiler samples allocations");
+        }
+        AsyncProfilerEngine e = new AsyncProfilerEngine(profiler, config, allocations, log);
+        try {
+            e.startInterval();
+        } catch (Exception | Error failed) {
+            if (allocations != null) allocations.rotate(false);
+            throw failed;
+        }
         return e;
     }
 
     @Override
     public String name() {
-        return "async-profiler " + profiler.getVersion();
+        return "async-profiler " + profiler.getVersion() + (allocations != null ? " + " + allocations.name() : "");
+    }
+
+    @Override
+    public boolean jfrAllocations() {
+        return allocations != null;
     }
 
     private void startInterval() throws Exception {
         Path next = Files.createTempFile("kiln-", ".jfr");
         try {
-            long alloc = allocSampling != null ? allocSampling.next() : config.allocInterval;
+            long alloc = allocations != null ? 0 : allocSampling != null ? allocSampling.next() : config.allocInterval;
             profiler.execute("start," + options(config, alloc) + ",file=" + next);
         } catch (Exception | Error e) {
             Files.deleteIfExists(next);
@@ -65,12 +96,31 @@ final class AsyncProfilerEngine implements Engine {
         Path done = file;
         file = null;
         if (done == null) return null;
+        byte[] samples;
         try {
             profiler.execute("stop"); // writes the interval's JFR file
-            return Files.readAllBytes(done);
+            samples = Files.readAllBytes(done);
         } finally {
             Files.deleteIfExists(done);
             if (next) startInterval();
         }
+        return withAllocations(samples, next);
+    }
+
+    /** The interval's JFR with Flight Recorder's allocation chunks after it: one upload. */
+    private byte[] withAllocations(byte[] samples, boolean next) {
+        if (allocations == null) return samples;
+        byte[] allocated;
+        try {
+            allocated = allocations.rotate(next);
+        } catch (Exception e) { // CPU samples still go; this interval's allocations are lost
+            log.warning("kiln: reading the allocation samples failed: " + e);
+            return samples;
+        }
+        if (allocated == null || allocated.length == 0) return samples;
+        byte[] both = new byte[samples.length + allocated.length];
+        System.arraycopy(samples, 0, both, 0, samples.length);
+        System.arraycopy(allocated, 0, both, samples.length, allocated.length);
+        return both;
     }
 }

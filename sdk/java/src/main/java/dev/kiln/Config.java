@@ -30,6 +30,14 @@ public final class Config {
     final int maxQueued;
     /** {@code auto} (async-profiler, else JFR), {@code async-profiler} or {@code jfr}. */
     final String engine;
+    /**
+     * Who samples allocations beside async-profiler's CPU samples: {@code auto} (JDK Flight
+     * Recorder's throttled {@code jdk.ObjectAllocationSample} where the JVM has it, unless an
+     * {@code allocInterval} was given; else async-profiler), {@code jfr} or {@code async-profiler}.
+     */
+    final String allocSampler;
+    /** Whether {@code allocInterval} was set rather than left at its default. */
+    final boolean allocIntervalGiven;
     /** TLS settings from caFile / clientCertFile / clientKeyFile; null: the JVM's defaults. */
     final javax.net.ssl.SSLSocketFactory sslSocketFactory;
 
@@ -44,6 +52,8 @@ public final class Config {
         this.lockThreshold = b.lockThreshold;
         this.maxQueued = b.maxQueued;
         this.engine = b.engine;
+        this.allocSampler = b.allocSampler;
+        this.allocIntervalGiven = b.allocIntervalGiven;
         this.sslSocketFactory = TlsFiles.socketFactory(b.caFile, b.clientCertFile, b.clientKeyFile);
     }
 
@@ -52,10 +62,10 @@ public final class Config {
     }
 
     /**
-     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,samplingInterval=10ms,allocInterval=auto|BYTES|0,lockThreshold=10ms,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,samplingInterval=10ms,allocInterval=auto|BYTES|0,allocSampler=auto|jfr|async-profiler,lockThreshold=10ms,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
      * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
      * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE},
-     * {@code KILN_SAMPLING_INTERVAL}, {@code KILN_ALLOC_INTERVAL}, {@code KILN_LOCK_THRESHOLD},
+     * {@code KILN_SAMPLING_INTERVAL}, {@code KILN_ALLOC_INTERVAL}, {@code KILN_ALLOC_SAMPLER}, {@code KILN_LOCK_THRESHOLD},
      * {@code KILN_CA_FILE}, {@code KILN_CLIENT_CERT_FILE}, {@code KILN_CLIENT_KEY_FILE}) and system
      * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}, {@code kiln.allocInterval}).
      */
@@ -93,6 +103,8 @@ public final class Config {
         if (alloc != null) {
             b.allocInterval(alloc.trim().equalsIgnoreCase("auto") ? ALLOC_INTERVAL_AUTO : Units.parseBytes("allocInterval", alloc));
         }
+        String sampler = pick(kv.get("allocSampler"), System.getProperty("kiln.allocSampler"), env.get("KILN_ALLOC_SAMPLER"));
+        if (sampler != null) b.allocSampler(sampler.trim());
         String lock = pick(kv.get("lockThreshold"), System.getProperty("kiln.lockThreshold"), env.get("KILN_LOCK_THRESHOLD"));
         if (lock != null) b.lockThreshold(Units.parseDuration("lockThreshold", lock));
         b.caFile(pick(kv.get("caFile"), System.getProperty("kiln.caFile"), env.get("KILN_CA_FILE")));
@@ -104,6 +116,20 @@ public final class Config {
     private static String pick(String... candidates) {
         for (String c : candidates) if (c != null && !c.isBlank()) return c;
         return null;
+    }
+
+    /**
+     * Whether allocations come from JDK Flight Recorder's throttled sampler beside async-profiler
+     * (whose own allocation sampling goes through JVMTI, which costs allocation-heavy code a few
+     * percent whatever the interval), given whether this JVM has that sampler.
+     */
+    boolean jfrAllocations(boolean jfrSamplerAvailable) {
+        if (allocInterval == 0 || !jfrSamplerAvailable) return false;
+        return switch (allocSampler) {
+            case "jfr" -> true;
+            case "async-profiler" -> false;
+            default -> !allocIntervalGiven;
+        };
     }
 
     /** {@code app{k=v,...}} with sorted keys, as the {@code name} parameter. */
@@ -129,6 +155,8 @@ public final class Config {
         private Duration lockThreshold = Duration.ofMillis(10);
         private int maxQueued = 32;
         private String engine = "auto";
+        private String allocSampler = "auto";
+        private boolean allocIntervalGiven;
         private String caFile;
         private String clientCertFile;
         private String clientKeyFile;
@@ -140,8 +168,14 @@ public final class Config {
         public Builder tags(Map<String, String> m) { this.tags.putAll(m); return this; }
         public Builder uploadInterval(Duration v) { this.uploadInterval = v; return this; }
         public Builder samplingInterval(Duration v) { this.samplingInterval = v; return this; }
-        /** Bytes allocated per allocation sample (async-profiler); 0 turns allocation profiling off; 512 KiB by default; {@link #ALLOC_INTERVAL_AUTO} follows the allocation rate. */
-        public Builder allocInterval(long v) { this.allocInterval = v; return this; }
+        /**
+         * Bytes allocated per allocation sample (async-profiler's sampler; giving one chooses it
+         * under {@code allocSampler=auto}); 0 turns allocation profiling off; 512 KiB by default;
+         * {@link #ALLOC_INTERVAL_AUTO} follows the allocation rate.
+         */
+        public Builder allocInterval(long v) { this.allocInterval = v; this.allocIntervalGiven = true; return this; }
+        /** {@code auto}, {@code jfr} or {@code async-profiler}: see {@link Config#allocSampler}. */
+        public Builder allocSampler(String v) { this.allocSampler = v; return this; }
         /** Shortest lock wait recorded; {@link Duration#ZERO} turns lock profiling off. */
         public Builder lockThreshold(Duration v) { this.lockThreshold = v; return this; }
         public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
@@ -167,6 +201,9 @@ public final class Config {
             }
             if (!engine.equals("auto") && !engine.equals("async-profiler") && !engine.equals("jfr")) {
                 throw new IllegalArgumentException("engine must be auto, async-profiler or jfr, got " + engine);
+            }
+            if (!allocSampler.equals("auto") && !allocSampler.equals("async-profiler") && !allocSampler.equals("jfr")) {
+                throw new IllegalArgumentException("allocSampler must be auto, async-profiler or jfr, got " + allocSampler);
             }
             if (uploadInterval.isZero() || uploadInterval.isNegative()) {
                 throw new IllegalArgumentException("upload interval must be positive");

@@ -12,6 +12,9 @@ interface Engine {
 
     String name();
 
+    /** Whether allocations are sampled by Flight Recorder (by rate) rather than by bytes. */
+    boolean jfrAllocations();
+
     /**
      * async-profiler (bundled native library: CPU by itimer signals, allocations and locks, its
      * own JFR writer) unless {@code engine=jfr}; the JDK's Flight Recorder when asked for or when
@@ -20,7 +23,7 @@ interface Engine {
     static Engine start(Config config, Logger log) {
         if (!"jfr".equals(config.engine)) {
             try {
-                return AsyncProfilerEngine.start(config);
+                return AsyncProfilerEngine.start(config, log);
             } catch (Throwable e) { // a missing or unloadable library must never stop the host
                 log.warning("kiln: async-profiler unavailable (" + e + "); using JDK Flight Recorder");
             }

@@ -1,28 +1,82 @@
 package dev.kiln;
 
 import java.io.InputStream;
+import java.lang.management.ManagementFactory;
+import java.util.logging.Logger;
 
+import javax.management.ObjectName;
+
+import jdk.jfr.FlightRecorder;
 import jdk.jfr.Recording;
 import jdk.jfr.RecordingState;
 
-/** JDK Flight Recorder: a new recording per interval, read back from JFR's own files. */
+/**
+ * JDK Flight Recorder: a new recording per interval, read back from JFR's own files. Either the
+ * whole engine (CPU, allocations and locks) or, beside async-profiler, allocations alone.
+ */
 final class JfrEngine implements Engine {
+    /** JFR's throttled allocation sampler (JDK 16+): samples by rate, not by bytes. */
+    static final String ALLOCATION_SAMPLE = "jdk.ObjectAllocationSample";
+    static final String ALLOCATION_RATE = "150/s";
+
     private final Config config;
+    private final boolean allocationsOnly;
     private Recording recording;
 
-    private JfrEngine(Config config) {
+    private JfrEngine(Config config, boolean allocationsOnly) {
         this.config = config;
+        this.allocationsOnly = allocationsOnly;
     }
 
     static JfrEngine start(Config config) {
-        JfrEngine e = new JfrEngine(config);
+        JfrEngine e = new JfrEngine(config, false);
         e.recording = e.newRecording();
         return e;
     }
 
+    /**
+     * Allocation samples only, for async-profiler's intervals. Unless the program runs Flight
+     * Recorder already, its buffers are first made small (1 MiB in all, 4 KiB per thread): about
+     * 150 events a second need little, and the defaults add some 10 MB to the process.
+     */
+    static JfrEngine startAllocations(Config config, Logger log) {
+        if (!FlightRecorder.isInitialized()) shrinkBuffers(log);
+        JfrEngine e = new JfrEngine(config, true);
+        e.recording = e.newRecording();
+        return e;
+    }
+
+    /**
+     * Whether this JVM has Flight Recorder with the throttled allocation sampler (JDK 16+),
+     * found without starting Flight Recorder.
+     */
+    static boolean hasAllocationSampler() {
+        try {
+            return Runtime.version().feature() >= 16 && FlightRecorder.isAvailable();
+        } catch (RuntimeException | LinkageError e) { // no jdk.jfr module
+            return false;
+        }
+    }
+
+    private static void shrinkBuffers(Logger log) {
+        try {
+            ManagementFactory.getPlatformMBeanServer().invoke(
+                    new ObjectName("com.sun.management:type=DiagnosticCommand"), "jfrConfigure",
+                    new Object[] {new String[] {"memorysize=1m", "globalbuffercount=2", "globalbuffersize=512k", "thread_buffer_size=4k"}},
+                    new String[] {String[].class.getName()});
+        } catch (Exception | LinkageError e) { // the defaults then: more memory, same samples
+            log.fine("kiln: Flight Recorder keeps its default buffers: " + e);
+        }
+    }
+
     @Override
     public String name() {
-        return "JDK Flight Recorder";
+        return allocationsOnly ? "JDK Flight Recorder (allocations)" : "JDK Flight Recorder";
+    }
+
+    @Override
+    public boolean jfrAllocations() {
+        return true;
     }
 
     /** The running recording's event settings ({@code event#setting} → value). */
@@ -32,11 +86,11 @@ final class JfrEngine implements Engine {
 
     private Recording newRecording() {
         Recording r = new Recording();
-        r.setName("kiln");
-        r.enable("jdk.ExecutionSample").withPeriod(config.samplingInterval);
+        r.setName(allocationsOnly ? "kiln-allocations" : "kiln");
+        if (!allocationsOnly) r.enable("jdk.ExecutionSample").withPeriod(config.samplingInterval);
         // JFR bounds allocation samples by rate, not by bytes: allocInterval only turns them off.
-        if (config.allocInterval != 0) r.enable("jdk.ObjectAllocationSample").with("throttle", "150/s");
-        if (!config.lockThreshold.isZero()) {
+        if (config.allocInterval != 0) r.enable(ALLOCATION_SAMPLE).with("throttle", ALLOCATION_RATE);
+        if (!allocationsOnly && !config.lockThreshold.isZero()) {
             r.enable("jdk.JavaMonitorEnter").withThreshold(config.lockThreshold).withStackTrace();
             r.enable("jdk.ThreadPark").withThreshold(config.lockThreshold).withStackTrace();
         }

@@ -59,14 +59,14 @@ public final class KilnAgent {
         Runtime.getRuntime().addShutdownHook(new Thread(KilnAgent::stop, "kiln-shutdown"));
         running = agent;
         LOG.info("kiln: profiling " + config.applicationName + " with " + agent.engine.name()
-                + " (" + settings(config, engine instanceof JfrEngine) + "), pushing to " + config.serverAddress
+                + " (" + settings(config, engine.jfrAllocations()) + "), pushing to " + config.serverAddress
                 + " every " + config.uploadInterval);
     }
 
     /** What is sampled, for the start-up log line: {@code cpu 10ms, alloc auto, lock 10ms}. */
-    static String settings(Config c, boolean jfr) {
+    static String settings(Config c, boolean jfrAllocations) {
         String alloc = c.allocInterval == 0 ? "off"
-                : jfr ? "150/s" // JFR throttles by rate whatever allocInterval says
+                : jfrAllocations ? JfrEngine.ALLOCATION_RATE // JFR throttles by rate whatever allocInterval says
                 : c.allocInterval == Config.ALLOC_INTERVAL_AUTO ? "auto" : c.allocInterval + " B";
         String lock = c.lockThreshold.isZero() ? "off" : c.lockThreshold.toMillis() + "ms";
         return "cpu " + c.samplingInterval.toMillis() + "ms, alloc " + alloc + ", lock " + lock;

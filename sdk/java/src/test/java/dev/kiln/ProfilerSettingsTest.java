@@ -63,6 +63,22 @@ class ProfilerSettingsTest {
     }
 
     @Test
+    void allocationsComeFromFlightRecorderUnlessAnAsyncProfilerIntervalIsAskedFor() {
+        assertTrue(Config.fromAgentArgs("app=a", Map.of()).jfrAllocations(true));
+        assertFalse(Config.fromAgentArgs("app=a", Map.of()).jfrAllocations(false), "a JVM without the sampler");
+        assertFalse(Config.fromAgentArgs("app=a,allocInterval=1m", Map.of()).jfrAllocations(true));
+        assertFalse(Config.fromAgentArgs("app=a,allocInterval=auto", Map.of()).jfrAllocations(true));
+        assertFalse(Config.fromAgentArgs("app=a", Map.of("KILN_ALLOC_INTERVAL", "2m")).jfrAllocations(true));
+        assertTrue(Config.fromAgentArgs("app=a,allocInterval=1m,allocSampler=jfr", Map.of()).jfrAllocations(true));
+        assertTrue(Config.fromAgentArgs("app=a", Map.of("KILN_ALLOC_SAMPLER", "jfr", "KILN_ALLOC_INTERVAL", "2m")).jfrAllocations(true));
+        assertFalse(Config.fromAgentArgs("app=a,allocSampler=async-profiler", Map.of()).jfrAllocations(true));
+        assertFalse(Config.fromAgentArgs("app=a,allocInterval=0,allocSampler=jfr", Map.of()).jfrAllocations(true), "0 is off");
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> Config.fromAgentArgs("app=a,allocSampler=tlab", Map.of()));
+        assertTrue(e.getMessage().contains("allocSampler"), e.getMessage());
+    }
+
+    @Test
     void startUpLogSaysWhatIsSampled() {
         assertEquals("cpu 10ms, alloc 524288 B, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a", Map.of()), false));
         assertEquals("cpu 10ms, alloc auto, lock 10ms", KilnAgent.settings(Config.fromAgentArgs("app=a,allocInterval=auto", Map.of()), false));
