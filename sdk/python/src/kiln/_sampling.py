@@ -187,7 +187,8 @@ class NativeSampling:
         )
         self._counters = self._sampler.counters
         self._stop = native.StopSignal()  # type: ignore[attr-defined]
-        # Before 3.13, ticks reach a main thread that keeps the GIL through a signal handler.
+        # Ticks reach a main thread that keeps the GIL through a signal handler (before 3.13
+        # the only way; on every version it lets a CPU timer send them in `cpu` mode).
         self._tick_signal, self._tick_handler = (
             _tick_signal.install(native, self._sampler)
             if main_thread_ticks and _tick_signal.needed()

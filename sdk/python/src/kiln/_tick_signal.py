@@ -1,12 +1,13 @@
-"""The signal through which the native sampler hands its ticks to the main thread (CPython
-before 3.13).
+"""The signal through which the native sampler hands its ticks to the main thread.
 
 Before 3.13, a pending call added by the sampling thread is not noticed by a main thread that
 computes without releasing the GIL, so each tick would have to take the GIL from it. A signal
 received by the main thread is noticed at its next bytecode boundary: the native sampler sends
 the signal to the main thread alone, only while it is using CPU, and the handler installed here
 runs the tick (see ``sdk/python/native/src/tick_signal.rs``, also for EINTR: the handler is
-flagged ``SA_RESTART``).
+flagged ``SA_RESTART``). From 3.13 pending calls do reach a computing main thread, but the
+signal is still used there: in ``cpu`` mode a timer on the main thread's CPU clock sends it, so
+the sampling thread need not wake every period to hand the ticks over.
 
 The signal is ``SIGURG`` unless ``KILN_TICK_SIGNAL`` names another number (``off`` disables
 this path): a signal whose default action is to do nothing, so one that arrives after its
@@ -14,7 +15,7 @@ handler is gone (at interpreter exit, or after a program reset it to ``SIG_DFL``
 nothing in a Python program sends it (the kernel does only for sockets' out-of-band data to an
 owner set with ``F_SETOWN``, and the handler ignores a signal when no tick is due). It is used
 only when the profiler starts from the main thread and the signal has neither a Python nor a C
-handler; otherwise ticks go as pending calls, as on 3.13. A program that installs its own
+handler; otherwise ticks go as pending calls. A program that installs its own
 handler for it (or blocks it) later keeps it: the sampler notices that its handed ticks stay
 late and stops sending the signal (the program's handler may see a few calls first).
 """
@@ -36,8 +37,12 @@ TICK_SIGNAL_ENV = "KILN_TICK_SIGNAL"
 
 
 def needed() -> bool:
-    """Whether this Python needs the signal: from 3.13 pending calls reach a busy main thread."""
-    return sys.version_info < (3, 13) and sys.platform.startswith("linux")
+    """Whether the signal path is used here: on Linux (signals to one thread, CPU-clock timers).
+
+    Before 3.13 it is the only way to hand ticks to a main thread that keeps the GIL; from 3.13
+    pending calls would do, but the CPU timer still saves the sampling thread its wake-ups.
+    """
+    return sys.platform.startswith("linux")
 
 
 def wanted_signal() -> int | None:
