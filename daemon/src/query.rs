@@ -200,16 +200,19 @@ pub(crate) async fn select(
     start_ns: i64,
     end_ns: i64,
 ) -> Result<Selection, ApiError> {
-    let series = state
-        .storage
-        .series(tenant, Some(selector), start_ns, end_ns)
-        .await?;
     let q = Query {
         selector: selector.clone(),
         start_ns,
         end_ns,
     };
-    let merged = state.storage.select_merge(tenant, &q).await?;
+    // Independent reads, so a backend that answers over the network (ClickHouse) pays its
+    // round trips once, not one after the other.
+    let (series, merged) = tokio::try_join!(
+        state
+            .storage
+            .series(tenant, Some(selector), start_ns, end_ns),
+        state.storage.select_merge(tenant, &q),
+    )?;
     let aggregation = series
         .first()
         .map(|s| s.profile_type.aggregation)
@@ -279,18 +282,35 @@ pub async fn render(
     let (start_ns, end_ns) = range(&p, "from", "until")?;
     let max_nodes = max_nodes(&p, state.config.server.max_nodes)?;
     let format = param(&p, &["format"]).unwrap_or("json");
-    let sel = select(&state, tenant, &selector, start_ns, end_ns).await?;
+    let q = Query {
+        selector: selector.clone(),
+        start_ns,
+        end_ns,
+    };
+    let step_ns = timeline_step_s(start_ns, end_ns) * 1_000_000_000;
+    let group_by = param(&p, &["groupBy"]).filter(|_| format == "json");
+    // The flamegraph and (for JSON) the timelines are independent reads: run them at once.
+    let timelines = async {
+        if format != "json" {
+            return Ok::<_, ApiError>((Vec::new(), None));
+        }
+        let total = state.storage.select_timeline(tenant, &q, step_ns, None);
+        match group_by {
+            Some(label) => {
+                let grouped = state
+                    .storage
+                    .select_timeline(tenant, &q, step_ns, Some(label));
+                let (total, grouped) = tokio::try_join!(total, grouped)?;
+                Ok((total, Some(grouped)))
+            }
+            None => Ok((total.await?, None)),
+        }
+    };
+    let (sel, (timeline, grouped)) = tokio::try_join!(
+        select(&state, tenant, &selector, start_ns, end_ns),
+        timelines
+    )?;
     let response = if format == "json" {
-        let q = Query {
-            selector: selector.clone(),
-            start_ns,
-            end_ns,
-        };
-        let step_ns = timeline_step_s(start_ns, end_ns) * 1_000_000_000;
-        let timeline = state
-            .storage
-            .select_timeline(tenant, &q, step_ns, None)
-            .await?;
         let timeline = timeline
             .first()
             .map(|(_, t)| timeline_json(t))
@@ -301,12 +321,8 @@ pub async fn render(
                     points: vec![],
                 })
             });
-        let groups = match param(&p, &["groupBy"]) {
-            Some(label) => {
-                let lines = state
-                    .storage
-                    .select_timeline(tenant, &q, step_ns, Some(label))
-                    .await?;
+        let groups = match grouped {
+            Some(lines) => {
                 let map: BTreeMap<String, Value> = lines
                     .iter()
                     .map(|(g, t)| {

@@ -21,6 +21,13 @@ pub struct MatchedSeries {
     pub info: SeriesInfo,
 }
 
+/// The answer of a query run on a scoped thread; a panic there is passed on.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(format!("{what}: {e}"))
 }
@@ -115,22 +122,29 @@ impl Inner {
             condition(&plan)
         );
         // The merge: one aggregation, the sum of each stack over the range, from the arrays of
-        // the buckets' rows.
-        let rows = self.client.query(&format!(
-            "SELECT stacksMap.stack AS stack, sum(stacksMap.value) AS v FROM {} \
-             ARRAY JOIN stacksMap WHERE {filter} GROUP BY stack HAVING v != 0 FORMAT RowBinary",
-            self.table("buckets")
-        ))?;
+        // the buckets' rows; the count of profiles beside it, on its own connection.
+        let (rows, profile_rows) = std::thread::scope(|scope| {
+            let profiles = scope.spawn(|| {
+                self.client.query(&format!(
+                    "SELECT toUInt64(sum(profiles)) FROM {} WHERE {filter} FORMAT RowBinary",
+                    self.table("buckets")
+                ))
+            });
+            let merged = self.client.query(&format!(
+                "SELECT stacksMap.stack AS stack, sum(stacksMap.value) AS v FROM {} \
+                 ARRAY JOIN stacksMap WHERE {filter} GROUP BY stack HAVING v != 0 FORMAT RowBinary",
+                self.table("buckets")
+            ));
+            (merged, join(profiles))
+        });
         let mut values: Vec<(u64, i64)> = Vec::new();
+        let rows = rows?;
         let mut r = RowReader::new(&rows);
         while !r.at_end() {
             values.push((r.u64()?, r.i64()?));
         }
-        let rows = self.client.query(&format!(
-            "SELECT toUInt64(sum(profiles)) FROM {} WHERE {filter} FORMAT RowBinary",
-            self.table("buckets")
-        ))?;
-        let mut r = RowReader::new(&rows);
+        let profile_rows = profile_rows?;
+        let mut r = RowReader::new(&profile_rows);
         let profiles = if r.at_end() { 0 } else { r.u64()? };
         let services: Vec<String> = {
             let mut s: Vec<String> = series.iter().map(|s| s.service.clone()).collect();
@@ -166,42 +180,48 @@ impl Inner {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let rows = self.client.query(&format!(
-            "SELECT stack, any(frames) FROM {} WHERE {where_service} AND stack IN ({}) \
-             GROUP BY stack FORMAT RowBinary",
-            self.table("stacks"),
-            list(values.iter().map(|v| v.0))
-        ))?;
+        let stack_ids = list(values.iter().map(|v| v.0));
+        // Stacks and their frames at once: the frames query finds its ids from the stacks
+        // table itself rather than waiting for the first answer.
+        let (stack_rows, frame_rows) = std::thread::scope(|scope| {
+            let frames = scope.spawn(|| {
+                self.client.query(&format!(
+                    "SELECT frame, any(function), any(file), any(line), any(start_line) FROM {} \
+                     WHERE {where_service} AND frame IN (SELECT arrayJoin(frames) FROM {} \
+                     WHERE {where_service} AND stack IN ({stack_ids})) GROUP BY frame \
+                     FORMAT RowBinary",
+                    self.table("frames"),
+                    self.table("stacks"),
+                ))
+            });
+            let stacks = self.client.query(&format!(
+                "SELECT stack, any(frames) FROM {} WHERE {where_service} AND stack IN ({stack_ids}) \
+                 GROUP BY stack FORMAT RowBinary",
+                self.table("stacks"),
+            ));
+            (stacks, join(frames))
+        });
         let mut stacks: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
-        let mut r = RowReader::new(&rows);
+        let stack_rows = stack_rows?;
+        let mut r = RowReader::new(&stack_rows);
         while !r.at_end() {
             let id = r.u64()?;
             stacks.insert(id, r.array_u64()?);
         }
-        let mut frame_ids: Vec<u64> = stacks.values().flatten().copied().collect();
-        frame_ids.sort_unstable();
-        frame_ids.dedup();
         let mut frames: FxHashMap<u64, Frame> = FxHashMap::default();
-        if !frame_ids.is_empty() {
-            let rows = self.client.query(&format!(
-                "SELECT frame, any(function), any(file), any(line), any(start_line) FROM {} \
-                 WHERE {where_service} AND frame IN ({}) GROUP BY frame FORMAT RowBinary",
-                self.table("frames"),
-                list(frame_ids.iter())
-            ))?;
-            let mut r = RowReader::new(&rows);
-            while !r.at_end() {
-                let id = r.u64()?;
-                frames.insert(
-                    id,
-                    Frame {
-                        function: r.string()?,
-                        file: r.string()?,
-                        line: r.u32()?,
-                        start_line: r.u32()?,
-                    },
-                );
-            }
+        let frame_rows = frame_rows?;
+        let mut r = RowReader::new(&frame_rows);
+        while !r.at_end() {
+            let id = r.u64()?;
+            frames.insert(
+                id,
+                Frame {
+                    function: r.string()?,
+                    file: r.string()?,
+                    line: r.u32()?,
+                    start_line: r.u32()?,
+                },
+            );
         }
         let mut resolved: Vec<(Vec<&Frame>, i64)> = Vec::with_capacity(values.len());
         for &(stack, value) in values {
@@ -220,8 +240,8 @@ impl Inner {
         }
         // Children in name order, whatever order ClickHouse answered in.
         resolved.sort_by(|a, b| {
-            let names = |s: &Vec<&Frame>| s.iter().map(|f| f.function.clone()).collect::<Vec<_>>();
-            names(&a.0).cmp(&names(&b.0))
+            let names_a = a.0.iter().map(|f| f.function.as_str());
+            names_a.cmp(b.0.iter().map(|f| f.function.as_str()))
         });
         let with_lines = frames
             .values()
