@@ -4,81 +4,12 @@
 
 use std::sync::Arc;
 
-use kiln_plugin_api::{
-    Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector, Storage,
-    StorageError, Tenant,
-};
-use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
+use kiln_plugin_api::{Storage, StorageError, Tenant};
+use kiln_storage_clickhouse::test_server::TestServer;
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, OpenError};
 
-const NS: i64 = 1_000_000_000;
-
-fn config(server: &TestServer, database: &str) -> ClickHouseConfig {
-    ClickHouseConfig {
-        url: server.url(),
-        database: database.into(),
-        user: USER.into(),
-        password: PASSWORD.into(),
-        ..ClickHouseConfig::default()
-    }
-}
-
-fn levels() -> Vec<(u64, u64)> {
-    vec![(10, 3 * 86_400), (100, 14 * 86_400), (1000, 365 * 86_400)]
-}
-
-fn open(server: &TestServer, database: &str) -> ClickHouseStorage {
-    ClickHouseStorage::open(&config(server, database), levels(), None).unwrap()
-}
-
-fn profile(service: &str, env: &str, at_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut samples = Vec::new();
-    for (stack, value) in stacks {
-        let mut ids = Vec::new();
-        for name in *stack {
-            let i = match frames.iter().position(|f| f.function == *name) {
-                Some(i) => i,
-                None => {
-                    frames.push(Frame::named(*name));
-                    frames.len() - 1
-                }
-            };
-            ids.push(i as u32);
-        }
-        samples.push(Sample {
-            stack: ids,
-            value: *value,
-        });
-    }
-    Profile {
-        labels: Labels::from_pairs([("service_name", service), ("env", env)]),
-        profile_type: ProfileType::well_known("cpu").unwrap(),
-        start_ns: at_s * NS,
-        end_ns: (at_s + 10) * NS,
-        frames,
-        samples,
-        meta: ProfileMeta {
-            spy_name: "gospy".into(),
-            sample_rate: 100,
-        },
-    }
-}
-
-fn query(sel: &str, from_s: i64, to_s: i64) -> Query {
-    Query {
-        selector: Selector::parse(sel).unwrap(),
-        start_ns: from_s * NS,
-        end_ns: to_s * NS,
-    }
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+mod common;
+use common::{config, levels, now_s, open, profile, query, NS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_storage_end_to_end() {

@@ -1,23 +1,12 @@
 //! `tls = true`: the storage talks HTTPS to a real clickhouse-server whose certificate is
 //! signed by the `ca_file` given, and refuses one it cannot verify.
 
-use kiln_plugin_api::{Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector};
 use kiln_plugin_api::{Storage, Tenant};
 use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage};
 
-const NS: i64 = 1_000_000_000;
-
-fn levels() -> Vec<(u64, u64)> {
-    vec![(10, 3 * 86_400), (1000, 365 * 86_400)]
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+mod common;
+use common::{levels, now_s, profile, query};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_with_the_servers_ca_works_and_an_unknown_certificate_is_refused() {
@@ -38,33 +27,12 @@ async fn tls_with_the_servers_ca_works_and_an_unknown_certificate_is_refused() {
 
     let storage = ClickHouseStorage::open(&config, levels(), None).unwrap();
     let t = now_s() - 600;
-    let profile = Profile {
-        labels: Labels::from_pairs([("service_name", "app")]),
-        profile_type: ProfileType::well_known("cpu").unwrap(),
-        start_ns: t * NS,
-        end_ns: (t + 10) * NS,
-        frames: vec![Frame::named("main"), Frame::named("work")],
-        samples: vec![Sample {
-            stack: vec![0, 1],
-            value: 42,
-        }],
-        meta: ProfileMeta {
-            spy_name: "gospy".into(),
-            sample_rate: 100,
-        },
-    };
+    let profile = profile("app", "prod", t, &[(&["main", "work"], 42)]);
     let tenant = Tenant::default();
     storage.write(&tenant, vec![profile]).await.unwrap();
     storage.flush().await.unwrap();
     let merged = storage
-        .select_merge(
-            &tenant,
-            &Query {
-                selector: Selector::parse("app.cpu").unwrap(),
-                start_ns: (t - 10) * NS,
-                end_ns: (t + 20) * NS,
-            },
-        )
+        .select_merge(&tenant, &query("app.cpu", t - 10, t + 20))
         .await
         .unwrap();
     assert_eq!(merged.tree.to_folded(), "main;work 42\n");

@@ -5,68 +5,16 @@
 
 use std::time::Duration;
 
-use kiln_plugin_api::{
-    Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector, Storage, Tenant,
-};
-use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
+use kiln_plugin_api::{Profile, Query, Selector, Storage, Tenant};
+use kiln_storage_clickhouse::test_server::TestServer;
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage};
 
-const NS: i64 = 1_000_000_000;
+mod common;
+use common::{config, levels, now_s, NS};
 
-fn config(server: &TestServer, database: &str) -> ClickHouseConfig {
-    ClickHouseConfig {
-        url: server.url(),
-        database: database.into(),
-        user: USER.into(),
-        password: PASSWORD.into(),
-        ..ClickHouseConfig::default()
-    }
-}
-
-fn levels() -> Vec<(u64, u64)> {
-    vec![(10, 3 * 86_400), (100, 14 * 86_400), (1000, 365 * 86_400)]
-}
-
+/// A CPU profile of `service` in `prod`.
 fn profile(service: &str, at_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut samples = Vec::new();
-    for (stack, value) in stacks {
-        let ids = stack
-            .iter()
-            .map(
-                |name| match frames.iter().position(|f| f.function == *name) {
-                    Some(i) => i as u32,
-                    None => {
-                        frames.push(Frame::named(*name));
-                        frames.len() as u32 - 1
-                    }
-                },
-            )
-            .collect();
-        samples.push(Sample {
-            stack: ids,
-            value: *value,
-        });
-    }
-    Profile {
-        labels: Labels::from_pairs([("service_name", service), ("env", "prod")]),
-        profile_type: ProfileType::well_known("cpu").unwrap(),
-        start_ns: at_s * NS,
-        end_ns: (at_s + 10) * NS,
-        frames,
-        samples,
-        meta: ProfileMeta {
-            spy_name: "gospy".into(),
-            sample_rate: 100,
-        },
-    }
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    common::profile(service, "prod", at_s, stacks)
 }
 
 /// Flamegraphs and timelines of a short and a 30-day range, as text.
