@@ -100,11 +100,18 @@ final class AsyncProfilerEngine implements Engine {
         try {
             profiler.execute("stop"); // writes the interval's JFR file
             samples = Files.readAllBytes(done);
+        } catch (Exception e) {
+            if (allocations == null) throw e;
+            // Flight Recorder's interval still ends here, so that the next upload holds only
+            // its own allocation samples; this one goes without CPU samples.
+            log.warning("kiln: reading async-profiler's recording failed: " + e);
+            samples = new byte[0];
         } finally {
             Files.deleteIfExists(done);
             if (next) startInterval();
         }
-        return withAllocations(samples, next);
+        byte[] upload = withAllocations(samples, next);
+        return upload.length == 0 ? null : upload;
     }
 
     /** The interval's JFR with Flight Recorder's allocation chunks after it: one upload. */
