@@ -57,6 +57,19 @@ pub struct Class {
     pub fields: Vec<Field>,
     /// How a value of this class is read, from its name once rather than per value.
     layout: Layout,
+    /// How each field is read, from the fields' classes once rather than per value.
+    reads: Box<[Read]>,
+}
+
+/// How [`Chunk::value`] reads one field of an object.
+#[derive(Debug, Clone, Copy, Default)]
+enum Read {
+    /// A constant-pool reference.
+    Ref,
+    Layout(Layout),
+    /// An array, or a class the metadata does not define: read through [`Chunk::field`].
+    #[default]
+    Field,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -161,6 +174,8 @@ pub struct Chunk<'a> {
     /// thread groups, stacks of events not profiled); they are skipped over, not built.
     pools: FxHashMap<i64, FxHashMap<i64, PoolEntry>>,
     string_type: Option<i64>,
+    /// How to move past a value of each class, compiled with the type system.
+    skips: Arc<FxHashMap<i64, Skip>>,
 }
 
 struct PoolEntry {
@@ -174,6 +189,7 @@ struct PoolEntry {
 struct TypeSystem {
     classes: Arc<FxHashMap<i64, Class>>,
     string_type: Option<i64>,
+    skips: Arc<FxHashMap<i64, Skip>>,
 }
 
 /// The type systems of recently seen metadata events, most recent first. A JVM writes the
@@ -228,6 +244,7 @@ impl<'a> Chunk<'a> {
             classes: Arc::default(),
             pools: FxHashMap::default(),
             string_type: None,
+            skips: Arc::default(),
         };
         chunk.read_metadata()?;
         chunk.read_constant_pools()?;
@@ -256,6 +273,7 @@ impl<'a> Chunk<'a> {
         };
         self.classes = types.classes.clone();
         self.string_type = types.string_type;
+        self.skips = types.skips.clone();
         Ok(())
     }
 
@@ -286,6 +304,7 @@ impl<'a> Chunk<'a> {
                     name: name.to_string(),
                     fields: Vec::new(),
                     layout: Layout::of(name),
+                    reads: Box::default(),
                 };
                 for f in e.children.iter().filter(|c| c.name == "field") {
                     class.fields.push(Field {
@@ -305,9 +324,30 @@ impl<'a> Chunk<'a> {
             }
             stack.extend(e.children.iter());
         }
+        let layouts: FxHashMap<i64, Layout> =
+            classes.iter().map(|(&id, c)| (id, c.layout)).collect();
+        for class in classes.values_mut() {
+            class.reads = class
+                .fields
+                .iter()
+                .map(
+                    |f| match (f.array, f.constant_pool, layouts.get(&f.type_id)) {
+                        (true, _, _) => Read::Field,
+                        (false, true, _) => Read::Ref,
+                        (false, false, Some(&layout)) => Read::Layout(layout),
+                        (false, false, None) => Read::Field,
+                    },
+                )
+                .collect();
+        }
+        let skips = classes
+            .keys()
+            .map(|&id| (id, Skip::compile(&classes, id)))
+            .collect();
         Ok(TypeSystem {
             classes: Arc::new(classes),
             string_type,
+            skips: Arc::new(skips),
         })
     }
 
@@ -336,12 +376,16 @@ impl<'a> Chunk<'a> {
             for _ in 0..pools {
                 let type_id = r.int(8)?;
                 let entries = r.count()?;
+                let skip = self
+                    .skips
+                    .get(&type_id)
+                    .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
                 let pool = self.pools.entry(type_id).or_default();
                 pool.reserve(entries.min(1 << 16));
                 for _ in 0..entries {
                     let key = r.int(8)?;
                     let at = r.pos;
-                    skip_value(&self.classes, &mut r, type_id, 0)?;
+                    skip.run(&self.classes, &mut r)?;
                     // A later checkpoint's entry for the same key replaces the earlier one.
                     pool.insert(
                         key,
@@ -370,20 +414,32 @@ impl<'a> Chunk<'a> {
             .get(&type_id)
             .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
         Ok(match class.layout {
-            Layout::Int(bytes) => Value::Int(r.int(bytes.into())?),
-            Layout::Byte => Value::Int(i64::from(r.u8()? as i8)),
-            Layout::Bool => Value::Bool(r.u8()? != 0),
-            Layout::F32 => Value::Float(f64::from(f32::from_bits(r.be_u32()?))),
-            Layout::F64 => Value::Float(f64::from_bits(r.be_u64()?)),
-            Layout::Str => read_string(r)?,
             Layout::Object => {
                 let mut fields = Vec::with_capacity(class.fields.len());
-                for f in &class.fields {
-                    fields.push(self.field(r, f, depth)?);
-                }
+                self.push_fields(r, class, depth, &mut fields)?;
                 Value::Obj(fields)
             }
+            layout => read_primitive(r, layout)?,
         })
+    }
+
+    /// Appends the fields of an object of `class` at `depth` to `out`.
+    fn push_fields(
+        &self,
+        r: &mut Reader,
+        class: &Class,
+        depth: usize,
+        out: &mut Vec<Value>,
+    ) -> Result<(), DecodeError> {
+        for (f, read) in class.fields.iter().zip(class.reads.iter()) {
+            out.push(match *read {
+                Read::Ref => Value::Ref(r.int(8)?),
+                Read::Layout(Layout::Object) => self.value(r, f.type_id, depth + 1)?,
+                Read::Layout(layout) => read_primitive(r, layout)?,
+                Read::Field => self.field(r, f, depth)?,
+            });
+        }
+        Ok(())
     }
 
     /// Reads the fields of an object of `type_id` into `out` (cleared first): events are read
@@ -399,10 +455,7 @@ impl<'a> Chunk<'a> {
             .classes
             .get(&type_id)
             .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
-        for f in &class.fields {
-            out.push(self.field(r, f, 0)?);
-        }
-        Ok(())
+        self.push_fields(r, class, 0, out)
     }
 
     fn field(&self, r: &mut Reader, f: &Field, depth: usize) -> Result<Value, DecodeError> {
@@ -561,6 +614,117 @@ impl<'a> Chunk<'a> {
     }
 }
 
+/// A value of a class that is not an object.
+fn read_primitive(r: &mut Reader, layout: Layout) -> Result<Value, DecodeError> {
+    Ok(match layout {
+        Layout::Int(bytes) => Value::Int(r.int(bytes.into())?),
+        Layout::Byte => Value::Int(i64::from(r.u8()? as i8)),
+        Layout::Bool => Value::Bool(r.u8()? != 0),
+        Layout::F32 => Value::Float(f64::from(f32::from_bits(r.be_u32()?))),
+        Layout::F64 => Value::Float(f64::from_bits(r.be_u64()?)),
+        Layout::Str => read_string(r)?,
+        Layout::Object => return Err(err(r.pos, "an object read as a primitive")),
+    })
+}
+
+/// How to move past a value of one class: its fields flattened into steps once per type
+/// system, so that skipping a constant pool's entries (most of a chunk's bytes are pools the
+/// profiles never read) looks no class up per value.
+#[derive(Debug, Clone)]
+pub(crate) struct Skip(Box<[Step]>);
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// An integer (or a constant-pool reference) of this many bytes, in the chunk's encoding.
+    Int(u8),
+    Byte,
+    /// A big-endian float of this many bytes.
+    Fixed(u8),
+    Str,
+    /// A count, then that many values.
+    Array(Skip),
+    /// A value of this class read as [`skip_value`] does: nested too deeply to flatten, or a
+    /// class the metadata does not define (an error only if such a value is met).
+    Class(i64, usize),
+}
+
+/// Steps one class may flatten into; past it, nested classes stay [`Step::Class`].
+const MAX_SKIP_STEPS: usize = 256;
+
+impl Skip {
+    fn compile(classes: &FxHashMap<i64, Class>, type_id: i64) -> Self {
+        let (mut steps, mut budget) = (Vec::new(), MAX_SKIP_STEPS);
+        compile_value(classes, type_id, 0, &mut budget, &mut steps);
+        Skip(steps.into())
+    }
+
+    fn run(&self, classes: &FxHashMap<i64, Class>, r: &mut Reader) -> Result<(), DecodeError> {
+        for step in self.0.iter() {
+            match step {
+                Step::Int(width) => {
+                    r.int((*width).into())?;
+                }
+                Step::Byte => {
+                    r.u8()?;
+                }
+                Step::Fixed(n) => {
+                    r.take((*n).into())?;
+                }
+                Step::Str => skip_string(r)?,
+                Step::Array(items) => {
+                    let n = r.count()?;
+                    for _ in 0..n {
+                        items.run(classes, r)?;
+                    }
+                }
+                Step::Class(type_id, depth) => skip_value(classes, r, *type_id, *depth)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the steps of a value of `type_id` at `depth` to `out`, flattening nested classes
+/// while `budget` (steps left for the whole class) lasts.
+fn compile_value(
+    classes: &FxHashMap<i64, Class>,
+    type_id: i64,
+    depth: usize,
+    budget: &mut usize,
+    out: &mut Vec<Step>,
+) {
+    *budget = budget.saturating_sub(1);
+    let Some(class) = classes.get(&type_id) else {
+        out.push(Step::Class(type_id, depth));
+        return;
+    };
+    match class.layout {
+        Layout::Int(bytes) => out.push(Step::Int(bytes)),
+        Layout::Byte | Layout::Bool => out.push(Step::Byte),
+        Layout::F32 => out.push(Step::Fixed(4)),
+        Layout::F64 => out.push(Step::Fixed(8)),
+        Layout::Str => out.push(Step::Str),
+        Layout::Object if depth >= MAX_DEPTH || class.fields.len() > *budget => {
+            out.push(Step::Class(type_id, depth))
+        }
+        Layout::Object => {
+            for f in &class.fields {
+                let mut one = Vec::new();
+                if f.constant_pool {
+                    one.push(Step::Int(8));
+                } else {
+                    compile_value(classes, f.type_id, depth + 1, budget, &mut one);
+                }
+                if f.array {
+                    out.push(Step::Array(Skip(one.into())));
+                } else {
+                    out.extend(one);
+                }
+            }
+        }
+    }
+}
+
 /// Moves `r` past a value of `type_id` without building it.
 fn skip_value(
     classes: &FxHashMap<i64, Class>,
@@ -705,5 +869,120 @@ fn read_plain_string(r: &mut Reader) -> Result<Option<String>, DecodeError> {
         Value::Str(s) => Ok(Some(s)),
         Value::Null => Ok(None),
         _ => Err(err(r.pos, "metadata string refers to a constant pool")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, fields: &[(&str, i64, bool, bool)]) -> Class {
+        Class {
+            name: name.into(),
+            fields: fields
+                .iter()
+                .map(|&(name, type_id, constant_pool, array)| Field {
+                    name: name.into(),
+                    type_id,
+                    constant_pool,
+                    array,
+                })
+                .collect(),
+            layout: Layout::of(name),
+            reads: Box::default(),
+        }
+    }
+
+    /// `int`, `boolean`, `java.lang.String`, a frame (a method reference, a line, a name),
+    /// a stack trace (truncated, frames) and a class whose field is its own class.
+    fn classes() -> FxHashMap<i64, Class> {
+        let mut c = FxHashMap::default();
+        c.insert(1, class("int", &[]));
+        c.insert(2, class("boolean", &[]));
+        c.insert(3, class("java.lang.String", &[]));
+        c.insert(
+            10,
+            class(
+                "jdk.types.StackFrame",
+                &[
+                    ("method", 11, true, false),
+                    ("lineNumber", 1, false, false),
+                    ("name", 3, false, false),
+                ],
+            ),
+        );
+        c.insert(
+            12,
+            class(
+                "jdk.types.StackTrace",
+                &[("truncated", 2, false, false), ("frames", 10, false, true)],
+            ),
+        );
+        c.insert(
+            20,
+            class(
+                "Loop",
+                &[("x", 1, false, false), ("next", 20, false, false)],
+            ),
+        );
+        c
+    }
+
+    #[test]
+    fn compiled_skips_end_where_skipping_by_class_does() {
+        let classes = classes();
+        // truncated = 0, 2 frames: (method 300 as a 2-byte varint, line 7, "ab" as UTF-8),
+        // (method 5, line 130 as a 2-byte varint, null string); then a trailing marker byte.
+        let bytes = [
+            0, 2, 0xac, 0x02, 7, 3, 2, b'a', b'b', 5, 0x82, 0x01, 0, 0xff,
+        ];
+        let mut by_class = Reader::new(&bytes, 0, true);
+        skip_value(&classes, &mut by_class, 12, 0).unwrap();
+        let mut compiled = Reader::new(&bytes, 0, true);
+        Skip::compile(&classes, 12)
+            .run(&classes, &mut compiled)
+            .unwrap();
+        assert_eq!(compiled.pos, bytes.len() - 1);
+        assert_eq!(compiled.pos, by_class.pos);
+        // Cut short, both fail.
+        let short = &bytes[..6];
+        assert!(Skip::compile(&classes, 12)
+            .run(&classes, &mut Reader::new(short, 0, true))
+            .is_err());
+    }
+
+    #[test]
+    fn a_class_nesting_itself_compiles_to_bounded_steps_and_fails_as_deep_values_do() {
+        let classes = classes();
+        let skip = Skip::compile(&classes, 20);
+        fn steps(s: &Skip) -> usize {
+            s.0.iter()
+                .map(|st| match st {
+                    Step::Array(inner) => 1 + steps(inner),
+                    _ => 1,
+                })
+                .sum()
+        }
+        assert!(steps(&skip) <= 2 * MAX_DEPTH + 2, "{} steps", steps(&skip));
+        // Values nested past MAX_DEPTH are refused either way, with the same message.
+        let bytes = vec![1u8; 4 * MAX_DEPTH];
+        let by_class = skip_value(&classes, &mut Reader::new(&bytes, 0, true), 20, 0).unwrap_err();
+        let compiled = skip
+            .run(&classes, &mut Reader::new(&bytes, 0, true))
+            .unwrap_err();
+        assert_eq!(compiled.to_string(), by_class.to_string());
+    }
+
+    #[test]
+    fn an_undefined_nested_class_fails_only_when_a_value_of_it_is_met() {
+        let mut classes = classes();
+        classes.insert(30, class("Holder", &[("items", 99, false, true)]));
+        let skip = Skip::compile(&classes, 30);
+        // An empty array needs no value of the undefined class.
+        skip.run(&classes, &mut Reader::new(&[0], 0, true)).unwrap();
+        let e = skip
+            .run(&classes, &mut Reader::new(&[1, 0], 0, true))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown type id 99"), "{e}");
     }
 }

@@ -60,6 +60,13 @@ impl<'a> Reader<'a> {
 
     /// A JFR compressed integer: 7 bits per byte, low first; the 9th byte carries 8 bits.
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Most integers are one byte (small counts, lengths, ids, deltas).
+        if let Some(&b) = self.bytes.get(self.pos) {
+            if b & 0x80 == 0 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
         let mut v = 0u64;
         for i in 0..8 {
             let b = self.u8()?;

@@ -861,6 +861,10 @@ impl Inner {
                 }
                 pending.add_profile(finest);
                 let before = pending.values.len();
+                if before == 0 {
+                    // Most buckets of a fleet's spread timestamps get one profile: size the map once.
+                    pending.values.reserve(stacks.len());
+                }
                 for (&node, &v) in &stacks {
                     *pending.values.entry(node).or_default() += v;
                 }
