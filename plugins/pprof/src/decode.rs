@@ -3,11 +3,10 @@
 use kiln_plugin_api::{
     Aggregation, DecodeError, Frame, IngestMeta, Labels, Profile, ProfileMeta, ProfileType, Sample,
 };
-use prost::Message;
 use rustc_hash::FxHashMap;
 
 use crate::config::SampleTypeConfig;
-use crate::proto;
+use crate::view::{ProfileView, SampleReader};
 
 /// How one pprof sample type is stored.
 struct TypePlan {
@@ -25,9 +24,9 @@ pub fn decode_pprof(
     config: Option<&SampleTypeConfig>,
     prev: Option<&[u8]>,
 ) -> Result<Vec<Profile>, DecodeError> {
-    let p = proto::Profile::decode(data)
+    let p = ProfileView::parse(data)
         .map_err(|e| DecodeError::Malformed(format!("not a valid pprof protobuf: {e}")))?;
-    let strings = Strings(&p.string_table);
+    let strings = Strings(&p.strings);
     let plans = plan_types(&p, &strings, config)?;
     if plans.is_empty() {
         return Ok(Vec::new());
@@ -35,10 +34,10 @@ pub fn decode_pprof(
     let mut profiles = build_profiles(&p, &strings, &plans, meta)?;
     if let Some(prev) = prev {
         if plans.iter().any(|t| t.cumulative) {
-            let prev_p = proto::Profile::decode(prev).map_err(|e| {
+            let prev_p = ProfileView::parse(prev).map_err(|e| {
                 DecodeError::Malformed(format!("prev_profile is not a valid pprof protobuf: {e}"))
             })?;
-            let prev_strings = Strings(&prev_p.string_table);
+            let prev_strings = Strings(&prev_p.strings);
             let prev_plans = plan_types(&prev_p, &prev_strings, config)?;
             let previous = build_profiles(&prev_p, &prev_strings, &prev_plans, meta)?;
             subtract_previous(&mut profiles, &previous, &plans);
@@ -48,14 +47,14 @@ pub fn decode_pprof(
     Ok(profiles)
 }
 
-struct Strings<'a>(&'a [String]);
+struct Strings<'a>(&'a [&'a str]);
 
-impl Strings<'_> {
-    fn get(&self, i: i64) -> Result<&str, DecodeError> {
+impl<'a> Strings<'a> {
+    fn get(&self, i: i64) -> Result<&'a str, DecodeError> {
         usize::try_from(i)
             .ok()
             .and_then(|i| self.0.get(i))
-            .map(String::as_str)
+            .copied()
             .ok_or_else(|| {
                 DecodeError::Malformed(format!(
                     "string index {i} out of range (string table has {} entries)",
@@ -66,7 +65,7 @@ impl Strings<'_> {
 }
 
 fn plan_types(
-    p: &proto::Profile,
+    p: &ProfileView,
     strings: &Strings,
     config: Option<&SampleTypeConfig>,
 ) -> Result<Vec<TypePlan>, DecodeError> {
@@ -198,7 +197,7 @@ fn default_name<'a>(sample_type: &'a str, sample_unit: &str) -> &'a str {
 }
 
 fn build_profiles(
-    p: &proto::Profile,
+    p: &ProfileView,
     strings: &Strings,
     plans: &[TypePlan],
     meta: &IngestMeta,
@@ -206,8 +205,8 @@ fn build_profiles(
     // Frames are (function, line) pairs, created as locations use them: the flamegraph groups
     // by function, and the line stays for exports that carry it (pprof, for PGO).
     let mut functions: FxHashMap<u64, (&str, &str, u32)> = FxHashMap::default();
-    functions.reserve(p.function.len());
-    for f in &p.function {
+    functions.reserve(p.functions.len());
+    for f in &p.functions {
         let name = strings.get(f.name)?;
         let name = if name.is_empty() {
             strings.get(f.system_name)?
@@ -217,16 +216,17 @@ fn build_profiles(
         let start_line = u32::try_from(f.start_line).unwrap_or(0);
         functions.insert(f.id, (name, strings.get(f.filename)?, start_line));
     }
-    let mut frames: Vec<Frame> = Vec::with_capacity(p.function.len());
+    let mut frames: Vec<Frame> = Vec::with_capacity(p.functions.len());
     let mut frame_of_line: FxHashMap<(u64, i64), u32> = FxHashMap::default();
     let mut frame_of_address: FxHashMap<u64, u32> = FxHashMap::default();
     // Each location expands to its frames, caller first (pprof lists inlined callees first).
     let mut location_frames: Vec<u32> = Vec::new();
     let mut location_span: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
-    location_span.reserve(p.location.len());
-    for loc in &p.location {
+    location_span.reserve(p.locations.len());
+    for loc in &p.locations {
         let start = location_frames.len() as u32;
-        for line in loc.line.iter().rev() {
+        let lines = p.location_lines(loc);
+        for line in lines.iter().rev() {
             let &(name, file, start_line) = functions.get(&line.function_id).ok_or_else(|| {
                 DecodeError::Malformed(format!(
                     "location {} references missing function {}",
@@ -249,7 +249,7 @@ fn build_profiles(
                 });
             location_frames.push(frame);
         }
-        if loc.line.is_empty() {
+        if lines.is_empty() {
             // No symbols: name the frame by address so the stack keeps its shape.
             let frame = *frame_of_address.entry(loc.address).or_insert_with(|| {
                 frames.push(Frame::named(format!("0x{:x}", loc.address)));
@@ -282,16 +282,19 @@ fn build_profiles(
     let mut key = Vec::new();
     let mut negative = 0u64;
     let mut empty = 0u64;
-    for s in &p.sample {
-        if s.value.len() != p.sample_type.len() {
+    let mut s = SampleReader::default();
+    for raw in &p.samples {
+        s.read(raw)
+            .map_err(|e| DecodeError::Malformed(format!("not a valid pprof protobuf: {e}")))?;
+        if s.values.len() != p.sample_type.len() {
             return Err(DecodeError::Malformed(format!(
                 "a sample has {} values but the profile declares {} sample types",
-                s.value.len(),
+                s.values.len(),
                 p.sample_type.len()
             )));
         }
         stack.clear();
-        for id in s.location_id.iter().rev() {
+        for id in s.location_ids.iter().rev() {
             let &(start, len) = location_span.get(id).ok_or_else(|| {
                 DecodeError::Malformed(format!("a sample references missing location {id}"))
             })?;
@@ -305,7 +308,7 @@ fn build_profiles(
         }
         key.clear();
         key.extend(
-            s.label
+            s.labels
                 .iter()
                 .filter(|l| l.str != 0)
                 .map(|l| (l.key, l.str)),
@@ -321,7 +324,7 @@ fn build_profiles(
             }
         };
         for (i, plan) in plans.iter().enumerate() {
-            let value = s.value[plan.column];
+            let value = s.values[plan.column];
             // Negative values (delta heap profiles carry them) are dropped, as Grafana Pyroscope
             // drops them at ingest: a stored profile only adds, so every view of it — flamegraph,
             // top table, pprof, collapsed — sums the same non-negative values.

@@ -14,6 +14,7 @@ mod decode;
 mod encode;
 pub mod proto;
 pub mod push;
+mod view;
 
 use std::io::Read;
 
