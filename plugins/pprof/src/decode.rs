@@ -374,7 +374,8 @@ fn build_profiles(
                 profile_type: plan.profile_type.clone(),
                 start_ns,
                 end_ns,
-                frames: frames.clone(),
+                // Filled below: every profile of the body shares the frame list.
+                frames: Vec::new(),
                 samples,
                 meta: ProfileMeta {
                     spy_name: meta.spy_name.clone(),
@@ -382,6 +383,12 @@ fn build_profiles(
                 },
             });
         }
+    }
+    if let Some((last, rest)) = out.split_last_mut() {
+        for p in rest {
+            p.frames = frames.clone();
+        }
+        last.frames = frames;
     }
     Ok(out)
 }
