@@ -52,7 +52,8 @@ struct Bucket {
 #[derive(Default)]
 pub struct Buffer {
     services: Vec<(String, String)>,
-    service_index: FxHashMap<(String, String), u32>,
+    /// By [`ids::service`], as [`Known`] keys them.
+    service_index: FxHashMap<u64, u32>,
     frames: RowWriter,
     stacks: RowWriter,
     series: RowWriter,
@@ -73,13 +74,13 @@ impl Buffer {
         self.frames.rows + self.stacks.rows + self.series.rows + self.buckets.len() + self.values
     }
 
-    fn service(&mut self, tenant: &str, service: &str) -> u32 {
-        let key = (tenant.to_string(), service.to_string());
+    /// The index of `service` of `tenant` in this buffer; `key` is their [`ids::service`].
+    fn service(&mut self, tenant: &str, service: &str, key: u64) -> u32 {
         if let Some(&i) = self.service_index.get(&key) {
             return i;
         }
         let i = self.services.len() as u32;
-        self.services.push(key.clone());
+        self.services.push((tenant.to_string(), service.to_string()));
         self.service_index.insert(key, i);
         i
     }
@@ -96,41 +97,31 @@ impl Buffer {
         self.since.get_or_insert_with(Instant::now);
         known.trim();
         let mut frame_ids: Vec<u64> = Vec::new();
-        let mut stack_frames: Vec<u64> = Vec::new();
         let mut stacks: FxHashMap<u64, i64> = FxHashMap::default();
+        // Stack id of each sample of the previous profile: a pprof with several sample types
+        // arrives as consecutive profiles with the same frames and stacks, hashed once.
+        let mut sample_ids: Vec<u64> = Vec::new();
+        let mut previous: Option<&Profile> = None;
         for p in profiles {
             let service = p.labels.service_name().expect("validated");
             let svc_key = ids::service(tenant, service);
-            let svc = self.service(tenant, service);
-            frame_ids.clear();
-            for f in &p.frames {
-                let id = ids::frame(f);
-                frame_ids.push(id);
-                if known.frames.insert((svc_key, id)) {
-                    self.frames
-                        .str(tenant)
-                        .str(service)
-                        .u64(id)
-                        .str(&f.function)
-                        .str(&f.file)
-                        .u32(f.line)
-                        .u32(f.start_line)
-                        .end_row();
-                }
+            let svc = self.service(tenant, service, svc_key);
+            let same_stacks = previous.is_some_and(|q| {
+                q.labels.service_name() == p.labels.service_name()
+                    && q.samples.len() == p.samples.len()
+                    && q.frames == p.frames
+                    && q.samples
+                        .iter()
+                        .zip(&p.samples)
+                        .all(|(a, b)| a.stack == b.stack)
+            });
+            previous = Some(p);
+            if !same_stacks {
+                let service = (tenant, service, svc_key);
+                self.add_stacks(known, service, p, &mut frame_ids, &mut sample_ids);
             }
             stacks.clear();
-            for s in &p.samples {
-                stack_frames.clear();
-                stack_frames.extend(s.stack.iter().map(|&i| frame_ids[i as usize]));
-                let id = ids::stack(&stack_frames);
-                if known.stacks.insert((svc_key, id)) {
-                    self.stacks
-                        .str(tenant)
-                        .str(service)
-                        .u64(id)
-                        .array_u64(&stack_frames)
-                        .end_row();
-                }
+            for (s, &id) in p.samples.iter().zip(&sample_ids) {
                 *stacks.entry(id).or_default() += s.value;
             }
             let series = ids::series(&p.labels, &p.profile_type);
@@ -170,6 +161,50 @@ impl Buffer {
                 }
                 self.values += row.stacks.len() - before;
             }
+        }
+    }
+
+    /// Ids of `p`'s frames into `frame_ids` and of each sample's stack into `sample_ids`; rows
+    /// for those `known` has not seen. `service` is (tenant, name, key).
+    fn add_stacks(
+        &mut self,
+        known: &mut Known,
+        (tenant, service, svc_key): (&str, &str, u64),
+        p: &Profile,
+        frame_ids: &mut Vec<u64>,
+        sample_ids: &mut Vec<u64>,
+    ) {
+        frame_ids.clear();
+        for f in &p.frames {
+            let id = ids::frame(f);
+            frame_ids.push(id);
+            if known.frames.insert((svc_key, id)) {
+                self.frames
+                    .str(tenant)
+                    .str(service)
+                    .u64(id)
+                    .str(&f.function)
+                    .str(&f.file)
+                    .u32(f.line)
+                    .u32(f.start_line)
+                    .end_row();
+            }
+        }
+        sample_ids.clear();
+        let mut stack_frames = Vec::new();
+        for s in &p.samples {
+            stack_frames.clear();
+            stack_frames.extend(s.stack.iter().map(|&i| frame_ids[i as usize]));
+            let id = ids::stack(&stack_frames);
+            if known.stacks.insert((svc_key, id)) {
+                self.stacks
+                    .str(tenant)
+                    .str(service)
+                    .u64(id)
+                    .array_u64(&stack_frames)
+                    .end_row();
+            }
+            sample_ids.push(id);
         }
     }
 
