@@ -80,7 +80,8 @@ impl Buffer {
             return i;
         }
         let i = self.services.len() as u32;
-        self.services.push((tenant.to_string(), service.to_string()));
+        self.services
+            .push((tenant.to_string(), service.to_string()));
         self.service_index.insert(key, i);
         i
     }
