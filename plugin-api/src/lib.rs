@@ -23,6 +23,7 @@ pub mod selector;
 pub mod skipped;
 pub mod tenant;
 pub mod tree;
+pub mod varint;
 
 pub use component::*;
 pub use labels::{Labels, NameParseError, PyroscopeName};

@@ -1,6 +1,8 @@
 //! ClickHouse's `RowBinary` format: the columns of each row in order, little-endian numbers,
 //! strings and arrays prefixed by their length as an unsigned LEB128 varint.
 
+use kiln_plugin_api::varint::{read_uvarint, VarintError};
+
 use crate::error::ClickHouseError;
 
 /// Rows being encoded for one `INSERT … FORMAT RowBinary`.
@@ -110,17 +112,13 @@ impl<'a> RowReader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ClickHouseError> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.take(1)?[0];
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(ClickHouseError::Decode(
-            "a length varint is too long".into(),
-        ))
+        read_uvarint(self.bytes, &mut self.at).map_err(|e| match e {
+            VarintError::Truncated => ClickHouseError::Decode(format!(
+                "a RowBinary answer ends after {} bytes, inside a value",
+                self.bytes.len()
+            )),
+            VarintError::TooLong => ClickHouseError::Decode("a length varint is too long".into()),
+        })
     }
 
     pub fn u32(&mut self) -> Result<u32, ClickHouseError> {

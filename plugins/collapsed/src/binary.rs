@@ -5,6 +5,7 @@
 //! * `tree`: pre-order nodes of `uvarint len, frame name, uvarint self, uvarint children`; the
 //!   root's name is ignored; every node with a self value is the stack from the root's child.
 
+use kiln_plugin_api::varint::{read_uvarint, VarintError};
 use kiln_plugin_api::DecodeError;
 
 struct Reader<'a> {
@@ -18,19 +19,10 @@ impl<'a> Reader<'a> {
     }
 
     fn uvarint(&mut self) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self
-                .bytes
-                .get(self.pos)
-                .ok_or_else(|| self.err("truncated varint"))?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.err("varint longer than 10 bytes"))
+        read_uvarint(self.bytes, &mut self.pos).map_err(|e| match e {
+            VarintError::Truncated => self.err("truncated varint"),
+            VarintError::TooLong => self.err("varint longer than 10 bytes"),
+        })
     }
 
     fn bytes(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {

@@ -6,6 +6,7 @@
 //! reused buffers, and strings are `&str` into the body. Locations and functions are read
 //! into flat vectors once. Fields Kiln does not use (mappings, comments, columns) are skipped.
 
+use kiln_plugin_api::varint::{read_uvarint, VarintError};
 use kiln_plugin_api::DecodeError;
 
 use crate::proto::{Function, Label, Line, ValueType};
@@ -70,19 +71,12 @@ impl<'a> Wire<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, WireError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self
-                .bytes
-                .get(self.pos)
-                .ok_or_else(|| WireError("a varint runs past the end of its message".into()))?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(WireError("a varint is longer than ten bytes".into()))
+        read_uvarint(self.bytes, &mut self.pos).map_err(|e| {
+            WireError(match e {
+                VarintError::Truncated => "a varint runs past the end of its message".into(),
+                VarintError::TooLong => "a varint is longer than ten bytes".into(),
+            })
+        })
     }
 
     /// The next field's number and wire type.

@@ -23,6 +23,8 @@
 //! over the day, agents on a 60 s cycle — most coarse buckets hold one profile, and the
 //! references keep the column from being stored at every level.
 
+use kiln_plugin_api::varint::read_uvarint;
+
 use crate::error::ChunkError;
 
 const VERSION: u8 = 1;
@@ -233,15 +235,8 @@ impl Reader<'_> {
     }
 
     pub fn varint(&mut self) -> Result<u64, ChunkError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(ChunkError::Truncated(self.pos))
+        // Too long reads as truncated, as chunks always said.
+        read_uvarint(self.bytes, &mut self.pos).map_err(|_| ChunkError::Truncated(self.pos))
     }
 
     pub fn bytes(&mut self, n: usize) -> Result<&[u8], ChunkError> {
