@@ -395,6 +395,20 @@ impl Profile {
         self.samples.iter().map(|s| s.value).sum()
     }
 
+    /// Whether `other` has the same service, frames and sample stacks, so that what storage
+    /// derives from them (frame and stack ids) carries over: the profiles a pprof with several
+    /// sample types becomes differ only in their values.
+    pub fn shares_stacks_with(&self, other: &Profile) -> bool {
+        self.labels.service_name() == other.labels.service_name()
+            && self.samples.len() == other.samples.len()
+            && self.frames == other.frames
+            && self
+                .samples
+                .iter()
+                .zip(&other.samples)
+                .all(|(a, b)| a.stack == b.stack)
+    }
+
     /// Frame names of a sample, root first.
     pub fn stack_names<'a>(&'a self, sample: &'a Sample) -> impl Iterator<Item = &'a str> + 'a {
         sample

@@ -107,15 +107,7 @@ impl Buffer {
             let service = p.labels.service_name().expect("validated");
             let svc_key = ids::service(tenant, service);
             let svc = self.service(tenant, service, svc_key);
-            let same_stacks = previous.is_some_and(|q| {
-                q.labels.service_name() == p.labels.service_name()
-                    && q.samples.len() == p.samples.len()
-                    && q.frames == p.frames
-                    && q.samples
-                        .iter()
-                        .zip(&p.samples)
-                        .all(|(a, b)| a.stack == b.stack)
-            });
+            let same_stacks = previous.is_some_and(|q| q.shares_stacks_with(p));
             previous = Some(p);
             if !same_stacks {
                 let service = (tenant, service, svc_key);

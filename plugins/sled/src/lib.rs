@@ -779,15 +779,7 @@ impl Inner {
         let mut dictionary_added = 0usize;
         for p in profiles {
             let service = p.labels.service_name().expect("validated").to_string();
-            let same_stacks = previous.as_ref().is_some_and(|q| {
-                q.labels.service_name() == p.labels.service_name()
-                    && q.frames == p.frames
-                    && q.samples.len() == p.samples.len()
-                    && q.samples
-                        .iter()
-                        .zip(&p.samples)
-                        .all(|(a, b)| a.stack == b.stack)
-            });
+            let same_stacks = previous.is_some_and(|q| q.shares_stacks_with(p));
             if !same_stacks {
                 let next_service = st.services.len() as u32;
                 let uses = st.uses;
