@@ -96,7 +96,70 @@ impl Inner {
                 report.chunks_deleted += 1;
             }
         }
+        let collected = self.collect_dictionaries()?;
+        if collected > 0 {
+            tracing::info!(
+                rows = collected,
+                "deleted the frames and stacks of services with no data left"
+            );
+        }
         Ok(report)
+    }
+
+    /// Deletes the frames and stacks of services that have no series and no buckets left
+    /// (deleted, or past retention), among the rows inserted at least
+    /// `dictionary_collect_after` ago. A daemon still writing such a service inserts its frames
+    /// and stacks again within a third of that ([`crate::write::Known`]), so what it counts on
+    /// is always newer than what goes. Returns the rows deleted.
+    pub(crate) fn collect_dictionaries(&self) -> Result<u64, StorageError> {
+        let (frames, stacks, series, buckets) = (
+            self.table("frames"),
+            self.table("stacks"),
+            self.table("series"),
+            self.table("buckets"),
+        );
+        let rows = self.client.query(&format!(
+            "SELECT DISTINCT tenant, service FROM \
+             (SELECT tenant, service FROM {frames} UNION ALL SELECT tenant, service FROM {stacks}) \
+             WHERE (tenant, service) NOT IN (SELECT DISTINCT tenant, service FROM {series}) \
+             AND (tenant, service) NOT IN (SELECT DISTINCT tenant, service FROM {buckets}) \
+             FORMAT RowBinary"
+        ))?;
+        let mut r = RowReader::new(&rows);
+        let mut orphans = Vec::new();
+        while !r.at_end() {
+            orphans.push(format!(
+                "(tenant = {} AND service = {})",
+                quote(&r.string()?),
+                quote(&r.string()?)
+            ));
+        }
+        let old_enough = format!(
+            "inserted < now() - {}",
+            self.config.dictionary_collect_after.as_secs()
+        );
+        let mut deleted = 0;
+        // A mutation rewrites the parts it touches: one per table for many services, and none
+        // when nothing is old enough yet (retention passes come back for the rest).
+        for services in orphans.chunks(256) {
+            let filter = format!("{old_enough} AND ({})", services.join(" OR "));
+            for table in [&frames, &stacks] {
+                let rows = self.client.query(&format!(
+                    "SELECT toUInt64(count()) FROM {table} WHERE {filter} FORMAT RowBinary"
+                ))?;
+                let mut r = RowReader::new(&rows);
+                let n = if r.at_end() { 0 } else { r.u64()? };
+                if n > 0 {
+                    self.client
+                        .execute(&format!("ALTER TABLE {table} DELETE WHERE {filter}"))?;
+                    deleted += n;
+                }
+            }
+        }
+        if deleted > 0 {
+            self.wait_for_mutations()?;
+        }
+        Ok(deleted)
     }
 
     /// Oldest day partitions first, finest level first, until the database fits `max_bytes`.

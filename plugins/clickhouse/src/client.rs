@@ -70,7 +70,8 @@ impl Client {
         self.post(None, sql.as_bytes())
     }
 
-    /// Inserts RowBinary `rows` into `table` (`database.table`).
+    /// Inserts RowBinary `rows` into `table` (`database.table`, and a column list if the rows
+    /// do not give every column).
     pub fn insert(&self, table: &str, rows: &[u8]) -> Result<(), ClickHouseError> {
         let statement = format!("INSERT INTO {table} FORMAT RowBinary");
         self.post(Some(&statement), rows).map(drop)

@@ -34,6 +34,12 @@ pub struct ClickHouseConfig {
     /// Longest a query or insert may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The frames and stacks of a service with no data left (deleted, or past retention) are
+    /// deleted by the retention pass once they were inserted at least this long ago. Each
+    /// daemon inserts a service's frames and stacks again when its own insert of them is older
+    /// than a third of this, so none counts on a row the pass may delete.
+    #[serde(with = "humantime_serde")]
+    pub dictionary_collect_after: Duration,
 }
 
 impl Default for ClickHouseConfig {
@@ -49,6 +55,7 @@ impl Default for ClickHouseConfig {
             flush_interval: Duration::from_secs(1),
             max_buffered_rows: 4_000_000,
             timeout: Duration::from_secs(30),
+            dictionary_collect_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -90,7 +97,16 @@ impl ClickHouseConfig {
         if self.flush_interval.is_zero() || self.timeout.is_zero() {
             return Err("flush_interval` and `timeout: must be greater than zero".into());
         }
+        if self.dictionary_collect_after < Duration::from_secs(3) {
+            return Err("dictionary_collect_after`: must be at least 3s".into());
+        }
         Ok(())
+    }
+
+    /// How long a daemon skips frames and stacks it has inserted: a third of
+    /// [`Self::dictionary_collect_after`], which leaves the rest for clocks and delays.
+    pub fn known_max_age(&self) -> Duration {
+        self.dictionary_collect_after / 3
     }
 }
 
@@ -112,6 +128,15 @@ mod tests {
             ..ok.clone()
         };
         assert!(e.validate().unwrap_err().starts_with("database`:"));
+        let e = ClickHouseConfig {
+            dictionary_collect_after: Duration::from_secs(1),
+            ..ok.clone()
+        };
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .starts_with("dictionary_collect_after`:"));
+        assert_eq!(ok.known_max_age(), Duration::from_secs(600));
         let e = ClickHouseConfig {
             url: "127.0.0.1:8123".into(),
             ..ok

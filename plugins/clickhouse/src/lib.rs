@@ -42,7 +42,7 @@ use client::Client;
 pub use config::ClickHouseConfig;
 pub use error::ClickHouseError;
 use rowbinary::RowWriter;
-use write::{Buffer, Known, TABLES};
+use write::{Buffer, Known, COLUMNS, TABLES};
 
 const NS: i64 = 1_000_000_000;
 
@@ -116,7 +116,7 @@ impl ClickHouseStorage {
                 config: config.clone(),
                 levels,
                 buffer: Mutex::new(Buffer::default()),
-                known: Mutex::new(Known::default()),
+                known: Mutex::new(Known::new(config.known_max_age())),
                 unsent: Mutex::new(Default::default()),
                 daemon,
                 delivered: AtomicU64::new(delivered),
@@ -204,11 +204,12 @@ impl Inner {
         for (queued, rows) in unsent.iter_mut().zip(taken.encode()) {
             queued.append(rows);
         }
-        for (table, rows) in TABLES.iter().zip(unsent.iter_mut()) {
+        for ((table, columns), rows) in TABLES.iter().zip(COLUMNS).zip(unsent.iter_mut()) {
             if rows.is_empty() {
                 continue;
             }
-            self.client.insert(&self.table(table), &rows.bytes)?;
+            self.client
+                .insert(&format!("{} {columns}", self.table(table)), &rows.bytes)?;
             *rows = RowWriter::default();
         }
         if let (Some(daemon), Some(s)) = (&self.daemon, *seq) {

@@ -5,7 +5,8 @@
 //! ReplacingMergeTree: the same version inserted twice is one row). A database whose version
 //! is newer than [`SCHEMA_VERSION`] was written by a newer Kiln: this one refuses to start on
 //! it. One at version 1 is upgraded in place by the one daemon that claims the upgrade (see
-//! [`upgrade_from_1`]); the others wait for it.
+//! [`upgrade_from_1`]); the others wait for it. Version 3 added when each frame and stack row
+//! was inserted ([`upgrade_from_2`]).
 //!
 //! The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: no
 //! TTL, no LowCardinality, no `mutations_sync`.
@@ -17,7 +18,10 @@ use crate::error::ClickHouseError;
 use crate::rowbinary::RowReader;
 
 /// The newest schema this Kiln knows.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Code of "column already exists": two daemons upgrading at once both add it.
+const COLUMN_EXISTS: u32 = 44;
 
 /// Code of "table already exists", which a concurrent `CREATE … IF NOT EXISTS` can still
 /// answer on old servers, and of "database already exists".
@@ -27,11 +31,15 @@ const ALREADY_EXISTS: [u32; 2] = [57, 82];
 const TABLES: &[&str] = &[
     // Frames and stacks of each service, keyed by a 64-bit hash of their content: every
     // daemon computes the same id, so two inserting the same new stack insert the same row.
+    // `inserted` (set by the server) lets the retention pass delete the rows of a service that
+    // has no data left without racing a daemon that still counts on them (see `admin`).
     "CREATE TABLE IF NOT EXISTS {db}.frames (tenant String, service String, frame UInt64, \
-     function String, file String, line UInt32, start_line UInt32) \
+     function String, file String, line UInt32, start_line UInt32, \
+     inserted DateTime DEFAULT now()) \
      ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, frame)",
     "CREATE TABLE IF NOT EXISTS {db}.stacks (tenant String, service String, stack UInt64, \
-     frames Array(UInt64)) ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, stack)",
+     frames Array(UInt64), inserted DateTime DEFAULT now()) \
+     ENGINE = ReplacingMergeTree() ORDER BY (tenant, service, stack)",
     // The series index: one row per series and hour it has data in.
     "CREATE TABLE IF NOT EXISTS {db}.series (tenant String, service String, series UInt64, \
      hour Int64, labels String, profile_type String, spy_name String, sample_rate UInt32) \
@@ -102,6 +110,9 @@ pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32
     }
     if found == 1 {
         upgrade_from_1(client, database, timeout)?;
+    }
+    if found == 1 || found == 2 {
+        upgrade_from_2(client, database)?;
         return Ok(SCHEMA_VERSION);
     }
     for s in TABLES {
@@ -157,6 +168,22 @@ fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), Cl
     client.execute(&format!("DROP TABLE IF EXISTS {db}.profiles"))?;
     client.execute(&format!("DROP TABLE IF EXISTS {db}.upgrade_to_2"))?;
     Ok(())
+}
+
+/// Version 3: frames and stacks say when they were inserted. Rows already there read as
+/// inserted "now" (ClickHouse computes a missing column's default when it reads) until a merge
+/// of their part writes the column, so they are collected only after that merge. Idempotent:
+/// a second daemon upgrading at once finds the column there.
+fn upgrade_from_2(client: &Client, db: &str) -> Result<(), ClickHouseError> {
+    for table in ["frames", "stacks"] {
+        match client.execute(&format!(
+            "ALTER TABLE {db}.{table} ADD COLUMN inserted DateTime DEFAULT now()"
+        )) {
+            Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => {}
+            r => r?,
+        }
+    }
+    record(client, db, 3)
 }
 
 fn wait_for_upgrade(client: &Client, db: &str, timeout: Duration) -> Result<(), ClickHouseError> {

@@ -8,7 +8,7 @@
 //! dependency order (frames, stacks, series, then buckets), so a value never lands before the
 //! stack it refers to, and a table already sent is not sent twice.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kiln_plugin_api::{Profile, Tenant};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -21,21 +21,46 @@ const NS: i64 = 1_000_000_000;
 /// Tables in the order they are sent.
 pub const TABLES: [&str; 4] = ["frames", "stacks", "series", "buckets"];
 
+/// The columns each table's rows give, in [`TABLES`] order (all of them when empty): frames and
+/// stacks leave `inserted` to the server, so it says when a row arrived, not when it was buffered.
+pub const COLUMNS: [&str; 4] = [
+    "(tenant, service, frame, function, file, line, start_line)",
+    "(tenant, service, stack, frames)",
+    "",
+    "",
+];
+
 /// Frame and stack ids already written per service: skipped on later writes. Bounded: past
-/// [`Known::MAX`] entries it starts over (rewriting a row is harmless, the tables deduplicate).
-#[derive(Default)]
+/// [`Known::MAX`] entries, or `max_age` after it started, it starts over (rewriting a row is
+/// harmless, the tables deduplicate). The age bound is what lets the retention pass delete the
+/// dictionary rows of a service with no data left: no daemon skips a row inserted longer ago
+/// than `max_age` ([`crate::ClickHouseConfig::dictionary_collect_after`]).
 pub struct Known {
     frames: FxHashSet<(u64, u64)>,
     stacks: FxHashSet<(u64, u64)>,
+    started: Instant,
+    max_age: Duration,
 }
 
 impl Known {
     const MAX: usize = 4 << 20;
 
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            frames: FxHashSet::default(),
+            stacks: FxHashSet::default(),
+            started: Instant::now(),
+            max_age,
+        }
+    }
+
     fn trim(&mut self) {
-        if self.frames.len() + self.stacks.len() > Self::MAX {
+        if self.frames.len() + self.stacks.len() > Self::MAX
+            || self.started.elapsed() >= self.max_age
+        {
             self.frames.clear();
             self.stacks.clear();
+            self.started = Instant::now();
         }
     }
 }

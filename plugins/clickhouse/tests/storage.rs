@@ -344,3 +344,96 @@ async fn clickhouse_storage_end_to_end() {
     .unwrap();
     assert!(e.to_string().contains("`url`"), "{e}");
 }
+
+/// Frames and stacks of a service with no data left go in the retention pass once old enough;
+/// a daemon still writing that service never loses a name it counts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dictionaries_of_services_with_no_data_left_are_collected() {
+    let server = TestServer::start();
+    let t = Tenant::default();
+    let base = now_s() - 600;
+    let collect_after = std::time::Duration::from_secs(3);
+    let s = ClickHouseStorage::open(
+        &ClickHouseConfig {
+            dictionary_collect_after: collect_after,
+            ..config(&server, "kiln_gc")
+        },
+        levels(),
+        None,
+    )
+    .unwrap();
+    let rows = |service: &str| {
+        server
+            .sql(&format!(
+                "SELECT (SELECT count() FROM kiln_gc.frames WHERE service = '{service}') + \
+                 (SELECT count() FROM kiln_gc.stacks WHERE service = '{service}')"
+            ))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let folded = |service: &str| {
+        let s = &s;
+        let sel = format!("{service}.cpu");
+        async move {
+            s.select_merge(&Tenant::default(), &query(&sel, base - 100, base + 100))
+                .await
+                .unwrap()
+                .tree
+                .to_folded()
+        }
+    };
+    s.write(
+        &t,
+        vec![
+            profile("gone", "prod", base, &[(&["main", "old"], 2)]),
+            profile("kept", "prod", base, &[(&["main", "work"], 3)]),
+            profile("busy", "prod", base, &[(&["main", "loop"], 4)]),
+        ],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    assert_eq!((rows("gone"), rows("kept")), (3, 3));
+
+    // `busy` is deleted and at once pushed again: this daemon still counts on the rows it
+    // inserted a moment ago, so it sends the profile without them.
+    s.delete_service(&t, "busy").await.unwrap();
+    s.write(
+        &t,
+        vec![profile("busy", "prod", base, &[(&["main", "loop"], 5)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    s.delete_service(&t, "gone").await.unwrap();
+    assert_eq!(folded("gone").await, "");
+
+    // Deleted, but inserted too recently: kept for now.
+    s.enforce_retention(now_s() * NS).await.unwrap();
+    assert_eq!(rows("gone"), 3, "younger than dictionary_collect_after");
+
+    tokio::time::sleep(collect_after + std::time::Duration::from_millis(1500)).await;
+    s.enforce_retention(now_s() * NS).await.unwrap();
+    assert_eq!(rows("gone"), 0, "no data left and old enough: collected");
+    assert_eq!(rows("kept"), 3, "a service with data keeps its dictionary");
+    assert!(rows("busy") > 0, "data came back after the delete");
+    assert_eq!(folded("busy").await, "main;loop 5\n", "names intact");
+    assert_eq!(folded("kept").await, "main;work 3\n");
+
+    // Pushed again after its rows went: this daemon no longer counts on them (it forgets what
+    // it inserted after a third of dictionary_collect_after), so they are inserted again.
+    s.write(
+        &t,
+        vec![profile("gone", "prod", base, &[(&["main", "old"], 7)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(rows("gone"), 3);
+    assert_eq!(
+        folded("gone").await,
+        "main;old 7\n",
+        "names back with the data"
+    );
+}

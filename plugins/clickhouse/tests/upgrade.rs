@@ -54,8 +54,24 @@ const V1_TABLES: [&str; 2] = [
      PARTITION BY (level, intDiv(bucket, 86400)) ORDER BY (tenant, service, level, series, bucket)",
 ];
 
+/// Rewrites frames and stacks of `db` as versions 1 and 2 held them, and records `version`.
+fn without_inserted_times(server: &TestServer, db: &str, version: u32) {
+    for table in ["frames", "stacks"] {
+        server.sql(&format!("ALTER TABLE {db}.{table} DROP COLUMN inserted"));
+    }
+    server.sql(&format!("DROP TABLE {db}.schema_version"));
+    server.sql(&format!(
+        "CREATE TABLE {db}.schema_version (version UInt32, kiln String, applied DateTime) \
+         ENGINE = ReplacingMergeTree() ORDER BY version"
+    ));
+    server.sql(&format!(
+        "INSERT INTO {db}.schema_version VALUES ({version}, 'old', now())"
+    ));
+}
+
 /// Rewrites `db` (written by this version) as version 1 held it.
 fn downgrade_to_v1(server: &TestServer, db: &str) {
+    without_inserted_times(server, db, 1);
     for s in V1_TABLES {
         server.sql(&s.replace("{db}", db));
     }
@@ -74,14 +90,6 @@ fn downgrade_to_v1(server: &TestServer, db: &str) {
          total FROM {db}.buckets"
     ));
     server.sql(&format!("DROP TABLE {db}.buckets"));
-    server.sql(&format!("DROP TABLE {db}.schema_version"));
-    server.sql(&format!(
-        "CREATE TABLE {db}.schema_version (version UInt32, kiln String, applied DateTime) \
-         ENGINE = ReplacingMergeTree() ORDER BY version"
-    ));
-    server.sql(&format!(
-        "INSERT INTO {db}.schema_version VALUES (1, 'old', now())"
-    ));
 }
 
 fn tables(server: &TestServer, db: &str) -> String {
@@ -133,7 +141,7 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
         server
             .sql("SELECT max(version) FROM kiln_up.schema_version")
             .trim(),
-        "2"
+        "3"
     );
     assert_eq!(
         tables(&server, "kiln_up"),
@@ -172,6 +180,59 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
             .trim(),
         "1\t2"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_2_database_gets_insert_times_once() {
+    let server = TestServer::start();
+    let t = Tenant::default();
+    let now = now_s();
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), levels(), None).unwrap();
+    s.write(
+        &t,
+        vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let before = answers(&s, now).await;
+    drop(s);
+    without_inserted_times(&server, "kiln_v2", 2);
+    // Two daemons upgrade at once: both add the column, one finds it there; both open.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let c = config(&server, "kiln_v2");
+            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        server
+            .sql("SELECT max(version) FROM kiln_v2.schema_version")
+            .trim(),
+        "3"
+    );
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), levels(), None).unwrap();
+    assert_eq!(answers(&s, now).await, before, "the same answers");
+    // New rows get the server's time; the old ones read as "now" until a merge writes theirs.
+    s.write(&t, vec![profile("cart", now - 20, &[(&["run"], 1)])])
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    for table in ["frames", "stacks"] {
+        assert_eq!(
+            server
+                .sql(&format!(
+                    "SELECT count() > 0, max(inserted) <= now(), min(inserted) > now() - 600 \
+                     FROM kiln_v2.{table} FORMAT TSV"
+                ))
+                .trim(),
+            "1\t1\t1",
+            "{table}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
