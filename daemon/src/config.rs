@@ -130,7 +130,8 @@ pub struct StorageConfig {
     /// Maximum age of any data; caps every level's retention.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Time levels, finest first.
+    /// Time levels, finest first. Empty (the default): the backend's own, sled's five or
+    /// ClickHouse's three (or, for an existing ClickHouse database, what it was created with).
     pub levels: Vec<Level>,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
@@ -168,7 +169,7 @@ impl Default for StorageConfig {
             kind: "sled".into(),
             path: PathBuf::from("./data"),
             retention: Duration::from_secs(30 * 86_400),
-            levels: kiln_storage_sled::default_levels(),
+            levels: Vec::new(),
             cache_capacity_bytes: 32 << 20,
             query_budget_bytes: 64 << 20,
             dictionary_cache_bytes: 64 << 20,
@@ -705,18 +706,29 @@ impl Config {
         }
     }
 
-    /// `(resolution, retention)` of each level in seconds, retention capped as for sled.
-    pub fn level_seconds(&self) -> Vec<(u64, u64)> {
-        self.sled_config()
-            .levels
-            .iter()
-            .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
-            .collect()
+    /// The levels of the ClickHouse storage: as configured (retention capped as for sled), or
+    /// the database's own.
+    pub fn clickhouse_levels(&self) -> kiln_storage_clickhouse::LevelChoice {
+        if self.storage.levels.is_empty() {
+            return kiln_storage_clickhouse::LevelChoice::Default {
+                max_retention: self.storage.retention.as_secs(),
+            };
+        }
+        kiln_storage_clickhouse::LevelChoice::Configured(
+            self.sled_config()
+                .levels
+                .iter()
+                .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
+                .collect(),
+        )
     }
 
     /// The sled configuration, with every level's retention capped by `storage.retention`.
     pub fn sled_config(&self) -> kiln_storage_sled::SledConfig {
-        let mut levels = self.storage.levels.clone();
+        let mut levels = match self.storage.levels.is_empty() {
+            true => kiln_storage_sled::default_levels(),
+            false => self.storage.levels.clone(),
+        };
         for l in &mut levels {
             l.retention = l.retention.min(self.storage.retention).max(l.resolution);
         }
@@ -936,6 +948,31 @@ mod tests {
             let err = load_str(text, &[]).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn unset_levels_are_each_backends_own() {
+        use kiln_storage_clickhouse::LevelChoice;
+        let c = load_str("[storage]\nretention = \"7d\"\n", &[]).unwrap();
+        assert_eq!(c.sled_config().levels.len(), 5, "sled's five");
+        assert_eq!(
+            c.clickhouse_levels(),
+            LevelChoice::Default {
+                max_retention: 7 * 86_400
+            },
+            "ClickHouse's, or the database's"
+        );
+        let c = load_str(
+            "[storage]\nretention = \"7d\"\nlevels = [{ resolution = \"10s\", retention = \"30d\" }]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.clickhouse_levels(),
+            LevelChoice::Configured(vec![(10, 7 * 86_400)]),
+            "as configured, capped by retention"
+        );
+        assert_eq!(c.sled_config().levels.len(), 1);
     }
 
     #[test]

@@ -217,7 +217,7 @@ pub fn open_storage(config: &Config, plugins: &Registry) -> anyhow::Result<Arc<d
     if config.storage.kind == "clickhouse" {
         // Built in: several daemons share it, so it is the scale-out path and ships with
         // every build rather than as a separate library to deploy next to each daemon.
-        let levels = config.level_seconds();
+        let levels = config.clickhouse_levels();
         if let Err(e) = config.sled_config().validate() {
             anyhow::bail!("{}: in [storage], key `{e}", config.path.display());
         }

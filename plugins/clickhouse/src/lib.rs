@@ -20,6 +20,7 @@ mod client;
 pub mod config;
 mod error;
 mod ids;
+pub mod levels;
 mod plan;
 mod read;
 mod rowbinary;
@@ -41,6 +42,8 @@ use parking_lot::Mutex;
 use client::Client;
 pub use config::ClickHouseConfig;
 pub use error::ClickHouseError;
+pub use levels::LevelChoice;
+use levels::LevelsError;
 use rowbinary::RowWriter;
 use write::{Buffer, Known, COLUMNS, TABLES};
 
@@ -51,6 +54,8 @@ const NS: i64 = 1_000_000_000;
 pub enum OpenError {
     #[error("in [storage.clickhouse], key `{0}")]
     Config(String),
+    #[error("in [storage], key `levels`: {0}")]
+    Levels(String),
     #[error("in [storage.clickhouse], key `url`: {0}")]
     Unreachable(ClickHouseError),
     #[error("in [storage.clickhouse], keys `user` and `password`: {0}")]
@@ -86,24 +91,32 @@ struct Inner {
 
 impl ClickHouseStorage {
     /// Connects, creates or upgrades the schema, and refuses a schema newer than this Kiln's.
-    /// `levels` are `(resolution, retention)` in seconds, finest first. `state_dir` keeps this
-    /// daemon's id, under which ClickHouse records the last write-ahead log record it holds
-    /// (so a restart replays only what it lacks); without it a crash may deliver a flush twice.
+    /// `levels`: the configured `(resolution, retention)` in seconds, finest first, or the
+    /// database's own ([`LevelChoice`]). `state_dir` keeps this daemon's id, under which
+    /// ClickHouse records the last write-ahead log record it holds (so a restart replays only
+    /// what it lacks); without it a crash may deliver a flush twice.
     pub fn open(
         config: &ClickHouseConfig,
-        levels: Vec<(u64, u64)>,
+        levels: impl Into<LevelChoice>,
         state_dir: Option<&Path>,
     ) -> Result<Self, OpenError> {
         config.validate().map_err(OpenError::Config)?;
-        if levels.is_empty() {
-            return Err(OpenError::Config("levels`: at least one level".into()));
+        let choice = levels.into();
+        if matches!(&choice, LevelChoice::Configured(l) if l.is_empty()) {
+            return Err(OpenError::Levels("at least one level is required".into()));
         }
         let client = Client::new(config).map_err(OpenError::Config)?;
-        schema::migrate(&client, &config.database, config.timeout).map_err(|e| match e {
-            e @ ClickHouseError::Unreachable { .. } => OpenError::Unreachable(e),
-            e @ ClickHouseError::Credentials { .. } => OpenError::Credentials(e),
-            e => OpenError::Schema(e),
-        })?;
+        let found =
+            schema::migrate(&client, &config.database, config.timeout).map_err(|e| match e {
+                e @ ClickHouseError::Unreachable { .. } => OpenError::Unreachable(e),
+                e @ ClickHouseError::Credentials { .. } => OpenError::Credentials(e),
+                e => OpenError::Schema(e),
+            })?;
+        let levels =
+            levels::resolve(&client, &config.database, &choice, found).map_err(|e| match e {
+                LevelsError::ClickHouse(e) => OpenError::Schema(e),
+                e => OpenError::Levels(e.to_string()),
+            })?;
         let daemon = state_dir.map(daemon_id).transpose()?;
         let delivered = match &daemon {
             Some(id) => delivered_seq(&client, &config.database, id).map_err(OpenError::Schema)?,

@@ -46,11 +46,17 @@ const TABLES: &[&str] = &[
      ENGINE = ReplacingMergeTree() PARTITION BY intDiv(hour, 86400) \
      ORDER BY (tenant, service, series, hour)",
     BUCKETS,
+    // What the database was created with that must not change under it: the resolutions of
+    // its time levels (see `levels`).
+    SETTINGS,
     // The last write-ahead log record of each daemon whose rows are all in: a daemon
     // restarted after a crash replays only what came after it.
     "CREATE TABLE IF NOT EXISTS {db}.delivered (daemon String, seq UInt64) \
      ENGINE = ReplacingMergeTree(seq) ORDER BY daemon",
 ];
+
+const SETTINGS: &str = "CREATE TABLE IF NOT EXISTS {db}.settings (name String, value String) \
+     ENGINE = ReplacingMergeTree() ORDER BY name";
 
 /// One row per series and bucket of each time level (the daemon writes every level, as sled
 /// does, so a long range reads coarse rows): how many profiles, their total, and the value of
@@ -90,7 +96,7 @@ pub fn version(client: &Client, database: &str) -> Result<u32, ClickHouseError> 
 }
 
 /// Creates or upgrades the schema of `database`; refuses a newer one. `timeout` bounds the
-/// wait for another daemon's upgrade.
+/// wait for another daemon's upgrade. Returns the version found (0: a new database).
 pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32, ClickHouseError> {
     tolerate_existing(client.execute(&format!("CREATE DATABASE IF NOT EXISTS {database}")))?;
     tolerate_existing(client.execute(&format!(
@@ -113,13 +119,13 @@ pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32
     }
     if found == 1 || found == 2 {
         upgrade_from_2(client, database)?;
-        return Ok(SCHEMA_VERSION);
+        return Ok(found);
     }
     for s in TABLES {
         tolerate_existing(client.execute(&s.replace("{db}", database)))?;
     }
     record(client, database, SCHEMA_VERSION)?;
-    Ok(SCHEMA_VERSION)
+    Ok(0)
 }
 
 fn record(client: &Client, database: &str, v: u32) -> Result<(), ClickHouseError> {
@@ -170,7 +176,8 @@ fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), Cl
     Ok(())
 }
 
-/// Version 3: frames and stacks say when they were inserted. Rows already there read as
+/// Version 3: frames and stacks say when they were inserted, and `settings` keeps the levels'
+/// resolutions. Rows already there read as
 /// inserted "now" (ClickHouse computes a missing column's default when it reads) until a merge
 /// of their part writes the column, so they are collected only after that merge. Idempotent:
 /// a second daemon upgrading at once finds the column there.
@@ -183,6 +190,7 @@ fn upgrade_from_2(client: &Client, db: &str) -> Result<(), ClickHouseError> {
             r => r?,
         }
     }
+    tolerate_existing(client.execute(&SETTINGS.replace("{db}", db)))?;
     record(client, db, 3)
 }
 

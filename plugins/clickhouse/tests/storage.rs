@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kiln_plugin_api::{Storage, StorageError, Tenant};
 use kiln_storage_clickhouse::test_server::TestServer;
-use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, OpenError};
+use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice, OpenError};
 
 mod common;
 use common::{config, levels, now_s, open, profile, query, NS};
@@ -436,4 +436,67 @@ async fn dictionaries_of_services_with_no_data_left_are_collected() {
         "main;old 7\n",
         "names back with the data"
     );
+}
+
+/// A new database records its levels' resolutions; a daemon configured with others refuses to
+/// start, naming what the database has, and one without `storage.levels` takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn levels_are_recorded_and_other_resolutions_refused() {
+    let server = TestServer::start();
+    let unset = LevelChoice::Default {
+        max_retention: 30 * 86_400,
+    };
+    let s = ClickHouseStorage::open(&config(&server, "kiln_lv"), unset.clone(), None).unwrap();
+    let base = now_s() - 3600;
+    s.write(
+        &Tenant::default(),
+        vec![profile("shop", "prod", base, &[(&["main"], 2)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(
+        server
+            .sql("SELECT value FROM kiln_lv.settings FINAL WHERE name = 'resolutions'")
+            .trim(),
+        "10,1000,100000",
+        "ClickHouse's own three levels"
+    );
+    assert_eq!(
+        server
+            .sql(
+                "SELECT groupArray(level) FROM \
+                 (SELECT DISTINCT level FROM kiln_lv.buckets ORDER BY level)"
+            )
+            .trim(),
+        "[0,1,2]"
+    );
+    let e = ClickHouseStorage::open(&config(&server, "kiln_lv"), levels(), None)
+        .err()
+        .expect("other resolutions are refused");
+    assert!(matches!(e, OpenError::Levels(_)), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with("in [storage], key `levels`")
+            && message.contains("10s, 1000s, 100000s"),
+        "{message}"
+    );
+    // The same resolutions configured (other retentions), or none: it opens and answers.
+    let day = 86_400;
+    let same = vec![(10, day), (1000, 7 * day), (100_000, 90 * day)];
+    ClickHouseStorage::open(&config(&server, "kiln_lv"), same, None).unwrap();
+    let again = ClickHouseStorage::open(&config(&server, "kiln_lv"), unset, None).unwrap();
+    let m = again
+        .select_merge(
+            &Tenant::default(),
+            &query("shop.cpu", base - 100, base + 100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.tree.total(), 2);
+    // No level at all is a configuration error before anything is asked of the server.
+    let e = ClickHouseStorage::open(&config(&server, "kiln_lv"), Vec::new(), None)
+        .err()
+        .expect("no levels");
+    assert!(matches!(e, OpenError::Levels(_)), "{e}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln_plugin_api::{Profile, Query, Selector, Storage, Tenant};
 use kiln_storage_clickhouse::test_server::TestServer;
-use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage};
+use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice};
 
 mod common;
 use common::{config, levels, now_s, NS};
@@ -54,11 +54,13 @@ const V1_TABLES: [&str; 2] = [
      PARTITION BY (level, intDiv(bucket, 86400)) ORDER BY (tenant, service, level, series, bucket)",
 ];
 
-/// Rewrites frames and stacks of `db` as versions 1 and 2 held them, and records `version`.
+/// Rewrites `db` as versions 1 and 2 held it (frames and stacks without insert times, no
+/// `settings`), and records `version`.
 fn without_inserted_times(server: &TestServer, db: &str, version: u32) {
     for table in ["frames", "stacks"] {
         server.sql(&format!("ALTER TABLE {db}.{table} DROP COLUMN inserted"));
     }
+    server.sql(&format!("DROP TABLE {db}.settings"));
     server.sql(&format!("DROP TABLE {db}.schema_version"));
     server.sql(&format!(
         "CREATE TABLE {db}.schema_version (version UInt32, kiln String, applied DateTime) \
@@ -145,7 +147,7 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
     );
     assert_eq!(
         tables(&server, "kiln_up"),
-        "buckets delivered frames schema_version series stacks",
+        "buckets delivered frames schema_version series settings stacks",
         "the old tables and the claim are gone"
     );
     let s = ClickHouseStorage::open(&config(&server, "kiln_up"), levels(), None).unwrap();
@@ -187,7 +189,16 @@ async fn version_2_database_gets_insert_times_once() {
     let server = TestServer::start();
     let t = Tenant::default();
     let now = now_s();
-    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), levels(), None).unwrap();
+    // Written with the five levels every database had by default before they were recorded.
+    let day = 86_400;
+    let five = vec![
+        (10, 3 * day),
+        (100, 14 * day),
+        (1000, 30 * day),
+        (10_000, 30 * day),
+        (100_000, 365 * day),
+    ];
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), five, None).unwrap();
     s.write(
         &t,
         vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
@@ -198,11 +209,15 @@ async fn version_2_database_gets_insert_times_once() {
     let before = answers(&s, now).await;
     drop(s);
     without_inserted_times(&server, "kiln_v2", 2);
-    // Two daemons upgrade at once: both add the column, one finds it there; both open.
+    // Two daemons without `storage.levels` upgrade at once: both add the column, one finds it
+    // there; both open, and take the database as written with the five levels.
+    let unset = || LevelChoice::Default {
+        max_retention: 365 * 86_400,
+    };
     let racers: Vec<_> = (0..2)
         .map(|_| {
             let c = config(&server, "kiln_v2");
-            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
+            std::thread::spawn(move || ClickHouseStorage::open(&c, unset(), None).map(drop))
         })
         .collect();
     for r in racers {
@@ -214,7 +229,13 @@ async fn version_2_database_gets_insert_times_once() {
             .trim(),
         "3"
     );
-    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), levels(), None).unwrap();
+    assert_eq!(
+        server
+            .sql("SELECT value FROM kiln_v2.settings FINAL WHERE name = 'resolutions'")
+            .trim(),
+        "10,100,1000,10000,100000"
+    );
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), unset(), None).unwrap();
     assert_eq!(answers(&s, now).await, before, "the same answers");
     // New rows get the server's time; the old ones read as "now" until a merge writes theirs.
     s.write(&t, vec![profile("cart", now - 20, &[(&["run"], 1)])])
