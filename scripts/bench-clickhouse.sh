@@ -8,7 +8,10 @@
 #      GROWTH-1 times as much more into the same database (GROWTH, default 10; 1 skips it);
 #   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
 #      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database.
-# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h). Figures come from
+# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h); LEVELS, a TOML array
+# for `storage.levels` (default: unset, ClickHouse's own three), e.g. sled's five to compare:
+#   LEVELS='[{resolution="10s",retention="3d"},{resolution="100s",retention="14d"},…]'
+# Figures come from
 # release binaries; a quick check that the script works, on the debug ones:
 #   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
 set -euo pipefail
@@ -74,6 +77,7 @@ start_daemon() {
   cat > "$work/$1/kiln.toml" <<TOML
 [storage]
 type = "clickhouse"
+${LEVELS:+levels = $LEVELS}
 [storage.clickhouse]
 url = "http://127.0.0.1:$ch_http"
 database = "$2"
