@@ -8,7 +8,9 @@
 #      GROWTH-1 times as much more into the same database (GROWTH, default 10; 1 skips it);
 #   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
 #      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database.
-# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h); LEVELS, a TOML array
+# SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h), RATE (pushes/s per
+# load generator; default 0, as fast as answered, a refusal followed at once by the next push);
+# LEVELS, a TOML array
 # for `storage.levels` (default: unset, ClickHouse's own three), e.g. sled's five to compare:
 #   LEVELS='[{resolution="10s",retention="3d"},{resolution="100s",retention="14d"},…]'
 # Figures come from
@@ -93,7 +95,7 @@ TOML
 
 loadgen() { # PORT PID JSON [SECONDS]
   "$bin/kiln-loadgen" --url "http://127.0.0.1:$1" --series "$series" --concurrency "$conc" \
-    --seconds "${4:-$secs}" --spread "$spread" --pid "$2" --json "$3"
+    --seconds "${4:-$secs}" --spread "$spread" --rate "${RATE:-0}" --pid "$2" --json "$3"
 }
 
 # Rows, parts and bytes per table of DATABASE, after a flush.
