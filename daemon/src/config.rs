@@ -723,18 +723,17 @@ impl Config {
         )
     }
 
-    /// The sled configuration, with every level's retention capped by `storage.retention`.
+    /// The sled configuration, with every level's retention capped by `storage.retention`
+    /// (no levels: the data directory's own, capped the same way).
     pub fn sled_config(&self) -> kiln_storage_sled::SledConfig {
-        let mut levels = match self.storage.levels.is_empty() {
-            true => kiln_storage_sled::default_levels(),
-            false => self.storage.levels.clone(),
-        };
+        let mut levels = self.storage.levels.clone();
         for l in &mut levels {
             l.retention = l.retention.min(self.storage.retention).max(l.resolution);
         }
         kiln_storage_sled::SledConfig {
             path: self.storage.path.clone(),
             levels,
+            max_retention: self.storage.retention,
             cache_capacity_bytes: self.storage.cache_capacity_bytes,
             query_budget_bytes: self.storage.query_budget_bytes,
             dictionary_cache_bytes: self.storage.dictionary_cache_bytes,
@@ -954,7 +953,14 @@ mod tests {
     fn unset_levels_are_each_backends_own() {
         use kiln_storage_clickhouse::LevelChoice;
         let c = load_str("[storage]\nretention = \"7d\"\n", &[]).unwrap();
-        assert_eq!(c.sled_config().levels.len(), 5, "sled's five");
+        assert!(
+            c.sled_config().levels.is_empty(),
+            "the data directory's own, or the default"
+        );
+        assert_eq!(
+            c.sled_config().max_retention,
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(
             c.clickhouse_levels(),
             LevelChoice::Default {
@@ -977,11 +983,16 @@ mod tests {
 
     #[test]
     fn retention_caps_levels() {
-        let c = load_str("[storage]\nretention = \"1d\"\n", &[]).unwrap();
-        assert!(c
-            .sled_config()
-            .levels
-            .iter()
-            .all(|l| l.retention <= Duration::from_secs(86_400) || l.retention == l.resolution));
+        let c = load_str(
+            "[storage]\nretention = \"1d\"\nlevels = [{ resolution = \"10s\", retention = \"3d\" }, { resolution = \"200000s\", retention = \"30d\" }]\n",
+            &[],
+        )
+        .unwrap();
+        let levels = c.sled_config().levels;
+        assert_eq!(levels[0].retention, Duration::from_secs(86_400));
+        assert_eq!(
+            levels[1].retention, levels[1].resolution,
+            "at least one bucket"
+        );
     }
 }

@@ -17,6 +17,7 @@
 pub mod abi;
 pub mod component;
 pub mod labels;
+pub mod levels;
 pub mod model;
 pub mod multipart;
 pub mod selector;

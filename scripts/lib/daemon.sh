@@ -1,6 +1,7 @@
 # Sourced by test and benchmark scripts: starts a daemon for them.
 #
-#   start_kiln BINARY DATA_DIR  → sets $kiln_url and $kiln_pid once /healthz answers (fails otherwise)
+#   start_kiln BINARY DATA_DIR  → sets $kiln_url and $kiln_pid once /healthz answers (fails otherwise);
+#                                 its config is $KILN_CONFIG if set (else none: the defaults)
 #   start_pyroscope BINARY DIR  → starts a Grafana Pyroscope v1 single binary (all its state under
 #                                 DIR, loopback only, its log in DIR.log); sets $pyro_url and
 #                                 $pyro_pid once /ready answers (fails otherwise)
@@ -8,7 +9,7 @@
 start_kiln() {
   local bin=$1 data=$2 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" server --config /dev/null --listen "127.0.0.1:$port" --storage-path "$data" --self-profiling false --log-level warn &
+  "$bin" server --config "${KILN_CONFIG:-/dev/null}" --listen "127.0.0.1:$port" --storage-path "$data" --self-profiling false --log-level warn &
   kiln_pid=$!
   kiln_url="http://127.0.0.1:$port"
   for _ in $(seq 1000); do

@@ -7,8 +7,9 @@
 //!   stack, not per sample. Dictionaries are on disk in blocks ([`blocks`]); memory holds the
 //!   blocks last used ([`pages`]) and bounded maps to intern new entries ([`lookup`]).
 //! * Per series and time bucket, one chunk holds a sorted column of `(stack id, value)`
-//!   ([`column`]). Every profile is added to a bucket of each level (10 s, 100 s, 1000 s, … by
-//!   default), so a long range reads a few coarse chunks. Nothing is truncated on write.
+//!   ([`column`]). Every profile is added to a bucket of each level (10 s, 1000 s, 100 000 s by
+//!   default; the resolutions are recorded, see [`kiln_plugin_api::levels`]), so a long range
+//!   reads a few coarse chunks. Nothing is truncated on write.
 //! * Writes accumulate in memory and are applied to sled in one pass per flush interval (and
 //!   before every query, so a query sees every accepted profile); a crash loses at most what was
 //!   accepted since the last flush.
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use kiln_plugin_api::levels::{self, LevelChoice};
 use kiln_plugin_api::{
     Aggregation, Labels, Merged, Profile, ProfileType, Query, RetentionReport, Selector,
     SeriesInfo, Storage, StorageError, StorageUsage, Tenant, Timeline, Tree,
@@ -69,9 +71,14 @@ pub struct Level {
 pub struct SledConfig {
     /// Directory of the database.
     pub path: PathBuf,
-    /// Time levels, finest first; each resolution a multiple of the previous one.
-    #[serde(default = "default_levels")]
+    /// Time levels, finest first; each resolution a multiple of the previous one. Empty: the
+    /// directory's own (recorded when it was created), or [`default_levels`] for a new one.
+    /// Given, they must have the resolutions the directory was written with.
+    #[serde(default)]
     pub levels: Vec<Level>,
+    /// Caps the retention of every level when `levels` is empty (`storage.retention`).
+    #[serde(default = "default_max_retention", with = "humantime_serde")]
+    pub max_retention: Duration,
     /// sled's page cache, bytes.
     #[serde(default = "default_cache")]
     pub cache_capacity_bytes: u64,
@@ -146,32 +153,35 @@ const MERGED_NODE_BYTES: u64 = 128;
 /// Dictionary blocks a query may hold while it builds a tree, at least: below it, the query
 /// would read the same blocks over and over.
 const MIN_QUERY_PAGE_BYTES: usize = 8 << 20;
+/// A timeline is answered at a coarser level than asked only if it still has this many points
+/// ([`Inner::timeline_step`]).
+const MIN_TIMELINE_POINTS: i64 = 100;
+
 /// Each service's tree keeps at least this many nodes, however little budget is left.
 const MIN_NODES_PER_TREE: usize = 1024;
 
-/// 10 s for 3 days, 100 s for 2 weeks, 1000 s and 10 000 s for 30 days, 100 000 s for a year.
+/// The levels of a new data directory ([`kiln_plugin_api::levels::default_levels`]): 10 s for 3
+/// days, 1000 s for 30 days, 100 000 s for a year.
 pub fn default_levels() -> Vec<Level> {
-    let day = 86_400;
-    [
-        (10, 3 * day),
-        (100, 14 * day),
-        (1_000, 30 * day),
-        (10_000, 30 * day),
-        (100_000, 365 * day),
-    ]
-    .into_iter()
-    .map(|(r, k)| Level {
-        resolution: Duration::from_secs(r),
-        retention: Duration::from_secs(k),
-    })
-    .collect()
+    levels::default_levels()
+        .into_iter()
+        .map(|(r, k)| Level {
+            resolution: Duration::from_secs(r),
+            retention: Duration::from_secs(k),
+        })
+        .collect()
+}
+
+fn default_max_retention() -> Duration {
+    Duration::from_secs(365 * 86_400)
 }
 
 impl SledConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            levels: default_levels(),
+            levels: Vec::new(),
+            max_retention: default_max_retention(),
             cache_capacity_bytes: default_cache(),
             query_budget_bytes: default_query_budget(),
             dictionary_cache_bytes: default_dictionary_cache(),
@@ -180,11 +190,8 @@ impl SledConfig {
         }
     }
 
-    /// Checks the levels: non-empty, whole seconds, each resolution a multiple of the previous.
+    /// Checks the levels given: whole seconds, each resolution a multiple of the previous.
     pub fn validate(&self) -> Result<(), String> {
-        if self.levels.is_empty() {
-            return Err("levels: at least one level is required".into());
-        }
         for (i, l) in self.levels.iter().enumerate() {
             if l.resolution.as_secs() == 0 || l.resolution.subsec_nanos() != 0 {
                 return Err(format!(
@@ -452,6 +459,9 @@ impl Drop for Inner {
     }
 }
 
+/// Where the `settings` tree keeps the levels' resolutions ([`levels::resolutions`]).
+const RESOLUTIONS_KEY: &[u8] = b"resolutions";
+
 /// Where `chunks` keeps the last applied log record: a 13-byte key no series reaches.
 const LOG_SEQ_KEY: [u8; 13] = [0xff; 13];
 
@@ -533,6 +543,7 @@ impl SledStorage {
         let db = sled_config
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
+        let level_seconds = Self::resolve_levels(&db, config)?;
         let inner = Inner {
             series_tree: db.open_tree("series").map_err(io)?,
             services_tree: db.open_tree("services").map_err(io)?,
@@ -543,15 +554,11 @@ impl SledStorage {
             legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
             size_floors_tree: db.open_tree("size_floors").map_err(io)?,
-            size_floors: config.levels.iter().map(|_| AtomicI64::new(0)).collect(),
+            size_floors: level_seconds.iter().map(|_| AtomicI64::new(0)).collect(),
             accounting: Mutex::new(None),
             codec,
             db,
-            levels: config
-                .levels
-                .iter()
-                .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
-                .collect(),
+            levels: level_seconds,
             query_max_nodes: ((config.query_budget_bytes / MERGED_NODE_BYTES) as usize)
                 .max(MIN_NODES_PER_TREE),
             dictionary_budget: config.dictionary_cache_bytes as usize,
@@ -565,6 +572,45 @@ impl SledStorage {
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The directory's levels: `config.levels` checked against (or, the first time, recorded
+    /// as) its resolutions, in the `settings` tree. A level is stored by its index, so its
+    /// resolution must never change under written data.
+    fn resolve_levels(db: &sled::Db, config: &SledConfig) -> Result<Vec<(u64, u64)>, StorageError> {
+        let choice = match config.levels.is_empty() {
+            true => LevelChoice::Default {
+                max_retention: config.max_retention.as_secs(),
+            },
+            false => LevelChoice::Configured(
+                config
+                    .levels
+                    .iter()
+                    .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
+                    .collect(),
+            ),
+        };
+        let settings = db.open_tree("settings").map_err(io)?;
+        let recorded = match settings.get(RESOLUTIONS_KEY).map_err(io)? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map_err(|_| StorageError::Corrupt("recorded resolutions are not UTF-8".into()))?,
+            None => {
+                let has_data = !db.open_tree("chunks").map_err(io)?.is_empty()
+                    || !db.open_tree("series").map_err(io)?.is_empty();
+                let first = levels::first_record(&choice, has_data);
+                settings
+                    .insert(RESOLUTIONS_KEY, first.as_bytes())
+                    .map_err(io)?;
+                first
+            }
+        };
+        levels::resolve(
+            &choice,
+            &recorded,
+            &format!("data directory {}", config.path.display()),
+            "data directory",
+        )
+        .map_err(|e| StorageError::Invalid(e.to_string()))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -1302,7 +1348,7 @@ impl Inner {
         now_s: i64,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
         self.apply()?;
-        let step_s = (step_ns / NS).max(1);
+        let step_s = self.timeline_step((step_ns / NS).max(1), q);
         let start_s = q.start_ns.div_euclid(NS).div_euclid(step_s) * step_s;
         let end_s = (q.end_ns + NS - 1).div_euclid(NS);
         let points = ((end_s - start_s + step_s - 1) / step_s).max(1) as usize;
@@ -1373,6 +1419,29 @@ impl Inner {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// The step a timeline is answered at: `asked`, or the resolution of the next coarser
+    /// level when the level it would read is ten or more times finer than `asked` and the
+    /// coarser one still gives [`MIN_TIMELINE_POINTS`]. With levels a hundred times apart a
+    /// 100 s step over a week would otherwise read every 10 s chunk of the last three days
+    /// (26,000 per series) to draw 6,000 points in a thousand pixels. Levels ten times apart
+    /// always have one within ten times of the step, so they answer at the step asked.
+    fn timeline_step(&self, asked: i64, q: &Query) -> i64 {
+        let read = self
+            .levels
+            .iter()
+            .rev()
+            .find(|&&(res, _)| res as i64 <= asked)
+            .map_or(self.levels[0].0, |l| l.0) as i64;
+        if read * 10 > asked {
+            return asked;
+        }
+        let range_s = (q.end_ns - q.start_ns) / NS;
+        match self.levels.iter().find(|&&(res, _)| res as i64 > asked) {
+            Some(&(res, _)) if range_s / res as i64 >= MIN_TIMELINE_POINTS => res as i64,
+            _ => asked,
+        }
     }
 
     fn enforce_retention(&self, now_s: i64) -> Result<RetentionReport, StorageError> {

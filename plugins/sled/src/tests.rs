@@ -49,6 +49,20 @@ fn open(dir: &std::path::Path) -> SledStorage {
     SledStorage::open(&SledConfig::new(dir)).unwrap()
 }
 
+/// The five levels ten times apart that data directories had by default before the
+/// resolutions were recorded: every coarse level has a coarser one above it.
+fn five_levels(dir: &std::path::Path) -> SledConfig {
+    let mut cfg = SledConfig::new(dir);
+    cfg.levels = kiln_plugin_api::levels::five_levels()
+        .into_iter()
+        .map(|(r, k)| Level {
+            resolution: Duration::from_secs(r),
+            retention: Duration::from_secs(k),
+        })
+        .collect();
+    cfg
+}
+
 /// Opens `dir` again after a `SledStorage` on it was dropped. sled's background flusher holds
 /// the database (and its file lock) for a moment after the last handle goes, so a reopen in
 /// the same process may briefly find the lock taken.
@@ -130,7 +144,7 @@ fn merges_profiles_across_series_and_time() {
 #[test]
 fn every_level_plan_reads_each_profile_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = SledStorage::open(&five_levels(dir.path())).unwrap();
     let now = now_s();
     // One profile every 10 s over 6 hours, value 1 each.
     let start = (now - 6 * 3600) / 10 * 10;
@@ -609,7 +623,7 @@ fn sparse_coarse_buckets_refer_to_the_finest_chunk_and_stay_exact() {
             .to_folded()
     };
     {
-        let s = open(dir.path());
+        let s = SledStorage::open(&five_levels(dir.path())).unwrap();
         s.write_blocking(
             &T,
             vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 3)])],
@@ -1390,4 +1404,133 @@ fn dictionaries_idle_for_a_while_leave_memory_and_answers_stay_the_same() {
     write_churned(&r, t0 + 400, 8);
     assert_eq!(churned_answers(&s, t0), churned_answers(&r, t0));
     assert!(resident(&s) > 0, "used again, the dictionaries are back");
+}
+
+#[test]
+fn levels_are_recorded_and_other_resolutions_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_s();
+    {
+        let s = open(dir.path());
+        assert_eq!(
+            s.inner.levels,
+            vec![
+                (10, 3 * DAY as u64),
+                (1000, 30 * DAY as u64),
+                (100_000, 365 * DAY as u64)
+            ],
+            "a new directory gets the default"
+        );
+        s.write_blocking(
+            &T,
+            vec![profile("app", "prod", "cpu", now - 60, &[(&["main"], 2)])],
+        )
+        .unwrap();
+        s.flush_blocking().unwrap();
+    }
+    // Other resolutions configured: refused, naming the recorded ones.
+    let e = SledStorage::open(&five_levels(dir.path()))
+        .err()
+        .expect("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("was written with levels of 10s, 1000s, 100000s")
+            && message.contains("storage.levels"),
+        "{message}"
+    );
+    // The same resolutions with other retentions: opens, and answers.
+    let mut same = SledConfig::new(dir.path());
+    same.levels = [(10, DAY), (1000, 7 * DAY), (100_000, 90 * DAY)]
+        .into_iter()
+        .map(|(r, k)| Level {
+            resolution: Duration::from_secs(r as u64),
+            retention: Duration::from_secs(k as u64),
+        })
+        .collect();
+    let s = reopen_with(&same);
+    let m = s
+        .inner
+        .select_merge(&T, &query("app.cpu", now - 120, now), now)
+        .unwrap();
+    assert_eq!(m.tree.total(), 2);
+    assert_eq!(s.inner.levels[2], (100_000, 90 * DAY as u64));
+    drop(s);
+
+    // A directory written before resolutions were recorded is taken as the five levels that
+    // were the default then; an empty one as new.
+    let old = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(&five_levels(old.path())).unwrap();
+        s.write_blocking(
+            &T,
+            vec![profile("app", "prod", "cpu", now - 60, &[(&["main"], 3)])],
+        )
+        .unwrap();
+        s.flush_blocking().unwrap();
+        let settings = s.inner.db.open_tree("settings").unwrap();
+        settings.remove(RESOLUTIONS_KEY).unwrap();
+        s.inner.db.flush().unwrap();
+    }
+    let mut capped = SledConfig::new(old.path());
+    capped.max_retention = Duration::from_secs(7 * DAY as u64);
+    let s = reopen_with(&capped);
+    assert_eq!(s.inner.levels.len(), 5);
+    assert!(s.inner.levels.iter().all(|l| l.1 <= 7 * DAY as u64));
+    let m = s
+        .inner
+        .select_merge(&T, &query("app.cpu", now - 120, now), now)
+        .unwrap();
+    assert_eq!(m.tree.total(), 3);
+}
+
+#[test]
+fn timelines_with_levels_far_apart_answer_at_the_coarser_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_s();
+    // One profile an hour over the last five days, value 1 each.
+    let start = (now - 5 * DAY) / 18_000 * 18_000;
+    let profiles: Vec<Profile> = (0..120)
+        .map(|i| profile("app", "prod", "cpu", start + i * 3600, &[(&["main"], 1)]))
+        .collect();
+    s.write_blocking(&T, profiles).unwrap();
+    let q = query("app.cpu", start, start + 5 * DAY);
+    // A 100 s step would read 10 s chunks: answered at 1000 s (432 points), the same total.
+    let lines = s
+        .inner
+        .select_timeline(&T, &q, 100 * NS, None, now)
+        .unwrap();
+    let t = &lines[0].1;
+    assert_eq!(t.step_ns, 1000 * NS);
+    assert_eq!(t.points.len(), 432);
+    assert_eq!(t.points.iter().sum::<i64>(), 120);
+    // A step one of the levels has, or a range too short for 100 coarser points: as asked.
+    let t = &s
+        .inner
+        .select_timeline(&T, &q, 1000 * NS, None, now)
+        .unwrap()[0]
+        .1;
+    assert_eq!((t.step_ns, t.points.iter().sum::<i64>()), (1000 * NS, 120));
+    let day = query("app.cpu", start, start + 10 * 3600);
+    let t = &s
+        .inner
+        .select_timeline(&T, &day, 100 * NS, None, now)
+        .unwrap()[0]
+        .1;
+    assert_eq!((t.step_ns, t.points.iter().sum::<i64>()), (100 * NS, 10));
+    // Levels ten times apart answer at the step asked.
+    drop(s);
+    let five = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(&five_levels(five.path())).unwrap();
+    s.write_blocking(
+        &T,
+        vec![profile("app", "prod", "cpu", start, &[(&["main"], 1)])],
+    )
+    .unwrap();
+    let t = &s
+        .inner
+        .select_timeline(&T, &q, 100 * NS, None, now)
+        .unwrap()[0]
+        .1;
+    assert_eq!(t.step_ns, 100 * NS);
 }
