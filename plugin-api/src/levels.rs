@@ -116,6 +116,34 @@ pub fn resolve(
     }
 }
 
+/// A timeline is answered at a coarser level than asked only if it still has this many points.
+pub const MIN_TIMELINE_POINTS: i64 = 100;
+
+/// The step, in seconds, a store with `levels` answers a timeline asked at `asked` over
+/// `range_s`: `asked`, or the resolution of the next coarser level when the level it would read
+/// is ten or more times finer than `asked` and the coarser one still gives
+/// [`MIN_TIMELINE_POINTS`]. With levels a hundred times apart a 100 s step over a week would
+/// otherwise read every 10 s bucket of the last three days (26,000 per series) to draw 6,000
+/// points in a thousand pixels. Levels ten times apart always have one within ten times of the
+/// step, so they answer at the step asked.
+pub fn timeline_step(levels: &[(u64, u64)], asked: i64, range_s: i64) -> i64 {
+    let Some(&(finest, _)) = levels.first() else {
+        return asked;
+    };
+    let read = levels
+        .iter()
+        .rev()
+        .find(|&&(res, _)| res as i64 <= asked)
+        .map_or(finest, |l| l.0) as i64;
+    if read * 10 > asked {
+        return asked;
+    }
+    match levels.iter().find(|&&(res, _)| res as i64 > asked) {
+        Some(&(res, _)) if range_s / res as i64 >= MIN_TIMELINE_POINTS => res as i64,
+        _ => asked,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +182,35 @@ mod tests {
             resolve(&unset, "10,60", "x", "y").is_err(),
             "unknown and not configured"
         );
+    }
+
+    #[test]
+    fn timelines_answer_at_a_level_within_ten_times_of_the_step() {
+        let (three, five) = (default_levels(), five_levels());
+        let week = 7 * DAY as i64;
+        assert_eq!(
+            timeline_step(&three, 100, week),
+            1000,
+            "not 10 chunks a point"
+        );
+        assert_eq!(
+            timeline_step(&three, 10, DAY as i64),
+            10,
+            "a level has the step"
+        );
+        assert_eq!(
+            timeline_step(&three, 60, week),
+            60,
+            "10 s is within ten times"
+        );
+        assert_eq!(
+            timeline_step(&three, 100, 50_000),
+            100,
+            "too few points at 1000 s"
+        );
+        assert_eq!(timeline_step(&three, 10_000, 400 * DAY as i64), 100_000);
+        assert_eq!(timeline_step(&five, 100, week), 100);
+        assert_eq!(timeline_step(&five, 10_000, 400 * DAY as i64), 10_000);
+        assert_eq!(timeline_step(&[], 100, week), 100);
     }
 }

@@ -1,5 +1,6 @@
 //! Queries: the series index, one aggregation per merge or timeline, stacks resolved here.
 
+use kiln_plugin_api::levels::timeline_step;
 use kiln_plugin_api::{
     Aggregation, Frame, Labels, Merged, ProfileType, Query, Selector, SeriesInfo, StorageError,
     Tenant, Timeline, Tree, TreeBuilder,
@@ -270,7 +271,9 @@ impl Inner {
         group_by: Option<&str>,
         now_s: i64,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
-        let step_s = (step_ns / NS).max(1);
+        // As sled answers: at a level within ten times of the step ([`timeline_step`]).
+        let range_s = (q.end_ns - q.start_ns) / NS;
+        let step_s = timeline_step(&self.levels, (step_ns / NS).max(1), range_s);
         let start_s = q.start_ns.div_euclid(NS).div_euclid(step_s) * step_s;
         let end_s = q.end_ns.saturating_add(NS - 1).div_euclid(NS);
         let points = ((end_s - start_s + step_s - 1) / step_s).max(1) as usize;

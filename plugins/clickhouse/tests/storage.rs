@@ -494,6 +494,14 @@ async fn levels_are_recorded_and_other_resolutions_refused() {
         .await
         .unwrap();
     assert_eq!(m.tree.total(), 2);
+    // A 100 s step over five days is answered at 1000 s, as sled answers it.
+    let week = query("shop.cpu", base - 5 * 86_400, base + 100);
+    let lines = again
+        .select_timeline(&Tenant::default(), &week, 100 * NS, None)
+        .await
+        .unwrap();
+    assert_eq!(lines[0].1.step_ns, 1000 * NS);
+    assert_eq!(lines[0].1.points.iter().sum::<i64>(), 2);
     // No level at all is a configuration error before anything is asked of the server.
     let e = ClickHouseStorage::open(&config(&server, "kiln_lv"), Vec::new(), None)
         .err()

@@ -153,10 +153,6 @@ const MERGED_NODE_BYTES: u64 = 128;
 /// Dictionary blocks a query may hold while it builds a tree, at least: below it, the query
 /// would read the same blocks over and over.
 const MIN_QUERY_PAGE_BYTES: usize = 8 << 20;
-/// A timeline is answered at a coarser level than asked only if it still has this many points
-/// ([`Inner::timeline_step`]).
-const MIN_TIMELINE_POINTS: i64 = 100;
-
 /// Each service's tree keeps at least this many nodes, however little budget is left.
 const MIN_NODES_PER_TREE: usize = 1024;
 
@@ -1348,7 +1344,8 @@ impl Inner {
         now_s: i64,
     ) -> Result<Vec<(String, Timeline)>, StorageError> {
         self.apply()?;
-        let step_s = self.timeline_step((step_ns / NS).max(1), q);
+        let range_s = (q.end_ns - q.start_ns) / NS;
+        let step_s = levels::timeline_step(&self.levels, (step_ns / NS).max(1), range_s);
         let start_s = q.start_ns.div_euclid(NS).div_euclid(step_s) * step_s;
         let end_s = (q.end_ns + NS - 1).div_euclid(NS);
         let points = ((end_s - start_s + step_s - 1) / step_s).max(1) as usize;
@@ -1419,29 +1416,6 @@ impl Inner {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
-    }
-
-    /// The step a timeline is answered at: `asked`, or the resolution of the next coarser
-    /// level when the level it would read is ten or more times finer than `asked` and the
-    /// coarser one still gives [`MIN_TIMELINE_POINTS`]. With levels a hundred times apart a
-    /// 100 s step over a week would otherwise read every 10 s chunk of the last three days
-    /// (26,000 per series) to draw 6,000 points in a thousand pixels. Levels ten times apart
-    /// always have one within ten times of the step, so they answer at the step asked.
-    fn timeline_step(&self, asked: i64, q: &Query) -> i64 {
-        let read = self
-            .levels
-            .iter()
-            .rev()
-            .find(|&&(res, _)| res as i64 <= asked)
-            .map_or(self.levels[0].0, |l| l.0) as i64;
-        if read * 10 > asked {
-            return asked;
-        }
-        let range_s = (q.end_ns - q.start_ns) / NS;
-        match self.levels.iter().find(|&&(res, _)| res as i64 > asked) {
-            Some(&(res, _)) if range_s / res as i64 >= MIN_TIMELINE_POINTS => res as i64,
-            _ => asked,
-        }
     }
 
     fn enforce_retention(&self, now_s: i64) -> Result<RetentionReport, StorageError> {
