@@ -9,12 +9,11 @@
 #   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
 #      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database.
 # SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h), RATE (pushes/s per
-# load generator; default 0, as fast as answered, a refusal followed at once by the next push);
-# LEVELS, a TOML array
-# for `storage.levels` (default: unset, ClickHouse's own three), e.g. sled's five to compare:
+# load generator; default 0, as fast as answered, a refusal followed at once by the next push),
+# LEVELS (a TOML array for `storage.levels`; default unset, the three levels), e.g. the five
+# levels ten times apart to compare:
 #   LEVELS='[{resolution="10s",retention="3d"},{resolution="100s",retention="14d"},…]'
-# Figures come from
-# release binaries; a quick check that the script works, on the debug ones:
+# Figures come from release binaries; a quick check that the script works, on the debug ones:
 #   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -130,8 +130,8 @@ pub struct StorageConfig {
     /// Maximum age of any data; caps every level's retention.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Time levels, finest first. Empty (the default): the backend's own, sled's five or
-    /// ClickHouse's three (or, for an existing ClickHouse database, what it was created with).
+    /// Time levels, finest first. Empty (the default): what the store was created with, and
+    /// for a new one 10 s, 1000 s and 100 000 s (`kiln_plugin_api::levels`).
     pub levels: Vec<Level>,
     /// sled page cache, bytes.
     pub cache_capacity_bytes: u64,
@@ -709,18 +709,7 @@ impl Config {
     /// The levels of the ClickHouse storage: as configured (retention capped as for sled), or
     /// the database's own.
     pub fn clickhouse_levels(&self) -> kiln_storage_clickhouse::LevelChoice {
-        if self.storage.levels.is_empty() {
-            return kiln_storage_clickhouse::LevelChoice::Default {
-                max_retention: self.storage.retention.as_secs(),
-            };
-        }
-        kiln_storage_clickhouse::LevelChoice::Configured(
-            self.sled_config()
-                .levels
-                .iter()
-                .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
-                .collect(),
-        )
+        self.sled_config().level_choice()
     }
 
     /// The sled configuration, with every level's retention capped by `storage.retention`

@@ -144,11 +144,7 @@ impl Inner {
         for services in orphans.chunks(256) {
             let filter = format!("{old_enough} AND ({})", services.join(" OR "));
             for table in [&frames, &stacks] {
-                let rows = self.client.query(&format!(
-                    "SELECT toUInt64(count()) FROM {table} WHERE {filter} FORMAT RowBinary"
-                ))?;
-                let mut r = RowReader::new(&rows);
-                let n = if r.at_end() { 0 } else { r.u64()? };
+                let n = self.count_rows(table, &filter)?;
                 if n > 0 {
                     self.client
                         .execute(&format!("ALTER TABLE {table} DELETE WHERE {filter}"))?;
@@ -201,12 +197,7 @@ impl Inner {
             quote(tenant.as_str()),
             quote(service)
         );
-        let rows = self.client.query(&format!(
-            "SELECT toUInt64(count()) FROM {} WHERE {filter} FORMAT RowBinary",
-            self.table("buckets")
-        ))?;
-        let mut r = RowReader::new(&rows);
-        let deleted = if r.at_end() { 0 } else { r.u64()? };
+        let deleted = self.count_rows(&self.table("buckets"), &filter)?;
         for table in ["series", "buckets"] {
             self.client.execute(&format!(
                 "ALTER TABLE {} DELETE WHERE {filter}",
@@ -217,19 +208,23 @@ impl Inner {
         Ok(deleted)
     }
 
+    /// Rows of `table` (`database.table`) that match `filter`.
+    fn count_rows(&self, table: &str, filter: &str) -> Result<u64, StorageError> {
+        let rows = self.client.query(&format!(
+            "SELECT toUInt64(count()) FROM {table} WHERE {filter} FORMAT RowBinary"
+        ))?;
+        let mut r = RowReader::new(&rows);
+        Ok(if r.at_end() { 0 } else { r.u64()? })
+    }
+
     /// Deletes are mutations, applied in the background (old servers have no `mutations_sync`):
     /// wait until none of this database is pending.
     fn wait_for_mutations(&self) -> Result<(), StorageError> {
         let deadline = Instant::now() + self.config.timeout;
         let mut delay = Duration::from_millis(10);
+        let pending = format!("database = {} AND is_done = 0", quote(&self.db));
         loop {
-            let rows = self.client.query(&format!(
-                "SELECT toUInt64(count()) FROM system.mutations WHERE database = {} \
-                 AND is_done = 0 FORMAT RowBinary",
-                quote(&self.db)
-            ))?;
-            let mut r = RowReader::new(&rows);
-            if r.at_end() || r.u64()? == 0 {
+            if self.count_rows("system.mutations", &pending)? == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {

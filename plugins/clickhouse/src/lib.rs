@@ -45,7 +45,7 @@ pub use error::ClickHouseError;
 pub use kiln_plugin_api::levels::LevelChoice;
 use levels::LevelsError;
 use rowbinary::RowWriter;
-use write::{Buffer, Known, COLUMNS, TABLES};
+use write::{Buffer, Known, TABLES};
 
 const NS: i64 = 1_000_000_000;
 
@@ -217,7 +217,7 @@ impl Inner {
         for (queued, rows) in unsent.iter_mut().zip(taken.encode()) {
             queued.append(rows);
         }
-        for ((table, columns), rows) in TABLES.iter().zip(COLUMNS).zip(unsent.iter_mut()) {
+        for ((table, columns), rows) in TABLES.iter().zip(unsent.iter_mut()) {
             if rows.is_empty() {
                 continue;
             }

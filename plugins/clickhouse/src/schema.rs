@@ -177,10 +177,10 @@ fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), Cl
 }
 
 /// Version 3: frames and stacks say when they were inserted, and `settings` keeps the levels'
-/// resolutions. Rows already there read as
-/// inserted "now" (ClickHouse computes a missing column's default when it reads) until a merge
-/// of their part writes the column, so they are collected only after that merge. Idempotent:
-/// a second daemon upgrading at once finds the column there.
+/// resolutions. Rows already there read as inserted "now" (ClickHouse computes a missing
+/// column's default when it reads) until a merge of their part writes the column, so they are
+/// collected only after that merge. Idempotent: a second daemon upgrading at once finds the
+/// column there.
 fn upgrade_from_2(client: &Client, db: &str) -> Result<(), ClickHouseError> {
     for table in ["frames", "stacks"] {
         match client.execute(&format!(

@@ -18,16 +18,17 @@ use crate::rowbinary::RowWriter;
 
 const NS: i64 = 1_000_000_000;
 
-/// Tables in the order they are sent.
-pub const TABLES: [&str; 4] = ["frames", "stacks", "series", "buckets"];
-
-/// The columns each table's rows give, in [`TABLES`] order (all of them when empty): frames and
-/// stacks leave `inserted` to the server, so it says when a row arrived, not when it was buffered.
-pub const COLUMNS: [&str; 4] = [
-    "(tenant, service, frame, function, file, line, start_line)",
-    "(tenant, service, stack, frames)",
-    "",
-    "",
+/// Tables in the order they are sent, with the columns their rows give (all of them when
+/// empty): frames and stacks leave `inserted` to the server, so it says when a row arrived, not
+/// when it was buffered.
+pub const TABLES: [(&str, &str); 4] = [
+    (
+        "frames",
+        "(tenant, service, frame, function, file, line, start_line)",
+    ),
+    ("stacks", "(tenant, service, stack, frames)"),
+    ("series", ""),
+    ("buckets", ""),
 ];
 
 /// Frame and stack ids already written per service: skipped on later writes. Bounded: past

@@ -9,7 +9,7 @@ use kiln_storage_clickhouse::test_server::TestServer;
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice, OpenError};
 
 mod common;
-use common::{config, levels, now_s, open, profile, query, NS};
+use common::{config, levels, now_s, open, open_at_once, profile, query, NS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_storage_end_to_end() {
@@ -303,16 +303,8 @@ async fn clickhouse_storage_end_to_end() {
             .unwrap();
     assert_eq!(other_daemon.logged_seq(), Some(0), "per daemon");
 
-    // Two storages racing on a new database's migration both open it.
-    let racers: Vec<_> = (0..3)
-        .map(|_| {
-            let c = config(&server, "kiln_race");
-            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
-        })
-        .collect();
-    for r in racers {
-        r.join().unwrap().unwrap();
-    }
+    // Storages racing on a new database's migration all open it.
+    open_at_once(&server, "kiln_race", 3, levels().into());
 
     // A schema from a newer Kiln is refused, with the versions.
     server.sql("INSERT INTO kiln_race.schema_version VALUES (999, 'future', now())");

@@ -10,7 +10,7 @@ use kiln_storage_clickhouse::test_server::TestServer;
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice};
 
 mod common;
-use common::{config, levels, now_s, NS};
+use common::{config, levels, now_s, open_at_once, NS};
 
 /// A CPU profile of `service` in `prod`.
 fn profile(service: &str, at_s: i64, stacks: &[(&[&str], i64)]) -> Profile {
@@ -130,15 +130,7 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
 
     downgrade_to_v1(&server, "kiln_up");
     // Three daemons start at once on the version 1 database: one upgrades, all open.
-    let racers: Vec<_> = (0..3)
-        .map(|_| {
-            let c = config(&server, "kiln_up");
-            std::thread::spawn(move || ClickHouseStorage::open(&c, levels(), None).map(drop))
-        })
-        .collect();
-    for r in racers {
-        r.join().unwrap().unwrap();
-    }
+    open_at_once(&server, "kiln_up", 3, levels().into());
     assert_eq!(
         server
             .sql("SELECT max(version) FROM kiln_up.schema_version")
@@ -214,15 +206,7 @@ async fn version_2_database_gets_insert_times_once() {
     let unset = || LevelChoice::Default {
         max_retention: 365 * 86_400,
     };
-    let racers: Vec<_> = (0..2)
-        .map(|_| {
-            let c = config(&server, "kiln_v2");
-            std::thread::spawn(move || ClickHouseStorage::open(&c, unset(), None).map(drop))
-        })
-        .collect();
-    for r in racers {
-        r.join().unwrap().unwrap();
-    }
+    open_at_once(&server, "kiln_v2", 2, unset());
     assert_eq!(
         server
             .sql("SELECT max(version) FROM kiln_v2.schema_version")

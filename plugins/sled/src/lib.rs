@@ -186,6 +186,21 @@ impl SledConfig {
         }
     }
 
+    /// The levels asked for: those given, in seconds, or (none given) the store's own.
+    pub fn level_choice(&self) -> LevelChoice {
+        if self.levels.is_empty() {
+            return LevelChoice::Default {
+                max_retention: self.max_retention.as_secs(),
+            };
+        }
+        LevelChoice::Configured(
+            self.levels
+                .iter()
+                .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
+                .collect(),
+        )
+    }
+
     /// Checks the levels given: whole seconds, each resolution a multiple of the previous.
     pub fn validate(&self) -> Result<(), String> {
         for (i, l) in self.levels.iter().enumerate() {
@@ -574,18 +589,7 @@ impl SledStorage {
     /// as) its resolutions, in the `settings` tree. A level is stored by its index, so its
     /// resolution must never change under written data.
     fn resolve_levels(db: &sled::Db, config: &SledConfig) -> Result<Vec<(u64, u64)>, StorageError> {
-        let choice = match config.levels.is_empty() {
-            true => LevelChoice::Default {
-                max_retention: config.max_retention.as_secs(),
-            },
-            false => LevelChoice::Configured(
-                config
-                    .levels
-                    .iter()
-                    .map(|l| (l.resolution.as_secs(), l.retention.as_secs()))
-                    .collect(),
-            ),
-        };
+        let choice = config.level_choice();
         let settings = db.open_tree("settings").map_err(io)?;
         let recorded = match settings.get(RESOLUTIONS_KEY).map_err(io)? {
             Some(v) => String::from_utf8(v.to_vec())

@@ -1495,28 +1495,23 @@ fn timelines_with_levels_far_apart_answer_at_the_coarser_level() {
         .collect();
     s.write_blocking(&T, profiles).unwrap();
     let q = query("app.cpu", start, start + 5 * DAY);
+    let timeline = |s: &SledStorage, q: &Query, step_s: i64| {
+        let mut lines = s
+            .inner
+            .select_timeline(&T, q, step_s * NS, None, now)
+            .unwrap();
+        lines.remove(0).1
+    };
     // A 100 s step would read 10 s chunks: answered at 1000 s (432 points), the same total.
-    let lines = s
-        .inner
-        .select_timeline(&T, &q, 100 * NS, None, now)
-        .unwrap();
-    let t = &lines[0].1;
+    let t = timeline(&s, &q, 100);
     assert_eq!(t.step_ns, 1000 * NS);
     assert_eq!(t.points.len(), 432);
     assert_eq!(t.points.iter().sum::<i64>(), 120);
     // A step one of the levels has, or a range too short for 100 coarser points: as asked.
-    let t = &s
-        .inner
-        .select_timeline(&T, &q, 1000 * NS, None, now)
-        .unwrap()[0]
-        .1;
+    let t = timeline(&s, &q, 1000);
     assert_eq!((t.step_ns, t.points.iter().sum::<i64>()), (1000 * NS, 120));
     let day = query("app.cpu", start, start + 10 * 3600);
-    let t = &s
-        .inner
-        .select_timeline(&T, &day, 100 * NS, None, now)
-        .unwrap()[0]
-        .1;
+    let t = timeline(&s, &day, 100);
     assert_eq!((t.step_ns, t.points.iter().sum::<i64>()), (100 * NS, 10));
     // Levels ten times apart answer at the step asked.
     drop(s);
@@ -1527,10 +1522,5 @@ fn timelines_with_levels_far_apart_answer_at_the_coarser_level() {
         vec![profile("app", "prod", "cpu", start, &[(&["main"], 1)])],
     )
     .unwrap();
-    let t = &s
-        .inner
-        .select_timeline(&T, &q, 100 * NS, None, now)
-        .unwrap()[0]
-        .1;
-    assert_eq!(t.step_ns, 100 * NS);
+    assert_eq!(timeline(&s, &q, 100).step_ns, 100 * NS);
 }

@@ -6,7 +6,7 @@
 
 use kiln_plugin_api::{Frame, Labels, Profile, ProfileMeta, ProfileType, Query, Sample, Selector};
 use kiln_storage_clickhouse::test_server::{TestServer, PASSWORD, USER};
-use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage};
+use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice};
 
 pub const NS: i64 = 1_000_000_000;
 
@@ -23,6 +23,20 @@ pub fn config(server: &TestServer, database: &str) -> ClickHouseConfig {
 /// 10 s for 3 days, 100 s for 14 days, 1000 s for a year.
 pub fn levels() -> Vec<(u64, u64)> {
     vec![(10, 3 * 86_400), (100, 14 * 86_400), (1000, 365 * 86_400)]
+}
+
+/// Opens `n` storages on `database` at once, each on its own thread (daemons starting at the
+/// same moment), and checks that every one opened.
+pub fn open_at_once(server: &TestServer, database: &str, n: usize, levels: LevelChoice) {
+    let racers: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, l) = (config(server, database), levels.clone());
+            std::thread::spawn(move || ClickHouseStorage::open(&c, l, None).map(drop))
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap().unwrap();
+    }
 }
 
 pub fn open(server: &TestServer, database: &str) -> ClickHouseStorage {
