@@ -156,7 +156,9 @@ fn thens_run_in_sequence_order_under_concurrency() {
             std::thread::spawn(move || {
                 for _ in 0..100 {
                     let into = seen.clone();
-                    let seq = wal.append_then(b"r", move |s| into.lock().push(s)).unwrap();
+                    let seq = wal
+                        .append_then(vec![Bytes::from_static(b"r")], move |s| into.lock().push(s))
+                        .unwrap();
                     // Ran before append_then returned.
                     assert!(seen.lock().contains(&seq));
                 }
@@ -203,4 +205,143 @@ fn advance_past_moves_the_next_sequence_number() {
     assert_eq!(wal.append(b"x").unwrap(), 42);
     wal.advance_past(10);
     assert_eq!(wal.append(b"y").unwrap(), 43);
+}
+
+fn spares_in(dir: &Path) -> usize {
+    list_spares(dir).unwrap().len()
+}
+
+#[test]
+fn checkpointed_segments_become_spares_and_spares_become_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 1000;
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    for _ in 0..40 {
+        wal.append(&[0u8; 200]).unwrap();
+    }
+    wal.checkpoint(40).unwrap();
+    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS, "the rest deleted");
+    // The next segments reuse the spares: no new files while spares last.
+    let spare_inodes: Vec<u64> = list_spares(dir.path())
+        .unwrap()
+        .iter()
+        .map(|p| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap()))
+        .collect();
+    wal.append(&[1u8; 200]).unwrap();
+    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS - 1);
+    let seg = list_segments(dir.path()).unwrap().pop().unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&seg.path).unwrap());
+    assert!(spare_inodes.contains(&ino), "a spare renamed into service");
+    assert_eq!(seg.first_seq, 41);
+    assert!(
+        wal.stats().disk_bytes > 1000,
+        "spares are counted as disk used"
+    );
+}
+
+#[test]
+fn records_left_in_a_reused_segment_are_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 4000;
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    // Spares full of valid records of their own.
+    for i in 0..60u8 {
+        wal.append(&[i; 300]).unwrap();
+    }
+    wal.checkpoint(60).unwrap();
+    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS);
+    // Shorter new records over them, some of them ending in the middle of an old one.
+    for i in 0..7u8 {
+        wal.append(&[100 + i; 77]).unwrap();
+    }
+    wal.checkpoint(62).unwrap();
+    for i in 7..9u8 {
+        wal.append(&[100 + i; 77]).unwrap();
+    }
+    drop(wal);
+    let (wal, rec) = Wal::open(c.clone()).unwrap();
+    assert_eq!(rec.checkpoint, 62);
+    assert_eq!(rec.records, 7, "{rec:?}");
+    assert_eq!(rec.dropped_bytes, 0, "old records are not damage: {rec:?}");
+    let replay = replayed(&wal, 62);
+    let expected: Vec<(u64, Vec<u8>)> = (2..9u8)
+        .map(|i| (61 + u64::from(i), vec![100 + i; 77]))
+        .collect();
+    assert_eq!(replay, expected);
+    // Appends go on after them, and a second reopen sees the same.
+    assert_eq!(wal.append(b"after").unwrap(), 70);
+    drop(wal);
+    let (wal, rec) = Wal::open(c).unwrap();
+    assert_eq!(rec.records, 8);
+    assert_eq!(replayed(&wal, 62).last().unwrap(), &(70, b"after".to_vec()));
+}
+
+#[test]
+fn a_torn_record_in_a_reused_segment_is_still_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 4000;
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    for i in 0..60u8 {
+        wal.append(&[i; 300]).unwrap();
+    }
+    wal.checkpoint(60).unwrap();
+    for _ in 0..3 {
+        wal.append(&[9u8; 50]).unwrap();
+    }
+    drop(wal);
+    let seg = list_segments(dir.path()).unwrap().pop().unwrap();
+    assert_eq!(seg.first_seq, 61);
+    // A crash that left the third record's header and half its payload over the old bytes.
+    let mut bytes = fs::read(&seg.path).unwrap();
+    let third = 2 * (HEADER + 50) + HEADER + 25;
+    bytes[third..third + 25].fill(0xee);
+    fs::write(&seg.path, bytes).unwrap();
+    let (wal, rec) = Wal::open(c).unwrap();
+    assert_eq!(rec.records, 2);
+    assert!(rec.dropped_bytes > 0, "{rec:?}");
+    assert_eq!(replayed(&wal, 60).len(), 2);
+}
+
+#[test]
+fn close_deletes_spares_and_reopen_reuses_those_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.segment_bytes = 1000;
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    for _ in 0..20 {
+        wal.append(&[0u8; 200]).unwrap();
+    }
+    wal.checkpoint(20).unwrap();
+    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS);
+    drop(wal);
+    // A crash: the spares stay and the next process takes them.
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    wal.append(b"x").unwrap();
+    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS - 1);
+    wal.checkpoint(21).unwrap();
+    wal.close().unwrap();
+    assert_eq!(spares_in(dir.path()), 0);
+    assert_eq!(wal.stats().segments, 0);
+}
+
+#[test]
+fn a_record_in_parts_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    let parts = vec![
+        Bytes::from_static(b"head-"),
+        Bytes::new(),
+        Bytes::from(vec![5u8; 3000]),
+        Bytes::from_static(b"-tail"),
+    ];
+    let seq = wal.append_then(parts, |_| {}).unwrap();
+    drop(wal);
+    let (wal, _) = Wal::open(config(dir.path())).unwrap();
+    let mut whole = b"head-".to_vec();
+    whole.extend([5u8; 3000]);
+    whole.extend(b"-tail");
+    assert_eq!(replayed(&wal, 0), vec![(seq, whole)]);
 }

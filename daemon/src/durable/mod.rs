@@ -395,12 +395,12 @@ impl Durability {
                 return Ok((for_sinks, Some(profiles.to_vec()), stored));
             };
             let payload = record::encode(&logged_tenant, &units, this.compress_log);
-            let bytes = payload.len() as u64;
+            let bytes = payload.iter().map(|p| p.len() as u64).sum::<u64>();
             let decoded = profiles.iter().map(decoded_bytes).sum();
             let (applier, backlog) = (this.applier.clone(), this.backlog.clone());
             let (flush_wanted, flush_from) =
                 (this.flush_wanted.clone(), this.max_unflushed_bytes / 2);
-            wal.append_then(&payload, move |seq| {
+            wal.append_then(payload, move |seq| {
                 if backlog.push(seq, bytes) > flush_from {
                     flush_wanted.notify_one();
                 }

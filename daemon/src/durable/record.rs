@@ -57,32 +57,42 @@ fn is_gzip(b: &[u8]) -> bool {
 
 /// Encodes a push for the log; `compress` (`wal.compress`) LZ4-compresses bodies that are not
 /// compressed already.
-pub fn encode(tenant: &Tenant, units: &[Unit], compress: bool) -> Vec<u8> {
-    LoggedPush {
-        tenant: if tenant.is_default() {
-            String::new()
+///
+/// The record comes in parts whose concatenation is the `LoggedPush` message: each body is a
+/// part of its own, shared with the request rather than copied (the log writes the parts as
+/// they are). A body is encoded after its unit's other fields, which protobuf allows.
+pub fn encode(tenant: &Tenant, units: &[Unit], compress: bool) -> Vec<Bytes> {
+    use prost::encoding::{bool as pbool, encode_key, encode_varint, string, WireType};
+    let mut parts = Vec::with_capacity(2 * units.len() + 1);
+    for u in units {
+        let lz4 = compress && u.body.len() >= COMPRESS_FROM && !is_gzip(&u.body);
+        let body = if lz4 {
+            Bytes::from(lz4_flex::compress_prepend_size(&u.body))
         } else {
-            tenant.to_string()
-        },
-        units: units
-            .iter()
-            .map(|u| {
-                let lz4 = compress && u.body.len() >= COMPRESS_FROM && !is_gzip(&u.body);
-                LoggedUnit {
-                    decoder: u.decoder.clone(),
-                    meta_json: serde_json::to_string(&u.meta).expect("metadata serializes"),
-                    body: if lz4 {
-                        lz4_flex::compress_prepend_size(&u.body).into()
-                    } else {
-                        u.body.clone()
-                    },
-                    lz4,
-                    route_by_profile: u.route_by_profile,
-                }
-            })
-            .collect(),
+            u.body.clone()
+        };
+        let meta_json = serde_json::to_string(&u.meta).expect("metadata serializes");
+        let mut fields = Vec::with_capacity(64 + meta_json.len());
+        string::encode(1, &u.decoder, &mut fields);
+        string::encode(2, &meta_json, &mut fields);
+        pbool::encode(4, &lz4, &mut fields);
+        pbool::encode(5, &u.route_by_profile, &mut fields);
+        encode_key(3, WireType::LengthDelimited, &mut fields);
+        encode_varint(body.len() as u64, &mut fields);
+        let unit_len = fields.len() + body.len();
+        let mut head = Vec::with_capacity(fields.len() + 11);
+        encode_key(1, WireType::LengthDelimited, &mut head);
+        encode_varint(unit_len as u64, &mut head);
+        head.extend_from_slice(&fields);
+        parts.push(head.into());
+        parts.push(body);
     }
-    .encode_to_vec()
+    if !tenant.is_default() {
+        let mut t = Vec::new();
+        string::encode(2, &tenant.to_string(), &mut t);
+        parts.push(t.into());
+    }
+    parts
 }
 
 /// Decodes a logged push: its tenant and bodies; `max_body` bounds a decompressed body.
@@ -129,6 +139,37 @@ pub fn decode(payload: &[u8], max_body: u64) -> Result<(Tenant, Vec<Unit>), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode(tenant: &Tenant, units: &[Unit], compress: bool) -> Vec<u8> {
+        super::encode(tenant, units, compress).concat()
+    }
+
+    #[test]
+    fn parts_share_the_bodies_and_decode_as_one_message() {
+        let body = Bytes::from(vec![7u8; 10_000]);
+        let unit = Unit {
+            decoder: "jfr".into(),
+            meta: IngestMeta {
+                app: "svc".into(),
+                ..IngestMeta::default()
+            },
+            body: body.clone(),
+            route_by_profile: false,
+        };
+        let t = Tenant::new("team-a").unwrap();
+        let parts = super::encode(&t, &[unit.clone(), unit.clone()], false);
+        assert_eq!(parts.len(), 5);
+        assert_eq!(parts[1].as_ptr(), body.as_ptr(), "the body is not copied");
+        let whole = parts.concat();
+        let as_prost = LoggedPush::decode(&whole[..]).unwrap();
+        assert_eq!(as_prost.tenant, "team-a");
+        assert_eq!(as_prost.units.len(), 2);
+        assert_eq!(as_prost.units[1].body, body);
+        assert_eq!(
+            decode(&whole, 1 << 20).unwrap(),
+            (t, vec![unit.clone(), unit])
+        );
+    }
 
     #[test]
     fn round_trips_compressed_and_gzip_bodies() {
