@@ -239,6 +239,20 @@ pub trait Storage: Send + Sync {
         self.write(tenant, profiles.to_vec()).await
     }
 
+    /// [`Storage::write_logged`] in the calling thread, which may block: offered by a storage
+    /// whose writes are CPU work and local I/O, so that the daemon's applier (a thread of its
+    /// own) writes each record without handing it to a thread pool and back. `None` (the
+    /// default): not offered, and the applier awaits [`Storage::write_logged`] instead.
+    fn write_logged_blocking(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: &[Profile],
+    ) -> Option<Result<(), StorageError>> {
+        let _ = (seq, tenant, profiles);
+        None
+    }
+
     /// The last log record whose profiles are durable here, if this storage keeps track.
     fn logged_seq(&self) -> Option<u64> {
         None

@@ -35,7 +35,7 @@ use kiln_plugin_api::{
 };
 use kiln_wal::{Wal, WalError};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 pub use record::Unit;
 
@@ -205,7 +205,7 @@ impl Backlog {
 pub struct Durability {
     wal: Option<Arc<Wal>>,
     storage: Arc<dyn Storage>,
-    applier: mpsc::UnboundedSender<Applied>,
+    applier: std::sync::mpsc::Sender<Applied>,
     /// Every logged record up to this one is in storage (not necessarily durable there).
     applied: watch::Receiver<u64>,
     backlog: Arc<Backlog>,
@@ -232,7 +232,7 @@ impl Durability {
         metrics: Metrics,
         limits: Arc<crate::limits::Limits>,
     ) -> anyhow::Result<Arc<Self>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let mut disk_paths = vec![config.storage.path.clone()];
         if config.wal.enabled && !config.wal_dir().starts_with(&config.storage.path) {
             disk_paths.push(config.wal_dir());
@@ -274,13 +274,17 @@ impl Durability {
         let start = wal.as_ref().map(|w| w.durable_seq()).unwrap_or(0);
         let (applied_tx, applied) = watch::channel(start);
         let backlog = Arc::new(Backlog::default());
-        tokio::spawn(apply_loop(
-            rx,
-            storage.clone(),
-            applied_tx,
-            backlog.clone(),
-            metrics.clone(),
-        ));
+        let applier = Applier {
+            storage: storage.clone(),
+            applied: applied_tx,
+            backlog: backlog.clone(),
+            metrics: metrics.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        std::thread::Builder::new()
+            .name("kiln-applier".into())
+            .spawn(move || applier.run(rx))
+            .context("starting the applier thread")?;
         Ok(Arc::new(Self {
             wal,
             storage,
@@ -481,31 +485,53 @@ impl Durability {
     }
 }
 
-async fn apply_loop(
-    mut rx: mpsc::UnboundedReceiver<Applied>,
+/// Feeds storage from the log, in log order, on a thread of its own: a storage that writes in
+/// the caller's thread ([`Storage::write_logged_blocking`]) gets each record without a hand-off
+/// to a thread pool and back per push.
+struct Applier {
     storage: Arc<dyn Storage>,
     applied: watch::Sender<u64>,
     backlog: Arc<Backlog>,
     metrics: Metrics,
-) {
-    while let Some(Applied {
-        seq,
-        tenant,
-        profiles,
-        bytes,
-    }) = rx.recv().await
-    {
-        // The record is in the log: keep trying rather than lose it. While this fails the
-        // backlog grows and pushes are refused with 503.
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = storage.write_logged(seq, &tenant, profiles.clone()).await {
-            metrics.ingest_error("apply_failed");
-            tracing::error!(error = %e, seq, "writing a logged push to storage failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+    runtime: tokio::runtime::Handle,
+}
+
+impl Applier {
+    /// Returns once every sender is gone (the daemon is stopping).
+    fn run(self, rx: std::sync::mpsc::Receiver<Applied>) {
+        while let Ok(Applied {
+            seq,
+            tenant,
+            profiles,
+            bytes,
+        }) = rx.recv()
+        {
+            // The record is in the log: keep trying rather than lose it. While this fails the
+            // backlog grows and pushes are refused with 503.
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = self.write(seq, &tenant, &profiles) {
+                self.metrics.ingest_error("apply_failed");
+                tracing::error!(error = %e, seq, "writing a logged push to storage failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            self.backlog.queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.applied.send_replace(seq);
         }
-        backlog.queued.fetch_sub(bytes, Ordering::Relaxed);
-        applied.send_replace(seq);
+    }
+
+    fn write(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: &Arc<[Profile]>,
+    ) -> Result<(), StorageError> {
+        match self.storage.write_logged_blocking(seq, tenant, profiles) {
+            Some(done) => done,
+            None => self
+                .runtime
+                .block_on(self.storage.write_logged(seq, tenant, profiles.clone())),
+        }
     }
 }
 

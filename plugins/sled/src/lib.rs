@@ -1540,6 +1540,15 @@ impl Storage for SledStorage {
             .await
     }
 
+    fn write_logged_blocking(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: &[Profile],
+    ) -> Option<Result<(), StorageError>> {
+        Some(self.inner.write_seq(tenant, profiles, Some(seq)))
+    }
+
     fn logged_seq(&self) -> Option<u64> {
         Some(self.inner.applied_log_seq.load(Ordering::Relaxed))
     }
