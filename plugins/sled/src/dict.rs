@@ -30,15 +30,19 @@ pub fn frame_key(f: &Frame, keep_lines: bool) -> String {
 
 /// [`frame_key`] into `out` (cleared first), so that a caller can reuse one buffer.
 pub fn write_frame_key(out: &mut String, f: &Frame, keep_lines: bool) {
-    use std::fmt::Write;
     out.clear();
     push_escaped(out, &f.function);
     if !keep_lines || (f.line == 0 && f.start_line == 0 && f.file.is_empty()) {
         return;
     }
+    // Every frame of every push is keyed: `itoa` rather than `write!`'s formatting machinery.
+    let mut digits = itoa::Buffer::new();
     out.push(SEP);
     push_escaped(out, &f.file);
-    write!(out, "{SEP}{}{SEP}{}", f.line, f.start_line).expect("writing to a String");
+    out.push(SEP);
+    out.push_str(digits.format(f.line));
+    out.push(SEP);
+    out.push_str(digits.format(f.start_line));
 }
 
 /// `s` with the separator replaced, as stored keys never hold it inside a part.

@@ -844,12 +844,24 @@ impl Inner {
                     frame_map.push(dict.frame(f, uses)?);
                 }
                 sample_nodes.clear();
+                // Consecutive samples mostly share the frames nearest the root: start each
+                // stack's walk where it leaves the previous one.
+                let mut path: Vec<u32> = Vec::new();
+                let mut prev: &[u32] = &[];
                 for s in &p.samples {
-                    let mut node = 0;
-                    for &f in &s.stack {
+                    let common = prev
+                        .iter()
+                        .zip(&s.stack)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    path.truncate(common);
+                    let mut node = path.last().copied().unwrap_or(0);
+                    for &f in &s.stack[common..] {
                         node = dict.node(node, frame_map[f as usize], uses)?;
+                        path.push(node);
                     }
                     sample_nodes.push(node);
+                    prev = &s.stack;
                 }
                 dictionary_added += dict.resident_bytes().saturating_sub(before);
             }
