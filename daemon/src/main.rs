@@ -314,6 +314,9 @@ fn main() -> anyhow::Result<()> {
             init_logging(&config.server.log_level);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                // An idle blocking-pool thread ends after this (tokio's default: 10 s), giving
+                // back the allocator cache it keeps between pushes (`alloc::RELEASE_EVERY`).
+                .thread_keep_alive(std::time::Duration::from_secs(2))
                 .build()
                 .context("starting the async runtime")?
                 .block_on(server::run(config, {
