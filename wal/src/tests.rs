@@ -211,28 +211,41 @@ fn spares_in(dir: &Path) -> usize {
     list_spares(dir).unwrap().len()
 }
 
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap())
+}
+
+/// A log in `dir` with `segment_bytes` segments, `records` records of `len` bytes (record `i`
+/// made of byte `i`) appended and checkpointed: its spares are full of valid old records.
+fn with_spares(dir: &Path, segment_bytes: u64, records: u8, len: usize) -> (Wal, WalConfig) {
+    let mut c = config(dir);
+    c.segment_bytes = segment_bytes;
+    let (wal, _) = Wal::open(c.clone()).unwrap();
+    for i in 0..records {
+        wal.append(&vec![i; len]).unwrap();
+    }
+    wal.checkpoint(records.into()).unwrap();
+    assert_eq!(spares_in(dir), SPARE_SEGMENTS, "the rest deleted");
+    (wal, c)
+}
+
 #[test]
 fn checkpointed_segments_become_spares_and_spares_become_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.segment_bytes = 1000;
-    let (wal, _) = Wal::open(c.clone()).unwrap();
-    for _ in 0..40 {
-        wal.append(&[0u8; 200]).unwrap();
-    }
-    wal.checkpoint(40).unwrap();
-    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS, "the rest deleted");
+    let (wal, _) = with_spares(dir.path(), 1000, 40, 200);
     // The next segments reuse the spares: no new files while spares last.
     let spare_inodes: Vec<u64> = list_spares(dir.path())
         .unwrap()
         .iter()
-        .map(|p| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap()))
+        .map(|p| inode(p))
         .collect();
     wal.append(&[1u8; 200]).unwrap();
     assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS - 1);
     let seg = list_segments(dir.path()).unwrap().pop().unwrap();
-    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&seg.path).unwrap());
-    assert!(spare_inodes.contains(&ino), "a spare renamed into service");
+    assert!(
+        spare_inodes.contains(&inode(&seg.path)),
+        "a spare renamed into service"
+    );
     assert_eq!(seg.first_seq, 41);
     assert!(
         wal.stats().disk_bytes > 1000,
@@ -243,15 +256,7 @@ fn checkpointed_segments_become_spares_and_spares_become_segments() {
 #[test]
 fn records_left_in_a_reused_segment_are_never_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.segment_bytes = 4000;
-    let (wal, _) = Wal::open(c.clone()).unwrap();
-    // Spares full of valid records of their own.
-    for i in 0..60u8 {
-        wal.append(&[i; 300]).unwrap();
-    }
-    wal.checkpoint(60).unwrap();
-    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS);
+    let (wal, c) = with_spares(dir.path(), 4000, 60, 300);
     // Shorter new records over them, some of them ending in the middle of an old one.
     for i in 0..7u8 {
         wal.append(&[100 + i; 77]).unwrap();
@@ -281,13 +286,7 @@ fn records_left_in_a_reused_segment_are_never_replayed() {
 #[test]
 fn a_torn_record_in_a_reused_segment_is_still_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.segment_bytes = 4000;
-    let (wal, _) = Wal::open(c.clone()).unwrap();
-    for i in 0..60u8 {
-        wal.append(&[i; 300]).unwrap();
-    }
-    wal.checkpoint(60).unwrap();
+    let (wal, c) = with_spares(dir.path(), 4000, 60, 300);
     for _ in 0..3 {
         wal.append(&[9u8; 50]).unwrap();
     }
@@ -308,14 +307,7 @@ fn a_torn_record_in_a_reused_segment_is_still_reported() {
 #[test]
 fn close_deletes_spares_and_reopen_reuses_those_left() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.segment_bytes = 1000;
-    let (wal, _) = Wal::open(c.clone()).unwrap();
-    for _ in 0..20 {
-        wal.append(&[0u8; 200]).unwrap();
-    }
-    wal.checkpoint(20).unwrap();
-    assert_eq!(spares_in(dir.path()), SPARE_SEGMENTS);
+    let (wal, c) = with_spares(dir.path(), 1000, 20, 200);
     drop(wal);
     // A crash: the spares stay and the next process takes them.
     let (wal, _) = Wal::open(c.clone()).unwrap();

@@ -821,6 +821,8 @@ impl Inner {
         // Stack node of each sample of the previous profile: a pprof with several sample types
         // arrives as consecutive profiles with identical frames and stacks, resolved once.
         let mut sample_nodes: Vec<u32> = Vec::new();
+        // The stack nodes of the sample walked last, root first.
+        let mut path: Vec<u32> = Vec::new();
         let mut previous: Option<&Profile> = None;
         let mut dictionary_added = 0usize;
         for p in profiles {
@@ -846,7 +848,7 @@ impl Inner {
                 sample_nodes.clear();
                 // Consecutive samples mostly share the frames nearest the root: start each
                 // stack's walk where it leaves the previous one.
-                let mut path: Vec<u32> = Vec::new();
+                path.clear();
                 let mut prev: &[u32] = &[];
                 for s in &p.samples {
                     let common = prev
