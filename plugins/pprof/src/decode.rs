@@ -220,7 +220,7 @@ fn build_profiles(
     let mut frame_of_line: FxHashMap<(u64, i64), u32> = FxHashMap::default();
     let mut frame_of_address: FxHashMap<u64, u32> = FxHashMap::default();
     // Each location expands to its frames, caller first (pprof lists inlined callees first).
-    let mut location_frames: Vec<u32> = Vec::new();
+    let mut location_frames: Vec<u32> = Vec::with_capacity(p.lines.len() + p.locations.len());
     let mut location_span: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
     location_span.reserve(p.locations.len());
     for loc in &p.locations {
@@ -319,7 +319,17 @@ fn build_profiles(
             None => {
                 groups.insert(key.clone(), per_group.len());
                 group_labels.push(key.clone());
-                per_group.push(vec![Vec::new(); plans.len()]);
+                // Most bodies are one group (no pprof labels): size the first for every sample.
+                let expected = if per_group.is_empty() {
+                    p.samples.len()
+                } else {
+                    0
+                };
+                per_group.push(
+                    (0..plans.len())
+                        .map(|_| Vec::with_capacity(expected))
+                        .collect(),
+                );
                 per_group.len() - 1
             }
         };

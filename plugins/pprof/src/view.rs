@@ -208,6 +208,16 @@ impl<'a> ProfileView<'a> {
     /// Reads the profile in `bytes` (uncompressed).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
         let mut p = ProfileView::default();
+        // Sized up front: growing them by doubling cost more than this pass, which reads only
+        // the top-level keys and lengths.
+        if let Ok(counts) = count_fields(bytes) {
+            p.samples.reserve_exact(counts[2]);
+            p.locations.reserve_exact(counts[4]);
+            // Most locations have one line; inlined calls add more.
+            p.lines.reserve(counts[4]);
+            p.functions.reserve_exact(counts[5]);
+            p.strings.reserve_exact(counts[6]);
+        }
         let mut w = Wire::new(bytes);
         while !w.at_end() {
             match w.key()? {
@@ -279,6 +289,20 @@ impl<'a> ProfileView<'a> {
         let (start, len) = loc.lines;
         &self.lines[start as usize..(start + len) as usize]
     }
+}
+
+/// How many times each of the fields 1–7 occurs at the top level of a profile message.
+fn count_fields(bytes: &[u8]) -> Result<[usize; 8], WireError> {
+    let mut counts = [0; 8];
+    let mut w = Wire::new(bytes);
+    while !w.at_end() {
+        let (field, t) = w.key()?;
+        if let Some(c) = counts.get_mut(field as usize) {
+            *c += 1;
+        }
+        w.skip(t)?;
+    }
+    Ok(counts)
 }
 
 /// Reused buffers one sample at a time is read into.
