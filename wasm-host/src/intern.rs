@@ -135,7 +135,7 @@ impl StringTable {
         let mut stack_lens = Vec::with_capacity(p.samples.len());
         let mut values = Vec::with_capacity(p.samples.len());
         for s in &p.samples {
-            stacks.extend_from_slice(&s.stack);
+            stacks.extend(s.stack.iter().copied());
             stack_lens.push(s.stack.len() as u32);
             values.push(s.value);
         }
