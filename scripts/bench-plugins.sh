@@ -3,7 +3,8 @@
 # fixed rate (RATE pushes/s, default 2,000 — the core target; each push is a Go CPU
 # pprof stored as two profile types), run three times on a release daemon — without a sink,
 # with the `top-functions` example sink in the default pipeline receiving every profile, and
-# with it asking for the `cpu` type only — printing the daemon's CPU for each.
+# with it asking for the `cpu` type only — printing the daemon's CPU for each, and the share of it
+# the sink's calls took (kiln_plugin_cpu_seconds_total).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -30,6 +31,15 @@ run() {
   echo "== $label"
   "$target"/release/kiln-loadgen --url "http://127.0.0.1:$port" --series "${SERIES:-200}" \
     --concurrency "${CONCURRENCY:-4}" --seconds "${SECONDS_TO_RUN:-15}" --rate "${RATE:-2000}" --pid "$pid"
+  # The sink's own share, measured inside the same run (no run-to-run noise): CPU the daemon
+  # spent converting batches and in the guest (kiln_plugin_cpu_seconds_total) against all the
+  # CPU the daemon used since it started.
+  local plugin_cpu process_cpu
+  plugin_cpu=$(curl -sf "http://127.0.0.1:$port/metrics" |
+    awk '/^kiln_plugin_cpu_seconds_total/ { s += $NF } END { printf "%.3f", s + 0 }')
+  process_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$pid/stat")
+  python3 -c "import sys; p, t = map(float, sys.argv[1:]); print(f'plugin CPU {p:.2f} s of the daemon\'s {t:.2f} s ({100 * p / t:.1f} %)')" \
+    "$plugin_cpu" "$process_cpu"
   kill -TERM "$pid"; wait "$pid" || true
 }
 

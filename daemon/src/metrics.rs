@@ -1,5 +1,6 @@
 //! Prometheus metrics about the daemon itself, served at `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +93,7 @@ pub struct Metrics {
     sink_dropped: Family<Sink, Counter>,
     plugin_faults: Family<PluginFault, Counter>,
     plugins_disabled: Family<PluginName, Gauge>,
+    plugin_cpu: Family<PluginName, Counter<f64, AtomicU64>>,
     wal_backlog: Gauge,
     wal_disk: Gauge,
     early_flushes: Counter,
@@ -133,6 +135,7 @@ impl Default for Metrics {
         let sink_dropped = Family::<Sink, Counter>::default();
         let plugin_faults = Family::<PluginFault, Counter>::default();
         let plugins_disabled = Family::<PluginName, Gauge>::default();
+        let plugin_cpu = Family::<PluginName, Counter<f64, AtomicU64>>::default();
         let scrapes = Family::<ScrapeOutcome, Counter>::default();
         let remote_writes = Family::<Outcome, Counter>::default();
         registry.register(
@@ -262,6 +265,11 @@ impl Default for Metrics {
             plugin_faults.clone(),
         );
         registry.register(
+            "plugin_cpu_seconds",
+            "CPU time spent in calls of a Wasm plugin (its own code, and for a sink the conversion of each batch), by plugin",
+            plugin_cpu.clone(),
+        );
+        registry.register(
             "plugin_disabled",
             "1 for a plugin instance disabled after repeated faults, until the next reload",
             plugins_disabled.clone(),
@@ -333,6 +341,7 @@ impl Default for Metrics {
             sink_dropped,
             plugin_faults,
             plugins_disabled,
+            plugin_cpu,
             wal_backlog,
             wal_disk,
             early_flushes,
@@ -550,9 +559,17 @@ impl Metrics {
     }
 }
 
-impl kiln_wasm_host::FaultObserver for Metrics {
+impl kiln_wasm_host::PluginObserver for Metrics {
     fn fault(&self, plugin: &str, kind: kiln_wasm_host::FaultKind) {
         self.plugin_fault(plugin, kind.as_str());
+    }
+
+    fn cpu(&self, plugin: &str, seconds: f64) {
+        self.plugin_cpu
+            .get_or_create(&PluginName {
+                plugin: plugin.into(),
+            })
+            .inc_by(seconds);
     }
 
     fn disabled(&self, plugin: &str) {

@@ -158,6 +158,11 @@ sinks = ["top", "hook", "forbidden"]
     assert_eq!(top[0]["function"], "hash");
     assert_eq!(top[0]["self"], 70);
     assert_eq!(top[1]["function"], "alloc");
+    // What the sink's calls cost is counted.
+    let cpu = d
+        .metric("kiln_plugin_cpu_seconds_total{plugin=\"top-functions\"}")
+        .expect("the plugin's CPU is exported");
+    assert!(cpu > 0.0 && cpu < 60.0, "{cpu}");
 
     // The allow-listed webhook receives the same line; the sink without the grant is refused.
     let body = posted.recv_timeout(Duration::from_secs(20)).unwrap();

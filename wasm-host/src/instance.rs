@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_plugin_api::{
@@ -40,18 +41,36 @@ impl FaultKind {
     }
 }
 
-/// Told about every fault and every instance disabled, for metrics.
-pub trait FaultObserver: Send + Sync {
+/// Told about every fault, every instance disabled and the CPU each call took, for metrics.
+pub trait PluginObserver: Send + Sync {
     fn fault(&self, plugin: &str, kind: FaultKind);
     fn disabled(&self, plugin: &str);
+    /// CPU time the host spent on a call of `plugin`: the guest's code, and for a sink the
+    /// conversion of its batch too.
+    fn cpu(&self, _plugin: &str, _seconds: f64) {}
 }
 
 /// An observer that does nothing.
 pub struct NoObserver;
 
-impl FaultObserver for NoObserver {
+impl PluginObserver for NoObserver {
     fn fault(&self, _: &str, _: FaultKind) {}
     fn disabled(&self, _: &str) {}
+}
+
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// A call's failure.
@@ -166,7 +185,7 @@ struct Inner {
     live: Mutex<Option<Live>>,
     consecutive_faults: AtomicU32,
     disabled: AtomicBool,
-    observer: Arc<dyn FaultObserver>,
+    observer: Arc<dyn PluginObserver>,
     /// For a 0.2.0 sink. An async lock: it is held across the call, so batches reach the
     /// instance in the order their string deltas were made.
     sink: tokio::sync::Mutex<Option<SinkFeed>>,
@@ -181,7 +200,7 @@ impl WasmPlugin {
         self: &Arc<Self>,
         options: &str,
         sandbox: Sandbox,
-        observer: Arc<dyn FaultObserver>,
+        observer: Arc<dyn PluginObserver>,
     ) -> Result<WasmInstance, WasmError> {
         sandbox.validate().map_err(|reason| WasmError::Sandbox {
             plugin: self.name.clone(),
@@ -275,7 +294,11 @@ impl Inner {
             },
         };
         live.store.set_epoch_deadline(live.ticks);
-        match f(&mut live.store, &live.exports) {
+        let cpu_before = thread_cpu();
+        let called = f(&mut live.store, &live.exports);
+        self.observer
+            .cpu(name, thread_cpu().saturating_sub(cpu_before).as_secs_f64());
+        match called {
             Ok(result) => {
                 *slot = Some(live);
                 self.consecutive_faults.store(0, Ordering::Release);
@@ -374,7 +397,12 @@ impl SinkExporter for WasmInstance {
         let (Some(feed), Some(interest)) = (feed.as_mut(), &self.inner.interest) else {
             return self.export_v0_1(profiles).await;
         };
+        let cpu_before = thread_cpu();
         let batch = feed.strings.batch(profiles.iter().copied(), interest);
+        self.inner.observer.cpu(
+            &self.inner.plugin.name,
+            thread_cpu().saturating_sub(cpu_before).as_secs_f64(),
+        );
         if batch.profiles.is_empty() {
             return Ok(());
         }

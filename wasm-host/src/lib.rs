@@ -18,7 +18,7 @@ mod sandbox;
 
 use std::path::PathBuf;
 
-pub use instance::{CallError, FaultKind, FaultObserver, NoObserver, WasmInstance};
+pub use instance::{CallError, FaultKind, NoObserver, PluginObserver, WasmInstance};
 pub use runtime::{WasmPlugin, WIT_VERSION, WIT_VERSIONS_ACCEPTED};
 pub use sandbox::{Sandbox, GUEST_DIR};
 

@@ -122,8 +122,9 @@ fn append_to_file(file: &str, bytes: &[u8]) -> Result<(), String> {
 /// The top `n` functions of `p` by self value (ties by name, so output is stable).
 fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec<Entry<'a>> {
     // Self value per frame first (an array index per sample), then per function: several
-    // frames may share a function (different lines). Functions are string ids, so no hashing
-    // of names.
+    // frames may share a function (different lines). Functions are string ids: sorting the
+    // (function, value) pairs of the frames with self value groups a function's frames
+    // together, with no hashing.
     let mut by_frame = vec![0i64; p.frame_functions.len()];
     let mut end = 0usize;
     for (&len, &value) in p.stack_lens.iter().zip(&p.values) {
@@ -137,21 +138,35 @@ fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec
             *slot += value;
         }
     }
-    let mut by_function: HashMap<u32, i64> = HashMap::new();
-    for (&function, &value) in p.frame_functions.iter().zip(&by_frame) {
-        if value != 0 {
-            *by_function.entry(function).or_default() += value;
+    let mut by_function: Vec<(u32, i64)> = p
+        .frame_functions
+        .iter()
+        .zip(&by_frame)
+        .filter(|(_, &value)| value != 0)
+        .map(|(&function, &value)| (function, value))
+        .collect();
+    by_function.sort_unstable_by_key(|&(function, _)| function);
+    by_function.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
         }
-    }
+        same
+    });
     let total: i64 = p.values.iter().sum();
     let mut entries: Vec<(&str, i64)> = by_function
         .into_iter()
         .map(|(id, value)| (strings.get(id), value))
         .collect();
-    entries.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let order = |a: &(&str, i64), b: &(&str, i64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    // Only the first `n` need to be in order.
+    if entries.len() > n {
+        entries.select_nth_unstable_by(n - 1, order);
+        entries.truncate(n);
+    }
+    entries.sort_by(order);
     entries
         .into_iter()
-        .take(n)
         .map(|(function, self_value)| Entry {
             function,
             self_value,
