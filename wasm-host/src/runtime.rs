@@ -19,6 +19,8 @@ pub const WIT_VERSION: &str = "0.2.0";
 /// Earlier versions whose components still load: 0.1.0 differs only in its `sink` world.
 pub const WIT_VERSIONS_ACCEPTED: &[&str] = &["0.2.0", "0.1.0"];
 const WIT_PACKAGE: &str = "kiln:plugin";
+/// Set (to anything) in the daemon's environment to write a perf map of compiled plugin code.
+pub const PERF_MAP_ENV: &str = "KILN_WASM_PERF_MAP";
 
 /// One epoch tick; call timeouts are counted in ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -48,6 +50,11 @@ impl Runtime {
         config.wasm_component_model(true);
         // Deadlines by epoch: cheaper per instruction than fuel, and measured in time.
         config.epoch_interruption(true);
+        if std::env::var_os(PERF_MAP_ENV).is_some() {
+            // `perf` names plugin code from /tmp/perf-<pid>.map (functions of components
+            // compiled from now on); without it a profile shows guest code as unknown addresses.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
