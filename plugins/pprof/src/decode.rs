@@ -196,6 +196,9 @@ fn default_name<'a>(sample_type: &'a str, sample_unit: &str) -> &'a str {
     }
 }
 
+/// At most this many samples per profile type are reserved before they are read.
+const MAX_RESERVED_SAMPLES: usize = 1 << 16;
+
 fn build_profiles(
     p: &ProfileView,
     strings: &Strings,
@@ -319,9 +322,11 @@ fn build_profiles(
             None => {
                 groups.insert(key.clone(), per_group.len());
                 group_labels.push(key.clone());
-                // Most bodies are one group (no pprof labels): size the first for every sample.
+                // Most bodies are one group (no pprof labels): size the first for every sample,
+                // up to a bound (a body of empty samples keeps none, and must not reserve for
+                // them all).
                 let expected = if per_group.is_empty() {
-                    p.samples.len()
+                    p.samples.len().min(MAX_RESERVED_SAMPLES)
                 } else {
                     0
                 };
