@@ -4,7 +4,9 @@
 # pprof stored as two profile types), run three times on a release daemon — without a sink,
 # with the `top-functions` example sink in the default pipeline receiving every profile, and
 # with it asking for the `cpu` type only — printing the daemon's CPU for each, and the share of it
-# the sink's calls took (kiln_plugin_cpu_seconds_total).
+# the sink's calls took (kiln_plugin_cpu_seconds_total). REPEAT=N runs the three N times in
+# turn and ends with the medians: identical runs on a small shared machine differ by more than
+# the effect measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -30,7 +32,10 @@ run() {
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   echo "== $label"
   "$target"/release/kiln-loadgen --url "http://127.0.0.1:$port" --series "${SERIES:-200}" \
-    --concurrency "${CONCURRENCY:-4}" --seconds "${SECONDS_TO_RUN:-15}" --rate "${RATE:-2000}" --pid "$pid"
+    --concurrency "${CONCURRENCY:-4}" --seconds "${SECONDS_TO_RUN:-15}" --rate "${RATE:-2000}" --pid "$pid" |
+    tee "$work/load.txt"
+  local per_profile
+  per_profile=$(awk '/^server:/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ms") print $i }' "$work/load.txt")
   # The sink's own share, measured inside the same run (no run-to-run noise): CPU the daemon
   # spent converting batches and in the guest (kiln_plugin_cpu_seconds_total) against all the
   # CPU the daemon used since it started.
@@ -40,6 +45,7 @@ run() {
   process_cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$pid/stat")
   python3 -c "import sys; p, t = map(float, sys.argv[1:]); print(f'plugin CPU {p:.2f} s of the daemon\'s {t:.2f} s ({100 * p / t:.1f} %)')" \
     "$plugin_cpu" "$process_cpu"
+  printf '%s\t%s\t%s\t%s\n' "$label" "${per_profile:-nan}" "$plugin_cpu" "$process_cpu" >> "$work/runs.tsv"
   kill -TERM "$pid"; wait "$pid" || true
 }
 
@@ -58,7 +64,27 @@ sinks = ["top"]
 TOML
 sed 's/^type = "top-functions"$/type = "top-functions"\ntypes = ["cpu"]/' "$work/sink.toml" > "$work/sink-cpu.toml"
 
-run "without a sink" "$work/plain.toml"
-run "with the Wasm sink top-functions, every profile" "$work/sink.toml"
-run "with the Wasm sink top-functions, types = [\"cpu\"]" "$work/sink-cpu.toml"
+for _ in $(seq "${REPEAT:-1}"); do
+  run "without a sink" "$work/plain.toml"
+  run "with the Wasm sink top-functions, every profile" "$work/sink.toml"
+  run "with the Wasm sink top-functions, types = [\"cpu\"]" "$work/sink-cpu.toml"
+done
 echo "sink output: $(wc -l < "$work/out/top-functions.jsonl") JSON lines"
+python3 - "$work/runs.tsv" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, per_profile, plugin, process = line.rstrip("\n").split("\t")
+    runs.setdefault(label, []).append((float(per_profile), float(plugin) / float(process)))
+base = statistics.median(p for p, _ in runs["without a sink"])
+print(f"medians over {len(runs['without a sink'])} run(s) of each:")
+for label, rs in runs.items():
+    per_profile = statistics.median(p for p, _ in rs)
+    share = statistics.median(s for _, s in rs)
+    if label == "without a sink":
+        print(f"  {label}: {per_profile:.3f} ms CPU per profile")
+        continue
+    print(f"  {label}: {per_profile:.3f} ms CPU per profile, {100 * (per_profile / base - 1):+.1f} % "
+          f"against no sink; its calls {100 * share:.1f} % of the daemon's CPU "
+          f"(+{100 * share / (1 - share):.1f} % on top of the rest)")
+PY
