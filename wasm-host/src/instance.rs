@@ -239,6 +239,17 @@ impl WasmPlugin {
 }
 
 impl Inner {
+    /// Runs `f` on this thread and reports the CPU it took as this plugin's.
+    fn counting_cpu<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = thread_cpu();
+        let result = f();
+        self.observer.cpu(
+            &self.plugin.name,
+            thread_cpu().saturating_sub(before).as_secs_f64(),
+        );
+        result
+    }
+
     fn start(&self) -> Result<Live, CallError> {
         let mut live =
             Live::start(&self.plugin, &self.sandbox).map_err(|message| CallError::Fault {
@@ -294,11 +305,7 @@ impl Inner {
             },
         };
         live.store.set_epoch_deadline(live.ticks);
-        let cpu_before = thread_cpu();
-        let called = f(&mut live.store, &live.exports);
-        self.observer
-            .cpu(name, thread_cpu().saturating_sub(cpu_before).as_secs_f64());
-        match called {
+        match self.counting_cpu(|| f(&mut live.store, &live.exports)) {
             Ok(result) => {
                 *slot = Some(live);
                 self.consecutive_faults.store(0, Ordering::Release);
@@ -397,12 +404,9 @@ impl SinkExporter for WasmInstance {
         let (Some(feed), Some(interest)) = (feed.as_mut(), &self.inner.interest) else {
             return self.export_v0_1(profiles).await;
         };
-        let cpu_before = thread_cpu();
-        let batch = feed.strings.batch(profiles.iter().copied(), interest);
-        self.inner.observer.cpu(
-            &self.inner.plugin.name,
-            thread_cpu().saturating_sub(cpu_before).as_secs_f64(),
-        );
+        let batch = self
+            .inner
+            .counting_cpu(|| feed.strings.batch(profiles.iter().copied(), interest));
         if batch.profiles.is_empty() {
             return Ok(());
         }
@@ -438,10 +442,12 @@ impl SinkExporter for WasmInstance {
 impl WasmInstance {
     /// A sink built against 0.1.0: every profile crosses whole.
     async fn export_v0_1(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
-        let batch: Vec<wit::Profile> = profiles
-            .iter()
-            .map(|p| convert::profile_to_wit(p))
-            .collect();
+        let batch: Vec<wit::Profile> = self.inner.counting_cpu(|| {
+            profiles
+                .iter()
+                .map(|p| convert::profile_to_wit(p))
+                .collect()
+        });
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let plugin = &inner.plugin;
