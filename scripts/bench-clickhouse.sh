@@ -137,18 +137,38 @@ figures() {
   echo "$1: profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
 }
 
+# CPU seconds (user + system) PID has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# ClickHouse's own CPU over a load: cores, and ms per profile the load generators' JSON files
+# (the rest of the arguments) say were accepted.
+clickhouse_cpu() { # CPU_BEFORE SECONDS JSON...
+  local before=$1 secs=$2; shift 2
+  python3 - "$before" "$(cpu_s "$ch_pid")" "$secs" "$@" <<'PY'
+import json, sys
+before, after, secs = map(float, sys.argv[1:4])
+accepted = sum(json.load(open(f))["accepted"] for f in sys.argv[4:])
+used = after - before
+print(f"clickhouse-server: {used / secs:.2f} cores, {1000 * used / max(accepted, 1):.2f} ms CPU per accepted profile")
+PY
+}
+
 echo "== 1 daemon"
 start_daemon one bench1; p1=$(cat "$work/one/port")
+ch_before=$(cpu_s "$ch_pid")
 loadgen "$p1" "$(cat "$work/one/pid")" "$work/one.json"
+clickhouse_cpu "$ch_before" "$secs" "$work/one.json"
 tables bench1
 figures 1x
 
 echo "== 2 daemons, one database"
 start_daemon a bench2; start_daemon b bench2
 pa=$(cat "$work/a/port"); pb=$(cat "$work/b/port")
+ch_before=$(cpu_s "$ch_pid")
 loadgen "$pa" "$(cat "$work/a/pid")" "$work/a.json" & la=$!
 loadgen "$pb" "$(cat "$work/b/pid")" "$work/b.json" & lb=$!
 wait $la $lb
+clickhouse_cpu "$ch_before" "$secs" "$work/a.json" "$work/b.json"
 python3 - "$work/a.json" "$work/b.json" <<'PY'
 import json, sys
 rates = [json.load(open(f))["accepted_per_s"] for f in sys.argv[1:]]

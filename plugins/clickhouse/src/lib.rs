@@ -8,8 +8,9 @@
 //!   their content ([`ids`]), a series index, and one row per series and bucket of each time
 //!   level holding the value of every stack in two arrays (summed by key on merge).
 //! * Writes are buffered ([`write`]) and sent per table in one RowBinary insert, when the
-//!   buffer is big or old enough and at every flush. Until ClickHouse accepts them they stay
-//!   buffered (up to `max_buffered_rows`), and the daemon's write-ahead log keeps the pushes:
+//!   buffer is big or old enough (by a sender thread, so writes go on meanwhile) and at every
+//!   flush. Until ClickHouse accepts them they stay buffered (up to `max_buffered_rows`, past
+//!   which a write waits for the send), and the daemon's write-ahead log keeps the pushes:
 //!   nothing acknowledged is lost while the server is down.
 //! * A merge is one aggregation in ClickHouse (the sum of each stack over the range), then the
 //!   stacks are resolved into a tree here ([`read`]).
@@ -29,8 +30,9 @@ pub mod test_server;
 mod write;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use kiln_plugin_api::{
@@ -83,6 +85,13 @@ struct Inner {
     /// last write-ahead log record they hold. Lock order: `unsent`, then `buffer`, then `known`;
     /// never `unsent` while holding `buffer`.
     unsent: Mutex<([RowWriter; TABLES.len()], Option<u64>)>,
+    /// Rows in `unsent`, readable while a send holds its lock.
+    unsent_rows: AtomicUsize,
+    /// Wakes the sender thread: a write that finds the buffer due hands the insert over rather
+    /// than waiting for it, so the daemon keeps applying pushes while ClickHouse takes the last
+    /// batch (an insert takes a good part of a second under load, and pushes applied behind it
+    /// piled up in the daemon's decoded backlog until ingest answered 503).
+    kick: SyncSender<()>,
     /// This daemon's name in the `delivered` table, when it has a state directory.
     daemon: Option<String>,
     /// The last write-ahead log record wholly in ClickHouse.
@@ -122,19 +131,27 @@ impl ClickHouseStorage {
             Some(id) => delivered_seq(&client, &config.database, id).map_err(OpenError::Schema)?,
             None => 0,
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                client,
-                db: config.database.clone(),
-                config: config.clone(),
-                levels,
-                buffer: Mutex::new(Buffer::default()),
-                known: Mutex::new(Known::new(config.known_max_age())),
-                unsent: Mutex::new(Default::default()),
-                daemon,
-                delivered: AtomicU64::new(delivered),
-            }),
-        })
+        // One pending wake-up is enough: the send it starts takes whatever is buffered by then.
+        let (kick, kicked) = sync_channel(1);
+        let inner = Arc::new(Inner {
+            client,
+            db: config.database.clone(),
+            config: config.clone(),
+            levels,
+            buffer: Mutex::new(Buffer::default()),
+            known: Mutex::new(Known::new(config.known_max_age())),
+            unsent: Mutex::new(Default::default()),
+            unsent_rows: AtomicUsize::new(0),
+            kick,
+            daemon,
+            delivered: AtomicU64::new(delivered),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("kiln-clickhouse-send".into())
+            .spawn(move || run_sender(weak, kicked))
+            .map_err(|e| OpenError::State(format!("starting the sender thread: {e}")))?;
+        Ok(Self { inner })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -191,19 +208,19 @@ impl Inner {
                     .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
         };
         if due {
-            if let Err(e) = self.send() {
-                // Kept buffered; sent again by the next write or flush.
-                tracing::warn!(error = %e, "sending buffered rows to ClickHouse failed");
-            }
+            // Full: a wake-up is pending already, and its send takes these rows too.
+            let _ = self.kick.try_send(());
         }
         Ok(())
     }
 
     fn pending_rows(&self) -> usize {
-        // One lock at a time: `send` takes `unsent` then `buffer`.
-        let buffered = self.buffer.lock().rows();
-        let unsent: usize = self.unsent.lock().0.iter().map(|w| w.rows).sum();
-        buffered + unsent
+        self.buffer.lock().rows() + self.unsent_rows.load(Ordering::Relaxed)
+    }
+
+    fn count_unsent(&self, unsent: &[RowWriter]) {
+        let rows = unsent.iter().map(|w| w.rows).sum();
+        self.unsent_rows.store(rows, Ordering::Relaxed);
     }
 
     /// Sends everything buffered, tables in dependency order; what fails stays queued.
@@ -217,13 +234,18 @@ impl Inner {
         for (queued, rows) in unsent.iter_mut().zip(taken.encode()) {
             queued.append(rows);
         }
-        for ((table, columns), rows) in TABLES.iter().zip(unsent.iter_mut()) {
-            if rows.is_empty() {
+        self.count_unsent(unsent);
+        for i in 0..TABLES.len() {
+            let (table, columns) = TABLES[i];
+            if unsent[i].is_empty() {
                 continue;
             }
-            self.client
-                .insert(&format!("{} {columns}", self.table(table)), &rows.bytes)?;
-            *rows = RowWriter::default();
+            self.client.insert(
+                &format!("{} {columns}", self.table(table)),
+                &unsent[i].bytes,
+            )?;
+            unsent[i] = RowWriter::default();
+            self.count_unsent(unsent);
         }
         if let (Some(daemon), Some(s)) = (&self.daemon, *seq) {
             let mut row = RowWriter::default();
@@ -367,6 +389,17 @@ impl Storage for ClickHouseStorage {
         Ok(RetentionReport {
             chunks_deleted: dropped,
         })
+    }
+}
+
+/// Sends the buffer each time a write finds it due, until the storage is dropped. A failed send
+/// keeps its rows queued for the next one (or the daemon's flush, which reports the error).
+fn run_sender(inner: Weak<Inner>, kicked: Receiver<()>) {
+    while kicked.recv().is_ok() {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.send() {
+            tracing::warn!(error = %e, "sending buffered rows to ClickHouse failed");
+        }
     }
 }
 

@@ -201,6 +201,25 @@ impl TestServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP), as a server stalled on its disk: connections are still
+    /// accepted by the kernel, nothing answers. [`TestServer::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
+    }
+
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();

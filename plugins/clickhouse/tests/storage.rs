@@ -3,6 +3,7 @@
 //! the schema's version checks and concurrent writers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_plugin_api::{Storage, StorageError, Tenant};
 use kiln_storage_clickhouse::test_server::TestServer;
@@ -499,4 +500,45 @@ async fn levels_are_recorded_and_other_resolutions_refused() {
         .err()
         .expect("no levels");
     assert!(matches!(e, OpenError::Levels(_)), "{e}");
+}
+
+/// A write that finds the buffer due hands the insert to the sender thread: writes go on while
+/// ClickHouse takes (here: never answers) an insert, and what they buffered is all delivered
+/// once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_an_insert_is_in_flight() {
+    let server = TestServer::start();
+    let mut cfg = config(&server, "kiln_send");
+    cfg.flush_interval = Duration::from_millis(1);
+    let s = Arc::new(ClickHouseStorage::open(&cfg, levels(), None).unwrap());
+    let base = now_s() / 1000 * 1000 - 2000;
+    let t = Tenant::default();
+
+    server.pause();
+    let writer = {
+        let (s, t) = (s.clone(), t.clone());
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let p = profile("shop", "prod", base + i * 10, &[(&["main", "work"], 1)]);
+                s.write(&t, vec![p]).await.unwrap();
+                // Past the flush interval, so every write finds the buffer due.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    // Generous: the writes take milliseconds; before the sender thread they waited for the
+    // frozen server, that is until `resume` below.
+    let finished = tokio::time::timeout(Duration::from_secs(20), writer).await;
+    server.resume();
+    finished
+        .expect("writes returned while ClickHouse was frozen")
+        .unwrap();
+
+    s.flush().await.unwrap();
+    let m = s
+        .select_merge(&t, &query("shop.cpu", base - 1000, base + 1000))
+        .await
+        .unwrap();
+    assert_eq!((m.tree.total(), m.profiles), (20, 20));
+    assert_eq!(m.tree.to_folded(), "main;work 20\n");
 }
