@@ -5,13 +5,15 @@
 # with the `top-functions` example sink in the default pipeline receiving every profile, and
 # with it asking for the `cpu` type only — printing the daemon's CPU for each, and the share of it
 # the sink's calls took (kiln_plugin_cpu_seconds_total). REPEAT=N runs the three N times in
-# turn and ends with the medians: identical runs on a small shared machine differ by more than
-# the effect measured.
+# turn (each repeat starting one variant later) and ends with the medians: identical runs on a
+# small shared machine differ by more than the effect measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-# Honours CARGO_TARGET_DIR like cargo does.
+# Honours CARGO_TARGET_DIR like cargo does. KILN_BIN runs another daemon binary (one built from
+# an earlier commit, to compare) under the same load generator and sink.
 target=${CARGO_TARGET_DIR:-$root/target}
+kiln_bin=${KILN_BIN:-$target/release/kiln}
 cargo build --release -p kiln -p kiln-loadgen
 (cd examples/wasm-exporter-rust &&
   CARGO_TARGET_DIR="$target/wasm-guests" cargo build --release --target wasm32-wasip2)
@@ -26,7 +28,7 @@ run() {
   local data port
   data=$(mktemp -d -p "$work")
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$target"/release/kiln server --config "$config" --listen "127.0.0.1:$port" --storage-path "$data" \
+  "$kiln_bin" server --config "$config" --listen "127.0.0.1:$port" --storage-path "$data" \
     --self-profiling false --log-level warn &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
@@ -47,6 +49,8 @@ run() {
     "$plugin_cpu" "$process_cpu"
   printf '%s\t%s\t%s\t%s\n' "$label" "${per_profile:-nan}" "$plugin_cpu" "$process_cpu" >> "$work/runs.tsv"
   kill -TERM "$pid"; wait "$pid" || true
+  # The next run starts with this one's data gone and written back, not still being flushed.
+  rm -rf "$data"; sync; sleep 2
 }
 
 printf '[server]\nplugins_dir = "%s"\n' "$work/plugins" > "$work/plain.toml"
@@ -64,10 +68,16 @@ sinks = ["top"]
 TOML
 sed 's/^type = "top-functions"$/type = "top-functions"\ntypes = ["cpu"]/' "$work/sink.toml" > "$work/sink-cpu.toml"
 
-for _ in $(seq "${REPEAT:-1}"); do
-  run "without a sink" "$work/plain.toml"
-  run "with the Wasm sink top-functions, every profile" "$work/sink.toml"
-  run "with the Wasm sink top-functions, types = [\"cpu\"]" "$work/sink-cpu.toml"
+labels=("without a sink" "with the Wasm sink top-functions, every profile"
+  "with the Wasm sink top-functions, types = [\"cpu\"]")
+configs=("$work/plain.toml" "$work/sink.toml" "$work/sink-cpu.toml")
+# Each repeat starts one variant later, so that none is always the first or the last run
+# (runs late in a sequence were measured slower, whatever they ran).
+for ((r = 0; r < ${REPEAT:-1}; r++)); do
+  for ((i = 0; i < 3; i++)); do
+    v=$(((r + i) % 3))
+    run "${labels[$v]}" "${configs[$v]}"
+  done
 done
 echo "sink output: $(wc -l < "$work/out/top-functions.jsonl") JSON lines"
 python3 - "$work/runs.tsv" <<'PY'

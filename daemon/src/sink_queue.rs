@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_plugin_api::{Profile, SinkExporter};
+use kiln_plugin_api::{Prepared, Profile, SinkExporter};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -44,14 +44,33 @@ impl Selected {
     }
 }
 
+/// What waits in a sink's queue: the profiles, or what the sink made of them when they were
+/// queued ([`SinkExporter::prepare`]).
+enum Queued {
+    Profiles(Selected),
+    Prepared(Prepared),
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        match self {
+            Queued::Profiles(s) => s.len(),
+            Queued::Prepared(p) => p.profiles,
+        }
+    }
+}
+
 /// The worker's inputs: its end of the queue, the sink it feeds and how long it waits.
-type Worker = (mpsc::Receiver<Selected>, Arc<dyn SinkExporter>, Duration);
+type Worker = (mpsc::Receiver<Queued>, Arc<dyn SinkExporter>, Duration);
 
 pub struct SinkQueue {
     pub name: String,
-    tx: mpsc::Sender<Selected>,
+    tx: mpsc::Sender<Queued>,
     /// The sink, asked which profiles it wants before they are queued for it.
     sink: Arc<dyn SinkExporter>,
+    /// Held while a push is prepared and queued, so the queue holds prepared batches in the
+    /// order they were made (a sink's batches may build on one another).
+    enqueue: Mutex<()>,
     /// The worker's end, until the first delivery starts the worker (building a configuration,
     /// as `kiln validate` does, needs no runtime).
     pending_worker: Mutex<Option<Worker>>,
@@ -71,6 +90,7 @@ impl SinkQueue {
             name: name.to_string(),
             tx,
             sink: sink.clone(),
+            enqueue: Mutex::new(()),
             pending_worker: Mutex::new(Some((rx, sink, batch_wait))),
             metrics,
         }
@@ -99,10 +119,19 @@ impl SinkQueue {
                 self.metrics.clone(),
             ));
         }
-        if let Err(e) = self.tx.try_send(selected) {
+        let _order = self.enqueue.lock().expect("not poisoned");
+        let profiles: Vec<&Profile> = selected.profiles().collect();
+        let item = match self.sink.prepare(&profiles) {
+            Some(prepared) => Queued::Prepared(prepared),
+            None => Queued::Profiles(selected),
+        };
+        if let Err(e) = self.tx.try_send(item) {
             let dropped = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
+            if matches!(dropped, Queued::Prepared(_)) {
+                self.sink.prepared_dropped();
+            }
             self.metrics.sink_dropped(&self.name, dropped.len());
             tracing::warn!(sink = %self.name, profiles = dropped.len(), "sink queue full; profiles dropped for this sink");
         }
@@ -113,7 +142,7 @@ impl SinkQueue {
 /// over what was still queued.
 async fn run_worker(
     name: String,
-    mut rx: mpsc::Receiver<Selected>,
+    mut rx: mpsc::Receiver<Queued>,
     sink: Arc<dyn SinkExporter>,
     batch_wait: Duration,
     metrics: Metrics,
@@ -128,21 +157,72 @@ async fn run_worker(
             tokio::time::sleep_until(deadline).await;
             take_queued(&mut rx, &mut batch);
         }
-        let profiles: Vec<&Profile> = batch.iter().flat_map(Selected::profiles).collect();
-        if let Err(e) = sink.export(&profiles).await {
-            metrics.sink_error(&name);
-            tracing::warn!(sink = %name, error = %e, profiles = profiles.len(), "sink export failed");
-        }
+        export(&name, sink.as_ref(), batch, &metrics).await;
     }
 }
 
-fn queued_profiles(batch: &[Selected]) -> usize {
-    batch.iter().map(Selected::len).sum()
+/// Hands `batch` to the sink, in queue order: each run of queued profiles to `export` in one
+/// call, each run of what it prepared to `export_prepared` in one call.
+async fn export(name: &str, sink: &dyn SinkExporter, batch: Vec<Queued>, metrics: &Metrics) {
+    let mut profiles: Vec<Selected> = Vec::new();
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for item in batch {
+        match item {
+            Queued::Profiles(selected) => {
+                if !prepared.is_empty() {
+                    export_prepared(name, sink, std::mem::take(&mut prepared), metrics).await;
+                }
+                profiles.push(selected);
+            }
+            Queued::Prepared(made) => {
+                if !profiles.is_empty() {
+                    export_profiles(name, sink, std::mem::take(&mut profiles), metrics).await;
+                }
+                prepared.push(made);
+            }
+        }
+    }
+    if !profiles.is_empty() {
+        export_profiles(name, sink, profiles, metrics).await;
+    }
+    if !prepared.is_empty() {
+        export_prepared(name, sink, prepared, metrics).await;
+    }
+}
+
+async fn export_profiles(
+    name: &str,
+    sink: &dyn SinkExporter,
+    run: Vec<Selected>,
+    metrics: &Metrics,
+) {
+    let profiles: Vec<&Profile> = run.iter().flat_map(Selected::profiles).collect();
+    if let Err(e) = sink.export(&profiles).await {
+        metrics.sink_error(name);
+        tracing::warn!(sink = %name, error = %e, profiles = profiles.len(), "sink export failed");
+    }
+}
+
+async fn export_prepared(
+    name: &str,
+    sink: &dyn SinkExporter,
+    run: Vec<Prepared>,
+    metrics: &Metrics,
+) {
+    let profiles: usize = run.iter().map(|p| p.profiles).sum();
+    if let Err(e) = sink.export_prepared(run).await {
+        metrics.sink_error(name);
+        tracing::warn!(sink = %name, error = %e, profiles, "sink export failed");
+    }
+}
+
+fn queued_profiles(batch: &[Queued]) -> usize {
+    batch.iter().map(Queued::len).sum()
 }
 
 /// Moves what has queued up into `batch`, until it holds `MAX_BATCH_PROFILES` (a push is not
 /// split, so a batch may end a little past it). Returns whether the sender is gone.
-fn take_queued(rx: &mut mpsc::Receiver<Selected>, batch: &mut Vec<Selected>) -> bool {
+fn take_queued(rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) -> bool {
     let mut profiles = queued_profiles(batch);
     while profiles < MAX_BATCH_PROFILES {
         match rx.try_recv() {
@@ -336,5 +416,124 @@ mod tests {
         }
         assert!(start.elapsed() >= wait, "delivered before the wait ended");
         assert_eq!(*recorder.batches.lock().unwrap(), vec![1]);
+    }
+
+    /// Prepares each push into the start times of its profiles, numbered in the order made;
+    /// exports record what arrived and the drops it was told of.
+    struct Preparing {
+        made: Mutex<u64>,
+        exported: Mutex<Vec<(u64, Vec<i64>)>>,
+        dropped: Mutex<Vec<u64>>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl SinkExporter for Preparing {
+        async fn export(&self, _: &[&Profile]) -> Result<(), ExportError> {
+            panic!("a preparing sink gets what it prepared")
+        }
+
+        fn prepare(&self, profiles: &[&Profile]) -> Option<Prepared> {
+            let mut made = self.made.lock().unwrap();
+            *made += 1;
+            let starts: Vec<i64> = profiles.iter().map(|p| p.start_ns).collect();
+            Some(Prepared {
+                profiles: starts.len(),
+                data: Box::new((*made, starts)),
+            })
+        }
+
+        async fn export_prepared(&self, batch: Vec<Prepared>) -> Result<(), ExportError> {
+            let _permit = self.gate.acquire().await.unwrap();
+            let mut exported = self.exported.lock().unwrap();
+            for p in batch {
+                exported.push(*p.data.downcast::<(u64, Vec<i64>)>().unwrap());
+            }
+            Ok(())
+        }
+
+        fn prepared_dropped(&self) {
+            let made = *self.made.lock().unwrap();
+            self.dropped.lock().unwrap().push(made);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_pushes_arrive_in_the_order_made_and_the_sink_hears_of_drops() {
+        let sink = Arc::new(Preparing {
+            made: Mutex::new(0),
+            exported: Mutex::new(Vec::new()),
+            dropped: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let metrics = Metrics::default();
+        let queue = Arc::new(SinkQueue::new(
+            "prep",
+            sink.clone(),
+            Duration::ZERO,
+            metrics.clone(),
+        ));
+        let deliver = |queue: &SinkQueue, start_ns: i64| {
+            let batch: Arc<[Profile]> = vec![Profile {
+                start_ns,
+                ..profile()
+            }]
+            .into();
+            queue.deliver(queue.select(&batch, 0..1).unwrap());
+        };
+        // The first push starts the worker, which waits in the sink with it.
+        deliver(&queue, 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Pushes from two threads at once, then more than the queue holds.
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        deliver(&queue, 1 + t * 1000 + i);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for i in 0..QUEUE_REQUESTS as i64 {
+            deliver(&queue, 10_000 + i);
+        }
+        sink.gate.add_permits(100_000);
+        let made = *sink.made.lock().unwrap();
+        let dropped = sink.dropped.lock().unwrap().clone();
+        for _ in 0..500 {
+            if sink.exported.lock().unwrap().len() as u64 + dropped.len() as u64 == made {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let exported = sink.exported.lock().unwrap().clone();
+        let order: Vec<u64> = exported.iter().map(|e| e.0).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(order.len() + dropped.len(), made as usize);
+        // Behind the push in the sink, 400 + QUEUE_REQUESTS were queued: what the queue could
+        // not hold was dropped, the sink told of each, and counted.
+        assert_eq!(dropped.len(), 400 + QUEUE_REQUESTS - QUEUE_REQUESTS);
+        assert!(dropped.iter().all(|d| !order.contains(d)));
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!(
+                "kiln_sink_dropped_profiles_total{{sink=\"prep\"}} {}",
+                dropped.len()
+            )),
+            "{text}"
+        );
+        // Each push's own profiles, in the order pushed from each thread.
+        for t in 0..2 {
+            let starts: Vec<i64> = exported
+                .iter()
+                .flat_map(|e| e.1.iter().copied())
+                .filter(|s| (1 + t * 1000..1 + t * 1000 + 200).contains(s))
+                .collect();
+            assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+        }
     }
 }

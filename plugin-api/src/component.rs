@@ -332,6 +332,35 @@ pub trait SinkExporter: Send + Sync {
         let _ = profile;
         true
     }
+
+    /// Converts `profiles` (one push's, those the sink wants) into the sink's own form when
+    /// they are queued, on the thread that stored them, while they are still in cache. The
+    /// daemon then queues what this returns instead of the profiles, which it frees at once,
+    /// and hands it to [`SinkExporter::export_prepared`] in the order it was prepared. `None`,
+    /// the default: the profiles themselves are queued, for [`SinkExporter::export`].
+    fn prepare(&self, profiles: &[&Profile]) -> Option<Prepared> {
+        let _ = profiles;
+        None
+    }
+
+    /// Exports what [`SinkExporter::prepare`] made, oldest first (several pushes' worth).
+    /// Called only for a sink whose `prepare` gives something.
+    async fn export_prepared(&self, batch: Vec<Prepared>) -> Result<(), ExportError> {
+        let _ = batch;
+        Err(ExportError("this sink prepares nothing to export".into()))
+    }
+
+    /// What [`SinkExporter::prepare`] made last never reaches `export_prepared` (the sink's
+    /// queue was full): a sink whose prepared batches build on one another starts over.
+    fn prepared_dropped(&self) {}
+}
+
+/// Profiles a sink converted into its own form ([`SinkExporter::prepare`]).
+pub struct Prepared {
+    /// How many profiles it holds, for the daemon's counts.
+    pub profiles: usize,
+    /// The sink's own form, which its [`SinkExporter::export_prepared`] downcasts.
+    pub data: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// What a renderer knows about the tree it renders.

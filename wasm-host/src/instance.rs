@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_plugin_api::{
-    DecodeError, Decoder, ExportError, IngestMeta, Profile, RenderContext, RenderExporter,
-    Rendered, SinkExporter, Transform, TransformError, Tree,
+    DecodeError, Decoder, ExportError, IngestMeta, Prepared, Profile, RenderContext,
+    RenderExporter, Rendered, SinkExporter, Transform, TransformError, Tree,
 };
 use parking_lot::Mutex;
 use wasmtime::Store;
 
 use crate::bindings::{self, types as wit};
 use crate::convert;
-use crate::intern::{SinkInterest, StringTable};
+use crate::intern::{Feed, SinkInterest, Stamp, StringTable};
 use crate::runtime::{Pre, Runtime, WasmPlugin, EPOCH_TICK};
 use crate::sandbox::{HostState, Sandbox};
 use crate::WasmError;
@@ -168,11 +168,6 @@ impl Live {
     }
 }
 
-/// A 0.2.0 sink's feed: the strings its instance holds.
-struct SinkFeed {
-    strings: StringTable,
-}
-
 /// One configured instance of a Wasm plugin, usable as the component of its kind.
 pub struct WasmInstance {
     inner: Arc<Inner>,
@@ -186,9 +181,12 @@ struct Inner {
     consecutive_faults: AtomicU32,
     disabled: AtomicBool,
     observer: Arc<dyn PluginObserver>,
+    /// For a 0.2.0 sink: the host's copy of its instance's string table, which batches are
+    /// made against wherever profiles are prepared.
+    strings: Option<Mutex<StringTable>>,
     /// For a 0.2.0 sink. An async lock: it is held across the call, so batches reach the
-    /// instance in the order their string deltas were made.
-    sink: tokio::sync::Mutex<Option<SinkFeed>>,
+    /// instance one at a time, checked against their stamps.
+    sink: tokio::sync::Mutex<Option<Feed>>,
     /// What a 0.2.0 sink asked for once; `None` for every other kind (they get everything).
     interest: Option<SinkInterest>,
 }
@@ -214,6 +212,7 @@ impl WasmPlugin {
             consecutive_faults: AtomicU32::new(0),
             disabled: AtomicBool::new(false),
             observer,
+            strings: None,
             sink: tokio::sync::Mutex::new(None),
             interest: None,
         };
@@ -226,9 +225,8 @@ impl WasmPlugin {
             // The instance keeps the strings it is sent; an eighth of its memory cap bounds them
             // (a guest `String` and its table slot take about twice the bytes).
             let limit = usize::try_from(inner.sandbox.max_memory_mb << 17).unwrap_or(usize::MAX);
-            *inner.sink.get_mut() = Some(SinkFeed {
-                strings: StringTable::new(limit),
-            });
+            inner.strings = Some(Mutex::new(StringTable::new(limit)));
+            *inner.sink.get_mut() = Some(Feed::new());
             inner.interest = Some(interest.into());
         }
         *inner.live.lock() = Some(live);
@@ -400,35 +398,13 @@ impl Transform for WasmInstance {
 #[async_trait]
 impl SinkExporter for WasmInstance {
     async fn export(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
-        let mut feed = self.inner.sink.lock().await;
-        let (Some(feed), Some(interest)) = (feed.as_mut(), &self.inner.interest) else {
+        if self.inner.strings.is_none() {
             return self.export_v0_1(profiles).await;
-        };
-        let batch = self
-            .inner
-            .counting_cpu(|| feed.strings.batch(profiles.iter().copied(), interest));
-        if batch.profiles.is_empty() {
-            return Ok(());
         }
-        let inner = self.inner.clone();
-        // Plugin code may block (files, HTTP): keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || {
-            let plugin = &inner.plugin;
-            inner.call(|store, exports| match exports {
-                Exports::Sink(e) => e.call_consume(store, &batch),
-                _ => Err(wrong_world(plugin, "sink")),
-            })
-        })
-        .await
-        .map_err(|e| ExportError(format!("sink task failed: {e}")))?;
-        if matches!(
-            result,
-            Err(CallError::Fault { .. } | CallError::Disabled { .. })
-        ) {
-            // The instance is rebuilt empty (or never saw the batch): resend every string.
-            feed.strings.reset();
+        match self.prepare(profiles) {
+            Some(prepared) => self.export_prepared(vec![prepared]).await,
+            None => Ok(()),
         }
-        result.map_err(|e| ExportError(e.to_string()))
     }
 
     fn wants(&self, profile: &Profile) -> bool {
@@ -437,9 +413,87 @@ impl SinkExporter for WasmInstance {
             .as_ref()
             .is_none_or(|i| i.wants(profile))
     }
+
+    /// A 0.2.0 sink's batch, interned against the instance's string table while the profiles
+    /// are in cache; a 0.1.0 sink prepares nothing.
+    fn prepare(&self, profiles: &[&Profile]) -> Option<Prepared> {
+        let (strings, interest) = (self.inner.strings.as_ref()?, self.inner.interest.as_ref()?);
+        let (batch, stamp) = self
+            .inner
+            .counting_cpu(|| strings.lock().batch(profiles.iter().copied(), interest))?;
+        Some(Prepared {
+            profiles: batch.profiles.len(),
+            data: Box::new((batch, stamp)),
+        })
+    }
+
+    /// Consecutive batches go to the instance in one call. A batch that does not follow what
+    /// the instance holds (it was prepared before a fault rebuilt the instance) is skipped,
+    /// never sent with ids the instance would read as other strings; the next batch prepared
+    /// starts the table over.
+    async fn export_prepared(&self, prepared: Vec<Prepared>) -> Result<(), ExportError> {
+        let mut feed = self.inner.sink.lock().await;
+        let (Some(feed), Some(strings)) = (feed.as_mut(), &self.inner.strings) else {
+            return Err(ExportError(format!(
+                "plugin {} is not a sink that prepares batches",
+                self.inner.plugin.name
+            )));
+        };
+        let mut batches = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let batch = p.data.downcast::<(wit::SinkBatch, Stamp)>().map_err(|_| {
+                ExportError(format!(
+                    "plugin {}: a batch prepared by another sink",
+                    self.inner.plugin.name
+                ))
+            })?;
+            batches.push(*batch);
+        }
+        let mut batches = batches.into_iter().peekable();
+        let (mut result, mut skipped) = (Ok(()), 0);
+        while let Some(call) = feed.next_call(&mut batches, &mut skipped) {
+            if let Err(e) = self.consume(call).await {
+                if matches!(e, CallError::Fault { .. } | CallError::Disabled { .. }) {
+                    // The instance is rebuilt empty (or never saw the batch): the next batch
+                    // made resends every string, and those made before it are skipped.
+                    feed.lost();
+                    strings.lock().reset();
+                }
+                result = Err(ExportError(e.to_string()));
+            }
+        }
+        if skipped > 0 && result.is_ok() {
+            result = Err(ExportError(format!(
+                "{skipped} profiles skipped: prepared before plugin {} was restarted",
+                self.inner.plugin.name
+            )));
+        }
+        result
+    }
+
+    fn prepared_dropped(&self) {
+        if let Some(strings) = &self.inner.strings {
+            strings.lock().reset();
+        }
+    }
 }
 
 impl WasmInstance {
+    /// Hands a 0.2.0 sink's batch to its instance, on a blocking thread: plugin code may block
+    /// (files, HTTP).
+    async fn consume(&self, batch: wit::SinkBatch) -> Result<(), CallError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let plugin = &inner.plugin;
+            inner.call(|store, exports| match exports {
+                Exports::Sink(e) => e.call_consume(store, &batch),
+                _ => Err(wrong_world(plugin, "sink")),
+            })
+        })
+        .await
+        .map_err(|e| CallError::Plugin(format!("sink task failed: {e}")))?
+    }
+
     /// A sink built against 0.1.0: every profile crosses whole.
     async fn export_v0_1(&self, profiles: &[&Profile]) -> Result<(), ExportError> {
         let batch: Vec<wit::Profile> = self.inner.counting_cpu(|| {

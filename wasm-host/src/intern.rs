@@ -4,6 +4,7 @@
 //! four bytes of a list copied whole).
 
 use std::collections::HashSet;
+use std::iter::Peekable;
 
 use kiln_plugin_api::{Aggregation, Profile};
 use rustc_hash::FxHashMap;
@@ -34,6 +35,78 @@ impl SinkInterest {
     }
 }
 
+/// Where a batch stands in the string table's history: the batches of one generation build on
+/// one another in `seq` order; the first of a generation tells the instance to empty its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub generation: u64,
+    pub seq: u64,
+}
+
+impl Stamp {
+    const FIRST: Self = Self {
+        generation: 0,
+        seq: 0,
+    };
+
+    /// The batch an instance takes after this one.
+    pub fn next(self) -> Self {
+        Self {
+            seq: self.seq + 1,
+            ..self
+        }
+    }
+}
+
+/// Which batch an instance takes next. Batches are made ([`StringTable::batch`]) where
+/// profiles are queued and reach the instance later, so one made against a table the instance
+/// no longer holds (a fault rebuilt it) must be told apart and skipped: sent, its ids would
+/// name other strings.
+pub(crate) struct Feed {
+    /// `None`: the instance's table is unknown; only a batch that empties it can go next.
+    expect: Option<Stamp>,
+}
+
+impl Feed {
+    /// A new instance's: its table is empty, as the host's is.
+    pub fn new() -> Self {
+        Self {
+            expect: Some(Stamp::FIRST),
+        }
+    }
+
+    /// The instance was rebuilt (a fault) or never saw the last call.
+    pub fn lost(&mut self) {
+        self.expect = None;
+    }
+
+    /// The next call out of `batches`: the first batch the instance can take, with the batches
+    /// that follow it merged in. Batches it cannot take are skipped, their profiles added to
+    /// `skipped`. Expects the call to succeed; [`Feed::lost`] says otherwise.
+    pub fn next_call(
+        &mut self,
+        batches: &mut Peekable<impl Iterator<Item = (wit::SinkBatch, Stamp)>>,
+        skipped: &mut usize,
+    ) -> Option<wit::SinkBatch> {
+        loop {
+            let (mut call, mut stamp) = batches.next()?;
+            if !call.strings.reset && self.expect != Some(stamp) {
+                *skipped += call.profiles.len();
+                continue;
+            }
+            while let Some((next, next_stamp)) =
+                batches.next_if(|(b, s)| !b.strings.reset && *s == stamp.next())
+            {
+                call.strings.added.extend(next.strings.added);
+                call.profiles.extend(next.profiles);
+                stamp = next_stamp;
+            }
+            self.expect = Some(stamp.next());
+            return Some(call);
+        }
+    }
+}
+
 /// The host's copy of one instance's string table: the id of every string sent so far.
 pub(crate) struct StringTable {
     ids: FxHashMap<Box<str>, u32>,
@@ -43,6 +116,8 @@ pub(crate) struct StringTable {
     limit: usize,
     /// The instance's table is not known to match ours (a fault rebuilt it): start over.
     stale: bool,
+    /// The stamp of the next batch.
+    next: Stamp,
 }
 
 impl StringTable {
@@ -52,6 +127,7 @@ impl StringTable {
             bytes: 0,
             limit,
             stale: false,
+            next: Stamp::FIRST,
         }
     }
 
@@ -71,27 +147,39 @@ impl StringTable {
         id
     }
 
-    /// The batch that hands `profiles` (those `interest` wants) to the instance.
+    /// The batch that hands `profiles` (those `interest` wants) to the instance, and its
+    /// stamp; the instance must take the batches in stamp order. `None` when it wants none of
+    /// them (the table is then untouched).
     pub fn batch<'a>(
         &mut self,
         profiles: impl IntoIterator<Item = &'a Profile>,
         interest: &SinkInterest,
-    ) -> wit::SinkBatch {
+    ) -> Option<(wit::SinkBatch, Stamp)> {
+        let wanted: Vec<&Profile> = profiles.into_iter().filter(|p| interest.wants(p)).collect();
+        if wanted.is_empty() {
+            return None;
+        }
         let reset = std::mem::take(&mut self.stale) || self.bytes > self.limit;
         if reset {
             self.ids.clear();
             self.bytes = 0;
+            self.next = Stamp {
+                generation: self.next.generation + 1,
+                seq: 0,
+            };
         }
+        let stamp = self.next;
+        self.next = stamp.next();
         let mut added = Vec::new();
-        let profiles = profiles
+        let profiles = wanted
             .into_iter()
-            .filter(|p| interest.wants(p))
             .map(|p| self.profile(p, interest.files_and_lines, &mut added))
             .collect();
-        wit::SinkBatch {
+        let batch = wit::SinkBatch {
             strings: wit::StringDelta { reset, added },
             profiles,
-        }
+        };
+        Some((batch, stamp))
     }
 
     fn profile(
@@ -226,7 +314,7 @@ mod tests {
         let mut host = StringTable::new(1 << 20);
         let mut guest = Vec::new();
         let a = profile("cpu", &["main", "work"], "p-1");
-        let first = host.batch(std::slice::from_ref(&a), &all());
+        let (first, stamp) = host.batch(std::slice::from_ref(&a), &all()).unwrap();
         assert!(!first.strings.reset);
         let seen = replay(&mut guest, &first);
         assert_eq!(seen[0].1, vec!["main", "work"]);
@@ -237,10 +325,13 @@ mod tests {
         assert!(first.profiles[0].frame_files.is_empty());
 
         // The same names again: nothing new crosses; a new pod adds only its name.
-        let again = host.batch(
-            &[a.clone(), profile("cpu", &["main", "work"], "p-2")],
-            &all(),
-        );
+        let (again, next) = host
+            .batch(
+                &[a.clone(), profile("cpu", &["main", "work"], "p-2")],
+                &all(),
+            )
+            .unwrap();
+        assert_eq!(next, stamp.next());
         assert_eq!(again.strings.added, vec!["p-2"]);
         let seen = replay(&mut guest, &again);
         assert_eq!(seen[1].0, vec!["pod", "p-2", "service_name", "api"]);
@@ -251,23 +342,90 @@ mod tests {
     fn a_reset_resends_every_string_and_the_table_stays_bounded() {
         let mut host = StringTable::new(64);
         let mut guest = Vec::new();
-        let first = host.batch(&[profile("cpu", &["main", "work"], "p-1")], &all());
+        let (first, stamp) = host
+            .batch(&[profile("cpu", &["main", "work"], "p-1")], &all())
+            .unwrap();
         replay(&mut guest, &first);
-        // After a fault the instance starts empty: the host must say so and resend.
+        // After a fault the instance starts empty: the host must say so and resend, in a new
+        // generation.
         host.reset();
-        let after_fault = host.batch(&[profile("cpu", &["main"], "p-1")], &all());
+        let (after_fault, restarted) = host
+            .batch(&[profile("cpu", &["main"], "p-1")], &all())
+            .unwrap();
         assert!(after_fault.strings.reset);
+        assert_eq!(restarted.generation, stamp.generation + 1);
+        assert_eq!(restarted.seq, 0);
         assert!(after_fault.strings.added.contains(&"main".to_string()));
         assert_eq!(replay(&mut guest, &after_fault)[0].1, vec!["main"]);
 
         // Churning names push the table past its limit; the next batch starts it over.
         for i in 0..20 {
             let name = format!("function_{i}_with_a_long_name");
-            let b = host.batch(&[profile("cpu", &[name.as_str()], "p-1")], &all());
+            let (b, _) = host
+                .batch(&[profile("cpu", &[name.as_str()], "p-1")], &all())
+                .unwrap();
             let seen = replay(&mut guest, &b);
             assert_eq!(seen[0].1, vec![name]);
         }
         assert!(guest.iter().map(String::len).sum::<usize>() < 64 + 64);
+    }
+
+    #[test]
+    fn batches_made_before_a_fault_are_skipped_and_the_rest_merged_in_order() {
+        let mut host = StringTable::new(1 << 20);
+        let mut feed = Feed::new();
+        let mut guest = Vec::new();
+        let made = |host: &mut StringTable, f: &str| {
+            host.batch(&[profile("cpu", &[f], "p-1")], &all()).unwrap()
+        };
+        // Three batches queued: one call, in order, every name resolved.
+        let queued = vec![
+            made(&mut host, "a"),
+            made(&mut host, "b"),
+            made(&mut host, "c"),
+        ];
+        let mut skipped = 0;
+        let mut batches = queued.into_iter().peekable();
+        let call = feed.next_call(&mut batches, &mut skipped).unwrap();
+        assert!(feed.next_call(&mut batches, &mut skipped).is_none());
+        let names: Vec<Vec<String>> = replay(&mut guest, &call).into_iter().map(|p| p.1).collect();
+        assert_eq!(names, [["a"], ["b"], ["c"]]);
+
+        // The instance faults on the next call; a batch made meanwhile, against the table it
+        // lost, is skipped, and the next one made starts the table over.
+        let d = made(&mut host, "d");
+        let call = feed.next_call(&mut [d].into_iter().peekable(), &mut skipped);
+        assert!(call.is_some());
+        let e = made(&mut host, "e");
+        feed.lost();
+        host.reset();
+        guest.clear();
+        let queued = vec![e, made(&mut host, "f"), made(&mut host, "g")];
+        let mut batches = queued.into_iter().peekable();
+        let call = feed.next_call(&mut batches, &mut skipped).unwrap();
+        assert_eq!(skipped, 1, "the batch made before the reset");
+        assert!(call.strings.reset);
+        let names: Vec<Vec<String>> = replay(&mut guest, &call).into_iter().map(|p| p.1).collect();
+        assert_eq!(names, [["f"], ["g"]]);
+
+        // A batch dropped from a full queue: the next one made resets, those before it go.
+        let kept = made(&mut host, "h");
+        let _dropped = made(&mut host, "i");
+        host.reset();
+        let after = made(&mut host, "j");
+        let mut batches = vec![kept, after].into_iter().peekable();
+        let mut calls = Vec::new();
+        while let Some(call) = feed.next_call(&mut batches, &mut skipped) {
+            calls.push(call);
+        }
+        assert_eq!(calls.len(), 2, "a reset starts a call of its own");
+        let names: Vec<Vec<String>> = calls
+            .iter()
+            .flat_map(|c| replay(&mut guest, c))
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(names, [["h"], ["j"]]);
+        assert_eq!(skipped, 1);
     }
 
     #[test]
@@ -277,13 +435,19 @@ mod tests {
             profile_types: vec!["cpu".into()],
             files_and_lines: true,
         });
-        let b = host.batch(
-            &[
-                profile("samples", &["main"], "p-1"),
-                profile("cpu", &["main"], "p-1"),
-            ],
-            &interest,
-        );
+        let (b, _) = host
+            .batch(
+                &[
+                    profile("samples", &["main"], "p-1"),
+                    profile("cpu", &["main"], "p-1"),
+                ],
+                &interest,
+            )
+            .unwrap();
+        // None of what it wants: no batch, and the table is untouched.
+        assert!(host
+            .batch(&[profile("samples", &["other"], "p-9")], &interest)
+            .is_none());
         assert_eq!(b.profiles.len(), 1);
         let mut guest = Vec::new();
         replay(&mut guest, &b);
