@@ -72,6 +72,15 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rt.block_on(sink.export(&refs)).unwrap())
         },
     );
+    // The host's half alone: interning one push's profiles into the instance's string table
+    // and lists, as the daemon does when it queues the push.
+    g.bench_function(
+        format!("prepare one /ingest batch ({} profiles)", profiles.len()),
+        |b| {
+            let refs: Vec<&Profile> = profiles.iter().collect();
+            b.iter(|| sink.prepare(&refs).unwrap())
+        },
+    );
     // Sinks that buffer across requests: the per-call costs (thread hop, file open) amortize.
     let batch: Vec<&Profile> = profiles.iter().cycle().take(64).collect();
     g.throughput(Throughput::Elements(batch.len() as u64));
