@@ -7,7 +7,9 @@
 #      bytes on disk per stored profile, after the 1-daemon run (1x) and again after pushing
 #      GROWTH-1 times as much more into the same database (GROWTH, default 10; 1 skips it);
 #   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
-#      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database.
+#      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database;
+#   4. the same load into one daemon on sled (the embedded default), the same renders, and its
+#      bytes on disk; then one table, sled beside ClickHouse with one and two daemons.
 # SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h), RATE (pushes/s per
 # load generator; default 0, as fast as answered, a refusal followed at once by the next push),
 # LEVELS (a TOML array for `storage.levels`; default unset, the three levels), e.g. the five
@@ -114,27 +116,35 @@ merged_bytes() {
 # The first answer right after a load includes the daemon sending its last buffered rows (a
 # query waits for what this daemon accepted) and ClickHouse still merging; the next three show
 # the steady state.
+# Medians land in $work/renders.tsv under $render_as, for the table at the end.
+render_port=; render_as=
 render() { # LABEL QUERY FROM
   local now url first times
   now=$(date +%s)
-  url="http://127.0.0.1:$p1/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now"
+  url="http://127.0.0.1:${render_port:-$p1}/render?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$2")&from=$3&until=$now"
   first=$(curl -s -o "$work/render.json" -w 'HTTP %{http_code}, %{time_total}s' "$url")
   times=$(for _ in 1 2 3; do curl -s -o /dev/null -w '%{time_total}\n' "$url"; done | sort -n | sed -n 2p)
   echo "$1: $first first, then ${times}s (median of 3)"
+  if [ -n "$render_as" ]; then printf '%s\t%s\t%s\n' "$render_as" "$1" "$times" >>"$work/renders.tsv"; fi
 }
 
-# /render timings and bytes per profile of the 1-daemon database, labelled LABEL.
-figures() {
-  local now profiles bytes
-  echo "== /render and bytes on disk, $1 (database of the 1-daemon run)"
-  now=$(date +%s)
+renders() { # the four renders of the tables' figures
+  local now; now=$(date +%s)
   render "one series (pod-0), 24h" 'loadgen.cpu{pod="pod-0"}' $((now - 86400))
   render "one series (pod-0), 30d" 'loadgen.cpu{pod="pod-0"}' $((now - 30 * 86400))
   render "all series merged, 24h" 'loadgen.cpu' $((now - 86400))
   render "all series merged, 30d" 'loadgen.cpu' $((now - 30 * 86400))
+}
+
+# /render timings and bytes per profile of the 1-daemon database, labelled LABEL.
+figures() {
+  local profiles bytes
+  echo "== /render and bytes on disk, $1 (database of the 1-daemon run)"
+  render_as=$2 renders
   bytes=$(merged_bytes bench1)
   profiles=$(sql "SELECT sum(profiles) FROM bench1.buckets WHERE level = 0")
   echo "$1: profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
+  if [ -n "$2" ]; then echo "$bytes" >"$work/$2.bytes"; fi
 }
 
 # CPU seconds (user + system) PID has used so far.
@@ -157,9 +167,9 @@ echo "== 1 daemon"
 start_daemon one bench1; p1=$(cat "$work/one/port")
 ch_before=$(cpu_s "$ch_pid")
 loadgen "$p1" "$(cat "$work/one/pid")" "$work/one.json"
-clickhouse_cpu "$ch_before" "$secs" "$work/one.json"
+clickhouse_cpu "$ch_before" "$secs" "$work/one.json" | tee "$work/one.chcpu"
 tables bench1
-figures 1x
+figures 1x clickhouse
 
 echo "== 2 daemons, one database"
 start_daemon a bench2; start_daemon b bench2
@@ -168,7 +178,7 @@ ch_before=$(cpu_s "$ch_pid")
 loadgen "$pa" "$(cat "$work/a/pid")" "$work/a.json" & la=$!
 loadgen "$pb" "$(cat "$work/b/pid")" "$work/b.json" & lb=$!
 wait $la $lb
-clickhouse_cpu "$ch_before" "$secs" "$work/a.json" "$work/b.json"
+clickhouse_cpu "$ch_before" "$secs" "$work/a.json" "$work/b.json" | tee "$work/two.chcpu"
 python3 - "$work/a.json" "$work/b.json" <<'PY'
 import json, sys
 rates = [json.load(open(f))["accepted_per_s"] for f in sys.argv[1:]]
@@ -178,7 +188,7 @@ PY
 if [ "$growth" -gt 1 ]; then
   echo "== $((growth - 1))x more into the 1-daemon database"
   loadgen "$p1" "$(cat "$work/one/pid")" "$work/grow.json" $(((growth - 1) * secs))
-  figures "${growth}x"
+  figures "${growth}x" ""
 fi
 
 echo "== one profiled core for one day (8,640 profiles of one series, fresh database)"
@@ -188,3 +198,64 @@ tail -n 2 "$work/day.out"
 bytes=$(merged_bytes bench_day)
 profiles=$(sql "SELECT sum(profiles) FROM bench_day.buckets WHERE level = 0")
 echo "per profiled core per day: $bytes bytes on disk ($profiles profiles)"
+
+echo "== sled (the embedded default), the same load into one daemon"
+sled_port=$(free_port)
+mkdir -p "$work/sled"
+"$bin/kiln" server --config /dev/null --listen "127.0.0.1:$sled_port" --storage-path "$work/sled/data" \
+  --self-profiling false --log-level warn >"$work/sled/log" 2>&1 &
+sled_pid=$!; pids+=("$sled_pid")
+for _ in $(seq 300); do curl -sf "http://127.0.0.1:$sled_port/healthz" >/dev/null && break; sleep 0.1; done
+loadgen "$sled_port" "$sled_pid" "$work/sled.json"
+render_port=$sled_port render_as=sled renders
+kill -TERM "$sled_pid"; wait "$sled_pid" || true
+du -sb "$work/sled/data" | cut -f1 >"$work/sled.bytes"
+
+echo "== sled and ClickHouse, the same load (Go CPU fixture, $series series over $spread, $conc connections per daemon, rate ${RATE:-0})"
+python3 - "$work" <<'PY'
+import json, os, re, statistics, sys
+w = sys.argv[1]
+load = lambda f: json.load(open(os.path.join(w, f)))
+sled, one, a, b = load("sled.json"), load("one.json"), load("a.json"), load("b.json")
+def ch_cpu(f):
+    m = re.search(r"([0-9.]+) ms CPU per accepted", open(os.path.join(w, f)).read())
+    return m.group(1) if m else "?"
+renders = {}
+for line in open(os.path.join(w, "renders.tsv")):
+    who, label, secs = line.rstrip("\n").split("\t")
+    renders[(who, label)] = f"{1000 * float(secs):.0f}"
+def r(who, a, b):
+    return f"{renders.get((who, a), '?')} / {renders.get((who, b), '?')}"
+def per_push(who, accepted):
+    try:
+        return f"{int(open(os.path.join(w, who + '.bytes')).read()) / max(accepted, 1):,.0f}"
+    except (OSError, ValueError):
+        return "?"
+refused = lambda j: j["refused_429"] + j["refused_503"] + j["refused_413"]
+rows = [
+    ("pushes/s accepted", f"{sled['accepted_per_s']:,.0f}", f"{one['accepted_per_s']:,.0f}",
+     f"{a['accepted_per_s'] + b['accepted_per_s']:,.0f}"),
+    ("refused (429, 503, 413)", f"{refused(sled):,}", f"{refused(one):,}", f"{refused(a) + refused(b):,}"),
+    ("p50 / p99 latency (ms)", f"{sled['p50_ms']:.1f} / {sled['p99_ms']:.1f}",
+     f"{one['p50_ms']:.1f} / {one['p99_ms']:.1f}", f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}"),
+    ("daemon CPU per push (ms)", f"{sled.get('server_cpu_ms_per_profile', 0):.2f}",
+     f"{one.get('server_cpu_ms_per_profile', 0):.2f}",
+     f"{statistics.mean([a.get('server_cpu_ms_per_profile', 0), b.get('server_cpu_ms_per_profile', 0)]):.2f}"),
+    ("clickhouse-server CPU per push (ms)", "—", ch_cpu("one.chcpu"), ch_cpu("two.chcpu")),
+    ("daemon peak RSS (MB)", f"{sled.get('server_vmhwm_kb', 0) / 1024:.0f}",
+     f"{one.get('server_vmhwm_kb', 0) / 1024:.0f}",
+     f"{max(a.get('server_vmhwm_kb', 0), b.get('server_vmhwm_kb', 0)) / 1024:.0f}"),
+    ("/render one series, 24 h / 30 d (ms, median of 3)",
+     r("sled", "one series (pod-0), 24h", "one series (pod-0), 30d"),
+     r("clickhouse", "one series (pod-0), 24h", "one series (pod-0), 30d"), "—"),
+    ("/render all series, 24 h / 30 d (ms, median of 3)",
+     r("sled", "all series merged, 24h", "all series merged, 30d"),
+     r("clickhouse", "all series merged, 24h", "all series merged, 30d"), "—"),
+    ("bytes on disk per accepted push", per_push("sled", sled["accepted"]),
+     per_push("clickhouse", one["accepted"]), "—"),
+]
+print("| | sled, 1 daemon | ClickHouse, 1 daemon | ClickHouse, 2 daemons |")
+print("|---|---|---|---|")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+PY
