@@ -109,7 +109,7 @@ tables() {
 # Bytes on disk of DATABASE once ClickHouse has merged it.
 merged_bytes() {
   sleep 2
-  for t in buckets series stacks frames; do sql "OPTIMIZE TABLE $1.$t FINAL" || true; done
+  for t in buckets fine series stacks frames; do sql "OPTIMIZE TABLE $1.$t FINAL" || true; done
   sql "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '$1' AND active"
 }
 
@@ -142,7 +142,7 @@ figures() {
   echo "== /render and bytes on disk, $1 (database of the 1-daemon run)"
   render_as=$2 renders
   bytes=$(merged_bytes bench1)
-  profiles=$(sql "SELECT sum(profiles) FROM bench1.buckets WHERE level = 0")
+  profiles=$(sql "SELECT sum(profiles) FROM bench1.all_buckets WHERE level = 0")
   echo "$1: profiles: $profiles, bytes on disk: $bytes, per profile: $((bytes / (profiles > 0 ? profiles : 1)))"
   if [ -n "$2" ]; then echo "$bytes" >"$work/$2.bytes"; fi
 }
@@ -196,7 +196,7 @@ start_daemon day bench_day; pd=$(cat "$work/day/port")
 "$bin/kiln-loadgen" --url "http://127.0.0.1:$pd" --day --concurrency "$conc" >"$work/day.out"
 tail -n 2 "$work/day.out"
 bytes=$(merged_bytes bench_day)
-profiles=$(sql "SELECT sum(profiles) FROM bench_day.buckets WHERE level = 0")
+profiles=$(sql "SELECT sum(profiles) FROM bench_day.all_buckets WHERE level = 0")
 echo "per profiled core per day: $bytes bytes on disk ($profiles profiles)"
 
 echo "== sled (the embedded default), the same load into one daemon"

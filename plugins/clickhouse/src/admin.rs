@@ -11,8 +11,8 @@ use crate::Inner;
 
 const DAY: i64 = 86_400;
 
-/// The tables partitioned by `(level, day)`.
-const LEVELED: [&str; 1] = ["buckets"];
+/// The tables partitioned by `(level, day)`: the coarse levels' and the finest level's.
+const LEVELED: [&str; 2] = ["buckets", "fine"];
 
 /// One partition of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl Inner {
             self.table("frames"),
             self.table("stacks"),
             self.table("series"),
-            self.table("buckets"),
+            self.table("all_buckets"),
         );
         let rows = self.client.query(&format!(
             "SELECT DISTINCT tenant, service FROM \
@@ -197,8 +197,8 @@ impl Inner {
             quote(tenant.as_str()),
             quote(service)
         );
-        let deleted = self.count_rows(&self.table("buckets"), &filter)?;
-        for table in ["series", "buckets"] {
+        let deleted = self.count_rows(&self.table("all_buckets"), &filter)?;
+        for table in ["series", "buckets", "fine"] {
             self.client.execute(&format!(
                 "ALTER TABLE {} DELETE WHERE {filter}",
                 self.table(table)
@@ -253,7 +253,7 @@ impl Inner {
         }
         let mut rows: Vec<(String, String, String, u64)> = Vec::new();
         let queries = [
-            ("buckets", "toString(level)"),
+            ("all_buckets", "toString(level)"),
             ("series", "'index'"),
             ("frames", "'dictionary'"),
             ("stacks", "'dictionary'"),

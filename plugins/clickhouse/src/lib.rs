@@ -4,9 +4,10 @@
 //! and reads from the same database, so a profile pushed to one is visible from all of them
 //! after its next flush.
 //!
-//! * Profiles become rows of four tables ([`schema`]): frames and stacks keyed by a hash of
+//! * Profiles become rows of five tables ([`schema`]): frames and stacks keyed by a hash of
 //!   their content ([`ids`]), a series index, and one row per series and bucket of each time
-//!   level holding the value of every stack in two arrays (summed by key on merge).
+//!   level holding the value of every stack in two arrays (summed by key on merge for the
+//!   coarse levels; the finest level's rows, which rarely meet, in a table that keeps them).
 //! * Writes are buffered ([`write`]) and sent per table in one RowBinary insert, when the
 //!   buffer is big or old enough (by a sender thread, so writes go on meanwhile) and at every
 //!   flush. Until ClickHouse accepts them they stay buffered (up to `max_buffered_rows`, past

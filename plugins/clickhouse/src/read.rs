@@ -128,13 +128,13 @@ impl Inner {
             let profiles = scope.spawn(|| {
                 self.client.query(&format!(
                     "SELECT toUInt64(sum(profiles)) FROM {} WHERE {filter} FORMAT RowBinary",
-                    self.table("buckets")
+                    self.table("all_buckets")
                 ))
             });
             let merged = self.client.query(&format!(
                 "SELECT stacksMap.stack AS stack, sum(stacksMap.value) AS v FROM {} \
                  ARRAY JOIN stacksMap WHERE {filter} GROUP BY stack HAVING v != 0 FORMAT RowBinary",
-                self.table("buckets")
+                self.table("all_buckets")
             ));
             (merged, join(profiles))
         });
@@ -310,7 +310,7 @@ impl Inner {
             let rows = self.client.query(&format!(
                 "SELECT series, bucket, toUInt64(sum(profiles)), sum(total) FROM {} WHERE {} AND {} \
                  GROUP BY series, level, bucket FORMAT RowBinary",
-                self.table("buckets"),
+                self.table("all_buckets"),
                 self.series_filter(tenant, &series),
                 condition(&ranges)
             ))?;

@@ -5,8 +5,9 @@
 //! series and bucket in one buffer share the row (coarse buckets gather many).
 //!
 //! Rows not yet accepted by ClickHouse stay queued per table and are sent again, tables in
-//! dependency order (frames, stacks, series, then buckets), so a value never lands before the
-//! stack it refers to, and a table already sent is not sent twice.
+//! dependency order (frames, stacks, series, then the buckets of the coarse levels and of the
+//! finest), so a value never lands before the stack it refers to, and a table already sent is
+//! not sent twice.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ const NS: i64 = 1_000_000_000;
 /// Tables in the order they are sent, with the columns their rows give (all of them when
 /// empty): frames and stacks leave `inserted` to the server, so it says when a row arrived, not
 /// when it was buffered.
-pub const TABLES: [(&str, &str); 4] = [
+pub const TABLES: [(&str, &str); 5] = [
     (
         "frames",
         "(tenant, service, frame, function, file, line, start_line)",
@@ -29,6 +30,8 @@ pub const TABLES: [(&str, &str); 4] = [
     ("stacks", "(tenant, service, stack, frames)"),
     ("series", ""),
     ("buckets", ""),
+    // The finest level's rows, in a table that does not sum them (see `schema`).
+    ("fine", ""),
 ];
 
 /// Frame and stack ids already written per service: skipped on later writes. Bounded: past
@@ -227,9 +230,10 @@ impl Buffer {
         }
     }
 
-    /// The rows of each table of [`TABLES`], encoded.
+    /// The rows of each table of [`TABLES`], encoded; the finest level's bucket rows go to
+    /// `fine`.
     pub fn encode(self) -> [RowWriter; TABLES.len()] {
-        let mut buckets = RowWriter::default();
+        let (mut buckets, mut fine) = (RowWriter::default(), RowWriter::default());
         let (mut ids, mut values) = (Vec::new(), Vec::new());
         for ((svc, series, level, bucket), row) in self.buckets {
             let (t, s) = &self.services[svc as usize];
@@ -239,7 +243,8 @@ impl Buffer {
                 ids.push(stack);
                 values.push(v);
             }
-            buckets
+            let table = if level == 0 { &mut fine } else { &mut buckets };
+            table
                 .str(t)
                 .str(s)
                 .u64(series)
@@ -251,6 +256,6 @@ impl Buffer {
                 .array_i64(&values)
                 .end_row();
         }
-        [self.frames, self.stacks, self.series, buckets]
+        [self.frames, self.stacks, self.series, buckets, fine]
     }
 }

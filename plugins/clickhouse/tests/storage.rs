@@ -240,7 +240,7 @@ async fn clickhouse_storage_end_to_end() {
     assert!(report.chunks_deleted >= 3, "{report:?}");
     assert_eq!(
         server
-            .sql("SELECT count() FROM kiln_a.buckets WHERE service = 'old'")
+            .sql("SELECT count() FROM kiln_a.all_buckets WHERE service = 'old'")
             .trim(),
         "0"
     );
@@ -274,7 +274,7 @@ async fn clickhouse_storage_end_to_end() {
         .chunks_deleted;
     assert!(dropped > 0);
     assert_eq!(
-        server.sql("SELECT count() FROM kiln_a.buckets").trim(),
+        server.sql("SELECT count() FROM kiln_a.all_buckets").trim(),
         "0",
         "nothing fits in one byte"
     );
@@ -459,10 +459,20 @@ async fn levels_are_recorded_and_other_resolutions_refused() {
         server
             .sql(
                 "SELECT groupArray(level) FROM \
-                 (SELECT DISTINCT level FROM kiln_lv.buckets ORDER BY level)"
+                 (SELECT DISTINCT level FROM kiln_lv.all_buckets ORDER BY level)"
             )
             .trim(),
         "[0,1,2]"
+    );
+    // The finest level in its own table, which does not sum rows; the coarse ones summed.
+    assert_eq!(
+        server
+            .sql(
+                "SELECT (SELECT groupUniqArray(level) FROM kiln_lv.fine), \
+                 (SELECT arraySort(groupUniqArray(level)) FROM kiln_lv.buckets) FORMAT TSV"
+            )
+            .trim(),
+        "[0]\t[1,2]"
     );
     let e = ClickHouseStorage::open(&config(&server, "kiln_lv"), levels(), None)
         .err()

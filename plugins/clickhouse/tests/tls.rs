@@ -38,7 +38,7 @@ async fn tls_with_the_servers_ca_works_and_an_unknown_certificate_is_refused() {
     assert_eq!(merged.tree.to_folded(), "main;work 42\n");
     // What went over HTTPS is in the server (read back over its plain port).
     assert_eq!(
-        server.sql("SELECT sum(total) FROM tls.buckets WHERE level = 0"),
+        server.sql("SELECT sum(total) FROM tls.all_buckets WHERE level = 0"),
         "42\n"
     );
 

@@ -1,7 +1,8 @@
 //! A database written by schema version 1 (a row per stack in `samples`, counts in `profiles`)
-//! is upgraded in place to version 2 (a row per bucket in `buckets`) by the one daemon that
-//! claims the upgrade, while others starting at the same moment wait for it; every answer is
-//! the same after the upgrade as before. A half-done upgrade is refused with what to do.
+//! is upgraded in place to version 2 (a row per bucket in `buckets`), and on to the current
+//! version, by the one daemon that claims the upgrade, while others starting at the same moment
+//! wait for it; every answer is the same after the upgrade as before. A half-done upgrade is
+//! refused with what to do. Versions 2 and 3 are upgraded by every daemon alike.
 
 use std::time::Duration;
 
@@ -54,9 +55,10 @@ const V1_TABLES: [&str; 2] = [
      PARTITION BY (level, intDiv(bucket, 86400)) ORDER BY (tenant, service, level, series, bucket)",
 ];
 
-/// Rewrites `db` as versions 1 and 2 held it (frames and stacks without insert times, no
-/// `settings`), and records `version`.
+/// Rewrites `db` as versions 1 and 2 held it (every level in `buckets`, frames and stacks
+/// without insert times, no `settings`), and records `version`.
 fn without_inserted_times(server: &TestServer, db: &str, version: u32) {
+    to_version_3_layout(server, db);
     for table in ["frames", "stacks"] {
         server.sql(&format!("ALTER TABLE {db}.{table} DROP COLUMN inserted"));
     }
@@ -69,6 +71,14 @@ fn without_inserted_times(server: &TestServer, db: &str, version: u32) {
     server.sql(&format!(
         "INSERT INTO {db}.schema_version VALUES ({version}, 'old', now())"
     ));
+}
+
+/// Moves the finest level's rows of `db` back into `buckets`, where versions before 4 kept
+/// them, and drops the tables version 4 added.
+fn to_version_3_layout(server: &TestServer, db: &str) {
+    server.sql(&format!("INSERT INTO {db}.buckets SELECT * FROM {db}.fine"));
+    server.sql(&format!("DROP TABLE {db}.all_buckets"));
+    server.sql(&format!("DROP TABLE {db}.fine"));
 }
 
 /// Rewrites `db` (written by this version) as version 1 held it.
@@ -135,11 +145,11 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
         server
             .sql("SELECT max(version) FROM kiln_up.schema_version")
             .trim(),
-        "3"
+        "4"
     );
     assert_eq!(
         tables(&server, "kiln_up"),
-        "buckets delivered frames schema_version series settings stacks",
+        "all_buckets buckets delivered fine frames schema_version series settings stacks",
         "the old tables and the claim are gone"
     );
     let s = ClickHouseStorage::open(&config(&server, "kiln_up"), levels(), None).unwrap();
@@ -211,7 +221,7 @@ async fn version_2_database_gets_insert_times_once() {
         server
             .sql("SELECT max(version) FROM kiln_v2.schema_version")
             .trim(),
-        "3"
+        "4"
     );
     assert_eq!(
         server
@@ -226,6 +236,25 @@ async fn version_2_database_gets_insert_times_once() {
         .await
         .unwrap();
     s.flush().await.unwrap();
+    // Version 4: the finest level's new rows go to `fine`; the old ones stay in `buckets`, and
+    // reads see both.
+    assert_eq!(
+        server
+            .sql(
+                "SELECT (SELECT count() FROM kiln_v2.fine WHERE service = 'cart'), \
+                 (SELECT count() FROM kiln_v2.buckets WHERE service = 'shop' AND level = 0) \
+                 FORMAT TSV"
+            )
+            .trim(),
+        "1\t1"
+    );
+    let cart = Query {
+        selector: Selector::parse("cart.cpu").unwrap(),
+        start_ns: (now - 3600) * NS,
+        end_ns: now * NS,
+    };
+    let merged = s.select_merge(&t, &cart).await.unwrap();
+    assert_eq!(merged.tree.to_folded(), "run 1\n");
     for table in ["frames", "stacks"] {
         assert_eq!(
             server
