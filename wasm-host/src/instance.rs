@@ -479,19 +479,34 @@ impl SinkExporter for WasmInstance {
 }
 
 impl WasmInstance {
-    /// Hands a 0.2.0 sink's batch to its instance, on a blocking thread: plugin code may block
-    /// (files, HTTP).
-    async fn consume(&self, batch: wit::SinkBatch) -> Result<(), CallError> {
+    /// [`Inner::call`] on a blocking thread, for the async exporters: plugin code may block
+    /// (files, HTTP). `what` names the task should the thread fail; `f` gets the plugin too.
+    async fn call_blocking<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(
+                &WasmPlugin,
+                &mut Store<HostState>,
+                &Exports,
+            ) -> wasmtime::Result<Result<R, String>>
+            + Send
+            + 'static,
+    ) -> Result<R, CallError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let plugin = &inner.plugin;
-            inner.call(|store, exports| match exports {
-                Exports::Sink(e) => e.call_consume(store, &batch),
-                _ => Err(wrong_world(plugin, "sink")),
-            })
+            inner.call(|store, exports| f(&inner.plugin, store, exports))
         })
         .await
-        .map_err(|e| CallError::Plugin(format!("sink task failed: {e}")))?
+        .map_err(|e| CallError::Plugin(format!("{what} task failed: {e}")))?
+    }
+
+    /// Hands a 0.2.0 sink's batch to its instance.
+    async fn consume(&self, batch: wit::SinkBatch) -> Result<(), CallError> {
+        self.call_blocking("sink", move |plugin, store, exports| match exports {
+            Exports::Sink(e) => e.call_consume(store, &batch),
+            _ => Err(wrong_world(plugin, "sink")),
+        })
+        .await
     }
 
     /// A sink built against 0.1.0: every profile crosses whole.
@@ -502,16 +517,11 @@ impl WasmInstance {
                 .map(|p| convert::profile_to_wit(p))
                 .collect()
         });
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let plugin = &inner.plugin;
-            inner.call(|store, exports| match exports {
-                Exports::SinkV0_1(e) => e.call_consume(store, &batch),
-                _ => Err(wrong_world(plugin, "sink")),
-            })
+        self.call_blocking("sink", move |plugin, store, exports| match exports {
+            Exports::SinkV0_1(e) => e.call_consume(store, &batch),
+            _ => Err(wrong_world(plugin, "sink")),
         })
         .await
-        .map_err(|e| ExportError(format!("sink task failed: {e}")))?
         .map_err(|e| ExportError(e.to_string()))
     }
 }
@@ -521,16 +531,11 @@ impl RenderExporter for WasmInstance {
     async fn render(&self, tree: &Tree, ctx: &RenderContext) -> Result<Rendered, ExportError> {
         let nodes = convert::tree_to_wit(tree);
         let context = convert::context_to_wit(ctx);
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let plugin = &inner.plugin;
-            inner.call(|store, exports| match exports {
-                Exports::Render(e) => e.call_render(store, &nodes, &context),
-                _ => Err(wrong_world(plugin, "render")),
-            })
+        self.call_blocking("render", move |plugin, store, exports| match exports {
+            Exports::Render(e) => e.call_render(store, &nodes, &context),
+            _ => Err(wrong_world(plugin, "render")),
         })
         .await
-        .map_err(|e| ExportError(format!("render task failed: {e}")))?
         .map(convert::rendered_from_wit)
         .map_err(|e| ExportError(e.to_string()))
     }
