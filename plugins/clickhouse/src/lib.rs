@@ -219,11 +219,6 @@ impl Inner {
         self.buffer.lock().rows() + self.unsent_rows.load(Ordering::Relaxed)
     }
 
-    fn count_unsent(&self, unsent: &[RowWriter]) {
-        let rows = unsent.iter().map(|w| w.rows).sum();
-        self.unsent_rows.store(rows, Ordering::Relaxed);
-    }
-
     /// Sends everything buffered, tables in dependency order; what fails stays queued.
     fn send(&self) -> Result<(), StorageError> {
         let mut guard = self.unsent.lock();
@@ -235,18 +230,16 @@ impl Inner {
         for (queued, rows) in unsent.iter_mut().zip(taken.encode()) {
             queued.append(rows);
         }
-        self.count_unsent(unsent);
-        for i in 0..TABLES.len() {
-            let (table, columns) = TABLES[i];
-            if unsent[i].is_empty() {
+        let queued = unsent.iter().map(|w| w.rows).sum();
+        self.unsent_rows.store(queued, Ordering::Relaxed);
+        for ((table, columns), rows) in TABLES.iter().zip(unsent.iter_mut()) {
+            if rows.is_empty() {
                 continue;
             }
-            self.client.insert(
-                &format!("{} {columns}", self.table(table)),
-                &unsent[i].bytes,
-            )?;
-            unsent[i] = RowWriter::default();
-            self.count_unsent(unsent);
+            self.client
+                .insert(&format!("{} {columns}", self.table(table)), &rows.bytes)?;
+            self.unsent_rows.fetch_sub(rows.rows, Ordering::Relaxed);
+            *rows = RowWriter::default();
         }
         if let (Some(daemon), Some(s)) = (&self.daemon, *seq) {
             let mut row = RowWriter::default();

@@ -84,10 +84,9 @@ const BUCKETS: &str = "CREATE TABLE IF NOT EXISTS {db}.buckets (tenant String, s
 /// meet, yet SummingMergeTree summed every row's arrays element by element on each merge. Reads
 /// sum rows anyway. With every level on a plain MergeTree (an upper bound, the coarse levels
 /// need their sums) ClickHouse's CPU per profile fell 38 % in `scripts/bench-clickhouse.sh`.
-/// Same partitions as `buckets`, so retention and sizes treat both alike.
-const FINE: &str = "CREATE TABLE IF NOT EXISTS {db}.fine (tenant String, service String, \
-     series UInt64, level UInt8, bucket Int64, profiles UInt64, total Int64, \
-     stacksMap Nested(stack UInt64, value Int64)) \
+/// The columns of `buckets` (created before it), and the same partitions, so retention and
+/// sizes treat both alike.
+const FINE: &str = "CREATE TABLE IF NOT EXISTS {db}.fine AS {db}.buckets \
      ENGINE = MergeTree() PARTITION BY (level, intDiv(bucket, 86400)) \
      ORDER BY (tenant, service, level, series, bucket) SETTINGS index_granularity = 256";
 
