@@ -100,6 +100,7 @@ pub struct Metrics {
     decode_skipped: Family<Skip, Counter>,
     queries_pruned: Counter,
     dictionary_resident: Gauge,
+    compression_dictionaries: Gauge,
     dictionary_loads: Counter,
     dictionary_evictions: Counter,
     write_buffer: Gauge,
@@ -178,6 +179,7 @@ impl Default for Metrics {
         let decode_skipped = Family::<Skip, Counter>::default();
         let queries_pruned = Counter::default();
         let dictionary_resident = Gauge::default();
+        let compression_dictionaries = Gauge::default();
         let dictionary_loads = Counter::default();
         let dictionary_evictions = Counter::default();
         let write_buffer = Gauge::default();
@@ -208,6 +210,11 @@ impl Default for Metrics {
             "storage_dictionary_bytes",
             "Bytes of services' frame and stack dictionaries resident in memory, estimated: blocks of entries and the maps that intern new ones (bounded by storage.dictionary_cache_bytes after each flush, except entries not yet on disk)",
             dictionary_resident.clone(),
+        );
+        registry.register(
+            "storage_compression_dictionary_bytes",
+            "Bytes of memory for storage's compression dictionaries: chunks sampled to train them (at most 4 MiB) and dictionaries prepared for packing and unpacking (bounded by a quarter of storage.dictionary_cache_bytes, at least 4 MiB)",
+            compression_dictionaries.clone(),
         );
         registry.register(
             "storage_dictionary_loads",
@@ -348,6 +355,7 @@ impl Default for Metrics {
             decode_skipped,
             queries_pruned,
             dictionary_resident,
+            compression_dictionaries,
             dictionary_loads,
             dictionary_evictions,
             write_buffer,
@@ -539,6 +547,8 @@ impl Metrics {
         }
         let dict = kiln_storage_sled::dictionary_stats();
         self.dictionary_resident.set(dict.resident_bytes as i64);
+        self.compression_dictionaries
+            .set(dict.compression_bytes as i64);
         self.dictionary_loads
             .inner()
             .store(dict.loads, std::sync::atomic::Ordering::Relaxed);

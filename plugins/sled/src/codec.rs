@@ -10,7 +10,10 @@
 //! ```text
 //! packed value = 0x00 raw bytes                         (short, or not worth compressing)
 //!              | 0x01 varint raw length, zstd frame
+//!              | 0x02 varint dictionary id, varint raw length, zstd frame packed with it
 //! ```
+//!
+//! Chunks of a service that has a compression dictionary ([`crate::zdict`]) are packed with it.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -19,6 +22,7 @@ use std::path::Path;
 use kiln_plugin_api::StorageError;
 
 use crate::column::{put_varint, Reader};
+use crate::zdict::{Dictionaries, Prepared};
 
 /// zstd level: 3 compresses columns of varints about as well as higher levels here, faster.
 const LEVEL: i32 = 3;
@@ -26,11 +30,16 @@ const LEVEL: i32 = 3;
 const MIN_COMPRESS: usize = 64;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
+const DICT: u8 = 2;
 
 thread_local! {
     static COMPRESSOR: RefCell<zstd::block::Compressor> = RefCell::new(zstd::block::Compressor::new());
     static DECOMPRESSOR: RefCell<zstd::block::Decompressor> =
         RefCell::new(zstd::block::Decompressor::new());
+    static DICT_COMPRESSOR: RefCell<(zstd::zstd_safe::CCtx<'static>, Vec<u8>)> =
+        RefCell::new((zstd::zstd_safe::CCtx::create(), Vec::new()));
+    static DICT_DECOMPRESSOR: RefCell<zstd::zstd_safe::DCtx<'static>> =
+        RefCell::new(zstd::zstd_safe::DCtx::create());
 }
 
 /// How values are stored in one data directory.
@@ -86,6 +95,70 @@ impl Codec {
         out
     }
 
+    /// [`Codec::pack`] with `dict` when there is one (directories whose values are packed here).
+    pub fn pack_with(self, raw: &[u8], dict: Option<&Prepared>) -> Vec<u8> {
+        let Some(dict) = dict.filter(|_| self == Codec::Packed && raw.len() >= MIN_COMPRESS) else {
+            return self.pack(raw);
+        };
+        let packed = DICT_COMPRESSOR.with(|c| {
+            let (cctx, scratch) = &mut *c.borrow_mut();
+            scratch.clear();
+            scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+            cctx.compress_using_cdict(scratch, raw, &dict.cdict)
+                .ok()
+                .filter(|&n| n + 12 < raw.len())
+                .map(|_| {
+                    let mut out = Vec::with_capacity(scratch.len() + 12);
+                    out.push(DICT);
+                    put_varint(&mut out, dict.id as u64);
+                    put_varint(&mut out, raw.len() as u64);
+                    out.extend_from_slice(scratch);
+                    out
+                })
+        });
+        packed.unwrap_or_else(|| self.pack(raw))
+    }
+
+    /// [`Codec::unpack`] of a value that may be packed with a dictionary of `dicts`.
+    pub fn unpack_with<'a>(
+        self,
+        stored: &'a [u8],
+        dicts: &Dictionaries,
+    ) -> Result<Cow<'a, [u8]>, StorageError> {
+        if self != Codec::Packed || stored.first() != Some(&DICT) {
+            return self.unpack(stored);
+        }
+        let mut r = Reader {
+            bytes: stored,
+            pos: 1,
+        };
+        let id = u32::try_from(r.varint()?)
+            .map_err(|_| StorageError::Corrupt("compression dictionary id out of range".into()))?;
+        let len = r.varint()? as usize;
+        let frame = &stored[r.pos..];
+        check_claimed(len, frame.len())?;
+        let dict = dicts.get(id)?;
+        let mut raw = Vec::with_capacity(len);
+        DICT_DECOMPRESSOR
+            .with(|d| {
+                d.borrow_mut()
+                    .decompress_using_ddict(&mut raw, frame, &dict.ddict)
+            })
+            .map_err(|e| {
+                StorageError::Corrupt(format!(
+                    "packed value: {}",
+                    zstd::zstd_safe::get_error_name(e)
+                ))
+            })?;
+        if raw.len() != len {
+            return Err(StorageError::Corrupt(format!(
+                "packed value is {} bytes, expected {len}",
+                raw.len()
+            )));
+        }
+        Ok(Cow::Owned(raw))
+    }
+
     pub fn unpack(self, stored: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
         if self == Codec::SledCompressed {
             return Ok(Cow::Borrowed(stored));
@@ -99,13 +172,7 @@ impl Codec {
                 };
                 let len = r.varint()? as usize;
                 let frame = &stored[r.pos..];
-                // A frame never expands more than this; a larger length is corruption.
-                if len > frame.len().saturating_mul(1024).max(1 << 16) {
-                    return Err(StorageError::Corrupt(format!(
-                        "packed value claims {len} bytes from {}",
-                        frame.len()
-                    )));
-                }
+                check_claimed(len, frame.len())?;
                 let raw = DECOMPRESSOR
                     .with(|d| d.borrow_mut().decompress(frame, len))
                     .map_err(|e| StorageError::Corrupt(format!("packed value: {e}")))?;
@@ -117,12 +184,25 @@ impl Codec {
                 }
                 Ok(Cow::Owned(raw))
             }
+            Some(&DICT) => Err(StorageError::Corrupt(
+                "a value packed with a compression dictionary where none is used".into(),
+            )),
             Some(other) => Err(StorageError::Corrupt(format!(
                 "packed value of unknown kind {other}"
             ))),
             None => Err(StorageError::Corrupt("empty packed value".into())),
         }
     }
+}
+
+/// A frame never expands more than this; a larger length is corruption.
+fn check_claimed(len: usize, frame: usize) -> Result<(), StorageError> {
+    if len > frame.saturating_mul(1024).max(1 << 16) {
+        return Err(StorageError::Corrupt(format!(
+            "packed value claims {len} bytes from {frame}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ mod merge;
 mod pages;
 mod series_index;
 mod usage;
+mod zdict;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,6 +238,9 @@ struct SeriesRecord {
     spy_name: String,
     sample_rate: u32,
     service: String,
+    /// The id of the service's dictionary ([`ServiceDict`]), which also names its compression
+    /// dictionary ([`zdict`]); [`NO_SERVICE`] until known. Not stored: found by name on load.
+    service_id: u32,
     /// Where the series has data, widened to whole [`BOUNDS_NS`]: a prefilter for queries. The
     /// record is rewritten when a profile lands outside, so rounding makes that hourly for a
     /// live series rather than at every flush.
@@ -264,11 +269,15 @@ impl From<StoredSeries> for SeriesRecord {
             spy_name: s.info.spy_name,
             sample_rate: s.info.sample_rate,
             service: s.service,
+            service_id: NO_SERVICE,
             first_ns: s.first_ns,
             last_ns: s.last_ns,
         }
     }
 }
+
+/// [`SeriesRecord::service_id`] not known.
+const NO_SERVICE: u32 = u32::MAX;
 
 impl From<SeriesRecord> for StoredSeries {
     fn from(r: SeriesRecord) -> Self {
@@ -382,6 +391,8 @@ struct Inner {
     legacy_frames: sled::Tree,
     legacy_nodes: sled::Tree,
     chunks: sled::Tree,
+    /// Compression dictionaries of the services' chunks ([`zdict`]).
+    dicts: zdict::Dictionaries,
     /// How values are stored ([`codec`]): packed here, or as they are where sled compresses.
     codec: Codec,
     /// `(resolution, retention)` in seconds, finest first.
@@ -445,6 +456,8 @@ pub struct DictionaryStats {
     pub loads: u64,
     /// Dictionaries dropped from memory for the budget.
     pub evictions: u64,
+    /// Memory of compression dictionaries ([`zdict`]): samples and prepared dictionaries.
+    pub compression_bytes: u64,
 }
 
 pub fn dictionary_stats() -> DictionaryStats {
@@ -452,6 +465,7 @@ pub fn dictionary_stats() -> DictionaryStats {
         resident_bytes: DICTIONARY_RESIDENT.load(Ordering::Relaxed),
         loads: DICTIONARY_LOADS.load(Ordering::Relaxed),
         evictions: DICTIONARY_EVICTIONS.load(Ordering::Relaxed),
+        compression_bytes: zdict::MEMORY.load(Ordering::Relaxed),
     }
 }
 
@@ -565,6 +579,11 @@ impl SledStorage {
             legacy_nodes: db.open_tree("nodes").map_err(io)?,
             chunks: db.open_tree("chunks").map_err(io)?,
             size_floors_tree: db.open_tree("size_floors").map_err(io)?,
+            dicts: zdict::Dictionaries::open(
+                db.open_tree("codec_dicts").map_err(io)?,
+                // Each prepared dictionary is ~0.3 MB: a few dozen services' at most.
+                (config.dictionary_cache_bytes as usize / 4).max(4 << 20),
+            )?,
             size_floors: level_seconds.iter().map(|_| AtomicI64::new(0)).collect(),
             accounting: Mutex::new(None),
             codec,
@@ -771,6 +790,9 @@ impl Inner {
             let mut rec: SeriesRecord = serde_json::from_slice(&self.codec.unpack(&v)?)
                 .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
             rec.profile_type = st.intern(&rec.profile_type);
+            if let Some(dict) = st.services.get(&(rec.tenant.clone(), rec.service.clone())) {
+                rec.service_id = dict.id;
+            }
             if id as usize != st.series.len() {
                 return Err(StorageError::Corrupt(format!(
                     "series ids not dense at {id}"
@@ -879,6 +901,7 @@ impl Inner {
                 None => {
                     let id = st.series.len() as u32;
                     let profile_type = st.intern(&p.profile_type);
+                    let service_id = st.services[&(tenant.clone(), service.clone())].id;
                     st.series.push(SeriesRecord {
                         tenant: tenant.clone(),
                         labels: p.labels.clone(),
@@ -886,6 +909,7 @@ impl Inner {
                         spy_name: p.meta.spy_name.clone(),
                         sample_rate: p.meta.sample_rate,
                         service,
+                        service_id,
                         first_ns: i64::MAX,
                         last_ns: i64::MIN,
                     });
@@ -948,6 +972,7 @@ impl Inner {
         let mut nodes = sled::Batch::default();
         let mut series = sled::Batch::default();
         let migrate;
+        let service_of;
         let (buffer, log_seq) = {
             let mut st = self.state.lock();
             if st.buffer.is_empty()
@@ -981,6 +1006,7 @@ impl Inner {
                 series.insert(&id.to_be_bytes(), self.codec.pack(&rec));
             }
             migrate = std::mem::take(&mut st.migrate_legacy);
+            service_of = st.series.iter().map(|r| r.service_id).collect::<Vec<u32>>();
             WRITE_BUFFER_BYTES.fetch_sub(st.buffer_bytes as u64, Ordering::Relaxed);
             st.buffer_bytes = 0;
             (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
@@ -1002,12 +1028,16 @@ impl Inner {
         // coarse one.
         let mut chunks = sled::Batch::default();
         let mut changes = usage::Changes::default();
+        let now = now_s() as u64;
+        // Per service: its compression dictionary, and the bytes packed with it (raw, packed).
+        let mut compression_dicts: FxHashMap<u32, (Option<Arc<zdict::Prepared>>, u64, u64)> =
+            FxHashMap::default();
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
             let old_raw = self.chunks.get(key).map_err(io)?;
             let old_len = old_raw.as_ref().map(|v| v.len());
             let old = match old_raw {
-                Some(v) => Some(Stored::decode(&self.codec.unpack(&v)?)?),
+                Some(v) => Some(Stored::decode(&self.unpack_chunk(&v)?)?),
                 None => None,
             };
             let finest = pending.finest;
@@ -1050,13 +1080,44 @@ impl Inner {
                     old
                 }
             };
-            let value = self.codec.pack(&merged.encode());
+            let raw = merged.encode();
+            let service = service_of
+                .get(series as usize)
+                .copied()
+                .unwrap_or(NO_SERVICE);
+            let entry = match compression_dicts.entry(service) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let d = if service == NO_SERVICE || self.codec != Codec::Packed {
+                        None
+                    } else {
+                        self.dicts.for_service(service)?
+                    };
+                    e.insert((d, 0, 0))
+                }
+            };
+            if service != NO_SERVICE && self.codec == Codec::Packed {
+                // Sampled while it has no dictionary, or its dictionary packs poorly now.
+                self.dicts.offer(service, &raw, now);
+            }
+            let value = self.codec.pack_with(&raw, entry.0.as_deref());
+            if entry.0.is_some() {
+                entry.1 += raw.len() as u64;
+                entry.2 += value.len() as u64;
+            }
             changes.push(key, old_len, Some(value.len()));
             chunks.insert(&key, value);
         }
         if let Some(seq) = log_seq {
             chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
         }
+        for (service, (dict, raw, packed)) in compression_dicts {
+            if dict.is_some() {
+                self.dicts.record(service, raw, packed);
+            }
+        }
+        // Stored before any chunk is packed with them: from the next apply on.
+        self.dicts.train_ready(now)?;
         self.chunks.apply_batch(chunks).map_err(io)?;
         self.account(changes);
         if let Some(seq) = log_seq {
@@ -1064,6 +1125,11 @@ impl Inner {
         }
         self.evict_dictionaries();
         Ok(())
+    }
+
+    /// A chunk's value as stored, unpacked (with its compression dictionary, if any).
+    fn unpack_chunk<'a>(&self, stored: &'a [u8]) -> Result<Cow<'a, [u8]>, StorageError> {
+        self.codec.unpack_with(stored, &self.dicts)
     }
 
     /// Marks the dictionary of `service` used and readies it for new entries: reads the
@@ -1195,7 +1261,7 @@ impl Inner {
                             "series {series}: a chunk refers to the finest bucket {bucket}, which is gone"
                         ))
                     })?;
-                Ok(Column::decode(&self.codec.unpack(&finest)?)?)
+                Ok(Column::decode(&self.unpack_chunk(&finest)?)?)
             }
         }
     }
@@ -1300,7 +1366,7 @@ impl Inner {
                     let hi = chunk_key(id, level as u8, to.max(0) as u64);
                     for kv in self.chunks.range(lo..hi) {
                         let (_, v) = kv.map_err(io)?;
-                        let col = self.resolve(id, Stored::decode(&self.codec.unpack(&v)?)?)?;
+                        let col = self.resolve(id, Stored::decode(&self.unpack_chunk(&v)?)?)?;
                         merged.profiles += col.profiles;
                         for (node, value) in col.entries {
                             let node = node as usize;
@@ -1401,7 +1467,7 @@ impl Inner {
                         let (k, v) = kv.map_err(io)?;
                         let bucket =
                             u64::from_be_bytes(k[5..13].try_into().expect("13-byte key")) as i64;
-                        let (profiles, total) = Column::decode_header(&self.codec.unpack(&v)?)?;
+                        let (profiles, total) = Column::decode_header(&self.unpack_chunk(&v)?)?;
                         let value = if average && profiles > 0 {
                             total / profiles as i64
                         } else {
@@ -1488,7 +1554,7 @@ impl Inner {
         for (level, &(res, _)) in self.levels.iter().enumerate().skip(1) {
             let coarse = chunk_key(series, level as u8, bucket / res * res);
             if let Some(v) = self.chunks.get(coarse).map_err(io)? {
-                if matches!(Stored::decode(&self.codec.unpack(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
+                if matches!(Stored::decode(&self.unpack_chunk(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
                     batch.insert(&coarse, column);
                     changes.push(coarse, Some(v.len()), Some(column.len()));

@@ -600,7 +600,7 @@ fn coarse_chunk_kinds(s: &SledStorage) -> (usize, usize) {
         if k.as_ref() == LOG_SEQ_KEY || k[4] == 0 {
             continue;
         }
-        match Stored::decode(&s.inner.codec.unpack(&v).unwrap()).unwrap() {
+        match Stored::decode(&s.inner.unpack_chunk(&v).unwrap()).unwrap() {
             Stored::SameAsFinest { .. } => kinds.0 += 1,
             Stored::Column(_) => kinds.1 += 1,
         }
@@ -1523,4 +1523,131 @@ fn timelines_with_levels_far_apart_answer_at_the_coarser_level() {
     )
     .unwrap();
     assert_eq!(timeline(&s, &q, 100).step_ns, 100 * NS);
+}
+
+/// `n` stacks of one service, with values that vary from profile to profile as a fleet's do.
+fn varied_stacks(n: usize, seed: &mut u64) -> Vec<(Vec<String>, i64)> {
+    (0..n)
+        .map(|j| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let depth = 3 + j % 9;
+            let stack = std::iter::once("main".to_string())
+                .chain((1..depth).map(|d| format!("pkg{}.fn{}", j % 23, j * 31 + d)))
+                .collect();
+            // Mostly a few samples per stack, now and then many.
+            let r = (*seed >> 33) as i64;
+            (stack, if r % 8 == 0 { 10 + r % 90 } else { 1 + r % 4 })
+        })
+        .collect()
+}
+
+fn write_varied(s: &SledStorage, t0: i64, from: usize, to: usize, seed: &mut u64) -> i64 {
+    let mut total = 0;
+    for i in from..to {
+        let owned = varied_stacks(150, seed);
+        total += owned.iter().map(|(_, v)| v).sum::<i64>();
+        let refs: Vec<Vec<&str>> = owned
+            .iter()
+            .map(|(st, _)| st.iter().map(String::as_str).collect())
+            .collect();
+        let stacks: Vec<(&[&str], i64)> = refs
+            .iter()
+            .zip(&owned)
+            .map(|(r, (_, v))| (r.as_slice(), *v))
+            .collect();
+        // A 10 s bucket of its own; the coarse levels hold columns too.
+        let p = profile("zsvc", "prod", "cpu", t0 + i as i64 * 600, &stacks);
+        s.write_blocking(&T, vec![p]).unwrap();
+        if i % 20 == 19 {
+            s.flush_blocking().unwrap();
+        }
+    }
+    s.flush_blocking().unwrap();
+    total
+}
+
+/// Level 0 chunks: (packed with a dictionary, stored bytes).
+fn finest_chunks(s: &SledStorage) -> Vec<(bool, usize)> {
+    s.inner
+        .chunks
+        .iter()
+        .map(|kv| kv.unwrap())
+        .filter(|(k, _)| k.as_ref() != LOG_SEQ_KEY && k[4] == 0)
+        .map(|(_, v)| (v[0] == 2, v.len()))
+        .collect()
+}
+
+#[test]
+fn a_service_gets_a_compression_dictionary_and_its_chunks_shrink_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_s() - 10 * DAY;
+    let mut seed = 7;
+    let s = open(dir.path());
+    let mut total = write_varied(&s, t0, 0, 100, &mut seed);
+    assert_eq!(
+        s.inner.dicts.tree().len(),
+        0,
+        "too few samples to train yet"
+    );
+    let mut written = 100;
+    while s.inner.dicts.tree().is_empty() {
+        assert!(written < 2000, "no dictionary after {written} profiles");
+        total += write_varied(&s, t0, written, written + 20, &mut seed);
+        written += 20;
+    }
+    assert_eq!(
+        s.inner.dicts.training_bytes(),
+        0,
+        "samples are freed once trained"
+    );
+    total += write_varied(&s, t0, written, written + 300, &mut seed);
+    let chunks = finest_chunks(&s);
+    let mean = |with: bool| {
+        let sizes: Vec<usize> = chunks.iter().filter(|c| c.0 == with).map(|c| c.1).collect();
+        assert!(!sizes.is_empty());
+        sizes.iter().sum::<usize>() as f64 / sizes.len() as f64
+    };
+    let (plain, packed) = (mean(false), mean(true));
+    assert!(
+        packed * 1.3 < plain,
+        "chunks packed with the dictionary average {packed:.0} B against {plain:.0} B"
+    );
+    let answer = |s: &SledStorage| {
+        let m = s
+            .inner
+            .select_merge(&T, &query("zsvc.cpu", t0 - 10, now_s()), now_s())
+            .unwrap();
+        (m.tree.to_folded(), m.tree.total())
+    };
+    let before = answer(&s);
+    assert_eq!(before.1, total);
+    // The dictionary is counted in what storage holds.
+    let dict_bytes: usize = s
+        .inner
+        .dicts
+        .tree()
+        .iter()
+        .map(|kv| kv.map(|(k, v)| k.len() + v.len()).unwrap())
+        .sum();
+    assert!(dict_bytes > 1000);
+    let usage = s.inner.usage().unwrap();
+    let listed: u64 = usage.entries.iter().map(|e| e.bytes).sum();
+    assert!(usage.total_bytes >= listed + dict_bytes as u64);
+    drop(s);
+    let s = reopen(dir.path());
+    assert_eq!(answer(&s), before, "the same answer after a restart");
+    // One dictionary per service: more writes do not train another.
+    write_varied(&s, t0, written + 300, written + 400, &mut seed);
+    assert_eq!(s.inner.dicts.tree().len(), 1);
+    // A chunk whose dictionary is missing is an error that names it, not a wrong answer.
+    s.inner.dicts.tree().clear().unwrap();
+    drop(s);
+    let s = reopen(dir.path());
+    let err = s
+        .inner
+        .select_merge(&T, &query("zsvc.cpu", t0 - 10, now_s()), now_s())
+        .unwrap_err();
+    assert!(err.to_string().contains("compression dictionary"), "{err}");
 }

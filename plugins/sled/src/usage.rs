@@ -224,6 +224,7 @@ impl Inner {
             &self.legacy_frames,
             &self.legacy_nodes,
             &self.size_floors_tree,
+            self.dicts.tree(),
         ] {
             total += tree_bytes(tree)?;
         }
