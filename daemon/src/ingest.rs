@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use kiln_collapsed::{CollapsedDecoder, TextFormat};
 use kiln_plugin_api::{
     labels::{PROFILE_TYPE, SERVICE_NAME},
-    Aggregation, Decoder, IngestMeta, PyroscopeName,
+    Aggregation, DecodeError, Decoder, IngestMeta, PyroscopeName,
 };
 use kiln_pprof::PprofDecoder;
 
@@ -181,7 +181,20 @@ pub(crate) fn content_decode(
         .to_ascii_lowercase();
     match encoding.as_str() {
         "" | "identity" => Ok(body),
+        "gzip" | "x-gzip" if body.starts_with(&[0x1f, 0x8b]) => {
+            match kiln_pprof::gunzip_if_needed(&body, limit) {
+                Ok(out) => Ok(out.into_owned().into()),
+                Err(DecodeError::TooLarge { .. }) => Err(ApiError::too_large(format!(
+                    "body exceeds {limit} bytes once decompressed"
+                ))),
+                Err(e) => Err(ApiError::bad_request(
+                    "bad_encoding",
+                    format!("Content-Encoding gzip: {e}"),
+                )),
+            }
+        }
         "gzip" | "x-gzip" => {
+            // Not gzip at all: the streaming reader says why.
             let mut out = Vec::new();
             flate2::read::MultiGzDecoder::new(&body[..])
                 .take(limit + 1)

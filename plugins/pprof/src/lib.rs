@@ -12,11 +12,10 @@
 mod config;
 mod decode;
 mod encode;
+mod gunzip;
 pub mod proto;
 pub mod push;
 mod view;
-
-use std::io::Read;
 
 use async_trait::async_trait;
 use kiln_plugin_api::{
@@ -75,24 +74,7 @@ impl Decoder for PprofDecoder {
     }
 }
 
-/// Inflates `data` if it starts with the gzip magic, refusing output beyond `limit` bytes.
-pub fn gunzip_if_needed(
-    data: &[u8],
-    limit: u64,
-) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
-    if !data.starts_with(&[0x1f, 0x8b]) {
-        return Ok(std::borrow::Cow::Borrowed(data));
-    }
-    let mut out = Vec::with_capacity((data.len() * 4).min(limit as usize));
-    flate2::read::MultiGzDecoder::new(data)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Malformed(format!("gzip: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(DecodeError::TooLarge { limit });
-    }
-    Ok(std::borrow::Cow::Owned(out))
-}
+pub use gunzip::gunzip_if_needed;
 
 /// Renders a merged tree as a gzip'd pprof (`/render?format=pprof`).
 #[derive(Debug, Default, Clone)]
