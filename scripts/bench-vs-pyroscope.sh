@@ -8,7 +8,9 @@
 # temporary data dir and free loopback ports:
 #   1. start (time to /healthz or /ready on an empty dir);
 #   2. kiln-loadgen for SECONDS (default 60): the Go CPU, heap and goroutine fixtures under app
-#      `loadgen` and the JDK JFR fixture under `loadgen-java`, SERIES (200) series, spread over the
+#      `loadgen` and the JDK JFR fixture under `loadgen-java` (as the official Java agent sends
+#      it: a multipart form, the recording gzip'd; JFR_RAW=1 sends the raw recording instead),
+#      SERIES (200) series, spread over the
 #      last 24 h in 10 s slots, CONCURRENCY (4) connections, RATE requests/s (0: as fast as the
 #      server answers), CHURN (0) of function names renamed per variant;
 #   3. SIGTERM (time to exit), bytes on disk;
@@ -108,7 +110,7 @@ run() {
     --app loadgen \
     --file testdata/go-cpu.pb.gz --file testdata/go-heap.pb.gz --file testdata/go-goroutine.pb.gz \
     --file testdata/java-jdk.jfr@loadgen-java \
-    --json "$work/$name.load.json" &
+    ${JFR_RAW:+--jfr-raw} --json "$work/$name.load.json" &
   # In the background so that a signal reaches the trap now, not when the load ends.
   loadgen_pid=$!
   wait "$loadgen_pid"

@@ -40,8 +40,13 @@ pub struct Fixture {
     /// For a pprof: each sample type (`type:unit`) and the sum of its values in one profile,
     /// to check what a server returns against what it accepted.
     pub totals: Vec<(String, i64)>,
+    /// `Content-Type` of the request.
+    pub content_type: String,
     body: Body,
 }
+
+/// The multipart boundary of a JFR sent as the Java agent sends it.
+const BOUNDARY: &str = "kiln-loadgen-7d1f0c";
 
 enum Body {
     /// Sent as is (JFR, collapsed text): their time comes from `from`/`until`.
@@ -157,8 +162,34 @@ impl Fixture {
             format,
             metric,
             totals,
+            content_type: "application/octet-stream".into(),
             body,
         })
+    }
+
+    /// A JFR recording as the official Java agent sends it: a multipart form whose `jfr` part
+    /// is the recording gzip'd (the agent's default), instead of the raw recording.
+    pub fn sent_as_java_agent(mut self) -> anyhow::Result<Self> {
+        let Body::Static(raw) = &self.body else {
+            bail!("{} is not sent as is", self.path.display());
+        };
+        let gzipped = if raw.starts_with(&[0x1f, 0x8b]) {
+            raw.to_vec()
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(raw)?;
+            gz.finish()?
+        };
+        let mut body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"jfr\"; filename=\"jfr\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&gzipped);
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        self.body = Body::Static(Arc::new(body));
+        self.content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        Ok(self)
     }
 
     /// The body for a request of churn variant `variant` at `from` (unix seconds) lasting
@@ -372,6 +403,18 @@ mod tests {
             (f.format, f.app.as_str(), f.is_pprof()),
             ("jfr", "java-app", false)
         );
+        let raw = f.body(0, 1, 10);
+        let f = f.sent_as_java_agent().unwrap();
+        assert!(f.content_type.starts_with("multipart/form-data; boundary="));
+        let form = f.body(0, 1, 10);
+        assert!(form.len() < raw.len() / 2, "the recording is gzip'd");
+        let start = form.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let end = form.len() - format!("\r\n--{BOUNDARY}--\r\n").len();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&form[start..end])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(&unzipped, raw.as_ref());
         let f = Fixture::load(
             fixture("go-heap.pb.gz").to_str().unwrap(),
             "a",

@@ -97,6 +97,10 @@ struct Args {
     /// start, and count acknowledgements per tenant and window in the JSON summary (0: off).
     #[arg(long, default_value_t = 0)]
     window: u64,
+    /// Send `.jfr` files as raw bodies. By default they go as the official Java agent sends
+    /// them: a multipart form with the recording gzip'd in its `jfr` part.
+    #[arg(long)]
+    jfr_raw: bool,
 }
 
 /// How a request names its tenant.
@@ -359,7 +363,7 @@ impl Pusher<'_> {
                 )
                 .query("from", plan.from.to_string())
                 .query("until", (plan.from + SLOT_S).to_string())
-                .header("Content-Type", "application/octet-stream")
+                .header("Content-Type", &f.content_type)
                 .send(&body[..])
         };
         match result {
@@ -501,6 +505,13 @@ fn main() -> anyhow::Result<()> {
                 args.churn_variants,
                 args.strip_lines,
             )
+            .and_then(|f| {
+                if f.format == "jfr" && !args.jfr_raw {
+                    f.sent_as_java_agent()
+                } else {
+                    Ok(f)
+                }
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if args.connect {
