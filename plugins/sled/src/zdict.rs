@@ -47,6 +47,9 @@ pub const TRAIN_MIN_BYTES: usize = 16 * 1024;
 pub const TRAIN_AFTER_S: u64 = 600;
 /// Samples of every service together.
 pub const TRAINING_BUDGET: usize = 4 * 1024 * 1024;
+/// Trainings per [`Dictionaries::train_ready`] (tens of milliseconds each, on the thread that
+/// applies writes): a burst of new services is trained over several flushes, not in one.
+const TRAININGS_PER_CALL: usize = 2;
 /// After a training that failed (too little variety), the service is sampled again after this.
 const RETRY_AFTER_S: u64 = 3600;
 /// Chunks shorter than this teach a dictionary nothing.
@@ -262,6 +265,7 @@ impl Dictionaries {
                             && now_s.saturating_sub(s.first_s) >= TRAIN_AFTER_S)
                 })
                 .map(|(&k, _)| k)
+                .take(TRAININGS_PER_CALL)
                 .collect();
             services
                 .into_iter()
@@ -471,5 +475,20 @@ mod tests {
         assert_eq!(st.training_bytes, 0);
         assert!(st.prepared_bytes > DICT_BYTES);
         assert_eq!(st.reported, st.prepared_bytes as u64);
+    }
+
+    #[test]
+    fn a_burst_of_new_services_is_trained_a_few_at_a_time() {
+        let (_dir, d) = dicts(1 << 20);
+        for service in 0..5 {
+            for i in 0..1_300 {
+                d.offer(service, &sample(i + service as usize), 0);
+            }
+        }
+        assert_eq!(d.train_ready(0).unwrap(), TRAININGS_PER_CALL);
+        assert_eq!(d.train_ready(0).unwrap(), TRAININGS_PER_CALL);
+        assert_eq!(d.train_ready(0).unwrap(), 1);
+        assert_eq!(d.tree().len(), 5);
+        assert_eq!(d.training_bytes(), 0);
     }
 }
