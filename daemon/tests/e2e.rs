@@ -814,3 +814,58 @@ fn grafana_pyroscope_paths_answer_the_same_reads() {
         .to_string();
     assert!(values.contains("prod"), "{values}");
 }
+
+#[test]
+fn chunks_packed_with_a_trained_compression_dictionary_answer_the_same_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    let cpu = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Enough chunks to train the service's dictionary (256 KiB of them), then more packed
+    // with it: each push in a 10 s bucket of its own, over five hours.
+    let push = |d: &Daemon, i: u64| {
+        let from = now - 20_000 + i * 60;
+        let (status, text) = d.ingest(
+            &format!(
+                "name={}&format=pprof&from={from}&until={}",
+                enc(&format!("zdict.cpu{{pod=p{}}}", i % 10)),
+                from + 10
+            ),
+            "application/octet-stream",
+            &cpu,
+        );
+        assert_eq!(status, 200, "{text}");
+    };
+    for i in 0..200 {
+        push(&d, i);
+    }
+    // The flush after these trains it; the pushes after that are packed with it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    for i in 200..300 {
+        push(&d, i);
+    }
+    let total = |d: &Daemon| {
+        let r = d.get_json(&format!(
+            "/render?query={}&from=now-6h&until=now",
+            enc("zdict.cpu")
+        ));
+        r["flamebearer"]["numTicks"].as_i64().unwrap()
+    };
+    let before = total(&d);
+    assert!(before > 0);
+    d.restart();
+    assert_eq!(
+        d.metric("kiln_storage_compression_dictionary_bytes"),
+        Some(0.0),
+        "nothing sampled or prepared before the first use"
+    );
+    assert_eq!(total(&d), before);
+    // Reading the chunks packed with it prepared the dictionary (~250 KB of zstd's tables).
+    let prepared = d
+        .metric("kiln_storage_compression_dictionary_bytes")
+        .unwrap();
+    assert!(prepared > 100_000.0, "{prepared}");
+}
