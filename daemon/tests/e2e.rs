@@ -863,9 +863,10 @@ fn chunks_packed_with_a_trained_compression_dictionary_answer_the_same_after_a_r
         "nothing sampled or prepared before the first use"
     );
     assert_eq!(total(&d), before);
-    // Reading the chunks packed with it prepared the dictionary (~250 KB of zstd's tables).
+    // Reading the chunks packed with it prepared the dictionary (zstd's tables, tens to
+    // hundreds of KB with the dictionary's size): nothing else fills the gauge without writes.
     let prepared = d
         .metric("kiln_storage_compression_dictionary_bytes")
         .unwrap();
-    assert!(prepared > 100_000.0, "{prepared}");
+    assert!(prepared > 10_000.0, "{prepared}");
 }
