@@ -134,29 +134,17 @@ impl Codec {
         };
         let id = u32::try_from(r.varint()?)
             .map_err(|_| StorageError::Corrupt("compression dictionary id out of range".into()))?;
-        let len = r.varint()? as usize;
-        let frame = &stored[r.pos..];
-        check_claimed(len, frame.len())?;
         let dict = dicts.get(id)?;
-        let mut raw = Vec::with_capacity(len);
-        DICT_DECOMPRESSOR
-            .with(|d| {
-                d.borrow_mut()
-                    .decompress_using_ddict(&mut raw, frame, &dict.ddict)
-            })
-            .map_err(|e| {
-                StorageError::Corrupt(format!(
-                    "packed value: {}",
-                    zstd::zstd_safe::get_error_name(e)
-                ))
-            })?;
-        if raw.len() != len {
-            return Err(StorageError::Corrupt(format!(
-                "packed value is {} bytes, expected {len}",
-                raw.len()
-            )));
-        }
-        Ok(Cow::Owned(raw))
+        unpack_frame(r, |frame, len| {
+            let mut raw = Vec::with_capacity(len);
+            DICT_DECOMPRESSOR
+                .with(|d| {
+                    d.borrow_mut()
+                        .decompress_using_ddict(&mut raw, frame, &dict.ddict)
+                })
+                .map(|_| raw)
+                .map_err(|e| zstd::zstd_safe::get_error_name(e).to_string())
+        })
     }
 
     pub fn unpack(self, stored: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
@@ -165,25 +153,17 @@ impl Codec {
         }
         match stored.first() {
             Some(&RAW) => Ok(Cow::Borrowed(&stored[1..])),
-            Some(&ZSTD) => {
-                let mut r = Reader {
+            Some(&ZSTD) => unpack_frame(
+                Reader {
                     bytes: stored,
                     pos: 1,
-                };
-                let len = r.varint()? as usize;
-                let frame = &stored[r.pos..];
-                check_claimed(len, frame.len())?;
-                let raw = DECOMPRESSOR
-                    .with(|d| d.borrow_mut().decompress(frame, len))
-                    .map_err(|e| StorageError::Corrupt(format!("packed value: {e}")))?;
-                if raw.len() != len {
-                    return Err(StorageError::Corrupt(format!(
-                        "packed value is {} bytes, expected {len}",
-                        raw.len()
-                    )));
-                }
-                Ok(Cow::Owned(raw))
-            }
+                },
+                |frame, len| {
+                    DECOMPRESSOR
+                        .with(|d| d.borrow_mut().decompress(frame, len))
+                        .map_err(|e| e.to_string())
+                },
+            ),
             Some(&DICT) => Err(StorageError::Corrupt(
                 "a value packed with a compression dictionary where none is used".into(),
             )),
@@ -195,14 +175,30 @@ impl Codec {
     }
 }
 
-/// A frame never expands more than this; a larger length is corruption.
-fn check_claimed(len: usize, frame: usize) -> Result<(), StorageError> {
-    if len > frame.saturating_mul(1024).max(1 << 16) {
+/// The rest of a packed value at `r`: its raw length, then a zstd frame, inflated by `inflate`
+/// (given the frame and the length) and checked against that length.
+fn unpack_frame(
+    mut r: Reader,
+    inflate: impl FnOnce(&[u8], usize) -> Result<Vec<u8>, String>,
+) -> Result<Cow<'static, [u8]>, StorageError> {
+    let len = r.varint()? as usize;
+    let frame = &r.bytes[r.pos..];
+    // A frame never expands more than this; a larger length is corruption.
+    if len > frame.len().saturating_mul(1024).max(1 << 16) {
         return Err(StorageError::Corrupt(format!(
-            "packed value claims {len} bytes from {frame}"
+            "packed value claims {len} bytes from {}",
+            frame.len()
         )));
     }
-    Ok(())
+    let raw =
+        inflate(frame, len).map_err(|e| StorageError::Corrupt(format!("packed value: {e}")))?;
+    if raw.len() != len {
+        return Err(StorageError::Corrupt(format!(
+            "packed value is {} bytes, expected {len}",
+            raw.len()
+        )));
+    }
+    Ok(Cow::Owned(raw))
 }
 
 #[cfg(test)]

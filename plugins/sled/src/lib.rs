@@ -469,11 +469,17 @@ pub fn dictionary_stats() -> DictionaryStats {
     }
 }
 
+/// Moves a process-wide gauge summed over storages by what this one changed since it last
+/// reported `reported`.
+fn report_gauge(gauge: &AtomicU64, reported: &mut usize, now: usize) {
+    gauge.fetch_add(now as u64, Ordering::Relaxed);
+    gauge.fetch_sub(*reported as u64, Ordering::Relaxed);
+    *reported = now;
+}
+
 /// Moves the process-wide resident figure by what changed since `reported`.
 fn report_resident(reported: &mut usize, now: usize) {
-    DICTIONARY_RESIDENT.fetch_add(now as u64, Ordering::Relaxed);
-    DICTIONARY_RESIDENT.fetch_sub(*reported as u64, Ordering::Relaxed);
-    *reported = now;
+    report_gauge(&DICTIONARY_RESIDENT, reported, now);
 }
 
 impl Drop for Inner {
@@ -581,7 +587,7 @@ impl SledStorage {
             size_floors_tree: db.open_tree("size_floors").map_err(io)?,
             dicts: zdict::Dictionaries::open(
                 db.open_tree("codec_dicts").map_err(io)?,
-                // Each prepared dictionary is ~0.3 MB: a few dozen services' at most.
+                // Each prepared dictionary is ~250 KB: a few dozen services' at most.
                 (config.dictionary_cache_bytes as usize / 4).max(4 << 20),
             )?,
             size_floors: level_seconds.iter().map(|_| AtomicI64::new(0)).collect(),

@@ -1247,27 +1247,29 @@ fn churned_stacks(svc: usize, round: usize) -> Vec<(Vec<String>, i64)> {
         .collect()
 }
 
+/// A `prod` CPU profile of `service` at `start_s` from stacks of owned frame names.
+fn owned_profile(service: &str, start_s: i64, owned: &[(Vec<String>, i64)]) -> Profile {
+    let refs: Vec<Vec<&str>> = owned
+        .iter()
+        .map(|(st, _)| st.iter().map(String::as_str).collect())
+        .collect();
+    let stacks: Vec<(&[&str], i64)> = refs
+        .iter()
+        .zip(owned)
+        .map(|(r, (_, v))| (r.as_slice(), *v))
+        .collect();
+    profile(service, "prod", "cpu", start_s, &stacks)
+}
+
 /// Writes `rounds` rounds of three services' churned stacks from `t0`, 10 s apart, applying
 /// every second round.
 fn write_churned(s: &SledStorage, t0: i64, rounds: usize) {
     for round in 0..rounds {
         for svc in 0..3 {
-            let owned = churned_stacks(svc, round);
-            let refs: Vec<Vec<&str>> = owned
-                .iter()
-                .map(|(st, _)| st.iter().map(String::as_str).collect())
-                .collect();
-            let stacks: Vec<(&[&str], i64)> = refs
-                .iter()
-                .zip(&owned)
-                .map(|(r, (_, v))| (r.as_slice(), *v))
-                .collect();
-            let p = profile(
+            let p = owned_profile(
                 &format!("svc{svc}"),
-                "prod",
-                "cpu",
                 t0 + round as i64 * 10,
-                &stacks,
+                &churned_stacks(svc, round),
             );
             s.write_blocking(&T, vec![p]).unwrap();
         }
@@ -1548,17 +1550,8 @@ fn write_varied(s: &SledStorage, t0: i64, from: usize, to: usize, seed: &mut u64
     for i in from..to {
         let owned = varied_stacks(150, seed);
         total += owned.iter().map(|(_, v)| v).sum::<i64>();
-        let refs: Vec<Vec<&str>> = owned
-            .iter()
-            .map(|(st, _)| st.iter().map(String::as_str).collect())
-            .collect();
-        let stacks: Vec<(&[&str], i64)> = refs
-            .iter()
-            .zip(&owned)
-            .map(|(r, (_, v))| (r.as_slice(), *v))
-            .collect();
         // A 10 s bucket of its own; the coarse levels hold columns too.
-        let p = profile("zsvc", "prod", "cpu", t0 + i as i64 * 600, &stacks);
+        let p = owned_profile("zsvc", t0 + i as i64 * 600, &owned);
         s.write_blocking(&T, vec![p]).unwrap();
         if i % 20 == 19 {
             s.flush_blocking().unwrap();

@@ -26,15 +26,18 @@
 //!
 //! Memory is bounded twice: samples by [`TRAINING_BUDGET`] over all services (a service that
 //! finds it full is sampled later), and dictionaries prepared for use (zstd's digested forms,
-//! ~200 KB each) by a byte budget, least recently used first out.
+//! ~250 KB each) by a byte budget, least recently used first out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use kiln_plugin_api::StorageError;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use zstd::zstd_safe::{CDict, DDict};
+
+use crate::error::io;
+use crate::{report_gauge, u32_at};
 
 /// Size of a trained dictionary: on the side-by-side load 8 KiB packed within 4 % of 32 KiB,
 /// and its digested form is half the size.
@@ -108,15 +111,16 @@ struct State {
     /// Service → how its dictionary packs (this process's observations).
     ratios: FxHashMap<u32, Ratio>,
     /// What this storage last added to [`MEMORY`].
-    reported: u64,
+    reported: usize,
 }
 
 impl State {
     fn report(&mut self) {
-        let now = (self.training_bytes + self.prepared_bytes) as u64;
-        MEMORY.fetch_add(now, Ordering::Relaxed);
-        MEMORY.fetch_sub(self.reported, Ordering::Relaxed);
-        self.reported = now;
+        report_gauge(
+            &MEMORY,
+            &mut self.reported,
+            self.training_bytes + self.prepared_bytes,
+        );
     }
 }
 
@@ -144,16 +148,6 @@ pub struct Dictionaries {
     /// Bytes of prepared dictionaries kept in memory.
     budget: usize,
     state: Mutex<State>,
-}
-
-fn io(e: sled::Error) -> StorageError {
-    StorageError::Io(e.to_string())
-}
-
-fn u32_at(b: &[u8], at: usize) -> Result<u32, StorageError> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
-        .ok_or_else(|| StorageError::Corrupt("short compression dictionary record".into()))
 }
 
 impl Dictionaries {
@@ -468,13 +462,13 @@ mod tests {
         }
         let training = d.training_bytes() as u64;
         assert!(training > 0);
-        assert_eq!(d.state.lock().reported, training);
+        assert_eq!(d.state.lock().reported as u64, training);
         d.train_ready(0).unwrap();
         d.for_service(1).unwrap().unwrap();
         let st = d.state.lock();
         assert_eq!(st.training_bytes, 0);
         assert!(st.prepared_bytes > DICT_BYTES);
-        assert_eq!(st.reported, st.prepared_bytes as u64);
+        assert_eq!(st.reported, st.prepared_bytes);
     }
 
     #[test]
