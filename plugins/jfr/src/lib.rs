@@ -262,10 +262,19 @@ pub fn decode_jfr_counted(
 
 /// Per-chunk caches: constant-pool keys resolved once.
 #[derive(Default)]
-struct ChunkCache {
+struct ChunkCache<'c> {
     stacks: FxHashMap<i64, Option<Rc<[u32]>>>,
     methods: FxHashMap<i64, Option<u32>>,
     states: FxHashMap<i64, Option<ThreadState>>,
+    /// How the stack traces of each type read from bytes (`None`: through values).
+    traces: FxHashMap<i64, Option<Rc<parse::TraceLayout<'c>>>>,
+    /// Values by profile type, context id and stack trace key.
+    sums: FxHashMap<(&'static str, i64, i64), i64>,
+    /// A trace's raw frames, reused.
+    frames: Vec<(Option<i64>, i64)>,
+    /// Methods' names read from bytes, once the first frame's method field is known (`None`
+    /// inside: through values).
+    names: Option<Option<MethodNames<'c>>>,
 }
 
 /// A thread state as far as profile types care.
@@ -282,6 +291,11 @@ struct EventType<'c> {
     kind: Kind,
     fields: &'c [parse::Field],
     at: EventFields,
+    /// Which field fills which [`Slot`].
+    slots: Vec<(usize, usize)>,
+    /// Reads the slots and skips the rest; `None` reads every field as values (layouts the
+    /// picker does not read).
+    picker: Option<parse::FieldPicker>,
 }
 
 #[derive(Default)]
@@ -299,25 +313,64 @@ struct EventFields {
     value: Option<usize>,
 }
 
+/// The integer fields `record` reads (constant-pool keys for the stack trace and the state).
+#[derive(Clone, Copy)]
+enum Slot {
+    ContextId,
+    StackTrace,
+    State,
+    Samples,
+    TlabSize,
+    AllocationSize,
+    Weight,
+    Duration,
+    Size,
+    /// A setting's name and value: strings, as offsets for [`Chunk::string_at`].
+    Name,
+    Value,
+}
+const SLOTS: usize = Slot::Value as usize + 1;
+type Slots = [Option<i64>; SLOTS];
+
 impl<'c> EventType<'c> {
-    fn new(kind: Kind, class: &'c parse::Class) -> Self {
+    fn new(kind: Kind, type_id: i64, class: &'c parse::Class, chunk: &Chunk) -> Self {
         let at = |name| class.field(name);
+        let at = EventFields {
+            context_id: at("contextId"),
+            stack_trace: at("stackTrace"),
+            state: at("state"),
+            samples: at("samples"),
+            tlab_size: at("tlabSize"),
+            allocation_size: at("allocationSize"),
+            weight: at("weight"),
+            duration: at("duration"),
+            size: at("size"),
+            name: at("name"),
+            value: at("value"),
+        };
+        let slots: Vec<(usize, usize)> = [
+            (at.context_id, Slot::ContextId),
+            (at.stack_trace, Slot::StackTrace),
+            (at.state, Slot::State),
+            (at.samples, Slot::Samples),
+            (at.tlab_size, Slot::TlabSize),
+            (at.allocation_size, Slot::AllocationSize),
+            (at.weight, Slot::Weight),
+            (at.duration, Slot::Duration),
+            (at.size, Slot::Size),
+            (at.name.filter(|_| kind == Kind::Setting), Slot::Name),
+            (at.value.filter(|_| kind == Kind::Setting), Slot::Value),
+        ]
+        .into_iter()
+        .filter_map(|(field, slot)| Some((field?, slot as usize)))
+        .collect();
+        let picker = chunk.picker(type_id, &slots);
         Self {
             kind,
             fields: &class.fields,
-            at: EventFields {
-                context_id: at("contextId"),
-                stack_trace: at("stackTrace"),
-                state: at("state"),
-                samples: at("samples"),
-                tlab_size: at("tlabSize"),
-                allocation_size: at("allocationSize"),
-                weight: at("weight"),
-                duration: at("duration"),
-                size: at("size"),
-                name: at("name"),
-                value: at("value"),
-            },
+            at,
+            slots,
+            picker,
         }
     }
 
@@ -330,16 +383,76 @@ impl<'c> EventType<'c> {
         let i = at?;
         Some((event.get(i)?, self.fields.get(i)?))
     }
+
+    /// Reads an event's body into `slots` (and, without a picker, its values into `event`).
+    fn read(
+        &self,
+        chunk: &Chunk,
+        type_id: i64,
+        r: &mut reader::Reader,
+        event: &mut Vec<Value>,
+        slots: &mut Slots,
+    ) -> Result<(), DecodeError> {
+        *slots = [None; SLOTS];
+        if let Some(picker) = &self.picker {
+            return picker.read(&chunk.classes, r, slots);
+        }
+        chunk.fields_into(r, type_id, event)?;
+        for &(field, slot) in &self.slots {
+            slots[slot] = match event.get(field) {
+                Some(Value::Int(i) | Value::Ref(i)) => Some(*i),
+                Some(Value::Float(f)) => Some(*f as i64),
+                Some(Value::Bool(b)) => Some(i64::from(*b)),
+                _ => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// The constant-pool key in slot `slot`, read from field `at`, with the field.
+    fn reference(
+        &self,
+        slots: &Slots,
+        slot: Slot,
+        at: Option<usize>,
+    ) -> Option<(i64, &parse::Field)> {
+        let field = self.fields.get(at?)?;
+        field
+            .constant_pool
+            .then_some(())
+            .and(slots[slot as usize])
+            .map(|key| (key, field))
+    }
 }
 
 fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
-    let kinds: FxHashMap<i64, EventType> = chunk
+    let types: Vec<(i64, EventType)> = chunk
         .classes
         .iter()
-        .filter_map(|(&id, c)| kind(&c.name).map(|k| (id, EventType::new(k, c))))
+        .filter_map(|(&id, c)| kind(&c.name).map(|k| (id, EventType::new(k, id, c, chunk))))
         .collect();
+    // Looked up for every event of the chunk: by index where the ids are small, as the JDK's
+    // and async-profiler's are.
+    let mut by_id: Vec<Option<usize>> = Vec::new();
+    if let Some(max) = types.iter().map(|(id, _)| *id).max() {
+        if (0..1 << 16).contains(&max) && types.iter().all(|(id, _)| *id >= 0) {
+            by_id = vec![None; max as usize + 1];
+            for (i, (id, _)) in types.iter().enumerate() {
+                by_id[*id as usize] = Some(i);
+            }
+        }
+    }
+    let event_type = |type_id: i64| -> Option<&EventType> {
+        let i = match usize::try_from(type_id).ok().and_then(|i| by_id.get(i)) {
+            Some(i) => (*i)?,
+            None if !by_id.is_empty() => return None,
+            None => types.iter().position(|(id, _)| *id == type_id)?,
+        };
+        Some(&types[i].1)
+    };
     let mut cache = ChunkCache::default();
     let mut event = Vec::new();
+    let mut slots = [None; SLOTS];
     let ns_per_tick = 1e9 / chunk.header.ticks_per_second as f64;
     let end = chunk.start + chunk.header.size as usize;
     let mut pos = chunk.start + HEADER_LEN;
@@ -351,11 +464,11 @@ fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
             .filter(|&s| s > 0 && pos + s <= end)
             .ok_or_else(|| reader::err(pos, format!("event size {size} outside the chunk")))?;
         let type_id = r.int(8)?;
-        if let Some(ty) = kinds.get(&type_id) {
+        if let Some(ty) = event_type(type_id) {
             let mut body =
                 reader::Reader::new(&chunk.bytes[..pos + size], r.pos, chunk.header.compressed);
-            match chunk.fields_into(&mut body, type_id, &mut event) {
-                Ok(()) => record(chunk, acc, &mut cache, ty, &event, ns_per_tick),
+            match ty.read(chunk, type_id, &mut body, &mut event, &mut slots) {
+                Ok(()) => record(chunk, acc, &mut cache, ty, &event, &slots, ns_per_tick),
                 Err(_) => acc.skipped.malformed_events += 1,
             }
         } else if type_id > 1 {
@@ -363,6 +476,11 @@ fn read_events(chunk: &Chunk, acc: &mut Acc) -> Result<(), DecodeError> {
             acc.skipped.unprofiled_events += 1;
         }
         pos += size;
+    }
+    for ((ty, ctx, key), value) in cache.sums {
+        if let Some(Some(stack)) = cache.stacks.get(&key) {
+            acc.add(ty, ctx, stack, value);
+        }
     }
     Ok(())
 }
@@ -380,15 +498,11 @@ fn thread_state(
     chunk: &Chunk,
     cache: &mut ChunkCache,
     ty: &EventType,
-    event: &[Value],
+    slots: &Slots,
 ) -> Option<ThreadState> {
-    let (v, f) = ty.get(event, ty.at.state)?;
-    let key = match v {
-        Value::Ref(k) => *k,
-        _ => return None,
-    };
+    let (key, f) = ty.reference(slots, Slot::State, ty.at.state)?;
     *cache.states.entry(key).or_insert_with(|| {
-        let state = chunk.deref(v, f)?;
+        let state = chunk.pool(f.type_id, key)?;
         let (n, nf) = chunk.get(f.type_id, state, "name")?;
         Some(match chunk.string(n, nf)?.as_str() {
             STATE_RUNNABLE => ThreadState::Runnable,
@@ -398,87 +512,90 @@ fn thread_state(
     })
 }
 
-fn record(
-    chunk: &Chunk,
+fn record<'c>(
+    chunk: &'c Chunk,
     acc: &mut Acc,
-    cache: &mut ChunkCache,
+    cache: &mut ChunkCache<'c>,
     ty: &EventType,
     event: &[Value],
+    slots: &Slots,
     ns_per_tick: f64,
 ) {
     let kind = ty.kind;
     let at = &ty.at;
-    let field = |i: Option<usize>| ty.get(event, i);
     if kind == Kind::Setting {
-        if let (Some((n, nf)), Some((v, vf))) = (field(at.name), field(at.value)) {
-            if chunk.string(n, nf).as_deref() == Some("event") {
-                acc.event = chunk.string(v, vf).unwrap_or_default();
-            }
+        // Read by the picker, the name and value are offsets; otherwise values.
+        let string = |slot: Slot, at: Option<usize>| match &ty.picker {
+            Some(_) => chunk.string_at(slots[slot as usize]?),
+            None => ty.get(event, at).and_then(|(v, f)| chunk.string(v, f)),
+        };
+        if string(Slot::Name, at.name).as_deref() == Some("event") {
+            acc.event = string(Slot::Value, at.value).unwrap_or_default();
         }
         return;
     }
-    let ctx = int(field(at.context_id));
-    let stack = match field(at.stack_trace) {
-        Some((Value::Ref(key), f)) => {
-            let key = *key;
-            if !cache.stacks.contains_key(&key) {
-                let s = resolve_stack(chunk, acc, cache, f.type_id, key).map(Rc::from);
-                cache.stacks.insert(key, s);
-            }
-            cache.stacks[&key].clone()
-        }
-        _ => None,
-    };
-    let Some(stack) = stack else {
+    let int = |slot: Slot| slots[slot as usize].unwrap_or(0);
+    let ctx = int(Slot::ContextId);
+    let Some((key, f)) = ty.reference(slots, Slot::StackTrace, at.stack_trace) else {
         acc.skipped.missing_stack_traces += 1;
         return;
     };
-    if stack.is_empty() {
-        return;
+    if !cache.stacks.contains_key(&key) {
+        let s = resolve_stack(chunk, acc, cache, f.type_id, key).map(Rc::from);
+        cache.stacks.insert(key, s);
+    }
+    match cache.stacks[&key].as_deref() {
+        None => {
+            acc.skipped.missing_stack_traces += 1;
+            return;
+        }
+        Some([]) => return,
+        Some(_) => {}
     }
     let wall_mode = acc.event == "wall";
+    let state = match kind {
+        Kind::Execution => thread_state(chunk, cache, ty, slots),
+        Kind::Wall if wall_mode => thread_state(chunk, cache, ty, slots),
+        _ => None,
+    };
+    // Summed by stack trace key, turned into stacks once per chunk (end of `read_events`).
+    let mut add = |ty: &'static str, value: i64| {
+        if value != 0 {
+            *cache.sums.entry((ty, ctx, key)).or_insert(0) += value;
+        }
+    };
     match kind {
         Kind::Execution => {
             // As Grafana Pyroscope: CPU unless the profiler saw the thread sleeping; a sample
             // whose state does not resolve is not CPU. In wall mode every sample is wall time.
-            match thread_state(chunk, cache, ty, event) {
-                Some(s) if s != ThreadState::Sleeping => acc.add("cpu", ctx, &stack, 1),
+            match state {
+                Some(s) if s != ThreadState::Sleeping => add("cpu", 1),
                 Some(_) => {}
                 None => acc.skipped.unknown_thread_states += 1,
             }
             if wall_mode {
-                acc.add("wall", ctx, &stack, 1);
+                add("wall", 1);
             }
         }
         Kind::Wall => {
-            let weight = int(field(at.samples));
+            let weight = int(Slot::Samples);
             // Wall mode: the samples of running threads are also the CPU profile.
-            if wall_mode && thread_state(chunk, cache, ty, event) == Some(ThreadState::Runnable) {
-                acc.add("cpu", ctx, &stack, weight);
+            if wall_mode && state == Some(ThreadState::Runnable) {
+                add("cpu", weight);
             }
-            acc.add("wall", ctx, &stack, weight);
+            add("wall", weight);
         }
         Kind::AllocInTlab => {
-            acc.add("alloc_in_new_tlab_objects", ctx, &stack, 1);
-            acc.add(
-                "alloc_in_new_tlab_bytes",
-                ctx,
-                &stack,
-                int(field(at.tlab_size)),
-            );
+            add("alloc_in_new_tlab_objects", 1);
+            add("alloc_in_new_tlab_bytes", int(Slot::TlabSize));
         }
         Kind::AllocOutsideTlab => {
-            acc.add("alloc_outside_tlab_objects", ctx, &stack, 1);
-            acc.add(
-                "alloc_outside_tlab_bytes",
-                ctx,
-                &stack,
-                int(field(at.allocation_size)),
-            );
+            add("alloc_outside_tlab_objects", 1);
+            add("alloc_outside_tlab_bytes", int(Slot::AllocationSize));
         }
         Kind::AllocSample => {
-            acc.add("alloc_sample_objects", ctx, &stack, 1);
-            acc.add("alloc_sample_bytes", ctx, &stack, int(field(at.weight)));
+            add("alloc_sample_objects", 1);
+            add("alloc_sample_bytes", int(Slot::Weight));
         }
         Kind::Monitor | Kind::Park => {
             let (count, duration) = if kind == Kind::Monitor {
@@ -486,14 +603,14 @@ fn record(
             } else {
                 ("block_count", "block_duration")
             };
-            acc.add(count, ctx, &stack, 1);
-            let ns = (int(field(at.duration)) as f64 * ns_per_tick) as i64;
-            acc.add(duration, ctx, &stack, ns);
+            add(count, 1);
+            let ns = (int(Slot::Duration) as f64 * ns_per_tick) as i64;
+            add(duration, ns);
         }
-        Kind::Live => acc.add("live", ctx, &stack, 1),
+        Kind::Live => add("live", 1),
         Kind::Malloc => {
-            acc.add("malloc_objects", ctx, &stack, 1);
-            acc.add("malloc_bytes", ctx, &stack, int(field(at.size)));
+            add("malloc_objects", 1);
+            add("malloc_bytes", int(Slot::Size));
         }
         Kind::Setting => {}
     }
@@ -502,46 +619,70 @@ fn record(
 /// The frames of stack trace `key`, root first; a truncated trace starts with `[truncated]`.
 /// `None` when the trace is not in the constant pool; frames whose method or class is missing
 /// are left out (and counted).
-fn resolve_stack(
-    chunk: &Chunk,
+fn resolve_stack<'c>(
+    chunk: &'c Chunk,
     acc: &mut Acc,
-    cache: &mut ChunkCache,
+    cache: &mut ChunkCache<'c>,
     stack_type: i64,
     key: i64,
 ) -> Option<Vec<u32>> {
-    match chunk.raw_stack_trace(stack_type, key) {
-        Some(raw) => Some(stack_from_raw(chunk, acc, cache, &raw)),
-        None => stack_from_values(chunk, acc, cache, stack_type, key),
-    }
+    let layout = cache
+        .traces
+        .entry(stack_type)
+        .or_insert_with(|| chunk.trace_layout(stack_type).map(Rc::new))
+        .clone();
+    layout
+        .and_then(|layout| stack_from_raw(chunk, acc, cache, &layout, key))
+        .or_else(|| stack_from_values(chunk, acc, cache, stack_type, key))
 }
 
-/// [`resolve_stack`] from a trace read straight from the chunk's bytes.
-fn stack_from_raw(
-    chunk: &Chunk,
+/// [`resolve_stack`] from a trace read straight from the chunk's bytes; `None` when it does
+/// not read that way.
+fn stack_from_raw<'c>(
+    chunk: &'c Chunk,
     acc: &mut Acc,
-    cache: &mut ChunkCache,
-    raw: &parse::RawStackTrace,
-) -> Vec<u32> {
-    let mut out = Vec::with_capacity(raw.frames.len() + 1);
-    if raw.truncated {
-        let truncated = acc.function("[truncated]".into());
-        out.push(acc.frame(truncated, 0));
-    }
-    for &(method, line) in raw.frames.iter().rev() {
-        let (Some(k), Some(method_field)) = (method, raw.method_field) else {
-            acc.skipped.missing_frames += 1;
-            continue;
-        };
-        let function = *cache
-            .methods
-            .entry(k)
-            .or_insert_with(|| method_function(chunk, acc, &Value::Ref(k), method_field));
-        match function {
-            Some(f) => out.push(acc.frame(f, u32::try_from(line).unwrap_or(0))),
-            None => acc.skipped.missing_frames += 1,
+    cache: &mut ChunkCache<'c>,
+    layout: &parse::TraceLayout,
+    key: i64,
+) -> Option<Vec<u32>> {
+    let mut frames = std::mem::take(&mut cache.frames);
+    let truncated = chunk.raw_stack_trace(layout, key, &mut frames);
+    let stack = truncated.map(|truncated| {
+        let mut out = Vec::with_capacity(frames.len() + 1);
+        if truncated {
+            let truncated = acc.function("[truncated]".into());
+            out.push(acc.frame(truncated, 0));
         }
-    }
-    out
+        for &(method, line) in frames.iter().rev() {
+            let (Some(k), Some(method_field)) = (method, layout.method_field) else {
+                acc.skipped.missing_frames += 1;
+                continue;
+            };
+            let function = match cache.methods.get(&k) {
+                Some(&function) => function,
+                None => {
+                    let names = cache
+                        .names
+                        .get_or_insert_with(|| MethodNames::new(chunk, method_field));
+                    let function = match names {
+                        Some(names) if names.method_type == method_field.type_id => {
+                            names.function(chunk, k).map(|name| acc.function(name))
+                        }
+                        _ => method_function(chunk, acc, &Value::Ref(k), method_field),
+                    };
+                    cache.methods.insert(k, function);
+                    function
+                }
+            };
+            match function {
+                Some(f) => out.push(acc.frame(f, u32::try_from(line).unwrap_or(0))),
+                None => acc.skipped.missing_frames += 1,
+            }
+        }
+        out
+    });
+    cache.frames = frames;
+    stack
 }
 
 /// [`resolve_stack`] from the trace's values, for layouts [`Chunk::raw_stack_trace`] does not
@@ -586,6 +727,104 @@ fn stack_from_values(
         }
     }
     Some(out)
+}
+
+/// Reads methods' names straight from the chunk's bytes, where they are laid out as the JDK and
+/// async-profiler write them (a method's `type` and `name` constant-pool references, a class's
+/// `name` and a symbol's `string`); [`method_function`] reads other layouts through values.
+struct MethodNames<'c> {
+    method_type: i64,
+    /// Slots: the class key, the name's symbol key.
+    method: parse::FieldPicker,
+    class_type: i64,
+    /// Slot: the name's symbol key.
+    class: parse::FieldPicker,
+    symbol_type: i64,
+    /// Slot: the string (an offset) or, when `symbol_string` is a reference, its key.
+    symbol: parse::FieldPicker,
+    symbol_string: &'c parse::Field,
+    /// Classes' names as functions show them, by class key.
+    classes: FxHashMap<i64, Option<String>>,
+}
+
+impl<'c> MethodNames<'c> {
+    fn new(chunk: &'c Chunk, method_field: &parse::Field) -> Option<Self> {
+        let class_of = |type_id| chunk.classes.get(&type_id);
+        let reference = |type_id, name: &str| {
+            let class = class_of(type_id)?;
+            let i = class.field(name)?;
+            let f = &class.fields[i];
+            (f.constant_pool && !f.array).then_some((i, f))
+        };
+        let method_type = method_field.type_id;
+        let (type_at, class_ref) = reference(method_type, "type")?;
+        let (name_at, name_ref) = reference(method_type, "name")?;
+        let (class_name_at, class_name_ref) = reference(class_ref.type_id, "name")?;
+        if class_name_ref.type_id != name_ref.type_id {
+            return None;
+        }
+        let symbol_type = name_ref.type_id;
+        let symbol_class = class_of(symbol_type)?;
+        let string_at = symbol_class.field("string")?;
+        let symbol_string = &symbol_class.fields[string_at];
+        if symbol_string.array
+            || (symbol_string.constant_pool && Some(symbol_string.type_id) != chunk.string_type())
+        {
+            return None;
+        }
+        Some(Self {
+            method_type,
+            method: chunk.picker(method_type, &[(type_at, 0), (name_at, 1)])?,
+            class_type: class_ref.type_id,
+            class: chunk.picker(class_ref.type_id, &[(class_name_at, 0)])?,
+            symbol_type,
+            symbol: chunk.picker(symbol_type, &[(string_at, 0)])?,
+            symbol_string,
+            classes: FxHashMap::default(),
+        })
+    }
+
+    /// The symbol `key`'s string.
+    fn symbol(&self, chunk: &Chunk, key: i64) -> Option<String> {
+        let mut slot = [None];
+        chunk.pick_entry(&self.symbol, self.symbol_type, key, &mut slot)?;
+        let v = slot[0]?;
+        if self.symbol_string.constant_pool {
+            chunk.string(&Value::StrRef(v), self.symbol_string)
+        } else {
+            chunk.string_at(v)
+        }
+    }
+
+    /// What [`method_function`] makes of method `key`: its function's name.
+    fn function(&mut self, chunk: &Chunk, key: i64) -> Option<String> {
+        let mut slots = [None; 2];
+        chunk.pick_entry(&self.method, self.method_type, key, &mut slots)?;
+        let name = self.symbol(chunk, slots[1]?)?;
+        let class_key = slots[0]?;
+        let class = match self.classes.get(&class_key) {
+            Some(class) => class.clone()?,
+            None => {
+                let mut slot = [None];
+                let class = chunk
+                    .pick_entry(&self.class, self.class_type, class_key, &mut slot)
+                    .map(|()| {
+                        let name = slot[0]
+                            .and_then(|k| self.symbol(chunk, k))
+                            .unwrap_or_default();
+                        symbols::merge_generated(&name).replace('/', ".")
+                    });
+                self.classes.insert(class_key, class.clone());
+                class?
+            }
+        };
+        let name = symbols::merge_generated(&name);
+        Some(if class.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{class}.{name}")
+        })
+    }
 }
 
 /// The function of a method: `package.Class.method`, generated class names merged.
@@ -643,12 +882,33 @@ fn profiles(mut acc: Acc, labels: Option<&LabelsSnapshot>, meta: &IngestMeta) ->
             .map(|(stack, value)| Sample { stack, value })
             .collect();
         samples.sort_by(|a, b| a.stack.cmp(&b.stack));
+        // Each profile carries the frames its samples use (a recording's allocation stacks
+        // share few frames with its CPU stacks), renumbered in their order so that the
+        // samples stay sorted.
+        let mut renumbered = vec![u32::MAX; acc.frames.len()];
+        for s in &samples {
+            for &f in &s.stack {
+                renumbered[f as usize] = 0;
+            }
+        }
+        let mut frames = Vec::new();
+        for (old, new) in renumbered.iter_mut().enumerate() {
+            if *new == 0 {
+                *new = frames.len() as u32;
+                frames.push(acc.frames[old].clone());
+            }
+        }
+        for s in &mut samples {
+            for f in &mut s.stack {
+                *f = renumbered[*f as usize];
+            }
+        }
         out.push(Profile {
             labels: context_labels(key.1),
             profile_type,
             start_ns: meta.start_ns,
             end_ns: meta.end_ns,
-            frames: acc.frames.clone(),
+            frames,
             samples,
             meta: ProfileMeta {
                 spy_name: if meta.spy_name.is_empty() || meta.spy_name == "unknown" {
@@ -686,11 +946,12 @@ mod tests {
         let (mut from_bytes, mut from_values) = (Acc::default(), Acc::default());
         let (mut cache_b, mut cache_v) = (ChunkCache::default(), ChunkCache::default());
         let mut frames = 0;
+        let layout = chunk
+            .trace_layout(stack_type)
+            .expect("JDK stack traces read from bytes");
         for key in keys {
-            let raw = chunk
-                .raw_stack_trace(stack_type, key)
+            let a = stack_from_raw(&chunk, &mut from_bytes, &mut cache_b, &layout, key)
                 .expect("a JDK stack trace reads from bytes");
-            let a = stack_from_raw(&chunk, &mut from_bytes, &mut cache_b, &raw);
             let b = stack_from_values(&chunk, &mut from_values, &mut cache_v, stack_type, key)
                 .expect("and from values");
             let names = |acc: &Acc, stack: &[u32]| -> Vec<(String, u32)> {
@@ -710,6 +971,10 @@ mod tests {
             frames += a.len();
         }
         assert!(frames > 1000, "{frames} frames in all");
+        assert!(
+            matches!(cache_b.names, Some(Some(_))),
+            "methods' names were read from bytes"
+        );
         assert_eq!(
             from_bytes.skipped.missing_frames,
             from_values.skipped.missing_frames

@@ -32,23 +32,30 @@ pub struct Field {
     pub array: bool,
 }
 
-/// A stack trace as [`Chunk::raw_stack_trace`] reads it.
-pub struct RawStackTrace<'c> {
-    pub truncated: bool,
+/// How [`Chunk::raw_stack_trace`] reads the stack traces of one type, decided once per chunk.
+pub struct TraceLayout<'c> {
+    type_id: i64,
     /// The frames' `method` field (a constant-pool reference), if their type has one.
     pub method_field: Option<&'c Field>,
-    /// Leaf first, as recorded: each frame's method key (`None` without the field) and line.
-    pub frames: Vec<(Option<i64>, i64)>,
+    fields: Box<[TraceField]>,
+}
+
+/// What a field of a stack trace is to [`Chunk::raw_stack_trace`].
+enum TraceField {
+    Truncated,
+    /// `frames`, with what each field of a frame is.
+    Frames(Box<[FrameField]>),
+    Skip(Skip),
 }
 
 /// What a field of a stack frame is to [`Chunk::raw_stack_trace`].
-enum FrameField<'c> {
+enum FrameField {
     /// `method`: a constant-pool reference.
     Method,
     /// `lineNumber`: an integer of this many bytes.
     Line(u8),
     /// Anything else, skipped.
-    Other(&'c Field),
+    Skip(Skip),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -492,35 +499,29 @@ impl<'a> Chunk<'a> {
         }
     }
 
-    /// Stack trace `key` of the pool of `type_id`, read straight from the chunk's bytes without
-    /// building values: most of a recording's constant pool is stack traces, read once each.
-    /// `None` when the entry is missing, damaged or laid out other than as the JDK and
-    /// async-profiler write it (`truncated` a boolean, `frames` an array of objects whose
-    /// `method` is a constant-pool reference); [`Chunk::pool`] reads those.
-    pub fn raw_stack_trace(&self, type_id: i64, key: i64) -> Option<RawStackTrace<'_>> {
-        let entry = self.pools.get(&type_id)?.get(&key)?;
+    /// How stack traces of `type_id` are read straight from the chunk's bytes: `None` when
+    /// they are laid out other than as the JDK and async-profiler write them (`truncated` a
+    /// boolean, `frames` an array of objects whose `method` is a constant-pool reference);
+    /// [`Chunk::pool`] reads those.
+    pub fn trace_layout(&self, type_id: i64) -> Option<TraceLayout<'_>> {
         let class = self.classes.get(&type_id)?;
-        let mut r = self.reader(entry.at);
-        let mut trace = RawStackTrace {
-            truncated: false,
-            method_field: None,
-            frames: Vec::new(),
-        };
+        let mut budget = MAX_SKIP_STEPS;
+        let mut fields = Vec::with_capacity(class.fields.len());
+        let mut method_field = None;
         let mut has_frames = false;
         for f in &class.fields {
-            match f.name.as_str() {
+            fields.push(match f.name.as_str() {
                 "truncated" if !f.array && !f.constant_pool => {
                     if !matches!(self.classes.get(&f.type_id)?.layout, Layout::Bool) {
                         return None;
                     }
-                    trace.truncated = r.u8().ok()? != 0;
+                    TraceField::Truncated
                 }
                 "frames" => {
                     if !f.array || f.constant_pool {
                         return None;
                     }
                     has_frames = true;
-                    // What each field of a frame is, decided once rather than per frame.
                     let frame_class = self.classes.get(&f.type_id)?;
                     let mut roles = Vec::with_capacity(frame_class.fields.len());
                     for ff in &frame_class.fields {
@@ -529,7 +530,7 @@ impl<'a> Chunk<'a> {
                                 if !ff.constant_pool || ff.array {
                                     return None;
                                 }
-                                trace.method_field = Some(ff);
+                                method_field = Some(ff);
                                 FrameField::Method
                             }
                             "lineNumber" if !ff.array && !ff.constant_pool => {
@@ -539,29 +540,66 @@ impl<'a> Chunk<'a> {
                                 };
                                 FrameField::Line(width)
                             }
-                            _ => FrameField::Other(ff),
+                            _ => {
+                                let mut steps = Vec::new();
+                                compile_field(&self.classes, ff, 2, &mut budget, &mut steps);
+                                FrameField::Skip(Skip::new(steps))
+                            }
                         });
                     }
+                    TraceField::Frames(roles.into())
+                }
+                _ => {
+                    let mut steps = Vec::new();
+                    compile_field(&self.classes, f, 1, &mut budget, &mut steps);
+                    TraceField::Skip(Skip::new(steps))
+                }
+            });
+        }
+        has_frames.then_some(TraceLayout {
+            type_id,
+            method_field,
+            fields: fields.into(),
+        })
+    }
+
+    /// Stack trace `key` of the pool of `layout`'s type, read straight from the chunk's bytes
+    /// without building values: most of a recording's constant pool is stack traces, read once
+    /// each. `None` when the entry is missing or damaged. Its frames are appended to `frames`
+    /// (cleared first), leaf first, as recorded: each frame's method key (`None` without the
+    /// field) and line; the answer is whether the trace was truncated.
+    pub fn raw_stack_trace(
+        &self,
+        layout: &TraceLayout,
+        key: i64,
+        frames: &mut Vec<(Option<i64>, i64)>,
+    ) -> Option<bool> {
+        frames.clear();
+        let entry = self.pools.get(&layout.type_id)?.get(&key)?;
+        let mut r = self.reader(entry.at);
+        let mut truncated = false;
+        for field in layout.fields.iter() {
+            match field {
+                TraceField::Truncated => truncated = r.u8().ok()? != 0,
+                TraceField::Frames(roles) => {
                     let n = r.count().ok()?;
-                    trace.frames.reserve(n.min(4096));
+                    frames.reserve(n.min(4096));
                     for _ in 0..n {
                         let (mut method, mut line) = (None, 0);
-                        for role in &roles {
-                            match *role {
+                        for role in roles.iter() {
+                            match role {
                                 FrameField::Method => method = Some(r.int(8).ok()?),
-                                FrameField::Line(width) => line = r.int(width.into()).ok()?,
-                                FrameField::Other(ff) => {
-                                    skip_field(&self.classes, &mut r, ff, 1).ok()?
-                                }
+                                FrameField::Line(width) => line = r.int((*width).into()).ok()?,
+                                FrameField::Skip(skip) => skip.run(&self.classes, &mut r).ok()?,
                             }
                         }
-                        trace.frames.push((method, line));
+                        frames.push((method, line));
                     }
                 }
-                _ => skip_field(&self.classes, &mut r, f, 0).ok()?,
+                TraceField::Skip(skip) => skip.run(&self.classes, &mut r).ok()?,
             }
         }
-        has_frames.then_some(trace)
+        Some(truncated)
     }
 
     /// The keys of the constant pool of `type_id`.
@@ -584,6 +622,40 @@ impl<'a> Chunk<'a> {
         let i = class.field(name)?;
         match value {
             Value::Obj(fields) => Some((fields.get(i)?, &class.fields[i])),
+            _ => None,
+        }
+    }
+
+    /// The type id of `java.lang.String`, if the metadata defines it.
+    pub fn string_type(&self) -> Option<i64> {
+        self.string_type
+    }
+
+    /// Reads constant-pool entry `key` of `type_id` with `picker` into `slots`; `None` when the
+    /// entry is missing or damaged.
+    pub fn pick_entry(
+        &self,
+        picker: &FieldPicker,
+        type_id: i64,
+        key: i64,
+        slots: &mut [Option<i64>],
+    ) -> Option<()> {
+        let entry = self.pools.get(&type_id)?.get(&key)?;
+        picker
+            .read(&self.classes, &mut self.reader(entry.at), slots)
+            .ok()
+    }
+
+    /// The string at `pos` (an offset a [`FieldPicker`] recorded), constant-pool references
+    /// followed.
+    pub fn string_at(&self, pos: i64) -> Option<String> {
+        let mut r = self.reader(usize::try_from(pos).ok()?);
+        match read_string(&mut r).ok()? {
+            Value::Str(s) => Some(s),
+            Value::StrRef(k) => match self.pool(self.string_type?, k)? {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -641,8 +713,18 @@ enum Step {
     /// A big-endian float of this many bytes.
     Fixed(u8),
     Str,
+    /// This many integers in a row, `bytes` wide in all when the chunk does not compress them.
+    Ints {
+        count: u32,
+        bytes: u32,
+    },
     /// A count, then that many values.
     Array(Skip),
+    /// A count, then that many items of `Ints` each (a stack trace's frames, mostly).
+    IntArray {
+        count: u32,
+        bytes: u32,
+    },
     /// A value of this class read as [`skip_value`] does: nested too deeply to flatten, or a
     /// class the metadata does not define (an error only if such a value is met).
     Class(i64, usize),
@@ -655,14 +737,50 @@ impl Skip {
     fn compile(classes: &FxHashMap<i64, Class>, type_id: i64) -> Self {
         let (mut steps, mut budget) = (Vec::new(), MAX_SKIP_STEPS);
         compile_value(classes, type_id, 0, &mut budget, &mut steps);
-        Skip(steps.into())
+        Skip::new(steps)
+    }
+
+    /// `steps`, with integers in a row fused into one step, and arrays of them into one: those
+    /// skip by scanning bytes instead of a step per integer.
+    fn new(steps: Vec<Step>) -> Self {
+        let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+        for step in steps {
+            let step = match step {
+                Step::Int(width) => Step::Ints {
+                    count: 1,
+                    bytes: width.into(),
+                },
+                Step::Array(Skip(items)) => match *items {
+                    [Step::Ints { count, bytes }] => Step::IntArray { count, bytes },
+                    _ => Step::Array(Skip(items)),
+                },
+                other => other,
+            };
+            match (out.last_mut(), &step) {
+                (
+                    Some(Step::Ints { count, bytes }),
+                    Step::Ints {
+                        count: more,
+                        bytes: more_bytes,
+                    },
+                ) => {
+                    *count += more;
+                    *bytes += more_bytes;
+                }
+                _ => out.push(step),
+            }
+        }
+        Skip(out.into())
     }
 
     fn run(&self, classes: &FxHashMap<i64, Class>, r: &mut Reader) -> Result<(), DecodeError> {
         for step in self.0.iter() {
             match step {
-                Step::Int(width) => {
-                    r.int((*width).into())?;
+                Step::Int(width) => r.skip_int((*width).into())?,
+                Step::Ints { count, bytes } => r.skip_ints(*count as usize, *bytes as usize)?,
+                Step::IntArray { count, bytes } => {
+                    let n = r.count()?;
+                    r.skip_ints(n * *count as usize, n * *bytes as usize)?;
                 }
                 Step::Byte => {
                     r.u8()?;
@@ -681,6 +799,96 @@ impl Skip {
             }
         }
         Ok(())
+    }
+}
+
+/// How the events of one class are read when a decoder wants a few of their fields as integers:
+/// those land in slots, and the others are moved past by compiled steps without building
+/// values (most events' fields are never looked at).
+pub struct FieldPicker(Box<[Pick]>);
+
+enum Pick {
+    /// A field wanted as an integer: a constant-pool key, or a number read with this layout.
+    Slot {
+        slot: usize,
+        layout: Option<Layout>,
+    },
+    /// A string field: its offset goes into the slot, for [`Chunk::string_at`].
+    StrAt {
+        slot: usize,
+    },
+    Skip(Skip),
+}
+
+impl FieldPicker {
+    /// Reads one event's fields into `slots` (the wanted ones; the others are left alone).
+    pub fn read(
+        &self,
+        classes: &FxHashMap<i64, Class>,
+        r: &mut Reader,
+        slots: &mut [Option<i64>],
+    ) -> Result<(), DecodeError> {
+        for pick in self.0.iter() {
+            match pick {
+                Pick::Slot { slot, layout } => {
+                    let v = match layout {
+                        None => r.int(8)?,
+                        Some(layout) => match read_primitive(r, *layout)? {
+                            Value::Int(i) => i,
+                            Value::Float(f) => f as i64,
+                            Value::Bool(b) => i64::from(b),
+                            _ => 0,
+                        },
+                    };
+                    slots[*slot] = Some(v);
+                }
+                Pick::StrAt { slot } => {
+                    slots[*slot] = Some(r.pos as i64);
+                    skip_string(r)?;
+                }
+                Pick::Skip(skip) => skip.run(classes, r)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Chunk<'_> {
+    /// A picker for events of `type_id` that puts field `wanted[i].0` into slot `wanted[i].1`:
+    /// numbers, booleans and constant-pool keys as they are, strings as their offset.
+    /// `None` when a wanted field is an object or an array (read through
+    /// [`Chunk::fields_into`]).
+    pub fn picker(&self, type_id: i64, wanted: &[(usize, usize)]) -> Option<FieldPicker> {
+        let class = self.classes.get(&type_id)?;
+        let mut picks = Vec::with_capacity(class.fields.len());
+        let mut budget = MAX_SKIP_STEPS;
+        // Skipped fields in a row run as one list of steps.
+        let mut skipped = Vec::new();
+        for (i, f) in class.fields.iter().enumerate() {
+            let Some(&(_, slot)) = wanted.iter().find(|(field, _)| *field == i) else {
+                compile_field(&self.classes, f, 1, &mut budget, &mut skipped);
+                continue;
+            };
+            if !skipped.is_empty() {
+                picks.push(Pick::Skip(Skip::new(std::mem::take(&mut skipped))));
+            }
+            picks.push(match (f.array, f.constant_pool) {
+                (true, _) => return None,
+                (false, true) => Pick::Slot { slot, layout: None },
+                (false, false) => match self.classes.get(&f.type_id)?.layout {
+                    Layout::Object => return None,
+                    Layout::Str => Pick::StrAt { slot },
+                    layout => Pick::Slot {
+                        slot,
+                        layout: Some(layout),
+                    },
+                },
+            });
+        }
+        if !skipped.is_empty() {
+            picks.push(Pick::Skip(Skip::new(skipped)));
+        }
+        Some(FieldPicker(picks.into()))
     }
 }
 
@@ -709,19 +917,30 @@ fn compile_value(
         }
         Layout::Object => {
             for f in &class.fields {
-                let mut one = Vec::new();
-                if f.constant_pool {
-                    one.push(Step::Int(8));
-                } else {
-                    compile_value(classes, f.type_id, depth + 1, budget, &mut one);
-                }
-                if f.array {
-                    out.push(Step::Array(Skip(one.into())));
-                } else {
-                    out.extend(one);
-                }
+                compile_field(classes, f, depth + 1, budget, out);
             }
         }
+    }
+}
+
+/// Appends the steps of field `f` (of an object at `depth - 1`) to `out`.
+fn compile_field(
+    classes: &FxHashMap<i64, Class>,
+    f: &Field,
+    depth: usize,
+    budget: &mut usize,
+    out: &mut Vec<Step>,
+) {
+    let mut one = Vec::new();
+    if f.constant_pool {
+        one.push(Step::Int(8));
+    } else {
+        compile_value(classes, f.type_id, depth, budget, &mut one);
+    }
+    if f.array {
+        out.push(Step::Array(Skip::new(one)));
+    } else {
+        out.extend(one);
     }
 }
 
@@ -740,7 +959,7 @@ fn skip_value(
         .ok_or_else(|| err(r.pos, format!("unknown type id {type_id}")))?;
     match class.layout {
         Layout::Int(bytes) => {
-            r.int(bytes.into())?;
+            r.skip_int(bytes.into())?;
         }
         Layout::Byte | Layout::Bool => {
             r.u8()?;
@@ -771,7 +990,7 @@ fn skip_field(
     let n = if f.array { r.count()? } else { 1 };
     for _ in 0..n {
         if f.constant_pool {
-            r.int(8)?;
+            r.skip_int(8)?;
         } else {
             skip_value(classes, r, f.type_id, depth + 1)?;
         }
@@ -785,7 +1004,7 @@ fn skip_string(r: &mut Reader) -> Result<(), DecodeError> {
     match r.u8()? {
         0 | 1 => {}
         2 => {
-            r.int(8)?;
+            r.skip_int(8)?;
         }
         3 | 5 => {
             let n = r.count()?;
@@ -794,7 +1013,7 @@ fn skip_string(r: &mut Reader) -> Result<(), DecodeError> {
         4 => {
             let n = r.count()?;
             for _ in 0..n {
-                r.int(2)?;
+                r.skip_int(2)?;
             }
         }
         other => return Err(err(at, format!("unknown string encoding {other}"))),

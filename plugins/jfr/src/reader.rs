@@ -78,6 +78,50 @@ impl<'a> Reader<'a> {
         Ok(v | (u64::from(self.u8()?) << 56))
     }
 
+    /// Moves past an `int`/`long`/`short`/`char` without decoding it.
+    #[inline]
+    pub fn skip_int(&mut self, width: usize) -> Result<(), DecodeError> {
+        if !self.compressed {
+            return self.take(width).map(drop);
+        }
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        // The first byte without the continuation bit ends it; the 9th byte always does.
+        match rest.iter().take(8).position(|&b| b & 0x80 == 0) {
+            Some(i) => self.pos += i + 1,
+            None if rest.len() >= 9 => self.pos += 9,
+            None => return Err(err(self.pos, "unexpected end of data")),
+        }
+        Ok(())
+    }
+
+    /// Moves past `count` integers, `bytes` wide in all when the chunk does not compress them.
+    pub fn skip_ints(&mut self, count: usize, bytes: usize) -> Result<(), DecodeError> {
+        if !self.compressed {
+            return self.take(bytes).map(drop);
+        }
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        let (mut left, mut run) = (count, 0);
+        let mut used = 0;
+        for &b in rest {
+            if left == 0 {
+                break;
+            }
+            used += 1;
+            // A byte without the continuation bit ends an integer; so does the 9th byte.
+            if b & 0x80 == 0 || run == 8 {
+                left -= 1;
+                run = 0;
+            } else {
+                run += 1;
+            }
+        }
+        if left > 0 {
+            return Err(err(self.pos, "unexpected end of data"));
+        }
+        self.pos += used;
+        Ok(())
+    }
+
     /// An `int`/`long`/`short`/`char` in the chunk's integer encoding.
     pub fn int(&mut self, width: usize) -> Result<i64, DecodeError> {
         if self.compressed {
@@ -101,5 +145,42 @@ impl<'a> Reader<'a> {
             .ok()
             .filter(|&n| n <= self.remaining())
             .ok_or_else(|| err(at, format!("count {n} exceeds the data left")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skipping integers by scanning bytes ends where reading them one by one does, 9-byte
+    /// integers (whose last byte has its top bit set) included, and fails at the end of data.
+    #[test]
+    fn skipped_integers_end_where_read_ones_do() {
+        let mut bytes = vec![0x05, 0x80, 0x01, 0xff, 0xff, 0x7f];
+        bytes.extend([0xff; 8]);
+        bytes.push(0xff); // the 9th byte of a full-width integer
+        bytes.extend([0x00, 0x81, 0x00]);
+        let mut read = Reader::new(&bytes, 0, true);
+        let mut ends = Vec::new();
+        while read.remaining() > 0 {
+            read.int(8).unwrap();
+            ends.push(read.pos);
+        }
+        assert_eq!(ends.len(), 6);
+        for (n, end) in ends.iter().enumerate() {
+            let mut skip = Reader::new(&bytes, 0, true);
+            skip.skip_ints(n + 1, 0).unwrap();
+            assert_eq!(skip.pos, *end, "{} integers", n + 1);
+        }
+        let mut skip = Reader::new(&bytes, 0, true);
+        assert!(skip.skip_ints(7, 0).is_err());
+        let mut skip = Reader::new(&bytes[..bytes.len() - 1], 0, true);
+        assert!(skip.skip_int(8).is_ok() && skip.skip_ints(6, 0).is_err());
+
+        // Uncompressed chunks: fixed widths.
+        let mut fixed = Reader::new(&bytes, 0, false);
+        fixed.skip_ints(3, 14).unwrap();
+        assert_eq!(fixed.pos, 14);
+        assert!(fixed.skip_ints(1, 8).is_err());
     }
 }

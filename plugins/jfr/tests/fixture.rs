@@ -68,6 +68,21 @@ fn jdk_recording_decodes_to_cpu_alloc_and_lock() {
         locks.total()
     );
     assert!(by(&ps, "lock_duration").total() > 0);
+    // Each profile carries the frames its samples use, every one of them.
+    for p in &ps {
+        let mut used = vec![false; p.frames.len()];
+        for s in &p.samples {
+            for &f in &s.stack {
+                used[f as usize] = true;
+            }
+        }
+        assert!(
+            used.iter().all(|&u| u),
+            "{}: unused frames",
+            p.profile_type.name
+        );
+    }
+    assert!(cpu.frames.len() != alloc.frames.len());
 }
 
 #[test]
