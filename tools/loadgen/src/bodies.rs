@@ -53,6 +53,9 @@ enum Body {
     Static(Arc<Vec<u8>>),
     /// A pprof per churn variant, stamped per request.
     Pprof(Vec<StampedPprof>),
+    /// A pprof per churn variant whose values are varied per request, then encoded and
+    /// compressed for it.
+    Varied(Vec<proto::Profile>),
 }
 
 /// A gzip'd pprof missing its time fields and its last deflate block (see the module docs).
@@ -108,13 +111,15 @@ impl StampedPprof {
 
 impl Fixture {
     /// Loads `spec` (`PATH` or `PATH@APP`), preparing `variants` churned copies of a pprof.
-    /// With `strip_lines`, source locations are removed (every line 0, no file, no start line).
+    /// With `strip_lines`, source locations are removed (every line 0, no file, no start line);
+    /// with `vary_values`, every request's sample values differ ([`vary_values`]).
     pub fn load(
         spec: &str,
         default_app: &str,
         churn: f64,
         variants: u32,
         strip_lines: bool,
+        vary_values: bool,
     ) -> anyhow::Result<Self> {
         let (path, app) = match spec.rsplit_once('@') {
             Some((p, a)) if !a.is_empty() && !a.contains('/') => (p, a),
@@ -149,10 +154,24 @@ impl Fixture {
                 }
                 p.time_nanos = 0;
                 p.duration_nanos = 0;
-                pool.push(StampedPprof::new(&p.encode_to_vec())?);
+                pool.push(p);
             }
-            (metric, Body::Pprof(pool))
+            if vary_values {
+                (metric, Body::Varied(pool))
+            } else {
+                let stamped = pool
+                    .iter()
+                    .map(|p| StampedPprof::new(&p.encode_to_vec()))
+                    .collect::<anyhow::Result<_>>()?;
+                (metric, Body::Pprof(stamped))
+            }
         } else {
+            if vary_values {
+                bail!(
+                    "{}: values are varied in pprof profiles only",
+                    path.display()
+                );
+            }
             let metric = if format == "jfr" { "process_cpu" } else { "" };
             (metric, Body::Static(Arc::new(bytes)))
         };
@@ -201,12 +220,22 @@ impl Fixture {
                 (from as i64) * 1_000_000_000,
                 (duration_s as i64) * 1_000_000_000,
             )),
+            Body::Varied(pool) => {
+                let mut p = pool[variant as usize % pool.len()].clone();
+                vary_values(&mut p, mix(from ^ (u64::from(variant) << 40)));
+                p.time_nanos = (from as i64) * 1_000_000_000;
+                p.duration_nanos = (duration_s as i64) * 1_000_000_000;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&p.encode_to_vec())
+                    .expect("writing to memory does not fail");
+                Arc::new(gz.finish().expect("writing to memory does not fail"))
+            }
         }
     }
 
     /// Whether its time is stamped into the body (else only `from`/`until` carry it).
     pub fn is_pprof(&self) -> bool {
-        matches!(self.body, Body::Pprof(_))
+        matches!(self.body, Body::Pprof(_) | Body::Varied(_))
     }
 }
 
@@ -296,6 +325,47 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Varies each sample's values as a sampling profiler's counts vary from one interval to the
+/// next: a replayed profile repeats its values exactly, which compresses as no program's
+/// profiles do. Each sample's first value (a count, for a CPU profile) is drawn from a Poisson
+/// distribution whose mean is the fixture's count, so a stack seen once per interval is absent
+/// from about a third of them; the other values scale with it (CPU time stays its count times
+/// the period), and samples drawn at zero are left out.
+fn vary_values(p: &mut proto::Profile, seed: u64) {
+    let mut draws = 0u64;
+    let mut uniform = || {
+        draws += 1;
+        // 53 random bits in (0, 1].
+        ((mix(seed.wrapping_add(draws)) >> 11) + 1) as f64 / (1u64 << 53) as f64
+    };
+    p.sample.retain_mut(|s| {
+        let Some(&first) = s.value.first() else {
+            return true;
+        };
+        if first <= 0 {
+            return true;
+        }
+        let mean = first as f64;
+        let drawn = if mean > 30.0 {
+            // Normal approximation (Box–Muller).
+            let z = (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos();
+            (mean + mean.sqrt() * z).round().max(0.0) as i64
+        } else {
+            // Knuth's method: count uniform draws until their product falls below e^-mean.
+            let (limit, mut product, mut k) = ((-mean).exp(), 1.0, -1i64);
+            while product > limit {
+                product *= uniform();
+                k += 1;
+            }
+            k
+        };
+        for v in &mut s.value {
+            *v = (*v as i128 * drawn as i128 / first as i128) as i64;
+        }
+        drawn > 0
+    });
+}
+
 /// Renames a `fraction` of the functions (chosen by a hash of function id and variant) to
 /// `name'v<variant>`, as a new build of the program would change some of them.
 fn rename_functions(p: &mut proto::Profile, fraction: f64, variant: u32) {
@@ -337,6 +407,7 @@ mod tests {
             0.0,
             1,
             false,
+            false,
         )
         .unwrap();
         let original = decode_pprof(&std::fs::read(fixture("go-cpu.pb.gz")).unwrap()).unwrap();
@@ -366,7 +437,7 @@ mod tests {
     #[test]
     fn churn_renames_some_functions_per_variant() {
         let path = fixture("go-cpu.pb.gz");
-        let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4, false).unwrap();
+        let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4, false, false).unwrap();
         let names = |v: u32| {
             let mut raw = Vec::new();
             flate2::read::GzDecoder::new(&f.body(v, 1, 10)[..])
@@ -390,12 +461,69 @@ mod tests {
     }
 
     #[test]
+    fn varied_values_differ_per_request_and_keep_cpu_time_a_multiple_of_the_period() {
+        let path = fixture("go-cpu.pb.gz");
+        let f = Fixture::load(path.to_str().unwrap(), "a", 0.0, 1, false, true).unwrap();
+        let original = decode_pprof(&std::fs::read(&path).unwrap()).unwrap();
+        let profile = |from: u64| {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(&f.body(0, from, 10)[..])
+                .read_to_end(&mut raw)
+                .unwrap();
+            proto::Profile::decode(&raw[..]).unwrap()
+        };
+        let (a, b) = (profile(1_000), profile(1_010));
+        assert_eq!(a.time_nanos, 1_000_000_000_000);
+        assert_eq!(a.function, original.function);
+        assert_ne!(a.sample, b.sample, "each push's values differ");
+        assert_eq!(a.sample, profile(1_000).sample, "deterministic");
+        // Counts of 1 (most of a 10 s CPU profile's stacks) drawn at zero leave their stacks
+        // out; the others keep their stack, cpu time staying count × period.
+        let original_count: i64 = original.sample.iter().map(|s| s.value[0]).sum();
+        let count: i64 = a.sample.iter().map(|s| s.value[0]).sum();
+        assert!(
+            a.sample.len() * 10 < original.sample.len() * 8
+                && a.sample.len() * 2 > original.sample.len(),
+            "{} of {} stacks",
+            a.sample.len(),
+            original.sample.len()
+        );
+        assert!(
+            (count - original_count).abs() * 10 < original_count,
+            "{count} against {original_count} samples in all"
+        );
+        for s in &a.sample {
+            let o = original
+                .sample
+                .iter()
+                .find(|o| o.location_id == s.location_id)
+                .expect("a stack of the fixture");
+            assert!(s.value[0] >= 1, "{:?} from {:?}", s.value, o.value);
+            assert_eq!(
+                s.value[1],
+                s.value[0] * original.period,
+                "cpu time is count × period"
+            );
+        }
+        assert!(Fixture::load(
+            fixture("java-jdk.jfr").to_str().unwrap(),
+            "a",
+            0.0,
+            1,
+            false,
+            true
+        )
+        .is_err());
+    }
+
+    #[test]
     fn formats_and_apps_from_the_spec() {
         let f = Fixture::load(
             &format!("{}@java-app", fixture("java-jdk.jfr").display()),
             "a",
             0.0,
             1,
+            false,
             false,
         )
         .unwrap();
@@ -420,6 +548,7 @@ mod tests {
             "a",
             0.0,
             1,
+            false,
             false,
         )
         .unwrap();

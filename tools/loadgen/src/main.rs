@@ -16,7 +16,8 @@
 //! With `--day`, it instead pushes one series' worth of a whole day (8,640 profiles stamped
 //! 10 s apart) as fast as it can, to measure disk use per profiled core per day; add
 //! `--strip-lines` to push the same profile without file and line numbers, to measure what
-//! keeping lines costs.
+//! keeping lines costs, and `--vary-values` to vary each push's values as a real program's
+//! profiles vary.
 
 mod bodies;
 
@@ -86,6 +87,11 @@ struct Args {
     /// Remove line numbers, function start lines and file names from the profile before pushing.
     #[arg(long)]
     strip_lines: bool,
+    /// With `--day`: draw every push's sample counts around the fixture's (Poisson), as a
+    /// sampling profiler's counts differ from one interval to the next and rare stacks come
+    /// and go, instead of replaying the fixture's values.
+    #[arg(long, requires = "day")]
+    vary_values: bool,
     /// Spread the series over this many tenants, `t0`…`tN-1` (0: no tenant is named).
     #[arg(long, default_value_t = 0)]
     tenants: usize,
@@ -504,6 +510,7 @@ fn main() -> anyhow::Result<()> {
                 args.churn,
                 args.churn_variants,
                 args.strip_lines,
+                args.vary_values,
             )
             .and_then(|f| {
                 if f.format == "jfr" && !args.jfr_raw {
