@@ -7,7 +7,9 @@
 #      bytes on disk per stored profile, after the 1-daemon run (1x) and again after pushing
 #      GROWTH-1 times as much more into the same database (GROWTH, default 10; 1 skips it);
 #   3. ClickHouse bytes on disk per profiled core per day: one day of one series (8,640 Go
-#      CPU profiles 10 s apart, `kiln-loadgen --day`) into a fresh database;
+#      CPU profiles 10 s apart, `kiln-loadgen --day --vary-values`: counts drawn around the
+#      fixture's as a program's vary; DAY_REPLAY=1 replays the fixture's values, the shape of
+#      figures before 2026-12-01's thirteenth session) into a fresh database;
 #   4. the same load into one daemon on sled (the embedded default), the same renders, and its
 #      bytes on disk; then one table, sled beside ClickHouse with one and two daemons.
 # SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h), RATE (pushes/s per
@@ -193,7 +195,9 @@ fi
 
 echo "== one profiled core for one day (8,640 profiles of one series, fresh database)"
 start_daemon day bench_day; pd=$(cat "$work/day/port")
-"$bin/kiln-loadgen" --url "http://127.0.0.1:$pd" --day --concurrency "$conc" >"$work/day.out"
+vary=--vary-values
+[ -n "${DAY_REPLAY:-}" ] && vary=
+"$bin/kiln-loadgen" --url "http://127.0.0.1:$pd" --day $vary --concurrency "$conc" >"$work/day.out"
 tail -n 2 "$work/day.out"
 bytes=$(merged_bytes bench_day)
 profiles=$(sql "SELECT sum(profiles) FROM bench_day.all_buckets WHERE level = 0")
