@@ -652,7 +652,15 @@ impl<'a> Chunk<'a> {
         let mut r = self.reader(usize::try_from(pos).ok()?);
         match read_string(&mut r).ok()? {
             Value::Str(s) => Some(s),
-            Value::StrRef(k) => match self.pool(self.string_type?, k)? {
+            other => self.plain_string(&other),
+        }
+    }
+
+    /// A string value, or a reference into the `java.lang.String` pool followed.
+    pub fn plain_string(&self, value: &Value) -> Option<String> {
+        match value {
+            Value::Str(s) => Some(s.clone()),
+            Value::StrRef(k) => match self.pool(self.string_type?, *k)? {
                 Value::Str(s) => Some(s.clone()),
                 _ => None,
             },
@@ -672,16 +680,11 @@ impl<'a> Chunk<'a> {
     /// A string field, following string-pool and symbol references (`jdk.types.Symbol`).
     pub fn string(&self, value: &Value, field: &Field) -> Option<String> {
         match self.deref(value, field)? {
-            Value::Str(s) => Some(s.clone()),
-            Value::StrRef(k) => match self.pool(self.string_type?, *k)? {
-                Value::Str(s) => Some(s.clone()),
-                _ => None,
-            },
             obj @ Value::Obj(_) => {
                 let (v, f) = self.get(field.type_id, obj, "string")?;
                 self.string(v, f)
             }
-            _ => None,
+            other => self.plain_string(other),
         }
     }
 }
@@ -707,13 +710,12 @@ pub(crate) struct Skip(Box<[Step]>);
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// An integer (or a constant-pool reference) of this many bytes, in the chunk's encoding.
-    Int(u8),
     Byte,
     /// A big-endian float of this many bytes.
     Fixed(u8),
     Str,
-    /// This many integers in a row, `bytes` wide in all when the chunk does not compress them.
+    /// This many integers (or constant-pool references) in a row, in the chunk's encoding:
+    /// `bytes` wide in all when it does not compress them.
     Ints {
         count: u32,
         bytes: u32,
@@ -728,6 +730,16 @@ enum Step {
     /// A value of this class read as [`skip_value`] does: nested too deeply to flatten, or a
     /// class the metadata does not define (an error only if such a value is met).
     Class(i64, usize),
+}
+
+impl Step {
+    /// One integer of `width` bytes uncompressed.
+    fn int(width: u8) -> Self {
+        Step::Ints {
+            count: 1,
+            bytes: width.into(),
+        }
+    }
 }
 
 /// Steps one class may flatten into; past it, nested classes stay [`Step::Class`].
@@ -746,10 +758,6 @@ impl Skip {
         let mut out: Vec<Step> = Vec::with_capacity(steps.len());
         for step in steps {
             let step = match step {
-                Step::Int(width) => Step::Ints {
-                    count: 1,
-                    bytes: width.into(),
-                },
                 Step::Array(Skip(items)) => match *items {
                     [Step::Ints { count, bytes }] => Step::IntArray { count, bytes },
                     _ => Step::Array(Skip(items)),
@@ -776,7 +784,6 @@ impl Skip {
     fn run(&self, classes: &FxHashMap<i64, Class>, r: &mut Reader) -> Result<(), DecodeError> {
         for step in self.0.iter() {
             match step {
-                Step::Int(width) => r.skip_int((*width).into())?,
                 Step::Ints { count, bytes } => r.skip_ints(*count as usize, *bytes as usize)?,
                 Step::IntArray { count, bytes } => {
                     let n = r.count()?;
@@ -907,7 +914,7 @@ fn compile_value(
         return;
     };
     match class.layout {
-        Layout::Int(bytes) => out.push(Step::Int(bytes)),
+        Layout::Int(bytes) => out.push(Step::int(bytes)),
         Layout::Byte | Layout::Bool => out.push(Step::Byte),
         Layout::F32 => out.push(Step::Fixed(4)),
         Layout::F64 => out.push(Step::Fixed(8)),
@@ -933,7 +940,7 @@ fn compile_field(
 ) {
     let mut one = Vec::new();
     if f.constant_pool {
-        one.push(Step::Int(8));
+        one.push(Step::int(8));
     } else {
         compile_value(classes, f.type_id, depth, budget, &mut one);
     }

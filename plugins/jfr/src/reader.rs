@@ -78,7 +78,8 @@ impl<'a> Reader<'a> {
         Ok(v | (u64::from(self.u8()?) << 56))
     }
 
-    /// Moves past an `int`/`long`/`short`/`char` without decoding it.
+    /// Moves past an `int`/`long`/`short`/`char` without decoding it: [`Reader::skip_ints`]
+    /// for one, without its loop (the skipping of values not compiled into steps takes it).
     #[inline]
     pub fn skip_int(&mut self, width: usize) -> Result<(), DecodeError> {
         if !self.compressed {

@@ -183,7 +183,7 @@ impl<'c> MethodNames<'c> {
         chunk.pick_entry(&self.symbol, self.symbol_type, key, &mut slot)?;
         let v = slot[0]?;
         if self.symbol_string.constant_pool {
-            chunk.string(&Value::StrRef(v), self.symbol_string)
+            chunk.plain_string(&Value::StrRef(v))
         } else {
             chunk.string_at(v)
         }
@@ -205,18 +205,13 @@ impl<'c> MethodNames<'c> {
                         let name = slot[0]
                             .and_then(|k| self.symbol(chunk, k))
                             .unwrap_or_default();
-                        symbols::merge_generated(&name).replace('/', ".")
+                        class_shown(&name)
                     });
                 self.classes.insert(class_key, class.clone());
                 class?
             }
         };
-        let name = symbols::merge_generated(&name);
-        Some(if class.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{class}.{name}")
-        })
+        Some(function_name(&class, &name))
     }
 }
 
@@ -238,14 +233,23 @@ fn method_function(
         .get(f.type_id, class, "name")
         .and_then(|(n, nf)| chunk.string(n, nf))
         .unwrap_or_default();
-    let class = symbols::merge_generated(&class);
-    let name = symbols::merge_generated(&name);
-    let full = if class.is_empty() {
-        name.into_owned()
+    Some(acc.function(function_name(&class_shown(&class), &name)))
+}
+
+/// A class name as functions show it: generated parts merged, `/` as `.`.
+fn class_shown(class: &str) -> String {
+    symbols::merge_generated(class).replace('/', ".")
+}
+
+/// `Class.method` from a class as [`class_shown`] gives it (the method alone without one),
+/// generated parts of the method's name merged.
+fn function_name(class: &str, method: &str) -> String {
+    let method = symbols::merge_generated(method);
+    if class.is_empty() {
+        method.into_owned()
     } else {
-        format!("{}.{name}", class.replace('/', "."))
-    };
-    Some(acc.function(full))
+        format!("{class}.{method}")
+    }
 }
 
 fn int(v: Option<(&Value, &parse::Field)>) -> i64 {
