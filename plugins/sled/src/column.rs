@@ -22,6 +22,16 @@
 //! Where series send less often than the coarser resolutions — a fleet's late uploads spread
 //! over the day, agents on a 60 s cycle — most coarse buckets hold one profile, and the
 //! references keep the column from being stored at every level.
+//!
+//! A profile with several sample types often has two whose values are proportional: a Go CPU
+//! profile's `samples` and `cpu` (every sample counts 10,000,000 ns). Their chunks hold the same
+//! stacks and the same column up to a factor, so one of them is stored as a reference to its
+//! sibling series' chunk of the same level and bucket ([`Stored::ScaledSibling`]), its values
+//! being the sibling's `× multiply ÷ divide` (one of the two is 1, and the division is exact):
+//!
+//! ```text
+//! u8 version (4) | varint profiles | zigzag total | varint sibling series | varint multiply | varint divide
+//! ```
 
 use kiln_plugin_api::varint::read_uvarint;
 
@@ -30,6 +40,7 @@ use crate::error::ChunkError;
 const VERSION: u8 = 1;
 const SAME_AS_FINEST: u8 = 2;
 const SCALED: u8 = 3;
+const SCALED_SIBLING: u8 = 4;
 
 /// What a chunk key holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +52,54 @@ pub enum Stored {
         profiles: u64,
         total: i64,
     },
+    /// The column of `series`' chunk at the same level and bucket, each value `× multiply ÷
+    /// divide` (exact), with this chunk's header.
+    ScaledSibling {
+        series: u32,
+        ratio: Ratio,
+        profiles: u64,
+        total: i64,
+    },
+}
+
+/// `× multiply ÷ divide`, one of the two being 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ratio {
+    pub multiply: u64,
+    pub divide: u64,
+}
+
+impl Ratio {
+    /// `v × multiply ÷ divide`, or `None` where that overflows or does not divide.
+    pub fn apply(self, v: i64) -> Option<i64> {
+        let m = i64::try_from(self.multiply).ok()?;
+        let d = i64::try_from(self.divide).ok()?;
+        let scaled = v.checked_mul(m)?;
+        (d != 0 && scaled % d == 0).then(|| scaled / d)
+    }
 }
 
 impl Stored {
     pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        if bytes.first() == Some(&SCALED_SIBLING) {
+            let mut r = Reader { bytes, pos: 1 };
+            let profiles = r.varint()?;
+            let total = unzigzag(r.varint()?);
+            let series = u32::try_from(r.varint()?).map_err(|_| ChunkError::Truncated(r.pos))?;
+            let ratio = Ratio {
+                multiply: r.varint()?,
+                divide: r.varint()?,
+            };
+            if ratio.multiply == 0 || ratio.divide == 0 {
+                return Err(ChunkError::Truncated(r.pos));
+            }
+            return Ok(Self::ScaledSibling {
+                series,
+                ratio,
+                profiles,
+                total,
+            });
+        }
         if bytes.first() == Some(&SAME_AS_FINEST) {
             let mut r = Reader { bytes, pos: 1 };
             let profiles = r.varint()?;
@@ -65,6 +120,17 @@ impl Stored {
         put_varint(&mut out, profiles);
         put_varint(&mut out, zigzag(total));
         put_varint(&mut out, bucket);
+        out
+    }
+
+    pub fn encode_scaled_sibling(series: u32, ratio: Ratio, profiles: u64, total: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.push(SCALED_SIBLING);
+        put_varint(&mut out, profiles);
+        put_varint(&mut out, zigzag(total));
+        put_varint(&mut out, u64::from(series));
+        put_varint(&mut out, ratio.multiply);
+        put_varint(&mut out, ratio.divide);
         out
     }
 }
@@ -118,6 +184,45 @@ impl Column {
             }
         }
         self.entries = out;
+    }
+
+    /// The ratio that turns `base` into `self` exactly, if there is one: the same stacks, the
+    /// same number of profiles, and every value `base`'s `× multiply ÷ divide` for one ratio.
+    pub fn ratio_to(&self, base: &Column) -> Option<Ratio> {
+        if self.profiles != base.profiles || self.entries.len() != base.entries.len() {
+            return None;
+        }
+        let (&(_, first), &(_, first_base)) = (self.entries.first()?, base.entries.first()?);
+        let (a, b) = (first.unsigned_abs(), first_base.unsigned_abs());
+        let ratio = if a != 0 && b != 0 && a % b == 0 {
+            Ratio {
+                multiply: a / b,
+                divide: 1,
+            }
+        } else if a != 0 && b != 0 && b % a == 0 {
+            Ratio {
+                multiply: 1,
+                divide: b / a,
+            }
+        } else {
+            return None;
+        };
+        let same = self
+            .entries
+            .iter()
+            .zip(&base.entries)
+            .all(|(&(id, v), &(base_id, base_v))| id == base_id && ratio.apply(base_v) == Some(v));
+        same.then_some(ratio)
+    }
+
+    /// Every value `× multiply ÷ divide`, with `profiles`; `None` where a value does not fit
+    /// or divide.
+    pub fn scaled(mut self, ratio: Ratio, profiles: u64) -> Option<Column> {
+        for e in &mut self.entries {
+            e.1 = ratio.apply(e.1)?;
+        }
+        self.profiles = profiles;
+        Some(self)
     }
 
     /// The largest factor every value shares (1 when there is none, or no values).
@@ -192,7 +297,7 @@ impl Column {
     pub fn decode_header(bytes: &[u8]) -> Result<(u64, i64), ChunkError> {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.byte()?;
-        if version != VERSION && version != SAME_AS_FINEST && version != SCALED {
+        if ![VERSION, SAME_AS_FINEST, SCALED, SCALED_SIBLING].contains(&version) {
             return Err(ChunkError::Version(version));
         }
         Ok((r.varint()?, unzigzag(r.varint()?)))
@@ -293,6 +398,86 @@ mod tests {
         for cut in 0..reference.len() {
             assert!(Stored::decode(&reference[..cut]).is_err());
         }
+        let sibling = Stored::encode_scaled_sibling(
+            70_000,
+            Ratio {
+                multiply: 10_000_000,
+                divide: 1,
+            },
+            1,
+            -3,
+        );
+        for cut in 0..sibling.len() {
+            assert!(Stored::decode(&sibling[..cut]).is_err());
+        }
+        // A zero ratio is corrupt, not a division by zero when read.
+        assert!(Stored::decode(&Stored::encode_scaled_sibling(
+            1,
+            Ratio {
+                multiply: 1,
+                divide: 0
+            },
+            1,
+            1
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn proportional_columns_are_found_exactly() {
+        let samples = Column {
+            profiles: 1,
+            entries: vec![(1, 1), (4, 3), (9, -2)],
+        };
+        let cpu = Column {
+            profiles: 1,
+            entries: vec![(1, 10_000_000), (4, 30_000_000), (9, -20_000_000)],
+        };
+        let up = cpu.ratio_to(&samples).unwrap();
+        assert_eq!(
+            up,
+            Ratio {
+                multiply: 10_000_000,
+                divide: 1
+            }
+        );
+        assert_eq!(samples.clone().scaled(up, 1).unwrap(), cpu);
+        let down = samples.ratio_to(&cpu).unwrap();
+        assert_eq!(
+            down,
+            Ratio {
+                multiply: 1,
+                divide: 10_000_000
+            }
+        );
+        assert_eq!(cpu.clone().scaled(down, 1).unwrap(), samples);
+        assert_eq!(samples.ratio_to(&samples).map(|r| r.multiply), Some(1));
+        // One value off, another stack, another profile count, a zero first value: no ratio.
+        let mut off = cpu.clone();
+        off.entries[2].1 -= 1;
+        assert_eq!(off.ratio_to(&samples), None);
+        let mut other_stack = cpu.clone();
+        other_stack.entries[1].0 = 5;
+        assert_eq!(other_stack.ratio_to(&samples), None);
+        let mut more = cpu.clone();
+        more.profiles = 2;
+        assert_eq!(more.ratio_to(&samples), None);
+        let zero = Column {
+            profiles: 1,
+            entries: vec![(1, 0), (4, 3), (9, -2)],
+        };
+        assert_eq!(zero.ratio_to(&samples), None);
+        assert_eq!(Column::default().ratio_to(&Column::default()), None);
+        // Overflow is no ratio, never a panic.
+        let huge = Column {
+            profiles: 1,
+            entries: vec![(1, 2), (4, i64::MAX)],
+        };
+        let small = Column {
+            profiles: 1,
+            entries: vec![(1, 1), (4, 1)],
+        };
+        assert_eq!(huge.ratio_to(&small), None);
     }
 
     #[test]
@@ -341,6 +526,21 @@ mod tests {
             }
         );
         assert_eq!(Column::decode_header(&reference).unwrap(), (2, 42));
+        let ratio = Ratio {
+            multiply: 1,
+            divide: 10_000_000,
+        };
+        let sibling = Stored::encode_scaled_sibling(7, ratio, 3, 12);
+        assert_eq!(
+            Stored::decode(&sibling).unwrap(),
+            Stored::ScaledSibling {
+                series: 7,
+                ratio,
+                profiles: 3,
+                total: 12
+            }
+        );
+        assert_eq!(Column::decode_header(&sibling).unwrap(), (3, 12));
         let column = Column {
             profiles: 1,
             entries: vec![(3, 4)],

@@ -30,6 +30,7 @@ mod lookup;
 mod merge;
 mod pages;
 mod series_index;
+mod siblings;
 mod usage;
 mod zdict;
 
@@ -50,7 +51,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use codec::Codec;
-pub use column::{Column, Stored};
+pub use column::{Column, Ratio, Stored};
 use dict::{Disk, Kind, ServiceDict};
 use error::io;
 use series_index::{SeriesIdentity, SeriesIndex};
@@ -348,6 +349,8 @@ struct State {
     services: FxHashMap<(Tenant, String), ServiceDict>,
     series: Vec<SeriesRecord>,
     series_ids: SeriesIndex,
+    /// Series whose chunks may refer to each other's ([`Stored::ScaledSibling`]).
+    siblings: siblings::SiblingGroups,
     /// Every profile type a series has, once: a few types across thousands of series.
     profile_types: Vec<Arc<ProfileType>>,
     buffer: FxHashMap<(u32, u8, u64), Pending>,
@@ -502,12 +505,69 @@ pub struct SledStorage {
     inner: Arc<Inner>,
 }
 
+/// The bucket (seconds) of a chunk key.
+fn bucket_of(key: &[u8]) -> Result<u64, StorageError> {
+    key.get(5..13)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError::Corrupt("chunk key is not 13 bytes".into()))
+}
+
 fn chunk_key(series: u32, level: u8, bucket_s: u64) -> [u8; 13] {
     let mut k = [0u8; 13];
     k[..4].copy_from_slice(&series.to_be_bytes());
     k[4] = level;
     k[5..].copy_from_slice(&bucket_s.to_be_bytes());
     k
+}
+
+/// A chunk's column as an apply will store it.
+struct NewColumn {
+    series: u32,
+    level: u8,
+    bucket: u64,
+    /// The length of the value it replaces, if any.
+    old_len: Option<usize>,
+    column: Column,
+}
+
+/// For each of `columns`, the sibling series whose column, in the same batch at the same level
+/// and bucket, it is a multiple of, and by how much: it is then stored as a reference. The base
+/// of a pair is the one with the larger values (CPU time rather than samples, bytes rather than
+/// objects), which queries ask for most and then read directly. A base is never a reference.
+fn sibling_bases(
+    columns: &[NewColumn],
+    sibling_of: &FxHashMap<u32, (u32, Arc<[u32]>)>,
+) -> Vec<Option<(u32, Ratio)>> {
+    let mut bases = vec![None; columns.len()];
+    let mut slots: FxHashMap<(u8, u64, u32), Vec<usize>> = FxHashMap::default();
+    for (i, c) in columns.iter().enumerate() {
+        if let Some(&(group, _)) = sibling_of.get(&c.series) {
+            slots.entry((c.level, c.bucket, group)).or_default().push(i);
+        }
+    }
+    for (_, mut slot) in slots {
+        if slot.len() < 2 {
+            continue;
+        }
+        slot.sort_by_key(|&i| {
+            let c = &columns[i];
+            let first = c.column.entries.first().map_or(0, |e| e.1.unsigned_abs());
+            (std::cmp::Reverse(first), c.series)
+        });
+        let mut kept: Vec<usize> = Vec::new();
+        for i in slot {
+            let found = kept.iter().find_map(|&b| {
+                let ratio = columns[i].column.ratio_to(&columns[b].column)?;
+                Some((columns[b].series, ratio))
+            });
+            match found {
+                Some(base) => bases[i] = Some(base),
+                None => kept.push(i),
+            }
+        }
+    }
+    bases
 }
 
 /// The id entry `i` of `block` must have: the next one the dictionary expects.
@@ -806,9 +866,13 @@ impl Inner {
             }
             st.series.push(rec);
             let State {
-                series, series_ids, ..
+                series,
+                series_ids,
+                siblings,
+                ..
             } = &mut *st;
             series_ids.insert(series, id);
+            siblings.join(series, id);
         }
         Ok(())
     }
@@ -920,9 +984,13 @@ impl Inner {
                         last_ns: i64::MIN,
                     });
                     let State {
-                        series, series_ids, ..
+                        series,
+                        series_ids,
+                        siblings,
+                        ..
                     } = &mut *st;
                     series_ids.insert(series, id);
+                    siblings.join(series, id);
                     st.dirty_series.insert(id);
                     id
                 }
@@ -979,6 +1047,7 @@ impl Inner {
         let mut series = sled::Batch::default();
         let migrate;
         let service_of;
+        let sibling_of;
         let (buffer, log_seq) = {
             let mut st = self.state.lock();
             if st.buffer.is_empty()
@@ -1013,6 +1082,11 @@ impl Inner {
             }
             migrate = std::mem::take(&mut st.migrate_legacy);
             service_of = st.series.iter().map(|r| r.service_id).collect::<Vec<u32>>();
+            sibling_of = st
+                .buffer
+                .keys()
+                .filter_map(|&(id, _, _)| Some((id, st.siblings.of(id)?)))
+                .collect::<FxHashMap<u32, (u32, Arc<[u32]>)>>();
             WRITE_BUFFER_BYTES.fetch_sub(st.buffer_bytes as u64, Ordering::Relaxed);
             st.buffer_bytes = 0;
             (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
@@ -1038,8 +1112,16 @@ impl Inner {
         // Per service: its compression dictionary, and the bytes packed with it (raw, packed).
         let mut compression_dicts: FxHashMap<u32, (Option<Arc<zdict::Prepared>>, u64, u64)> =
             FxHashMap::default();
+        // Keys of this batch whose series has siblings, for the references between them.
+        let mut with_siblings: FxHashSet<(u32, u8, u64)> = FxHashSet::default();
+        // Columns to store, after references: whether each is stored whole or as a sibling's
+        // is decided once all of them are known.
+        let mut columns: Vec<NewColumn> = Vec::new();
         for ((series, level, bucket), pending) in buffer {
             let key = chunk_key(series, level, bucket);
+            if sibling_of.contains_key(&series) {
+                with_siblings.insert((series, level, bucket));
+            }
             let old_raw = self.chunks.get(key).map_err(io)?;
             let old_len = old_raw.as_ref().map(|v| v.len());
             let old = match old_raw {
@@ -1081,14 +1163,36 @@ impl Inner {
             let merged = match old {
                 None => column,
                 Some(old) => {
-                    let mut old = self.resolve(series, old)?;
+                    let mut old = self.resolve(series, level, bucket, old)?;
                     old.merge(&column);
                     old
                 }
             };
-            let raw = merged.encode();
+            columns.push(NewColumn {
+                series,
+                level,
+                bucket,
+                old_len,
+                column: merged,
+            });
+        }
+        let bases = sibling_bases(&columns, &sibling_of);
+        for (new, base) in columns.into_iter().zip(bases) {
+            let key = chunk_key(new.series, new.level, new.bucket);
+            if let Some((sibling, ratio)) = base {
+                let value = self.codec.pack(&Stored::encode_scaled_sibling(
+                    sibling,
+                    ratio,
+                    new.column.profiles,
+                    new.column.total(),
+                ));
+                changes.push(key, new.old_len, Some(value.len()));
+                chunks.insert(&key, value);
+                continue;
+            }
+            let raw = new.column.encode();
             let service = service_of
-                .get(series as usize)
+                .get(new.series as usize)
                 .copied()
                 .unwrap_or(NO_SERVICE);
             let entry = match compression_dicts.entry(service) {
@@ -1111,8 +1215,19 @@ impl Inner {
                 entry.1 += raw.len() as u64;
                 entry.2 += value.len() as u64;
             }
-            changes.push(key, old_len, Some(value.len()));
+            changes.push(key, new.old_len, Some(value.len()));
             chunks.insert(&key, value);
+        }
+        // A sibling outside this batch that refers to a chunk this batch changes gets the column
+        // it stood for (read as sled is before the batch). Pushes carry all of a profile's
+        // types, so this reads nothing unless a client sends them apart.
+        for &(series, level, bucket) in &with_siblings {
+            let (_, members) = &sibling_of[&series];
+            for &other in members.iter() {
+                if other != series && !with_siblings.contains(&(other, level, bucket)) {
+                    self.detach_sibling(other, series, level, bucket, &mut chunks, &mut changes)?;
+                }
+            }
         }
         if let Some(seq) = log_seq {
             chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
@@ -1253,8 +1368,14 @@ impl Inner {
         report_resident(&mut st.reported_resident, pages + lookups);
     }
 
-    /// The column a stored chunk of `series` stands for.
-    fn resolve(&self, series: u32, stored: Stored) -> Result<Column, StorageError> {
+    /// The column a stored chunk of `series` at `level` and `bucket` stands for.
+    fn resolve(
+        &self,
+        series: u32,
+        level: u8,
+        bucket: u64,
+        stored: Stored,
+    ) -> Result<Column, StorageError> {
         match stored {
             Stored::Column(c) => Ok(c),
             Stored::SameAsFinest { bucket, .. } => {
@@ -1267,9 +1388,69 @@ impl Inner {
                             "series {series}: a chunk refers to the finest bucket {bucket}, which is gone"
                         ))
                     })?;
-                Ok(Column::decode(&self.unpack_chunk(&finest)?)?)
+                match Stored::decode(&self.unpack_chunk(&finest)?)? {
+                    Stored::SameAsFinest { .. } => Err(StorageError::Corrupt(format!(
+                        "series {series}: the finest bucket {bucket} is itself a reference to a finest bucket"
+                    ))),
+                    finest => self.resolve(series, 0, bucket, finest),
+                }
+            }
+            Stored::ScaledSibling {
+                series: sibling,
+                ratio,
+                profiles,
+                ..
+            } => {
+                let base = self
+                    .chunks
+                    .get(chunk_key(sibling, level, bucket))
+                    .map_err(io)?
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "series {series}: a chunk at level {level}, bucket {bucket} refers to series {sibling}'s, which is gone"
+                        ))
+                    })?;
+                let base = match Stored::decode(&self.unpack_chunk(&base)?)? {
+                    Stored::ScaledSibling { .. } => {
+                        return Err(StorageError::Corrupt(format!(
+                            "series {series}: a chunk at level {level}, bucket {bucket} refers to series {sibling}'s, itself a reference to a sibling"
+                        )))
+                    }
+                    other => self.resolve(sibling, level, bucket, other)?,
+                };
+                base.scaled(ratio, profiles).ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "series {series}: a chunk at level {level}, bucket {bucket} does not scale from series {sibling}'s"
+                    ))
+                })
             }
         }
+    }
+
+    /// If `other`'s chunk at `level` and `bucket` refers to `series`' chunk, which is about to
+    /// change or go, stores the column it stands for in its place (in `batch`).
+    fn detach_sibling(
+        &self,
+        other: u32,
+        series: u32,
+        level: u8,
+        bucket: u64,
+        batch: &mut sled::Batch,
+        changes: &mut usage::Changes,
+    ) -> Result<(), StorageError> {
+        let key = chunk_key(other, level, bucket);
+        let Some(v) = self.chunks.get(key).map_err(io)? else {
+            return Ok(());
+        };
+        let stored = Stored::decode(&self.unpack_chunk(&v)?)?;
+        if !matches!(stored, Stored::ScaledSibling { series: s, .. } if s == series) {
+            return Ok(());
+        }
+        let column = self.resolve(other, level, bucket, stored)?;
+        let value = self.codec.pack(&column.encode());
+        changes.push(key, Some(v.len()), Some(value.len()));
+        batch.insert(&key, value);
+        Ok(())
     }
 
     /// `(level, first bucket, end)`: the chunks to read for `[start_s, end_s)`, coarsest first.
@@ -1371,8 +1552,9 @@ impl Inner {
                     let lo = chunk_key(id, level as u8, from.max(0) as u64);
                     let hi = chunk_key(id, level as u8, to.max(0) as u64);
                     for kv in self.chunks.range(lo..hi) {
-                        let (_, v) = kv.map_err(io)?;
-                        let col = self.resolve(id, Stored::decode(&self.unpack_chunk(&v)?)?)?;
+                        let (k, v) = kv.map_err(io)?;
+                        let stored = Stored::decode(&self.unpack_chunk(&v)?)?;
+                        let col = self.resolve(id, level as u8, bucket_of(&k)?, stored)?;
                         merged.profiles += col.profiles;
                         for (node, value) in col.entries {
                             let node = node as usize;
@@ -1518,6 +1700,7 @@ impl Inner {
                 // Applies wait for one series at a time: none reads a chunk this batch removes,
                 // and pushes are not held up by a long pass.
                 let _apply = self.apply_lock.lock();
+                let siblings = self.state.lock().siblings.of(id);
                 let mut batch = sled::Batch::default();
                 let mut changes = usage::Changes::default();
                 for kv in self
@@ -1527,6 +1710,21 @@ impl Inner {
                     let (k, v) = kv.map_err(io)?;
                     if level == 0 {
                         self.materialize_references(id, &k, &v, &mut batch, &mut changes)?;
+                    }
+                    // Series are passed one by one: a sibling passed later must not be left
+                    // referring to a chunk that is gone.
+                    for &other in siblings.iter().flat_map(|(_, m)| m.iter()) {
+                        if other != id {
+                            let bucket = bucket_of(&k)?;
+                            self.detach_sibling(
+                                other,
+                                id,
+                                level as u8,
+                                bucket,
+                                &mut batch,
+                                &mut changes,
+                            )?;
+                        }
                     }
                     changes.push_removed(&k, v.len());
                     batch.remove(k);
@@ -1552,11 +1750,18 @@ impl Inner {
         changes: &mut usage::Changes,
     ) -> Result<u64, StorageError> {
         let mut added = 0u64;
-        let bucket = u64::from_be_bytes(
-            key.get(5..13)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| StorageError::Corrupt("chunk key is not 13 bytes".into()))?,
-        );
+        let bucket = bucket_of(key)?;
+        // A reference to a sibling's chunk means something else at a coarse key: the coarse
+        // chunks get the column itself.
+        let resolved;
+        let mut column = column;
+        if let stored @ Stored::ScaledSibling { .. } = Stored::decode(&self.unpack_chunk(column)?)?
+        {
+            resolved = self
+                .codec
+                .pack(&self.resolve(series, 0, bucket, stored)?.encode());
+            column = &resolved;
+        }
         for (level, &(res, _)) in self.levels.iter().enumerate().skip(1) {
             let coarse = chunk_key(series, level as u8, bucket / res * res);
             if let Some(v) = self.chunks.get(coarse).map_err(io)? {
@@ -1582,6 +1787,17 @@ impl Inner {
                 .map(|(i, _)| i as u32)
                 .collect()
         };
+        // Gone from queries first: its chunks go one series at a time, and a query must not
+        // meet a chunk whose sibling series was deleted before it. A series keeps its id (ids
+        // are dense) but no longer matches anything.
+        {
+            let mut st = self.state.lock();
+            for &id in &ids {
+                st.series[id as usize].last_ns = i64::MIN / 2;
+                st.series[id as usize].first_ns = i64::MAX / 2;
+                st.dirty_series.insert(id);
+            }
+        }
         let mut deleted = 0;
         for id in ids {
             let _apply = self.apply_lock.lock();
@@ -1598,11 +1814,6 @@ impl Inner {
             }
             self.chunks.apply_batch(batch).map_err(io)?;
             self.account(changes);
-            // The series keeps its id (ids are dense) but no longer matches anything.
-            let mut st = self.state.lock();
-            st.series[id as usize].last_ns = i64::MIN / 2;
-            st.series[id as usize].first_ns = i64::MAX / 2;
-            st.dirty_series.insert(id);
         }
         Ok(deleted)
     }

@@ -71,15 +71,18 @@ fn reopen(dir: &std::path::Path) -> SledStorage {
 }
 
 fn reopen_with(config: &SledConfig) -> SledStorage {
-    let dir = &config.path;
+    try_reopen(config).unwrap_or_else(|e| panic!("reopening {}: {e}", config.path.display()))
+}
+
+/// Opens `config` again as [`reopen_with`] does, returning what opening answers.
+fn try_reopen(config: &SledConfig) -> Result<SledStorage, StorageError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match SledStorage::open(config) {
-            Ok(s) => return s,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => panic!("reopening {}: {e}", dir.display()),
+            answer => return answer,
         }
     }
 }
@@ -602,7 +605,7 @@ fn coarse_chunk_kinds(s: &SledStorage) -> (usize, usize) {
         }
         match Stored::decode(&s.inner.unpack_chunk(&v).unwrap()).unwrap() {
             Stored::SameAsFinest { .. } => kinds.0 += 1,
-            Stored::Column(_) => kinds.1 += 1,
+            Stored::Column(_) | Stored::ScaledSibling { .. } => kinds.1 += 1,
         }
     }
     kinds
@@ -1431,9 +1434,7 @@ fn levels_are_recorded_and_other_resolutions_refused() {
         s.flush_blocking().unwrap();
     }
     // Other resolutions configured: refused, naming the recorded ones.
-    let e = SledStorage::open(&five_levels(dir.path()))
-        .err()
-        .expect("refused");
+    let e = try_reopen(&five_levels(dir.path())).err().expect("refused");
     let message = e.to_string();
     assert!(
         message.contains("was written with levels of 10s, 1000s, 100000s")
@@ -1643,4 +1644,266 @@ fn a_service_gets_a_compression_dictionary_and_its_chunks_shrink_and_read_the_sa
         .select_merge(&T, &query("zsvc.cpu", t0 - 10, now_s()), now_s())
         .unwrap_err();
     assert!(err.to_string().contains("compression dictionary"), "{err}");
+}
+
+/// A Go CPU profile as the pprof decoder gives it: the same stacks as `samples` (`cpu`) and as
+/// CPU time (`cpu_nanoseconds`, 10 ms a sample).
+fn cpu_pair(env: &str, start_s: i64, stacks: &[(&[&str], i64)]) -> Vec<Profile> {
+    let samples = profile("app", env, "cpu", start_s, stacks);
+    let mut nanos = profile("app", env, "cpu_nanoseconds", start_s, stacks);
+    for s in &mut nanos.samples {
+        s.value *= 10_000_000;
+    }
+    vec![samples, nanos]
+}
+
+/// `(columns, references to a sibling)` among every chunk.
+fn sibling_kinds(s: &SledStorage) -> (usize, usize) {
+    let mut kinds = (0, 0);
+    for kv in s.inner.chunks.iter() {
+        let (k, v) = kv.unwrap();
+        if k.as_ref() == LOG_SEQ_KEY {
+            continue;
+        }
+        match Stored::decode(&s.inner.unpack_chunk(&v).unwrap()).unwrap() {
+            Stored::Column(_) => kinds.0 += 1,
+            Stored::ScaledSibling { .. } => kinds.1 += 1,
+            Stored::SameAsFinest { .. } => {}
+        }
+    }
+    kinds
+}
+
+fn folded_of(s: &SledStorage, sel: &str, from: i64, to: i64) -> String {
+    s.inner
+        .select_merge(&T, &query(sel, from, to), now_s())
+        .unwrap()
+        .tree
+        .to_folded()
+}
+
+#[test]
+fn proportional_sample_types_are_stored_once_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = (now_s() - 7200) / 1000 * 1000;
+    let expect = |s: &SledStorage| {
+        assert_eq!(
+            folded_of(s, "app.cpu", t0, t0 + 1000),
+            "main;a 4\nmain;b 4\n"
+        );
+        assert_eq!(
+            folded_of(s, "app.cpu_nanoseconds", t0, t0 + 1000),
+            "main;a 40000000\nmain;b 40000000\n"
+        );
+        // Where the finest bucket alone is read.
+        assert_eq!(
+            folded_of(s, "app.cpu", t0 + 20, t0 + 30),
+            "main;a 2\nmain;b 4\n"
+        );
+        let line = |sel: &str| {
+            s.inner
+                .select_timeline(&T, &query(sel, t0, t0 + 60), 10 * NS, None, now_s())
+                .unwrap()[0]
+                .1
+                .points
+                .clone()
+        };
+        assert_eq!(line("app.cpu"), vec![2, 0, 6, 0, 0, 0]);
+        assert_eq!(
+            line("app.cpu_nanoseconds"),
+            vec![20_000_000, 0, 60_000_000, 0, 0, 0]
+        );
+    };
+    {
+        let s = open(dir.path());
+        s.write_blocking(&T, cpu_pair("prod", t0, &[(&["main", "a"], 2)]))
+            .unwrap();
+        s.write_blocking(
+            &T,
+            cpu_pair("prod", t0 + 20, &[(&["main", "a"], 1), (&["main", "b"], 4)]),
+        )
+        .unwrap();
+        s.flush_blocking().unwrap();
+        // A second profile in a finest bucket, in a later flush: still proportional.
+        s.write_blocking(&T, cpu_pair("prod", t0 + 25, &[(&["main", "a"], 1)]))
+            .unwrap();
+        s.flush_blocking().unwrap();
+        // Finest: two buckets, one column and one reference each; the 1000 s and 100 000 s
+        // buckets hold three profiles in two finest buckets, a column and a reference each.
+        assert_eq!(sibling_kinds(&s), (4, 4));
+        // CPU time is the column (what queries ask for most), samples refer to it.
+        let key = chunk_key(0, 0, (t0 + 20) as u64);
+        let stored = Stored::decode(
+            &s.inner
+                .unpack_chunk(&s.inner.chunks.get(key).unwrap().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                stored,
+                Stored::ScaledSibling {
+                    series: 1,
+                    ratio: Ratio {
+                        multiply: 1,
+                        divide: 10_000_000
+                    },
+                    profiles: 2,
+                    total: 6
+                }
+            ),
+            "{stored:?}"
+        );
+        expect(&s);
+    }
+    let s = reopen(dir.path());
+    expect(&s);
+}
+
+#[test]
+fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_levels(dir.path());
+    let t0 = (now_s() - 7200) / 1000 * 1000;
+    for i in 0..3 {
+        s.write_blocking(&T, cpu_pair("prod", t0 + 10 * i, &[(&["main", "a"], 2)]))
+            .unwrap();
+    }
+    s.flush_blocking().unwrap();
+    assert_eq!(sibling_kinds(&s), (4, 4));
+    // The column's series alone, in a bucket where the other refers to it: the reference
+    // becomes the column it stood for.
+    s.write_blocking(
+        &T,
+        vec![profile(
+            "app",
+            "prod",
+            "cpu_nanoseconds",
+            t0,
+            &[(&["main", "b"], 5)],
+        )],
+    )
+    .unwrap();
+    s.flush_blocking().unwrap();
+    // The referring series alone: merged with what it stood for.
+    s.write_blocking(
+        &T,
+        vec![profile(
+            "app",
+            "prod",
+            "cpu",
+            t0 + 10,
+            &[(&["main", "c"], 1)],
+        )],
+    )
+    .unwrap();
+    s.flush_blocking().unwrap();
+    assert_eq!(sibling_kinds(&s), (7, 1), "only t0 + 20 still refers");
+    assert_eq!(
+        folded_of(&s, "app.cpu", t0, t0 + 1000),
+        "main;a 6\nmain;c 1\n"
+    );
+    assert_eq!(
+        folded_of(&s, "app.cpu_nanoseconds", t0, t0 + 1000),
+        "main;a 60000000\nmain;b 5\n"
+    );
+    assert_eq!(folded_of(&s, "app.cpu", t0, t0 + 10), "main;a 2\n");
+    assert_eq!(
+        folded_of(&s, "app.cpu", t0 + 10, t0 + 20),
+        "main;a 2\nmain;c 1\n"
+    );
+    assert_eq!(folded_of(&s, "app.cpu", t0 + 20, t0 + 30), "main;a 2\n");
+}
+
+#[test]
+fn retention_size_bounds_and_deletes_leave_no_reference_to_a_chunk_that_is_gone() {
+    let now = now_s();
+    let t0 = (now - 2 * DAY) / 1000 * 1000;
+    // Pairs in a few 1000 s buckets: some hold one profile (the coarse chunk refers to the
+    // finest one), some several (a coarse column and a coarse sibling reference).
+    let fill = |s: &SledStorage| {
+        for (i, offset) in [0, 10, 20, 1000, 2000, 2500].into_iter().enumerate() {
+            let v = i as i64 + 1;
+            s.write_blocking(
+                &T,
+                cpu_pair(
+                    "prod",
+                    t0 + offset,
+                    &[(&["main", "a"], v), (&["main", "b"], 1)],
+                ),
+            )
+            .unwrap();
+        }
+        s.flush_blocking().unwrap();
+        assert!(sibling_kinds(s).1 >= 8, "{:?}", sibling_kinds(s));
+    };
+    let expect_all = |s: &SledStorage, now: i64| {
+        let m = |sel: &str| {
+            s.inner
+                .select_merge(&T, &query(sel, t0, t0 + 3000), now)
+                .unwrap()
+                .tree
+                .to_folded()
+        };
+        assert_eq!(m("app.cpu"), "main;a 21\nmain;b 6\n");
+        assert_eq!(
+            m("app.cpu_nanoseconds"),
+            "main;a 210000000\nmain;b 60000000\n"
+        );
+    };
+    // Retention by age: the finest level goes, series by series.
+    for order in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = two_levels_config(dir.path());
+        cfg.levels[0].retention = Duration::from_secs(3600);
+        let s = SledStorage::open(&cfg).unwrap();
+        if order {
+            // The referring series first this time: ids decide the order of the pass.
+            s.write_blocking(
+                &T,
+                vec![profile("app", "prod", "cpu", now - 60, &[(&["x"], 1)])],
+            )
+            .unwrap();
+        }
+        fill(&s);
+        expect_all(&s, now);
+        let r = s.inner.enforce_retention(now).unwrap();
+        assert!(r.chunks_deleted >= 12, "{r:?}");
+        expect_all(&s, now);
+        assert_eq!(
+            s.inner
+                .chunks
+                .iter()
+                .filter(|kv| kv.as_ref().unwrap().0[4] == 0)
+                .count(),
+            usize::from(order),
+            "only the recent finest chunk is left"
+        );
+    }
+    // Retention by size: the finest level's oldest buckets first.
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_levels(dir.path());
+    fill(&s);
+    let before = s.inner.usage().unwrap();
+    let fine: u64 = before
+        .entries
+        .iter()
+        .filter(|e| e.level == "10s")
+        .map(|e| e.bytes)
+        .sum();
+    // Half the finest level's bytes must go: its oldest buckets, the coarse level untouched.
+    let target = before.total_bytes - fine / 2;
+    let r = s.inner.enforce_size(target + 1, target).unwrap();
+    assert!(r.chunks_deleted >= 2, "{r:?}");
+    assert!(s
+        .inner
+        .chunks
+        .get(chunk_key(0, 0, t0 as u64))
+        .unwrap()
+        .is_none());
+    expect_all(&s, now);
+    // Deleting the service: nothing left, nothing refers.
+    assert!(s.inner.delete_service(&T, "app").unwrap() > 0);
+    assert_eq!(sibling_kinds(&s), (0, 0));
+    assert_eq!(folded_of(&s, "app.cpu", t0, t0 + 3000), "");
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Disk per profiled core per day on the embedded storage (sled): one day of one series, 8,640
+# Go CPU profiles 10 s apart (`kiln-loadgen --day`), into a fresh data directory. Prints the
+# bytes storage accounts for (`/api/storage` total_bytes: live keys and values), the bytes of
+# the finest level alone, and `du -sb` of the data directory after a clean stop.
+#
+#   scripts/bench-core-day.sh            each push's counts drawn around the fixture's (Poisson,
+#                                        `--vary-values`), as a program's vary from push to push
+#   REPLAY=1 scripts/bench-core-day.sh   the fixture's values replayed exactly (the shape of the
+#                                        figures before 2026-12-01's thirteenth session)
+#   CHURN=0.1 …                          10 % of function names renamed every hour
+#   FILE=testdata/go-heap.pb.gz …        another fixture (default testdata/go-cpu.pb.gz)
+#   KILN_BIN_DIR=/path/to/bin …          binaries built elsewhere (kiln, kiln-loadgen)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
+. scripts/lib/daemon.sh
+if [ -z "${KILN_BIN_DIR:-}" ]; then
+  cargo build --release -p kiln -p kiln-loadgen
+  KILN_BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+fi
+file=${FILE:-testdata/go-cpu.pb.gz}
+vary=--vary-values
+[ "${REPLAY:-0}" = 1 ] && vary=
+work=$(mktemp -d)
+trap 'kill "${kiln_pid:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"' EXIT
+
+start_kiln "$KILN_BIN_DIR/kiln" "$work/data"
+"$KILN_BIN_DIR/kiln-loadgen" --url "$kiln_url" --day $vary --churn "${CHURN:-0}" \
+  --file "$file" --concurrency 4 >"$work/load.out"
+tail -n 2 "$work/load.out"
+curl -sf "$kiln_url/api/storage" >"$work/usage.json"
+stop_timed "$kiln_pid"
+python3 - "$work/usage.json" "$(du -sb "$work/data" | cut -f1)" <<'PY'
+import json, sys
+usage = json.load(open(sys.argv[1]))
+disk = int(sys.argv[2])
+finest = sum(e["bytes"] for e in usage["entries"] if e["level"] == "10s")
+chunks = sum(e["chunks"] for e in usage["entries"] if e["level"] == "10s")
+print(f"accounted (live keys and values): {usage['total_bytes']:,} bytes")
+print(f"  finest level: {finest:,} bytes in {chunks:,} chunks ({finest / max(chunks, 1):.0f} B a chunk)")
+print(f"data directory after a clean stop: {disk:,} bytes ({disk / 1e6:.1f} MB per profiled core-day)")
+PY
