@@ -1760,6 +1760,16 @@ fn proportional_sample_types_are_stored_once_and_read_back_exactly() {
     expect(&s);
 }
 
+/// The bytes and chunks storage keeps count of, and what a full scan of the chunks finds.
+type Counts = std::collections::BTreeMap<(u32, u8), (i64, i64)>;
+fn kept_and_scanned(s: &SledStorage) -> (Counts, Counts) {
+    let sorted = |a: usage::Accounting| a.entries().collect::<Counts>();
+    (
+        sorted(s.inner.accounting.lock().clone().unwrap()),
+        sorted(usage::scan_chunks(&s.inner.chunks, s.inner.levels.len()).unwrap()),
+    )
+}
+
 #[test]
 fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -1771,6 +1781,8 @@ fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
     }
     s.flush_blocking().unwrap();
     assert_eq!(sibling_kinds(&s), (4, 4));
+    // From here on the kept counts follow every change, references given their columns too.
+    s.inner.usage().unwrap();
     // The column's series alone, in a bucket where the other refers to it: the reference
     // becomes the column it stood for.
     s.write_blocking(
@@ -1799,6 +1811,8 @@ fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
     .unwrap();
     s.flush_blocking().unwrap();
     assert_eq!(sibling_kinds(&s), (7, 1), "only t0 + 20 still refers");
+    let (kept, scanned) = kept_and_scanned(&s);
+    assert_eq!(kept, scanned);
     assert_eq!(
         folded_of(&s, "app.cpu", t0, t0 + 1000),
         "main;a 6\nmain;c 1\n"
@@ -1867,9 +1881,12 @@ fn retention_size_bounds_and_deletes_leave_no_reference_to_a_chunk_that_is_gone(
         }
         fill(&s);
         expect_all(&s, now);
+        s.inner.usage().unwrap();
         let r = s.inner.enforce_retention(now).unwrap();
         assert!(r.chunks_deleted >= 12, "{r:?}");
         expect_all(&s, now);
+        let (kept, scanned) = kept_and_scanned(&s);
+        assert_eq!(kept, scanned);
         assert_eq!(
             s.inner
                 .chunks
