@@ -1427,6 +1427,32 @@ impl Inner {
         }
     }
 
+    /// The column of chunk `key` of `series`, read as `value`. Queries read without holding up
+    /// applies: when the chunk it refers to changed in between (an apply gave this one its
+    /// column, or retention moved it), the chunk is read once more.
+    fn read_column(
+        &self,
+        series: u32,
+        level: u8,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Column, StorageError> {
+        let bucket = bucket_of(key)?;
+        let stored = Stored::decode(&self.unpack_chunk(value)?)?;
+        let is_reference = !matches!(stored, Stored::Column(_));
+        match self.resolve(series, level, bucket, stored) {
+            Err(StorageError::Corrupt(_)) if is_reference => {
+                // Gone since: retention deleted it, and with it what it held.
+                let Some(again) = self.chunks.get(key).map_err(io)? else {
+                    return Ok(Column::default());
+                };
+                let stored = Stored::decode(&self.unpack_chunk(&again)?)?;
+                self.resolve(series, level, bucket, stored)
+            }
+            answer => answer,
+        }
+    }
+
     /// If `other`'s chunk at `level` and `bucket` refers to `series`' chunk, which is about to
     /// change or go, stores the column it stands for in its place (in `batch`).
     fn detach_sibling(
@@ -1553,8 +1579,7 @@ impl Inner {
                     let hi = chunk_key(id, level as u8, to.max(0) as u64);
                     for kv in self.chunks.range(lo..hi) {
                         let (k, v) = kv.map_err(io)?;
-                        let stored = Stored::decode(&self.unpack_chunk(&v)?)?;
-                        let col = self.resolve(id, level as u8, bucket_of(&k)?, stored)?;
+                        let col = self.read_column(id, level as u8, &k, &v)?;
                         merged.profiles += col.profiles;
                         for (node, value) in col.entries {
                             let node = node as usize;

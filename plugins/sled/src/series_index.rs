@@ -63,16 +63,20 @@ impl SeriesIndex {
     }
 }
 
+/// A series identity alone, for tests of what is found through records.
+#[cfg(test)]
+pub(crate) struct Rec(pub Tenant, pub Labels, pub ProfileType);
+
+#[cfg(test)]
+impl SeriesIdentity for Rec {
+    fn identity(&self) -> (&Tenant, &Labels, &ProfileType) {
+        (&self.0, &self.1, &self.2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Rec(Tenant, Labels, ProfileType);
-    impl SeriesIdentity for Rec {
-        fn identity(&self) -> (&Tenant, &Labels, &ProfileType) {
-            (&self.0, &self.1, &self.2)
-        }
-    }
 
     #[test]
     fn finds_each_series_by_its_identity_only() {

@@ -79,14 +79,8 @@ impl SiblingGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::series_index::Rec;
     use kiln_plugin_api::{Labels, ProfileType, Tenant};
-
-    struct Rec(Tenant, Labels, ProfileType);
-    impl SeriesIdentity for Rec {
-        fn identity(&self) -> (&Tenant, &Labels, &ProfileType) {
-            (&self.0, &self.1, &self.2)
-        }
-    }
 
     fn rec(tenant: &str, pod: &str, type_name: &str) -> Rec {
         let tenant = if tenant.is_empty() {

@@ -1048,12 +1048,7 @@ fn size_retention_deletes_the_oldest_finest_data_first() {
     let r = s.inner.enforce_size(before.total_bytes, 0).unwrap();
     assert_eq!(r.chunks_deleted, 0);
     // A bound that a quarter of the 10 s chunks must go to meet.
-    let fine: u64 = before
-        .entries
-        .iter()
-        .filter(|e| e.level == "10s")
-        .map(|e| e.bytes)
-        .sum();
+    let fine: u64 = level_bytes(&before, "10s");
     let target = before.total_bytes - fine / 4;
     let r = s.inner.enforce_size(target + 1, target).unwrap();
     assert!(r.chunks_deleted > 0);
@@ -1132,12 +1127,7 @@ fn times_whose_finest_chunks_size_retention_deleted_are_read_from_coarser_levels
     assert_eq!(timeline_total(&s), 20);
     // Half of the 10 s chunks go.
     let u = s.inner.usage().unwrap();
-    let fine: u64 = u
-        .entries
-        .iter()
-        .filter(|e| e.level == "10s")
-        .map(|e| e.bytes)
-        .sum();
+    let fine: u64 = level_bytes(&u, "10s");
     let target = u.total_bytes - fine / 2;
     assert!(s.inner.enforce_size(target, target).unwrap().chunks_deleted >= 10);
     assert!(s
@@ -1657,6 +1647,22 @@ fn cpu_pair(env: &str, start_s: i64, stacks: &[(&[&str], i64)]) -> Vec<Profile> 
     vec![samples, nanos]
 }
 
+/// What storage holds at `level` (`"10s"`), all services together.
+fn level_bytes(usage: &StorageUsage, level: &str) -> u64 {
+    usage
+        .entries
+        .iter()
+        .filter(|e| e.level == level)
+        .map(|e| e.bytes)
+        .sum()
+}
+
+/// Writes `profiles` and applies them to sled.
+fn put(s: &SledStorage, profiles: Vec<Profile>) {
+    s.write_blocking(&T, profiles).unwrap();
+    s.flush_blocking().unwrap();
+}
+
 /// `(columns, references to a sibling)` among every chunk.
 fn sibling_kinds(s: &SledStorage) -> (usize, usize) {
     let mut kinds = (0, 0);
@@ -1785,37 +1791,17 @@ fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
     s.inner.usage().unwrap();
     // The column's series alone, in a bucket where the other refers to it: the reference
     // becomes the column it stood for.
-    s.write_blocking(
-        &T,
-        vec![profile(
-            "app",
-            "prod",
-            "cpu_nanoseconds",
-            t0,
-            &[(&["main", "b"], 5)],
-        )],
-    )
-    .unwrap();
-    s.flush_blocking().unwrap();
+    let alone =
+        |ty: &str, t: i64, stack: &[&str]| vec![profile("app", "prod", ty, t, &[(stack, 5)])];
+    put(&s, alone("cpu_nanoseconds", t0, &["main", "b"]));
     // The referring series alone: merged with what it stood for.
-    s.write_blocking(
-        &T,
-        vec![profile(
-            "app",
-            "prod",
-            "cpu",
-            t0 + 10,
-            &[(&["main", "c"], 1)],
-        )],
-    )
-    .unwrap();
-    s.flush_blocking().unwrap();
+    put(&s, alone("cpu", t0 + 10, &["main", "c"]));
     assert_eq!(sibling_kinds(&s), (7, 1), "only t0 + 20 still refers");
     let (kept, scanned) = kept_and_scanned(&s);
     assert_eq!(kept, scanned);
     assert_eq!(
         folded_of(&s, "app.cpu", t0, t0 + 1000),
-        "main;a 6\nmain;c 1\n"
+        "main;a 6\nmain;c 5\n"
     );
     assert_eq!(
         folded_of(&s, "app.cpu_nanoseconds", t0, t0 + 1000),
@@ -1824,7 +1810,7 @@ fn a_sibling_written_alone_no_longer_refers_and_both_stay_exact() {
     assert_eq!(folded_of(&s, "app.cpu", t0, t0 + 10), "main;a 2\n");
     assert_eq!(
         folded_of(&s, "app.cpu", t0 + 10, t0 + 20),
-        "main;a 2\nmain;c 1\n"
+        "main;a 2\nmain;c 5\n"
     );
     assert_eq!(folded_of(&s, "app.cpu", t0 + 20, t0 + 30), "main;a 2\n");
 }
@@ -1902,12 +1888,7 @@ fn retention_size_bounds_and_deletes_leave_no_reference_to_a_chunk_that_is_gone(
     let s = two_levels(dir.path());
     fill(&s);
     let before = s.inner.usage().unwrap();
-    let fine: u64 = before
-        .entries
-        .iter()
-        .filter(|e| e.level == "10s")
-        .map(|e| e.bytes)
-        .sum();
+    let fine: u64 = level_bytes(&before, "10s");
     // Half the finest level's bytes must go: its oldest buckets, the coarse level untouched.
     let target = before.total_bytes - fine / 2;
     let r = s.inner.enforce_size(target + 1, target).unwrap();
@@ -1923,4 +1904,57 @@ fn retention_size_bounds_and_deletes_leave_no_reference_to_a_chunk_that_is_gone(
     assert!(s.inner.delete_service(&T, "app").unwrap() > 0);
     assert_eq!(sibling_kinds(&s), (0, 0));
     assert_eq!(folded_of(&s, "app.cpu", t0, t0 + 3000), "");
+}
+
+#[test]
+fn a_query_that_read_a_reference_before_its_sibling_changed_reads_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_levels(dir.path());
+    let t0 = (now_s() - 7200) / 1000 * 1000;
+    put(&s, cpu_pair("prod", t0, &[(&["main", "a"], 2)]));
+    let key = chunk_key(0, 0, t0 as u64);
+    let read_before = s.inner.chunks.get(key).unwrap().unwrap();
+    let column = |s: &SledStorage| s.inner.read_column(0, 0, &key, &read_before).unwrap();
+    assert_eq!(column(&s).entries.len(), 1);
+    // The sibling's chunk now refers to a third series' (another type of the same metric),
+    // written with it but not with the chunk read before, which the same apply gave its column.
+    let third = |value: i64| {
+        let mut p = profile(
+            "app",
+            "prod",
+            "cpu_nanoseconds",
+            t0,
+            &[(&["main", "a"], value)],
+        );
+        p.profile_type.sample_type = "cpu_again".into();
+        p
+    };
+    put(&s, vec![third(100_000_000)]);
+    let sibling = profile(
+        "app",
+        "prod",
+        "cpu_nanoseconds",
+        t0,
+        &[(&["main", "a"], 20_000_000)],
+    );
+    put(&s, vec![third(60_000_000), sibling]);
+    let sibling_chunk = s
+        .inner
+        .chunks
+        .get(chunk_key(1, 0, t0 as u64))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        Stored::decode(&s.inner.unpack_chunk(&sibling_chunk).unwrap()).unwrap(),
+        Stored::ScaledSibling { series: 2, .. }
+    ));
+    let c = column(&s);
+    assert_eq!(
+        (c.profiles, c.entries[0].1),
+        (1, 2),
+        "what the chunk holds now"
+    );
+    // Deleted meanwhile: nothing, not an error.
+    s.inner.delete_service(&T, "app").unwrap();
+    assert_eq!(column(&s), Column::default());
 }
