@@ -12,6 +12,7 @@
 #      figures before 2026-12-01's thirteenth session) into a fresh database;
 #   4. the same load into one daemon on sled (the embedded default), the same renders, and its
 #      bytes on disk; then one table, sled beside ClickHouse with one and two daemons.
+# CH_COMPRESSION=zstd sets the server's part compression (default: its own, lz4).
 # SECONDS_TO_RUN (default 15), SERIES (200), CONCURRENCY (4), SPREAD (24h), RATE (pushes/s per
 # load generator; default 0, as fast as answered, a refusal followed at once by the next push),
 # LEVELS (a TOML array for `storage.levels`; default unset, the three levels), e.g. the five
@@ -48,6 +49,12 @@ cleanup() {
 trap cleanup EXIT
 
 ch_http=$(free_port); ch_tcp=$(free_port); ch_inter=$(free_port)
+# CH_COMPRESSION=zstd: the server compresses every part with zstd instead of its default lz4 (a
+# server setting, not the schema's: the `<compression>` section of its config).
+ch_compression=
+if [ -n "${CH_COMPRESSION:-}" ]; then
+  ch_compression="<compression><case><min_part_size>0</min_part_size><min_part_size_ratio>0</min_part_size_ratio><method>$CH_COMPRESSION</method></case></compression>"
+fi
 mkdir -p "$work/ch/data" "$work/ch/tmp" "$work/ch/user_files" "$work/ch/format_schemas"
 cat > "$work/ch/config.xml" <<XML
 <?xml version="1.0"?>
@@ -60,6 +67,7 @@ cat > "$work/ch/config.xml" <<XML
   <users_config>$work/ch/users.xml</users_config>
   <default_profile>default</default_profile><default_database>default</default_database>
   <mark_cache_size>536870912</mark_cache_size>
+  $ch_compression
 </yandex>
 XML
 cat > "$work/ch/users.xml" <<XML
