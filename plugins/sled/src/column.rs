@@ -123,6 +123,18 @@ impl Stored {
         out
     }
 
+    /// The series a stored chunk refers to, when it is a [`Stored::ScaledSibling`]: read from
+    /// its header, without decoding a column.
+    pub fn sibling_of(bytes: &[u8]) -> Option<u32> {
+        if bytes.first() != Some(&SCALED_SIBLING) {
+            return None;
+        }
+        let mut r = Reader { bytes, pos: 1 };
+        r.varint().ok()?;
+        r.varint().ok()?;
+        u32::try_from(r.varint().ok()?).ok()
+    }
+
     pub fn encode_scaled_sibling(series: u32, ratio: Ratio, profiles: u64, total: i64) -> Vec<u8> {
         let mut out = Vec::with_capacity(24);
         out.push(SCALED_SIBLING);
@@ -541,6 +553,9 @@ mod tests {
             }
         );
         assert_eq!(Column::decode_header(&sibling).unwrap(), (3, 12));
+        assert_eq!(Stored::sibling_of(&sibling), Some(7));
+        assert_eq!(Stored::sibling_of(&reference), None);
+        assert_eq!(Stored::sibling_of(&sibling[..3]), None);
         let column = Column {
             profiles: 1,
             entries: vec![(3, 4)],

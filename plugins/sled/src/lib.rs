@@ -507,9 +507,8 @@ pub struct SledStorage {
 
 /// The bucket (seconds) of a chunk key.
 fn bucket_of(key: &[u8]) -> Result<u64, StorageError> {
-    key.get(5..13)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
+    usage::parse_key(key)
+        .map(|(_, _, bucket)| bucket)
         .ok_or_else(|| StorageError::Corrupt("chunk key is not 13 bytes".into()))
 }
 
@@ -1468,11 +1467,11 @@ impl Inner {
         let Some(v) = self.chunks.get(key).map_err(io)? else {
             return Ok(());
         };
-        let stored = Stored::decode(&self.unpack_chunk(&v)?)?;
-        if !matches!(stored, Stored::ScaledSibling { series: s, .. } if s == series) {
+        let unpacked = self.unpack_chunk(&v)?;
+        if Stored::sibling_of(&unpacked) != Some(series) {
             return Ok(());
         }
-        let column = self.resolve(other, level, bucket, stored)?;
+        let column = self.resolve(other, level, bucket, Stored::decode(&unpacked)?)?;
         let value = self.codec.pack(&column.encode());
         changes.push(key, Some(v.len()), Some(value.len()));
         batch.insert(&key, value);
@@ -1738,9 +1737,9 @@ impl Inner {
                     }
                     // Series are passed one by one: a sibling passed later must not be left
                     // referring to a chunk that is gone.
+                    let bucket = bucket_of(&k)?;
                     for &other in siblings.iter().flat_map(|(_, m)| m.iter()) {
                         if other != id {
-                            let bucket = bucket_of(&k)?;
                             self.detach_sibling(
                                 other,
                                 id,
@@ -1780,8 +1779,9 @@ impl Inner {
         // chunks get the column itself.
         let resolved;
         let mut column = column;
-        if let stored @ Stored::ScaledSibling { .. } = Stored::decode(&self.unpack_chunk(column)?)?
-        {
+        let unpacked = self.unpack_chunk(column)?;
+        if Stored::sibling_of(&unpacked).is_some() {
+            let stored = Stored::decode(&unpacked)?;
             resolved = self
                 .codec
                 .pack(&self.resolve(series, 0, bucket, stored)?.encode());

@@ -1,8 +1,8 @@
 //! Sibling series: the same tenant, labels and profile metric (`process_cpu`, `memory`), other
-//! sample types — the `samples`
-//! and `cpu` of a Go CPU profile, the four types of a heap profile. Their chunks of one bucket
-//! come from the same pushes, so where two hold proportional columns one is stored as a
-//! reference to the other ([`crate::column::Stored::ScaledSibling`]).
+//! sample types — the `samples` and `cpu` of a Go CPU profile, the four types of a heap
+//! profile. Their chunks of one bucket come from the same pushes, so where two hold
+//! proportional columns one is stored as a reference to the other
+//! ([`crate::column::Stored::ScaledSibling`]).
 //!
 //! Groups are rebuilt from the series records at every start, so nothing here is stored. Like
 //! [`crate::series_index`], the table holds ids only and compares through the records.

@@ -20,7 +20,7 @@ use crate::error::io;
 use crate::{chunk_key, Inner, LOG_SEQ_KEY};
 
 /// A chunk key's parts: series id, level, bucket (seconds).
-fn parse_key(k: &[u8]) -> Option<(u32, u8, u64)> {
+pub(crate) fn parse_key(k: &[u8]) -> Option<(u32, u8, u64)> {
     if k.len() != 13 || k == LOG_SEQ_KEY {
         return None;
     }
