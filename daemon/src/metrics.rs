@@ -107,6 +107,7 @@ pub struct Metrics {
     heap_allocated: Gauge,
     heap_resident: Gauge,
     early_applies: Counter,
+    background_applies: Counter,
     auth_refused: Family<Refusal, Counter>,
     limit_refused: Family<LimitRefusal, Counter>,
     disk_free: Gauge,
@@ -184,6 +185,7 @@ impl Default for Metrics {
         let dictionary_evictions = Counter::default();
         let write_buffer = Gauge::default();
         let early_applies = Counter::default();
+        let background_applies = Counter::default();
         let heap_allocated = Gauge::default();
         let heap_resident = Gauge::default();
         registry.register(
@@ -203,8 +205,13 @@ impl Default for Metrics {
         );
         registry.register(
             "storage_early_applies",
-            "Writes that applied the write buffer to disk themselves because it passed storage.write_buffer_bytes",
+            "Writes that waited to apply the write buffer to disk themselves because it reached storage.write_buffer_bytes with an apply still running",
             early_applies.clone(),
+        );
+        registry.register(
+            "storage_background_applies",
+            "Applies of the write buffer to disk started between flushes because it passed three quarters of storage.write_buffer_bytes",
+            background_applies.clone(),
         );
         registry.register(
             "storage_dictionary_bytes",
@@ -360,6 +367,7 @@ impl Default for Metrics {
             dictionary_evictions,
             write_buffer,
             early_applies,
+            background_applies,
             heap_allocated,
             heap_resident,
             auth_refused,
@@ -541,6 +549,10 @@ impl Metrics {
         self.early_applies
             .inner()
             .store(buffer.early_applies, std::sync::atomic::Ordering::Relaxed);
+        self.background_applies.inner().store(
+            buffer.background_applies,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some((allocated, resident)) = allocator_stats() {
             self.heap_allocated.set(allocated as i64);
             self.heap_resident.set(resident as i64);

@@ -36,8 +36,8 @@ mod zdict;
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -97,9 +97,10 @@ pub struct SledConfig {
     #[serde(default = "default_dictionary_cache")]
     pub dictionary_cache_bytes: u64,
     /// Memory for values written since the last apply to sled (the write buffer, estimated),
-    /// and for dictionary entries new since then.
-    /// Past it, the write that crossed it applies the buffer to sled before returning, so
-    /// writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
+    /// and for dictionary entries new since then, including a buffer being applied.
+    /// Past three quarters of it, an apply starts on a thread of its own and writers go on; a writer
+    /// that reaches it while that apply still runs applies the buffer itself before returning,
+    /// so writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
     /// growing: timestamps spread over a day put each profile in buckets of its own.
     #[serde(default = "default_write_buffer")]
     pub write_buffer_bytes: u64,
@@ -131,6 +132,11 @@ fn default_write_buffer() -> u64 {
 
 /// Estimated bytes of one buffered chunk (its key, its `Pending`, the map's slot) and of one
 /// value in it (a hash map entry at its load factor).
+/// The part of `write_buffer_bytes` past which an apply starts between flushes. Every apply
+/// reads, merges and rewrites the coarse chunks the buffer touches (a day's chunk of each series
+/// at every apply), so starting earlier costs CPU; the quarter left is for writes that arrive
+/// while it runs.
+const APPLY_SOON_AT: (usize, usize) = (3, 4);
 const PENDING_BYTES: usize = 96;
 const PENDING_VALUE_BYTES: usize = 24;
 
@@ -356,6 +362,9 @@ struct State {
     buffer: FxHashMap<(u32, u8, u64), Pending>,
     /// Estimated bytes of `buffer` ([`PENDING_BYTES`], [`PENDING_VALUE_BYTES`]).
     buffer_bytes: usize,
+    /// Estimated bytes of the buffer an apply took and has not finished writing: still in
+    /// memory, so still counted against [`Inner::write_buffer_limit`].
+    applying_bytes: usize,
     dirty_series: FxHashSet<u32>,
     /// The last write-ahead log record in `buffer`.
     buffered_log_seq: Option<u64>,
@@ -409,6 +418,14 @@ struct Inner {
     state: Mutex<State>,
     /// Serializes applying the write buffer to sled.
     apply_lock: Mutex<()>,
+    /// This storage, for the thread that applies a buffer near its bound ([`Inner::apply_soon`]).
+    me: Weak<Inner>,
+    /// A thread started by [`Inner::apply_soon`] has not finished yet.
+    applying_in_background: AtomicBool,
+    /// Why an apply failed, if one did. The buffer it took is gone from memory and only the
+    /// write-ahead log still has it: from then on writes and flushes fail, so the log is never
+    /// checkpointed past it and the next start replays it.
+    apply_failure: Mutex<Option<String>>,
     /// Per level, where retention by size stopped: every bucket of the level before it was
     /// deleted, so queries read those times from coarser levels ([`usage`]). Kept in
     /// `size_floors_tree`, level → seconds.
@@ -433,20 +450,26 @@ pub(crate) static DICTIONARY_LOADS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static DICTIONARY_EVICTIONS: AtomicU64 = AtomicU64::new(0);
 static WRITE_BUFFER_BYTES: AtomicU64 = AtomicU64::new(0);
 static EARLY_APPLIES: AtomicU64 = AtomicU64::new(0);
+static BACKGROUND_APPLIES: AtomicU64 = AtomicU64::new(0);
 
 /// The process's sled write buffers: for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteBufferStats {
     /// Estimated bytes buffered since the last apply, all storages of the process.
     pub bytes: u64,
-    /// Applies a write made because the buffer passed `write_buffer_bytes`.
+    /// Applies a write made itself because the buffer, with the one being applied, reached
+    /// `write_buffer_bytes`: the writer waited.
     pub early_applies: u64,
+    /// Applies started on a thread of their own because the buffer passed
+    /// [`APPLY_SOON_AT`] of `write_buffer_bytes`.
+    pub background_applies: u64,
 }
 
 pub fn write_buffer_stats() -> WriteBufferStats {
     WriteBufferStats {
         bytes: WRITE_BUFFER_BYTES.load(Ordering::Relaxed),
         early_applies: EARLY_APPLIES.load(Ordering::Relaxed),
+        background_applies: BACKGROUND_APPLIES.load(Ordering::Relaxed),
     }
 }
 
@@ -634,21 +657,32 @@ impl SledStorage {
             .open()
             .map_err(|e| StorageError::Io(format!("opening {}: {e}", config.path.display())))?;
         let level_seconds = Self::resolve_levels(&db, config)?;
-        let inner = Inner {
-            series_tree: db.open_tree("series").map_err(io)?,
-            services_tree: db.open_tree("services").map_err(io)?,
-            tenant_services: db.open_tree("tenant_services").map_err(io)?,
-            frame_blocks: db.open_tree("frame_blocks").map_err(io)?,
-            node_blocks: db.open_tree("node_blocks").map_err(io)?,
-            legacy_frames: db.open_tree("frames").map_err(io)?,
-            legacy_nodes: db.open_tree("nodes").map_err(io)?,
-            chunks: db.open_tree("chunks").map_err(io)?,
-            size_floors_tree: db.open_tree("size_floors").map_err(io)?,
-            dicts: zdict::Dictionaries::open(
-                db.open_tree("codec_dicts").map_err(io)?,
-                // Each prepared dictionary is ~250 KB: a few dozen services' at most.
-                (config.dictionary_cache_bytes as usize / 4).max(4 << 20),
-            )?,
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        let dicts = zdict::Dictionaries::open(
+            tree("codec_dicts")?,
+            // Each prepared dictionary is ~250 KB: a few dozen services' at most.
+            (config.dictionary_cache_bytes as usize / 4).max(4 << 20),
+        )?;
+        let (series_tree, services_tree, tenant_services) =
+            (tree("series")?, tree("services")?, tree("tenant_services")?);
+        let (frame_blocks, node_blocks, legacy_frames, legacy_nodes) = (
+            tree("frame_blocks")?,
+            tree("node_blocks")?,
+            tree("frames")?,
+            tree("nodes")?,
+        );
+        let (chunks, size_floors_tree) = (tree("chunks")?, tree("size_floors")?);
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
+            series_tree,
+            services_tree,
+            tenant_services,
+            frame_blocks,
+            node_blocks,
+            legacy_frames,
+            legacy_nodes,
+            chunks,
+            size_floors_tree,
+            dicts,
             size_floors: level_seconds.iter().map(|_| AtomicI64::new(0)).collect(),
             accounting: Mutex::new(None),
             codec,
@@ -660,13 +694,14 @@ impl SledStorage {
             write_buffer_limit: usize::try_from(config.write_buffer_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(State::default()),
             apply_lock: Mutex::new(()),
+            me: me.clone(),
+            applying_in_background: AtomicBool::new(false),
+            apply_failure: Mutex::new(None),
             applied_log_seq: AtomicU64::new(0),
             next_idle_check_s: AtomicI64::new(0),
-        };
+        });
         inner.load()?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self { inner })
     }
 
     /// The directory's levels: `config.levels` checked against (or, the first time, recorded
@@ -888,6 +923,7 @@ impl Inner {
         profiles: &[Profile],
         log_seq: Option<u64>,
     ) -> Result<(), StorageError> {
+        self.check_applies()?;
         // All or nothing: a bad profile must not leave half a batch behind.
         for p in profiles {
             p.validate().map_err(StorageError::Invalid)?;
@@ -1025,20 +1061,87 @@ impl Inner {
         }
         st.buffer_bytes += dictionary_added;
         WRITE_BUFFER_BYTES.fetch_add(dictionary_added as u64, Ordering::Relaxed);
-        let full = st.buffer_bytes > self.write_buffer_limit;
+        // Near the bound, an apply starts on a thread of its own and this writer goes on; the
+        // buffer it takes stays counted until written. Only a writer that reaches the bound
+        // with an apply still running pays for one itself (waiting for that one first), so the
+        // writers behind it wait rather than the buffer growing: bounded by construction.
+        let full = st.buffer_bytes + st.applying_bytes > self.write_buffer_limit;
+        let nearly_full = self.nearly_full(st);
         drop(guard);
         if full {
-            // Bounded by construction: this writer pays for the apply, so the writers behind it
-            // wait rather than the buffer growing.
             EARLY_APPLIES.fetch_add(1, Ordering::Relaxed);
             self.apply()?;
+        } else if nearly_full {
+            self.apply_soon();
         }
         Ok(())
     }
 
-    /// Applies the write buffer to sled (without fsync).
+    /// The buffer is past [`APPLY_SOON_AT`] of its bound.
+    fn nearly_full(&self, st: &State) -> bool {
+        let (num, den) = APPLY_SOON_AT;
+        st.buffer_bytes > self.write_buffer_limit / den * num
+    }
+
+    /// Starts applying the write buffer on a thread of its own, unless one is still at it.
+    fn apply_soon(&self) {
+        if self.applying_in_background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(inner) = self.me.upgrade() else {
+            self.applying_in_background.store(false, Ordering::Release);
+            return;
+        };
+        let started = std::thread::Builder::new()
+            .name("kiln-sled-apply".into())
+            .spawn(move || loop {
+                // A failure is kept in `apply_failure`, and the next write or flush reports it.
+                let _ = inner.apply();
+                BACKGROUND_APPLIES.fetch_add(1, Ordering::Relaxed);
+                inner.applying_in_background.store(false, Ordering::Release);
+                // A write that filled the buffer again while this apply ran found it running.
+                if !inner.nearly_full(&inner.state.lock())
+                    || inner.applying_in_background.swap(true, Ordering::AcqRel)
+                {
+                    break;
+                }
+            });
+        if started.is_err() {
+            // The bound still holds: the writer that reaches it applies.
+            self.applying_in_background.store(false, Ordering::Release);
+        }
+    }
+
+    /// The failure of an earlier apply, if one failed.
+    fn check_applies(&self) -> Result<(), StorageError> {
+        match &*self.apply_failure.lock() {
+            None => Ok(()),
+            Some(why) => Err(StorageError::Io(format!(
+                "an earlier write of buffered profiles to sled failed ({why}); they are still in \
+                 the write-ahead log: restart the daemon to replay it"
+            ))),
+        }
+    }
+
+    /// Applies the write buffer to sled (without fsync). A failure loses the buffer from
+    /// memory, so it is kept: every later write and flush fails with it ([`Inner::check_applies`]).
     fn apply(&self) -> Result<(), StorageError> {
         let _apply = self.apply_lock.lock();
+        self.check_applies()?;
+        let result = self.apply_buffer();
+        let mut st = self.state.lock();
+        WRITE_BUFFER_BYTES.fetch_sub(st.applying_bytes as u64, Ordering::Relaxed);
+        st.applying_bytes = 0;
+        drop(st);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "writing buffered profiles to sled failed");
+            *self.apply_failure.lock() = Some(e.to_string());
+        }
+        result
+    }
+
+    /// [`Inner::apply`], with `apply_lock` held.
+    fn apply_buffer(&self) -> Result<(), StorageError> {
         let mut services = sled::Batch::default();
         let mut tenant_services = sled::Batch::default();
         let mut frames = sled::Batch::default();
@@ -1086,8 +1189,7 @@ impl Inner {
                 .keys()
                 .filter_map(|&(id, _, _)| Some((id, st.siblings.of(id)?)))
                 .collect::<FxHashMap<u32, (u32, Arc<[u32]>)>>();
-            WRITE_BUFFER_BYTES.fetch_sub(st.buffer_bytes as u64, Ordering::Relaxed);
-            st.buffer_bytes = 0;
+            st.applying_bytes = std::mem::take(&mut st.buffer_bytes);
             (std::mem::take(&mut st.buffer), st.buffered_log_seq.take())
         };
         // Dictionaries first: a chunk never refers to a stack that is not on disk.

@@ -896,7 +896,7 @@ fn data_directories_where_sled_compresses_keep_that_and_new_ones_pack_values() {
 }
 
 #[test]
-fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
+fn a_write_buffer_is_applied_before_its_bound_and_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = SledConfig::new(dir.path());
     // A few chunks' worth: profiles spread over a day never merge in memory.
@@ -918,15 +918,17 @@ fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
         .unwrap();
         let st = s.inner.state.lock();
         assert!(
-            st.buffer_bytes <= cfg.write_buffer_bytes as usize,
-            "write {i}: {} bytes buffered past the {} bound",
+            st.buffer_bytes + st.applying_bytes <= cfg.write_buffer_bytes as usize,
+            "write {i}: {} bytes buffered and {} being applied, past the {} bound",
             st.buffer_bytes,
+            st.applying_bytes,
             cfg.write_buffer_bytes
         );
     }
     let after = write_buffer_stats();
+    let applies = |w: WriteBufferStats| w.early_applies + w.background_applies;
     assert!(
-        after.early_applies >= before.early_applies + 10,
+        applies(after) >= applies(before) + 10,
         "{before:?} → {after:?}"
     );
     // Nothing applied early is lost or counted twice, before and after the flush.
@@ -942,6 +944,85 @@ fn a_write_buffer_past_its_bound_is_applied_by_the_write_and_stays_exact() {
     assert_eq!(total(&s), 600);
     drop(s);
     assert_eq!(total(&reopen_with(&cfg)), 600);
+}
+
+#[test]
+fn a_write_buffer_near_its_bound_is_applied_between_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.write_buffer_bytes = 64 * 1024;
+    let s = SledStorage::open(&cfg).unwrap();
+    let t0 = now_s() - 86_400;
+    let write = |i: i64| {
+        s.write_blocking(
+            &T,
+            vec![profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + i * 60,
+                &[(&["main", &format!("work{i}")], 1)],
+            )],
+        )
+        .unwrap()
+    };
+    // Each profile gets buckets of its own: the buffer nears its bound after a few dozen, and
+    // several times over in 300 writes. No flush: applies start while the writer goes on.
+    for i in 0..300 {
+        write(i);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.inner.applying_in_background.load(Ordering::Acquire)
+        || s.inner.nearly_full(&s.inner.state.lock())
+    {
+        assert!(std::time::Instant::now() < deadline, "never applied");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = s.inner.state.lock();
+    assert_eq!(st.applying_bytes, 0);
+    assert!(
+        st.buffer_bytes < cfg.write_buffer_bytes as usize,
+        "{}",
+        st.buffer_bytes
+    );
+    drop(st);
+    assert!(!s.inner.chunks.is_empty(), "applied to sled");
+    // Every profile counts once, applied or still buffered.
+    let total = s
+        .inner
+        .select_merge(&T, &query("app.cpu", t0 - 10, now_s()), now_s())
+        .unwrap()
+        .tree;
+    assert_eq!(total.total(), 300);
+}
+
+#[test]
+fn a_failed_apply_fails_later_writes_and_flushes_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = reopen(dir.path());
+    let t0 = (now_s() - 3_600) / 10 * 10;
+    let push = |s: &SledStorage| {
+        s.write_blocking(
+            &T,
+            vec![profile("app", "prod", "cpu", t0, &[(&["main", "a"], 1)])],
+        )
+    };
+    push(&s).unwrap();
+    s.flush_blocking().unwrap();
+    // The chunk the next profile merges into can no longer be read.
+    let key = s.inner.chunks.iter().next().unwrap().unwrap().0;
+    s.inner
+        .chunks
+        .insert(&key, &b"\xff not a chunk"[..])
+        .unwrap();
+    push(&s).unwrap();
+    let failed = s.flush_blocking().unwrap_err().to_string();
+    // The buffer that apply took is gone from memory: nothing may go on as if it were stored.
+    let later = push(&s).unwrap_err().to_string();
+    assert!(later.contains("restart the daemon"), "{later}");
+    assert!(later.contains(&failed), "{later} / {failed}");
+    let flush = s.flush_blocking().unwrap_err().to_string();
+    assert!(flush.contains("restart the daemon"), "{flush}");
 }
 
 fn two_levels(dir: &std::path::Path) -> SledStorage {
