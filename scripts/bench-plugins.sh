@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 # Honours CARGO_TARGET_DIR like cargo does. KILN_BIN runs another daemon binary (one built from
-# an earlier commit, to compare) under the same load generator and sink.
+# an earlier commit, to compare) under the same load generator and sink; SINK_WASM runs another
+# build of the sink (one built against the contract that daemon speaks).
 target=${CARGO_TARGET_DIR:-$root/target}
 kiln_bin=${KILN_BIN:-$target/release/kiln}
 cargo build --release -p kiln -p kiln-loadgen
@@ -21,7 +22,8 @@ cargo build --release -p kiln -p kiln-loadgen
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/plugins" "$work/out"
-cp "$target"/wasm-guests/wasm32-wasip2/release/kiln_top_functions.wasm "$work/plugins/"
+cp "${SINK_WASM:-$target/wasm-guests/wasm32-wasip2/release/kiln_top_functions.wasm}" \
+  "$work/plugins/kiln_top_functions.wasm"
 
 run() {
   local label=$1 config=$2

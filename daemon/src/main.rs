@@ -273,7 +273,7 @@ fn plugins_command(action: PluginsCommand, args: &ServerArgs) -> anyhow::Result<
                         kiln_wasm_host::Sandbox::default(),
                         std::sync::Arc::new(kiln_wasm_host::NoObserver),
                     )?;
-                    format!("WIT kiln:plugin@{}", kiln_wasm_host::WIT_VERSION)
+                    format!("WIT kiln:plugin@{}", wasm.wit)
                 }
             };
             println!(

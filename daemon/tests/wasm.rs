@@ -19,6 +19,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("examples/wasm-render", "kiln_render_dot.wasm"),
     ("tests/wasm/faulty", "kiln_test_faulty.wasm"),
     ("tests/wasm/future-version", "kiln_test_future_version.wasm"),
+    ("tests/wasm/sink-v0-2", "kiln_test_sink_v0_2.wasm"),
 ];
 
 fn root() -> PathBuf {
@@ -324,8 +325,8 @@ fn refused_plugin_files_name_the_file_and_the_cause() {
     let future = line("kiln_test_future_version.wasm");
     assert!(
         future.contains("refused")
-            && future.contains("kiln:plugin@0.3.0")
-            && future.contains("kiln:plugin@0.2.0"),
+            && future.contains("kiln:plugin@0.4.0")
+            && future.contains("kiln:plugin@0.3.0"),
         "{future}"
     );
     let notes = line("notes.wasm");
@@ -351,7 +352,7 @@ fn refused_plugin_files_name_the_file_and_the_cause() {
             .unwrap(),
     ]);
     assert!(!ok);
-    assert!(out.contains("kiln:plugin@0.2.0"), "{out}");
+    assert!(out.contains("kiln:plugin@0.3.0"), "{out}");
 
     // The daemon starts with the good plugin despite the refused ones.
     let d = Daemon::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
@@ -522,4 +523,110 @@ fn a_batch_wait_on_a_transform_or_past_its_bound_is_refused() {
         assert!(!ok, "{table} was accepted");
         assert!(err.contains(want), "{table}: {err}");
     }
+}
+
+#[test]
+fn the_types_of_one_pprof_reach_sinks_of_every_contract_version_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(
+        dir.path(),
+        &["kiln_top_functions.wasm", "kiln_test_sink_v0_2.wasm"],
+    );
+    let (new, old) = (dir.path().join("new"), dir.path().join("old"));
+    std::fs::create_dir(&new).unwrap();
+    std::fs::create_dir(&old).unwrap();
+    let cfg = config(
+        dir.path(),
+        &plugins,
+        &format!(
+            r#"
+[sinks.top]
+type = "top-functions"
+top = 5
+[sinks.top.sandbox]
+dir = {new:?}
+
+[sinks.old]
+type = "sink-v0-2"
+[sinks.old.sandbox]
+dir = {old:?}
+
+[pipelines.default]
+sinks = ["top", "old"]
+"#
+        ),
+    );
+    let d = Daemon::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let body = std::fs::read(root().join("testdata/go-cpu.pb.gz")).unwrap();
+    let (s, m) = d.ingest("name=pair&format=pprof", "application/octet-stream", &body);
+    assert_eq!(s, 200, "{m}");
+
+    // A 0.3.0 sink gets the second type without the stacks it shares with the first, and
+    // reads them from the profile before it: the same functions, each CPU time 10 ms a sample.
+    let lines = |file: &Path| {
+        std::fs::read_to_string(file)
+            .map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let top_file = new.join("top-functions.jsonl");
+    wait_for("both types in the 0.3.0 sink's file", || {
+        lines(&top_file).len() == 2
+    });
+    let by_type = |ty: &str| -> serde_json::Value {
+        lines(&top_file)
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["type"] == ty)
+            .unwrap_or_else(|| panic!("no {ty} line: {:?}", lines(&top_file)))
+    };
+    // Pyroscope's names for a Go CPU pprof's two types: the samples, and their CPU time.
+    let (samples, cpu) = (by_type("cpu"), by_type("cpu_nanoseconds"));
+    let (samples_top, cpu_top) = (
+        samples["top"].as_array().unwrap(),
+        cpu["top"].as_array().unwrap(),
+    );
+    assert_eq!(samples_top.len(), 5, "{samples}");
+    assert_eq!(cpu_top.len(), 5, "{cpu}");
+    for (s, c) in samples_top.iter().zip(cpu_top) {
+        assert_eq!(s["function"], c["function"], "{samples} / {cpu}");
+        assert_eq!(
+            s["self"].as_i64().unwrap() * 10_000_000,
+            c["self"].as_i64().unwrap()
+        );
+    }
+    assert_eq!(
+        samples["total"].as_i64().unwrap() * 10_000_000,
+        cpu["total"].as_i64().unwrap()
+    );
+
+    // A 0.2.0 sink still loads, and gets every profile with its frames and stacks.
+    let old_file = old.join("profiles.txt");
+    wait_for("both types in the 0.2.0 sink's file", || {
+        lines(&old_file).len() == 2
+    });
+    let fields = |ty: &str| -> Vec<i64> {
+        let line = lines(&old_file)
+            .into_iter()
+            .find(|l| l.starts_with(&format!("{ty} ")))
+            .unwrap_or_else(|| panic!("no {ty} line: {:?}", lines(&old_file)));
+        line.split(' ')
+            .skip(1)
+            .map(|f| f.parse().unwrap())
+            .collect()
+    };
+    let (s, c) = (fields("cpu"), fields("cpu_nanoseconds"));
+    assert_eq!(s[0], samples["total"].as_i64().unwrap());
+    assert_eq!(c[0], s[0] * 10_000_000);
+    assert!(s[1] > 0 && s[2] > 0 && s[3] >= s[2], "{s:?}");
+    assert_eq!(
+        s[1..],
+        c[1..],
+        "frames, samples and stack entries: {s:?} / {c:?}"
+    );
+    let old_plugin = plugins.join("kiln_test_sink_v0_2.wasm");
+    let (ok, out) = kiln(&["plugins", "check", old_plugin.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("(sink), WIT kiln:plugin@0.2.0: ok"),
+        "{out}"
+    );
 }

@@ -40,10 +40,19 @@ pub mod render {
     });
 }
 
+/// The 0.2.0 contract (`wit/0.2.0/plugin.wit`), kept so sinks built against it still load.
+/// Its `interned-profile` lacks `same-stacks`, so its records are its own (converted in
+/// [`crate::convert`]); decoders, transforms and renders built against it match the current
+/// worlds by structure. Its `host` interface is served by the same implementation under its
+/// own versioned name.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({ path: "../wit/0.2.0", world: "sink" });
+}
+
 /// The 0.1.0 contract (`wit/0.1.0/plugin.wit`), kept so components built against it still
-/// load. Only its `sink` world differs from 0.2.0; its records are the current ones (the
-/// component model compares types by structure), and its `host` interface is served by the
-/// same implementation under its own versioned name.
+/// load. Only its `sink` world differs; its records are the current ones (the component model
+/// compares types by structure), and its `host` interface is served by the same implementation
+/// under its own versioned name.
 pub mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../wit/0.1.0",

@@ -183,3 +183,68 @@ pub fn rendered_from_wit(r: wit::Rendered) -> Rendered {
         body: r.body.into(),
     }
 }
+
+/// A sink built against 0.2.0 ([`crate::bindings::v0_2`]): the same records, without
+/// `same-stacks`.
+mod v0_2 {
+    pub use crate::bindings::v0_2::kiln::plugin::types::*;
+}
+
+pub fn info_from_v0_2(i: v0_2::PluginInfo) -> wit::PluginInfo {
+    wit::PluginInfo {
+        name: i.name,
+        version: i.version,
+    }
+}
+
+pub fn interest_from_v0_2(i: v0_2::SinkInterest) -> wit::SinkInterest {
+    wit::SinkInterest {
+        profile_types: i.profile_types,
+        files_and_lines: i.files_and_lines,
+    }
+}
+
+/// A batch made for a 0.2.0 sink: never one that says `same-stacks`
+/// ([`crate::intern::StringTable::new`]).
+pub fn batch_to_v0_2(b: wit::SinkBatch) -> v0_2::SinkBatch {
+    let aggregation = |a: wit::Aggregation| match a {
+        wit::Aggregation::Sum => v0_2::Aggregation::Sum,
+        wit::Aggregation::Average => v0_2::Aggregation::Average,
+    };
+    v0_2::SinkBatch {
+        strings: v0_2::StringDelta {
+            reset: b.strings.reset,
+            added: b.strings.added,
+        },
+        profiles: b
+            .profiles
+            .into_iter()
+            .map(|p| {
+                debug_assert!(!p.same_stacks, "a 0.2.0 sink gets every profile's stacks");
+                let t = p.profile_type;
+                v0_2::InternedProfile {
+                    labels: p.labels,
+                    profile_type: v0_2::InternedProfileType {
+                        name: t.name,
+                        metric: t.metric,
+                        sample_type: t.sample_type,
+                        sample_unit: t.sample_unit,
+                        period_type: t.period_type,
+                        period_unit: t.period_unit,
+                        aggregation: aggregation(t.aggregation),
+                    },
+                    start_ns: p.start_ns,
+                    end_ns: p.end_ns,
+                    frame_functions: p.frame_functions,
+                    frame_files: p.frame_files,
+                    frame_lines: p.frame_lines,
+                    stack_lens: p.stack_lens,
+                    values: p.values,
+                    stacks: p.stacks,
+                    spy_name: p.spy_name,
+                    sample_rate: p.sample_rate,
+                }
+            })
+            .collect(),
+    }
+}

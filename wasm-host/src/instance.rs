@@ -95,6 +95,7 @@ enum Exports {
     Decoder(bindings::decoder::Decoder),
     Transform(bindings::transform::Transform),
     Sink(bindings::sink::Sink),
+    SinkV0_2(bindings::v0_2::Sink),
     SinkV0_1(bindings::v0_1::Sink),
     Render(bindings::render::Render),
 }
@@ -120,6 +121,7 @@ impl Live {
             Pre::Decoder(p) => Exports::Decoder(p.instantiate(&mut store).map_err(failed)?),
             Pre::Transform(p) => Exports::Transform(p.instantiate(&mut store).map_err(failed)?),
             Pre::Sink(p) => Exports::Sink(p.instantiate(&mut store).map_err(failed)?),
+            Pre::SinkV0_2(p) => Exports::SinkV0_2(p.instantiate(&mut store).map_err(failed)?),
             Pre::SinkV0_1(p) => Exports::SinkV0_1(p.instantiate(&mut store).map_err(failed)?),
             Pre::Render(p) => Exports::Render(p.instantiate(&mut store).map_err(failed)?),
         };
@@ -137,6 +139,7 @@ impl Live {
             Exports::Decoder(e) => e.call_info(s),
             Exports::Transform(e) => e.call_info(s),
             Exports::Sink(e) => e.call_info(s),
+            Exports::SinkV0_2(e) => e.call_info(s).map(convert::info_from_v0_2),
             Exports::SinkV0_1(e) => e.call_info(s),
             Exports::Render(e) => e.call_info(s),
         }
@@ -150,21 +153,23 @@ impl Live {
             Exports::Decoder(e) => e.call_init(s, options),
             Exports::Transform(e) => e.call_init(s, options),
             Exports::Sink(e) => e.call_init(s, options),
+            Exports::SinkV0_2(e) => e.call_init(s, options),
             Exports::SinkV0_1(e) => e.call_init(s, options),
             Exports::Render(e) => e.call_init(s, options),
         }
     }
 
-    /// What a 0.2.0 sink wants; `None` for every other kind.
+    /// What a sink of 0.2.0 or later wants; `None` for every other kind.
     fn sink_interest(&mut self) -> Result<Option<wit::SinkInterest>, String> {
         self.store.set_epoch_deadline(self.ticks);
         match &self.exports {
-            Exports::Sink(e) => e
+            Exports::Sink(e) => e.call_interest(&mut self.store).map(Some),
+            Exports::SinkV0_2(e) => e
                 .call_interest(&mut self.store)
-                .map(Some)
-                .map_err(|e| format!("asking what it wants: {e:#}")),
+                .map(|i| Some(convert::interest_from_v0_2(i))),
             _ => Ok(None),
         }
+        .map_err(|e| format!("asking what it wants: {e:#}"))
     }
 }
 
@@ -181,13 +186,14 @@ struct Inner {
     consecutive_faults: AtomicU32,
     disabled: AtomicBool,
     observer: Arc<dyn PluginObserver>,
-    /// For a 0.2.0 sink: the host's copy of its instance's string table, which batches are
-    /// made against wherever profiles are prepared.
+    /// For a sink of 0.2.0 or later: the host's copy of its instance's string table, which
+    /// batches are made against wherever profiles are prepared.
     strings: Option<Mutex<StringTable>>,
-    /// For a 0.2.0 sink. An async lock: it is held across the call, so batches reach the
-    /// instance one at a time, checked against their stamps.
+    /// For a sink of 0.2.0 or later. An async lock: it is held across the call, so batches
+    /// reach the instance one at a time, checked against their stamps.
     sink: tokio::sync::Mutex<Option<Feed>>,
-    /// What a 0.2.0 sink asked for once; `None` for every other kind (they get everything).
+    /// What a sink of 0.2.0 or later asked for once; `None` for every other kind (they get
+    /// everything).
     interest: Option<SinkInterest>,
 }
 
@@ -225,7 +231,9 @@ impl WasmPlugin {
             // The instance keeps the strings it is sent; an eighth of its memory cap bounds them
             // (a guest `String` and its table slot take about twice the bytes).
             let limit = usize::try_from(inner.sandbox.max_memory_mb << 17).unwrap_or(usize::MAX);
-            inner.strings = Some(Mutex::new(StringTable::new(limit)));
+            // Since 0.3.0 a profile with the previous one's stacks crosses without them.
+            let same_stacks = matches!(self.pre, Pre::Sink(_));
+            inner.strings = Some(Mutex::new(StringTable::new(limit, same_stacks)));
             *inner.sink.get_mut() = Some(Feed::new());
             inner.interest = Some(interest.into());
         }
@@ -414,8 +422,8 @@ impl SinkExporter for WasmInstance {
             .is_none_or(|i| i.wants(profile))
     }
 
-    /// A 0.2.0 sink's batch, interned against the instance's string table while the profiles
-    /// are in cache; a 0.1.0 sink prepares nothing.
+    /// A sink's batch, interned against the instance's string table while the profiles are in
+    /// cache; a 0.1.0 sink prepares nothing.
     fn prepare(&self, profiles: &[&Profile]) -> Option<Prepared> {
         let (strings, interest) = (self.inner.strings.as_ref()?, self.inner.interest.as_ref()?);
         let (batch, stamp) = self
@@ -500,10 +508,11 @@ impl WasmInstance {
         .map_err(|e| CallError::Plugin(format!("{what} task failed: {e}")))?
     }
 
-    /// Hands a 0.2.0 sink's batch to its instance.
+    /// Hands a sink's batch to its instance (of 0.2.0 or later).
     async fn consume(&self, batch: wit::SinkBatch) -> Result<(), CallError> {
         self.call_blocking("sink", move |plugin, store, exports| match exports {
             Exports::Sink(e) => e.call_consume(store, &batch),
+            Exports::SinkV0_2(e) => e.call_consume(store, &convert::batch_to_v0_2(batch)),
             _ => Err(wrong_world(plugin, "sink")),
         })
         .await

@@ -1,7 +1,8 @@
-//! Feeding a 0.2.0 sink: only the profiles it asked for, with every string interned into a
-//! table the instance keeps, so a frame's name crosses the sandbox once per instance rather
-//! than once per profile (lowering a string is a guest allocation and a copy; a frame index is
-//! four bytes of a list copied whole).
+//! Feeding a sink (0.2.0 and later): only the profiles it asked for, with every string interned
+//! into a table the instance keeps, so a frame's name crosses the sandbox once per instance
+//! rather than once per profile (lowering a string is a guest allocation and a copy; a frame
+//! index is four bytes of a list copied whole). Since 0.3.0 a profile with the previous one's
+//! frames and stacks (the types of one pprof) crosses with its values alone.
 
 use std::collections::HashSet;
 use std::iter::Peekable;
@@ -118,11 +119,15 @@ pub(crate) struct StringTable {
     stale: bool,
     /// The stamp of the next batch.
     next: Stamp,
+    /// A profile with the previous one's frames and stacks crosses without them.
+    same_stacks: bool,
 }
 
 impl StringTable {
-    pub fn new(limit: usize) -> Self {
+    /// `same_stacks`: the instance reads `same-stacks` (0.3.0 and later).
+    pub fn new(limit: usize, same_stacks: bool) -> Self {
         Self {
+            same_stacks,
             ids: FxHashMap::default(),
             bytes: 0,
             limit,
@@ -171,9 +176,15 @@ impl StringTable {
         let stamp = self.next;
         self.next = stamp.next();
         let mut added = Vec::new();
+        let mut previous: Option<&Profile> = None;
         let profiles = wanted
             .into_iter()
-            .map(|p| self.profile(p, interest.files_and_lines, &mut added))
+            .map(|p| {
+                let same_stacks =
+                    self.same_stacks && previous.is_some_and(|q| q.shares_stacks_with(p));
+                previous = Some(p);
+                self.profile(p, interest.files_and_lines, same_stacks, &mut added)
+            })
             .collect();
         let batch = wit::SinkBatch {
             strings: wit::StringDelta { reset, added },
@@ -182,10 +193,12 @@ impl StringTable {
         Some((batch, stamp))
     }
 
+    /// `same_stacks`: `p` has the frames and stacks of the profile before it in the batch.
     fn profile(
         &mut self,
         p: &Profile,
         files_and_lines: bool,
+        same_stacks: bool,
         added: &mut Vec<String>,
     ) -> wit::InternedProfile {
         let mut labels = Vec::with_capacity(p.labels.len() * 2);
@@ -206,41 +219,41 @@ impl StringTable {
                 Aggregation::Average => wit::Aggregation::Average,
             },
         };
-        let frame_functions = p
-            .frames
-            .iter()
-            .map(|f| self.id(&f.function, added))
-            .collect();
-        let (frame_files, frame_lines) = if files_and_lines {
-            (
-                p.frames.iter().map(|f| self.id(&f.file, added)).collect(),
-                p.frames.iter().map(|f| f.line).collect(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let mut stacks = Vec::with_capacity(p.samples.iter().map(|s| s.stack.len()).sum());
-        let mut stack_lens = Vec::with_capacity(p.samples.len());
-        let mut values = Vec::with_capacity(p.samples.len());
-        for s in &p.samples {
-            stacks.extend(s.stack.iter().copied());
-            stack_lens.push(s.stack.len() as u32);
-            values.push(s.value);
-        }
-        wit::InternedProfile {
+        let values = p.samples.iter().map(|s| s.value).collect();
+        let mut profile = wit::InternedProfile {
             labels,
             profile_type,
             start_ns: p.start_ns,
             end_ns: p.end_ns,
-            frame_functions,
-            frame_files,
-            frame_lines,
-            stack_lens,
+            frame_functions: Vec::new(),
+            frame_files: Vec::new(),
+            frame_lines: Vec::new(),
+            stack_lens: Vec::new(),
             values,
-            stacks,
+            stacks: Vec::new(),
             spy_name: self.id(&p.meta.spy_name, added),
             sample_rate: p.meta.sample_rate,
+            same_stacks,
+        };
+        if same_stacks {
+            return profile;
         }
+        profile.frame_functions = p
+            .frames
+            .iter()
+            .map(|f| self.id(&f.function, added))
+            .collect();
+        if files_and_lines {
+            profile.frame_files = p.frames.iter().map(|f| self.id(&f.file, added)).collect();
+            profile.frame_lines = p.frames.iter().map(|f| f.line).collect();
+        }
+        profile.stacks = Vec::with_capacity(p.samples.iter().map(|s| s.stack.len()).sum());
+        profile.stack_lens = Vec::with_capacity(p.samples.len());
+        for s in &p.samples {
+            profile.stacks.extend(s.stack.iter().copied());
+            profile.stack_lens.push(s.stack.len() as u32);
+        }
+        profile
     }
 }
 
@@ -311,7 +324,7 @@ mod tests {
 
     #[test]
     fn strings_cross_once_and_resolve_to_the_same_profile() {
-        let mut host = StringTable::new(1 << 20);
+        let mut host = StringTable::new(1 << 20, false);
         let mut guest = Vec::new();
         let a = profile("cpu", &["main", "work"], "p-1");
         let (first, stamp) = host.batch(std::slice::from_ref(&a), &all()).unwrap();
@@ -340,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_reset_resends_every_string_and_the_table_stays_bounded() {
-        let mut host = StringTable::new(64);
+        let mut host = StringTable::new(64, false);
         let mut guest = Vec::new();
         let (first, stamp) = host
             .batch(&[profile("cpu", &["main", "work"], "p-1")], &all())
@@ -372,7 +385,7 @@ mod tests {
 
     #[test]
     fn batches_made_before_a_fault_are_skipped_and_the_rest_merged_in_order() {
-        let mut host = StringTable::new(1 << 20);
+        let mut host = StringTable::new(1 << 20, false);
         let mut feed = Feed::new();
         let mut guest = Vec::new();
         let made = |host: &mut StringTable, f: &str| {
@@ -429,8 +442,49 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_with_the_previous_ones_stacks_crosses_with_its_values_alone() {
+        let mut shared = StringTable::new(1 << 20, true);
+        let mut whole = StringTable::new(1 << 20, false);
+        let mut time = profile("cpu", &["main", "work"], "p-1");
+        for s in &mut time.samples {
+            s.value *= 10_000_000;
+        }
+        // The two types of one pprof, then another stack shape, then a profile whose stacks
+        // match only the one before the previous.
+        let batch = [
+            profile("samples", &["main", "work"], "p-1"),
+            time,
+            profile("samples", &["main", "other"], "p-1"),
+            profile("samples", &["main", "work"], "p-1"),
+        ];
+        let everything = SinkInterest {
+            types: None,
+            files_and_lines: true,
+        };
+        let (b, _) = shared.batch(&batch, &everything).unwrap();
+        let same: Vec<bool> = b.profiles.iter().map(|p| p.same_stacks).collect();
+        assert_eq!(same, [false, true, false, false]);
+        let second = &b.profiles[1];
+        assert!(second.frame_functions.is_empty() && second.frame_files.is_empty());
+        assert!(second.frame_lines.is_empty() && second.stacks.is_empty());
+        assert!(second.stack_lens.is_empty());
+        assert_eq!(second.values, vec![30_000_000, 20_000_000]);
+        // Read against the profile before it, it is the profile a 0.2.0 sink gets whole.
+        let (w, _) = whole.batch(&batch, &everything).unwrap();
+        assert!(w.profiles.iter().all(|p| !p.same_stacks));
+        let first = &b.profiles[0];
+        assert_eq!(first.frame_functions, w.profiles[1].frame_functions);
+        assert_eq!(first.frame_files, w.profiles[1].frame_files);
+        assert_eq!(first.frame_lines, w.profiles[1].frame_lines);
+        assert_eq!(first.stack_lens, w.profiles[1].stack_lens);
+        assert_eq!(first.stacks, w.profiles[1].stacks);
+        assert_eq!(second.values, w.profiles[1].values);
+        assert_eq!(b.profiles[3].stacks, w.profiles[3].stacks);
+    }
+
+    #[test]
     fn only_the_types_and_fields_asked_for_cross() {
-        let mut host = StringTable::new(1 << 20);
+        let mut host = StringTable::new(1 << 20, false);
         let interest = SinkInterest::from(wit::SinkInterest {
             profile_types: vec!["cpu".into()],
             files_and_lines: true,

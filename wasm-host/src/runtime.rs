@@ -15,9 +15,9 @@ use crate::sandbox::{HostState, Sandbox};
 use crate::WasmError;
 
 /// The version of the `kiln:plugin` WIT package this host speaks.
-pub const WIT_VERSION: &str = "0.2.0";
-/// Earlier versions whose components still load: 0.1.0 differs only in its `sink` world.
-pub const WIT_VERSIONS_ACCEPTED: &[&str] = &["0.2.0", "0.1.0"];
+pub const WIT_VERSION: &str = "0.3.0";
+/// Earlier versions whose components still load: they differ only in their `sink` world.
+pub const WIT_VERSIONS_ACCEPTED: &[&str] = &["0.3.0", "0.2.0", "0.1.0"];
 const WIT_PACKAGE: &str = "kiln:plugin";
 /// Set (to anything) in the daemon's environment to write a perf map of compiled plugin code.
 pub const PERF_MAP_ENV: &str = "KILN_WASM_PERF_MAP";
@@ -60,6 +60,10 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         bindings::v0_1::kiln::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        bindings::v0_2::kiln::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )?;
@@ -107,6 +111,8 @@ pub(crate) enum Pre {
     Decoder(bindings::decoder::DecoderPre<HostState>),
     Transform(bindings::transform::TransformPre<HostState>),
     Sink(bindings::sink::SinkPre<HostState>),
+    /// A sink built against 0.2.0: interned strings, every profile with its stacks.
+    SinkV0_2(bindings::v0_2::SinkPre<HostState>),
     /// A sink built against 0.1.0: profiles cross whole, strings and all.
     SinkV0_1(bindings::v0_1::SinkPre<HostState>),
     Render(bindings::render::RenderPre<HostState>),
@@ -119,6 +125,8 @@ pub struct WasmPlugin {
     pub version: String,
     pub kind: ComponentKind,
     pub file: PathBuf,
+    /// The `kiln:plugin` version it was built against (one of [`WIT_VERSIONS_ACCEPTED`]).
+    pub wit: String,
     pub(crate) pre: Pre,
 }
 
@@ -129,6 +137,7 @@ impl std::fmt::Debug for WasmPlugin {
             .field("version", &self.version)
             .field("kind", &self.kind)
             .field("file", &self.file)
+            .field("wit", &self.wit)
             .finish()
     }
 }
@@ -211,6 +220,9 @@ impl WasmPlugin {
             ComponentKind::Transform => Pre::Transform(
                 bindings::transform::TransformPre::new(instance_pre).map_err(world_error)?,
             ),
+            ComponentKind::Sink if wit == "0.2.0" => {
+                Pre::SinkV0_2(bindings::v0_2::SinkPre::new(instance_pre).map_err(world_error)?)
+            }
             ComponentKind::Sink if wit == "0.1.0" => {
                 Pre::SinkV0_1(bindings::v0_1::SinkPre::new(instance_pre).map_err(world_error)?)
             }
@@ -227,6 +239,7 @@ impl WasmPlugin {
             version: String::new(),
             kind,
             file: file.to_path_buf(),
+            wit,
             pre,
         };
         let info = crate::instance::Live::start(&plugin, &Sandbox::default())

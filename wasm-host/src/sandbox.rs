@@ -183,25 +183,33 @@ impl host::Host for HostState {
     }
 }
 
-/// The same host functions under the 0.1.0 interface name, for components built against it.
-impl crate::bindings::v0_1::kiln::plugin::host::Host for HostState {
-    fn log(&mut self, level: crate::bindings::v0_1::kiln::plugin::host::LogLevel, message: String) {
-        use crate::bindings::v0_1::kiln::plugin::host::LogLevel as Old;
-        let level = match level {
-            Old::Error => host::LogLevel::Error,
-            Old::Warn => host::LogLevel::Warn,
-            Old::Info => host::LogLevel::Info,
-            Old::Debug => host::LogLevel::Debug,
-        };
-        host::Host::log(self, level, message);
-    }
+/// The same host functions under an earlier version's interface name, for components built
+/// against it.
+macro_rules! earlier_host {
+    ($($version:ident)::+) => {
+        impl $($version)::+::kiln::plugin::host::Host for HostState {
+            fn log(&mut self, level: $($version)::+::kiln::plugin::host::LogLevel, message: String) {
+                use $($version)::+::kiln::plugin::host::LogLevel as Old;
+                let level = match level {
+                    Old::Error => host::LogLevel::Error,
+                    Old::Warn => host::LogLevel::Warn,
+                    Old::Info => host::LogLevel::Info,
+                    Old::Debug => host::LogLevel::Debug,
+                };
+                host::Host::log(self, level, message);
+            }
 
-    fn http_post(
-        &mut self,
-        url: String,
-        content_type: String,
-        body: Vec<u8>,
-    ) -> Result<u16, String> {
-        host::Host::http_post(self, url, content_type, body)
-    }
+            fn http_post(
+                &mut self,
+                url: String,
+                content_type: String,
+                body: Vec<u8>,
+            ) -> Result<u16, String> {
+                host::Host::http_post(self, url, content_type, body)
+            }
+        }
+    };
 }
+
+earlier_host!(crate::bindings::v0_1);
+earlier_host!(crate::bindings::v0_2);

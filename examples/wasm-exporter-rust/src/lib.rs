@@ -12,8 +12,9 @@
 //! Options: `top` (default 10), `file` (default `top-functions.jsonl`), `webhook` (none),
 //! `types` (profile type names to receive, such as `["cpu"]`; default every type).
 //!
-//! Built against `kiln:plugin@0.2.0`: profiles arrive with their strings as ids into a table
-//! this instance keeps ([`Strings`]), each string sent once.
+//! Built against `kiln:plugin@0.3.0`: profiles arrive with their strings as ids into a table
+//! this instance keeps ([`Strings`]), each string sent once, and a profile with the previous
+//! one's frames and stacks (`same_stacks`) arrives with its values alone.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -119,15 +120,22 @@ fn append_to_file(file: &str, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
-/// The top `n` functions of `p` by self value (ties by name, so output is stable).
-fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec<Entry<'a>> {
+/// The top `n` functions by self value (ties by name, so output is stable) of `values`, the
+/// samples of `shape`: its own, or those of a profile with its frames and stacks.
+fn top_functions<'a>(
+    shape: &InternedProfile,
+    values: &[i64],
+    strings: &'a Strings,
+    n: usize,
+) -> Vec<Entry<'a>> {
+    let p = shape;
     // Self value per frame first (an array index per sample), then per function: several
     // frames may share a function (different lines). Functions are string ids: sorting the
     // (function, value) pairs of the frames with self value groups a function's frames
     // together, with no hashing.
     let mut by_frame = vec![0i64; p.frame_functions.len()];
     let mut end = 0usize;
-    for (&len, &value) in p.stack_lens.iter().zip(&p.values) {
+    for (&len, &value) in p.stack_lens.iter().zip(values) {
         end += len as usize;
         let leaf = if len == 0 {
             None
@@ -153,7 +161,7 @@ fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec
         }
         same
     });
-    let total: i64 = p.values.iter().sum();
+    let total: i64 = values.iter().sum();
     let mut entries: Vec<(&str, i64)> = by_function
         .into_iter()
         .map(|(id, value)| (strings.get(id), value))
@@ -179,7 +187,13 @@ fn top_functions<'a>(p: &InternedProfile, strings: &'a Strings, n: usize) -> Vec
         .collect()
 }
 
-fn to_line(p: &InternedProfile, strings: &Strings, n: usize) -> Result<String, String> {
+/// `shape`: the profile whose frames and stacks `p` has (`p` itself unless `same_stacks`).
+fn to_line(
+    p: &InternedProfile,
+    shape: &InternedProfile,
+    strings: &Strings,
+    n: usize,
+) -> Result<String, String> {
     let mut labels = HashMap::new();
     let mut service = "";
     for pair in p.labels.chunks_exact(2) {
@@ -197,7 +211,7 @@ fn to_line(p: &InternedProfile, strings: &Strings, n: usize) -> Result<String, S
         start_ns: p.start_ns,
         end_ns: p.end_ns,
         total: p.values.iter().sum(),
-        top: top_functions(p, strings, n),
+        top: top_functions(shape, &p.values, strings, n),
     };
     serde_json::to_string(&line).map_err(|e| e.to_string())
 }
@@ -235,8 +249,14 @@ impl Guest for TopFunctions {
             OPTIONS.with(|o| {
                 let o = o.borrow();
                 let mut body = String::new();
+                let mut shape: Option<&InternedProfile> = None;
                 for p in &batch.profiles {
-                    body.push_str(&to_line(p, &strings, o.top)?);
+                    let own = match shape {
+                        Some(previous) if p.same_stacks => previous,
+                        _ => p,
+                    };
+                    shape = Some(own);
+                    body.push_str(&to_line(p, own, &strings, o.top)?);
                     body.push('\n');
                 }
                 append_to_file(&o.file, body.as_bytes())?;

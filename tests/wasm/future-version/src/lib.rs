@@ -1,4 +1,4 @@
-//! Test fixture: a sink for `kiln:plugin@0.3.0`, which the daemon must refuse by version.
+//! Test fixture: a sink for `kiln:plugin@0.4.0`, which the daemon must refuse by version.
 
 wit_bindgen::generate!({ path: "wit", world: "sink" });
 
