@@ -98,10 +98,10 @@ pub struct SledConfig {
     pub dictionary_cache_bytes: u64,
     /// Memory for values written since the last apply to sled (the write buffer, estimated),
     /// and for dictionary entries new since then, including a buffer being applied.
-    /// Past three quarters of it, an apply starts on a thread of its own and writers go on; a writer
-    /// that reaches it while that apply still runs applies the buffer itself before returning,
-    /// so writers slow down (and the daemon's backlog refuses pushes) instead of the buffer
-    /// growing: timestamps spread over a day put each profile in buckets of its own.
+    /// Past three quarters of it, an apply starts on a thread of its own and writers go on; a
+    /// writer that reaches it while that apply still runs applies the buffer itself before
+    /// returning, so writers slow down (and the daemon's backlog refuses pushes) instead of the
+    /// buffer growing: timestamps spread over a day put each profile in buckets of its own.
     #[serde(default = "default_write_buffer")]
     pub write_buffer_bytes: u64,
     /// How a new data directory compresses (an existing one keeps what it was created with).
@@ -130,13 +130,14 @@ fn default_write_buffer() -> u64 {
     64 << 20
 }
 
-/// Estimated bytes of one buffered chunk (its key, its `Pending`, the map's slot) and of one
-/// value in it (a hash map entry at its load factor).
 /// The part of `write_buffer_bytes` past which an apply starts between flushes. Every apply
 /// reads, merges and rewrites the coarse chunks the buffer touches (a day's chunk of each series
 /// at every apply), so starting earlier costs CPU; the quarter left is for writes that arrive
 /// while it runs.
 const APPLY_SOON_AT: (usize, usize) = (3, 4);
+
+/// Estimated bytes of one buffered chunk (its key, its `Pending`, the map's slot) and of one
+/// value in it (a hash map entry at its load factor).
 const PENDING_BYTES: usize = 96;
 const PENDING_VALUE_BYTES: usize = 24;
 

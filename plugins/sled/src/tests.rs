@@ -897,11 +897,8 @@ fn data_directories_where_sled_compresses_keep_that_and_new_ones_pack_values() {
 
 #[test]
 fn a_write_buffer_is_applied_before_its_bound_and_stays_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = SledConfig::new(dir.path());
     // A few chunks' worth: profiles spread over a day never merge in memory.
-    cfg.write_buffer_bytes = 4 * 1024;
-    let s = SledStorage::open(&cfg).unwrap();
+    let (_dir, cfg, s) = with_write_buffer(4 * 1024);
     let t0 = now_s() - 86_400;
     let before = write_buffer_stats();
     for i in 0..200i64 {
@@ -932,26 +929,34 @@ fn a_write_buffer_is_applied_before_its_bound_and_stays_exact() {
         "{before:?} → {after:?}"
     );
     // Nothing applied early is lost or counted twice, before and after the flush.
-    let total = |s: &SledStorage| {
-        s.inner
-            .select_merge(&T, &query("app.cpu", t0 - 10, now_s()), now_s())
-            .unwrap()
-            .tree
-            .total()
-    };
-    assert_eq!(total(&s), 600);
+    assert_eq!(app_cpu_total(&s, t0), 600);
     s.flush_blocking().unwrap();
-    assert_eq!(total(&s), 600);
+    assert_eq!(app_cpu_total(&s, t0), 600);
     drop(s);
-    assert_eq!(total(&reopen_with(&cfg)), 600);
+    assert_eq!(app_cpu_total(&reopen_with(&cfg), t0), 600);
+}
+
+/// A storage in a new directory whose write buffer is bounded at `bytes`.
+fn with_write_buffer(bytes: u64) -> (tempfile::TempDir, SledConfig, SledStorage) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SledConfig::new(dir.path());
+    cfg.write_buffer_bytes = bytes;
+    let s = SledStorage::open(&cfg).unwrap();
+    (dir, cfg, s)
+}
+
+/// The total of `app.cpu` from `from_s` to now, buffered or applied.
+fn app_cpu_total(s: &SledStorage, from_s: i64) -> i64 {
+    s.inner
+        .select_merge(&T, &query("app.cpu", from_s - 10, now_s()), now_s())
+        .unwrap()
+        .tree
+        .total()
 }
 
 #[test]
 fn a_write_buffer_near_its_bound_is_applied_between_flushes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = SledConfig::new(dir.path());
-    cfg.write_buffer_bytes = 64 * 1024;
-    let s = SledStorage::open(&cfg).unwrap();
+    let (_dir, cfg, s) = with_write_buffer(64 * 1024);
     let t0 = now_s() - 86_400;
     let write = |i: i64| {
         s.write_blocking(
@@ -988,12 +993,7 @@ fn a_write_buffer_near_its_bound_is_applied_between_flushes() {
     drop(st);
     assert!(!s.inner.chunks.is_empty(), "applied to sled");
     // Every profile counts once, applied or still buffered.
-    let total = s
-        .inner
-        .select_merge(&T, &query("app.cpu", t0 - 10, now_s()), now_s())
-        .unwrap()
-        .tree;
-    assert_eq!(total.total(), 300);
+    assert_eq!(app_cpu_total(&s, t0), 300);
 }
 
 #[test]
