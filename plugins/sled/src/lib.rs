@@ -1097,11 +1097,14 @@ impl Inner {
             .name("kiln-sled-apply".into())
             .spawn(move || loop {
                 // A failure is kept in `apply_failure`, and the next write or flush reports it.
-                let _ = inner.apply();
+                let applied = inner.apply();
                 BACKGROUND_APPLIES.fetch_add(1, Ordering::Relaxed);
                 inner.applying_in_background.store(false, Ordering::Release);
                 // A write that filled the buffer again while this apply ran found it running.
-                if !inner.nearly_full(&inner.state.lock())
+                // After a failure every apply fails at once and leaves the buffer as it is:
+                // going round again would spin.
+                if applied.is_err()
+                    || !inner.nearly_full(&inner.state.lock())
                     || inner.applying_in_background.swap(true, Ordering::AcqRel)
                 {
                     break;

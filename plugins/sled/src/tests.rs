@@ -1023,6 +1023,26 @@ fn a_failed_apply_fails_later_writes_and_flushes_until_reopened() {
     assert!(later.contains(&failed), "{later} / {failed}");
     let flush = s.flush_blocking().unwrap_err().to_string();
     assert!(flush.contains("restart the daemon"), "{flush}");
+    // A buffer left near its bound (by a write that was under way when the apply failed)
+    // starts one background apply, which fails and stops rather than going round again.
+    s.inner.state.lock().buffer_bytes = s.inner.write_buffer_limit;
+    s.inner.apply_soon();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.inner.applying_in_background.load(Ordering::Acquire) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply thread never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(
+            !s.inner.applying_in_background.load(Ordering::Acquire),
+            "the apply thread went round again"
+        );
+    }
+    s.inner.state.lock().buffer_bytes = 0;
 }
 
 fn two_levels(dir: &std::path::Path) -> SledStorage {
