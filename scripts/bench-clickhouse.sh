@@ -209,7 +209,10 @@ vary=--vary-values
 tail -n 2 "$work/day.out"
 bytes=$(merged_bytes bench_day)
 profiles=$(sql "SELECT sum(profiles) FROM bench_day.all_buckets WHERE level = 0")
-echo "per profiled core per day: $bytes bytes on disk ($profiles profiles)"
+echo "per profiled core per day: $bytes bytes on disk ($profiles profiles); the largest columns:"
+sql "SELECT table, name, data_compressed_bytes AS packed, data_uncompressed_bytes AS raw \
+     FROM system.columns WHERE database = 'bench_day' ORDER BY packed DESC LIMIT 6 \
+     FORMAT PrettyCompactNoEscapes"
 
 echo "== sled (the embedded default), the same load into one daemon"
 sled_port=$(free_port)

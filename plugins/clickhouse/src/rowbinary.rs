@@ -121,6 +121,11 @@ impl<'a> RowReader<'a> {
         })
     }
 
+    #[cfg(test)]
+    pub fn u8(&mut self) -> Result<u8, ClickHouseError> {
+        Ok(self.take(1)?[0])
+    }
+
     pub fn u32(&mut self) -> Result<u32, ClickHouseError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),

@@ -234,12 +234,18 @@ impl Buffer {
     /// `fine`.
     pub fn encode(self) -> [RowWriter; TABLES.len()] {
         let (mut buckets, mut fine) = (RowWriter::default(), RowWriter::default());
-        let (mut ids, mut values) = (Vec::new(), Vec::new());
+        let (mut pairs, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for ((svc, series, level, bucket), row) in self.buckets {
             let (t, s) = &self.services[svc as usize];
+            // In stack order: a series' rows follow each other on disk, and the stacks of one
+            // bucket are mostly those of the one before, so sorted the arrays repeat runs the
+            // part's compression finds (in hash-map order they would not).
+            pairs.clear();
+            pairs.extend(row.stacks);
+            pairs.sort_unstable_by_key(|&(stack, _)| stack);
             ids.clear();
             values.clear();
-            for (stack, v) in row.stacks {
+            for &(stack, v) in &pairs {
                 ids.push(stack);
                 values.push(v);
             }
@@ -257,5 +263,54 @@ impl Buffer {
                 .end_row();
         }
         [self.frames, self.stacks, self.series, buckets, fine]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_plugin_api::{Frame, Labels, ProfileMeta, ProfileType, Sample};
+
+    use super::*;
+    use crate::rowbinary::RowReader;
+
+    #[test]
+    fn a_finest_row_lists_its_stacks_in_order() {
+        let n = 200;
+        let profile = Profile {
+            labels: Labels::from_pairs([("service_name", "svc")]),
+            profile_type: ProfileType::well_known("cpu").unwrap(),
+            start_ns: 1_700_000_000 * NS,
+            end_ns: 1_700_000_010 * NS,
+            frames: (0..n).map(|i| Frame::named(format!("f{i}"))).collect(),
+            samples: (0..n)
+                .map(|i| Sample {
+                    stack: vec![i],
+                    value: 1 + i as i64,
+                })
+                .collect(),
+            meta: ProfileMeta::default(),
+        };
+        let mut buffer = Buffer::default();
+        let levels = [(10, 86_400), (1_000, 86_400)];
+        let known = &mut Known::new(Duration::from_secs(60));
+        buffer.add(known, &levels, &Tenant::default(), &[profile]);
+        let [.., fine] = buffer.encode();
+        assert_eq!(fine.rows, 1);
+        let mut r = RowReader::new(&fine.bytes);
+        assert_eq!(
+            (r.string().unwrap(), r.string().unwrap()),
+            ("anonymous".into(), "svc".into())
+        );
+        let (_series, level, _bucket) = (r.u64().unwrap(), r.u8().unwrap(), r.i64().unwrap());
+        assert_eq!(level, 0);
+        let (profiles, total) = (r.u64().unwrap(), r.i64().unwrap());
+        let (ids, values) = (r.array_u64().unwrap(), r.array_i64().unwrap());
+        assert!(r.at_end());
+        assert_eq!((profiles, total), (1, (1..=n as i64).sum()));
+        assert_eq!(ids.len(), n as usize);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "stacks in hash order");
+        let mut sorted_values = values.clone();
+        sorted_values.sort_unstable();
+        assert_eq!(sorted_values, (1..=n as i64).collect::<Vec<_>>());
     }
 }
