@@ -18,18 +18,22 @@
 # LEVELS (a TOML array for `storage.levels`; default unset, the three levels), e.g. the five
 # levels ten times apart to compare:
 #   LEVELS='[{resolution="10s",retention="3d"},{resolution="100s",retention="14d"},…]'
+# KILN_BIN_DIR: binaries built elsewhere (kiln, kiln-loadgen) instead of building them.
 # Figures come from release binaries; a quick check that the script works, on the debug ones:
 #   PROFILE=debug SECONDS_TO_RUN=2 SERIES=4 scripts/bench-clickhouse.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-release}
 target=${CARGO_TARGET_DIR:-target}
-if [ "$profile" = release ]; then
+if [ -n "${KILN_BIN_DIR:-}" ]; then
+  bin=$KILN_BIN_DIR
+elif [ "$profile" = release ]; then
   cargo build --release -p kiln -p kiln-loadgen
+  bin="$target/$profile"
 else
   cargo build -p kiln -p kiln-loadgen
+  bin="$target/$profile"
 fi
-bin="$target/$profile"
 secs=${SECONDS_TO_RUN:-15}
 series=${SERIES:-200}
 conc=${CONCURRENCY:-4}

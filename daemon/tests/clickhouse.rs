@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::conformance::{answers, ingest_fixture, recent_base};
-use common::{agent, enc, Daemon};
+use common::{agent, enc, testdata, Daemon};
 use kiln_storage_clickhouse::test_server::TestServer;
 
 /// A daemon on `server`'s database `database`, data (its write-ahead log) under `dir`.
@@ -76,6 +76,78 @@ fn two_daemons_on_one_database_answer_like_sled() {
     );
     let (s, l) = (sled.get_json(&long), b.get_json(&long));
     assert_eq!(s["flamebearer"], l["flamebearer"]);
+}
+
+/// A Go CPU pprof holds its samples twice, as counts and as CPU time (the counts times the
+/// sampling period). On ClickHouse the CPU time's finest rows stand for the counts' rows; every
+/// answer for either type, finest or coarse, is sled's, also after a push sent twice as a
+/// retrying client would.
+#[test]
+fn a_go_cpu_pprofs_two_types_answer_like_sled() {
+    let server = TestServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let sled = Daemon::start(&tmp.path().join("sled"), &[]);
+    let ch = daemon_on(&server, "pairs", &tmp.path().join("ch"));
+    let body = std::fs::read(testdata("go-cpu.pb.gz")).unwrap();
+    let base = recent_base();
+    let push = |d: &Daemon, from: i64| {
+        let (status, text) = d.ingest(
+            &format!("name=goapp&format=pprof&from={from}&until={}", from + 10),
+            "application/octet-stream",
+            &body,
+        );
+        assert_eq!(status, 200, "{text}");
+    };
+    let standing = || {
+        server.sql(
+            "SELECT count(), sum(length(stacksMap.stack)) FROM pairs.fine WHERE sibling != 0 \
+             FORMAT TSV",
+        )
+    };
+    for d in [&sled, &ch] {
+        push(d, base);
+    }
+    // The same push again once the first is in ClickHouse (another insert, so rows of two
+    // inserts in one bucket), and one of the next bucket.
+    eventually("the first push in ClickHouse", || {
+        standing().trim() == "1\t0"
+    });
+    for d in [&sled, &ch] {
+        push(d, base);
+        push(d, base + 10);
+    }
+    let renders = |d: &Daemon| -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for ty in ["samples:count", "cpu:nanoseconds"] {
+            let query = format!("process_cpu:{ty}:cpu:nanoseconds{{service_name=\"goapp\"}}");
+            // The two 10 s buckets alone (the finest rows), an hour around them, 30 days.
+            for (from, until) in [
+                (base, base + 20),
+                (base - 1800, base + 1800),
+                (base - 30 * 86_400, base + 1000),
+            ] {
+                let r = d.get_json(&format!(
+                    "/render?query={}&from={from}&until={until}",
+                    enc(&query)
+                ));
+                out.push(r["flamebearer"].clone());
+                out.push(r["timeline"].clone());
+            }
+        }
+        out
+    };
+    let expected = renders(&sled);
+    assert_eq!(expected[0]["numTicks"], 3 * 1017, "the counts reached sled");
+    assert_eq!(
+        expected[6]["numTicks"],
+        3 * 10_170_000_000_i64,
+        "and the CPU time"
+    );
+    eventually(
+        "a row of each insert and bucket stands for its sibling's",
+        || standing().trim() == "3\t0",
+    );
+    assert_eq!(renders(&ch), expected);
 }
 
 fn total_ticks(d: &Daemon, base: i64) -> i64 {

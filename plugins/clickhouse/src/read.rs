@@ -86,19 +86,58 @@ impl Inner {
 
     /// `tenant = … AND service IN (…) AND series IN (…)`.
     fn series_filter(&self, tenant: &Tenant, series: &[MatchedSeries]) -> String {
+        format!(
+            "{} AND series IN ({})",
+            self.services_filter(tenant, series),
+            list(series.iter().map(|s| s.id))
+        )
+    }
+
+    /// The tenant and services of `series`, as SQL.
+    fn services_filter(&self, tenant: &Tenant, series: &[MatchedSeries]) -> String {
         let mut services: Vec<&str> = series.iter().map(|s| s.service.as_str()).collect();
         services.sort_unstable();
         services.dedup();
         format!(
-            "tenant = {} AND service IN ({}) AND series IN ({})",
+            "tenant = {} AND service IN ({})",
             quote(tenant.as_str()),
             services
                 .iter()
                 .map(|s| quote(s))
                 .collect::<Vec<_>>()
-                .join(","),
-            list(series.iter().map(|s| s.id))
+                .join(",")
         )
+    }
+
+    /// The values of finest rows in `plan` that stand for a sibling's row (`schema`'s
+    /// `SIBLING`): the sibling's arrays of the same insert and bucket, times the ratio, as a
+    /// query of `(stack, value)` to add to the merge's. `None` when the plan reads no finest rows.
+    fn sibling_values(
+        &self,
+        tenant: &Tenant,
+        series: &[MatchedSeries],
+        plan: &[(usize, i64, i64)],
+    ) -> Option<String> {
+        let finest: Vec<_> = plan.iter().copied().filter(|p| p.0 == 0).collect();
+        if finest.is_empty() {
+            return None;
+        }
+        let fine = self.table("fine");
+        let in_range = condition(&finest);
+        let standing_for = format!(
+            "FROM {fine} WHERE {} AND {in_range} AND sibling != 0",
+            self.series_filter(tenant, series)
+        );
+        // The inner select keeps `series` out of the outer one's aliases, which its filter
+        // would otherwise read.
+        Some(format!(
+            "SELECT stacksMap.stack AS stack, stacksMap.value * scale AS value FROM {fine} \
+             ARRAY JOIN stacksMap ANY INNER JOIN (SELECT sibling AS series, bucket, batch, scale \
+             FROM (SELECT sibling, bucket, batch, ratio AS scale {standing_for})) \
+             USING (series, bucket, batch) WHERE {} AND {in_range} AND series IN \
+             (SELECT sibling {standing_for})",
+            self.services_filter(tenant, series)
+        ))
     }
 
     pub(crate) fn select_merge(
@@ -131,10 +170,18 @@ impl Inner {
                     self.table("all_buckets")
                 ))
             });
-            let merged = self.client.query(&format!(
-                "SELECT stacksMap.stack AS stack, sum(stacksMap.value) AS v FROM {} \
-                 ARRAY JOIN stacksMap WHERE {filter} GROUP BY stack HAVING v != 0 FORMAT RowBinary",
+            let own = format!(
+                "SELECT stacksMap.stack AS stack, stacksMap.value AS value FROM {} \
+                 ARRAY JOIN stacksMap WHERE {filter}",
                 self.table("all_buckets")
+            );
+            let values = match self.sibling_values(tenant, &series, &plan) {
+                Some(siblings) => format!("{own} UNION ALL {siblings}"),
+                None => own,
+            };
+            let merged = self.client.query(&format!(
+                "SELECT stack, sum(value) AS v FROM ({values}) GROUP BY stack HAVING v != 0 \
+                 FORMAT RowBinary"
             ));
             (merged, join(profiles))
         });

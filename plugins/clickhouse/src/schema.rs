@@ -7,7 +7,7 @@
 //! it. One at version 1 is upgraded in place by the one daemon that claims the upgrade (see
 //! [`upgrade_from_1`]); the others wait for it. Version 3 added when each frame and stack row
 //! was inserted ([`upgrade_from_2`]); version 4 the finest level's own table
-//! ([`upgrade_from_3`]).
+//! ([`upgrade_from_3`]); version 5 the finest rows that refer to a sibling's ([`SIBLING`]).
 //!
 //! The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: no
 //! TTL, no LowCardinality, no `mutations_sync`.
@@ -19,7 +19,7 @@ use crate::error::ClickHouseError;
 use crate::rowbinary::RowReader;
 
 /// The newest schema this Kiln knows.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Code of "column already exists": two daemons upgrading at once both add it.
 const COLUMN_EXISTS: u32 = 44;
@@ -90,6 +90,19 @@ const FINE: &str = "CREATE TABLE IF NOT EXISTS {db}.fine AS {db}.buckets \
      ENGINE = MergeTree() PARTITION BY (level, intDiv(bucket, 86400)) \
      ORDER BY (tenant, service, level, series, bucket) SETTINGS index_granularity = 256";
 
+/// Version 5: a finest row may stand for another series' row of the same insert (`batch`) and
+/// bucket times `ratio`, with empty arrays of its own: the two sample types of a Go CPU pprof
+/// (`samples` and `cpu`, the second the first times the sampling period) carry the same stacks
+/// and proportional values, and the second costs ClickHouse nothing but its counts. `sibling`
+/// is that series (0: the row holds its own arrays). Merges add the sibling's arrays times
+/// `ratio` (see `read`); counts and totals stay on the row. Columns added to `fine` only (at its
+/// end: an insert names them), so `all_buckets` reads as before.
+const SIBLING: [&str; 3] = [
+    "sibling UInt64 DEFAULT 0",
+    "ratio Int64 DEFAULT 0",
+    "batch UInt64 DEFAULT 0",
+];
+
 /// What reads see: `buckets` and `fine` as one table (each read through its own index).
 const ALL_BUCKETS: &str = "CREATE TABLE IF NOT EXISTS {db}.all_buckets AS {db}.buckets \
      ENGINE = Merge({db}, '^(buckets|fine)$')";
@@ -140,13 +153,30 @@ pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32
     }
     if (1..=3).contains(&found) {
         upgrade_from_3(client, database)?;
+    }
+    if (1..=4).contains(&found) {
+        add_sibling_columns(client, database)?;
+        record(client, database, 5)?;
         return Ok(found);
     }
     for s in TABLES {
         tolerate_existing(client.execute(&s.replace("{db}", database)))?;
     }
+    add_sibling_columns(client, database)?;
     record(client, database, SCHEMA_VERSION)?;
     Ok(0)
+}
+
+/// The columns of [`SIBLING`] on `fine`. Idempotent: a daemon upgrading at the same moment, or
+/// creating the same new database, finds them there.
+fn add_sibling_columns(client: &Client, db: &str) -> Result<(), ClickHouseError> {
+    for column in SIBLING {
+        match client.execute(&format!("ALTER TABLE {db}.fine ADD COLUMN {column}")) {
+            Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 fn record(client: &Client, database: &str, v: u32) -> Result<(), ClickHouseError> {

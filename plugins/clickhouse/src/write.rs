@@ -9,7 +9,8 @@
 //! finest), so a value never lands before the stack it refers to, and a table already sent is
 //! not sent twice.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use kiln_plugin_api::{Profile, Tenant};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -30,8 +31,13 @@ pub const TABLES: [(&str, &str); 5] = [
     ("stacks", "(tenant, service, stack, frames)"),
     ("series", ""),
     ("buckets", ""),
-    // The finest level's rows, in a table that does not sum them (see `schema`).
-    ("fine", ""),
+    // The finest level's rows, in a table that does not sum them (see `schema`), with the
+    // columns of a row that stands for a sibling's.
+    (
+        "fine",
+        "(tenant, service, series, level, bucket, profiles, total, `stacksMap.stack`, \
+         `stacksMap.value`, sibling, ratio, batch)",
+    ),
 ];
 
 /// Frame and stack ids already written per service: skipped on later writes. Bounded: past
@@ -91,6 +97,9 @@ pub struct Buffer {
     series_seen: FxHashSet<(u64, u64, i64)>,
     /// Rows of `buckets` by (service, series, level, bucket).
     buckets: FxHashMap<(u32, u64, u8, i64), Bucket>,
+    /// (service, series) → a series whose profiles had the same stacks in a push: the row it may
+    /// stand for at the finest level ([`Buffer::sibling_rows`]).
+    siblings: FxHashMap<(u32, u64), u64>,
     /// Stack values in `buckets`: what a row costs ClickHouse, so what batch sizes count.
     values: usize,
     pub since: Option<Instant>,
@@ -131,13 +140,18 @@ impl Buffer {
         // Stack id of each sample of the previous profile: a pprof with several sample types
         // arrives as consecutive profiles with the same frames and stacks, hashed once.
         let mut sample_ids: Vec<u64> = Vec::new();
-        let mut previous: Option<&Profile> = None;
+        let mut previous: Option<(&Profile, u64)> = None;
         for p in profiles {
             let service = p.labels.service_name().expect("validated");
             let svc_key = ids::service(tenant, service);
             let svc = self.service(tenant, service, svc_key);
-            let same_stacks = previous.is_some_and(|q| q.shares_stacks_with(p));
-            previous = Some(p);
+            let series = ids::series(&p.labels, &p.profile_type);
+            let same_stacks = previous.is_some_and(|(q, _)| q.shares_stacks_with(p));
+            if let (true, Some((_, other))) = (same_stacks, previous) {
+                self.siblings.insert((svc, series), other);
+                self.siblings.insert((svc, other), series);
+            }
+            previous = Some((p, series));
             if !same_stacks {
                 let service = (tenant, service, svc_key);
                 self.add_stacks(known, service, p, &mut frame_ids, &mut sample_ids);
@@ -146,7 +160,6 @@ impl Buffer {
             for (s, &id) in p.samples.iter().zip(&sample_ids) {
                 *stacks.entry(id).or_default() += s.value;
             }
-            let series = ids::series(&p.labels, &p.profile_type);
             let t = p.start_ns.max(0) / NS;
             let hour = t / 3600 * 3600;
             if self.series_seen.insert((svc_key, series, hour)) {
@@ -233,6 +246,8 @@ impl Buffer {
     /// The rows of each table of [`TABLES`], encoded; the finest level's bucket rows go to
     /// `fine`.
     pub fn encode(self) -> [RowWriter; TABLES.len()] {
+        let sibling_rows = self.sibling_rows();
+        let batch = batch_id();
         let (mut buckets, mut fine) = (RowWriter::default(), RowWriter::default());
         let (mut pairs, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for ((svc, series, level, bucket), row) in self.buckets {
@@ -249,9 +264,29 @@ impl Buffer {
                 ids.push(stack);
                 values.push(v);
             }
-            let table = if level == 0 { &mut fine } else { &mut buckets };
-            table
-                .str(t)
+            if level > 0 {
+                buckets
+                    .str(t)
+                    .str(s)
+                    .u64(series)
+                    .u8(level)
+                    .i64(bucket)
+                    .u64(row.profiles)
+                    .i64(row.total)
+                    .array_u64(&ids)
+                    .array_i64(&values)
+                    .end_row();
+                continue;
+            }
+            let (sibling, ratio) = match sibling_rows.get(&(svc, series, bucket)) {
+                Some(&(sibling, ratio)) => {
+                    ids.clear();
+                    values.clear();
+                    (sibling, ratio)
+                }
+                None => (0, 0),
+            };
+            fine.str(t)
                 .str(s)
                 .u64(series)
                 .u8(level)
@@ -260,10 +295,74 @@ impl Buffer {
                 .i64(row.total)
                 .array_u64(&ids)
                 .array_i64(&values)
+                .u64(sibling)
+                .i64(ratio)
+                .u64(batch)
                 .end_row();
         }
         [self.frames, self.stacks, self.series, buckets, fine]
     }
+
+    /// The finest rows that are a sibling's row of this buffer times a whole ratio, by
+    /// (service, series, bucket): (sibling series, ratio). A row another one stands for keeps
+    /// its arrays, so a reader follows one step at most.
+    fn sibling_rows(&self) -> FxHashMap<(u32, u64, i64), (u64, i64)> {
+        let mut found = FxHashMap::default();
+        for (&(svc, series, level, bucket), row) in &self.buckets {
+            let Some(&other) = self.siblings.get(&(svc, series)) else {
+                continue;
+            };
+            let base = self.buckets.get(&(svc, other, 0, bucket));
+            if let Some(ratio) = base
+                .filter(|_| level == 0)
+                .and_then(|b| multiple_of(row, b))
+            {
+                found.insert((svc, series, bucket), (other, ratio));
+            }
+        }
+        let stands_for_another: FxHashSet<(u32, u64, i64)> = found.keys().copied().collect();
+        found.retain(|&(svc, _, bucket), &mut (other, _)| {
+            !stands_for_another.contains(&(svc, other, bucket))
+        });
+        found
+    }
+}
+
+/// `ratio` when `row` holds `base`'s profiles and stacks, each value `ratio` (2 or more) times
+/// `base`'s.
+fn multiple_of(row: &Bucket, base: &Bucket) -> Option<i64> {
+    if row.profiles != base.profiles
+        || row.stacks.len() != base.stacks.len()
+        || base.total == 0
+        || row.total % base.total != 0
+    {
+        return None;
+    }
+    let ratio = row.total / base.total;
+    let same = ratio >= 2
+        && row.stacks.iter().all(|(stack, &v)| {
+            base.stacks
+                .get(stack)
+                .and_then(|&b| b.checked_mul(ratio))
+                .is_some_and(|b| b == v)
+        });
+    same.then_some(ratio)
+}
+
+/// An id for one insert's finest rows, so that a row standing for a sibling's finds the one of
+/// its own insert: unique across daemons and their retries of other inserts.
+fn batch_id() -> u64 {
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&SENT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let bytes: [u8; 8] = h.finalize().as_bytes()[..8].try_into().expect("8 bytes");
+    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]
@@ -273,44 +372,123 @@ mod tests {
     use super::*;
     use crate::rowbinary::RowReader;
 
-    #[test]
-    fn a_finest_row_lists_its_stacks_in_order() {
-        let n = 200;
-        let profile = Profile {
+    /// A profile of `n` one-frame stacks of type `ty`, the i-th worth `value(i)`.
+    fn profile(ty: &str, n: u32, value: impl Fn(u32) -> i64) -> Profile {
+        Profile {
             labels: Labels::from_pairs([("service_name", "svc")]),
-            profile_type: ProfileType::well_known("cpu").unwrap(),
+            profile_type: ProfileType::well_known(ty).unwrap(),
             start_ns: 1_700_000_000 * NS,
             end_ns: 1_700_000_010 * NS,
             frames: (0..n).map(|i| Frame::named(format!("f{i}"))).collect(),
             samples: (0..n)
                 .map(|i| Sample {
                     stack: vec![i],
-                    value: 1 + i as i64,
+                    value: value(i),
                 })
                 .collect(),
             meta: ProfileMeta::default(),
-        };
+        }
+    }
+
+    /// A row of `fine` as encoded.
+    #[derive(Debug)]
+    struct FineRow {
+        series: u64,
+        profiles: u64,
+        total: i64,
+        ids: Vec<u64>,
+        values: Vec<i64>,
+        sibling: u64,
+        ratio: i64,
+        batch: u64,
+    }
+
+    /// The `fine` rows of `profiles` written in one buffer, by series.
+    fn fine_rows(profiles: &[Profile]) -> Vec<FineRow> {
         let mut buffer = Buffer::default();
         let levels = [(10, 86_400), (1_000, 86_400)];
         let known = &mut Known::new(Duration::from_secs(60));
-        buffer.add(known, &levels, &Tenant::default(), &[profile]);
+        buffer.add(known, &levels, &Tenant::default(), profiles);
         let [.., fine] = buffer.encode();
-        assert_eq!(fine.rows, 1);
         let mut r = RowReader::new(&fine.bytes);
-        assert_eq!(
-            (r.string().unwrap(), r.string().unwrap()),
-            ("anonymous".into(), "svc".into())
+        let mut rows = Vec::new();
+        while !r.at_end() {
+            let (tenant, service) = (r.string().unwrap(), r.string().unwrap());
+            assert_eq!((tenant.as_str(), service.as_str()), ("anonymous", "svc"));
+            let series = r.u64().unwrap();
+            assert_eq!(r.u8().unwrap(), 0, "the finest level");
+            r.i64().unwrap();
+            rows.push(FineRow {
+                series,
+                profiles: r.u64().unwrap(),
+                total: r.i64().unwrap(),
+                ids: r.array_u64().unwrap(),
+                values: r.array_i64().unwrap(),
+                sibling: r.u64().unwrap(),
+                ratio: r.i64().unwrap(),
+                batch: r.u64().unwrap(),
+            });
+        }
+        assert_eq!(rows.len(), fine.rows);
+        rows.sort_by_key(|row| row.series);
+        rows
+    }
+
+    fn series_of(p: &Profile) -> u64 {
+        ids::series(&p.labels, &p.profile_type)
+    }
+
+    #[test]
+    fn a_finest_row_lists_its_stacks_in_order() {
+        let n = 200;
+        let rows = fine_rows(&[profile("cpu", n, |i| 1 + i as i64)]);
+        let [row] = &rows[..] else { panic!("{rows:?}") };
+        assert_eq!((row.profiles, row.total), (1, (1..=n as i64).sum()));
+        assert_eq!(row.ids.len(), n as usize);
+        assert!(
+            row.ids.windows(2).all(|w| w[0] < w[1]),
+            "stacks in hash order"
         );
-        let (_series, level, _bucket) = (r.u64().unwrap(), r.u8().unwrap(), r.i64().unwrap());
-        assert_eq!(level, 0);
-        let (profiles, total) = (r.u64().unwrap(), r.i64().unwrap());
-        let (ids, values) = (r.array_u64().unwrap(), r.array_i64().unwrap());
-        assert!(r.at_end());
-        assert_eq!((profiles, total), (1, (1..=n as i64).sum()));
-        assert_eq!(ids.len(), n as usize);
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "stacks in hash order");
-        let mut sorted_values = values.clone();
-        sorted_values.sort_unstable();
-        assert_eq!(sorted_values, (1..=n as i64).collect::<Vec<_>>());
+        let mut values = row.values.clone();
+        values.sort_unstable();
+        assert_eq!(values, (1..=n as i64).collect::<Vec<_>>());
+        assert_eq!((row.sibling, row.ratio), (0, 0));
+    }
+
+    #[test]
+    fn a_finest_row_that_is_a_multiple_of_its_siblings_stands_for_it() {
+        // A Go CPU pprof: sample counts, and CPU time at 10 ms a sample.
+        let samples = profile("cpu", 50, |i| 1 + i as i64 % 7);
+        let cpu = profile("cpu_nanoseconds", 50, |i| (1 + i as i64 % 7) * 10_000_000);
+        let rows = fine_rows(&[samples.clone(), cpu.clone()]);
+        let by = |p: &Profile| rows.iter().find(|r| r.series == series_of(p)).unwrap();
+        let (own, standing) = (by(&samples), by(&cpu));
+        assert_eq!(own.ids.len(), 50);
+        assert_eq!((own.sibling, own.ratio), (0, 0));
+        assert!(standing.ids.is_empty() && standing.values.is_empty());
+        assert_eq!(
+            (standing.sibling, standing.ratio),
+            (series_of(&samples), 10_000_000)
+        );
+        // Its counts stay its own; the two rows share one insert's id.
+        assert_eq!((standing.profiles, standing.total), (1, cpu.total()));
+        assert_eq!(standing.batch, own.batch);
+        assert_ne!(own.batch, 0);
+        // In the other order, the same row stands for the same one.
+        let rows = fine_rows(&[cpu.clone(), samples.clone()]);
+        let standing = rows.iter().find(|r| r.series == series_of(&cpu)).unwrap();
+        assert_eq!(standing.sibling, series_of(&samples));
+        // One value off: both rows hold their arrays.
+        let mut off = cpu.clone();
+        off.samples[3].value += 1;
+        let rows = fine_rows(&[samples.clone(), off]);
+        assert!(
+            rows.iter().all(|r| r.sibling == 0 && r.ids.len() == 50),
+            "{rows:?}"
+        );
+        // Different stacks (a profile of its own): no sibling.
+        let other = profile("cpu_nanoseconds", 40, |i| (1 + i as i64 % 7) * 10_000_000);
+        let rows = fine_rows(&[samples, other]);
+        assert!(rows.iter().all(|r| r.sibling == 0), "{rows:?}");
     }
 }

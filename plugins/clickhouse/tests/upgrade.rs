@@ -76,7 +76,17 @@ fn without_inserted_times(server: &TestServer, db: &str, version: u32) {
 /// Moves the finest level's rows of `db` back into `buckets`, where versions before 4 kept
 /// them, and drops the tables version 4 added.
 fn to_version_3_layout(server: &TestServer, db: &str) {
-    server.sql(&format!("INSERT INTO {db}.buckets SELECT * FROM {db}.fine"));
+    assert_eq!(
+        server
+            .sql(&format!("SELECT count() FROM {db}.fine WHERE sibling != 0"))
+            .trim(),
+        "0",
+        "rows that stand for a sibling's have no place in version 3"
+    );
+    server.sql(&format!(
+        "INSERT INTO {db}.buckets SELECT tenant, service, series, level, bucket, profiles, total, \
+         stacksMap.stack, stacksMap.value FROM {db}.fine"
+    ));
     server.sql(&format!("DROP TABLE {db}.all_buckets"));
     server.sql(&format!("DROP TABLE {db}.fine"));
 }
@@ -145,7 +155,7 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
         server
             .sql("SELECT max(version) FROM kiln_up.schema_version")
             .trim(),
-        "4"
+        "5"
     );
     assert_eq!(
         tables(&server, "kiln_up"),
@@ -221,7 +231,7 @@ async fn version_2_database_gets_insert_times_once() {
         server
             .sql("SELECT max(version) FROM kiln_v2.schema_version")
             .trim(),
-        "4"
+        "5"
     );
     assert_eq!(
         server
@@ -267,6 +277,82 @@ async fn version_2_database_gets_insert_times_once() {
             "{table}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_4_database_gets_the_sibling_columns_once() {
+    let server = TestServer::start();
+    let t = Tenant::default();
+    let now = now_s();
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v4"), levels(), None).unwrap();
+    s.write(
+        &t,
+        vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let before = answers(&s, now).await;
+    drop(s);
+    for column in ["sibling", "ratio", "batch"] {
+        server.sql(&format!("ALTER TABLE kiln_v4.fine DROP COLUMN {column}"));
+    }
+    server.sql("INSERT INTO kiln_v4.schema_version VALUES (4, 'old', now())");
+    server.sql("ALTER TABLE kiln_v4.schema_version DELETE WHERE version = 5");
+    wait_until_no_mutation(&server, "kiln_v4");
+    assert_eq!(
+        server
+            .sql("SELECT max(version) FROM kiln_v4.schema_version")
+            .trim(),
+        "4"
+    );
+    // Two daemons upgrade at once: one adds each column, the other finds it there.
+    open_at_once(&server, "kiln_v4", 2, levels().into());
+    assert_eq!(
+        server
+            .sql("SELECT max(version) FROM kiln_v4.schema_version")
+            .trim(),
+        "5"
+    );
+    assert_eq!(
+        server
+            .sql(
+                "SELECT count() FROM system.columns WHERE database = 'kiln_v4' AND table = 'fine' \
+                  AND name IN ('sibling', 'ratio', 'batch')"
+            )
+            .trim(),
+        "3"
+    );
+    let s = ClickHouseStorage::open(&config(&server, "kiln_v4"), levels(), None).unwrap();
+    assert_eq!(answers(&s, now).await, before, "the same answers");
+    s.write(
+        &t,
+        vec![profile("shop", now - 20, &[(&["main", "hash"], 1)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    let shop = Query {
+        selector: Selector::parse("shop.cpu").unwrap(),
+        start_ns: (now - 3600) * NS,
+        end_ns: now * NS,
+    };
+    let merged = s.select_merge(&t, &shop).await.unwrap();
+    assert_eq!(merged.tree.to_folded(), "main;hash 5\n");
+}
+
+/// Waits until `db` has no mutation left to apply.
+fn wait_until_no_mutation(server: &TestServer, db: &str) {
+    for _ in 0..200 {
+        let pending = server.sql(&format!(
+            "SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0"
+        ));
+        if pending.trim() == "0" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mutations of {db} still pending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
