@@ -264,29 +264,18 @@ impl Buffer {
                 ids.push(stack);
                 values.push(v);
             }
-            if level > 0 {
-                buckets
-                    .str(t)
-                    .str(s)
-                    .u64(series)
-                    .u8(level)
-                    .i64(bucket)
-                    .u64(row.profiles)
-                    .i64(row.total)
-                    .array_u64(&ids)
-                    .array_i64(&values)
-                    .end_row();
-                continue;
-            }
-            let (sibling, ratio) = match sibling_rows.get(&(svc, series, bucket)) {
-                Some(&(sibling, ratio)) => {
+            // A finest row says which sibling's row it stands for, if any (its arrays empty).
+            let sibling = (level == 0).then(|| {
+                let found = sibling_rows.get(&(svc, series, bucket)).copied();
+                if found.is_some() {
                     ids.clear();
                     values.clear();
-                    (sibling, ratio)
                 }
-                None => (0, 0),
-            };
-            fine.str(t)
+                found.unwrap_or((0, 0))
+            });
+            let table = if level == 0 { &mut fine } else { &mut buckets };
+            table
+                .str(t)
                 .str(s)
                 .u64(series)
                 .u8(level)
@@ -294,11 +283,11 @@ impl Buffer {
                 .u64(row.profiles)
                 .i64(row.total)
                 .array_u64(&ids)
-                .array_i64(&values)
-                .u64(sibling)
-                .i64(ratio)
-                .u64(batch)
-                .end_row();
+                .array_i64(&values);
+            if let Some((sibling, ratio)) = sibling {
+                table.u64(sibling).i64(ratio).u64(batch);
+            }
+            table.end_row();
         }
         [self.frames, self.stacks, self.series, buckets, fine]
     }

@@ -196,6 +196,24 @@ async fn version_1_database_is_upgraded_once_with_the_same_answers() {
     );
 }
 
+/// One profile of `shop` into a new database `db` written by this version; what it answers.
+async fn write_shop(
+    server: &TestServer,
+    db: &str,
+    levels: Vec<(u64, u64)>,
+    now: i64,
+) -> Vec<String> {
+    let s = ClickHouseStorage::open(&config(server, db), levels, None).unwrap();
+    s.write(
+        &Tenant::default(),
+        vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
+    )
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    answers(&s, now).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_2_database_gets_insert_times_once() {
     let server = TestServer::start();
@@ -210,16 +228,7 @@ async fn version_2_database_gets_insert_times_once() {
         (10_000, 30 * day),
         (100_000, 365 * day),
     ];
-    let s = ClickHouseStorage::open(&config(&server, "kiln_v2"), five, None).unwrap();
-    s.write(
-        &t,
-        vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
-    )
-    .await
-    .unwrap();
-    s.flush().await.unwrap();
-    let before = answers(&s, now).await;
-    drop(s);
+    let before = write_shop(&server, "kiln_v2", five, now).await;
     without_inserted_times(&server, "kiln_v2", 2);
     // Two daemons without `storage.levels` upgrade at once: both add the column, one finds it
     // there; both open, and take the database as written with the five levels.
@@ -284,16 +293,7 @@ async fn version_4_database_gets_the_sibling_columns_once() {
     let server = TestServer::start();
     let t = Tenant::default();
     let now = now_s();
-    let s = ClickHouseStorage::open(&config(&server, "kiln_v4"), levels(), None).unwrap();
-    s.write(
-        &t,
-        vec![profile("shop", now - 30, &[(&["main", "hash"], 4)])],
-    )
-    .await
-    .unwrap();
-    s.flush().await.unwrap();
-    let before = answers(&s, now).await;
-    drop(s);
+    let before = write_shop(&server, "kiln_v4", levels(), now).await;
     for column in ["sibling", "ratio", "batch"] {
         server.sql(&format!("ALTER TABLE kiln_v4.fine DROP COLUMN {column}"));
     }
