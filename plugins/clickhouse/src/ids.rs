@@ -3,6 +3,9 @@
 
 use kiln_plugin_api::{Frame, Labels, ProfileType};
 
+use rustc_hash::FxHashMap;
+use xxhash_rust::xxh3::Xxh3;
+
 fn hash64(parts: &[&[u8]]) -> u64 {
     let mut h = blake3::Hasher::new();
     for p in parts {
@@ -13,19 +16,79 @@ fn hash64(parts: &[&[u8]]) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// What a frame's id hashes.
+fn frame_parts<'a>(f: &'a Frame, line: &'a [u8; 4], start_line: &'a [u8; 4]) -> [&'a [u8]; 4] {
+    [f.function.as_bytes(), f.file.as_bytes(), line, start_line]
+}
+
 pub fn frame(f: &Frame) -> u64 {
-    hash64(&[
-        f.function.as_bytes(),
-        f.file.as_bytes(),
-        &f.line.to_le_bytes(),
-        &f.start_line.to_le_bytes(),
-    ])
+    let (line, start_line) = (f.line.to_le_bytes(), f.start_line.to_le_bytes());
+    hash64(&frame_parts(f, &line, &start_line))
+}
+
+/// `frames`' ids as the bytes a stack's id hashes, into `out`.
+fn stack_bytes(frames: &[u64], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(frames.iter().flat_map(|f| f.to_le_bytes()));
 }
 
 /// A stack: its frames' ids, root first.
 pub fn stack(frames: &[u64]) -> u64 {
-    let bytes: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let mut bytes = Vec::new();
+    stack_bytes(frames, &mut bytes);
     hash64(&[b"stack", &bytes])
+}
+
+/// Frame and stack ids already computed, by a 128-bit xxh3 of what [`frame`] and [`stack`]
+/// hash: a lookup costs a fraction of a blake3 hash, and a push mostly holds frames and stacks
+/// seen before. Two contents with one key would take a 128-bit collision. At most
+/// [`IdCache::MAX`] entries (~30 MB); past it, it starts over.
+#[derive(Default)]
+pub struct IdCache {
+    ids: FxHashMap<u128, u64>,
+    scratch: Vec<u8>,
+}
+
+impl IdCache {
+    pub const MAX: usize = 1 << 20;
+
+    fn key(kind: &[u8], parts: &[&[u8]]) -> u128 {
+        let mut h = Xxh3::new();
+        h.update(kind);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.digest128()
+    }
+
+    fn get_or(&mut self, key: u128, id: impl FnOnce() -> u64) -> u64 {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        if self.ids.len() >= Self::MAX {
+            self.ids.clear();
+        }
+        *self.ids.entry(key).or_insert_with(id)
+    }
+
+    /// [`frame`], from the cache when there.
+    pub fn frame(&mut self, f: &Frame) -> u64 {
+        let (line, start_line) = (f.line.to_le_bytes(), f.start_line.to_le_bytes());
+        let parts = frame_parts(f, &line, &start_line);
+        let key = Self::key(b"frame", &parts);
+        self.get_or(key, || frame(f))
+    }
+
+    /// [`stack`], from the cache when there.
+    pub fn stack(&mut self, frames: &[u64]) -> u64 {
+        let mut bytes = std::mem::take(&mut self.scratch);
+        stack_bytes(frames, &mut bytes);
+        let key = Self::key(b"stack", &[&bytes]);
+        let id = self.get_or(key, || stack(frames));
+        self.scratch = bytes;
+        id
+    }
 }
 
 pub fn series(labels: &Labels, profile_type: &ProfileType) -> u64 {
@@ -53,5 +116,28 @@ mod tests {
         assert_ne!(main, frame(&Frame::named("main2")));
         assert_ne!(stack(&[main]), stack(&[main, main]));
         assert_ne!(service("ab", "c"), service("a", "bc"));
+    }
+
+    #[test]
+    fn the_cache_gives_the_ids_it_caches() {
+        let mut cache = IdCache::default();
+        let frames: Vec<Frame> = ["main", "run", "main"]
+            .iter()
+            .map(|f| Frame::named(*f))
+            .collect();
+        for _ in 0..2 {
+            let ids: Vec<u64> = frames.iter().map(|f| cache.frame(f)).collect();
+            assert_eq!(ids, frames.iter().map(frame).collect::<Vec<_>>());
+            for n in 1..=ids.len() {
+                assert_eq!(cache.stack(&ids[..n]), stack(&ids[..n]));
+            }
+        }
+        // Two frames and three stacks, each once.
+        assert_eq!(cache.ids.len(), 5);
+        // A frame with the same function elsewhere is another frame.
+        let mut elsewhere = Frame::named("main");
+        elsewhere.line = 7;
+        assert_eq!(cache.frame(&elsewhere), frame(&elsewhere));
+        assert_ne!(cache.frame(&elsewhere), frame(&frames[0]));
     }
 }

@@ -48,6 +48,8 @@ pub const TABLES: [(&str, &str); 5] = [
 pub struct Known {
     frames: FxHashSet<(u64, u64)>,
     stacks: FxHashSet<(u64, u64)>,
+    /// Ids by content: kept across starts-over, since an id never changes.
+    ids: ids::IdCache,
     started: Instant,
     max_age: Duration,
 }
@@ -59,6 +61,7 @@ impl Known {
         Self {
             frames: FxHashSet::default(),
             stacks: FxHashSet::default(),
+            ids: ids::IdCache::default(),
             started: Instant::now(),
             max_age,
         }
@@ -211,7 +214,7 @@ impl Buffer {
     ) {
         frame_ids.clear();
         for f in &p.frames {
-            let id = ids::frame(f);
+            let id = known.ids.frame(f);
             frame_ids.push(id);
             if known.frames.insert((svc_key, id)) {
                 self.frames
@@ -230,7 +233,7 @@ impl Buffer {
         for s in &p.samples {
             stack_frames.clear();
             stack_frames.extend(s.stack.iter().map(|&i| frame_ids[i as usize]));
-            let id = ids::stack(&stack_frames);
+            let id = known.ids.stack(&stack_frames);
             if known.stacks.insert((svc_key, id)) {
                 self.stacks
                     .str(tenant)
