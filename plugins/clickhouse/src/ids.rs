@@ -6,13 +6,19 @@ use kiln_plugin_api::{Frame, Labels, ProfileType};
 use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::Xxh3;
 
+/// Feeds `parts` to `update` length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+fn length_prefixed(parts: &[&[u8]], mut update: impl FnMut(&[u8])) {
+    for p in parts {
+        update(&(p.len() as u64).to_le_bytes());
+        update(p);
+    }
+}
+
 fn hash64(parts: &[&[u8]]) -> u64 {
     let mut h = blake3::Hasher::new();
-    for p in parts {
-        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
+    length_prefixed(parts, |b| {
+        h.update(b);
+    });
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
@@ -32,11 +38,17 @@ fn stack_bytes(frames: &[u64], out: &mut Vec<u8>) {
     out.extend(frames.iter().flat_map(|f| f.to_le_bytes()));
 }
 
-/// A stack: its frames' ids, root first.
+/// A stack's id from its [`stack_bytes`].
+fn stack_of_bytes(bytes: &[u8]) -> u64 {
+    hash64(&[b"stack", bytes])
+}
+
+/// A stack: its frames' ids, root first. The write path takes it from [`IdCache::stack`].
+#[cfg(test)]
 pub fn stack(frames: &[u64]) -> u64 {
     let mut bytes = Vec::new();
     stack_bytes(frames, &mut bytes);
-    hash64(&[b"stack", &bytes])
+    stack_of_bytes(&bytes)
 }
 
 /// Frame and stack ids already computed, by a 128-bit xxh3 of what [`frame`] and [`stack`]
@@ -55,10 +67,7 @@ impl IdCache {
     fn key(kind: &[u8], parts: &[&[u8]]) -> u128 {
         let mut h = Xxh3::new();
         h.update(kind);
-        for p in parts {
-            h.update(&(p.len() as u64).to_le_bytes());
-            h.update(p);
-        }
+        length_prefixed(parts, |b| h.update(b));
         h.digest128()
     }
 
@@ -85,7 +94,7 @@ impl IdCache {
         let mut bytes = std::mem::take(&mut self.scratch);
         stack_bytes(frames, &mut bytes);
         let key = Self::key(b"stack", &[&bytes]);
-        let id = self.get_or(key, || stack(frames));
+        let id = self.get_or(key, || stack_of_bytes(&bytes));
         self.scratch = bytes;
         id
     }

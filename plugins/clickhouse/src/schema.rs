@@ -167,16 +167,21 @@ pub fn migrate(client: &Client, database: &str, timeout: Duration) -> Result<u32
     Ok(0)
 }
 
-/// The columns of [`SIBLING`] on `fine`. Idempotent: a daemon upgrading at the same moment, or
-/// creating the same new database, finds them there.
+/// The columns of [`SIBLING`] on `fine`.
 fn add_sibling_columns(client: &Client, db: &str) -> Result<(), ClickHouseError> {
     for column in SIBLING {
-        match client.execute(&format!("ALTER TABLE {db}.fine ADD COLUMN {column}")) {
-            Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => {}
-            r => r?,
-        }
+        add_column(client, db, "fine", column)?;
     }
     Ok(())
+}
+
+/// Adds `column` (its definition) to `table`. Idempotent: a daemon upgrading at the same
+/// moment, or creating the same new database, finds it there.
+fn add_column(client: &Client, db: &str, table: &str, column: &str) -> Result<(), ClickHouseError> {
+    match client.execute(&format!("ALTER TABLE {db}.{table} ADD COLUMN {column}")) {
+        Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => Ok(()),
+        r => r,
+    }
 }
 
 fn record(client: &Client, database: &str, v: u32) -> Result<(), ClickHouseError> {
@@ -234,12 +239,7 @@ fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), Cl
 /// column there.
 fn upgrade_from_2(client: &Client, db: &str) -> Result<(), ClickHouseError> {
     for table in ["frames", "stacks"] {
-        match client.execute(&format!(
-            "ALTER TABLE {db}.{table} ADD COLUMN inserted DateTime DEFAULT now()"
-        )) {
-            Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => {}
-            r => r?,
-        }
+        add_column(client, db, table, "inserted DateTime DEFAULT now()")?;
     }
     tolerate_existing(client.execute(&SETTINGS.replace("{db}", db)))?;
     record(client, db, 3)

@@ -255,27 +255,24 @@ impl Buffer {
         let (mut pairs, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for ((svc, series, level, bucket), row) in self.buckets {
             let (t, s) = &self.services[svc as usize];
-            // In stack order: a series' rows follow each other on disk, and the stacks of one
-            // bucket are mostly those of the one before, so sorted the arrays repeat runs the
-            // part's compression finds (in hash-map order they would not).
-            pairs.clear();
-            pairs.extend(row.stacks);
-            pairs.sort_unstable_by_key(|&(stack, _)| stack);
+            // A finest row says which sibling's row it stands for, if any; its arrays are empty.
+            // (A coarse bucket can start where a finest one does: only finest rows look.)
+            let standing_for = sibling_rows
+                .get(&(svc, series, bucket))
+                .copied()
+                .filter(|_| level == 0);
             ids.clear();
             values.clear();
-            for &(stack, v) in &pairs {
-                ids.push(stack);
-                values.push(v);
+            if standing_for.is_none() {
+                // In stack order: a series' rows follow each other on disk, and the stacks of
+                // one bucket are mostly those of the one before, so sorted the arrays repeat
+                // runs the part's compression finds (in hash-map order they would not).
+                pairs.clear();
+                pairs.extend(row.stacks);
+                pairs.sort_unstable_by_key(|&(stack, _)| stack);
+                ids.extend(pairs.iter().map(|&(stack, _)| stack));
+                values.extend(pairs.iter().map(|&(_, v)| v));
             }
-            // A finest row says which sibling's row it stands for, if any (its arrays empty).
-            let sibling = (level == 0).then(|| {
-                let found = sibling_rows.get(&(svc, series, bucket)).copied();
-                if found.is_some() {
-                    ids.clear();
-                    values.clear();
-                }
-                found.unwrap_or((0, 0))
-            });
             let table = if level == 0 { &mut fine } else { &mut buckets };
             table
                 .str(t)
@@ -287,7 +284,8 @@ impl Buffer {
                 .i64(row.total)
                 .array_u64(&ids)
                 .array_i64(&values);
-            if let Some((sibling, ratio)) = sibling {
+            if level == 0 {
+                let (sibling, ratio) = standing_for.unwrap_or((0, 0));
                 table.u64(sibling).i64(ratio).u64(batch);
             }
             table.end_row();
@@ -301,14 +299,11 @@ impl Buffer {
     fn sibling_rows(&self) -> FxHashMap<(u32, u64, i64), (u64, i64)> {
         let mut found = FxHashMap::default();
         for (&(svc, series, level, bucket), row) in &self.buckets {
-            let Some(&other) = self.siblings.get(&(svc, series)) else {
+            let Some(&other) = self.siblings.get(&(svc, series)).filter(|_| level == 0) else {
                 continue;
             };
             let base = self.buckets.get(&(svc, other, 0, bucket));
-            if let Some(ratio) = base
-                .filter(|_| level == 0)
-                .and_then(|b| multiple_of(row, b))
-            {
+            if let Some(ratio) = base.and_then(|b| multiple_of(row, b)) {
                 found.insert((svc, series, bucket), (other, ratio));
             }
         }
@@ -395,13 +390,39 @@ mod tests {
         batch: u64,
     }
 
-    /// The `fine` rows of `profiles` written in one buffer, by series.
-    fn fine_rows(profiles: &[Profile]) -> Vec<FineRow> {
+    /// The tables' rows of `profiles` written in one buffer, at 10 s and 1,000 s: the test
+    /// profiles start where a bucket of each level does.
+    fn encoded(profiles: &[Profile]) -> [RowWriter; TABLES.len()] {
         let mut buffer = Buffer::default();
         let levels = [(10, 86_400), (1_000, 86_400)];
         let known = &mut Known::new(Duration::from_secs(60));
         buffer.add(known, &levels, &Tenant::default(), profiles);
-        let [.., fine] = buffer.encode();
+        buffer.encode()
+    }
+
+    /// How many stacks each coarse row of `profiles` lists.
+    fn coarse_row_stacks(profiles: &[Profile]) -> Vec<usize> {
+        let [_, _, _, buckets, _] = encoded(profiles);
+        let mut r = RowReader::new(&buckets.bytes);
+        let mut out = Vec::new();
+        while !r.at_end() {
+            let (tenant, service) = (r.string().unwrap(), r.string().unwrap());
+            assert_eq!((tenant.as_str(), service.as_str()), ("anonymous", "svc"));
+            let _series = r.u64().unwrap();
+            assert_eq!(r.u8().unwrap(), 1, "the coarse level");
+            let (_bucket, profiles, _total) =
+                (r.i64().unwrap(), r.u64().unwrap(), r.i64().unwrap());
+            assert_eq!(profiles, 1);
+            let (ids, values) = (r.array_u64().unwrap(), r.array_i64().unwrap());
+            assert_eq!(ids.len(), values.len());
+            out.push(ids.len());
+        }
+        out
+    }
+
+    /// The `fine` rows of `profiles` written in one buffer, by series.
+    fn fine_rows(profiles: &[Profile]) -> Vec<FineRow> {
+        let [.., fine] = encoded(profiles);
         let mut r = RowReader::new(&fine.bytes);
         let mut rows = Vec::new();
         while !r.at_end() {
@@ -466,6 +487,11 @@ mod tests {
         assert_eq!((standing.profiles, standing.total), (1, cpu.total()));
         assert_eq!(standing.batch, own.batch);
         assert_ne!(own.batch, 0);
+        // Coarse rows, in a bucket that starts at the same second, keep their arrays.
+        assert_eq!(
+            coarse_row_stacks(&[samples.clone(), cpu.clone()]),
+            vec![50, 50]
+        );
         // In the other order, the same row stands for the same one.
         let rows = fine_rows(&[cpu.clone(), samples.clone()]);
         let standing = rows.iter().find(|r| r.series == series_of(&cpu)).unwrap();
