@@ -247,16 +247,20 @@ def test_a_forked_child_and_an_exit_without_shutdown_keep_working(server):
     native_or_skip()
     from test_profiler import run_script
 
+    # Each process reports in one write(2) to the shared pipe: print() writes its parts one by
+    # one, and the two processes' parts interleaved on a loaded machine.
     body = """
     import json
+    def report(who):
+        os.write(1, f"{who} {json.dumps(kiln.stats())}\\n".encode())
     spin(0.5)
     pid = os.fork()
     if pid == 0:
         spin(0.5)
-        print("child", json.dumps(kiln.stats()), flush=True)
+        report("child")
         sys.exit(0)  # the interpreter's exit, with the timer and the handler in place
     spin(0.5)
-    print("parent", json.dumps(kiln.stats()), flush=True)
+    report("parent")
     _, status = os.waitpid(pid, 0)
     assert status == 0, status
     """
