@@ -270,6 +270,19 @@ impl Storage for ClickHouseStorage {
             .await
     }
 
+    /// On the daemon's applier thread: a write is mostly encoding rows into the buffer (it
+    /// waits for ClickHouse only when the buffer is full, which the async path would wait for
+    /// too). Handing each push to the blocking pool and back made the applier wait for a free
+    /// core twice per push, and on a busy machine that wait, not the work, bounded ingest.
+    fn write_logged_blocking(
+        &self,
+        seq: u64,
+        tenant: &Tenant,
+        profiles: &[Profile],
+    ) -> Option<Result<(), StorageError>> {
+        Some(self.inner.write(tenant, profiles, Some(seq)))
+    }
+
     fn logged_seq(&self) -> Option<u64> {
         self.inner
             .daemon
