@@ -242,8 +242,8 @@ pub trait Storage: Send + Sync {
     /// [`Storage::write_logged`] in the calling thread, which may block: offered by a storage
     /// whose writes are mostly CPU work (local I/O, or a buffer sent over the network now and
     /// then), so that the daemon's applier (a thread of its own) writes each record without
-    /// handing it to a thread pool and back. `None` (the
-    /// default): not offered, and the applier awaits [`Storage::write_logged`] instead.
+    /// handing it to a thread pool and back. `None` (the default): not offered, and the
+    /// applier awaits [`Storage::write_logged`] instead.
     fn write_logged_blocking(
         &self,
         seq: u64,
