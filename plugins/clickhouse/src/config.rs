@@ -21,15 +21,19 @@ pub struct ClickHouseConfig {
     pub ca_file: Option<PathBuf>,
     /// Rows buffered before a write sends them without waiting for the flush. A row here is a
     /// stack's value in a bucket (about 16 B sent, 20–30 B while buffered). Fewer, larger
-    /// inserts make fewer parts for ClickHouse to merge: 1 M instead of 200 K took one daemon
-    /// from ~200 to ~250–320 profiles/s on the same ClickHouse.
+    /// inserts make fewer parts for ClickHouse to create and merge: 1 M instead of 200 K took
+    /// one daemon from ~200 to ~250–320 profiles/s, and 4 M instead of 1 M from ~1,200–1,500
+    /// (refusing some) to ~1,700–1,850 (none refused) at 16 connections. A Go CPU push is
+    /// ~2,500 rows, so at that rate the daemon's flush, once a second, sends first.
     pub batch_rows: usize,
     /// Longest time a buffered row waits before a write sends it (the daemon's flush sends
     /// every `server.flush_interval` too).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// While ClickHouse cannot be reached, writes keep buffering up to this many rows, then
-    /// fail (the daemon's write-ahead log keeps the pushes and retries them in order).
+    /// While ClickHouse cannot be reached, or an insert is still under way, writes keep
+    /// buffering up to this many rows (~200 MB at the default), then wait for a send or fail
+    /// (the daemon's write-ahead log keeps the pushes and retries them in order). Twice
+    /// `batch_rows`, so that a second's rows fit beside an insert in flight.
     pub max_buffered_rows: usize,
     /// Longest a query or insert may take.
     #[serde(with = "humantime_serde")]
@@ -51,9 +55,9 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             tls: false,
             ca_file: None,
-            batch_rows: 1_000_000,
+            batch_rows: 4_000_000,
             flush_interval: Duration::from_secs(1),
-            max_buffered_rows: 4_000_000,
+            max_buffered_rows: 8_000_000,
             timeout: Duration::from_secs(30),
             dictionary_collect_after: Duration::from_secs(30 * 60),
         }
