@@ -27,6 +27,8 @@ fn frame_parts<'a>(f: &'a Frame, line: &'a [u8; 4], start_line: &'a [u8; 4]) -> 
     [f.function.as_bytes(), f.file.as_bytes(), line, start_line]
 }
 
+/// A frame's id. The write path takes it from [`IdCache::frame`].
+#[cfg(test)]
 pub fn frame(f: &Frame) -> u64 {
     let (line, start_line) = (f.line.to_le_bytes(), f.start_line.to_le_bytes());
     hash64(&frame_parts(f, &line, &start_line))
@@ -51,7 +53,7 @@ pub fn stack(frames: &[u64]) -> u64 {
     stack_of_bytes(&bytes)
 }
 
-/// Frame and stack ids already computed, by a 128-bit xxh3 of what [`frame`] and [`stack`]
+/// Frame and stack ids already computed, by a 128-bit xxh3 of the bytes their blake3 ids
 /// hash: a lookup costs a fraction of a blake3 hash, and a push mostly holds frames and stacks
 /// seen before. Two contents with one key would take a 128-bit collision. At most
 /// [`IdCache::MAX`] entries (~30 MB); past it, it starts over.
@@ -81,15 +83,15 @@ impl IdCache {
         *self.ids.entry(key).or_insert_with(id)
     }
 
-    /// [`frame`], from the cache when there.
+    /// A frame's id, from the cache when there.
     pub fn frame(&mut self, f: &Frame) -> u64 {
         let (line, start_line) = (f.line.to_le_bytes(), f.start_line.to_le_bytes());
         let parts = frame_parts(f, &line, &start_line);
         let key = Self::key(b"frame", &parts);
-        self.get_or(key, || frame(f))
+        self.get_or(key, || hash64(&parts))
     }
 
-    /// [`stack`], from the cache when there.
+    /// A stack's id (its frames' ids, root first), from the cache when there.
     pub fn stack(&mut self, frames: &[u64]) -> u64 {
         let mut bytes = std::mem::take(&mut self.scratch);
         stack_bytes(frames, &mut bytes);

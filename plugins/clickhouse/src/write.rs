@@ -377,9 +377,10 @@ mod tests {
         }
     }
 
-    /// A row of `fine` as encoded.
+    /// A row of `buckets` or `fine` as encoded; the sibling columns are `fine`'s (0 in a
+    /// coarse row, which has none).
     #[derive(Debug)]
-    struct FineRow {
+    struct Row {
         series: u64,
         profiles: u64,
         total: i64,
@@ -400,51 +401,56 @@ mod tests {
         buffer.encode()
     }
 
-    /// How many stacks each coarse row of `profiles` lists.
-    fn coarse_row_stacks(profiles: &[Profile]) -> Vec<usize> {
-        let [_, _, _, buckets, _] = encoded(profiles);
-        let mut r = RowReader::new(&buckets.bytes);
-        let mut out = Vec::new();
-        while !r.at_end() {
-            let (tenant, service) = (r.string().unwrap(), r.string().unwrap());
-            assert_eq!((tenant.as_str(), service.as_str()), ("anonymous", "svc"));
-            let _series = r.u64().unwrap();
-            assert_eq!(r.u8().unwrap(), 1, "the coarse level");
-            let (_bucket, profiles, _total) =
-                (r.i64().unwrap(), r.u64().unwrap(), r.i64().unwrap());
-            assert_eq!(profiles, 1);
-            let (ids, values) = (r.array_u64().unwrap(), r.array_i64().unwrap());
-            assert_eq!(ids.len(), values.len());
-            out.push(ids.len());
-        }
-        out
-    }
-
-    /// The `fine` rows of `profiles` written in one buffer, by series.
-    fn fine_rows(profiles: &[Profile]) -> Vec<FineRow> {
-        let [.., fine] = encoded(profiles);
-        let mut r = RowReader::new(&fine.bytes);
+    /// The rows of one table, all of `level`, by series.
+    fn rows(table: &RowWriter, level: u8) -> Vec<Row> {
+        let mut r = RowReader::new(&table.bytes);
         let mut rows = Vec::new();
         while !r.at_end() {
             let (tenant, service) = (r.string().unwrap(), r.string().unwrap());
             assert_eq!((tenant.as_str(), service.as_str()), ("anonymous", "svc"));
             let series = r.u64().unwrap();
-            assert_eq!(r.u8().unwrap(), 0, "the finest level");
+            assert_eq!(r.u8().unwrap(), level);
             r.i64().unwrap();
-            rows.push(FineRow {
+            let (profiles, total) = (r.u64().unwrap(), r.i64().unwrap());
+            let (ids, values) = (r.array_u64().unwrap(), r.array_i64().unwrap());
+            let (sibling, ratio, batch) = if level == 0 {
+                (r.u64().unwrap(), r.i64().unwrap(), r.u64().unwrap())
+            } else {
+                (0, 0, 0)
+            };
+            rows.push(Row {
                 series,
-                profiles: r.u64().unwrap(),
-                total: r.i64().unwrap(),
-                ids: r.array_u64().unwrap(),
-                values: r.array_i64().unwrap(),
-                sibling: r.u64().unwrap(),
-                ratio: r.i64().unwrap(),
-                batch: r.u64().unwrap(),
+                profiles,
+                total,
+                ids,
+                values,
+                sibling,
+                ratio,
+                batch,
             });
         }
-        assert_eq!(rows.len(), fine.rows);
+        assert_eq!(rows.len(), table.rows);
         rows.sort_by_key(|row| row.series);
         rows
+    }
+
+    /// How many stacks each coarse row of `profiles` lists.
+    fn coarse_row_stacks(profiles: &[Profile]) -> Vec<usize> {
+        let [_, _, _, buckets, _] = encoded(profiles);
+        rows(&buckets, 1)
+            .iter()
+            .map(|row| {
+                assert_eq!(row.profiles, 1);
+                assert_eq!(row.ids.len(), row.values.len());
+                row.ids.len()
+            })
+            .collect()
+    }
+
+    /// The `fine` rows of `profiles` written in one buffer, by series.
+    fn fine_rows(profiles: &[Profile]) -> Vec<Row> {
+        let [.., fine] = encoded(profiles);
+        rows(&fine, 0)
     }
 
     fn series_of(p: &Profile) -> u64 {
