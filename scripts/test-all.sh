@@ -17,6 +17,7 @@ suites=(
   compat/agents/ci-test.sh
   compat/conformance/ci-test.sh
   compat/grafana-client/ci-test.sh
+  plugins/clickhouse/ci-current.sh
   examples/wasm-exporter-python/ci-test.sh
 )
 

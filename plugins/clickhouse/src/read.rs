@@ -128,12 +128,15 @@ impl Inner {
             "FROM {fine} WHERE {} AND {in_range} AND sibling != 0",
             self.series_filter(tenant, series)
         );
-        // The inner select keeps `series` out of the outer one's aliases, which its filter
-        // would otherwise read.
+        // Every stack of a sibling's row joins every distinct row standing for it (`ALL`: on
+        // current servers `ANY INNER JOIN` keeps one row per key of either side, so one stack). DISTINCT keeps a row stored twice from counting twice over. The
+        // inner select keeps `series` out of the outer one's aliases, which its filter would
+        // otherwise read. The joined select is named: current servers refuse an unnamed one.
         Some(format!(
             "SELECT stacksMap.stack AS stack, stacksMap.value * scale AS value FROM {fine} \
-             ARRAY JOIN stacksMap ANY INNER JOIN (SELECT sibling AS series, bucket, batch, scale \
-             FROM (SELECT sibling, bucket, batch, ratio AS scale {standing_for})) \
+             ARRAY JOIN stacksMap ALL INNER JOIN (SELECT DISTINCT sibling AS series, bucket, \
+             batch, scale, standing FROM (SELECT sibling, bucket, batch, ratio AS scale, \
+             series AS standing {standing_for})) AS standing_rows \
              USING (series, bucket, batch) WHERE {} AND {in_range} AND series IN \
              (SELECT sibling {standing_for})",
             self.services_filter(tenant, series)

@@ -10,7 +10,8 @@
 //! ([`upgrade_from_3`]); version 5 the finest rows that refer to a sibling's ([`SIBLING`]).
 //!
 //! The SQL is what ClickHouse 18.16 (Debian's package) and current releases both accept: no
-//! TTL, no LowCardinality, no `mutations_sync`.
+//! TTL, no LowCardinality, no `mutations_sync`, every joined subquery named. The tests run on
+//! both (`plugins/clickhouse/ci-current.sh` runs them on 26.9).
 
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,9 @@ use crate::rowbinary::RowReader;
 /// The newest schema this Kiln knows.
 pub const SCHEMA_VERSION: u32 = 5;
 
-/// Code of "column already exists": two daemons upgrading at once both add it.
-const COLUMN_EXISTS: u32 = 44;
+/// Codes of "column already exists": two daemons upgrading at once both add it. 18.16 answers
+/// 44 (`ILLEGAL_COLUMN`), current releases 15 (`DUPLICATE_COLUMN`).
+const COLUMN_EXISTS: [u32; 2] = [44, 15];
 
 /// Code of "table already exists", which a concurrent `CREATE … IF NOT EXISTS` can still
 /// answer on old servers, and of "database already exists".
@@ -179,7 +181,7 @@ fn add_sibling_columns(client: &Client, db: &str) -> Result<(), ClickHouseError>
 /// moment, or creating the same new database, finds it there.
 fn add_column(client: &Client, db: &str, table: &str, column: &str) -> Result<(), ClickHouseError> {
     match client.execute(&format!("ALTER TABLE {db}.{table} ADD COLUMN {column}")) {
-        Err(ClickHouseError::Server { code, .. }) if code == COLUMN_EXISTS => Ok(()),
+        Err(ClickHouseError::Server { code, .. }) if COLUMN_EXISTS.contains(&code) => Ok(()),
         r => r,
     }
 }
@@ -209,20 +211,21 @@ fn upgrade_from_1(client: &Client, db: &str, timeout: Duration) -> Result<(), Cl
         Err(e) => return Err(e),
     }
     tolerate_existing(client.execute(&BUCKETS.replace("{db}", db)))?;
-    // Each bucket's stacks summed, with its profile count and total from `profiles`.
+    // Each bucket's stacks summed, with its profile count and total from `profiles`. Both
+    // sides of the join are named: current servers refuse an unnamed one.
     client.execute(&format!(
         "INSERT INTO {db}.buckets (tenant, service, series, level, bucket, profiles, total, \
          `stacksMap.stack`, `stacksMap.value`) \
          SELECT tenant, service, series, level, bucket, n, t, stack_ids, stack_values FROM \
          (SELECT tenant, service, series, level, bucket, \
           toUInt64(sum(profiles)) AS n, sum(total) AS t \
-          FROM {db}.profiles GROUP BY tenant, service, series, level, bucket) \
+          FROM {db}.profiles GROUP BY tenant, service, series, level, bucket) AS totals \
          ANY LEFT JOIN \
          (SELECT tenant, service, series, level, bucket, groupArray(stack) AS stack_ids, \
           groupArray(v) AS stack_values FROM \
           (SELECT tenant, service, series, level, bucket, stack, sum(value) AS v \
            FROM {db}.samples GROUP BY tenant, service, series, level, bucket, stack) \
-          GROUP BY tenant, service, series, level, bucket) \
+          GROUP BY tenant, service, series, level, bucket) AS stacks_of_bucket \
          USING (tenant, service, series, level, bucket)"
     ))?;
     record(client, db, 2)?;

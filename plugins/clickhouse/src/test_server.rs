@@ -1,6 +1,11 @@
-//! A throwaway `clickhouse-server` for tests: a plain process in a temporary directory, its
-//! own config, free loopback ports, logs in that directory. Needs `clickhouse-server` on the
-//! `PATH` (Debian's package).
+//! A throwaway ClickHouse for tests: a plain process in a temporary directory, its own config,
+//! free loopback ports, logs in that directory.
+//!
+//! By default it is `clickhouse-server` from the `PATH` (Debian's package, 18.16). With
+//! `KILN_TEST_CLICKHOUSE=chdb` it is a current release instead: chDB's embedded engine behind
+//! `test-server/chdb_http.py`, which serves the HTTP interface Kiln uses (needs `python3` with
+//! the `chdb-core` package; `KILN_TEST_PYTHON` names another interpreter). The same tests then
+//! check that Kiln's SQL holds on both.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,28 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "kiln";
 pub const PASSWORD: &str = "kiln-test-password";
 
+/// What serves the tests' ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `clickhouse-server` (Debian's 18.16).
+    Server,
+    /// A current release: chDB behind `test-server/chdb_http.py`.
+    Chdb,
+}
+
+impl Engine {
+    /// From `KILN_TEST_CLICKHOUSE`: `chdb`, or unset / `server`.
+    pub fn from_env() -> Self {
+        match std::env::var("KILN_TEST_CLICKHOUSE").as_deref() {
+            Ok("chdb") => Self::Chdb,
+            Ok("") | Ok("server") | Err(_) => Self::Server,
+            Ok(other) => panic!("KILN_TEST_CLICKHOUSE={other:?}: expected `server` or `chdb`"),
+        }
+    }
+}
+
 pub struct TestServer {
+    pub engine: Engine,
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub http_port: u16,
@@ -43,6 +69,7 @@ impl TestServer {
     fn start_with(tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut s = Self {
+            engine: Engine::from_env(),
             dir,
             child: None,
             http_port: free_port(),
@@ -145,19 +172,56 @@ impl TestServer {
         std::fs::write(p("users.xml"), users).expect("writing users.xml");
     }
 
+    fn command(&self) -> Command {
+        let d = self.dir.path();
+        match self.engine {
+            Engine::Server => {
+                let mut c = Command::new("clickhouse-server");
+                c.arg(format!("--config-file={}", d.join("config.xml").display()));
+                c
+            }
+            Engine::Chdb => {
+                let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+                let mut c = Command::new(python);
+                c.arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/test-server/chdb_http.py"
+                ))
+                .arg(format!("--port={}", self.http_port))
+                .arg(format!("--path={}", d.join("data").display()))
+                .arg(format!("--user={USER}"))
+                .arg(format!("--password={PASSWORD}"));
+                if let Some(port) = self.https_port {
+                    c.arg(format!("--https-port={port}"))
+                        .arg(format!("--cert={}", d.join("server.crt").display()))
+                        .arg(format!("--key={}", d.join("server.key").display()));
+                }
+                c
+            }
+        }
+    }
+
     fn spawn(&mut self) {
         let out = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log file");
-        let child = Command::new("clickhouse-server")
-            .arg(format!(
-                "--config-file={}",
-                self.dir.path().join("config.xml").display()
-            ))
-            .current_dir(self.dir.path())
+        // chDB would read the server's `config.xml` from its working directory.
+        let cwd = match self.engine {
+            Engine::Server => self.dir.path().to_path_buf(),
+            Engine::Chdb => self.dir.path().join("tmp"),
+        };
+        let child = self
+            .command()
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)
             .spawn()
-            .expect("starting clickhouse-server (install Debian's clickhouse-server package)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {:?} ({e}): install Debian's clickhouse-server package, or for \
+                     KILN_TEST_CLICKHOUSE=chdb python3 with chdb-core",
+                    self.engine
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let agent = ureq::Agent::config_builder()
@@ -179,14 +243,20 @@ impl TestServer {
                 .ok()
                 .flatten()
             {
+                let log = |name: &str| {
+                    std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+                };
                 panic!(
-                    "clickhouse-server exited at start ({status}); its log: {}",
-                    std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+                    "{:?} exited at start ({status}); its log: {}{}",
+                    self.engine,
+                    log("error.log"),
+                    log("stdout.log")
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "clickhouse-server did not answer on {} within 60 s",
+                "{:?} did not answer on {} within 60 s",
+                self.engine,
                 self.url()
             );
             std::thread::sleep(Duration::from_millis(50));
