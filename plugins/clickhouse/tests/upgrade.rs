@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use kiln_plugin_api::{Profile, Query, Selector, Storage, Tenant};
-use kiln_storage_clickhouse::test_server::TestServer;
+use kiln_storage_clickhouse::test_server::{Engine, TestServer};
 use kiln_storage_clickhouse::{ClickHouseConfig, ClickHouseStorage, LevelChoice};
 
 mod common;
@@ -339,6 +339,61 @@ async fn version_4_database_gets_the_sibling_columns_once() {
     };
     let merged = s.select_merge(&t, &shop).await.unwrap();
     assert_eq!(merged.tree.to_folded(), "main;hash 5\n");
+}
+
+/// The codec of each column that holds the bulk of the bytes, as text.
+fn bulk_codecs(server: &TestServer, db: &str) -> String {
+    server.sql(&format!(
+        "SELECT table, name, compression_codec FROM system.columns WHERE database = '{db}' \
+         AND table IN ('buckets', 'fine', 'stacks', 'frames', 'series') \
+         AND name IN ('stacksMap.stack', 'stacksMap.value', 'frames', 'function', 'file', 'labels') \
+         ORDER BY table, name FORMAT TSV"
+    ))
+}
+
+/// Where the server has per-column codecs, the columns of arrays and names are compressed with
+/// zstd: on a new database, and on one created before (or altered since) at the next start,
+/// whose answers stay the same. 18.16 has none: the start goes on without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_columns_are_compressed_with_zstd_where_the_server_can() {
+    let server = TestServer::start();
+    let now = now_s();
+    let before = write_shop(&server, "kiln_codec", levels(), now).await;
+    if server.engine == Engine::Server {
+        let mut r = ureq::post(format!("{}/", server.url()))
+            .query("user", kiln_storage_clickhouse::test_server::USER)
+            .query("password", kiln_storage_clickhouse::test_server::PASSWORD)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send("SELECT compression_codec FROM system.columns LIMIT 1")
+            .unwrap();
+        let text = r.body_mut().read_to_string().unwrap();
+        assert!(
+            r.status() != 200 && text.contains("Code: 47"),
+            "18.16 has no per-column codecs: {text}"
+        );
+        return;
+    }
+    let zstd = "buckets\tstacksMap.stack\tCODEC(ZSTD(1))\n\
+                buckets\tstacksMap.value\tCODEC(ZSTD(1))\n\
+                fine\tstacksMap.stack\tCODEC(ZSTD(1))\n\
+                fine\tstacksMap.value\tCODEC(ZSTD(1))\n\
+                frames\tfile\tCODEC(ZSTD(1))\n\
+                frames\tfunction\tCODEC(ZSTD(1))\n\
+                series\tlabels\tCODEC(ZSTD(1))\n\
+                stacks\tframes\tCODEC(ZSTD(1))\n";
+    assert_eq!(bulk_codecs(&server, "kiln_codec"), zstd);
+    // As a database created before: the server's default codec, then two daemons at once.
+    server.sql(
+        "ALTER TABLE kiln_codec.fine MODIFY COLUMN `stacksMap.stack` Array(UInt64) CODEC(LZ4)",
+    );
+    server.sql("ALTER TABLE kiln_codec.frames MODIFY COLUMN function String CODEC(LZ4)");
+    assert_ne!(bulk_codecs(&server, "kiln_codec"), zstd);
+    open_at_once(&server, "kiln_codec", 2, levels().into());
+    assert_eq!(bulk_codecs(&server, "kiln_codec"), zstd);
+    let s = ClickHouseStorage::open(&config(&server, "kiln_codec"), levels(), None).unwrap();
+    assert_eq!(answers(&s, now).await, before, "the same answers");
 }
 
 /// Waits until `db` has no mutation left to apply.
