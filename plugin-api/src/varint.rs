@@ -11,7 +11,22 @@ pub enum VarintError {
 }
 
 /// Reads the varint at `*pos` and moves `*pos` past every byte it read (also on error).
+///
+/// Inlined: decoders call it for every field of every sample, and most varints are one byte.
+#[inline]
 pub fn read_uvarint(bytes: &[u8], pos: &mut usize) -> Result<u64, VarintError> {
+    if let Some(&b) = bytes.get(*pos) {
+        if b & 0x80 == 0 {
+            *pos += 1;
+            return Ok(u64::from(b));
+        }
+    }
+    read_long_uvarint(bytes, pos)
+}
+
+/// [`read_uvarint`] past its one-byte case.
+#[inline(never)]
+fn read_long_uvarint(bytes: &[u8], pos: &mut usize) -> Result<u64, VarintError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *bytes.get(*pos).ok_or(VarintError::Truncated)?;

@@ -70,6 +70,7 @@ impl<'a> Wire<'a> {
         self.pos >= self.bytes.len()
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
         read_uvarint(self.bytes, &mut self.pos).map_err(|e| {
             WireError(match e {
