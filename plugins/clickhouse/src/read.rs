@@ -129,9 +129,10 @@ impl Inner {
             self.series_filter(tenant, series)
         );
         // Every stack of a sibling's row joins every distinct row standing for it (`ALL`: on
-        // current servers `ANY INNER JOIN` keeps one row per key of either side, so one stack). DISTINCT keeps a row stored twice from counting twice over. The
-        // inner select keeps `series` out of the outer one's aliases, which its filter would
-        // otherwise read. The joined select is named: current servers refuse an unnamed one.
+        // current servers `ANY INNER JOIN` keeps one row per key of either side, so one
+        // stack). DISTINCT keeps a row stored twice from counting twice over. The inner select
+        // keeps `series` out of the outer one's aliases, which its filter would otherwise read.
+        // The joined select is named: current servers refuse an unnamed one.
         Some(format!(
             "SELECT stacksMap.stack AS stack, stacksMap.value * scale AS value FROM {fine} \
              ARRAY JOIN stacksMap ALL INNER JOIN (SELECT DISTINCT sibling AS series, bucket, \

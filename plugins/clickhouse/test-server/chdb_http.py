@@ -73,9 +73,10 @@ def insert_statement(engine, query, rows):
     if not m:
         return query.encode() + b" " + rows
     table, listed = m.group(1), m.group(2)
-    types = dict(engine.columns(table))
+    columns = engine.columns(table)
+    types = dict(columns)
     if listed is None:
-        names = [name for name, _ in engine.columns(table)]
+        names = [name for name, _ in columns]
     else:
         names = [c.strip().strip("`") for c in listed.split(",")]
     structure = ", ".join("`%s` %s" % (n, types[n]) for n in names)
