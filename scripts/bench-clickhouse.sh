@@ -228,7 +228,7 @@ for _ in $(seq 300); do curl -sf "http://127.0.0.1:$sled_port/healthz" >/dev/nul
 loadgen "$sled_port" "$sled_pid" "$work/sled.json"
 render_port=$sled_port render_as=sled renders
 kill -TERM "$sled_pid"; wait "$sled_pid" || true
-du -sb "$work/sled/data" | cut -f1 >"$work/sled.bytes"
+du -s --block-size=1 "$work/sled/data" | cut -f1 >"$work/sled.bytes"
 
 echo "== sled and ClickHouse, the same load (Go CPU fixture, $series series over $spread, $conc connections per daemon, rate ${RATE:-0})"
 python3 - "$work" <<'PY'

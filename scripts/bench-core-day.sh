@@ -2,7 +2,9 @@
 # Disk per profiled core per day on the embedded storage (sled): one day of one series, 8,640
 # Go CPU profiles 10 s apart (`kiln-loadgen --day`), into a fresh data directory. Prints the
 # bytes storage accounts for (`/api/storage` total_bytes: live keys and values), the bytes of
-# the finest level alone, and `du -sb` of the data directory after a clean stop.
+# the finest level alone, and the bytes the data directory occupies after a clean stop (`du`,
+# blocks allocated: the chunk store preallocates its journal sparsely, so apparent sizes say
+# nothing).
 #
 #   scripts/bench-core-day.sh            each push's counts drawn around the fixture's (Poisson,
 #                                        `--vary-values`), as a program's vary from push to push
@@ -31,7 +33,7 @@ start_kiln "$KILN_BIN_DIR/kiln" "$work/data"
 tail -n 2 "$work/load.out"
 curl -sf "$kiln_url/api/storage" >"$work/usage.json"
 stop_timed "$kiln_pid"
-python3 - "$work/usage.json" "$(du -sb "$work/data" | cut -f1)" <<'PY'
+python3 - "$work/usage.json" "$(du -s --block-size=1 "$work/data" | cut -f1)" <<'PY'
 import json, sys
 usage = json.load(open(sys.argv[1]))
 disk = int(sys.argv[2])

@@ -13,7 +13,7 @@
 #      SERIES (200) series, spread over the
 #      last 24 h in 10 s slots, CONCURRENCY (4) connections, RATE requests/s (0: as fast as the
 #      server answers), CHURN (0) of function names renamed per variant;
-#   3. SIGTERM (time to exit), bytes on disk;
+#   3. SIGTERM (time to exit), bytes on disk (blocks allocated, `du`);
 #   4. restart (time to ready with a day of data), a 24 h query of one series (cold); restart
 #      again, a 24 h query of all series merged (cold); then each query QUERY_REPEAT (5) times
 #      more (warm, median);
@@ -120,9 +120,9 @@ run() {
   echo "live_total_all=$(total_of "$work/$name.live.json")" >>"$out"
   stop_server
   echo "shutdown_ms=$stop_ms" >>"$out"
-  echo "disk_bytes=$(du -sb "$dir" | cut -f1)" >>"$out"
+  echo "disk_bytes=$(du -s --block-size=1 "$dir" | cut -f1)" >>"$out"
   for d in "$dir"/*/; do
-    if [[ -d $d ]]; then echo "disk_part_$(basename "$d")=$(du -sb "$d" | cut -f1)" >>"$out"; fi
+    if [[ -d $d ]]; then echo "disk_part_$(basename "$d")=$(du -s --block-size=1 "$d" | cut -f1)" >>"$out"; fi
   done
   for key in one all; do
     [[ $key == one ]] && q=$q_one || q=$q_all

@@ -15,6 +15,7 @@ impl From<ChunkError> for StorageError {
     }
 }
 
-pub(crate) fn io(e: sled::Error) -> StorageError {
+/// An error of sled or of the chunk store, as the storage reports it.
+pub(crate) fn io(e: impl std::fmt::Display) -> StorageError {
     StorageError::Io(e.to_string())
 }

@@ -22,6 +22,7 @@
 //!   so retention (by key age) is per tenant without knowing tenants.
 
 mod blocks;
+mod chunk_store;
 mod codec;
 mod column;
 mod dict;
@@ -50,6 +51,7 @@ use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use chunk_store::{ChunkBatch, ChunkStore, LOG_SEQ_KEY};
 use codec::Codec;
 pub use column::{Column, Ratio, Stored};
 use dict::{Disk, Kind, ServiceDict};
@@ -155,6 +157,11 @@ fn default_cache() -> u64 {
 fn default_query_budget() -> u64 {
     64 << 20
 }
+
+/// sled holds dictionaries, series and coarse chunks, the finest level is beside it
+/// ([`ChunkStore`]): sled's page cache gets this fraction (1/2) of `cache_capacity_bytes`, the
+/// finest level's block cache the rest.
+const SLED_CACHE_SHARE: u64 = 2;
 
 /// What one node of a merged tree costs while it is built and answered: the node, its line, its
 /// share of names, its places in the maps that build it, and its share of the answer's
@@ -403,7 +410,8 @@ struct Inner {
     /// blocks when opened.
     legacy_frames: sled::Tree,
     legacy_nodes: sled::Tree,
-    chunks: sled::Tree,
+    /// Every series' chunks, beside sled ([`chunk_store`]).
+    chunks: ChunkStore,
     /// Compression dictionaries of the services' chunks ([`zdict`]).
     dicts: zdict::Dictionaries,
     /// How values are stored ([`codec`]): packed here, or as they are where sled compresses.
@@ -435,9 +443,12 @@ struct Inner {
     /// Bytes and chunks per series and level, kept up to date by every change to `chunks` once
     /// the first [`Storage::usage`] built it ([`usage`]).
     accounting: Mutex<Option<usage::Accounting>>,
-    /// The last write-ahead log record applied to sled (kept in `chunks` under
-    /// [`LOG_SEQ_KEY`], in the same atomic batch as the chunks it produced).
+    /// The last write-ahead log record applied to every level (each store of `chunks` keeps its
+    /// own, in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
+    /// The last log record each store held when opened: a record replayed after a crash
+    /// between the two batches of an apply goes only to the levels that lack it.
+    applied_at_open: Mutex<chunk_store::Applied>,
     /// When [`Inner::release_idle_dictionaries`] looks next (unix seconds).
     next_idle_check_s: AtomicI64,
 }
@@ -519,9 +530,6 @@ impl Drop for Inner {
 
 /// Where the `settings` tree keeps the levels' resolutions ([`levels::resolutions`]).
 const RESOLUTIONS_KEY: &[u8] = b"resolutions";
-
-/// Where `chunks` keeps the last applied log record: a 13-byte key no series reaches.
-const LOG_SEQ_KEY: [u8; 13] = [0xff; 13];
 
 /// The sled storage backend. Cheap to clone.
 #[derive(Clone)]
@@ -648,7 +656,7 @@ impl SledStorage {
         );
         let mut sled_config = sled::Config::new()
             .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
+            .cache_capacity(config.cache_capacity_bytes / SLED_CACHE_SHARE)
             .flush_every_ms(Some(SLED_GC_EVERY_MS))
             .use_compression(codec.sled_compression());
         if codec.sled_compression() {
@@ -672,7 +680,17 @@ impl SledStorage {
             tree("frames")?,
             tree("nodes")?,
         );
-        let (chunks, size_floors_tree) = (tree("chunks")?, tree("size_floors")?);
+        let chunks = ChunkStore::open(
+            &config.path,
+            tree("chunks")?,
+            config.cache_capacity_bytes - config.cache_capacity_bytes / SLED_CACHE_SHARE,
+            codec.sled_compression(),
+        )?;
+        let moved = chunks.move_finest_out_of_sled(&db)?;
+        if moved > 0 {
+            tracing::info!(chunks = moved, "moved the finest level out of sled");
+        }
+        let size_floors_tree = tree("size_floors")?;
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             series_tree,
             services_tree,
@@ -699,6 +717,7 @@ impl SledStorage {
             applying_in_background: AtomicBool::new(false),
             apply_failure: Mutex::new(None),
             applied_log_seq: AtomicU64::new(0),
+            applied_at_open: Mutex::new(chunk_store::Applied::default()),
             next_idle_check_s: AtomicI64::new(0),
         });
         inner.load()?;
@@ -743,9 +762,9 @@ impl SledStorage {
             .map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?
     }
 
-    /// Bytes sled occupies on disk.
+    /// Bytes sled and the chunk store occupy on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0) + self.inner.chunks.finest_disk_space()
     }
 
     /// Writes without going through the async runtime (benchmarks, tools).
@@ -760,8 +779,7 @@ impl SledStorage {
     /// Flushes without going through the async runtime.
     pub fn flush_blocking(&self) -> Result<(), StorageError> {
         self.inner.apply()?;
-        self.inner.db.flush().map_err(io)?;
-        Ok(())
+        self.inner.make_durable()
     }
 
     /// Merges without going through the async runtime.
@@ -775,6 +793,12 @@ impl SledStorage {
 }
 
 impl Inner {
+    /// Everything applied, on disk: sled's trees, then the chunks.
+    fn make_durable(&self) -> Result<(), StorageError> {
+        self.db.flush().map_err(io)?;
+        self.chunks.persist().map_err(io)
+    }
+
     fn disk(&self) -> Disk<'_> {
         Disk {
             frames: &self.frame_blocks,
@@ -795,16 +819,19 @@ impl Inner {
                 f.store(floor, Ordering::Relaxed);
             }
         }
-        if let Some(v) = self.chunks.get(LOG_SEQ_KEY).map_err(io)? {
-            let seq = self
-                .codec
-                .unpack(&v)?
+        let applied = self.chunks.applied(|v| {
+            self.codec
+                .unpack(v)?
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
-                .map_err(|_| StorageError::Corrupt("log sequence is not 8 bytes".into()))?;
-            self.applied_log_seq.store(seq, Ordering::Relaxed);
-        }
+                .map_err(|_| StorageError::Corrupt("log sequence is not 8 bytes".into()))
+        })?;
+        // The log is replayed from the older of the two; each record goes only to the levels
+        // that lack it.
+        self.applied_log_seq
+            .store(applied.finest.min(applied.coarse), Ordering::Relaxed);
+        *self.applied_at_open.lock() = applied;
         let mut st = self.state.lock();
         let mut names: FxHashMap<u32, (Tenant, String)> = FxHashMap::default();
         let tenant_services = self.tenant_services.iter().map(|kv| {
@@ -944,6 +971,12 @@ impl Inner {
         if log_seq.is_some() {
             st.buffered_log_seq = log_seq;
         }
+        // Levels that already hold this record: a crash came between an apply's two batches.
+        let applied = *self.applied_at_open.lock();
+        let (skip_finest, skip_coarse) = match log_seq {
+            Some(seq) => (seq <= applied.finest, seq <= applied.coarse),
+            None => (false, false),
+        };
         let mut stacks: FxHashMap<u32, i64> = FxHashMap::default();
         let mut frame_map: Vec<u32> = Vec::new();
         // Stack node of each sample of the previous profile: a pprof with several sample types
@@ -1038,6 +1071,9 @@ impl Inner {
             let finest = t / self.levels[0].0 * self.levels[0].0;
             let mut added = 0;
             for (level, &(res, _)) in self.levels.iter().enumerate() {
+                if (level == 0 && skip_finest) || (level > 0 && skip_coarse) {
+                    continue;
+                }
                 let pending = st
                     .buffer
                     .entry((series, level as u8, t / res * res))
@@ -1208,10 +1244,13 @@ impl Inner {
             self.legacy_nodes.clear().map_err(io)?;
         }
         self.series_tree.apply_batch(series).map_err(io)?;
+        // On disk before any chunk that refers to them: the chunk store writes a batch to its
+        // journal as it is applied, sled only when it flushes.
+        self.db.flush().map_err(io)?;
         // Every read below sees sled as it was before this batch: a reference is resolved to the
         // finest chunk's old column, to which this batch adds the same profiles as to the
         // coarse one.
-        let mut chunks = sled::Batch::default();
+        let mut chunks = ChunkBatch::default();
         let mut changes = usage::Changes::default();
         let now = now_s() as u64;
         // Per service: its compression dictionary, and the bytes packed with it (raw, packed).
@@ -1261,7 +1300,7 @@ impl Inner {
                         .codec
                         .pack(&Stored::encode_same_as_finest(b, profiles, total));
                     changes.push(key, old_len, Some(value.len()));
-                    chunks.insert(&key, value);
+                    chunks.insert(key, value);
                     continue;
                 }
             }
@@ -1292,7 +1331,7 @@ impl Inner {
                     new.column.total(),
                 ));
                 changes.push(key, new.old_len, Some(value.len()));
-                chunks.insert(&key, value);
+                chunks.insert(key, value);
                 continue;
             }
             let raw = new.column.encode();
@@ -1321,7 +1360,7 @@ impl Inner {
                 entry.2 += value.len() as u64;
             }
             changes.push(key, new.old_len, Some(value.len()));
-            chunks.insert(&key, value);
+            chunks.insert(key, value);
         }
         // A sibling outside this batch that refers to a chunk this batch changes gets the column
         // it stood for (read as sled is before the batch). Pushes carry all of a profile's
@@ -1335,7 +1374,7 @@ impl Inner {
             }
         }
         if let Some(seq) = log_seq {
-            chunks.insert(&LOG_SEQ_KEY, self.codec.pack(&seq.to_be_bytes()));
+            chunks.set_log_seq(seq, self.codec.pack(&seq.to_be_bytes()));
         }
         for (service, (dict, raw, packed)) in compression_dicts {
             if dict.is_some() {
@@ -1344,7 +1383,7 @@ impl Inner {
         }
         // Stored before any chunk is packed with them: from the next apply on.
         self.dicts.train_ready(now)?;
-        self.chunks.apply_batch(chunks).map_err(io)?;
+        self.chunks.apply(chunks).map_err(io)?;
         self.account(changes);
         if let Some(seq) = log_seq {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
@@ -1566,7 +1605,7 @@ impl Inner {
         series: u32,
         level: u8,
         bucket: u64,
-        batch: &mut sled::Batch,
+        batch: &mut ChunkBatch,
         changes: &mut usage::Changes,
     ) -> Result<(), StorageError> {
         let key = chunk_key(other, level, bucket);
@@ -1580,7 +1619,7 @@ impl Inner {
         let column = self.resolve(other, level, bucket, Stored::decode(&unpacked)?)?;
         let value = self.codec.pack(&column.encode());
         changes.push(key, Some(v.len()), Some(value.len()));
-        batch.insert(&key, value);
+        batch.insert(key, value);
         Ok(())
     }
 
@@ -1831,7 +1870,7 @@ impl Inner {
                 // and pushes are not held up by a long pass.
                 let _apply = self.apply_lock.lock();
                 let siblings = self.state.lock().siblings.of(id);
-                let mut batch = sled::Batch::default();
+                let mut batch = ChunkBatch::default();
                 let mut changes = usage::Changes::default();
                 for kv in self
                     .chunks
@@ -1861,7 +1900,7 @@ impl Inner {
                     report.chunks_deleted += 1;
                 }
                 if !changes.is_empty() {
-                    self.chunks.apply_batch(batch).map_err(io)?;
+                    self.chunks.apply(batch).map_err(io)?;
                     self.account(changes);
                 }
             }
@@ -1876,7 +1915,7 @@ impl Inner {
         series: u32,
         key: &[u8],
         column: &[u8],
-        batch: &mut sled::Batch,
+        batch: &mut ChunkBatch,
         changes: &mut usage::Changes,
     ) -> Result<u64, StorageError> {
         let mut added = 0u64;
@@ -1898,7 +1937,7 @@ impl Inner {
             if let Some(v) = self.chunks.get(coarse).map_err(io)? {
                 if matches!(Stored::decode(&self.unpack_chunk(&v)?)?, Stored::SameAsFinest { bucket: b, .. } if b == bucket)
                 {
-                    batch.insert(&coarse, column);
+                    batch.insert(coarse, column);
                     changes.push(coarse, Some(v.len()), Some(column.len()));
                     added += (column.len() as u64).saturating_sub(v.len() as u64);
                 }
@@ -1932,7 +1971,7 @@ impl Inner {
         let mut deleted = 0;
         for id in ids {
             let _apply = self.apply_lock.lock();
-            let mut batch = sled::Batch::default();
+            let mut batch = ChunkBatch::default();
             let mut changes = usage::Changes::default();
             for kv in self
                 .chunks
@@ -1943,7 +1982,7 @@ impl Inner {
                 batch.remove(k);
                 deleted += 1;
             }
-            self.chunks.apply_batch(batch).map_err(io)?;
+            self.chunks.apply(batch).map_err(io)?;
             self.account(changes);
         }
         Ok(deleted)
@@ -2018,7 +2057,7 @@ impl Storage for SledStorage {
     async fn flush(&self) -> Result<(), StorageError> {
         self.blocking(|i| {
             i.apply()?;
-            i.db.flush().map_err(io)?;
+            i.make_durable()?;
             i.release_idle_dictionaries();
             Ok(())
         })

@@ -373,6 +373,167 @@ fn invalid_profiles_are_refused_before_anything_is_stored() {
     ));
 }
 
+/// Profiles 100 s apart from `t0`, each with `main;a` of 1 + its index.
+fn hundred_second_profiles(t0: i64, n: i64) -> Vec<Profile> {
+    (0..n)
+        .map(|i| {
+            profile(
+                "app",
+                "prod",
+                "cpu",
+                t0 + i * 100,
+                &[
+                    (&["main", "a"], 1 + i),
+                    (&["main", &format!("f{}", i % 7)], 2),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// `(key, value)` of every key of sled's `chunks` tree.
+fn sled_chunks(s: &SledStorage) -> Vec<(sled::IVec, sled::IVec)> {
+    let tree = s.inner.db.open_tree("chunks").unwrap();
+    tree.iter().map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_finest_level_kept_in_sled_by_older_daemons_moves_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_s();
+    let t0 = now - 7_200;
+    let q = || query("app.cpu", t0 - 10, now);
+    let before = {
+        let s = open(dir.path());
+        for (seq, p) in hundred_second_profiles(t0, 50).into_iter().enumerate() {
+            s.write_logged_blocking(seq as u64 + 1, &T, &[p])
+                .unwrap()
+                .unwrap();
+        }
+        s.flush_blocking().unwrap();
+        // As an older daemon left it: every level's chunks, and the log position, in sled.
+        let legacy = s.inner.db.open_tree("chunks").unwrap();
+        for kv in s
+            .inner
+            .chunks
+            .range(chunk_key(0, 0, 0)..chunk_key(0, 0, u64::MAX))
+        {
+            let (k, v) = kv.unwrap();
+            legacy.insert(&*k, &*v).unwrap();
+        }
+        s.inner.db.flush().unwrap();
+        s.inner
+            .select_merge(&T, &q(), now)
+            .unwrap()
+            .tree
+            .to_folded()
+    };
+    assert!(before.contains("main;a 1275\n"), "{before}");
+    std::fs::remove_dir_all(dir.path().join(chunk_store::DIR)).unwrap();
+    let s = reopen(dir.path());
+    assert!(
+        sled_chunks(&s).iter().all(|(k, _)| k[4] != 0),
+        "the finest level left sled"
+    );
+    assert_eq!(s.logged_seq(), Some(50), "the log position moved with it");
+    assert_eq!(
+        s.inner
+            .select_merge(&T, &q(), now)
+            .unwrap()
+            .tree
+            .to_folded(),
+        before
+    );
+    // And it goes on from there, across another restart.
+    s.write_logged_blocking(
+        51,
+        &T,
+        &[profile(
+            "app",
+            "prod",
+            "cpu",
+            now - 60,
+            &[(&["main", "a"], 5)],
+        )],
+    )
+    .unwrap()
+    .unwrap();
+    s.flush_blocking().unwrap();
+    drop(s);
+    let s = reopen(dir.path());
+    assert_eq!(s.logged_seq(), Some(51));
+    let after = s
+        .inner
+        .select_merge(&T, &q(), now)
+        .unwrap()
+        .tree
+        .to_folded();
+    assert!(after.contains("main;a 1280\n"), "{after}");
+}
+
+#[test]
+fn a_crash_between_the_finest_and_the_coarse_batch_replays_into_the_coarse_levels_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_s();
+    let t0 = now - 7_200;
+    let profiles = hundred_second_profiles(t0, 6);
+    let (expected_short, expected_long, coarse_before) = {
+        let s = open(dir.path());
+        for (seq, p) in profiles[..5].iter().enumerate() {
+            s.write_logged_blocking(seq as u64 + 1, &T, std::slice::from_ref(p))
+                .unwrap()
+                .unwrap();
+        }
+        s.flush_blocking().unwrap();
+        let coarse_before = sled_chunks(&s);
+        s.write_logged_blocking(6, &T, &profiles[5..])
+            .unwrap()
+            .unwrap();
+        s.flush_blocking().unwrap();
+        let merge = |from, to| {
+            s.inner
+                .select_merge(&T, &query("app.cpu", from, to), now)
+                .unwrap()
+        };
+        // A short range reads the finest level, a long one coarse chunks.
+        (
+            merge(t0 - 10, t0 + 600).tree.to_folded(),
+            merge(t0 - 86_400 * 3, now).tree.to_folded(),
+            coarse_before,
+        )
+    };
+    assert!(expected_short.contains("main;a 21\n"), "{expected_short}");
+    assert!(expected_long.contains("main;a 21\n"), "{expected_long}");
+    {
+        // The crash: record 6 reached the finest level, not sled.
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("chunks").unwrap();
+        tree.clear().unwrap();
+        for (k, v) in coarse_before {
+            tree.insert(k, v).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let s = reopen(dir.path());
+    assert_eq!(
+        s.logged_seq(),
+        Some(5),
+        "replayed from the older store's position"
+    );
+    s.write_logged_blocking(6, &T, &profiles[5..])
+        .unwrap()
+        .unwrap();
+    s.flush_blocking().unwrap();
+    let merge = |from, to| {
+        s.inner
+            .select_merge(&T, &query("app.cpu", from, to), now)
+            .unwrap()
+    };
+    assert_eq!(merge(t0 - 10, t0 + 600).tree.to_folded(), expected_short);
+    assert_eq!(merge(t0 - 86_400 * 3, now).tree.to_folded(), expected_long);
+    assert_eq!(s.logged_seq(), Some(6));
+}
+
 #[test]
 fn dictionaries_in_the_one_key_per_entry_layout_are_moved_into_blocks() {
     let dir = tempfile::tempdir().unwrap();
@@ -1011,10 +1172,9 @@ fn a_failed_apply_fails_later_writes_and_flushes_until_reopened() {
     s.flush_blocking().unwrap();
     // The chunk the next profile merges into can no longer be read.
     let key = s.inner.chunks.iter().next().unwrap().unwrap().0;
-    s.inner
-        .chunks
-        .insert(&key, &b"\xff not a chunk"[..])
-        .unwrap();
+    let mut batch = crate::ChunkBatch::default();
+    batch.insert(&key, b"\xff not a chunk");
+    s.inner.chunks.apply(batch).unwrap();
     push(&s).unwrap();
     let failed = s.flush_blocking().unwrap_err().to_string();
     // The buffer that apply took is gone from memory: nothing may go on as if it were stored.

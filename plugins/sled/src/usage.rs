@@ -108,7 +108,10 @@ fn chunk_bytes(len: Option<usize>) -> (i64, i64) {
 }
 
 /// Every chunk's bytes, by series and level.
-pub(crate) fn scan_chunks(chunks: &sled::Tree, levels: usize) -> Result<Accounting, StorageError> {
+pub(crate) fn scan_chunks(
+    chunks: &crate::ChunkStore,
+    levels: usize,
+) -> Result<Accounting, StorageError> {
     let mut per = Accounting::new(levels);
     for kv in chunks.iter() {
         let (k, v) = kv.map_err(io)?;
@@ -259,7 +262,11 @@ impl Inner {
         Ok(StorageUsage {
             supported: true,
             total_bytes: total,
-            disk_bytes: self.db.size_on_disk().ok(),
+            disk_bytes: self
+                .db
+                .size_on_disk()
+                .ok()
+                .map(|sled| sled + self.chunks.finest_disk_space()),
             entries,
         })
     }
@@ -299,7 +306,7 @@ impl Inner {
                 }
             }
             chunks.sort_unstable();
-            let mut batch = sled::Batch::default();
+            let mut batch = crate::ChunkBatch::default();
             let mut changes = Changes::default();
             let mut i = 0;
             let mut deleted_until = None;
@@ -321,14 +328,14 @@ impl Inner {
                         }
                     }
                     changes.push(key, Some(len), None);
-                    batch.remove(&key);
+                    batch.remove(key);
                     total = total.saturating_sub((key.len() + len) as u64);
                     report.chunks_deleted += 1;
                     i += 1;
                 }
                 deleted_until = Some(bucket + self.levels[level as usize].0);
             }
-            self.chunks.apply_batch(batch).map_err(io)?;
+            self.chunks.apply(batch).map_err(io)?;
             self.account(changes);
             // Queries read what is before it from coarser levels, as for retention by age.
             if let Some(until) = deleted_until {
