@@ -12,6 +12,12 @@
 #                                        figures before 2026-12-01's thirteenth session)
 #   CHURN=0.1 …                          10 % of function names renamed every hour
 #   FILE=testdata/go-heap.pb.gz …        another fixture (default testdata/go-cpu.pb.gz)
+#   SERIES=10 …                          a day of 10 series (10 profiled cores) side by side;
+#                                        the figure is per core-day (the directory's bytes / 10)
+#   PACED=1 …                            an apply after (nearly) every push, as a real day's
+#                                        pushes 10 s apart cause (the daemon's flush interval
+#                                        2 ms): coarse chunks are rewritten per push, not per
+#                                        batch of pushes as when a day arrives in seconds
 #   KILN_BIN_DIR=/path/to/bin …          binaries built elsewhere (kiln, kiln-loadgen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,19 +33,23 @@ vary=--vary-values
 work=$(mktemp -d)
 trap 'kill "${kiln_pid:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"' EXIT
 
+series=${SERIES:-1}
+if [ "${PACED:-0}" = 1 ]; then export KILN_FLUSH_INTERVAL=2ms; fi
 start_kiln "$KILN_BIN_DIR/kiln" "$work/data"
-"$KILN_BIN_DIR/kiln-loadgen" --url "$kiln_url" --day $vary --churn "${CHURN:-0}" \
-  --file "$file" --concurrency 4 >"$work/load.out"
+"$KILN_BIN_DIR/kiln-loadgen" --url "$kiln_url" --day --day-series "$series" $vary \
+  --churn "${CHURN:-0}" --file "$file" --concurrency 4 >"$work/load.out"
 tail -n 2 "$work/load.out"
 curl -sf "$kiln_url/api/storage" >"$work/usage.json"
 stop_timed "$kiln_pid"
-python3 - "$work/usage.json" "$(du -s --block-size=1 "$work/data" | cut -f1)" <<'PY'
+python3 - "$work/usage.json" "$(du -s --block-size=1 "$work/data" | cut -f1)" "$series" <<'PY'
 import json, sys
 usage = json.load(open(sys.argv[1]))
 disk = int(sys.argv[2])
+series = int(sys.argv[3])
 finest = sum(e["bytes"] for e in usage["entries"] if e["level"] == "10s")
 chunks = sum(e["chunks"] for e in usage["entries"] if e["level"] == "10s")
 print(f"accounted (live keys and values): {usage['total_bytes']:,} bytes")
 print(f"  finest level: {finest:,} bytes in {chunks:,} chunks ({finest / max(chunks, 1):.0f} B a chunk)")
-print(f"data directory after a clean stop: {disk:,} bytes ({disk / 1e6:.1f} MB per profiled core-day)")
+print(f"data directory after a clean stop: {disk:,} bytes for {series} series "
+      f"({disk / series / 1e6:.2f} MB per profiled core-day)")
 PY

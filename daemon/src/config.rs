@@ -133,7 +133,7 @@ pub struct StorageConfig {
     /// Time levels, finest first. Empty (the default): what the store was created with, and
     /// for a new one 10 s, 1000 s and 100 000 s (`kiln_plugin_api::levels`).
     pub levels: Vec<Level>,
-    /// sled page cache, bytes.
+    /// Storage caches, bytes: half sled's page cache, half the finest level's block cache.
     pub cache_capacity_bytes: u64,
     /// Memory one merge query may use for its tree; past it the smallest stacks are folded
     /// into `other` and the answer says so.

@@ -84,7 +84,8 @@ pub struct SledConfig {
     /// Caps the retention of every level when `levels` is empty (`storage.retention`).
     #[serde(default = "default_max_retention", with = "humantime_serde")]
     pub max_retention: Duration,
-    /// sled's page cache, bytes.
+    /// Caches, bytes: half for sled's page cache, half for the finest level's blocks
+    /// ([`chunk_store`]).
     #[serde(default = "default_cache")]
     pub cache_capacity_bytes: u64,
     /// Memory one merge query may use for the tree it builds. Past it, the stacks with the

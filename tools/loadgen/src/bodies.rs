@@ -211,9 +211,9 @@ impl Fixture {
         Ok(self)
     }
 
-    /// The body for a request of churn variant `variant` at `from` (unix seconds) lasting
-    /// `duration_s`.
-    pub fn body(&self, variant: u32, from: u64, duration_s: u64) -> Arc<Vec<u8>> {
+    /// The body for a request of series `series` and churn variant `variant` at `from` (unix
+    /// seconds) lasting `duration_s`. Varied values differ per series as well as per push.
+    pub fn body(&self, series: u64, variant: u32, from: u64, duration_s: u64) -> Arc<Vec<u8>> {
         match &self.body {
             Body::Static(b) => b.clone(),
             Body::Pprof(pool) => Arc::new(pool[variant as usize % pool.len()].stamp(
@@ -222,7 +222,10 @@ impl Fixture {
             )),
             Body::Varied(pool) => {
                 let mut p = pool[variant as usize % pool.len()].clone();
-                vary_values(&mut p, mix(from ^ (u64::from(variant) << 40)));
+                vary_values(
+                    &mut p,
+                    mix(from ^ (u64::from(variant) << 40) ^ (series << 48)),
+                );
                 p.time_nanos = (from as i64) * 1_000_000_000;
                 p.duration_nanos = (duration_s as i64) * 1_000_000_000;
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -411,7 +414,7 @@ mod tests {
         )
         .unwrap();
         let original = decode_pprof(&std::fs::read(fixture("go-cpu.pb.gz")).unwrap()).unwrap();
-        let body = f.body(0, 1_700_000_000, 10);
+        let body = f.body(0, 0, 1_700_000_000, 10);
         // A single-member decoder must read it whole (the CRC and length are checked).
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
@@ -440,7 +443,7 @@ mod tests {
         let f = Fixture::load(path.to_str().unwrap(), "a", 0.2, 4, false, false).unwrap();
         let names = |v: u32| {
             let mut raw = Vec::new();
-            flate2::read::GzDecoder::new(&f.body(v, 1, 10)[..])
+            flate2::read::GzDecoder::new(&f.body(0, v, 1, 10)[..])
                 .read_to_end(&mut raw)
                 .unwrap();
             let p = proto::Profile::decode(&raw[..]).unwrap();
@@ -467,7 +470,7 @@ mod tests {
         let original = decode_pprof(&std::fs::read(&path).unwrap()).unwrap();
         let profile = |from: u64| {
             let mut raw = Vec::new();
-            flate2::read::GzDecoder::new(&f.body(0, from, 10)[..])
+            flate2::read::GzDecoder::new(&f.body(0, 0, from, 10)[..])
                 .read_to_end(&mut raw)
                 .unwrap();
             proto::Profile::decode(&raw[..]).unwrap()
@@ -531,10 +534,10 @@ mod tests {
             (f.format, f.app.as_str(), f.is_pprof()),
             ("jfr", "java-app", false)
         );
-        let raw = f.body(0, 1, 10);
+        let raw = f.body(0, 0, 1, 10);
         let f = f.sent_as_java_agent().unwrap();
         assert!(f.content_type.starts_with("multipart/form-data; boundary="));
-        let form = f.body(0, 1, 10);
+        let form = f.body(0, 0, 1, 10);
         assert!(form.len() < raw.len() / 2, "the recording is gzip'd");
         let start = form.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let end = form.len() - format!("\r\n--{BOUNDARY}--\r\n").len();

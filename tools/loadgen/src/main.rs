@@ -81,6 +81,11 @@ struct Args {
     /// Push one day of one series (8,640 profiles 10 s apart) instead.
     #[arg(long)]
     day: bool,
+    /// With `--day`: that many series (pods `day`, `day-1`, …) pushing side by side, one
+    /// profile each per 10 s slot, as that many profiled cores do; what is stored once per data
+    /// directory (journals, sled's segments) is then shared as in a real deployment.
+    #[arg(long, default_value_t = 1, requires = "day")]
+    day_series: u64,
     /// Push through the Connect API (`push.v1.PusherService/Push`, protobuf) instead of /ingest.
     #[arg(long)]
     connect: bool,
@@ -337,7 +342,7 @@ impl Pusher<'_> {
     fn push(&self, plan: &Plan, name_app: Option<&str>, pod: &str, window: Option<u64>) -> Outcome {
         let f = &self.fixtures[plan.fixture];
         let v = variant(plan.series, plan.from, self.args.churn_variants);
-        let body = f.body(v, plan.from, SLOT_S);
+        let body = f.body(plan.series, v, plan.from, SLOT_S);
         let app = name_app.unwrap_or(&f.app);
         let tenant = self.tenants.header(plan.series);
         let with_tenant = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| match &tenant {
@@ -547,24 +552,32 @@ fn main() -> anyhow::Result<()> {
     if args.day {
         let start = (now - 86_400) / 10 * 10;
         let t0 = Instant::now();
+        let series = args.day_series.max(1);
         for i in 0..8_640u64 {
-            let plan = Plan {
-                fixture: 0,
-                series: 0,
-                from: start + i * 10,
-            };
-            if !matches!(
-                pusher.push(&plan, Some("loadgen-day.cpu"), "day", None),
-                Outcome::Accepted
-            ) {
-                bail!(
-                    "push {i} failed: {}",
-                    first_error.lock().unwrap().take().unwrap_or_default()
-                );
+            for s in 0..series {
+                let plan = Plan {
+                    fixture: 0,
+                    series: s,
+                    from: start + i * 10,
+                };
+                let pod = match s {
+                    0 => "day".to_string(),
+                    s => format!("day-{s}"),
+                };
+                if !matches!(
+                    pusher.push(&plan, Some("loadgen-day.cpu"), &pod, None),
+                    Outcome::Accepted
+                ) {
+                    bail!(
+                        "push {i} of series {s} failed: {}",
+                        first_error.lock().unwrap().take().unwrap_or_default()
+                    );
+                }
             }
         }
         println!(
-            "pushed 8640 profiles (one day of one series) in {:.1}s",
+            "pushed {} profiles (one day of {series} series) in {:.1}s",
+            8_640 * series,
             t0.elapsed().as_secs_f64()
         );
         return Ok(());
