@@ -34,15 +34,17 @@ fn cpu_profile() -> Profile {
         .unwrap()
 }
 
-/// Bytes of the files under `dir`.
+/// Bytes of the files under `dir`: the blocks they occupy, as `du` counts (the finest level's
+/// journal is preallocated sparsely).
 fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     fn walk(p: &Path) -> u64 {
         std::fs::read_dir(p)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| match e.metadata() {
                         Ok(m) if m.is_dir() => walk(&e.path()),
-                        Ok(m) => m.len(),
+                        Ok(m) => m.blocks() * 512,
                         Err(_) => 0,
                     })
                     .sum()
@@ -76,6 +78,12 @@ fn main() {
         .nth(1)
         .map(|h| h.parse().expect("HOURS is a number"))
         .unwrap_or(24);
+    // Steps of a tenth of the span written after the bound is first enforced (past 10, the
+    // times go beyond now).
+    let steps: i64 = std::env::args()
+        .nth(2)
+        .map(|n| n.parse().expect("STEPS is a number"))
+        .unwrap_or(10);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,7 +134,7 @@ fn main() {
     // Ingest goes on (the next hours, a tenth of the span at a time) with the bound enforced
     // after each step, as the daemon's retention loop does.
     let step = hours * 360;
-    for i in 0..10 {
+    for i in 0..steps {
         let from = start + hours * 3600 + i * step;
         fill(&storage, &base, from, from + step);
         rt.block_on(storage.enforce_size(max, max - max / 10))
