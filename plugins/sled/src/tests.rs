@@ -471,12 +471,31 @@ fn a_finest_level_kept_in_sled_by_older_daemons_moves_beside_it() {
     assert!(after.contains("main;a 1280\n"), "{after}");
 }
 
+/// `app.cpu` merged over a short range from `t0` (read from the finest level) and over three
+/// days (read from coarse chunks).
+fn short_and_long(s: &SledStorage, t0: i64, now: i64) -> (String, String) {
+    let merge = |from, to| {
+        s.inner
+            .select_merge(&T, &query("app.cpu", from, to), now)
+            .unwrap()
+            .tree
+            .to_folded()
+    };
+    (merge(t0 - 10, t0 + 600), merge(t0 - 86_400 * 3, now))
+}
+
 #[test]
 fn a_crash_between_the_finest_and_the_coarse_batch_replays_into_the_coarse_levels_only() {
     let dir = tempfile::tempdir().unwrap();
     let now = now_s();
     let t0 = now - 7_200;
     let profiles = hundred_second_profiles(t0, 6);
+    let write_sixth = |s: &SledStorage| {
+        s.write_logged_blocking(6, &T, &profiles[5..])
+            .unwrap()
+            .unwrap();
+        s.flush_blocking().unwrap();
+    };
     let (expected_short, expected_long, coarse_before) = {
         let s = open(dir.path());
         for (seq, p) in profiles[..5].iter().enumerate() {
@@ -486,21 +505,9 @@ fn a_crash_between_the_finest_and_the_coarse_batch_replays_into_the_coarse_level
         }
         s.flush_blocking().unwrap();
         let coarse_before = sled_chunks(&s);
-        s.write_logged_blocking(6, &T, &profiles[5..])
-            .unwrap()
-            .unwrap();
-        s.flush_blocking().unwrap();
-        let merge = |from, to| {
-            s.inner
-                .select_merge(&T, &query("app.cpu", from, to), now)
-                .unwrap()
-        };
-        // A short range reads the finest level, a long one coarse chunks.
-        (
-            merge(t0 - 10, t0 + 600).tree.to_folded(),
-            merge(t0 - 86_400 * 3, now).tree.to_folded(),
-            coarse_before,
-        )
+        write_sixth(&s);
+        let (short, long) = short_and_long(&s, t0, now);
+        (short, long, coarse_before)
     };
     assert!(expected_short.contains("main;a 21\n"), "{expected_short}");
     assert!(expected_long.contains("main;a 21\n"), "{expected_long}");
@@ -520,17 +527,8 @@ fn a_crash_between_the_finest_and_the_coarse_batch_replays_into_the_coarse_level
         Some(5),
         "replayed from the older store's position"
     );
-    s.write_logged_blocking(6, &T, &profiles[5..])
-        .unwrap()
-        .unwrap();
-    s.flush_blocking().unwrap();
-    let merge = |from, to| {
-        s.inner
-            .select_merge(&T, &query("app.cpu", from, to), now)
-            .unwrap()
-    };
-    assert_eq!(merge(t0 - 10, t0 + 600).tree.to_folded(), expected_short);
-    assert_eq!(merge(t0 - 86_400 * 3, now).tree.to_folded(), expected_long);
+    write_sixth(&s);
+    assert_eq!(short_and_long(&s, t0, now), (expected_short, expected_long));
     assert_eq!(s.logged_seq(), Some(6));
 }
 
