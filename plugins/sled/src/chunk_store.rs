@@ -14,7 +14,8 @@
 //! records the last write-ahead log record it holds ([`Applied`]); after a crash between the
 //! two, the log is replayed from the older one, each record only into the levels that lack it.
 //! sled's dictionaries are flushed before either batch, so no chunk on disk refers to a stack
-//! that is not.
+//! that is not. Retention removes finest chunks last, once the coarse chunks that referred to
+//! them hold their columns.
 
 use std::ops::{Bound, Deref, RangeBounds};
 use std::path::Path;
@@ -86,13 +87,14 @@ pub(crate) struct ChunkStore {
     coarse: sled::Tree,
 }
 
-/// Inserts and removals applied together: atomically per store, the finest level first.
+/// Inserts and removals applied together ([`ChunkStore::apply`]). A finest key is not both
+/// inserted and removed in one batch.
 #[derive(Default)]
 pub(crate) struct ChunkBatch {
-    finest: Vec<(Slice, Option<Slice>)>,
+    finest: Vec<(Slice, Slice)>,
+    finest_removals: Vec<Slice>,
     coarse: sled::Batch,
     coarse_ops: usize,
-    log_seq: Option<u64>,
 }
 
 impl ChunkBatch {
@@ -100,7 +102,7 @@ impl ChunkBatch {
         let key = key.as_ref();
         if is_finest(key) {
             self.finest
-                .push((Slice::from(key), Some(Slice::from(value.as_ref()))));
+                .push((Slice::from(key), Slice::from(value.as_ref())));
         } else {
             self.coarse.insert(key, value.as_ref());
             self.coarse_ops += 1;
@@ -110,7 +112,7 @@ impl ChunkBatch {
     pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         if is_finest(key) {
-            self.finest.push((Slice::from(key), None));
+            self.finest_removals.push(Slice::from(key));
         } else {
             self.coarse.remove(key);
             self.coarse_ops += 1;
@@ -118,12 +120,9 @@ impl ChunkBatch {
     }
 
     /// Records, in both stores, that the batch holds what the log holds up to `seq`.
-    pub(crate) fn set_log_seq(&mut self, seq: u64, packed: impl AsRef<[u8]>) {
-        self.log_seq = Some(seq);
-        self.finest.push((
-            Slice::from(&LOG_SEQ_KEY[..]),
-            Some(Slice::from(packed.as_ref())),
-        ));
+    pub(crate) fn set_log_seq(&mut self, packed: impl AsRef<[u8]>) {
+        self.finest
+            .push((Slice::from(&LOG_SEQ_KEY[..]), Slice::from(packed.as_ref())));
         self.coarse.insert(&LOG_SEQ_KEY, packed.as_ref());
         self.coarse_ops += 1;
     }
@@ -283,21 +282,32 @@ impl ChunkStore {
         self.iter().next().is_none()
     }
 
-    /// Applies `batch`: the finest level's part synced to disk, then the coarse part. A crash
-    /// in between leaves the finest part, and [`Applied`] says so.
+    /// Applies `batch` in three atomic steps, each on disk before the next: the finest
+    /// level's inserts (coarse chunks may refer to them), the coarse part, then the finest
+    /// level's removals (coarse chunks that referred to them got their columns in the coarse
+    /// part). A crash after the first step leaves it, and [`Applied`] says so; one after the
+    /// second leaves finest chunks that the next retention pass deletes again.
     pub(crate) fn apply(&self, batch: ChunkBatch) -> Result<(), StorageError> {
         if !batch.finest.is_empty() {
             let mut b = self.lsm.batch().durability(Some(PersistMode::SyncData));
             for (key, value) in batch.finest {
-                match value {
-                    Some(v) => b.insert(&self.finest, key, v),
-                    None => b.remove(&self.finest, key),
-                }
+                b.insert(&self.finest, key, value);
             }
             b.commit().map_err(io)?;
         }
         if batch.coarse_ops > 0 {
             self.coarse.apply_batch(batch.coarse).map_err(io)?;
+        }
+        if !batch.finest_removals.is_empty() {
+            if batch.coarse_ops > 0 {
+                // sled writes a batch when it flushes, the journal at once.
+                self.coarse.flush().map_err(io)?;
+            }
+            let mut b = self.lsm.batch();
+            for key in batch.finest_removals {
+                b.remove(&self.finest, key);
+            }
+            b.commit().map_err(io)?;
         }
         Ok(())
     }

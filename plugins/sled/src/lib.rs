@@ -1375,7 +1375,7 @@ impl Inner {
             }
         }
         if let Some(seq) = log_seq {
-            chunks.set_log_seq(seq, self.codec.pack(&seq.to_be_bytes()));
+            chunks.set_log_seq(self.codec.pack(&seq.to_be_bytes()));
         }
         for (service, (dict, raw, packed)) in compression_dicts {
             if dict.is_some() {
