@@ -10,9 +10,10 @@
 //! it. In an LSM tree every rewrite is a version kept until a compaction drops it; sled reuses
 //! their space as it goes, so they stay there.
 //!
-//! Two stores, so an apply is two atomic batches, finest first ([`ChunkStore::apply`]). Each
-//! records the last write-ahead log record it holds ([`Applied`]); after a crash between the
-//! two, the log is replayed from the older one, each record only into the levels that lack it.
+//! Two stores, so an apply is an atomic batch in each, the finest level's first
+//! ([`ChunkStore::apply`]). Each records the last write-ahead log record it holds
+//! ([`Applied`]); after a crash between the two, the log is replayed from the older one, each
+//! record only into the levels that lack it.
 //! sled's dictionaries are flushed before either batch, so no chunk on disk refers to a stack
 //! that is not. Retention removes finest chunks last, once the coarse chunks that referred to
 //! them hold their columns.
@@ -119,7 +120,8 @@ impl ChunkBatch {
         }
     }
 
-    /// Records, in both stores, that the batch holds what the log holds up to `seq`.
+    /// Records in both stores the last log record the batch holds (`packed`: its sequence
+    /// number, packed as the storage packs values).
     pub(crate) fn set_log_seq(&mut self, packed: impl AsRef<[u8]>) {
         self.finest
             .push((Slice::from(&LOG_SEQ_KEY[..]), Slice::from(packed.as_ref())));
