@@ -449,7 +449,7 @@ struct Inner {
     applied_log_seq: AtomicU64,
     /// The last log record each store held when opened: a record replayed after a crash
     /// between the two batches of an apply goes only to the levels that lack it.
-    applied_at_open: Mutex<chunk_store::Applied>,
+    applied_at_open: chunk_store::Applied,
     /// When [`Inner::release_idle_dictionaries`] looks next (unix seconds).
     next_idle_check_s: AtomicI64,
 }
@@ -692,6 +692,14 @@ impl SledStorage {
             tracing::info!(chunks = moved, "moved the finest level out of sled");
         }
         let size_floors_tree = tree("size_floors")?;
+        let applied_at_open = chunks.applied(|v| {
+            codec
+                .unpack(v)?
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("log sequence is not 8 bytes".into()))
+        })?;
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             series_tree,
             services_tree,
@@ -717,8 +725,9 @@ impl SledStorage {
             me: me.clone(),
             applying_in_background: AtomicBool::new(false),
             apply_failure: Mutex::new(None),
-            applied_log_seq: AtomicU64::new(0),
-            applied_at_open: Mutex::new(chunk_store::Applied::default()),
+            // The log is replayed from the older of the two positions.
+            applied_log_seq: AtomicU64::new(applied_at_open.finest.min(applied_at_open.coarse)),
+            applied_at_open,
             next_idle_check_s: AtomicI64::new(0),
         });
         inner.load()?;
@@ -765,7 +774,7 @@ impl SledStorage {
 
     /// Bytes sled and the chunk store occupy on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0) + self.inner.chunks.finest_disk_space()
+        self.inner.disk_bytes().unwrap_or(0)
     }
 
     /// Writes without going through the async runtime (benchmarks, tools).
@@ -794,6 +803,12 @@ impl SledStorage {
 }
 
 impl Inner {
+    /// Bytes sled's files and the finest level's take on disk.
+    fn disk_bytes(&self) -> Option<u64> {
+        let sled = self.db.size_on_disk().ok()?;
+        Some(sled + self.chunks.finest_disk_space())
+    }
+
     /// Everything applied, on disk: sled's trees, then the chunks.
     fn make_durable(&self) -> Result<(), StorageError> {
         self.db.flush().map_err(io)?;
@@ -820,19 +835,6 @@ impl Inner {
                 f.store(floor, Ordering::Relaxed);
             }
         }
-        let applied = self.chunks.applied(|v| {
-            self.codec
-                .unpack(v)?
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StorageError::Corrupt("log sequence is not 8 bytes".into()))
-        })?;
-        // The log is replayed from the older of the two; each record goes only to the levels
-        // that lack it.
-        self.applied_log_seq
-            .store(applied.finest.min(applied.coarse), Ordering::Relaxed);
-        *self.applied_at_open.lock() = applied;
         let mut st = self.state.lock();
         let mut names: FxHashMap<u32, (Tenant, String)> = FxHashMap::default();
         let tenant_services = self.tenant_services.iter().map(|kv| {
@@ -973,7 +975,7 @@ impl Inner {
             st.buffered_log_seq = log_seq;
         }
         // Levels that already hold this record: a crash came between an apply's two batches.
-        let applied = *self.applied_at_open.lock();
+        let applied = self.applied_at_open;
         let (skip_finest, skip_coarse) = match log_seq {
             Some(seq) => (seq <= applied.finest, seq <= applied.coarse),
             None => (false, false),

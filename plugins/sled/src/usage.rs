@@ -262,11 +262,7 @@ impl Inner {
         Ok(StorageUsage {
             supported: true,
             total_bytes: total,
-            disk_bytes: self
-                .db
-                .size_on_disk()
-                .ok()
-                .map(|sled| sled + self.chunks.finest_disk_space()),
+            disk_bytes: self.disk_bytes(),
             entries,
         })
     }
