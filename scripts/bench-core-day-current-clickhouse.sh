@@ -11,6 +11,7 @@
 #   KILN_TEST_PYTHON=…            the interpreter that has chdb-core (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/daemon.sh
 if [ -z "${KILN_BIN_DIR:-}" ]; then
   cargo build --release -p kiln -p kiln-loadgen
   KILN_BIN_DIR=${CARGO_TARGET_DIR:-target}/release
@@ -20,7 +21,7 @@ work=$(mktemp -d)
 ch_pid='' kiln_pid=''
 trap 'kill $kiln_pid $ch_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/ch/cwd"
-ch_port=$(free_port); kiln_port=$(free_port)
+ch_port=$(free_port)
 # Its own working directory: chDB reads a config.xml it finds there.
 (cd "$work/ch/cwd" && exec "${KILN_TEST_PYTHON:-python3}" "$OLDPWD/plugins/clickhouse/test-server/chdb_http.py" \
   --port "$ch_port" --path "$work/ch/data" --user kiln --password bench 2>"$work/ch/log") &
@@ -28,7 +29,8 @@ ch_pid=$!
 sql() { curl -sf -u kiln:bench "http://127.0.0.1:$ch_port/" --data-binary "$1"; }
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ch_port/ping" >/dev/null && break; sleep 0.1; done
 head -n 1 "$work/ch/log"
-cat > "$work/kiln.toml" <<TOML
+export KILN_CONFIG=$work/kiln.toml
+cat > "$KILN_CONFIG" <<TOML
 [storage]
 type = "clickhouse"
 [storage.clickhouse]
@@ -37,11 +39,8 @@ database = "day"
 user = "kiln"
 password = "bench"
 TOML
-"$KILN_BIN_DIR/kiln" server --config "$work/kiln.toml" --listen "127.0.0.1:$kiln_port" \
-  --storage-path "$work/wal" --self-profiling false --log-level warn >"$work/kiln.log" 2>&1 &
-kiln_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$kiln_port/healthz" >/dev/null && break; sleep 0.1; done
-"$KILN_BIN_DIR/kiln-loadgen" --url "http://127.0.0.1:$kiln_port" --day --vary-values --concurrency 4 | tail -n 2
+start_kiln "$KILN_BIN_DIR/kiln" "$work/wal" >"$work/kiln.log" 2>&1
+"$KILN_BIN_DIR/kiln-loadgen" --url "$kiln_url" --day --vary-values --concurrency 4 | tail -n 2
 # A clean stop sends what the daemon still buffers.
 kill "$kiln_pid"; wait "$kiln_pid" || true; kiln_pid=''
 for t in buckets fine series stacks frames; do sql "OPTIMIZE TABLE day.$t FINAL"; done
