@@ -1261,109 +1261,125 @@ impl Inner {
             FxHashMap::default();
         // Keys of this batch whose series has siblings, for the references between them.
         let mut with_siblings: FxHashSet<(u32, u8, u64)> = FxHashSet::default();
-        // Columns to store, after references: whether each is stored whole or as a sibling's
-        // is decided once all of them are known.
-        let mut columns: Vec<NewColumn> = Vec::new();
-        for ((series, level, bucket), pending) in buffer {
-            let key = chunk_key(series, level, bucket);
-            if sibling_of.contains_key(&series) {
-                with_siblings.insert((series, level, bucket));
-            }
-            let old_raw = self.chunks.get(key).map_err(io)?;
-            let old_len = old_raw.as_ref().map(|v| v.len());
-            let old = match old_raw {
-                Some(v) => Some(Stored::decode(&self.unpack_chunk(&v)?)?),
-                None => None,
-            };
-            let finest = pending.finest;
-            let mut entries: Vec<(u32, i64)> = pending.values.into_iter().collect();
-            entries.sort_unstable_by_key(|e| e.0);
-            let column = Column {
-                profiles: pending.profiles,
-                entries,
-            };
-            if level > 0 {
-                // Still (or newly) all in one finest bucket: the finest chunk says it all. A
-                // coarse bucket without a chunk has no finest chunk either (every profile goes
-                // to every level, and coarser levels are kept at least as long).
-                let reference = match (&old, finest) {
-                    (None, Some(b)) => Some((b, column.profiles, column.total())),
-                    (
-                        Some(Stored::SameAsFinest {
-                            bucket: was,
-                            profiles,
-                            total,
-                        }),
-                        Some(b),
-                    ) if *was == b => Some((b, profiles + column.profiles, total + column.total())),
-                    _ => None,
+        // One slot at a time (a level and bucket of one series, or of a group of siblings, which
+        // are compared with each other): what an apply holds merged at once is one slot's
+        // columns, not every coarse chunk the buffer touches.
+        let slot_of = |&(series, level, bucket): &(u32, u8, u64)| match sibling_of.get(&series) {
+            Some(&(group, _)) => (level, bucket, 0u8, group),
+            None => (level, bucket, 1, series),
+        };
+        let mut buffer: Vec<((u32, u8, u64), Pending)> = buffer.into_iter().collect();
+        buffer.sort_unstable_by_key(|(key, _)| slot_of(key));
+        let mut buffer = buffer.into_iter().peekable();
+        while let Some(first) = buffer.next() {
+            let slot = slot_of(&first.0);
+            let rest = std::iter::from_fn(|| buffer.next_if(|(key, _)| slot_of(key) == slot));
+            // The slot's columns to store, after references: whether each is stored whole or as a
+            // sibling's is decided once all of them are known.
+            let mut columns: Vec<NewColumn> = Vec::new();
+            for ((series, level, bucket), pending) in std::iter::once(first).chain(rest) {
+                let key = chunk_key(series, level, bucket);
+                if sibling_of.contains_key(&series) {
+                    with_siblings.insert((series, level, bucket));
+                }
+                let old_raw = self.chunks.get(key).map_err(io)?;
+                let old_len = old_raw.as_ref().map(|v| v.len());
+                let old = match old_raw {
+                    Some(v) => Some(Stored::decode(&self.unpack_chunk(&v)?)?),
+                    None => None,
                 };
-                if let Some((b, profiles, total)) = reference {
-                    let value = self
-                        .codec
-                        .pack(&Stored::encode_same_as_finest(b, profiles, total));
-                    changes.push(key, old_len, Some(value.len()));
+                let finest = pending.finest;
+                let mut entries: Vec<(u32, i64)> = pending.values.into_iter().collect();
+                entries.sort_unstable_by_key(|e| e.0);
+                let column = Column {
+                    profiles: pending.profiles,
+                    entries,
+                };
+                if level > 0 {
+                    // Still (or newly) all in one finest bucket: the finest chunk says it all. A
+                    // coarse bucket without a chunk has no finest chunk either (every profile goes
+                    // to every level, and coarser levels are kept at least as long).
+                    let reference = match (&old, finest) {
+                        (None, Some(b)) => Some((b, column.profiles, column.total())),
+                        (
+                            Some(Stored::SameAsFinest {
+                                bucket: was,
+                                profiles,
+                                total,
+                            }),
+                            Some(b),
+                        ) if *was == b => {
+                            Some((b, profiles + column.profiles, total + column.total()))
+                        }
+                        _ => None,
+                    };
+                    if let Some((b, profiles, total)) = reference {
+                        let value = self
+                            .codec
+                            .pack(&Stored::encode_same_as_finest(b, profiles, total));
+                        changes.push(key, old_len, Some(value.len()));
+                        chunks.insert(key, value);
+                        continue;
+                    }
+                }
+                let merged = match old {
+                    None => column,
+                    Some(old) => {
+                        let mut old = self.resolve(series, level, bucket, old)?;
+                        old.merge(&column);
+                        old
+                    }
+                };
+                columns.push(NewColumn {
+                    series,
+                    level,
+                    bucket,
+                    old_len,
+                    column: merged,
+                });
+            }
+            let bases = sibling_bases(&columns, &sibling_of);
+            for (new, base) in columns.into_iter().zip(bases) {
+                let key = chunk_key(new.series, new.level, new.bucket);
+                if let Some((sibling, ratio)) = base {
+                    let value = self.codec.pack(&Stored::encode_scaled_sibling(
+                        sibling,
+                        ratio,
+                        new.column.profiles,
+                        new.column.total(),
+                    ));
+                    changes.push(key, new.old_len, Some(value.len()));
                     chunks.insert(key, value);
                     continue;
                 }
-            }
-            let merged = match old {
-                None => column,
-                Some(old) => {
-                    let mut old = self.resolve(series, level, bucket, old)?;
-                    old.merge(&column);
-                    old
+                let raw = new.column.encode();
+                let service = service_of
+                    .get(new.series as usize)
+                    .copied()
+                    .unwrap_or(NO_SERVICE);
+                let entry = match compression_dicts.entry(service) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let d = if service == NO_SERVICE || self.codec != Codec::Packed {
+                            None
+                        } else {
+                            self.dicts.for_service(service)?
+                        };
+                        e.insert((d, 0, 0))
+                    }
+                };
+                if service != NO_SERVICE && self.codec == Codec::Packed {
+                    // Sampled while it has no dictionary, or its dictionary packs poorly now.
+                    self.dicts.offer(service, &raw, now);
                 }
-            };
-            columns.push(NewColumn {
-                series,
-                level,
-                bucket,
-                old_len,
-                column: merged,
-            });
-        }
-        let bases = sibling_bases(&columns, &sibling_of);
-        for (new, base) in columns.into_iter().zip(bases) {
-            let key = chunk_key(new.series, new.level, new.bucket);
-            if let Some((sibling, ratio)) = base {
-                let value = self.codec.pack(&Stored::encode_scaled_sibling(
-                    sibling,
-                    ratio,
-                    new.column.profiles,
-                    new.column.total(),
-                ));
+                let value = self.codec.pack_with(&raw, entry.0.as_deref());
+                if entry.0.is_some() {
+                    entry.1 += raw.len() as u64;
+                    entry.2 += value.len() as u64;
+                }
                 changes.push(key, new.old_len, Some(value.len()));
                 chunks.insert(key, value);
-                continue;
             }
-            let raw = new.column.encode();
-            let service = service_of
-                .get(new.series as usize)
-                .copied()
-                .unwrap_or(NO_SERVICE);
-            let entry = match compression_dicts.entry(service) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let d = if service == NO_SERVICE || self.codec != Codec::Packed {
-                        None
-                    } else {
-                        self.dicts.for_service(service)?
-                    };
-                    e.insert((d, 0, 0))
-                }
-            };
-            if service != NO_SERVICE && self.codec == Codec::Packed {
-                // Sampled while it has no dictionary, or its dictionary packs poorly now.
-                self.dicts.offer(service, &raw, now);
-            }
-            let value = self.codec.pack_with(&raw, entry.0.as_deref());
-            if entry.0.is_some() {
-                entry.1 += raw.len() as u64;
-                entry.2 += value.len() as u64;
-            }
-            changes.push(key, new.old_len, Some(value.len()));
-            chunks.insert(key, value);
         }
         // A sibling outside this batch that refers to a chunk this batch changes gets the column
         // it stood for (read as sled is before the batch). Pushes carry all of a profile's

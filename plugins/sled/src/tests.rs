@@ -2029,6 +2029,51 @@ fn proportional_sample_types_are_stored_once_and_read_back_exactly() {
     expect(&s);
 }
 
+/// An apply stores one slot (a level and bucket of a group of siblings) at a time: with several
+/// groups, buckets and levels in one batch, each pair still finds its sibling and reads back
+/// exactly.
+#[test]
+fn siblings_of_many_groups_and_buckets_in_one_apply_each_refer_to_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = (now_s() - 7200) / 1000 * 1000;
+    let s = open(dir.path());
+    let envs = ["prod", "dev", "stage"];
+    for (i, env) in envs.iter().enumerate() {
+        for slot in 0..3 {
+            let v = (i as i64 + 1) * (slot + 1);
+            s.write_blocking(
+                &T,
+                cpu_pair(
+                    env,
+                    t0 + 20 * slot,
+                    &[(&["main", env], v), (&["main", "b"], 1)],
+                ),
+            )
+            .unwrap();
+        }
+    }
+    s.flush_blocking().unwrap();
+    // Per pair: three finest buckets, one 1000 s and one 100 000 s bucket — a column and a
+    // reference each.
+    assert_eq!(sibling_kinds(&s), (15, 15));
+    for (i, env) in envs.iter().enumerate() {
+        let n = i as i64 + 1;
+        assert_eq!(
+            folded_of(&s, &format!("app.cpu{{env=\"{env}\"}}"), t0, t0 + 1000),
+            format!("main;b 3\nmain;{env} {}\n", 6 * n)
+        );
+        assert_eq!(
+            folded_of(
+                &s,
+                &format!("app.cpu_nanoseconds{{env=\"{env}\"}}"),
+                t0,
+                t0 + 30
+            ),
+            format!("main;b 20000000\nmain;{env} {}\n", 30_000_000 * n)
+        );
+    }
+}
+
 /// The bytes and chunks storage keeps count of, and what a full scan of the chunks finds.
 type Counts = std::collections::BTreeMap<(u32, u8), (i64, i64)>;
 fn kept_and_scanned(s: &SledStorage) -> (Counts, Counts) {
