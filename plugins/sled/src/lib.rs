@@ -444,6 +444,10 @@ struct Inner {
     /// Bytes and chunks per series and level, kept up to date by every change to `chunks` once
     /// the first [`Storage::usage`] built it ([`usage`]).
     accounting: Mutex<Option<usage::Accounting>>,
+    /// Bytes (keys and values) of the dictionary blocks, kept up to date by every apply once the
+    /// first [`Storage::usage`] scanned them: scanning them again at every retention pass pulled
+    /// every block of a large dictionary through sled's page cache.
+    dictionary_block_bytes: Mutex<Option<u64>>,
     /// The last write-ahead log record applied to every level (each store of `chunks` keeps its
     /// own, in the same atomic batch as the chunks it produced).
     applied_log_seq: AtomicU64,
@@ -713,6 +717,7 @@ impl SledStorage {
             dicts,
             size_floors: level_seconds.iter().map(|_| AtomicI64::new(0)).collect(),
             accounting: Mutex::new(None),
+            dictionary_block_bytes: Mutex::new(None),
             codec,
             db,
             levels: level_seconds,
@@ -1190,6 +1195,8 @@ impl Inner {
         let mut frames = sled::Batch::default();
         let mut nodes = sled::Batch::default();
         let mut series = sled::Batch::default();
+        // (kind, key, value length) of the dictionary blocks this apply writes.
+        let mut written_blocks = Vec::new();
         let migrate;
         let service_of;
         let sibling_of;
@@ -1216,7 +1223,10 @@ impl Inner {
                         Kind::Frames => &mut frames,
                         Kind::Nodes => &mut nodes,
                     };
-                    batch.insert(&blocks::block_key(dict.id, b), self.codec.pack(&bytes));
+                    let key = blocks::block_key(dict.id, b);
+                    let value = self.codec.pack(&bytes);
+                    written_blocks.push((kind, key, value.len()));
+                    batch.insert(&key, value);
                 }
                 dict.mark_persisted();
             }
@@ -1240,6 +1250,7 @@ impl Inner {
         self.tenant_services
             .apply_batch(tenant_services)
             .map_err(io)?;
+        self.count_dictionary_blocks(&written_blocks)?;
         self.frame_blocks.apply_batch(frames).map_err(io)?;
         self.node_blocks.apply_batch(nodes).map_err(io)?;
         if migrate {
@@ -1408,6 +1419,31 @@ impl Inner {
             self.applied_log_seq.store(seq, Ordering::Relaxed);
         }
         self.evict_dictionaries();
+        Ok(())
+    }
+
+    /// Adds what rewriting `blocks` changes to [`Inner::dictionary_block_bytes`], once it is
+    /// counted: the blocks an apply writes are a dictionary's last, so this reads a few values.
+    /// Called with `apply_lock` held, before the blocks are written.
+    fn count_dictionary_blocks(
+        &self,
+        blocks: &[(Kind, [u8; 8], usize)],
+    ) -> Result<(), StorageError> {
+        let mut counted = self.dictionary_block_bytes.lock();
+        let Some(total) = counted.as_mut() else {
+            return Ok(());
+        };
+        for (kind, key, len) in blocks {
+            let tree = match kind {
+                Kind::Frames => &self.frame_blocks,
+                Kind::Nodes => &self.node_blocks,
+            };
+            let old = tree
+                .get(key)
+                .map_err(io)?
+                .map_or(0, |v| key.len() + v.len());
+            *total = (*total + (key.len() + len) as u64).saturating_sub(old as u64);
+        }
         Ok(())
     }
 

@@ -2029,6 +2029,44 @@ fn proportional_sample_types_are_stored_once_and_read_back_exactly() {
     expect(&s);
 }
 
+/// The dictionary blocks' bytes that applies keep once `usage` has scanned them stay what a scan
+/// finds, as blocks fill, are rewritten and new ones begin, in more than one service.
+#[test]
+fn dictionary_block_bytes_kept_by_applies_match_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t0 = now_s() - 600;
+    let scan = |s: &SledStorage| -> u64 {
+        [&s.inner.frame_blocks, &s.inner.node_blocks]
+            .into_iter()
+            .flat_map(|t| t.iter())
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.len() + v.len()) as u64
+            })
+            .sum()
+    };
+    put(
+        &s,
+        vec![profile("app", "a", "cpu", t0, &[(&["m", "f"], 1)])],
+    );
+    s.inner.usage().unwrap();
+    assert_eq!(*s.inner.dictionary_block_bytes.lock(), Some(scan(&s)));
+    for round in 0..3 {
+        let names: Vec<String> = (0..3000).map(|i| format!("f{round}_{i}")).collect();
+        let stacks: Vec<[&str; 2]> = names.iter().map(|n| ["m", n.as_str()]).collect();
+        let samples: Vec<(&[&str], i64)> = stacks.iter().map(|st| (&st[..], 1)).collect();
+        let service = if round == 1 { "db" } else { "app" };
+        let before = s.inner.dictionary_block_bytes.lock().unwrap();
+        put(&s, vec![profile(service, "a", "cpu", t0 + round, &samples)]);
+        let total = s.inner.usage().unwrap().total_bytes;
+        let kept = s.inner.dictionary_block_bytes.lock().unwrap();
+        assert!(kept > before, "round {round}: {kept} after {before}");
+        assert_eq!(kept, scan(&s), "round {round}");
+        assert!(total > kept);
+    }
+}
+
 /// An apply stores one slot (a level and bucket of a group of siblings) at a time: with several
 /// groups, buckets and levels in one batch, each pair still finds its sibling and reads back
 /// exactly.

@@ -184,6 +184,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Bytes of the dictionary blocks: scanned the first time, then kept by every apply. Call
+    /// with `apply_lock` held.
+    fn dictionary_block_bytes(&self) -> Result<u64, StorageError> {
+        let mut counted = self.dictionary_block_bytes.lock();
+        if let Some(bytes) = *counted {
+            return Ok(bytes);
+        }
+        let bytes = tree_bytes(&self.frame_blocks)? + tree_bytes(&self.node_blocks)?;
+        *counted = Some(bytes);
+        Ok(bytes)
+    }
+
     /// What is stored per tenant, service and level. The first call scans every chunk; later
     /// ones read the counts kept since, and scan the dictionaries and series records.
     pub(crate) fn usage(&self) -> Result<StorageUsage, StorageError> {
@@ -216,14 +228,12 @@ impl Inner {
             }
             Ok((grouped, total))
         })??;
-        let mut total = chunk_total;
         // Shared by a service's levels: counted in the total, not in any entry.
+        let mut total = chunk_total + self.dictionary_block_bytes()?;
         for tree in [
             &self.series_tree,
             &self.services_tree,
             &self.tenant_services,
-            &self.frame_blocks,
-            &self.node_blocks,
             &self.legacy_frames,
             &self.legacy_nodes,
             &self.size_floors_tree,
