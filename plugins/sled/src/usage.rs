@@ -196,8 +196,9 @@ impl Inner {
         Ok(bytes)
     }
 
-    /// What is stored per tenant, service and level. The first call scans every chunk; later
-    /// ones read the counts kept since, and scan the dictionaries and series records.
+    /// What is stored per tenant, service and level. The first call scans every chunk and
+    /// dictionary block; later ones read the counts kept since, and scan the series records and
+    /// the small trees beside them.
     pub(crate) fn usage(&self) -> Result<StorageUsage, StorageError> {
         self.apply()?;
         // No apply, retention or delete changes `chunks` while this reads the counts.
