@@ -43,6 +43,26 @@ assert any(n.endswith("JavaApp.allocLoop") for n in alloc["flamebearer"]["names"
 print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
 done
+# With -javaagent the agent sets Flight Recorder's small buffers in jdk.jfr.internal directly
+# (no MBean server): the running JVM must report them.
+java "-Xlog:class+load=info:file=$work/buffers-classes.log" \
+  "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-buffers,uploadInterval=2,authToken=$kiln_write_key" \
+  "$root/examples/java-app/JavaApp.java" 10 >/dev/null 2>&1 &
+app_pid=$!
+configured=
+for _ in $(seq 80); do
+  configured=$(jcmd "$app_pid" JFR.configure 2>/dev/null || true)
+  [[ $configured == *"Memory size: 1.0 MB"* ]] && break # or the agent has not run yet
+  sleep 0.25
+done
+kill "$app_pid" 2>/dev/null; wait "$app_pid" 2>/dev/null || true
+for want in "Memory size: 1.0 MB" "Global buffer count: 2" "Thread buffer size: 4.0 kB"; do
+  [[ $configured == *"$want"* ]] || { echo "sdk/java: Flight Recorder not configured by the agent (no \"$want\"):"; echo "$configured"; exit 1; }
+done
+if grep -q "DiagnosticCommandImpl" "$work/buffers-classes.log"; then
+  echo "sdk/java: the agent configured Flight Recorder through the MBean server, not jdk.jfr.internal"; exit 1
+fi
+echo "sdk/java: -javaagent gives Flight Recorder 1 MB of buffers without the MBean server"
 # Profile types follow the settings: CPU only (allocInterval=0, lockThreshold=0) stores no
 # allocation series; a fixed allocInterval stores async-profiler's allocation samples from
 # allocLoop; a bad value stops the agent's start with a message naming the setting.

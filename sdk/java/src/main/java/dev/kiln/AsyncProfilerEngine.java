@@ -1,5 +1,6 @@
 package dev.kiln;
 
+import java.io.FileInputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.logging.Logger;
@@ -52,7 +53,7 @@ final class AsyncProfilerEngine implements Engine {
         JfrEngine allocations = null;
         if (config.jfrAllocations(JfrEngine.hasAllocationSampler())) {
             try {
-                allocations = JfrEngine.startAllocations(config, log);
+                allocations = JfrEngine.startAllocations(config, KilnAgent.instrumentation(), log);
             } catch (RuntimeException | Error e) { // e.g. JFR disabled at run time: async-profiler's sampler
                 log.warning("kiln: Flight Recorder's allocation sampler unavailable (" + e + "); async-profiler samples allocations");
             }
@@ -99,7 +100,11 @@ final class AsyncProfilerEngine implements Engine {
         byte[] samples;
         try {
             profiler.execute("stop"); // writes the interval's JFR file
-            samples = Files.readAllBytes(done);
+            // A FileInputStream, not Files.readAllBytes: NIO would read through a direct buffer
+            // the size of the file and keep it for this thread for good.
+            try (FileInputStream in = new FileInputStream(done.toFile())) {
+                samples = in.readAllBytes();
+            }
         } catch (Exception e) {
             if (allocations == null) throw e;
             // Flight Recorder's interval still ends here, so that the next upload holds only

@@ -1,7 +1,11 @@
 package dev.kiln;
 
 import java.io.InputStream;
+import java.lang.instrument.Instrumentation;
 import java.lang.management.ManagementFactory;
+import java.lang.reflect.Method;
+import java.util.Map;
+import java.util.Set;
 import java.util.logging.Logger;
 
 import javax.management.ObjectName;
@@ -38,9 +42,10 @@ final class JfrEngine implements Engine {
      * Allocation samples only, for async-profiler's intervals. Unless the program runs Flight
      * Recorder already, its buffers are first made small (1 MiB in all, 4 KiB per thread): about
      * 150 events a second need little, and the defaults add some 10 MB to the process.
+     * {@code inst} is the agent's instrumentation, null when started from code.
      */
-    static JfrEngine startAllocations(Config config, Logger log) {
-        if (!FlightRecorder.isInitialized()) shrinkBuffers(log);
+    static JfrEngine startAllocations(Config config, Instrumentation inst, Logger log) {
+        if (!FlightRecorder.isInitialized()) shrinkBuffers(inst, log);
         JfrEngine e = new JfrEngine(config, true);
         e.recording = e.newRecording();
         return e;
@@ -58,14 +63,47 @@ final class JfrEngine implements Engine {
         }
     }
 
-    private static void shrinkBuffers(Logger log) {
+    /** What {@code JFR.configure} is given, in the order it sets them. */
+    private static final String[][] SMALL_BUFFERS = {
+        {"globalbuffercount", "setGlobalBufferCount", "2"},
+        {"globalbuffersize", "setGlobalBufferSize", "524288"},
+        {"thread_buffer_size", "setThreadBufferSize", "4096"},
+        {"memorysize", "setMemorySize", "1048576"},
+    };
+
+    private static void shrinkBuffers(Instrumentation inst, Logger log) {
+        if (inst != null && shrinkThroughOptions(inst, log)) return;
+        String[] args = new String[SMALL_BUFFERS.length];
+        for (int i = 0; i < args.length; i++) args[i] = SMALL_BUFFERS[i][0] + "=" + SMALL_BUFFERS[i][2];
         try {
             ManagementFactory.getPlatformMBeanServer().invoke(
                     new ObjectName("com.sun.management:type=DiagnosticCommand"), "jfrConfigure",
-                    new Object[] {new String[] {"memorysize=1m", "globalbuffercount=2", "globalbuffersize=512k", "thread_buffer_size=4k"}},
+                    new Object[] {args},
                     new String[] {String[].class.getName()});
         } catch (Exception | LinkageError e) { // the defaults then: more memory, same samples
             log.fine("kiln: Flight Recorder keeps its default buffers: " + e);
+        }
+    }
+
+    /**
+     * Sets the buffer sizes where {@code JFR.configure} sets them, in {@code jdk.jfr.internal}
+     * (opened to the agent through its instrumentation): going through the platform MBean server
+     * instead loads JMX and costs the process some 2.4 MB more. False if this JDK has no such
+     * methods (the diagnostic command then).
+     */
+    private static boolean shrinkThroughOptions(Instrumentation inst, Logger log) {
+        try {
+            Module jfr = FlightRecorder.class.getModule();
+            inst.redefineModule(jfr, Set.of(), Map.of("jdk.jfr.internal", Set.of(JfrEngine.class.getModule())),
+                    Map.of(), Set.of(), Map.of());
+            Class<?> options = Class.forName("jdk.jfr.internal.Options", true, FlightRecorder.class.getClassLoader());
+            Method[] setters = new Method[SMALL_BUFFERS.length];
+            for (int i = 0; i < setters.length; i++) setters[i] = options.getMethod(SMALL_BUFFERS[i][1], long.class);
+            for (int i = 0; i < setters.length; i++) setters[i].invoke(null, Long.parseLong(SMALL_BUFFERS[i][2]));
+            return true;
+        } catch (ReflectiveOperationException | RuntimeException | LinkageError e) {
+            log.fine("kiln: Flight Recorder's options not reachable directly: " + e);
+            return false;
         }
     }
 

@@ -16,6 +16,8 @@ import java.util.logging.Logger;
 public final class KilnAgent {
     private static final Logger LOG = Logger.getLogger("dev.kiln");
     private static KilnAgent running;
+    /** The JVM's instrumentation when loaded with {@code -javaagent}, else null. */
+    private static volatile Instrumentation instrumentation;
 
     private final Config config;
     private final Uploader uploader;
@@ -35,6 +37,7 @@ public final class KilnAgent {
     }
 
     public static void premain(String args, Instrumentation inst) {
+        instrumentation = inst;
         start(Config.fromAgentArgs(args, System.getenv()));
     }
 
@@ -70,6 +73,10 @@ public final class KilnAgent {
                 : c.allocInterval == Config.ALLOC_INTERVAL_AUTO ? "auto" : c.allocInterval + " B";
         String lock = c.lockThreshold.isZero() ? "off" : c.lockThreshold.toMillis() + "ms";
         return "cpu " + c.samplingInterval.toMillis() + "ms, alloc " + alloc + ", lock " + lock;
+    }
+
+    static Instrumentation instrumentation() {
+        return instrumentation;
     }
 
     /** Takes the last recording and sends what is queued (for up to 5 s). */
