@@ -19,6 +19,14 @@ profiler that runs for long (in %) and its one-time start-up cost (in CPU second
 The noise floor is half the spread (max − min) of the baseline's own runs: a difference below it
 is not a measurement. Environment variables go in front as `env NAME=VALUE command`.
 
+With --paired (two CPUs or more), each variant instead runs at the same time as a run of the
+baseline, each pinned to a CPU of its own (the CPUs swapped from one pair to the next), and
+each figure is the median of the per-pair differences. Whatever slows the machine down during a
+pair (another tenant, the clock) slows both alike, so the pair's difference keeps only the
+profiler's cost: on a 2-vCPU VM whose CPU time for a fixed job drifts by 5 % from one run to the
+next, two baseline runs side by side differ by 0.0–1.2 %. Each round also runs the baseline
+beside itself: the spread of those differences is the noise floor.
+
 Importable: :func:`measure` and :func:`table` are what the per-language scripts build on.
 """
 from __future__ import annotations
@@ -31,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -73,11 +82,13 @@ class RunFailed(Exception):
     pass
 
 
-def run_once(command: list[str], env: dict[str, str] | None = None) -> Run:
-    """One run; raises RunFailed (with the end of its stderr) if the command fails."""
+def run_once(command: list[str], env: dict[str, str] | None = None, cpu: int | None = None) -> Run:
+    """One run, on CPU ``cpu`` alone if given; raises RunFailed (with the end of its stderr) if
+    the command fails."""
     started = time.monotonic()
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, preexec_fn=pin)
         assert proc.stdout is not None
         output = proc.stdout.read().decode(errors="replace")
         # wait4 rather than wait: it returns the child's own CPU time and peak RSS.
@@ -123,6 +134,111 @@ def measure(variants: list[Variant], repeat: int) -> None:
                 f" max RSS {run.max_rss_mb:.0f} MB",
                 file=sys.stderr,
             )
+
+
+@dataclass
+class Pair:
+    """A variant's run and the baseline's run made at the same time on the other CPU."""
+
+    variant: Run
+    baseline: Run
+
+
+def run_pair(a: Variant, b: Variant, cpus: tuple[int, int]) -> tuple[Run, Run]:
+    """Runs ``a`` on ``cpus[0]`` and ``b`` on ``cpus[1]`` at the same time."""
+    results: dict[int, Run | RunFailed] = {}
+
+    def one(i: int, v: Variant) -> None:
+        try:
+            results[i] = run_once(v.command, v.env, cpus[i])
+        except RunFailed as failure:
+            results[i] = failure
+
+    threads = [threading.Thread(target=one, args=(i, v)) for i, v in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        if isinstance(results[i], RunFailed):
+            raise results[i]
+    return results[0], results[1]  # type: ignore[return-value]
+
+
+def two_cpus() -> tuple[int, int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("--paired needs two CPUs")
+    return cpus[0], cpus[1]
+
+
+def measure_paired(variants: list[Variant], repeat: int) -> dict[str, list[Pair]]:
+    """Each round runs every variant beside the baseline (and the baseline beside itself, the
+    noise floor), the two on CPUs of their own, swapped from one pair to the next. Returns the
+    pairs by variant name; every run also goes to ``variant.runs``."""
+    base = variants[0]
+    cpu_a, cpu_b = two_cpus()
+    pairs: dict[str, list[Pair]] = {v.name: [] for v in variants}
+    turn = 0
+    for i in range(repeat):
+        for v in variants:
+            cpus = (cpu_a, cpu_b) if turn % 2 == 0 else (cpu_b, cpu_a)
+            turn += 1
+            try:
+                run, beside = run_pair(v, base, cpus)
+            except RunFailed as failure:
+                if v is base:
+                    sys.exit(str(failure))
+                print(f"  [{i + 1}/{repeat}] {v.name}: failed, left out: {failure}", file=sys.stderr)
+                continue
+            v.runs.append(run)
+            pairs[v.name].append(Pair(run, beside))
+            attr = "steady_cpu" if run.steady_cpu is not None else "cpu"
+            print(
+                f"  [{i + 1}/{repeat}] {v.name} on CPU {cpus[0]}: {getattr(run, attr):.2f} s CPU,"
+                f" beside the baseline's {getattr(beside, attr):.2f} s; max RSS {run.max_rss_mb:.0f}"
+                f" against {beside.max_rss_mb:.0f} MB",
+                file=sys.stderr,
+            )
+    return pairs
+
+
+def paired_table(variants: list[Variant], pairs: dict[str, list[Pair]]) -> str:
+    """Median and half spread of the per-pair differences, variant by variant; the baseline's
+    row is the baseline beside itself."""
+    base = variants[0]
+    steady = all(p.variant.steady_cpu is not None and p.baseline.steady_cpu is not None
+                 for ps in pairs.values() for p in ps)
+    cpu_attr = "steady_cpu" if steady else "cpu"
+
+    def spread(values: list[float], fmt: str) -> str:
+        half = fmt.replace("+", "").format((max(values) - min(values)) / 2)
+        return f"{fmt.format(statistics.median(values))} ± {half}"
+
+    head = ["variant", "pairs", "CPU s after warm-up" if steady else "CPU s", "vs the baseline beside it"]
+    head += ["start-up CPU vs beside"] if steady else []
+    head += ["max RSS MB", "RSS vs beside"]
+    rows = [head]
+    for v in variants:
+        ps = pairs.get(v.name) or []
+        if not ps:
+            continue
+        cpu = [100 * (getattr(p.variant, cpu_attr) - getattr(p.baseline, cpu_attr)) / getattr(p.baseline, cpu_attr)
+               for p in ps]
+        row = [v.name + (" (beside itself: the noise)" if v is base else ""), str(len(ps)),
+               f"{v.median(cpu_attr):.2f}", spread(cpu, "{:+.1f} %")]
+        if steady:
+            row.append(spread([p.variant.startup_cpu - p.baseline.startup_cpu for p in ps], "{:+.2f} s"))
+        row += [f"{v.median('max_rss_mb'):.0f}", spread([p.variant.max_rss_mb - p.baseline.max_rss_mb for p in ps],
+                                                        "{:+.0f} MB")]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("each figure: the median of the per-pair differences ± half their spread; the baseline's"
+                 " own row is the noise floor")
+    lines += [f"{v.name}: every run failed" for v in variants if not pairs.get(v.name)]
+    return "\n".join(lines)
 
 
 def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = None) -> str:
@@ -176,6 +292,8 @@ def table(variants: list[Variant], extra: dict[str, dict[str, str]] | None = Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs of each command (median kept)")
+    parser.add_argument("--paired", action="store_true",
+                        help="run each variant beside a baseline run, each on a CPU of its own")
     parser.add_argument("--name", action="append", default=[], help="name of each command, in order")
     parser.add_argument("commands", nargs="+", help="baseline command, then one per profiler")
     args = parser.parse_args()
@@ -187,8 +305,12 @@ def main() -> None:
         for i in range(len(args.commands))
     ]
     variants = [Variant(n, shlex.split(c)) for n, c in zip(names, args.commands)]
-    measure(variants, max(1, args.repeat))
-    print(table(variants))
+    if args.paired:
+        pairs = measure_paired(variants, max(1, args.repeat))
+        print(paired_table(variants, pairs))
+    else:
+        measure(variants, max(1, args.repeat))
+        print(table(variants))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@
 #                                         PYROSCOPE_AGENT_VERSION (default 2.9.2; "none" skips it),
 #                                         KILN_AGENT_ARGS (more agent arguments for the defaults row,
 #                                         e.g. allocInterval=4m),
+#                                         PAIRED=1 (each variant runs beside a run without an
+#                                         agent, the two on CPUs of their own: see
+#                                         scripts/lib/overhead.py --paired; the JVMs keep the
+#                                         ergonomics of the whole machine),
+#                                         PERF=1 (instead of CPU time, the share of `perf record`
+#                                         samples in the workload's compiled Java code, after
+#                                         WARMUP (default 12) seconds, for 20 s; see
+#                                         scripts/lib/perf_share.py; needs perf),
 #                                         BREAKDOWN=1 (adds rows for each profile type on its own:
 #                                         CPU only, CPU + allocations at 2m and at 512k, CPU + locks;
 #                                         and the official agent with alloc=2m; skips the JFR row)
@@ -34,8 +42,18 @@ trap 'kill $kiln_pid 2>/dev/null; wait $kiln_pid 2>/dev/null; rm -rf "$work"' EX
 . "$root/scripts/lib/daemon.sh"
 start_kiln "$kiln" "$work/data"
 javac -d "$work/classes" "$here/bench/OverheadApp.java"
-app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
+if [[ ${PERF:-0} == 1 ]]; then
+  app="-cp $work/classes OverheadApp 100000000 0" # stopped once sampled
+else
+  app="-cp $work/classes OverheadApp $rounds ${WARMUP:-20}"
+fi
 opts=${JAVA_OPTS--Xms512m -Xmx512m -XX:+AlwaysPreTouch}
+paired=()
+if [[ ${PAIRED:-0} == 1 ]]; then
+  paired=(--paired)
+  # Pinned to one CPU a JVM would pick the serial collector and fewer compiler threads.
+  opts="$opts -XX:ActiveProcessorCount=$(nproc)"
+fi
 
 agent="-javaagent:$here/target/kiln-agent.jar=server=$kiln_url"
 extra=${KILN_AGENT_ARGS:+,$KILN_AGENT_ARGS}
@@ -71,4 +89,8 @@ if [[ $official != none ]]; then
     echo "io.pyroscope:agent:$official could not be had; comparing without it" >&2
   fi
 fi
-python3 "$root/scripts/lib/overhead.py" --repeat "${REPEAT:-3}" "${names[@]}" "${commands[@]}"
+if [[ ${PERF:-0} == 1 ]]; then
+  python3 "$root/scripts/lib/perf_share.py" --repeat "${REPEAT:-2}" --warmup "${WARMUP:-12}" "${names[@]}" "${commands[@]}"
+  exit
+fi
+python3 "$root/scripts/lib/overhead.py" "${paired[@]}" --repeat "${REPEAT:-3}" "${names[@]}" "${commands[@]}"
