@@ -20,12 +20,14 @@ The noise floor is half the spread (max − min) of the baseline's own runs: a d
 is not a measurement. Environment variables go in front as `env NAME=VALUE command`.
 
 With --paired (two CPUs or more), each variant instead runs at the same time as a run of the
-baseline, each pinned to a CPU of its own (the CPUs swapped from one pair to the next), and
+baseline, each pinned to a CPU of its own (each variant on the other CPU in the next round), and
 each figure is the median of the per-pair differences. Whatever slows the machine down during a
 pair (another tenant, the clock) slows both alike, so the pair's difference keeps only the
 profiler's cost: on a 2-vCPU VM whose CPU time for a fixed job drifts by 5 % from one run to the
-next, two baseline runs side by side differ by 0.0–1.2 %. Each round also runs the baseline
-beside itself: the spread of those differences is the noise floor.
+next, two baseline runs side by side differ by 0.0–1.2 %. One CPU may run a fixed job ~1 %
+slower than the other, so each variant changes CPU from round to round: give an even --repeat.
+Each round also runs the baseline beside itself: the spread of those differences is the noise
+floor.
 
 Importable: :func:`measure` and :func:`table` are what the per-language scripts build on.
 """
@@ -174,16 +176,16 @@ def two_cpus() -> tuple[int, int]:
 
 def measure_paired(variants: list[Variant], repeat: int) -> dict[str, list[Pair]]:
     """Each round runs every variant beside the baseline (and the baseline beside itself, the
-    noise floor), the two on CPUs of their own, swapped from one pair to the next. Returns the
-    pairs by variant name; every run also goes to ``variant.runs``."""
+    noise floor), the two on CPUs of their own, each variant on the other CPU in the next
+    round. Returns the pairs by variant name; every run also goes to ``variant.runs``."""
     base = variants[0]
     cpu_a, cpu_b = two_cpus()
     pairs: dict[str, list[Pair]] = {v.name: [] for v in variants}
-    turn = 0
     for i in range(repeat):
-        for v in variants:
-            cpus = (cpu_a, cpu_b) if turn % 2 == 0 else (cpu_b, cpu_a)
-            turn += 1
+        for j, v in enumerate(variants):
+            # Each variant changes CPU from one round to the next (two CPUs of one VM need not
+            # run alike: give an even --repeat), and neighbours differ within a round.
+            cpus = (cpu_a, cpu_b) if (i + j) % 2 == 0 else (cpu_b, cpu_a)
             try:
                 run, beside = run_pair(v, base, cpus)
             except RunFailed as failure:
