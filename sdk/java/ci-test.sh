@@ -44,10 +44,13 @@ print(f"java e2e ({engine}): 1 passed, 0 failed")
 PY
 done
 # With -javaagent the agent sets Flight Recorder's small buffers in jdk.jfr.internal directly
-# (no MBean server): the running JVM must report them.
-java "-Xlog:class+load=info:file=$work/buffers-classes.log" \
+# (no MBean server): the running JVM must report them. Then, cpuStartDelay (6 s) after its start,
+# it trims the native heap and starts async-profiler (both logged at FINE).
+printf '%s\n' handlers=java.util.logging.ConsoleHandler java.util.logging.ConsoleHandler.level=FINE \
+  dev.kiln.level=FINE >"$work/fine.properties"
+java "-Xlog:class+load=info:file=$work/buffers-classes.log" "-Djava.util.logging.config.file=$work/fine.properties" \
   "-javaagent:$here/target/kiln-agent.jar=server=$kiln_url,app=java-app-buffers,uploadInterval=2,authToken=$kiln_write_key" \
-  "$root/examples/java-app/JavaApp.java" 10 >/dev/null 2>&1 &
+  "$root/examples/java-app/JavaApp.java" 12 >"$work/buffers.log" 2>&1 &
 app_pid=$!
 configured=
 for _ in $(seq 80); do
@@ -55,14 +58,21 @@ for _ in $(seq 80); do
   [[ $configured == *"Memory size: 1.0 MB"* ]] && break # or the agent has not run yet
   sleep 0.25
 done
+for _ in $(seq 60); do
+  grep -q "kiln: started async-profiler" "$work/buffers.log" && break
+  sleep 0.25
+done
 kill "$app_pid" 2>/dev/null; wait "$app_pid" 2>/dev/null || true
 for want in "Memory size: 1.0 MB" "Global buffer count: 2" "Thread buffer size: 4.0 kB"; do
   [[ $configured == *"$want"* ]] || { echo "sdk/java: Flight Recorder not configured by the agent (no \"$want\"):"; echo "$configured"; exit 1; }
 done
-if grep -q "DiagnosticCommandImpl" "$work/buffers-classes.log"; then
-  echo "sdk/java: the agent configured Flight Recorder through the MBean server, not jdk.jfr.internal"; exit 1
+if grep -q "com.sun.jmx.mbeanserver" "$work/buffers-classes.log"; then
+  echo "sdk/java: the agent loaded the platform MBean server"; exit 1
 fi
-echo "sdk/java: -javaagent gives Flight Recorder 1 MB of buffers without the MBean server"
+for want in "kiln: Trim native heap: RSS" "kiln: started async-profiler"; do
+  grep -q "$want" "$work/buffers.log" || { echo "sdk/java: no \"$want\" in the agent's log:"; cat "$work/buffers.log"; exit 1; }
+done
+echo "sdk/java: -javaagent gives Flight Recorder 1 MB of buffers without the MBean server, trims the native heap, starts async-profiler after cpuStartDelay"
 # Profile types follow the settings: CPU only (allocInterval=0, lockThreshold=0) stores no
 # allocation series; a fixed allocInterval stores async-profiler's allocation samples from
 # allocLoop; a bad value stops the agent's start with a message naming the setting.

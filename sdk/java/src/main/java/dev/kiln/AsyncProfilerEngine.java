@@ -3,6 +3,7 @@ package dev.kiln;
 import java.io.FileInputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.concurrent.Callable;
 import java.util.logging.Logger;
 
 import one.profiler.AsyncProfiler;
@@ -15,9 +16,16 @@ import one.profiler.AsyncProfiler;
  * {@link Config#allocInterval} bytes (JVMTI's sampled allocations on JDK 11+, whose bookkeeping
  * on the JVM's slow allocation path costs allocation-heavy code a few percent at any interval).
  * Each interval's upload is async-profiler's JFR chunk followed by Flight Recorder's chunks.
+ *
+ * <p>With Flight Recorder, async-profiler may be loaded a little later ({@link #startDeferred}):
+ * Flight Recorder's start-up has the JIT compile some 600 methods of its own and of its bytecode
+ * library, and the C2 compiler's memory for those, given back only once the burst is over and the
+ * native heap is trimmed, would otherwise stack on top of async-profiler's tables (some 12 MB
+ * more peak RSS on JDK 17).
  */
 final class AsyncProfilerEngine implements Engine {
-    private final AsyncProfiler profiler;
+    /** Null until loaded: deferred by {@link #start(Config, Logger, boolean)}, or it failed to. */
+    private AsyncProfiler profiler;
     private final Config config;
     /** Chooses each interval's allocation sampling interval; null unless {@code allocInterval=auto}. */
     private final AllocSampling allocSampling;
@@ -26,8 +34,7 @@ final class AsyncProfilerEngine implements Engine {
     private final Logger log;
     private Path file;
 
-    private AsyncProfilerEngine(AsyncProfiler profiler, Config config, JfrEngine allocations, Logger log) {
-        this.profiler = profiler;
+    private AsyncProfilerEngine(Config config, JfrEngine allocations, Logger log) {
         this.config = config;
         this.allocations = allocations;
         this.log = log;
@@ -49,7 +56,14 @@ final class AsyncProfilerEngine implements Engine {
 
     /** Loads the library (extracted from the jar by async-profiler) and starts profiling. */
     static AsyncProfilerEngine start(Config config, Logger log) throws Exception {
-        AsyncProfiler profiler = AsyncProfiler.getInstance();
+        return start(config, log, false);
+    }
+
+    /**
+     * As {@link #start(Config, Logger)}, but when Flight Recorder samples allocations and
+     * {@code deferProfiler}, async-profiler is loaded and started only by {@link #startDeferred}.
+     */
+    static AsyncProfilerEngine start(Config config, Logger log, boolean deferProfiler) throws Exception {
         JfrEngine allocations = null;
         if (config.jfrAllocations(JfrEngine.hasAllocationSampler())) {
             try {
@@ -60,8 +74,10 @@ final class AsyncProfilerEngine implements Engine {
         } else if ("jfr".equals(config.allocSampler) && config.allocInterval != 0) {
             log.warning("kiln: allocSampler=jfr needs JDK 16+ with Flight Recorder; async-profiler samples allocations");
         }
-        AsyncProfilerEngine e = new AsyncProfilerEngine(profiler, config, allocations, log);
+        AsyncProfilerEngine e = new AsyncProfilerEngine(config, allocations, log);
+        if (deferProfiler && allocations != null) return e;
         try {
+            e.profiler = AsyncProfiler.getInstance();
             e.startInterval();
         } catch (Exception | Error failed) {
             if (allocations != null) allocations.rotate(false);
@@ -70,9 +86,44 @@ final class AsyncProfilerEngine implements Engine {
         return e;
     }
 
+    /**
+     * Loads and starts async-profiler if {@link #start(Config, Logger, boolean)} deferred it. If it
+     * cannot be, Flight Recorder takes CPU samples and lock waits as well from the next interval
+     * on (one log line); the program goes on either way.
+     */
+    @Override
+    public void startDeferred() {
+        startDeferred(AsyncProfiler::getInstance);
+    }
+
+    /** {@link #startDeferred()} with the library loaded by {@code load}. */
+    synchronized void startDeferred(Callable<AsyncProfiler> load) {
+        if (profiler != null || allocations == null) return;
+        try {
+            profiler = load.call();
+            startInterval();
+            log.fine("kiln: started async-profiler " + profiler.getVersion());
+        } catch (Exception | Error e) { // a missing or unloadable library must never stop the host
+            profiler = null;
+            log.warning("kiln: async-profiler unavailable (" + e + "); Flight Recorder samples CPU and locks too");
+            allocations.recordEverything();
+        }
+    }
+
+    boolean profilerStarted() {
+        return profiler != null;
+    }
+
+    /** Flight Recorder's recording beside async-profiler, or null. */
+    JfrEngine flightRecorder() {
+        return allocations;
+    }
+
     @Override
     public String name() {
-        return "async-profiler " + profiler.getVersion() + (allocations != null ? " + " + allocations.name() : "");
+        String profiled = profiler != null ? "async-profiler " + profiler.getVersion()
+                : allocations != null ? "async-profiler after " + config.cpuStartDelay : "async-profiler";
+        return profiled + (allocations != null ? " + " + allocations.name() : "");
     }
 
     @Override
@@ -93,10 +144,14 @@ final class AsyncProfilerEngine implements Engine {
     }
 
     @Override
-    public byte[] rotate(boolean next) throws Exception {
+    public synchronized byte[] rotate(boolean next) throws Exception {
         Path done = file;
         file = null;
-        if (done == null) return null;
+        if (done == null) {
+            if (profiler != null || allocations == null) return null; // stopped already
+            byte[] alone = allocations.rotate(next); // async-profiler not started (yet)
+            return alone == null || alone.length == 0 ? null : alone;
+        }
         byte[] samples;
         try {
             profiler.execute("stop"); // writes the interval's JFR file

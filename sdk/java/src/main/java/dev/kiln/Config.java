@@ -36,6 +36,13 @@ public final class Config {
      * {@code allocInterval} was given; else async-profiler), {@code jfr} or {@code async-profiler}.
      */
     final String allocSampler;
+    /**
+     * With Flight Recorder's allocation sampler, how long after the agent async-profiler starts
+     * (CPU and lock samples): long enough for the JIT and the JVM's arena pool to let go of what
+     * starting Flight Recorder took, so that it is given back before async-profiler's tables are
+     * built (see {@link AsyncProfilerEngine}). Zero starts both at once.
+     */
+    final Duration cpuStartDelay;
     /** Whether {@code allocInterval} was set rather than left at its default. */
     final boolean allocIntervalGiven;
     /** TLS settings from caFile / clientCertFile / clientKeyFile; null: the JVM's defaults. */
@@ -54,6 +61,7 @@ public final class Config {
         this.engine = b.engine;
         this.allocSampler = b.allocSampler;
         this.allocIntervalGiven = b.allocIntervalGiven;
+        this.cpuStartDelay = b.cpuStartDelay;
         this.sslSocketFactory = TlsFiles.socketFactory(b.caFile, b.clientCertFile, b.clientKeyFile);
     }
 
@@ -62,10 +70,10 @@ public final class Config {
     }
 
     /**
-     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,samplingInterval=10ms,allocInterval=auto|BYTES|0,allocSampler=auto|jfr|async-profiler,lockThreshold=10ms,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
+     * Parses {@code -javaagent:kiln-agent.jar=server=URL,app=NAME,tags=k1:v1;k2:v2,uploadInterval=SECONDS,authToken=T,engine=auto|async-profiler|jfr,samplingInterval=10ms,allocInterval=auto|BYTES|0,allocSampler=auto|jfr|async-profiler,lockThreshold=10ms,cpuStartDelay=6s,caFile=PEM,clientCertFile=PEM,clientKeyFile=PEM},
      * falling back to the environment ({@code KILN_SERVER_ADDRESS}, {@code KILN_APPLICATION_NAME},
      * {@code KILN_TAGS}, {@code KILN_UPLOAD_INTERVAL}, {@code KILN_AUTH_TOKEN}, {@code KILN_ENGINE},
-     * {@code KILN_SAMPLING_INTERVAL}, {@code KILN_ALLOC_INTERVAL}, {@code KILN_ALLOC_SAMPLER}, {@code KILN_LOCK_THRESHOLD},
+     * {@code KILN_SAMPLING_INTERVAL}, {@code KILN_ALLOC_INTERVAL}, {@code KILN_ALLOC_SAMPLER}, {@code KILN_LOCK_THRESHOLD}, {@code KILN_CPU_START_DELAY},
      * {@code KILN_CA_FILE}, {@code KILN_CLIENT_CERT_FILE}, {@code KILN_CLIENT_KEY_FILE}) and system
      * properties ({@code kiln.server}, {@code kiln.app}, …, {@code kiln.engine}, {@code kiln.allocInterval}).
      */
@@ -107,6 +115,8 @@ public final class Config {
         if (sampler != null) b.allocSampler(sampler.trim());
         String lock = pick(kv.get("lockThreshold"), System.getProperty("kiln.lockThreshold"), env.get("KILN_LOCK_THRESHOLD"));
         if (lock != null) b.lockThreshold(Units.parseDuration("lockThreshold", lock));
+        String delay = pick(kv.get("cpuStartDelay"), System.getProperty("kiln.cpuStartDelay"), env.get("KILN_CPU_START_DELAY"));
+        if (delay != null) b.cpuStartDelay(Units.parseDuration("cpuStartDelay", delay));
         b.caFile(pick(kv.get("caFile"), System.getProperty("kiln.caFile"), env.get("KILN_CA_FILE")));
         b.clientCertFile(pick(kv.get("clientCertFile"), System.getProperty("kiln.clientCertFile"), env.get("KILN_CLIENT_CERT_FILE")));
         b.clientKeyFile(pick(kv.get("clientKeyFile"), System.getProperty("kiln.clientKeyFile"), env.get("KILN_CLIENT_KEY_FILE")));
@@ -157,6 +167,7 @@ public final class Config {
         private String engine = "auto";
         private String allocSampler = "auto";
         private boolean allocIntervalGiven;
+        private Duration cpuStartDelay = Duration.ofSeconds(6);
         private String caFile;
         private String clientCertFile;
         private String clientKeyFile;
@@ -178,6 +189,8 @@ public final class Config {
         public Builder allocSampler(String v) { this.allocSampler = v; return this; }
         /** Shortest lock wait recorded; {@link Duration#ZERO} turns lock profiling off. */
         public Builder lockThreshold(Duration v) { this.lockThreshold = v; return this; }
+        /** See {@link Config#cpuStartDelay}; {@link Duration#ZERO} starts CPU sampling with the agent. */
+        public Builder cpuStartDelay(Duration v) { this.cpuStartDelay = v; return this; }
         public Builder maxQueued(int v) { this.maxQueued = Math.max(1, v); return this; }
         public Builder engine(String v) { this.engine = v; return this; }
         /** A PEM file of CA certificates trusted for an https server instead of the JVM's. */
@@ -215,6 +228,7 @@ public final class Config {
                 throw new IllegalArgumentException("allocation interval must be auto, 0 (off) or positive");
             }
             if (lockThreshold.isNegative()) throw new IllegalArgumentException("lock threshold must be 0 (off) or positive");
+            if (cpuStartDelay.isNegative()) throw new IllegalArgumentException("cpuStartDelay must be 0 or positive");
             return new Config(this);
         }
     }

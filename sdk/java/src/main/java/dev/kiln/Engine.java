@@ -12,6 +12,9 @@ interface Engine {
 
     String name();
 
+    /** The part of starting that waits until the program is under way; see {@link AsyncProfilerEngine}. */
+    default void startDeferred() {}
+
     /** Whether allocations are sampled by Flight Recorder (by rate) rather than by bytes. */
     boolean jfrAllocations();
 
@@ -20,10 +23,10 @@ interface Engine {
      * own JFR writer) unless {@code engine=jfr}; the JDK's Flight Recorder when asked for or when
      * the native library cannot be loaded or started here, with one log line saying why.
      */
-    static Engine start(Config config, Logger log) {
+    static Engine start(Config config, Logger log, boolean defer) {
         if (!"jfr".equals(config.engine)) {
             try {
-                return AsyncProfilerEngine.start(config, log);
+                return AsyncProfilerEngine.start(config, log, defer);
             } catch (Throwable e) { // a missing or unloadable library must never stop the host
                 log.warning("kiln: async-profiler unavailable (" + e + "); using JDK Flight Recorder");
             }

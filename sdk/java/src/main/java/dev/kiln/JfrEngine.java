@@ -24,7 +24,8 @@ final class JfrEngine implements Engine {
     static final String ALLOCATION_RATE = "150/s";
 
     private final Config config;
-    private final boolean allocationsOnly;
+    /** Until {@link #recordEverything}; read by the recorder thread only after that call's rotation. */
+    private volatile boolean allocationsOnly;
     private Recording recording;
 
     private JfrEngine(Config config, boolean allocationsOnly) {
@@ -105,6 +106,14 @@ final class JfrEngine implements Engine {
             log.fine("kiln: Flight Recorder's options not reachable directly: " + e);
             return false;
         }
+    }
+
+    /**
+     * From the next interval on, CPU samples and lock waits too: for when async-profiler was to
+     * take those but could not be started.
+     */
+    void recordEverything() {
+        allocationsOnly = false;
     }
 
     @Override

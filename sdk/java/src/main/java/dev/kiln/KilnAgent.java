@@ -3,8 +3,8 @@ package dev.kiln;
 import java.lang.instrument.Instrumentation;
 import java.time.Duration;
 import java.time.Instant;
-import java.util.concurrent.Executors;
-import java.util.concurrent.ScheduledExecutorService;
+import java.util.Optional;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Logger;
 
@@ -15,25 +15,32 @@ import java.util.logging.Logger;
  */
 public final class KilnAgent {
     private static final Logger LOG = Logger.getLogger("dev.kiln");
+    /** The native heap is trimmed after this many first intervals too: reading a recording is JIT-compiled then. */
+    private static final int TRIMMED_INTERVALS = 3;
     private static KilnAgent running;
     /** The JVM's instrumentation when loaded with {@code -javaagent}, else null. */
     private static volatile Instrumentation instrumentation;
 
     private final Config config;
     private final Uploader uploader;
-    private final ScheduledExecutorService timer;
+    private final ScheduledThreadPoolExecutor timer;
     private final Engine engine;
+    private final Optional<NativeHeap> nativeHeap;
+    private int trimsLeft = TRIMMED_INTERVALS;
     private Instant from;
 
-    private KilnAgent(Config config, Engine engine) {
+    private KilnAgent(Config config, Engine engine, Optional<NativeHeap> nativeHeap) {
         this.config = config;
         this.engine = engine;
+        this.nativeHeap = nativeHeap;
         this.uploader = new Uploader(config);
-        this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
+        this.timer = new ScheduledThreadPoolExecutor(1, r -> {
             Thread t = new Thread(r, "kiln-recorder");
             t.setDaemon(true);
             return t;
         });
+        // A program that ends within cpuStartDelay is not kept waiting for the deferred start.
+        timer.setExecuteExistingDelayedTasksAfterShutdownPolicy(false);
     }
 
     public static void premain(String args, Instrumentation inst) {
@@ -48,16 +55,20 @@ public final class KilnAgent {
     /** Starts profiling; a second call while running is ignored. */
     public static synchronized void start(Config config) {
         if (running != null) return;
+        Optional<NativeHeap> nativeHeap = NativeHeap.open(instrumentation, LOG);
         Engine engine;
         try {
-            engine = Engine.start(config, LOG);
+            // Deferring only pays where the memory it waits for can be given back.
+            engine = Engine.start(config, LOG, nativeHeap.isPresent() && !config.cpuStartDelay.isZero());
         } catch (RuntimeException | Error e) { // e.g. a JVM without Flight Recorder: run unprofiled
             LOG.warning("kiln: cannot profile this JVM: " + e);
             return;
         }
-        KilnAgent agent = new KilnAgent(config, engine);
+        KilnAgent agent = new KilnAgent(config, engine, nativeHeap);
         agent.from = Instant.now();
         long every = config.uploadInterval.toMillis();
+        // The native heap is trimmed, then async-profiler started if it was deferred.
+        agent.timer.schedule(agent::settle, config.cpuStartDelay.toMillis(), TimeUnit.MILLISECONDS);
         agent.timer.scheduleAtFixedRate(() -> agent.rotate(true), every, every, TimeUnit.MILLISECONDS);
         Runtime.getRuntime().addShutdownHook(new Thread(KilnAgent::stop, "kiln-shutdown"));
         running = agent;
@@ -94,6 +105,21 @@ public final class KilnAgent {
         }
     }
 
+    private synchronized void settle() {
+        trimNativeHeap();
+        engine.startDeferred();
+    }
+
+    private void trimNativeHeap() {
+        nativeHeap.ifPresent(heap -> {
+            try {
+                LOG.fine("kiln: " + heap.trim());
+            } catch (ReflectiveOperationException | RuntimeException e) {
+                LOG.fine("kiln: trimming the native heap failed: " + e);
+            }
+        });
+    }
+
     /** Ends the interval, queues its data, and starts the next one if {@code next}. */
     private synchronized void rotate(boolean next) {
         Instant until = Instant.now();
@@ -104,6 +130,10 @@ public final class KilnAgent {
             if (jfr != null) uploader.enqueue(new Uploader.Upload(jfr, start, until));
         } catch (Exception e) {
             LOG.warning("kiln: reading the profile failed: " + e);
+        }
+        if (next && trimsLeft > 0) {
+            trimsLeft--;
+            trimNativeHeap();
         }
     }
 

@@ -53,4 +53,49 @@ class AsyncProfilerEngineTest {
         assertEquals(List.of(0), chunks(one), "one chunk: async-profiler's alone");
         assertTrue(new String(one, StandardCharsets.ISO_8859_1).contains("jdk.ObjectAllocationInNewTLAB"));
     }
+
+    private static void allocateFor(long millis) {
+        long end = System.nanoTime() + millis * 1_000_000L;
+        while (System.nanoTime() < end) sink = new byte[16 << 10];
+    }
+
+    @Test
+    void aDeferredStartUploadsAllocationsAloneUntilAsyncProfilerStarts() throws Exception {
+        AsyncProfilerEngine e = AsyncProfilerEngine.start(Config.fromAgentArgs("app=a", Map.of()), Logger.getLogger("test"), true);
+        try {
+            assertFalse(e.profilerStarted(), "async-profiler started before startDeferred");
+            allocateFor(300);
+            byte[] before = e.rotate(true);
+            assertNotNull(before, "no allocation samples before async-profiler started");
+            assertTrue(new String(before, StandardCharsets.ISO_8859_1).contains(JfrEngine.ALLOCATION_SAMPLE));
+            int flightRecorderChunks = chunks(before).size();
+
+            e.startDeferred();
+            assertTrue(e.profilerStarted());
+            allocateFor(300);
+            List<Integer> after = chunks(e.rotate(true));
+            assertTrue(after.size() > flightRecorderChunks,
+                    "no async-profiler chunk before Flight Recorder's once started: chunks at " + after);
+        } finally {
+            e.rotate(false);
+        }
+    }
+
+    @Test
+    void anAsyncProfilerThatFailsToStartLeavesCpuToFlightRecorder() throws Exception {
+        AsyncProfilerEngine e = AsyncProfilerEngine.start(Config.fromAgentArgs("app=a", Map.of()), Logger.getLogger("test"), true);
+        try {
+            assertEquals("false", e.flightRecorder().settings().getOrDefault("jdk.ExecutionSample#enabled", "false"));
+            e.startDeferred(() -> {
+                throw new UnsatisfiedLinkError("no library for this test");
+            });
+            assertFalse(e.profilerStarted());
+            assertNotNull(e.rotate(true));
+            Map<String, String> next = e.flightRecorder().settings();
+            assertEquals("true", next.get("jdk.ExecutionSample#enabled"), next.toString());
+            assertEquals("true", next.get("jdk.JavaMonitorEnter#enabled"), next.toString());
+        } finally {
+            e.rotate(false);
+        }
+    }
 }

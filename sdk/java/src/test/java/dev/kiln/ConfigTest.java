@@ -40,6 +40,17 @@ class ConfigTest {
     }
 
     @Test
+    void cpuStartDelayDefaultsToSixSecondsAndZeroStartsAtOnce() {
+        assertEquals(Duration.ofSeconds(6), Config.fromAgentArgs("app=a", Map.of()).cpuStartDelay);
+        assertEquals(Duration.ZERO, Config.fromAgentArgs("app=a,cpuStartDelay=0", Map.of()).cpuStartDelay);
+        assertEquals(Duration.ofMillis(1500), Config.fromAgentArgs("app=a", Map.of("KILN_CPU_START_DELAY", "1500ms")).cpuStartDelay);
+        IllegalArgumentException bad = assertThrows(IllegalArgumentException.class,
+                () -> Config.fromAgentArgs("app=a,cpuStartDelay=soon", Map.of()));
+        assertTrue(bad.getMessage().contains("cpuStartDelay"), bad.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> Config.builder().applicationName("a").cpuStartDelay(Duration.ofSeconds(-1)).build());
+    }
+
+    @Test
     void withoutTlsFilesTheJvmDefaultsStay() {
         assertNull(Config.fromAgentArgs("app=a", Map.of()).sslSocketFactory);
     }
